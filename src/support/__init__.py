@@ -1,0 +1,1 @@
+"""support: a self-hostable AI customer-support backend."""

@@ -1,0 +1,1 @@
+"""Entities and rules of customer support; standard library only."""

@@ -1,0 +1,1 @@
+"""Ports: one Protocol per role the application needs from the outside world."""
