@@ -1,0 +1,63 @@
+from uuid import UUID
+
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from support.adapters.postgres.errors import storage_errors
+from support.adapters.postgres.models import ApiKeyRow
+from support.domain.identity import ApiKey, Role
+
+
+class _ApiKeyRows(SQLAlchemyAsyncRepository[ApiKeyRow]):
+    model_type = ApiKeyRow
+
+
+def _to_domain(row: ApiKeyRow) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        name=row.name,
+        role=Role(row.role),
+        hint=row.hint,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+class PostgresApiKeyRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._rows = _ApiKeyRows(session=session)
+
+    async def add(self, key: ApiKey, secret_hash: str) -> None:
+        row = ApiKeyRow(
+            id=key.id,
+            name=key.name,
+            role=key.role.value,
+            secret_hash=secret_hash,
+            hint=key.hint,
+            created_at=key.created_at,
+            revoked_at=key.revoked_at,
+        )
+        async with storage_errors():
+            await self._rows.add(row)
+
+    async def get(self, key_id: UUID) -> ApiKey | None:
+        async with storage_errors():
+            row = await self._rows.get_one_or_none(id=key_id)
+        return None if row is None else _to_domain(row)
+
+    async def list_all(self) -> list[ApiKey]:
+        async with storage_errors():
+            rows = await self._rows.get_many(order_by=[(ApiKeyRow.created_at, True), (ApiKeyRow.id, True)])
+        return [_to_domain(row) for row in rows]
+
+    async def find_active_by_hash(self, secret_hash: str) -> ApiKey | None:
+        async with storage_errors():
+            row = await self._rows.get_one_or_none(ApiKeyRow.revoked_at.is_(None), secret_hash=secret_hash)
+        return None if row is None else _to_domain(row)
+
+    async def save(self, key: ApiKey) -> None:
+        async with storage_errors():
+            row = await self._rows.get_one(id=key.id)
+            row.name = key.name
+            row.revoked_at = key.revoked_at
+            await self._rows.update(row)

@@ -1,0 +1,1 @@
+"""Valkey adapters (cache, hot session state, event fan-out, queue)."""

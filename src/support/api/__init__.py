@@ -1,0 +1,1 @@
+"""The Litestar driving adapter: controllers, wire structs, problem responses, auth guards."""

@@ -1,0 +1,55 @@
+"""Bearer authentication and role guards, reusable by every controller."""
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dishka import AsyncContainer
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from support.application.keys import AuthenticateApiKey
+from support.domain.errors import AuthenticationError, PermissionDeniedError
+from support.domain.identity import Principal, Role
+
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
+PRINCIPAL_STATE_KEY = "principal"
+
+
+def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    header = connection.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    """The request's principal, resolved once per request and kept in its state."""
+    cached = connection.state.get(PRINCIPAL_STATE_KEY)
+    if isinstance(cached, Principal):
+        return cached
+    token = bearer_token(connection)
+    if token is None:
+        raise AuthenticationError("Send an API key as `Authorization: Bearer <key>`.")
+    container: AsyncContainer = connection.state.dishka_container
+    use_case = await container.get(AuthenticateApiKey)
+    principal = await use_case.execute(token)
+    connection.state[PRINCIPAL_STATE_KEY] = principal
+    return principal
+
+
+def require_roles(*roles: Role) -> Guard:
+    """A guard that admits principals holding one of ``roles``."""
+    allowed = frozenset(roles)
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal = await authenticate(connection)
+        if principal.role not in allowed:
+            names = ", ".join(sorted(role.value for role in allowed))
+            raise PermissionDeniedError(f"This operation needs one of these roles: {names}.")
+
+    return guard
+
+
+admin_only = require_roles(Role.ADMIN)

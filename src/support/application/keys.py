@@ -1,0 +1,114 @@
+"""Use cases for API keys."""
+
+import dataclasses
+from dataclasses import dataclass
+from typing import NewType
+from uuid import UUID
+
+from support.domain.errors import ApiKeyNotFoundError, AuthenticationError, InvalidInputError
+from support.domain.identity import (
+    ApiKey,
+    Principal,
+    Role,
+    generate_secret,
+    hash_secret,
+    secret_hint,
+    secrets_match,
+)
+from support.domain.ids import new_id
+from support.ports.identity import ApiKeyRepository
+from support.ports.system import Clock, UnitOfWork
+
+# The configured bootstrap admin secret, or None; a distinct type so the container can inject it.
+BootstrapAdminKey = NewType("BootstrapAdminKey", str)
+
+MAX_KEY_NAME_LENGTH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedApiKey:
+    """A newly created key together with its secret, which is never available again."""
+
+    key: ApiKey
+    secret: str
+
+
+class CreateApiKey:
+    """Issue a new API key with a role; only the hash of its secret is stored."""
+
+    def __init__(self, keys: ApiKeyRepository, uow: UnitOfWork, clock: Clock) -> None:
+        self._keys = keys
+        self._uow = uow
+        self._clock = clock
+
+    async def execute(self, name: str, role: Role) -> IssuedApiKey:
+        """Create and commit the key; return it with its one-time secret."""
+        name = name.strip()
+        if not name:
+            raise InvalidInputError("A key needs a non-empty name.")
+        if len(name) > MAX_KEY_NAME_LENGTH:
+            raise InvalidInputError(f"A key name has at most {MAX_KEY_NAME_LENGTH} characters.")
+        secret = generate_secret()
+        key = ApiKey(id=new_id(), name=name, role=role, hint=secret_hint(secret), created_at=self._clock.now())
+        await self._keys.add(key, hash_secret(secret))
+        await self._uow.commit()
+        return IssuedApiKey(key=key, secret=secret)
+
+
+class ListApiKeys:
+    """List every key, revoked ones included, newest first (secrets are never listed)."""
+
+    def __init__(self, keys: ApiKeyRepository) -> None:
+        self._keys = keys
+
+    async def execute(self) -> list[ApiKey]:
+        """Return the keys."""
+        return await self._keys.list_all()
+
+
+class RevokeApiKey:
+    """Revoke a key: it stops working at once. Revoking twice is harmless."""
+
+    def __init__(self, keys: ApiKeyRepository, uow: UnitOfWork, clock: Clock) -> None:
+        self._keys = keys
+        self._uow = uow
+        self._clock = clock
+
+    async def execute(self, key_id: UUID) -> ApiKey:
+        """Revoke and return the key.
+
+        Raises:
+            ApiKeyNotFoundError: no key has this id.
+        """
+        key = await self._keys.get(key_id)
+        if key is None:
+            raise ApiKeyNotFoundError
+        if key.revoked_at is None:
+            key = dataclasses.replace(key, revoked_at=self._clock.now())
+            await self._keys.save(key)
+            await self._uow.commit()
+        return key
+
+
+class AuthenticateApiKey:
+    """Resolve a presented secret to the principal it stands for.
+
+    The configured bootstrap admin key is accepted as an admin without a stored row (first start, demos).
+    """
+
+    def __init__(self, keys: ApiKeyRepository, bootstrap_admin_key: BootstrapAdminKey | None) -> None:
+        self._keys = keys
+        self._bootstrap = bootstrap_admin_key
+
+    async def execute(self, secret: str) -> Principal:
+        """Return the principal.
+
+        Raises:
+            AuthenticationError: the secret is unknown or revoked.
+        """
+        if self._bootstrap and secrets_match(secret, self._bootstrap):
+            return Principal(role=Role.ADMIN, key_id=None, name="bootstrap admin")
+        key = await self._keys.find_active_by_hash(hash_secret(secret))
+        if key is None:
+            raise AuthenticationError("The API key is unknown or has been revoked.")
+        return Principal(role=key.role, key_id=key.id, name=key.name)

@@ -1,0 +1,169 @@
+"""Settings: one frozen msgspec struct tree, loaded from ``SUPPORT_*`` environment variables.
+
+Top-level fields map to ``SUPPORT_<FIELD>`` (``SUPPORT_DATABASE_URL``); nested groups use ``__``
+(``SUPPORT_LLM__MODEL``). Nothing here runs at import time: call :func:`load_settings` where the process starts.
+"""
+
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+ENV_PREFIX = "SUPPORT_"
+NESTING = "__"
+
+Environment = Literal["dev", "test", "prod"]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the environment variable."""
+
+
+class DatabaseSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """PostgreSQL connection pool (``SUPPORT_DB__*``)."""
+
+    pool_size: PositiveInt = 10
+    max_overflow: Annotated[int, msgspec.Meta(ge=0)] = 10
+    pool_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # A statement that runs longer than this is cancelled by the server (milliseconds).
+    statement_timeout_ms: PositiveInt = 15_000
+    echo: bool = False
+
+
+class ValkeySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Valkey client (``SUPPORT_VALKEY__*``)."""
+
+    max_connections: PositiveInt = 64
+    socket_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    key_prefix: str = "support:"
+
+
+class HttpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """HTTP server behaviour (``SUPPORT_HTTP__*``)."""
+
+    cors_origins: tuple[str, ...] = ()
+    # Largest request body accepted anywhere (uploads have their own, smaller limits).
+    max_body_bytes: PositiveInt = 12 * 1024 * 1024
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything the service can be configured with; see docs/configuration.md."""
+
+    env: Environment = "dev"
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # JSON logs (structlog) when true; readable console logs otherwise. Defaults to true in prod.
+    log_json: bool | None = None
+    # Where `make run` and the embedded servers keep their data.
+    data_dir: str = ".data"
+    # When unset, an embedded server is started under data_dir (development, tests, CI).
+    database_url: str | None = None
+    valkey_url: str | None = None
+    bootstrap_admin_key: str | None = None
+    db: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
+    valkey: ValkeySettings = msgspec.field(default_factory=ValkeySettings)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+
+    @property
+    def json_logs(self) -> bool:
+        """Whether logs are rendered as JSON lines."""
+        return self.env == "prod" if self.log_json is None else self.log_json
+
+    @property
+    def data_path(self) -> Path:
+        """The data folder as an absolute path."""
+        return Path(self.data_dir).expanduser().resolve()
+
+    def require_database_url(self) -> str:
+        """The database URL, which must be known once the process has started its servers."""
+        if not self.database_url:
+            msg = "SUPPORT_DATABASE_URL is not set and no embedded server was started"
+            raise SettingsError(msg)
+        return self.database_url
+
+    def require_valkey_url(self) -> str:
+        """The Valkey URL, which must be known once the process has started its servers."""
+        if not self.valkey_url:
+            msg = "SUPPORT_VALKEY_URL is not set and no embedded server was started"
+            raise SettingsError(msg)
+        return self.valkey_url
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from ``SUPPORT_*`` variables (``os.environ`` by default) plus explicit overrides.
+
+    Raises:
+        SettingsError: a variable is unknown or has a bad value; the message names it.
+    """
+    source = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    for name, value in source.items():
+        if not name.startswith(ENV_PREFIX) or name.startswith(("SUPPORT_TEST_", "SUPPORT_BENCH_")):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split(NESTING)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SettingsError(f"{name}: {part} is not a group of settings")
+            node = child
+        node[path[-1]] = value
+    _coerce_sequences(raw, Settings, ())
+    raw.update(overrides)
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as error:
+        raise SettingsError(_name_the_variable(str(error))) from None
+
+
+def _coerce_sequences(raw: dict[str, Any], struct: type[msgspec.Struct], path: tuple[str, ...]) -> None:
+    """Turn comma-separated strings into lists where the field is a sequence (``a,b`` or a JSON array)."""
+    hints = typing.get_type_hints(struct, include_extras=True)
+    for key, value in list(raw.items()):
+        hint = hints.get(key)
+        if hint is None:
+            continue
+        target = _unwrap(hint)
+        if isinstance(value, dict) and isinstance(target, type) and issubclass(target, msgspec.Struct):
+            _coerce_sequences(value, target, (*path, key))
+        elif isinstance(value, str) and typing.get_origin(target) in {tuple, list}:
+            text = value.strip()
+            if text.startswith("["):
+                raw[key] = msgspec.json.decode(text)
+            else:
+                raw[key] = [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _unwrap(hint: Any) -> Any:
+    if typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        members = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(members) == 1:
+            return _unwrap(members[0])
+    return hint
+
+
+def _name_the_variable(message: str) -> str:
+    """Rewrite msgspec's ``... - at `$.llm.model``` into ``SUPPORT_LLM__MODEL: ...``."""
+    text, _, location = message.partition(" - at `$")
+    location = location.rstrip("`")
+    unknown_prefix = "Object contains unknown field `"
+    if text.startswith(unknown_prefix):
+        field = text[len(unknown_prefix) :].rstrip("`")
+        return f"{_env_name(location, field)}: unknown setting"
+    return f"{_env_name(location, None)}: {text}"
+
+
+def _env_name(location: str, leaf: str | None) -> str:
+    parts = [part for part in location.split(".") if part]
+    if leaf is not None:
+        parts.append(leaf)
+    return ENV_PREFIX + NESTING.join(part.upper() for part in parts)

@@ -1,0 +1,15 @@
+"""Composition root: the only package that names concrete adapters.
+
+``build_container(settings, *overrides)`` selects adapters from settings; tests pass override providers
+(``override=True``) to swap one collaborator. ``create_app`` builds the container and the Litestar app.
+
+| collaborator | production / make run / tests |
+| --- | --- |
+| ApiKeyRepository, UnitOfWork | PostgreSQL (advanced-alchemy) |
+| HealthProbe list | PostgreSQL and Valkey |
+| Clock | system clock |
+"""
+
+from support.container.app import build_container, create_app
+
+__all__ = ("build_container", "create_app")

@@ -1,0 +1,100 @@
+from collections.abc import AsyncIterator, Sequence
+
+from dishka import AsyncContainer, Provider, Scope, make_async_container, provide
+from litestar import Litestar
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from valkey.asyncio import Valkey
+
+from support.adapters.postgres.api_keys import PostgresApiKeyRepository
+from support.adapters.postgres.engine import create_engine, create_session_factory
+from support.adapters.postgres.health import PostgresHealthProbe
+from support.adapters.postgres.uow import SqlAlchemyUnitOfWork
+from support.adapters.system import SystemClock
+from support.adapters.valkey.client import create_client
+from support.adapters.valkey.health import ValkeyHealthProbe
+from support.api.app import build_app
+from support.application.health import CheckReadiness
+from support.application.keys import AuthenticateApiKey, BootstrapAdminKey, CreateApiKey, ListApiKeys, RevokeApiKey
+from support.config import Settings, load_settings
+from support.observability import configure_logging
+from support.ports.identity import ApiKeyRepository
+from support.ports.system import Clock, HealthProbe, UnitOfWork
+
+
+class InfrastructureProvider(Provider):
+    """Process-wide clients: created on first use, closed with the container."""
+
+    scope = Scope.APP
+
+    @provide
+    async def engine(self, settings: Settings) -> AsyncIterator[AsyncEngine]:
+        engine = create_engine(settings.require_database_url(), settings.db)
+        yield engine
+        await engine.dispose()
+
+    @provide
+    def session_factory(self, engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+        return create_session_factory(engine)
+
+    @provide
+    async def valkey(self, settings: Settings) -> AsyncIterator[Valkey]:
+        client = create_client(settings.require_valkey_url(), settings.valkey)
+        yield client
+        await client.aclose()
+
+    @provide
+    def clock(self) -> Clock:
+        return SystemClock()
+
+    @provide
+    def probes(self, engine: AsyncEngine, valkey: Valkey) -> Sequence[HealthProbe]:
+        return (PostgresHealthProbe(engine), ValkeyHealthProbe(valkey))
+
+    @provide
+    def bootstrap_admin_key(self, settings: Settings) -> BootstrapAdminKey | None:
+        return BootstrapAdminKey(settings.bootstrap_admin_key) if settings.bootstrap_admin_key else None
+
+
+class PersistenceProvider(Provider):
+    """One session per request, shared by its repositories and unit of work."""
+
+    scope = Scope.REQUEST
+
+    @provide
+    async def session(self, factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+        async with factory() as session:
+            yield session
+
+    unit_of_work = provide(SqlAlchemyUnitOfWork, provides=UnitOfWork)
+    api_keys = provide(PostgresApiKeyRepository, provides=ApiKeyRepository)
+
+
+class UseCaseProvider(Provider):
+    scope = Scope.REQUEST
+
+    create_api_key = provide(CreateApiKey)
+    list_api_keys = provide(ListApiKeys)
+    revoke_api_key = provide(RevokeApiKey)
+    authenticate_api_key = provide(AuthenticateApiKey)
+
+    @provide
+    def check_readiness(self, probes: Sequence[HealthProbe]) -> CheckReadiness:
+        return CheckReadiness(probes)
+
+
+def build_container(settings: Settings, *overrides: Provider) -> AsyncContainer:
+    """The dependency container for ``settings``; ``overrides`` are applied last and win."""
+    return make_async_container(
+        InfrastructureProvider(),
+        PersistenceProvider(),
+        UseCaseProvider(),
+        *overrides,
+        context={Settings: settings},
+    )
+
+
+def create_app(settings: Settings | None = None, *overrides: Provider) -> Litestar:
+    """The ASGI application (``uvicorn --factory support.container:create_app``)."""
+    settings = settings or load_settings()
+    configure_logging(settings)
+    return build_app(settings, build_container(settings, *overrides))

@@ -1,0 +1,1 @@
+"""Sample knowledge loaded by `make run`: a fictional company's help center."""

@@ -1,0 +1,118 @@
+from typing import Any
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from tests.helpers import assert_problem
+
+
+async def test_root_describes_the_service(client: AsyncTestClient[Litestar]) -> None:
+    response = await client.get("/")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["name"] == "support"
+    assert body["environment"] == "test"
+    assert body["version"]
+    assert body["links"]["docs"] == "/schema"
+    assert body["links"]["readiness"] == "/health/ready"
+
+
+async def test_liveness_answers_without_dependencies(client: AsyncTestClient[Litestar]) -> None:
+    response = await client.get("/health/live")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+async def test_readiness_reports_each_dependency(client: AsyncTestClient[Litestar]) -> None:
+    response = await client.get("/health/ready")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ready"
+    assert {item["name"]: item["ok"] for item in body["dependencies"]} == {"postgres": True, "valkey": True}
+    assert body["down"] == []
+
+
+async def test_request_id_is_echoed_when_valid_and_generated_otherwise(client: AsyncTestClient[Litestar]) -> None:
+    echoed = await client.get("/health/live", headers={"X-Request-ID": "abc-123"})
+    assert echoed.headers["x-request-id"] == "abc-123"
+    generated = await client.get("/health/live", headers={"X-Request-ID": "bad id with spaces"})
+    assert generated.headers["x-request-id"] not in {"", "bad id with spaces"}
+    assert len(generated.headers["x-request-id"]) == 32
+
+
+async def test_every_response_has_server_timing(client: AsyncTestClient[Litestar]) -> None:
+    for path in ("/", "/health/live", "/does-not-exist"):
+        response = await client.get(path)
+        assert response.headers["server-timing"].startswith("app;dur=")
+        assert float(response.headers["server-timing"].removeprefix("app;dur=")) >= 0
+
+
+async def test_unknown_route_is_a_404_problem(client: AsyncTestClient[Litestar]) -> None:
+    body = assert_problem(await client.get("/v1/nothing-here"), 404, "not_found")
+    assert body["instance"] == "/v1/nothing-here"
+
+
+async def test_wrong_method_is_a_405_problem(client: AsyncTestClient[Litestar]) -> None:
+    response = await client.put("/health/live")
+    assert_problem(response, 405, "method_not_allowed")
+    assert "GET" in response.headers["allow"]
+
+
+async def test_malformed_json_is_a_400_problem(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    response = await client.post(
+        "/v1/keys", content=b'{"name": "x", "role": ', headers={**admin_headers, "content-type": "application/json"}
+    )
+    assert_problem(response, 400, "malformed_request")
+
+
+async def test_invalid_fields_are_a_422_problem_with_paths(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    response = await client.post("/v1/keys", json={"name": "ci", "role": "superuser"}, headers=admin_headers)
+    body = assert_problem(response, 422, "validation_failed")
+    assert [error["location"] for error in body["errors"]] == ["$.role"]
+
+
+async def test_missing_field_is_a_422_problem(client: AsyncTestClient[Litestar], admin_headers: dict[str, str]) -> None:
+    response = await client.post("/v1/keys", json={"role": "agent"}, headers=admin_headers)
+    body = assert_problem(response, 422, "validation_failed")
+    assert "name" in body["errors"][0]["message"]
+
+
+async def test_too_large_body_is_a_413_problem(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str], settings: Any
+) -> None:
+    oversized = b"x" * (settings.http.max_body_bytes + 1)
+    response = await client.post(
+        "/v1/keys", content=oversized, headers={**admin_headers, "content-type": "application/json"}
+    )
+    assert_problem(response, 413, "content_too_large")
+
+
+async def test_openapi_documents_every_operation(client: AsyncTestClient[Litestar]) -> None:
+    response = await client.get("/schema/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    operations = [
+        (path, method, operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method in {"get", "post", "put", "patch", "delete"}
+    ]
+    assert operations
+    operation_ids = [operation.get("operationId") for _, _, operation in operations]
+    assert all(operation_ids), operations
+    assert len(set(operation_ids)) == len(operation_ids)
+    for path, method, operation in operations:
+        assert operation.get("summary"), (path, method)
+    keys_post = document["paths"]["/v1/keys"]["post"]
+    assert "application/problem+json" in keys_post["responses"]["422"]["content"]
+    assert "ProblemDetails" in document["components"]["schemas"]
+
+
+async def test_docs_ui_is_served(client: AsyncTestClient[Litestar]) -> None:
+    response = await client.get("/schema")
+    assert response.status_code == 200
+    assert "text/html" in response.headers["content-type"]
