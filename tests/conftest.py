@@ -12,12 +12,14 @@ from typing import TypeVar
 
 import pytest
 import sqlalchemy as sa
+from dishka import Provider, Scope
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from valkey.asyncio import Valkey
 
+from support.adapters.embedding.onnx_minilm import OnnxMiniLMEmbedder
 from support.adapters.postgres.engine import asyncpg_url
 from support.adapters.postgres.models import metadata
 from support.cli import migrations
@@ -25,6 +27,7 @@ from support.config import Settings
 from support.container import create_app
 from support.devservers.postgres import EmbeddedPostgres
 from support.devservers.valkey import EmbeddedValkey
+from support.ports.knowledge import Embedder
 
 ADMIN_KEY = "test-bootstrap-admin-key"
 POSTGRES_FIXTURES = frozenset({"database_url", "engine", "client", "settings", "app"})
@@ -133,9 +136,24 @@ def settings(database_url: str, valkey_url: str) -> Settings:
     )
 
 
+@pytest.fixture(scope="session")
+def embedder() -> Iterator[OnnxMiniLMEmbedder]:
+    """The real local embedding model, loaded once for the session."""
+    model = OnnxMiniLMEmbedder(batch_size=32)
+    yield model
+    model.close()
+
+
+def shared_embedder_provider(embedder: Embedder) -> Provider:
+    """Apps under test reuse the session's model instead of loading their own."""
+    provider = Provider(scope=Scope.APP)
+    provider.provide(lambda: embedder, provides=Embedder, override=True)
+    return provider
+
+
 @pytest.fixture
-def app(settings: Settings) -> Litestar:
-    return create_app(settings)
+def app(settings: Settings, embedder: OnnxMiniLMEmbedder) -> Litestar:
+    return create_app(settings, shared_embedder_provider(embedder))
 
 
 @pytest.fixture

@@ -52,6 +52,32 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_body_bytes: PositiveInt = 12 * 1024 * 1024
 
 
+class EmbeddingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Embedding model (``SUPPORT_EMBEDDING__*``): the local ONNX MiniLM, or an OpenAI-compatible endpoint."""
+
+    provider: Literal["onnx", "http", "hashing"] = "onnx"
+    # Must match the database's vector column (384 for MiniLM); checked at start.
+    dimension: PositiveInt = 384
+    batch_size: PositiveInt = 32
+    # CPU threads for the local model; defaults to every core.
+    threads: PositiveInt | None = None
+    url: str | None = None
+    model: str = "text-embedding-3-small"
+    api_key: str | None = None
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+
+class KnowledgeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Ingestion and retrieval (``SUPPORT_KNOWLEDGE__*``)."""
+
+    max_document_bytes: PositiveInt = 10 * 1024 * 1024
+    chunk_tokens: PositiveInt = 200
+    chunk_overlap_tokens: Annotated[int, msgspec.Meta(ge=0)] = 30
+    query_cache_ttl_s: PositiveInt = 24 * 3600
+    # Load the sample help center at start when the knowledge base is empty (`make run`).
+    load_sample_data: bool = False
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything the service can be configured with; see docs/configuration.md."""
 
@@ -70,6 +96,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     db: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
     valkey: ValkeySettings = msgspec.field(default_factory=ValkeySettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    embedding: EmbeddingSettings = msgspec.field(default_factory=EmbeddingSettings)
+    knowledge: KnowledgeSettings = msgspec.field(default_factory=KnowledgeSettings)
 
     @property
     def json_logs(self) -> bool:

@@ -1,5 +1,6 @@
 """The Litestar application: routes, problem handling, OpenAPI, middleware. Wiring lives in ``support.container``."""
 
+import logging
 from datetime import UTC, datetime
 from importlib.metadata import version
 
@@ -13,10 +14,15 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Tag
 
 from support.api.controllers.keys import ApiKeysController
+from support.api.controllers.knowledge import KnowledgeController
 from support.api.controllers.system import SystemController
 from support.api.middleware import request_context_middleware
 from support.api.problems import EXCEPTION_HANDLERS
+from support.application.knowledge import VerifyKnowledgeIndex
 from support.config import Settings
+from support.ports.errors import DependencyUnavailableError
+
+_logger = logging.getLogger(__name__)
 
 API_DESCRIPTION = """\
 Self-hostable AI customer support: answers from your help center with citations, remembers customers,
@@ -31,11 +37,20 @@ def build_app(settings: Settings, container: AsyncContainer) -> Litestar:
     async def close_container() -> None:
         await container.close()
 
+    async def check_knowledge_index() -> None:
+        # Loads the embedder before the first request and refuses to start when its vectors don't fit.
+        try:
+            async with container() as request:
+                await (await request.get(VerifyKnowledgeIndex)).execute()
+        except DependencyUnavailableError:
+            _logger.warning("could not verify the knowledge index at start: a dependency is unavailable")
+
     app = Litestar(
-        route_handlers=[SystemController, ApiKeysController],
+        route_handlers=[SystemController, ApiKeysController, KnowledgeController],
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=CORSConfig(allow_origins=list(settings.http.cors_origins)) if settings.http.cors_origins else None,
         request_max_body_size=settings.http.max_body_bytes,
+        on_startup=[check_knowledge_index],
         on_shutdown=[close_container],
         state=State({"version": app_version, "started_at": datetime.now(UTC)}),
         openapi_config=OpenAPIConfig(
@@ -55,6 +70,7 @@ def build_app(settings: Settings, container: AsyncContainer) -> Litestar:
             tags=[
                 Tag(name="system", description="Service information and health"),
                 Tag(name="keys", description="API keys (admin)"),
+                Tag(name="knowledge", description="Knowledge base: documents and retrieval (admin)"),
             ],
             use_handler_docstrings=False,
         ),

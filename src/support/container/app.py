@@ -5,19 +5,36 @@ from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from valkey.asyncio import Valkey
 
+from support.adapters.embedding.hashing import HashingEmbedder
+from support.adapters.embedding.http_openai import OpenAICompatibleEmbedder
+from support.adapters.embedding.onnx_minilm import OnnxMiniLMEmbedder
+from support.adapters.extraction.extractor import StructuredTextExtractor
 from support.adapters.postgres.api_keys import PostgresApiKeyRepository
 from support.adapters.postgres.engine import create_engine, create_session_factory
 from support.adapters.postgres.health import PostgresHealthProbe
+from support.adapters.postgres.knowledge import PgVectorKnowledgeBase
 from support.adapters.postgres.uow import SqlAlchemyUnitOfWork
 from support.adapters.system import SystemClock
+from support.adapters.valkey.cache import ValkeyCache
 from support.adapters.valkey.client import create_client
 from support.adapters.valkey.health import ValkeyHealthProbe
 from support.api.app import build_app
 from support.application.health import CheckReadiness
 from support.application.keys import AuthenticateApiKey, BootstrapAdminKey, CreateApiKey, ListApiKeys, RevokeApiKey
-from support.config import Settings, load_settings
+from support.application.knowledge import (
+    DeleteDocument,
+    GetDocument,
+    IngestDocument,
+    KnowledgeLimits,
+    ListDocuments,
+    QueryEmbeddings,
+    SearchKnowledge,
+    VerifyKnowledgeIndex,
+)
+from support.config import Settings, SettingsError, load_settings
 from support.observability import configure_logging
 from support.ports.identity import ApiKeyRepository
+from support.ports.knowledge import Cache, Embedder, KnowledgeBase, TextExtractor
 from support.ports.system import Clock, HealthProbe, UnitOfWork
 
 
@@ -51,6 +68,50 @@ class InfrastructureProvider(Provider):
         return (PostgresHealthProbe(engine), ValkeyHealthProbe(valkey))
 
     @provide
+    async def embedder(self, settings: Settings) -> AsyncIterator[Embedder]:
+        embedding = settings.embedding
+        if embedding.provider == "http":
+            if not embedding.url:
+                msg = "SUPPORT_EMBEDDING__URL is required when SUPPORT_EMBEDDING__PROVIDER=http"
+                raise SettingsError(msg)
+            remote = OpenAICompatibleEmbedder(
+                base_url=embedding.url,
+                model=embedding.model,
+                dimension=embedding.dimension,
+                api_key=embedding.api_key,
+                timeout=embedding.timeout_s,
+                batch_size=embedding.batch_size,
+            )
+            yield remote
+            await remote.aclose()
+        elif embedding.provider == "hashing":
+            yield HashingEmbedder(embedding.dimension)
+        else:
+            local = OnnxMiniLMEmbedder(batch_size=embedding.batch_size, intra_op_threads=embedding.threads)
+            yield local
+            local.close()
+
+    @provide
+    def extractor(self) -> TextExtractor:
+        return StructuredTextExtractor()
+
+    @provide
+    def cache(self, valkey: Valkey, settings: Settings) -> Cache:
+        return ValkeyCache(valkey, settings.valkey.key_prefix)
+
+    @provide
+    def knowledge_limits(self, settings: Settings) -> KnowledgeLimits:
+        knowledge = settings.knowledge
+        return KnowledgeLimits(
+            max_document_bytes=knowledge.max_document_bytes,
+            chunk_tokens=knowledge.chunk_tokens,
+            chunk_overlap_tokens=knowledge.chunk_overlap_tokens,
+            query_cache_ttl_s=knowledge.query_cache_ttl_s,
+        )
+
+    query_embeddings = provide(QueryEmbeddings)
+
+    @provide
     def bootstrap_admin_key(self, settings: Settings) -> BootstrapAdminKey | None:
         return BootstrapAdminKey(settings.bootstrap_admin_key) if settings.bootstrap_admin_key else None
 
@@ -67,6 +128,7 @@ class PersistenceProvider(Provider):
 
     unit_of_work = provide(SqlAlchemyUnitOfWork, provides=UnitOfWork)
     api_keys = provide(PostgresApiKeyRepository, provides=ApiKeyRepository)
+    knowledge = provide(PgVectorKnowledgeBase, provides=KnowledgeBase)
 
 
 class UseCaseProvider(Provider):
@@ -76,6 +138,12 @@ class UseCaseProvider(Provider):
     list_api_keys = provide(ListApiKeys)
     revoke_api_key = provide(RevokeApiKey)
     authenticate_api_key = provide(AuthenticateApiKey)
+    ingest_document = provide(IngestDocument)
+    get_document = provide(GetDocument)
+    list_documents = provide(ListDocuments)
+    delete_document = provide(DeleteDocument)
+    search_knowledge = provide(SearchKnowledge)
+    verify_knowledge_index = provide(VerifyKnowledgeIndex)
 
     @provide
     def check_readiness(self, probes: Sequence[HealthProbe]) -> CheckReadiness:

@@ -1,6 +1,11 @@
 """Knowledge-base entities: extracted documents, their sections and the chunks that get indexed."""
 
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from uuid import UUID
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,3 +42,125 @@ class Chunk:
         """The text that is embedded and indexed: document title and heading path, then the chunk body."""
         path = " > ".join((title, *self.heading_path)) if title else " > ".join(self.heading_path)
         return f"{path}\n\n{self.text}" if path else self.text
+
+
+class Audience(StrEnum):
+    """Who may see a document: customers and the assistant (public), or human agents only (internal)."""
+
+    PUBLIC = "public"
+    INTERNAL = "internal"
+
+
+class UpsertStatus(StrEnum):
+    """What an upsert did."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentDraft:
+    """A document as submitted: what gets stored once its chunks are embedded."""
+
+    external_id: str
+    title: str
+    content_type: str
+    text_hash: str
+    url: str | None = None
+    tags: tuple[str, ...] = ()
+    audience: Audience = Audience.PUBLIC
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    # Instruction-like passages found in the content (prompt-injection risk), kept for review.
+    flags: tuple[str, ...] = ()
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever anything that affects indexing changes (text, title, url, tags, audience)."""
+        material = "\x1f".join((self.text_hash, self.title, self.url or "", ",".join(self.tags), self.audience))
+        return hashlib.sha256(material.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A stored document at its current version."""
+
+    id: UUID
+    external_id: str
+    title: str
+    content_type: str
+    url: str | None
+    tags: tuple[str, ...]
+    audience: Audience
+    metadata: Mapping[str, str]
+    fingerprint: str
+    version: int
+    chunk_count: int
+    created_at: datetime
+    updated_at: datetime
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedChunk:
+    """A chunk ready to be stored: its indexed text and vector."""
+
+    chunk: Chunk
+    search_text: str
+    embedding: Sequence[float]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """A retrieval request; ``tags`` keeps documents carrying any of them."""
+
+    text: str
+    limit: int = 5
+    tags: tuple[str, ...] = ()
+    audiences: tuple[Audience, ...] = (Audience.PUBLIC,)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """One retrieved passage, the best chunk of its document, with the evidence of how it ranked."""
+
+    chunk_id: UUID
+    document_id: UUID
+    external_id: str
+    version: int
+    ordinal: int
+    title: str
+    url: str | None
+    heading_path: tuple[str, ...]
+    text: str
+    score: float
+    vector_similarity: float | None
+    vector_rank: int | None
+    text_rank: int | None
+
+
+def text_hash(text: str) -> str:
+    """The content hash of normalised document text."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def normalise_tags(tags: Sequence[str]) -> tuple[str, ...]:
+    """Lower-case, trimmed, de-duplicated and sorted, so equal tag sets compare equal."""
+    return tuple(sorted({tag.strip().lower() for tag in tags if tag.strip()}))
+
+
+_CONTENT_TYPES_BY_SUFFIX = {
+    ".txt": "text/plain",
+    ".text": "text/plain",
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".pdf": "application/pdf",
+}
+
+
+def content_type_for_filename(name: str) -> str | None:
+    """The content type a file name's suffix stands for, among the supported ones."""
+    _, dot, suffix = name.lower().rpartition(".")
+    return _CONTENT_TYPES_BY_SUFFIX.get(f".{suffix}") if dot else None

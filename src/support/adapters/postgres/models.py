@@ -5,9 +5,13 @@ from uuid import UUID
 
 import sqlalchemy as sa
 from advanced_alchemy.base import DefaultBase
+from pgvector.sqlalchemy import Vector
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column
 
 metadata = DefaultBase.metadata
+# The vector column's dimension; the service checks at start that its embedder produces vectors of this length.
+EMBEDDING_DIMENSION = 384
 
 
 class ApiKeyRow(DefaultBase):
@@ -21,3 +25,59 @@ class ApiKeyRow(DefaultBase):
     hint: Mapped[str] = mapped_column(sa.String(16))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class DocumentRow(DefaultBase):
+    __tablename__ = "kb_documents"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    external_id: Mapped[str] = mapped_column(sa.String(300), unique=True)
+    title: Mapped[str] = mapped_column(sa.Text)
+    content_type: Mapped[str] = mapped_column(sa.String(100))
+    url: Mapped[str | None] = mapped_column(sa.Text)
+    tags: Mapped[list[str]] = mapped_column(ARRAY(sa.Text), server_default="{}")
+    audience: Mapped[str] = mapped_column(sa.String(16))
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSONB, server_default="{}")
+    fingerprint: Mapped[str] = mapped_column(sa.String(64))
+    version: Mapped[int] = mapped_column(sa.Integer)
+    chunk_count: Mapped[int] = mapped_column(sa.Integer)
+    flags: Mapped[list[str]] = mapped_column(ARRAY(sa.Text), server_default="{}")
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+    __table_args__ = (
+        sa.Index("ix_kb_documents_tags", "tags", postgresql_using="gin"),
+        sa.CheckConstraint("audience IN ('public', 'internal')", name="audience_known"),
+    )
+
+
+class ChunkRow(DefaultBase):
+    __tablename__ = "kb_chunks"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    document_id: Mapped[UUID] = mapped_column(sa.ForeignKey("kb_documents.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(sa.Integer)
+    ordinal: Mapped[int] = mapped_column(sa.Integer)
+    heading_path: Mapped[list[str]] = mapped_column(ARRAY(sa.Text))
+    text: Mapped[str] = mapped_column(sa.Text)
+    search_text: Mapped[str] = mapped_column(sa.Text)
+    token_count: Mapped[int] = mapped_column(sa.Integer)
+    # Denormalised from the document so filters apply inside the index scans.
+    tags: Mapped[list[str]] = mapped_column(ARRAY(sa.Text), server_default="{}")
+    audience: Mapped[str] = mapped_column(sa.String(16))
+    embedding: Mapped[list[float]] = mapped_column(Vector(EMBEDDING_DIMENSION))
+    tsv: Mapped[str] = mapped_column(
+        TSVECTOR, sa.Computed("to_tsvector('english'::regconfig, search_text)", persisted=True)
+    )
+
+    __table_args__ = (
+        sa.Index(
+            "ix_kb_chunks_embedding_hnsw",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_with={"m": 16, "ef_construction": 64},
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+        sa.Index("ix_kb_chunks_tsv", "tsv", postgresql_using="gin"),
+        sa.Index("ix_kb_chunks_tags", "tags", postgresql_using="gin"),
+    )

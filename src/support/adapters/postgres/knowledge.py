@@ -1,0 +1,246 @@
+from collections.abc import Sequence
+from datetime import datetime
+from uuid import UUID
+
+import sqlalchemy as sa
+from pgvector.sqlalchemy import Vector
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from support.adapters.postgres.errors import storage_errors
+from support.adapters.postgres.models import ChunkRow, DocumentRow
+from support.domain.errors import InvalidInputError
+from support.domain.ids import new_id
+from support.domain.knowledge import (
+    Audience,
+    Document,
+    DocumentDraft,
+    EmbeddedChunk,
+    SearchHit,
+    SearchQuery,
+    UpsertStatus,
+)
+from support.ports.knowledge import DocumentPage
+
+# Reciprocal rank fusion constant (Cormack et al.): damps the weight of top ranks so neither list dominates.
+RRF_K = 60
+# How many candidates each ranking contributes before fusion and per-document deduplication.
+CANDIDATES = 40
+
+# The OR of the query's lexemes: questions are long, and an AND of every word (websearch_to_tsquery's default)
+# would match almost nothing. websearch_to_tsquery still does the parsing, stemming and stop-word removal.
+_TSQUERY = "replace(websearch_to_tsquery('english', :query_text)::text, ' & ', ' | ')::tsquery"
+
+_SEARCH_SQL = sa.text(
+    f"""
+WITH vector_hits AS (
+    SELECT id, embedding <=> :embedding AS distance
+    FROM kb_chunks
+    WHERE audience = ANY(:audiences) AND (cardinality(:tags) = 0 OR tags && :tags)
+    ORDER BY embedding <=> :embedding
+    LIMIT :candidates
+),
+vector_ranked AS (
+    SELECT id, distance, row_number() OVER (ORDER BY distance) AS rank FROM vector_hits
+),
+text_hits AS (
+    SELECT id, ts_rank_cd(tsv, {_TSQUERY}, 1) AS relevance
+    FROM kb_chunks
+    WHERE tsv @@ {_TSQUERY}
+      AND audience = ANY(:audiences) AND (cardinality(:tags) = 0 OR tags && :tags)
+    ORDER BY relevance DESC
+    LIMIT :candidates
+),
+text_ranked AS (
+    SELECT id, row_number() OVER (ORDER BY relevance DESC) AS rank FROM text_hits
+),
+fused AS (
+    SELECT coalesce(v.id, t.id) AS id,
+           coalesce(1.0 / (:rrf_k + v.rank), 0) + coalesce(1.0 / (:rrf_k + t.rank), 0) AS score,
+           v.rank AS vector_rank, t.rank AS text_rank, 1 - v.distance AS similarity
+    FROM vector_ranked v FULL OUTER JOIN text_ranked t ON v.id = t.id
+),
+best_per_document AS (
+    SELECT DISTINCT ON (c.document_id) f.id, f.score, f.vector_rank, f.text_rank, f.similarity
+    FROM fused f JOIN kb_chunks c ON c.id = f.id
+    ORDER BY c.document_id, f.score DESC
+)
+SELECT b.id AS chunk_id, b.score, b.vector_rank, b.text_rank, b.similarity,
+       c.ordinal, c.heading_path, c.text, c.version,
+       d.id AS document_id, d.external_id, d.title, d.url
+FROM best_per_document b
+JOIN kb_chunks c ON c.id = b.id
+JOIN kb_documents d ON d.id = c.document_id
+ORDER BY b.score DESC, b.id
+LIMIT :limit
+"""  # noqa: S608 - the only interpolation is the constant _TSQUERY fragment
+).bindparams(
+    sa.bindparam("embedding", type_=Vector()),
+    sa.bindparam("audiences", type_=ARRAY(sa.Text)),
+    sa.bindparam("tags", type_=ARRAY(sa.Text)),
+)
+
+
+def _to_domain(row: DocumentRow) -> Document:
+    return Document(
+        id=row.id,
+        external_id=row.external_id,
+        title=row.title,
+        content_type=row.content_type,
+        url=row.url,
+        tags=tuple(row.tags),
+        audience=Audience(row.audience),
+        metadata=dict(row.metadata_),
+        fingerprint=row.fingerprint,
+        version=row.version,
+        chunk_count=row.chunk_count,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        flags=tuple(row.flags),
+    )
+
+
+class PgVectorKnowledgeBase:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def get(self, document_id: UUID) -> Document | None:
+        async with storage_errors():
+            row = await self._session.get(DocumentRow, document_id)
+        return None if row is None or row.version == 0 else _to_domain(row)
+
+    async def get_by_external_id(self, external_id: str) -> Document | None:
+        statement = sa.select(DocumentRow).where(DocumentRow.external_id == external_id, DocumentRow.version > 0)
+        async with storage_errors():
+            row = (await self._session.execute(statement)).scalar_one_or_none()
+        return None if row is None else _to_domain(row)
+
+    async def list_documents(self, *, tag: str | None, limit: int, cursor: str | None) -> DocumentPage:
+        statement = sa.select(DocumentRow).where(DocumentRow.version > 0).order_by(DocumentRow.id.desc())
+        if tag:
+            statement = statement.where(DocumentRow.tags.contains([tag]))
+        if cursor:
+            try:
+                statement = statement.where(DocumentRow.id < UUID(cursor))
+            except ValueError:
+                raise InvalidInputError("The cursor is not valid.") from None
+        async with storage_errors():
+            rows = (await self._session.execute(statement.limit(limit + 1))).scalars().all()
+        items = [_to_domain(row) for row in rows[:limit]]
+        return DocumentPage(items=items, next_cursor=str(items[-1].id) if len(rows) > limit else None)
+
+    async def upsert(
+        self, draft: DocumentDraft, chunks: Sequence[EmbeddedChunk], now: datetime
+    ) -> tuple[Document, UpsertStatus]:
+        async with storage_errors():
+            # Insert a placeholder (version 0) or find the existing row, then lock it: concurrent upserts of one
+            # external id queue here, and each sees the version the previous one committed.
+            await self._session.execute(
+                pg_insert(DocumentRow)
+                .values(
+                    id=new_id(),
+                    external_id=draft.external_id,
+                    title=draft.title,
+                    content_type=draft.content_type,
+                    audience=draft.audience.value,
+                    fingerprint="",
+                    version=0,
+                    chunk_count=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=[DocumentRow.external_id])
+            )
+            row = (
+                await self._session.execute(
+                    sa.select(DocumentRow)
+                    .where(DocumentRow.external_id == draft.external_id)
+                    .with_for_update()
+                    .execution_options(populate_existing=True)
+                )
+            ).scalar_one()
+            if row.version > 0 and row.fingerprint == draft.fingerprint:
+                return _to_domain(row), UpsertStatus.UNCHANGED
+            status = UpsertStatus.CREATED if row.version == 0 else UpsertStatus.UPDATED
+            version = row.version + 1
+            await self._session.execute(sa.delete(ChunkRow).where(ChunkRow.document_id == row.id))
+            if chunks:
+                await self._session.execute(
+                    sa.insert(ChunkRow),
+                    [
+                        {
+                            "id": new_id(),
+                            "document_id": row.id,
+                            "version": version,
+                            "ordinal": item.chunk.ordinal,
+                            "heading_path": list(item.chunk.heading_path),
+                            "text": item.chunk.text,
+                            "search_text": item.search_text,
+                            "token_count": item.chunk.token_count,
+                            "tags": list(draft.tags),
+                            "audience": draft.audience.value,
+                            "embedding": list(item.embedding),
+                        }
+                        for item in chunks
+                    ],
+                )
+            row.title = draft.title
+            row.content_type = draft.content_type
+            row.url = draft.url
+            row.tags = list(draft.tags)
+            row.audience = draft.audience.value
+            row.metadata_ = dict(draft.metadata)
+            row.fingerprint = draft.fingerprint
+            row.flags = list(draft.flags)
+            row.version = version
+            row.chunk_count = len(chunks)
+            row.updated_at = now
+            await self._session.flush()
+        return _to_domain(row), status
+
+    async def delete(self, document_id: UUID) -> bool:
+        async with storage_errors():
+            result = await self._session.execute(
+                sa.delete(DocumentRow).where(DocumentRow.id == document_id).returning(DocumentRow.id)
+            )
+            return result.scalar_one_or_none() is not None
+
+    async def search(self, query: SearchQuery, embedding: Sequence[float]) -> list[SearchHit]:
+        parameters = {
+            "embedding": list(embedding),
+            "query_text": query.text,
+            "audiences": [audience.value for audience in query.audiences],
+            "tags": list(query.tags),
+            "candidates": max(CANDIDATES, query.limit * 4),
+            "rrf_k": RRF_K,
+            "limit": query.limit,
+        }
+        async with storage_errors():
+            rows = (await self._session.execute(_SEARCH_SQL, parameters)).mappings().all()
+        return [
+            SearchHit(
+                chunk_id=row["chunk_id"],
+                document_id=row["document_id"],
+                external_id=row["external_id"],
+                version=row["version"],
+                ordinal=row["ordinal"],
+                title=row["title"],
+                url=row["url"],
+                heading_path=tuple(row["heading_path"]),
+                text=row["text"],
+                score=float(row["score"]),
+                vector_similarity=None if row["similarity"] is None else float(row["similarity"]),
+                vector_rank=row["vector_rank"],
+                text_rank=row["text_rank"],
+            )
+            for row in rows
+        ]
+
+    async def vector_dimension(self) -> int | None:
+        statement = sa.text(
+            "SELECT atttypmod FROM pg_attribute WHERE attrelid = 'kb_chunks'::regclass AND attname = 'embedding'"
+        )
+        async with storage_errors():
+            dimension = (await self._session.execute(statement)).scalar_one_or_none()
+        return None if dimension is None or dimension < 0 else int(dimension)

@@ -1,0 +1,281 @@
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+import msgspec
+from dishka import FromDishka
+from dishka.integrations.litestar import inject
+from litestar import Controller, Response, delete, get, post
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, FromPath, FromQuery, JSONBody, QueryParameter
+
+from support.api.auth import admin_only
+from support.api.problems import problem_responses
+from support.application.knowledge import (
+    MAX_EXTERNAL_ID_LENGTH,
+    MAX_PAGE_SIZE,
+    MAX_QUERY_LENGTH,
+    MAX_SEARCH_LIMIT,
+    MAX_TITLE_LENGTH,
+    DeleteDocument,
+    GetDocument,
+    IngestDocument,
+    IngestRequest,
+    ListDocuments,
+    SearchKnowledge,
+)
+from support.domain.errors import InvalidInputError
+from support.domain.knowledge import Audience, Document, SearchQuery, UpsertStatus, content_type_for_filename
+
+ContentType = Literal["text/plain", "text/markdown", "text/html"]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+
+
+class CreateDocumentRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    content: Annotated[str, msgspec.Meta(description="The document's text, Markdown or HTML.")]
+    content_type: ContentType = "text/markdown"
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TITLE_LENGTH)] | None = None
+    external_id: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=MAX_EXTERNAL_ID_LENGTH,
+                description="Your id for the document: sending it again updates the same document.",
+            ),
+        ]
+        | None
+    ) = None
+    url: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
+    tags: Annotated[list[Tag], msgspec.Meta(max_length=50)] = msgspec.field(default_factory=list)
+    audience: Audience = Audience.PUBLIC
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class DocumentResource(msgspec.Struct, frozen=True):
+    id: UUID
+    external_id: str
+    title: str
+    content_type: str
+    url: str | None
+    tags: list[str]
+    audience: Audience
+    metadata: dict[str, str]
+    version: int
+    chunk_count: int
+    content_hash: str
+    flags: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class IngestResponse(msgspec.Struct, frozen=True):
+    status: UpsertStatus
+    document: DocumentResource
+
+
+class DocumentList(msgspec.Struct, frozen=True):
+    items: list[DocumentResource]
+    next_cursor: str | None
+
+
+class SearchRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    query: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_QUERY_LENGTH)]
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_SEARCH_LIMIT)] = 5
+    tags: Annotated[list[Tag], msgspec.Meta(max_length=50)] = msgspec.field(default_factory=list)
+    audiences: list[Audience] = msgspec.field(default_factory=lambda: [Audience.PUBLIC])
+
+
+class SearchHitResource(msgspec.Struct, frozen=True):
+    document_id: UUID
+    external_id: str
+    version: int
+    chunk_id: UUID
+    chunk: int
+    title: str
+    url: str | None
+    heading_path: list[str]
+    text: str
+    score: float
+    vector_similarity: float | None
+    vector_rank: int | None
+    text_rank: int | None
+
+
+class SearchResponse(msgspec.Struct, frozen=True):
+    items: list[SearchHitResource]
+
+
+class UploadForm(msgspec.Struct):
+    file: UploadFile
+    external_id: str | None = None
+    title: str | None = None
+    url: str | None = None
+    tags: str | None = None
+    audience: Audience = Audience.PUBLIC
+
+
+def document_resource(document: Document) -> DocumentResource:
+    return DocumentResource(
+        id=document.id,
+        external_id=document.external_id,
+        title=document.title,
+        content_type=document.content_type,
+        url=document.url,
+        tags=list(document.tags),
+        audience=document.audience,
+        metadata=dict(document.metadata),
+        version=document.version,
+        chunk_count=document.chunk_count,
+        content_hash=document.fingerprint,
+        flags=list(document.flags),
+        created_at=document.created_at,
+        updated_at=document.updated_at,
+    )
+
+
+def _ingest_response(document: Document, status: UpsertStatus) -> Response[IngestResponse]:
+    return Response(
+        IngestResponse(status=status, document=document_resource(document)),
+        status_code=201 if status is UpsertStatus.CREATED else 200,
+    )
+
+
+class KnowledgeController(Controller):
+    path = "/v1/knowledge"
+    tags = ["knowledge"]  # noqa: RUF012
+    guards = [admin_only]  # noqa: RUF012
+
+    @post(
+        "/documents",
+        operation_id="UpsertDocument",
+        summary="Create or update a document",
+        description=(
+            "Creates the document, or updates the one with the same `external_id`: 201 when created, 200 when "
+            "updated (new version) or unchanged (same content; nothing is re-embedded)."
+        ),
+        responses=problem_responses(400, 401, 403, 413, 415, 422),
+        status_code=200,
+    )
+    @inject
+    async def upsert(
+        self, data: JSONBody[CreateDocumentRequest], use_case: FromDishka[IngestDocument]
+    ) -> Response[IngestResponse]:
+        result = await use_case.execute(
+            IngestRequest(
+                content=data.content.encode(),
+                content_type=data.content_type,
+                external_id=data.external_id,
+                title=data.title,
+                url=data.url,
+                tags=data.tags,
+                audience=data.audience,
+                metadata=data.metadata,
+            )
+        )
+        return _ingest_response(result.document, result.status)
+
+    @post(
+        "/uploads",
+        operation_id="UploadDocument",
+        summary="Upload a file as a document",
+        description="Multipart upload of a .txt, .md, .html or .pdf file; the file name gives the type.",
+        responses=problem_responses(400, 401, 403, 413, 415, 422),
+        status_code=200,
+    )
+    @inject
+    async def upload(
+        self,
+        data: Annotated[UploadForm, Body(media_type=RequestEncodingType.MULTI_PART)],
+        use_case: FromDishka[IngestDocument],
+    ) -> Response[IngestResponse]:
+        content = await data.file.read()
+        content_type = content_type_for_filename(data.file.filename or "") or data.file.content_type
+        result = await use_case.execute(
+            IngestRequest(
+                content=content,
+                content_type=content_type,
+                external_id=data.external_id or data.file.filename,
+                title=data.title,
+                url=data.url,
+                tags=[tag for tag in (data.tags or "").split(",") if tag.strip()],
+                audience=data.audience,
+            )
+        )
+        return _ingest_response(result.document, result.status)
+
+    @get(
+        "/documents",
+        operation_id="ListDocuments",
+        summary="List documents",
+        responses=problem_responses(401, 403, 422),
+    )
+    @inject
+    async def list_documents(
+        self,
+        use_case: FromDishka[ListDocuments],
+        tag: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
+        cursor: FromQuery[str | None] = None,
+    ) -> DocumentList:
+        page = await use_case.execute(tag=tag, limit=limit, cursor=cursor)
+        return DocumentList(items=[document_resource(doc) for doc in page.items], next_cursor=page.next_cursor)
+
+    @get(
+        "/documents/{document_id:uuid}",
+        operation_id="GetDocument",
+        summary="Read a document",
+        responses=problem_responses(401, 403, 404),
+    )
+    @inject
+    async def get_document(self, document_id: FromPath[UUID], use_case: FromDishka[GetDocument]) -> DocumentResource:
+        return document_resource(await use_case.execute(document_id))
+
+    @delete(
+        "/documents/{document_id:uuid}",
+        operation_id="DeleteDocument",
+        summary="Delete a document",
+        description="The document leaves search results at once.",
+        status_code=204,
+        responses=problem_responses(401, 403, 404),
+    )
+    @inject
+    async def delete_document(self, document_id: FromPath[UUID], use_case: FromDishka[DeleteDocument]) -> None:
+        await use_case.execute(document_id)
+
+    @post(
+        "/search",
+        operation_id="SearchKnowledge",
+        summary="Search the knowledge base",
+        description="Hybrid retrieval (vector + full text, fused by reciprocal rank): the best passage per document.",
+        responses=problem_responses(400, 401, 403, 422),
+        status_code=200,
+    )
+    @inject
+    async def search(self, data: JSONBody[SearchRequest], use_case: FromDishka[SearchKnowledge]) -> SearchResponse:
+        if not data.query.strip():
+            raise InvalidInputError("The query is empty.")
+        hits = await use_case.execute(
+            SearchQuery(text=data.query, limit=data.limit, tags=tuple(data.tags), audiences=tuple(data.audiences))
+        )
+        return SearchResponse(
+            items=[
+                SearchHitResource(
+                    document_id=hit.document_id,
+                    external_id=hit.external_id,
+                    version=hit.version,
+                    chunk_id=hit.chunk_id,
+                    chunk=hit.ordinal,
+                    title=hit.title,
+                    url=hit.url,
+                    heading_path=list(hit.heading_path),
+                    text=hit.text,
+                    score=hit.score,
+                    vector_similarity=hit.vector_similarity,
+                    vector_rank=hit.vector_rank,
+                    text_rank=hit.text_rank,
+                )
+                for hit in hits
+            ]
+        )

@@ -1,0 +1,307 @@
+"""Use cases for the knowledge base: ingest, read, delete and search documents."""
+
+import array
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from support.domain.chunking import chunk_document
+from support.domain.errors import ContentTooLargeError, InvalidInputError, NotFoundError, RuleViolationError
+from support.domain.ids import new_id
+from support.domain.knowledge import (
+    Audience,
+    Document,
+    DocumentDraft,
+    EmbeddedChunk,
+    ExtractedDocument,
+    SearchHit,
+    SearchQuery,
+    UpsertStatus,
+    normalise_tags,
+    text_hash,
+)
+from support.domain.safety import find_instruction_like_passages
+from support.ports.errors import CacheUnavailableError
+from support.ports.knowledge import Cache, DocumentPage, Embedder, KnowledgeBase, TextExtractor
+from support.ports.system import Clock, UnitOfWork
+
+_logger = logging.getLogger(__name__)
+
+MAX_TITLE_LENGTH = 500
+MAX_EXTERNAL_ID_LENGTH = 300
+MAX_QUERY_LENGTH = 2000
+MAX_SEARCH_LIMIT = 50
+MAX_PAGE_SIZE = 200
+
+
+class DocumentNotFoundError(NotFoundError):
+    """No document with this id exists."""
+
+    code = "document_not_found"
+    default_message = "The document was not found."
+
+
+@dataclass(frozen=True, slots=True)
+class KnowledgeLimits:
+    """Ingestion bounds, from settings."""
+
+    max_document_bytes: int = 10 * 1024 * 1024
+    chunk_tokens: int = 200
+    chunk_overlap_tokens: int = 30
+    query_cache_ttl_s: int = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class IngestRequest:
+    """A document to create or update; ``title`` defaults to the one found in the content."""
+
+    content: bytes
+    content_type: str
+    external_id: str | None = None
+    title: str | None = None
+    url: str | None = None
+    tags: Sequence[str] = ()
+    audience: Audience = Audience.PUBLIC
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """The stored document and what the upsert did."""
+
+    document: Document
+    status: UpsertStatus
+
+
+def full_text(document: ExtractedDocument) -> str:
+    """The document as one normalised text (headings kept), which its content hash covers."""
+    parts: list[str] = []
+    for section in document.sections:
+        if section.heading_path:
+            parts.append(" > ".join(section.heading_path))
+        if section.text.strip():
+            parts.append(section.text.strip())
+    return "\n\n".join(parts)
+
+
+class IngestDocument:
+    """Create or update a document by ``external_id``.
+
+    The content is extracted, chunked by structure, embedded, and stored as a new version in one atomic swap.
+    Unchanged content (same text, title, url, tags, audience and metadata) is detected before embedding and
+    costs nothing. Instruction-like passages are flagged on the document (they stay data, never instructions).
+    """
+
+    def __init__(
+        self,
+        knowledge: KnowledgeBase,
+        extractor: TextExtractor,
+        embedder: Embedder,
+        uow: UnitOfWork,
+        clock: Clock,
+        limits: KnowledgeLimits,
+    ) -> None:
+        self._knowledge = knowledge
+        self._extractor = extractor
+        self._embedder = embedder
+        self._uow = uow
+        self._clock = clock
+        self._limits = limits
+
+    async def execute(self, request: IngestRequest) -> IngestResult:
+        """Ingest and commit.
+
+        Raises:
+            ContentTooLargeError: the content exceeds the configured size.
+            UnsupportedContentTypeError: the content type is not supported.
+            InvalidInputError: the content is empty, unreadable, or a field is invalid.
+        """
+        draft, extracted = self.prepare(request)
+        existing = await self._knowledge.get_by_external_id(draft.external_id)
+        if existing is not None and existing.fingerprint == draft.fingerprint:
+            return IngestResult(existing, UpsertStatus.UNCHANGED)
+        chunks = await self.embed(draft, extracted)
+        document, status = await self._knowledge.upsert(draft, chunks, self._clock.now())
+        await self._uow.commit()
+        return IngestResult(document, status)
+
+    def prepare(self, request: IngestRequest) -> tuple[DocumentDraft, ExtractedDocument]:
+        """Validate and extract; the draft's fingerprint tells whether the stored version is current."""
+        if len(request.content) > self._limits.max_document_bytes:
+            raise ContentTooLargeError(f"A document may have at most {self._limits.max_document_bytes} bytes.")
+        if not request.content.strip():
+            raise InvalidInputError("The content is empty.")
+        extracted = self._extractor.extract(request.content, request.content_type)
+        if extracted.is_empty:
+            raise InvalidInputError("The content has no text.")
+        title = (request.title or extracted.title or "").strip()
+        if not title:
+            raise InvalidInputError("The document needs a title: none was given and none was found in the content.")
+        if len(title) > MAX_TITLE_LENGTH:
+            raise InvalidInputError(f"A title has at most {MAX_TITLE_LENGTH} characters.")
+        external_id = (request.external_id or "").strip() or str(new_id())
+        if len(external_id) > MAX_EXTERNAL_ID_LENGTH:
+            raise InvalidInputError(f"An external_id has at most {MAX_EXTERNAL_ID_LENGTH} characters.")
+        text = full_text(extracted)
+        metadata_hash = hashlib.sha256(repr(sorted(request.metadata.items())).encode()).hexdigest()
+        draft = DocumentDraft(
+            external_id=external_id,
+            title=title,
+            content_type=request.content_type.split(";")[0].strip().lower(),
+            text_hash=text_hash(text + "\x1e" + metadata_hash),
+            url=request.url,
+            tags=normalise_tags(request.tags),
+            audience=request.audience,
+            metadata=dict(request.metadata),
+            flags=tuple(find_instruction_like_passages(text)),
+        )
+        return draft, extracted
+
+    async def embed(self, draft: DocumentDraft, extracted: ExtractedDocument) -> list[EmbeddedChunk]:
+        """Chunk by structure and embed each chunk with its title and heading path."""
+        chunks = chunk_document(
+            extracted,
+            count_tokens=self._embedder.count_tokens,
+            max_tokens=self._limits.chunk_tokens,
+            overlap_tokens=self._limits.chunk_overlap_tokens,
+        )
+        search_texts = [chunk.context_text(draft.title) for chunk in chunks]
+        vectors = await self._embedder.embed_documents(search_texts) if chunks else []
+        return [
+            EmbeddedChunk(chunk=chunk, search_text=text, embedding=vector)
+            for chunk, text, vector in zip(chunks, search_texts, vectors, strict=True)
+        ]
+
+
+class GetDocument:
+    """Read one document."""
+
+    def __init__(self, knowledge: KnowledgeBase) -> None:
+        self._knowledge = knowledge
+
+    async def execute(self, document_id: UUID) -> Document:
+        """Return the document.
+
+        Raises:
+            DocumentNotFoundError: no document has this id.
+        """
+        document = await self._knowledge.get(document_id)
+        if document is None:
+            raise DocumentNotFoundError
+        return document
+
+
+class ListDocuments:
+    """List documents newest first, a page at a time, optionally by tag."""
+
+    def __init__(self, knowledge: KnowledgeBase) -> None:
+        self._knowledge = knowledge
+
+    async def execute(self, *, tag: str | None = None, limit: int = 50, cursor: str | None = None) -> DocumentPage:
+        """Return one page."""
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE_SIZE}.")
+        return await self._knowledge.list_documents(
+            tag=tag.strip().lower() if tag else None, limit=limit, cursor=cursor
+        )
+
+
+class DeleteDocument:
+    """Delete a document; it disappears from search as soon as this commits."""
+
+    def __init__(self, knowledge: KnowledgeBase, uow: UnitOfWork) -> None:
+        self._knowledge = knowledge
+        self._uow = uow
+
+    async def execute(self, document_id: UUID) -> None:
+        """Delete and commit.
+
+        Raises:
+            DocumentNotFoundError: no document has this id.
+        """
+        if not await self._knowledge.delete(document_id):
+            raise DocumentNotFoundError
+        await self._uow.commit()
+
+
+class QueryEmbeddings:
+    """Query vectors through a cache: repeated questions skip the model. A cache outage only costs time."""
+
+    def __init__(self, embedder: Embedder, cache: Cache, limits: KnowledgeLimits) -> None:
+        self._embedder = embedder
+        self._cache = cache
+        self._ttl_s = limits.query_cache_ttl_s
+
+    async def embed(self, text: str) -> list[float]:
+        """The query's vector, cached by model and exact text."""
+        key = f"qemb:{self._embedder.model_id}:{hashlib.sha256(text.encode()).hexdigest()}"
+        try:
+            cached = await self._cache.get(key)
+        except CacheUnavailableError:
+            _logger.warning("query embedding cache unavailable; embedding without it")
+            cached = None
+        if cached is not None:
+            return array.array("f", cached).tolist()
+        vector = await self._embedder.embed_query(text)
+        try:
+            await self._cache.set(key, array.array("f", vector).tobytes(), self._ttl_s)
+        except CacheUnavailableError:
+            _logger.warning("query embedding cache unavailable; result not cached")
+        return vector
+
+
+class SearchKnowledge:
+    """Hybrid retrieval over the knowledge base: the best passage of each matching document, best first."""
+
+    def __init__(self, knowledge: KnowledgeBase, embeddings: QueryEmbeddings) -> None:
+        self._knowledge = knowledge
+        self._embeddings = embeddings
+
+    async def execute(self, query: SearchQuery) -> list[SearchHit]:
+        """Search.
+
+        Raises:
+            InvalidInputError: the query is empty or too long, or the limit is out of range.
+        """
+        text = query.text.strip()
+        if not text:
+            raise InvalidInputError("The query is empty.")
+        if len(text) > MAX_QUERY_LENGTH:
+            raise InvalidInputError(f"A query has at most {MAX_QUERY_LENGTH} characters.")
+        if not 1 <= query.limit <= MAX_SEARCH_LIMIT:
+            raise InvalidInputError(f"limit must be between 1 and {MAX_SEARCH_LIMIT}.")
+        normalised = SearchQuery(
+            text=text, limit=query.limit, tags=normalise_tags(query.tags), audiences=query.audiences
+        )
+        return await self._knowledge.search(normalised, await self._embeddings.embed(text))
+
+
+class EmbeddingDimensionMismatchError(RuleViolationError):
+    """The embedder's vectors do not fit the knowledge base's vector column."""
+
+    code = "embedding_dimension_mismatch"
+
+
+class VerifyKnowledgeIndex:
+    """Check at start that the configured embedder fits the stored vectors (dimension)."""
+
+    def __init__(self, knowledge: KnowledgeBase, embedder: Embedder) -> None:
+        self._knowledge = knowledge
+        self._embedder = embedder
+
+    async def execute(self) -> None:
+        """Return when they fit.
+
+        Raises:
+            EmbeddingDimensionMismatchError: they do not; the message says both dimensions.
+            StorageUnavailableError: the database cannot be reached (the check can be retried later).
+        """
+        stored = await self._knowledge.vector_dimension()
+        if stored is not None and stored != self._embedder.dimension:
+            msg = (
+                f"The embedder {self._embedder.model_id} makes {self._embedder.dimension}-dimensional vectors but "
+                f"the knowledge base stores {stored}; set SUPPORT_EMBEDDING__DIMENSION/PROVIDER to match."
+            )
+            raise EmbeddingDimensionMismatchError(msg)

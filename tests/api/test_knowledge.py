@@ -1,0 +1,209 @@
+import asyncio
+from pathlib import Path
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from tests.helpers import assert_problem
+
+PASSWORD_ARTICLE = """# How to reset your password
+
+## Request a reset link
+
+1. Open the sign-in page and choose **Forgot password**.
+2. Enter the email address on your account. The reset link is valid for 60 minutes.
+
+## If the email does not arrive
+
+Check your spam folder, then wait five minutes before requesting another link.
+"""
+
+SHIPPING_ARTICLE = """# Shipping options
+
+## Costs by region
+
+Standard shipping in the US costs $6.95 and is free over $75. Express delivery takes 1-2 business days.
+"""
+
+
+async def upsert(client: AsyncTestClient[Litestar], headers: dict[str, str], **fields: object) -> tuple[int, dict]:  # type: ignore[type-arg]
+    response = await client.post("/v1/knowledge/documents", json=fields, headers=headers)
+    return response.status_code, response.json()
+
+
+async def test_upsert_creates_then_reports_unchanged_then_versions_a_change(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    status, created = await upsert(
+        client, admin_headers, content=PASSWORD_ARTICLE, external_id="kb-1", tags=["Account", "security"]
+    )
+    assert status == 201
+    assert created["status"] == "created"
+    document = created["document"]
+    assert document["title"] == "How to reset your password"
+    assert document["version"] == 1
+    assert document["chunk_count"] >= 2
+    assert document["tags"] == ["account", "security"]
+
+    status, unchanged = await upsert(
+        client, admin_headers, content=PASSWORD_ARTICLE, external_id="kb-1", tags=["security", "account"]
+    )
+    assert status == 200
+    assert unchanged["status"] == "unchanged"
+    assert unchanged["document"]["version"] == 1
+    assert unchanged["document"]["updated_at"] == document["updated_at"]
+
+    changed = PASSWORD_ARTICLE.replace("60 minutes", "30 minutes")
+    status, updated = await upsert(client, admin_headers, content=changed, external_id="kb-1", tags=["account"])
+    assert status == 200
+    assert updated["status"] == "updated"
+    assert updated["document"]["id"] == document["id"]
+    assert updated["document"]["version"] == 2
+
+
+async def test_search_finds_the_right_document_with_citation_fields(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    await upsert(client, admin_headers, content=PASSWORD_ARTICLE, external_id="pw", url="https://help.example/pw")
+    await upsert(client, admin_headers, content=SHIPPING_ARTICLE, external_id="ship")
+    response = await client.post(
+        "/v1/knowledge/search", json={"query": "I forgot my password", "limit": 2}, headers=admin_headers
+    )
+    assert response.status_code == 200
+    hits = response.json()["items"]
+    assert hits[0]["external_id"] == "pw"
+    assert hits[0]["url"] == "https://help.example/pw"
+    assert hits[0]["version"] == 1
+    assert hits[0]["vector_rank"] == 1
+    assert len({hit["document_id"] for hit in hits}) == len(hits)
+
+    shipping = await client.post(
+        "/v1/knowledge/search", json={"query": "how much does express delivery cost"}, headers=admin_headers
+    )
+    assert shipping.json()["items"][0]["external_id"] == "ship"
+
+
+async def test_search_filters_by_tag(client: AsyncTestClient[Litestar], admin_headers: dict[str, str]) -> None:
+    await upsert(client, admin_headers, content=PASSWORD_ARTICLE, external_id="pw", tags=["account"])
+    await upsert(client, admin_headers, content=SHIPPING_ARTICLE, external_id="ship", tags=["shipping"])
+    response = await client.post(
+        "/v1/knowledge/search", json={"query": "password reset", "tags": ["shipping"]}, headers=admin_headers
+    )
+    assert [hit["external_id"] for hit in response.json()["items"]] == ["ship"]
+
+
+async def test_deleted_document_leaves_search_at_once(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    _, created = await upsert(client, admin_headers, content=PASSWORD_ARTICLE, external_id="pw")
+    document_id = created["document"]["id"]
+    assert (await client.delete(f"/v1/knowledge/documents/{document_id}", headers=admin_headers)).status_code == 204
+    response = await client.post("/v1/knowledge/search", json={"query": "reset password"}, headers=admin_headers)
+    assert response.json()["items"] == []
+    assert_problem(
+        await client.get(f"/v1/knowledge/documents/{document_id}", headers=admin_headers), 404, "document_not_found"
+    )
+    assert_problem(
+        await client.delete(f"/v1/knowledge/documents/{document_id}", headers=admin_headers),
+        404,
+        "document_not_found",
+    )
+
+
+async def test_documents_are_listed_newest_first_with_cursor_and_tag_filter(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    for index in range(5):
+        await upsert(
+            client,
+            admin_headers,
+            content=f"# Article {index}\n\nBody number {index}.",
+            external_id=f"a{index}",
+            tags=["even" if index % 2 == 0 else "odd"],
+        )
+    first = (await client.get("/v1/knowledge/documents?limit=2", headers=admin_headers)).json()
+    assert [item["external_id"] for item in first["items"]] == ["a4", "a3"]
+    second = (
+        await client.get(f"/v1/knowledge/documents?limit=2&cursor={first['next_cursor']}", headers=admin_headers)
+    ).json()
+    assert [item["external_id"] for item in second["items"]] == ["a2", "a1"]
+    third = (
+        await client.get(f"/v1/knowledge/documents?limit=2&cursor={second['next_cursor']}", headers=admin_headers)
+    ).json()
+    assert [item["external_id"] for item in third["items"]] == ["a0"]
+    assert third["next_cursor"] is None
+    odd = (await client.get("/v1/knowledge/documents?tag=odd", headers=admin_headers)).json()
+    assert [item["external_id"] for item in odd["items"]] == ["a3", "a1"]
+
+
+async def test_bad_input_gets_clear_problems(client: AsyncTestClient[Litestar], admin_headers: dict[str, str]) -> None:
+    status, _ = await upsert(client, admin_headers, content="   \n\t ", external_id="blank", title="Blank")
+    assert status == 422
+    assert_problem(
+        await client.post(
+            "/v1/knowledge/documents", json={"content": "x", "content_type": "application/zip"}, headers=admin_headers
+        ),
+        422,
+        "validation_failed",
+    )
+    assert_problem(
+        await client.post("/v1/knowledge/search", json={"query": "   "}, headers=admin_headers), 422, "invalid_input"
+    )
+    assert_problem(
+        await client.post("/v1/knowledge/search", json={"query": ""}, headers=admin_headers), 422, "validation_failed"
+    )
+    assert_problem(
+        await client.get("/v1/knowledge/documents?cursor=not-a-uuid", headers=admin_headers), 422, "invalid_input"
+    )
+
+
+async def test_upload_accepts_supported_files_and_rejects_others(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    markdown = await client.post(
+        "/v1/knowledge/uploads",
+        files={"file": ("reset-password.md", PASSWORD_ARTICLE.encode(), "text/markdown")},
+        data={"tags": "account,security"},
+        headers=admin_headers,
+    )
+    assert markdown.status_code == 201, markdown.text
+    assert markdown.json()["document"]["external_id"] == "reset-password.md"
+    assert markdown.json()["document"]["tags"] == ["account", "security"]
+
+    unsupported = await client.post(
+        "/v1/knowledge/uploads",
+        files={"file": ("archive.zip", b"PK\x03\x04", "application/zip")},
+        headers=admin_headers,
+    )
+    assert_problem(unsupported, 415, "unsupported_content_type")
+
+    corrupt = await client.post(
+        "/v1/knowledge/uploads",
+        files={"file": ("broken.pdf", b"%PDF-1.4 this is not really a pdf", "application/pdf")},
+        headers=admin_headers,
+    )
+    body = assert_problem(corrupt, 422, "invalid_input")
+    assert "PDF" in body["detail"]
+
+
+async def test_concurrent_upserts_of_one_external_id_make_one_document(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    versions = [PASSWORD_ARTICLE + f"\n\nRevision {index}." for index in range(4)]
+    results = await asyncio.gather(
+        *(upsert(client, admin_headers, content=content, external_id="contended") for content in versions)
+    )
+    assert all(status in {200, 201} for status, _ in results), results
+    assert sorted(body["status"] for _, body in results) == ["created", "updated", "updated", "updated"]
+    listed = (await client.get("/v1/knowledge/documents", headers=admin_headers)).json()["items"]
+    assert len(listed) == 1
+    assert listed[0]["version"] == 4
+
+
+async def test_knowledge_endpoints_are_admin_only(client: AsyncTestClient[Litestar]) -> None:
+    assert_problem(await client.get("/v1/knowledge/documents"), 401, "unauthenticated")
+
+
+def test_sample_help_center_is_shipped() -> None:
+    folder = Path(__file__).parents[2] / "src" / "support" / "sample_data" / "helpcenter"
+    assert len(list(folder.glob("*.md"))) >= 15
