@@ -30,7 +30,7 @@ $(VENV)/.installed: $(UV) pyproject.toml uv.lock
 install: $(VENV)/.installed ## Create the environment from the lock file
 
 run: install ## Start PostgreSQL, Valkey and the API on http://127.0.0.1:8000 (Ctrl-C stops everything)
-	@$(BIN)/support serve
+	@$(BIN)/support serve --sample-data
 
 test: install lint pytest ## Lint (ruff, mypy --strict, import-linter) and run the whole suite on real servers
 

@@ -1,4 +1,4 @@
-"""Knowledge base: versioned documents and their chunks, with HNSW and full-text indexes.
+"""Knowledge base: versioned documents and their chunks, HNSW and full-text indexes, BM25 statistics.
 
 Revision ID: 0002
 Revises: 0001
@@ -84,7 +84,26 @@ def upgrade() -> None:
         postgresql_ops={"embedding": "vector_cosine_ops"},
     )
 
+    # BM25 statistics, kept exact by every upsert and delete: document frequency per lexeme, corpus size.
+    op.create_table(
+        "kb_lexemes",
+        sa.Column("lexeme", sa.Text(), nullable=False),
+        sa.Column("df", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("lexeme", name=op.f("pk_kb_lexemes")),
+    )
+    op.create_table(
+        "kb_corpus",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("chunks", sa.BigInteger(), nullable=False),
+        sa.Column("total_tokens", sa.BigInteger(), nullable=False),
+        sa.CheckConstraint("id = 1", name=op.f("ck_kb_corpus_single_row")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_kb_corpus")),
+    )
+    op.execute("INSERT INTO kb_corpus (id, chunks, total_tokens) VALUES (1, 0, 0)")
+
 
 def downgrade() -> None:
+    op.drop_table("kb_corpus")
+    op.drop_table("kb_lexemes")
     op.drop_table("kb_chunks")
     op.drop_table("kb_documents")

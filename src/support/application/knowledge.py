@@ -1,14 +1,21 @@
 """Use cases for the knowledge base: ingest, read, delete and search documents."""
 
 import array
+import asyncio
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
 from support.domain.chunking import chunk_document
-from support.domain.errors import ContentTooLargeError, InvalidInputError, NotFoundError, RuleViolationError
+from support.domain.errors import (
+    ContentTooLargeError,
+    InvalidInputError,
+    NotFoundError,
+    RuleViolationError,
+    SupportError,
+)
 from support.domain.ids import new_id
 from support.domain.knowledge import (
     Audience,
@@ -161,17 +168,30 @@ class IngestDocument:
 
     async def embed(self, draft: DocumentDraft, extracted: ExtractedDocument) -> list[EmbeddedChunk]:
         """Chunk by structure and embed each chunk with its title and heading path."""
-        chunks = chunk_document(
-            extracted,
-            count_tokens=self._embedder.count_tokens,
-            max_tokens=self._limits.chunk_tokens,
-            overlap_tokens=self._limits.chunk_overlap_tokens,
-        )
-        search_texts = [chunk.context_text(draft.title) for chunk in chunks]
-        vectors = await self._embedder.embed_documents(search_texts) if chunks else []
+        return (await self.embed_many([(draft, extracted)]))[0]
+
+    async def embed_many(
+        self, documents: Sequence[tuple[DocumentDraft, ExtractedDocument]]
+    ) -> list[list[EmbeddedChunk]]:
+        """Chunk several documents and embed all their chunks in shared batches."""
+        chunked = [
+            (
+                draft,
+                chunk_document(
+                    extracted,
+                    count_tokens=self._embedder.count_tokens,
+                    max_tokens=self._limits.chunk_tokens,
+                    overlap_tokens=self._limits.chunk_overlap_tokens,
+                ),
+            )
+            for draft, extracted in documents
+        ]
+        texts = [chunk.context_text(draft.title) for draft, chunks in chunked for chunk in chunks]
+        vectors = iter(await self._embedder.embed_documents(texts) if texts else [])
+        texts_iter = iter(texts)
         return [
-            EmbeddedChunk(chunk=chunk, search_text=text, embedding=vector)
-            for chunk, text, vector in zip(chunks, search_texts, vectors, strict=True)
+            [EmbeddedChunk(chunk=chunk, search_text=next(texts_iter), embedding=next(vectors)) for chunk in chunks]
+            for _, chunks in chunked
         ]
 
 
@@ -305,3 +325,123 @@ class VerifyKnowledgeIndex:
                 f"the knowledge base stores {stored}; set SUPPORT_EMBEDDING__DIMENSION/PROVIDER to match."
             )
             raise EmbeddingDimensionMismatchError(msg)
+
+
+@dataclass(slots=True)
+class BulkIngestReport:
+    """Counts of a bulk ingestion, and the reason each failed item failed (by its position and id)."""
+
+    total: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    chunks: int = 0
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        """Items finished, whatever their outcome."""
+        return self.created + self.updated + self.unchanged + self.failed
+
+
+ProgressCallback = Callable[[BulkIngestReport], Awaitable[None]]
+
+# Documents per bulk group: enough chunks for full model batches, few enough for steady progress reports.
+BULK_GROUP_DOCUMENTS = 32
+
+
+@dataclass(slots=True)
+class _Checked:
+    position: int
+    draft: DocumentDraft
+    extracted: ExtractedDocument
+    unchanged: bool = False
+
+
+class IngestDocuments:
+    """Ingest many documents with the single-document rules, at close to the embedder's own throughput.
+
+    Chunks of several documents are embedded together in full batches, and the next group is embedded while the
+    previous one is written, so the database never waits on the model or the model on the database. Each document
+    commits on its own: a bad item is reported and the rest go on.
+    """
+
+    def __init__(self, single: IngestDocument, knowledge: KnowledgeBase, uow: UnitOfWork, clock: Clock) -> None:
+        self._single = single
+        self._knowledge = knowledge
+        self._uow = uow
+        self._clock = clock
+
+    async def execute(
+        self, requests: Iterable[IngestRequest], on_progress: ProgressCallback | None = None
+    ) -> BulkIngestReport:
+        """Ingest every request; never raises for a single bad item."""
+        report = BulkIngestReport()
+        previous: tuple[list[_Checked], asyncio.Task[list[list[EmbeddedChunk]]]] | None = None
+        for group in self._groups(requests, report):
+            checked = await self._check(group)
+            # The model works in its own thread on this group while the previous group is written.
+            embedding = asyncio.create_task(
+                self._single.embed_many([(item.draft, item.extracted) for item in checked if not item.unchanged])
+            )
+            if previous is not None:
+                await self._write_group(previous[0], await previous[1], report, on_progress)
+            previous = (checked, embedding)
+        if previous is not None:
+            await self._write_group(previous[0], await previous[1], report, on_progress)
+        return report
+
+    def _groups(self, requests: Iterable[IngestRequest], report: BulkIngestReport) -> Iterator[list[_Checked]]:
+        group: list[_Checked] = []
+        for position, request in enumerate(requests):
+            report.total += 1
+            try:
+                draft, extracted = self._single.prepare(request)
+            except SupportError as error:
+                report.failed += 1
+                report.errors.append((position, request.external_id or "", error.message))
+                continue
+            group.append(_Checked(position, draft, extracted))
+            if len(group) >= BULK_GROUP_DOCUMENTS:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    async def _check(self, group: list[_Checked]) -> list[_Checked]:
+        for item in group:
+            existing = await self._knowledge.get_by_external_id(item.draft.external_id)
+            item.unchanged = existing is not None and existing.fingerprint == item.draft.fingerprint
+        return group
+
+    async def _write_group(
+        self,
+        group: list[_Checked],
+        embedded: list[list[EmbeddedChunk]],
+        report: BulkIngestReport,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        chunks_of = iter(embedded)
+        for item in group:
+            if item.unchanged:
+                report.unchanged += 1
+                continue
+            chunks = next(chunks_of)
+            try:
+                _, status = await self._knowledge.upsert(item.draft, chunks, self._clock.now())
+                await self._uow.commit()
+            except SupportError as error:
+                await self._uow.rollback()
+                report.failed += 1
+                report.errors.append((item.position, item.draft.external_id, error.message))
+                continue
+            report.chunks += len(chunks)
+            if status is UpsertStatus.CREATED:
+                report.created += 1
+            elif status is UpsertStatus.UPDATED:
+                report.updated += 1
+            else:
+                report.unchanged += 1
+        if on_progress is not None:
+            await on_progress(report)

@@ -1,12 +1,17 @@
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Annotated, TypeVar
 
+import msgspec
 import typer
+from dishka import AsyncContainer, Provider
 from rich.console import Console
 
+from support.cli.knowledge import eval_app, kb_app
 from support.config import Settings, SettingsError, load_settings
 from support.domain.identity import Role
 from support.observability import configure_logging
@@ -23,6 +28,8 @@ db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(kb_app, name="kb")
+app.add_typer(eval_app, name="eval")
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -46,6 +53,9 @@ def serve(
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: SUPPORT_PORT or 8000].")] = None,
     migrate: Annotated[bool, typer.Option(help="Apply database migrations before serving.")] = True,
+    sample_data: Annotated[
+        bool, typer.Option(help="Load the sample help center (Northwind Supply) before serving; unchanged is skipped.")
+    ] = False,
 ) -> None:
     """Serve the API; starts embedded PostgreSQL and Valkey when no SUPPORT_DATABASE_URL / SUPPORT_VALKEY_URL is set."""
     import uvicorn
@@ -58,6 +68,8 @@ def serve(
     with running_servers(settings) as ready:
         if migrate:
             migrations.upgrade(ready.require_database_url())
+        if sample_data:
+            _load_sample_data(ready)
         application = create_app(ready)
         _print_banner(ready)
         uvicorn.run(
@@ -71,6 +83,23 @@ def serve(
         )
 
 
+def _load_sample_data(settings: Settings) -> None:
+    from support.cli.knowledge import ingest_with_progress, print_report
+    from support.cli.sources import sample_sources
+    from support.container import build_container
+
+    async def run() -> None:
+        container = build_container(settings)
+        try:
+            requests = list(sample_sources())
+            report = await ingest_with_progress(container, requests, len(requests), label="Sample help center")
+        finally:
+            await container.close()
+        print_report(report)
+
+    asyncio.run(run())
+
+
 def _print_banner(settings: Settings) -> None:
     base = f"http://{settings.host}:{settings.port}"
     console.print(f"\n[bold]support[/bold] is starting on [link={base}]{base}[/link]")
@@ -82,7 +111,11 @@ def _print_banner(settings: Settings) -> None:
     console.print(
         "  Admin key   in another terminal: [cyan].venv/bin/support keys create --role admin --name me[/cyan]"
     )
-    console.print(f"  Try it      curl -s {base}/health/ready\n")
+    key = "$SUPPORT_BOOTSTRAP_ADMIN_KEY" if settings.bootstrap_admin_key else "<admin key>"
+    console.print(
+        f"  Try it      curl -s {base}/v1/knowledge/search -H 'Authorization: Bearer {key}' "
+        """-H 'content-type: application/json' -d '{"query": "how do I return a desk?"}'\n"""
+    )
 
 
 @db_app.command("upgrade")
@@ -152,20 +185,43 @@ def keys_list() -> None:
 
 
 def _run_use_case(use_case_type: type[T], call: Callable[[T], Awaitable[R]]) -> R:
+    async def run(container: AsyncContainer, _: Settings) -> R:
+        async with container() as request:
+            return await call(await request.get(use_case_type))
+
+    return with_container(run, valkey=False)
+
+
+def with_container(
+    action: Callable[[AsyncContainer, Settings], Awaitable[R]],
+    *,
+    valkey: bool = True,
+    overrides: Sequence[Provider] = (),
+    fresh_database: Path | None = None,
+) -> R:
+    """Run ``action`` with a container on migrated servers (configured, embedded, or a fresh throwaway one)."""
+    from support.cli import migrations
     from support.container import build_container
+    from support.devservers.postgres import EmbeddedPostgres
     from support.devservers.runtime import running_servers
 
-    async def run(settings: Settings) -> R:
-        container = build_container(settings)
-        try:
-            async with container() as request:
-                use_case = await request.get(use_case_type)
-                return await call(use_case)
-        finally:
-            await container.close()
+    settings = _settings()
+    with ExitStack() as stack:
+        if fresh_database is not None:
+            server = EmbeddedPostgres(fresh_database, durable=False)
+            settings = msgspec.structs.replace(settings, database_url=server.start())
+            stack.callback(server.stop)
+        ready = stack.enter_context(running_servers(settings, valkey=valkey))
+        migrations.upgrade(ready.require_database_url())
 
-    with running_servers(_settings(), valkey=False) as ready:
-        return asyncio.run(run(ready))
+        async def run() -> R:
+            container = build_container(ready, *overrides)
+            try:
+                return await action(container, ready)
+            finally:
+                await container.close()
+
+        return asyncio.run(run())
 
 
 def main() -> None:

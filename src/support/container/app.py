@@ -25,6 +25,7 @@ from support.application.knowledge import (
     DeleteDocument,
     GetDocument,
     IngestDocument,
+    IngestDocuments,
     KnowledgeLimits,
     ListDocuments,
     QueryEmbeddings,
@@ -139,6 +140,7 @@ class UseCaseProvider(Provider):
     revoke_api_key = provide(RevokeApiKey)
     authenticate_api_key = provide(AuthenticateApiKey)
     ingest_document = provide(IngestDocument)
+    ingest_documents = provide(IngestDocuments)
     get_document = provide(GetDocument)
     list_documents = provide(ListDocuments)
     delete_document = provide(DeleteDocument)

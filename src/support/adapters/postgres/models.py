@@ -81,3 +81,23 @@ class ChunkRow(DefaultBase):
         sa.Index("ix_kb_chunks_tsv", "tsv", postgresql_using="gin"),
         sa.Index("ix_kb_chunks_tags", "tags", postgresql_using="gin"),
     )
+
+
+class LexemeRow(DefaultBase):
+    """Document frequency of a lexeme over all chunks (BM25's idf)."""
+
+    __tablename__ = "kb_lexemes"
+
+    lexeme: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    df: Mapped[int] = mapped_column(sa.Integer)
+
+
+class CorpusRow(DefaultBase):
+    """The one row of corpus-wide BM25 statistics."""
+
+    __tablename__ = "kb_corpus"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    chunks: Mapped[int] = mapped_column(sa.BigInteger)
+    total_tokens: Mapped[int] = mapped_column(sa.BigInteger)

@@ -1,0 +1,107 @@
+"""Knowledge sources on disk: files, folders, Markdown with front matter, and JSONL exports."""
+
+import json
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+from support.application.knowledge import IngestRequest
+from support.domain.knowledge import content_type_for_filename
+
+SAMPLE_PREFIX = "sample:"
+
+
+class SourceError(ValueError):
+    """A source file cannot be read; the message names it."""
+
+
+def count_sources(paths: list[Path]) -> int:
+    """How many documents ``iter_sources`` will yield (JSONL lines count one each)."""
+    total = 0
+    for path in _files(paths):
+        if path.suffix.lower() == ".jsonl":
+            with path.open("rb") as handle:
+                total += sum(1 for line in handle if line.strip())
+        else:
+            total += 1
+    return total
+
+
+def iter_sources(paths: list[Path]) -> Iterator[IngestRequest]:
+    """One request per file, or per line of a ``.jsonl`` file (``{id, title, text, url?, tags?}``)."""
+    for path in _files(paths):
+        if path.suffix.lower() == ".jsonl":
+            yield from _jsonl(path)
+        else:
+            yield _file(path, external_id=str(path))
+
+
+def sample_sources() -> Iterator[IngestRequest]:
+    """The fictional Northwind Supply help center shipped with the package."""
+    folder = resources.files("support.sample_data") / "helpcenter"
+    for entry in sorted(folder.iterdir(), key=lambda item: item.name):
+        if entry.name.endswith(".md"):
+            yield markdown_request(entry.read_bytes(), external_id=SAMPLE_PREFIX + entry.name.removesuffix(".md"))
+
+
+def _files(paths: list[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and (content_type_for_filename(child.name) or child.suffix.lower() == ".jsonl"):
+                    yield child
+        elif path.is_file():
+            yield path
+        else:
+            raise SourceError(f"{path}: no such file or folder")
+
+
+def _file(path: Path, *, external_id: str) -> IngestRequest:
+    content_type = content_type_for_filename(path.name)
+    if content_type is None:
+        raise SourceError(f"{path}: unsupported file type (use .txt, .md, .html, .pdf or .jsonl)")
+    data = path.read_bytes()
+    if content_type == "text/markdown":
+        return markdown_request(data, external_id=external_id)
+    return IngestRequest(content=data, content_type=content_type, external_id=external_id)
+
+
+def markdown_request(data: bytes, *, external_id: str) -> IngestRequest:
+    """A Markdown document, with ``title``/``url``/``tags`` taken from a leading ``---`` front matter block."""
+    text = data.decode("utf-8-sig")
+    fields: dict[str, str] = {}
+    if text.startswith("---\n"):
+        header, separator, body = text[4:].partition("\n---\n")
+        if separator:
+            for line in header.splitlines():
+                key, colon, value = line.partition(":")
+                if colon:
+                    fields[key.strip().lower()] = value.strip()
+            text = body
+    return IngestRequest(
+        content=text.encode(),
+        content_type="text/markdown",
+        external_id=external_id,
+        title=fields.get("title") or None,
+        url=fields.get("url") or None,
+        tags=[tag.strip() for tag in fields.get("tags", "").split(",") if tag.strip()],
+    )
+
+
+def _jsonl(path: Path) -> Iterator[IngestRequest]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                yield IngestRequest(
+                    content=str(record["text"]).encode(),
+                    content_type=str(record.get("content_type", "text/plain")),
+                    external_id=str(record["id"]),
+                    title=str(record["title"]) if record.get("title") else None,
+                    url=str(record["url"]) if record.get("url") else None,
+                    tags=[str(tag) for tag in record.get("tags", [])],
+                )
+            except (ValueError, KeyError, TypeError) as error:
+                raise SourceError(f"{path}:{number}: not a {{id, title, text}} record ({error})") from None

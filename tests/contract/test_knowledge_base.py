@@ -1,0 +1,131 @@
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from support.adapters.embedding.hashing import HashingEmbedder
+from support.domain.knowledge import (
+    Audience,
+    Chunk,
+    DocumentDraft,
+    EmbeddedChunk,
+    SearchQuery,
+    UpsertStatus,
+    text_hash,
+)
+from tests.contract.conftest import Stores
+
+EMBEDDER = HashingEmbedder(dimension=384)
+NOW = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def draft(external_id: str, body: str, **fields: object) -> DocumentDraft:
+    values: dict[str, object] = {
+        "external_id": external_id,
+        "title": fields.pop("title", f"Title of {external_id}"),
+        "content_type": "text/markdown",
+        "text_hash": text_hash(body),
+    }
+    values.update(fields)
+    return DocumentDraft(**values)  # type: ignore[arg-type]
+
+
+async def chunks_of(*bodies: str, title: str = "Doc") -> list[EmbeddedChunk]:
+    texts = [f"{title}\n\n{body}" for body in bodies]
+    vectors = await EMBEDDER.embed_documents(texts)
+    return [
+        EmbeddedChunk(Chunk(index, ("Section",), body, len(body.split())), text, vector)
+        for index, (body, text, vector) in enumerate(zip(bodies, texts, vectors, strict=True))
+    ]
+
+
+async def search(stores: Stores, text: str, **options: object) -> list[str]:
+    query = SearchQuery(text=text, **options)  # type: ignore[arg-type]
+    hits = await stores.knowledge.search(query, await EMBEDDER.embed_query(text))
+    return [hit.external_id for hit in hits]
+
+
+async def test_upsert_creates_version_one_and_reads_back(stores: Stores) -> None:
+    body = "Reset your password from the sign-in page."
+    document, status = await stores.knowledge.upsert(
+        draft("pw", body, url="https://h/pw", tags=("account",)), await chunks_of(body), NOW
+    )
+    await stores.uow.commit()
+    assert status is UpsertStatus.CREATED
+    assert (document.version, document.chunk_count, document.tags) == (1, 1, ("account",))
+    async with stores.reader() as fresh:
+        assert await fresh.knowledge.get(document.id) == document
+        assert await fresh.knowledge.get_by_external_id("pw") == document
+    assert await stores.knowledge.get(uuid.uuid4()) is None
+
+
+async def test_same_fingerprint_is_unchanged_and_writes_nothing(stores: Stores) -> None:
+    body = "Refunds take five business days."
+    first, _ = await stores.knowledge.upsert(draft("r", body), await chunks_of(body), NOW)
+    await stores.uow.commit()
+    again, status = await stores.knowledge.upsert(draft("r", body), await chunks_of(body), NOW + timedelta(hours=1))
+    await stores.uow.commit()
+    assert status is UpsertStatus.UNCHANGED
+    assert again.version == 1
+    assert again.updated_at == first.updated_at
+
+
+async def test_changed_content_replaces_chunks_as_a_new_version(stores: Stores) -> None:
+    await stores.knowledge.upsert(draft("ship", "old"), await chunks_of("Parcels travel by sea freight."), NOW)
+    await stores.uow.commit()
+    updated, status = await stores.knowledge.upsert(
+        draft("ship", "new"), await chunks_of("Parcels travel by air courier.", "Tracking is emailed."), NOW
+    )
+    await stores.uow.commit()
+    assert status is UpsertStatus.UPDATED
+    assert (updated.version, updated.chunk_count) == (2, 2)
+    hits = await stores.knowledge.search(SearchQuery("sea freight", limit=5), await EMBEDDER.embed_query("sea freight"))
+    assert all("sea freight" not in hit.text for hit in hits)
+    assert {hit.version for hit in hits} == {2}
+
+
+async def test_search_ranks_the_matching_document_first_and_deduplicates(stores: Stores) -> None:
+    await stores.knowledge.upsert(
+        draft("pw", "pw"),
+        await chunks_of("Reset your password with the emailed link.", "Password links expire after an hour."),
+        NOW,
+    )
+    await stores.knowledge.upsert(draft("ship", "s"), await chunks_of("Express shipping costs more."), NOW)
+    await stores.uow.commit()
+    results = await search(stores, "password reset link", limit=5)
+    assert results[0] == "pw"
+    assert len(results) == len(set(results))
+
+
+async def test_search_filters_by_tags_and_audience(stores: Stores) -> None:
+    body = "Warranty claims need the order number."
+    await stores.knowledge.upsert(draft("pub", "1", tags=("warranty",)), await chunks_of(body), NOW)
+    await stores.knowledge.upsert(
+        draft("int", "2", tags=("warranty",), audience=Audience.INTERNAL), await chunks_of(body + " Agents only."), NOW
+    )
+    await stores.knowledge.upsert(draft("other", "3", tags=("billing",)), await chunks_of(body), NOW)
+    await stores.uow.commit()
+    assert await search(stores, "warranty claim", tags=("warranty",)) == ["pub"]
+    both = await search(stores, "warranty claim", tags=("warranty",), audiences=(Audience.PUBLIC, Audience.INTERNAL))
+    assert sorted(both) == ["int", "pub"]
+
+
+async def test_delete_removes_the_document_from_search(stores: Stores) -> None:
+    document, _ = await stores.knowledge.upsert(draft("d", "d"), await chunks_of("Cancel an order early."), NOW)
+    await stores.uow.commit()
+    assert await stores.knowledge.delete(document.id) is True
+    await stores.uow.commit()
+    assert await search(stores, "cancel order") == []
+    assert await stores.knowledge.get(document.id) is None
+    assert await stores.knowledge.delete(document.id) is False
+
+
+async def test_listing_pages_newest_first(stores: Stores) -> None:
+    for index in range(3):
+        await stores.knowledge.upsert(draft(f"doc{index}", str(index)), await chunks_of(f"Body {index}"), NOW)
+        await asyncio.sleep(0.002)  # ids are time-ordered to the millisecond
+    await stores.uow.commit()
+    first = await stores.knowledge.list_documents(tag=None, limit=2, cursor=None)
+    assert [doc.external_id for doc in first.items] == ["doc2", "doc1"]
+    rest = await stores.knowledge.list_documents(tag=None, limit=2, cursor=first.next_cursor)
+    assert [doc.external_id for doc in rest.items] == ["doc0"]
+    assert rest.next_cursor is None

@@ -1,0 +1,70 @@
+import pytest
+
+from support.config import Settings, SettingsError, load_settings
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = load_settings({})
+    assert settings == Settings()
+    assert (settings.host, settings.port, settings.env) == ("127.0.0.1", 8000, "dev")
+
+
+def test_top_level_and_nested_variables_are_read() -> None:
+    settings = load_settings(
+        {
+            "SUPPORT_PORT": "9001",
+            "SUPPORT_DATABASE_URL": "postgresql://db/support",
+            "SUPPORT_DB__POOL_SIZE": "3",
+            "SUPPORT_EMBEDDING__PROVIDER": "http",
+            "SUPPORT_LOG_JSON": "true",
+            "OTHER_VARIABLE": "ignored",
+        }
+    )
+    assert settings.port == 9001
+    assert settings.database_url == "postgresql://db/support"
+    assert settings.db.pool_size == 3
+    assert settings.embedding.provider == "http"
+    assert settings.json_logs is True
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://a.example, https://b.example", ("https://a.example", "https://b.example")),
+        ('["https://c.example"]', ("https://c.example",)),
+        ("", ()),
+    ],
+    ids=["comma-separated", "json-array", "empty"],
+)
+def test_list_settings_accept_commas_or_json(value: str, expected: tuple[str, ...]) -> None:
+    assert load_settings({"SUPPORT_HTTP__CORS_ORIGINS": value}).http.cors_origins == expected
+
+
+@pytest.mark.parametrize(
+    ("environment", "named"),
+    [
+        ({"SUPPORT_PORT": "eighty"}, "SUPPORT_PORT"),
+        ({"SUPPORT_PORT": "70000"}, "SUPPORT_PORT"),
+        ({"SUPPORT_DB__POOL_SIZE": "0"}, "SUPPORT_DB__POOL_SIZE"),
+        ({"SUPPORT_ENV": "staging"}, "SUPPORT_ENV"),
+        ({"SUPPORT_COLOUR": "blue"}, "SUPPORT_COLOUR"),
+        ({"SUPPORT_DB__COLOUR": "blue"}, "SUPPORT_DB__COLOUR"),
+    ],
+    ids=["not-a-number", "out-of-range", "below-minimum", "unknown-choice", "unknown-variable", "unknown-nested"],
+)
+def test_bad_values_are_refused_naming_the_variable(environment: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(environment)
+    message = str(raised.value)
+    assert message.startswith(f"{named}:")
+    assert "\n" not in message
+
+
+def test_test_and_bench_variables_are_not_settings() -> None:
+    settings = load_settings({"SUPPORT_TEST_DATABASE_URL": "x", "SUPPORT_BENCH_SIZE": "1"})
+    assert settings.database_url is None
+
+
+def test_production_logs_are_json_by_default() -> None:
+    assert load_settings({"SUPPORT_ENV": "prod"}).json_logs is True
+    assert load_settings({"SUPPORT_ENV": "dev"}).json_logs is False
