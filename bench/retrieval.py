@@ -1,0 +1,312 @@
+"""Retrieval benchmark: hybrid search over 100,000 chunks, HNSW recall, ingestion throughput.
+
+Run: ``.venv/bin/python -m bench.retrieval`` (``--chunks`` to change the size). Everything is measured in one
+run, on an embedded PostgreSQL started for it, each figure beside its baseline:
+
+- the knowledge base adapter's hybrid search vs the same SQL sent raw with asyncpg (the adapter's overhead),
+  with a plain HNSW + ``ts_rank_cd`` fusion query as a reference point;
+- HNSW recall@10 against exact search;
+- end-to-end ingestion (extract, chunk, embed, store) vs the raw embedder on the same chunk texts.
+
+Corpus: chunks are made of real sentences from the TechQA technotes (``../shared/eval/techqa``), drawn mostly from
+one technote each so topics cluster as they do in a help center. Embedding 100,000 chunks with the model would
+take hours on two cores, so each chunk's vector is the normalised mean of its sentences' real MiniLM vectors:
+the same kind of distribution (clustered, 384-d, unit length) that mean-pooled models produce.
+"""
+
+import argparse
+import asyncio
+import json
+import random
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+from pgvector.asyncpg import register_vector
+from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
+
+from support.adapters.embedding.onnx_minilm import OnnxMiniLMEmbedder
+from support.adapters.extraction.extractor import StructuredTextExtractor
+from support.adapters.postgres import knowledge as pg_knowledge
+from support.adapters.postgres.engine import create_engine, create_session_factory
+from support.adapters.postgres.knowledge import PgVectorKnowledgeBase
+from support.adapters.postgres.uow import SqlAlchemyUnitOfWork
+from support.adapters.system import SystemClock
+from support.application.knowledge import IngestDocument, IngestDocuments, IngestRequest, KnowledgeLimits
+from support.cli import migrations
+from support.config import DatabaseSettings
+from support.devservers.postgres import EmbeddedPostgres
+from support.domain.ids import new_id
+from support.domain.knowledge import SearchQuery
+
+TECHQA = Path(__file__).resolve().parents[2] / "shared" / "eval" / "techqa"
+RESULTS = Path(__file__).resolve().parent / "results"
+SENTENCE = re.compile(r"(?<=[.!?])\s+")
+CHUNKS_PER_DOCUMENT = 10
+Queries = list[tuple[str, list[float]]]
+
+REFERENCE_SQL = """
+WITH v AS (SELECT id, row_number() OVER (ORDER BY embedding <=> $1) AS r FROM
+           (SELECT id, embedding FROM kb_chunks ORDER BY embedding <=> $1 LIMIT 40) x),
+     t AS (SELECT id, row_number() OVER (ORDER BY rank DESC) AS r FROM
+           (SELECT id, ts_rank_cd(tsv, websearch_to_tsquery('english', $2)) AS rank FROM kb_chunks
+            WHERE tsv @@ websearch_to_tsquery('english', $2) ORDER BY rank DESC LIMIT 40) y)
+SELECT coalesce(v.id, t.id), coalesce(1.0 / (60 + v.r), 0) + coalesce(1.0 / (60 + t.r), 0) AS s
+FROM v FULL JOIN t ON v.id = t.id ORDER BY s DESC LIMIT 5
+"""
+VECTOR_TOP10 = "SELECT id FROM kb_chunks ORDER BY embedding <=> $1 LIMIT 10"
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(percentile(values, 0.5), 3),
+        "p99_ms": round(percentile(values, 0.99), 3),
+        "mean_ms": round(statistics.fmean(values), 3),
+    }
+
+
+async def timed(call: Callable[[], Awaitable[Any]], repeats: int) -> list[float]:
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def load_sentences() -> list[list[str]]:
+    documents = []
+    for line in (TECHQA / "kb.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        sentences = [s.strip() for s in SENTENCE.split(" ".join(record["text"].split())) if 30 <= len(s.strip()) <= 400]
+        if len(sentences) >= 4:
+            documents.append(sentences)
+    return documents
+
+
+async def build_corpus(
+    connection: asyncpg.Connection, embedder: OnnxMiniLMEmbedder, total_chunks: int, rng: random.Random
+) -> None:
+    documents = load_sentences()
+    pool = [sentence for sentences in documents for sentence in sentences]
+    print(f"embedding {len(pool)} real sentences for the corpus vectors …", flush=True)
+    started = time.perf_counter()
+    vectors = np.asarray(await embedder.embed_documents(pool), dtype=np.float32)
+    print(f"  {len(pool) / (time.perf_counter() - started):.0f} sentences/s", flush=True)
+    offsets, index = [], 0
+    for sentences in documents:
+        offsets.append(index)
+        index += len(sentences)
+
+    document_rows: list[tuple[Any, ...]] = []
+    chunk_rows: list[tuple[Any, ...]] = []
+    now = SystemClock().now()
+    for number in range(total_chunks // CHUNKS_PER_DOCUMENT):
+        document_id = new_id()
+        source = rng.randrange(len(documents))
+        title = f"Technote {number}: " + documents[source][0][:80]
+        document_rows.append(
+            (document_id, f"bench-{number}", title, "text/plain", None, [], "public", "{}", "x", 1,
+             CHUNKS_PER_DOCUMENT, [], now, now)
+        )  # fmt: skip
+        for ordinal in range(CHUNKS_PER_DOCUMENT):
+            picks = [offsets[source] + rng.randrange(len(documents[source])) for _ in range(rng.randint(5, 8))]
+            other = rng.randrange(len(documents))
+            picks.append(offsets[other] + rng.randrange(len(documents[other])))
+            text = " ".join(pool[pick] for pick in picks)
+            vector = vectors[picks].mean(axis=0)
+            vector /= np.linalg.norm(vector)
+            chunk_rows.append(
+                (new_id(), document_id, 1, ordinal, ["Section"], text, title + " > Section",
+                 len(text.split()) * 4 // 3, [], "public", vector)
+            )  # fmt: skip
+    print(f"loading {len(document_rows)} documents and {len(chunk_rows)} chunks …", flush=True)
+    indexes = await connection.fetch(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = 'kb_chunks' AND indexname <> 'pk_kb_chunks'"
+    )
+    for row in await connection.fetch(
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'kb_chunks' AND indexname <> 'pk_kb_chunks'"
+    ):
+        await connection.execute(f'DROP INDEX "{row["indexname"]}"')
+    await connection.copy_records_to_table(
+        "kb_documents",
+        records=document_rows,
+        columns=["id", "external_id", "title", "content_type", "url", "tags", "audience", "metadata",
+                 "fingerprint", "version", "chunk_count", "flags", "created_at", "updated_at"],
+    )  # fmt: skip
+    await connection.copy_records_to_table(
+        "kb_chunks",
+        records=chunk_rows,
+        columns=["id", "document_id", "version", "ordinal", "heading_path", "text", "context", "token_count",
+                 "tags", "audience", "embedding"],
+    )  # fmt: skip
+    started = time.perf_counter()
+    await connection.execute("SET maintenance_work_mem = '1GB'")
+    for row in indexes:
+        await connection.execute(row["indexdef"])
+    print(f"  indexes built in {time.perf_counter() - started:.1f} s", flush=True)
+    await connection.execute(
+        "INSERT INTO kb_lexemes (lexeme, df) SELECT word, ndoc FROM ts_stat('SELECT tsv FROM kb_chunks')"
+    )
+    await connection.execute(
+        "UPDATE kb_corpus SET chunks = (SELECT count(*) FROM kb_chunks), "
+        "total_tokens = (SELECT sum(token_count) FROM kb_chunks)"
+    )
+    await connection.execute("VACUUM ANALYZE kb_chunks")
+    await connection.execute("VACUUM ANALYZE kb_documents")
+
+
+async def measure_search(
+    url: str, connection: asyncpg.Connection, queries: list[tuple[str, list[float]]]
+) -> dict[str, Any]:
+    compiled = pg_knowledge._SEARCH_SQL.compile(dialect=asyncpg_dialect.dialect())  # type: ignore[no-untyped-call]  # noqa: SLF001
+    statement = await connection.prepare(str(compiled))
+    names = list(compiled.positiontup or [])
+
+    def parameters(text: str, embedding: list[float]) -> list[Any]:
+        values = {
+            "embedding": np.asarray(embedding, dtype=np.float32), "query_text": text, "audiences": ["public"],
+            "tags": [], "candidates": pg_knowledge.CANDIDATES, "rrf_k": pg_knowledge.RRF_K,
+            "k1": pg_knowledge.BM25_K1, "b": pg_knowledge.BM25_B, "selective_terms": pg_knowledge.SELECTIVE_TERMS,
+            "text_preselect": pg_knowledge.TEXT_PRESELECT, "limit": 5,
+        }  # fmt: skip
+        return [values[name] for name in names]
+
+    engine = create_engine(url, DatabaseSettings(pool_size=2))
+    sessions = create_session_factory(engine)
+    reference = await connection.prepare(REFERENCE_SQL)
+    adapter_ms, raw_ms, reference_ms = [], [], []
+    async with sessions() as session:
+        knowledge = PgVectorKnowledgeBase(session)
+        for text, embedding in queries[:20]:  # warm caches and plans
+            await knowledge.search(SearchQuery(text=text, limit=5), embedding)
+            await statement.fetch(*parameters(text, embedding))
+        for text, embedding in queries:
+            args = parameters(text, embedding)
+            vector = np.asarray(embedding, dtype=np.float32)
+            query = SearchQuery(text=text, limit=5)
+            adapter_ms += await timed(lambda: knowledge.search(query, embedding), 1)  # noqa: B023
+            raw_ms += await timed(lambda: statement.fetch(*args), 1)  # noqa: B023
+            reference_ms += await timed(lambda: reference.fetch(vector, text), 1)  # noqa: B023
+    await engine.dispose()
+    adapter, raw = summary(adapter_ms), summary(raw_ms)
+    return {
+        "adapter": adapter,
+        "raw_sql": raw,
+        "reference_hnsw_fts": summary(reference_ms),
+        "adapter_over_raw_p50": round(adapter["p50_ms"] / raw["p50_ms"], 3),
+    }
+
+
+async def measure_recall(connection: asyncpg.Connection, queries: Queries) -> dict[str, Any]:
+    found = expected = 0
+    for _, embedding in queries:
+        vector = np.asarray(embedding, dtype=np.float32)
+        approximate = {row["id"] for row in await connection.fetch(VECTOR_TOP10, vector)}
+        async with connection.transaction():
+            await connection.execute("SET LOCAL enable_indexscan = off")
+            exact = {row["id"] for row in await connection.fetch(VECTOR_TOP10, vector)}
+        found += len(approximate & exact)
+        expected += len(exact)
+    return {"recall_at_10": round(found / expected, 4), "queries": len(queries), "ef_search": 100}
+
+
+async def measure_ingestion(url: str, embedder: OnnxMiniLMEmbedder, documents: int) -> dict[str, Any]:
+    records = [json.loads(line) for line in (TECHQA / "kb.jsonl").read_text().splitlines()][:documents]
+    requests = [
+        IngestRequest(content=r["text"].encode(), content_type="text/plain", external_id=f"ingest-{r['id']}",
+                      title=r["title"])
+        for r in records
+    ]  # fmt: skip
+    engine = create_engine(url, DatabaseSettings(pool_size=2))
+    sessions = create_session_factory(engine)
+    async with sessions() as session:
+        single = IngestDocument(
+            PgVectorKnowledgeBase(session), StructuredTextExtractor(), embedder, SqlAlchemyUnitOfWork(session),
+            SystemClock(), KnowledgeLimits(),
+        )  # fmt: skip
+        prepared = [single.prepare(request) for request in requests]
+        chunked = await single.embed_many(prepared[:1])  # warm the model
+        texts = [
+            item.search_text for batch in await single.embed_many(prepared) for item in batch
+        ]  # the exact chunk texts ingestion embeds
+        started = time.perf_counter()
+        await embedder.embed_documents(texts)
+        raw_s = time.perf_counter() - started
+        bulk = IngestDocuments(single, PgVectorKnowledgeBase(session), SqlAlchemyUnitOfWork(session), SystemClock())
+        started = time.perf_counter()
+        report = await bulk.execute(requests)
+        end_to_end_s = time.perf_counter() - started
+    await engine.dispose()
+    del chunked
+    raw_rate, e2e_rate = len(texts) / raw_s, report.chunks / end_to_end_s
+    return {
+        "documents": report.total,
+        "chunks": report.chunks,
+        "raw_embedder_chunks_per_s": round(raw_rate, 1),
+        "end_to_end_chunks_per_s": round(e2e_rate, 1),
+        "ratio": round(e2e_rate / raw_rate, 3),
+    }
+
+
+async def run(total_chunks: int, query_count: int, ingest_documents: int, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    embedder = OnnxMiniLMEmbedder(batch_size=32)
+    with tempfile.TemporaryDirectory(prefix="support-bench-") as scratch:
+        server = EmbeddedPostgres(Path(scratch) / "postgres", durable=False)
+        url = server.start()
+        try:
+            await asyncio.to_thread(migrations.upgrade, url)
+            connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+            await register_vector(connection)
+            await connection.execute("SET hnsw.ef_search = 100")
+            await build_corpus(connection, embedder, total_chunks, rng)
+            questions = [json.loads(line) for line in (TECHQA / "questions.jsonl").read_text().splitlines()]
+            texts = [" ".join(q["question"].split()[:30]) for q in rng.sample(questions, query_count)]
+            vectors = await embedder.embed_documents(texts)
+            queries = list(zip(texts, vectors, strict=True))
+            print("measuring search …", flush=True)
+            search = await measure_search(url, connection, queries)
+            print("measuring recall …", flush=True)
+            recall = await measure_recall(connection, queries[:100])
+            await connection.close()
+            print("measuring ingestion …", flush=True)
+            ingestion = await measure_ingestion(url, embedder, ingest_documents)
+        finally:
+            server.stop()
+            embedder.close()
+    return {"chunks": total_chunks, "queries": query_count, "search": search, "hnsw": recall, "ingestion": ingestion}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--ingest-documents", type=int, default=80)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    result = asyncio.run(run(args.chunks, args.queries, args.ingest_documents, args.seed))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "retrieval.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    search, hnsw, ingestion = result["search"], result["hnsw"], result["ingestion"]
+    print(
+        f"\nhybrid search p50 {search['adapter']['p50_ms']} ms (target <= 5), "
+        f"{search['adapter_over_raw_p50']}x raw SQL (target <= 1.5); HNSW recall@10 {hnsw['recall_at_10']} "
+        f"(target >= 0.95); ingestion {ingestion['ratio']}x raw embedder (target >= 0.8)"
+    )
+
+
+if __name__ == "__main__":
+    main()
