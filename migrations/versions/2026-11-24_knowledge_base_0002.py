@@ -50,7 +50,7 @@ def upgrade() -> None:
         sa.Column("ordinal", sa.Integer(), nullable=False),
         sa.Column("heading_path", postgresql.ARRAY(sa.Text()), nullable=False),
         sa.Column("text", sa.Text(), nullable=False),
-        sa.Column("search_text", sa.Text(), nullable=False),
+        sa.Column("context", sa.Text(), nullable=False),
         sa.Column("token_count", sa.Integer(), nullable=False),
         sa.Column("tags", postgresql.ARRAY(sa.Text()), server_default="{}", nullable=False),
         sa.Column("audience", sa.String(16), nullable=False),
@@ -58,7 +58,7 @@ def upgrade() -> None:
         sa.Column(
             "tsv",
             postgresql.TSVECTOR(),
-            sa.Computed("to_tsvector('english'::regconfig, search_text)", persisted=True),
+            sa.Computed(r"to_tsvector('english'::regconfig, context || E'\n\n' || text)", persisted=True),
             nullable=False,
         ),
         sa.ForeignKeyConstraint(
@@ -69,6 +69,8 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_kb_chunks")),
     )
+    # Rows are ~3 KB: keep text and tsvector in the heap instead of TOASTing them at the default 2 KB target.
+    op.execute("ALTER TABLE kb_chunks SET (toast_tuple_target = 4080)")
     # Keep vectors inline: with ~1 KB of text per row the default storage moves them out of line (TOAST),
     # which slows every scan that reads them.
     op.execute("ALTER TABLE kb_chunks ALTER COLUMN embedding SET STORAGE PLAIN")

@@ -33,7 +33,7 @@ async def chunks_of(*bodies: str, title: str = "Doc") -> list[EmbeddedChunk]:
     texts = [f"{title}\n\n{body}" for body in bodies]
     vectors = await EMBEDDER.embed_documents(texts)
     return [
-        EmbeddedChunk(Chunk(index, ("Section",), body, len(body.split())), text, vector)
+        EmbeddedChunk(Chunk(index, ("Section",), body, len(body.split())), f"{title} > Section", vector)
         for index, (body, text, vector) in enumerate(zip(bodies, texts, vectors, strict=True))
     ]
 

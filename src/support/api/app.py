@@ -75,6 +75,8 @@ def build_app(settings: Settings, container: AsyncContainer) -> Litestar:
             use_handler_docstrings=False,
         ),
         debug=False,
+        # support.observability owns logging; Litestar's default would replace our handlers at build time.
+        logging_config=None,
     )
     setup_dishka(container, app)
     # Outermost, around Litestar's router: unknown routes and wrong methods get a request id and timing too.

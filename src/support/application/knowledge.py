@@ -188,10 +188,12 @@ class IngestDocument:
         ]
         texts = [chunk.context_text(draft.title) for draft, chunks in chunked for chunk in chunks]
         vectors = iter(await self._embedder.embed_documents(texts) if texts else [])
-        texts_iter = iter(texts)
         return [
-            [EmbeddedChunk(chunk=chunk, search_text=next(texts_iter), embedding=next(vectors)) for chunk in chunks]
-            for _, chunks in chunked
+            [
+                EmbeddedChunk(chunk=chunk, context=chunk.context_path(draft.title), embedding=next(vectors))
+                for chunk in chunks
+            ]
+            for draft, chunks in chunked
         ]
 
 

@@ -31,7 +31,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(kb_app, name="kb")
 app.add_typer(eval_app, name="eval")
 
-console = Console(stderr=True)
+# soft_wrap: commands in the banner stay on one line (copyable) in logs and CI, not just in terminals.
+console = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 R = TypeVar("R")
 

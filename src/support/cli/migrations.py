@@ -1,3 +1,4 @@
+import sys
 from pathlib import Path
 
 from alembic import command
@@ -11,7 +12,8 @@ def alembic_config(database_url: str) -> Config:
     if ini is None:
         msg = "alembic.ini not found: run from the repository root"
         raise FileNotFoundError(msg)
-    config = Config(str(ini))
+    # stdout looked up now, not at Alembic's import, so redirected output (tests, pipes) is captured.
+    config = Config(str(ini), stdout=sys.stdout)
     config.attributes["sqlalchemy.url"] = database_url
     return config
 

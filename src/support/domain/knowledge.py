@@ -38,9 +38,13 @@ class Chunk:
     text: str
     token_count: int
 
+    def context_path(self, title: str) -> str:
+        """Where the chunk sits: document title, then its headings (``Title > Section > Subsection``)."""
+        return " > ".join(part for part in (title, *self.heading_path) if part)
+
     def context_text(self, title: str) -> str:
         """The text that is embedded and indexed: document title and heading path, then the chunk body."""
-        path = " > ".join((title, *self.heading_path)) if title else " > ".join(self.heading_path)
+        path = self.context_path(title)
         return f"{path}\n\n{self.text}" if path else self.text
 
 
@@ -103,11 +107,16 @@ class Document:
 
 @dataclass(frozen=True, slots=True)
 class EmbeddedChunk:
-    """A chunk ready to be stored: its indexed text and vector."""
+    """A chunk ready to be stored: its context path and the vector of its context text."""
 
     chunk: Chunk
-    search_text: str
+    context: str
     embedding: Sequence[float]
+
+    @property
+    def search_text(self) -> str:
+        """What was embedded and what full-text search indexes: context path, then the body."""
+        return f"{self.context}\n\n{self.chunk.text}" if self.context else self.chunk.text
 
 
 @dataclass(frozen=True, slots=True)

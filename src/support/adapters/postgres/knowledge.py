@@ -32,9 +32,9 @@ CANDIDATES = 40
 BM25_K1 = 1.2
 BM25_B = 0.75
 # Candidate generation for BM25 uses the query's rarest terms: they carry the most weight, and they keep
-# the set of chunks to score small on a large corpus. The candidates are pre-ranked cheaply and capped.
+# the set of chunks to score small on a large corpus. Candidates are capped, rarest terms first.
 SELECTIVE_TERMS = 12
-TEXT_PRESELECT = 400
+TEXT_PRESELECT = 200
 
 _FILTERS = "audience = ANY(:audiences) AND (cardinality(:tags) = 0 OR tags && :tags)"
 
@@ -60,16 +60,25 @@ query_terms AS (
     JOIN kb_lexemes l ON l.lexeme = q.lexeme AND l.df > 0
     CROSS JOIN stats s
 ),
-selective_query AS (
-    SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery AS tsq
-    FROM (SELECT lexeme FROM query_terms ORDER BY df, lexeme LIMIT :selective_terms) rare
+selective_terms AS (
+    SELECT lexeme, df FROM query_terms ORDER BY df, lexeme LIMIT :selective_terms
+),
+text_candidate_ids AS (
+    -- Chunks holding the rarest term first, then the next rarest, until the cap: bounded work however
+    -- common the query's words are (the nested loop visits terms in df order and stops at the limit).
+    SELECT c.id
+    FROM selective_terms t
+    CROSS JOIN LATERAL (
+        SELECT id FROM kb_chunks
+        WHERE tsv @@ quote_literal(t.lexeme)::tsquery AND {_FILTERS}
+        LIMIT :text_preselect
+    ) c
+    LIMIT :text_preselect
 ),
 text_candidates AS (
     SELECT c.id, c.tsv, c.token_count
-    FROM kb_chunks c, selective_query sq
-    WHERE c.tsv @@ sq.tsq AND {_FILTERS}
-    ORDER BY ts_rank(c.tsv, sq.tsq) DESC
-    LIMIT :text_preselect
+    FROM kb_chunks c
+    WHERE c.id IN (SELECT id FROM text_candidate_ids)
 ),
 text_scored AS (
     SELECT c.id,
@@ -111,6 +120,9 @@ LIMIT :limit
     sa.bindparam("embedding", type_=Vector()),
     sa.bindparam("audiences", type_=ARRAY(sa.Text)),
     sa.bindparam("tags", type_=ARRAY(sa.Text)),
+    # Typed explicitly: inferred from `:k1 + 1` they would become integers and silently truncate.
+    sa.bindparam("k1", type_=sa.Float),
+    sa.bindparam("b", type_=sa.Float),
 )
 
 # Apply a document's change to the BM25 statistics: +1 per lexeme of each chunk of the new version, -1 per
@@ -233,7 +245,7 @@ class PgVectorKnowledgeBase:
                             "ordinal": item.chunk.ordinal,
                             "heading_path": list(item.chunk.heading_path),
                             "text": item.chunk.text,
-                            "search_text": item.search_text,
+                            "context": item.context,
                             "token_count": item.chunk.token_count,
                             "tags": list(draft.tags),
                             "audience": draft.audience.value,

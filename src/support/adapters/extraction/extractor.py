@@ -1,0 +1,600 @@
+"""Turn plain text, Markdown, HTML and PDF bytes into sections of clean text under their heading paths."""
+
+import codecs
+import io
+import re
+import unicodedata
+from collections.abc import Callable, Iterable
+from pathlib import PurePath
+from typing import Final
+
+import pypdf
+import pypdf.errors
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from selectolax.lexbor import LexborHTMLParser, LexborNode
+
+from support.domain.errors import InvalidInputError, UnsupportedContentTypeError
+from support.domain.knowledge import ExtractedDocument, Section
+
+PLAIN_TEXT: Final = "text/plain"
+MARKDOWN: Final = "text/markdown"
+HTML: Final = "text/html"
+PDF: Final = "application/pdf"
+
+_CANONICAL_CONTENT_TYPES: Final = {
+    PLAIN_TEXT: PLAIN_TEXT,
+    MARKDOWN: MARKDOWN,
+    "text/x-markdown": MARKDOWN,
+    "text/md": MARKDOWN,
+    HTML: HTML,
+    "application/xhtml+xml": HTML,
+    PDF: PDF,
+    "application/x-pdf": PDF,
+}
+_CONTENT_TYPE_BY_SUFFIX: Final = {
+    ".txt": PLAIN_TEXT,
+    ".md": MARKDOWN,
+    ".markdown": MARKDOWN,
+    ".html": HTML,
+    ".htm": HTML,
+    ".pdf": PDF,
+}
+
+
+def content_type_for_filename(name: str) -> str | None:
+    """The content type an uploaded file's name implies, or None when the extension is not supported."""
+    return _CONTENT_TYPE_BY_SUFFIX.get(PurePath(name).suffix.lower())
+
+
+def _parse_content_type(content_type: str) -> tuple[str | None, str | None]:
+    """The canonical media type (None if unsupported) and the declared charset, if any."""
+    media_type, *parameters = content_type.split(";")
+    charset = None
+    for parameter in parameters:
+        key, _, value = parameter.partition("=")
+        if key.strip().lower() == "charset":
+            charset = value.strip().strip("\"'") or None
+    return _CANONICAL_CONTENT_TYPES.get(media_type.strip().lower()), charset
+
+
+class StructuredTextExtractor:
+    """Extracts text with its heading structure from text/plain, text/markdown, text/html and application/pdf.
+
+    Headings become section paths; the first H1 (or an HTML ``<title>``, or Markdown front matter ``title``)
+    becomes the document title. HTML boilerplate (navigation, headers, footers, cookie banners, scripts)
+    is dropped; lists and tables become one readable line per item or row.
+    """
+
+    def supports(self, content_type: str) -> bool:
+        media_type, _ = _parse_content_type(content_type)
+        return media_type is not None
+
+    def extract(self, data: bytes, content_type: str) -> ExtractedDocument:
+        media_type, charset = _parse_content_type(content_type)
+        if media_type is None:
+            supported = ", ".join(sorted(set(_CANONICAL_CONTENT_TYPES.values())))
+            msg = f"Content type {content_type!r} is not supported; send one of {supported}."
+            raise UnsupportedContentTypeError(msg)
+        if media_type == PDF:
+            return _extract_pdf(data)
+        text = decode_text(data, charset)
+        if media_type == MARKDOWN:
+            return _extract_markdown(text)
+        if media_type == HTML:
+            return _extract_html(text)
+        body = normalise_text(text)
+        return ExtractedDocument(title=None, sections=(Section((), body),) if body else ())
+
+
+# --- text decoding and normalisation ---------------------------------------------------------------------
+
+_INVISIBLE_CHARACTERS = re.compile(
+    # C0/C1 controls other than tab and newline, soft hyphen, zero-width space, word joiner, BOM.
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b\u2060\ufeff]"
+)
+_UNUSUAL_SPACES = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+_SPACE_RUN = re.compile(r"[ \t]+")
+_BLANK_LINE_RUN = re.compile(r"\n{3,}")
+
+
+def decode_text(data: bytes, declared_charset: str | None = None) -> str:
+    """Decode bytes as UTF-8 (BOM allowed); if that fails, the declared charset, then Windows-1252 / Latin-1.
+
+    UTF-8 is tried first even when another charset is declared: valid UTF-8 is almost never anything
+    else, and a wrong ``charset=iso-8859-1`` on UTF-8 content is a common server misconfiguration.
+    Windows-1252 is what "Latin-1" text from the web and from Word actually is (its smart quotes live
+    in 0x80-0x9F); Latin-1 takes the few bytes it leaves undefined.
+    """
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    candidates = [declared_charset] if declared_charset and _is_known_codec(declared_charset) else []
+    for encoding in (*candidates, "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
+
+
+def _is_known_codec(name: str) -> bool:
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True
+
+
+def normalise_text(text: str) -> str:
+    """NFC, one kind of space and newline, no invisible characters; paragraph breaks and indentation kept."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _UNUSUAL_SPACES.sub(" ", _INVISIBLE_CHARACTERS.sub("", text))
+    lines = []
+    for raw_line in text.split("\n"):
+        line = raw_line.rstrip()
+        body = line.lstrip(" \t")
+        lines.append(line[: len(line) - len(body)] + _SPACE_RUN.sub(" ", body))
+    return _BLANK_LINE_RUN.sub("\n\n", "\n".join(lines)).strip("\n")
+
+
+def _collapse_whitespace(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --- building sections -----------------------------------------------------------------------------------
+
+
+class _SectionBuilder:
+    """Collects blocks of text under the current heading path and cuts a section at every heading."""
+
+    def __init__(self, title: str | None) -> None:
+        self.title = title
+        self._title_heading_seen = False
+        self._headings: list[tuple[int, str | None]] = []
+        self._text_parts: list[str] = []
+        self._in_line_run = False
+        self._sections: list[Section] = []
+
+    def heading(self, level: int, text: str) -> None:
+        self._flush_section()
+        text = _collapse_whitespace(text)
+        while self._headings and self._headings[-1][0] >= level:
+            self._headings.pop()
+        is_title = level == 1 and not self._title_heading_seen and text == self.title
+        if is_title:
+            # The title heads every chunk already (Chunk.context_text); repeating it in the path adds nothing.
+            self._title_heading_seen = True
+        self._headings.append((level, None if is_title or not text else text))
+
+    def block(self, text: str) -> None:
+        """A paragraph-like block, separated from its neighbours by a blank line."""
+        if text.strip():
+            self._append(text, "\n\n")
+            self._in_line_run = False
+
+    def line(self, text: str) -> None:
+        """A list item or table row: consecutive lines stay together as one paragraph."""
+        if text.strip():
+            self._append(text, "\n" if self._in_line_run else "\n\n")
+            self._in_line_run = True
+
+    def end_line_run(self) -> None:
+        self._in_line_run = False
+
+    def finish(self) -> ExtractedDocument:
+        self._flush_section()
+        return ExtractedDocument(title=self.title, sections=tuple(self._sections))
+
+    def _append(self, text: str, separator: str) -> None:
+        if self._text_parts:
+            self._text_parts.append(separator)
+        self._text_parts.append(text)
+
+    def _flush_section(self) -> None:
+        text = normalise_text("".join(self._text_parts))
+        if text:
+            path = tuple(heading for _, heading in self._headings if heading)
+            self._sections.append(Section(heading_path=path, text=text))
+        self._text_parts = []
+        self._in_line_run = False
+
+
+# --- Markdown --------------------------------------------------------------------------------------------
+
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(?P<body>.*?\n)---[ \t]*(?:\n|\Z)", re.DOTALL)
+_FRONT_MATTER_TITLE = re.compile(r"^title:[ \t]*(?P<title>.+?)[ \t]*$", re.MULTILINE)
+_MARKDOWN = MarkdownIt("commonmark").enable("table")
+
+
+def _extract_markdown(text: str) -> ExtractedDocument:
+    text = unicodedata.normalize("NFC", text.lstrip("\ufeff"))
+    title = None
+    front_matter = _FRONT_MATTER.match(text)
+    if front_matter:
+        # Static-site exports carry YAML front matter; without this it would parse as a rule and a heading.
+        text = text[front_matter.end() :]
+        declared = _FRONT_MATTER_TITLE.search(front_matter["body"])
+        title = _collapse_whitespace(declared["title"].strip("\"'")) if declared else None
+    tokens = _MARKDOWN.parse(text)
+    if title is None:
+        title = _first_markdown_h1(tokens)
+    builder = _SectionBuilder(title)
+    _MarkdownRenderer(builder).render(tokens)
+    return builder.finish()
+
+
+def _first_markdown_h1(tokens: list[Token]) -> str | None:
+    for index, token in enumerate(tokens[:-1]):
+        if token.type == "heading_open" and token.tag == "h1":
+            return _collapse_whitespace(_inline_markdown_text(tokens[index + 1])) or None
+    return None
+
+
+def _inline_markdown_text(token: Token) -> str:
+    parts: list[str] = []
+    for child in token.children or ():
+        if child.type in {"text", "code_inline"}:
+            parts.append(child.content)
+        elif child.type == "softbreak":
+            parts.append(" ")
+        elif child.type == "hardbreak":
+            parts.append("\n")
+        elif child.type == "image":
+            parts.append(_inline_markdown_text(child))  # its children are the alt text
+    return "".join(parts)
+
+
+class _MarkdownRenderer:
+    """Walks markdown-it block tokens; lists keep their markers, code blocks their lines."""
+
+    def __init__(self, builder: _SectionBuilder) -> None:
+        self._builder = builder
+        self._heading_level: int | None = None
+        self._list_depth = 0
+        self._pending_marker: str | None = None
+        self._table_cells: list[str] | None = None
+
+    def render(self, tokens: Iterable[Token]) -> None:
+        for token in tokens:
+            handler = self._handlers.get(token.type)
+            if handler is not None:
+                handler(self, token)
+
+    def _heading_open(self, token: Token) -> None:
+        self._heading_level = int(token.tag[1])
+
+    def _heading_close(self, _token: Token) -> None:
+        self._heading_level = None
+
+    def _list_open(self, _token: Token) -> None:
+        if self._list_depth == 0:
+            self._builder.end_line_run()
+        self._list_depth += 1
+
+    def _list_close(self, _token: Token) -> None:
+        self._list_depth -= 1
+        if self._list_depth == 0:
+            self._builder.end_line_run()
+
+    def _list_item_open(self, token: Token) -> None:
+        self._pending_marker = f"{token.info}{token.markup}" if token.info else "-"
+
+    def _inline(self, token: Token) -> None:
+        text = _inline_markdown_text(token)
+        if self._heading_level is not None:
+            self._builder.heading(self._heading_level, text)
+        elif self._table_cells is not None:
+            self._table_cells.append(_collapse_whitespace(text))
+        elif self._list_depth:
+            self._builder.line(self._list_prefix() + _collapse_whitespace(text))
+        else:
+            self._builder.block(text)
+
+    def _code(self, token: Token) -> None:
+        code = token.content.rstrip("\n")
+        if self._list_depth:
+            indent = self._list_prefix()
+            self._builder.line("\n".join(indent + line for line in code.split("\n")))
+        else:
+            self._builder.block(code)
+
+    def _html_block(self, token: Token) -> None:
+        fragment = LexborHTMLParser(token.content)
+        for node in _outermost(fragment.css(_NEVER_CONTENT)):
+            node.decompose()
+        self._builder.block(_flatten_text(fragment.body) if fragment.body is not None else "")
+
+    def _table_open(self, _token: Token) -> None:
+        self._builder.end_line_run()
+
+    def _row_open(self, _token: Token) -> None:
+        self._table_cells = []
+
+    def _row_close(self, _token: Token) -> None:
+        if self._table_cells is not None and any(self._table_cells):
+            self._builder.line(" | ".join(self._table_cells))
+        self._table_cells = None
+
+    def _list_prefix(self) -> str:
+        indent = "  " * (self._list_depth - 1)
+        marker, self._pending_marker = self._pending_marker, None
+        return f"{indent}{marker} " if marker else f"{indent}  "
+
+    _handlers: Final[dict[str, Callable[["_MarkdownRenderer", Token], None]]] = {
+        "heading_open": _heading_open,
+        "heading_close": _heading_close,
+        "bullet_list_open": _list_open,
+        "ordered_list_open": _list_open,
+        "bullet_list_close": _list_close,
+        "ordered_list_close": _list_close,
+        "list_item_open": _list_item_open,
+        "inline": _inline,
+        "fence": _code,
+        "code_block": _code,
+        "html_block": _html_block,
+        "table_open": _table_open,
+        "table_close": _table_open,
+        "tr_open": _row_open,
+        "tr_close": _row_close,
+    }
+
+
+# --- HTML ------------------------------------------------------------------------------------------------
+
+_HEADING_TAGS: Final = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+_NEVER_CONTENT = (
+    "script, style, noscript, template, svg, canvas, iframe, object, embed, button, select, input, textarea"
+)
+_BOILERPLATE = (
+    "nav, aside, footer, form, dialog, [role=navigation], [role=banner], [role=contentinfo], [role=search], "
+    "[role=complementary], [role=dialog], [role=alertdialog], [aria-hidden=true], [hidden]"
+)
+# Hyphen/underscore-separated parts of class and id names that mark page furniture rather than content.
+_BOILERPLATE_NAME_PARTS: Final = frozenset({
+    "cookie", "cookies", "consent", "gdpr", "newsletter", "subscribe", "breadcrumb", "breadcrumbs", "sidebar",
+    "share", "sharing", "social", "advert", "advertisement", "ads", "promo", "skip", "related", "comments",
+    "toc", "pagination", "pager", "feedback", "votes", "sronly", "sr", "visually", "popup", "modal",
+    "footer", "nav", "navbar", "navigation", "menu", "masthead",
+})  # fmt: skip
+_NAME_PART_SEPARATOR = re.compile(r"[-_\s]+")
+_BLOCK_TAGS: Final = frozenset({
+    "address", "article", "aside", "blockquote", "body", "caption", "center", "dd", "details", "dialog", "div",
+    "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "header", "hgroup", "hr", "html", "li",
+    "main", "nav", "p", "section", "summary", "tbody", "td", "tfoot", "th", "thead", "tr",
+})  # fmt: skip
+
+
+def _extract_html(text: str) -> ExtractedDocument:
+    tree = LexborHTMLParser(text)
+    title_element = tree.css_first("title")
+    page_title = _collapse_whitespace(title_element.text()) if title_element is not None else ""
+    for node in _outermost(tree.css(_NEVER_CONTENT)):
+        node.decompose()
+    root = _content_root(tree)
+    if root is None:
+        return ExtractedDocument(title=page_title or None, sections=())
+    _remove_boilerplate(root)
+    first_h1 = root.css_first("h1")
+    h1_title = _flatten_text(first_h1) if first_h1 is not None else ""
+    builder = _SectionBuilder(h1_title or page_title or None)
+    walker = _HtmlWalker(builder)
+    walker.walk(root)
+    walker.flush()
+    return builder.finish()
+
+
+def _content_root(tree: LexborHTMLParser) -> LexborNode | None:
+    """The element holding the page's own content: <main>, else a lone <article>, else <body>."""
+    main = tree.css_first("main, [role=main]")
+    if main is not None:
+        return main
+    articles = tree.css("article")
+    if len(articles) == 1:
+        return articles[0]
+    return tree.body
+
+
+def _remove_boilerplate(root: LexborNode) -> None:
+    candidates = [node for node in root.css(_BOILERPLATE) if node.tag != "form" or not _has_headings(node)]
+    # A <header> inside an <article> is that article's heading block, not the site banner.
+    candidates += [node for node in root.css("header") if not _has_ancestor(node, "article", root)]
+    # Class names are a weaker signal: a wrapper with a misleading name may hold a section of the content.
+    candidates += [
+        node for node in root.css("[class], [id]") if _has_boilerplate_name(node) and not _has_headings(node)
+    ]
+    # Never drop the root, nor the content's own title.
+    droppable = [node for node in candidates if node.mem_id != root.mem_id and not _has_descendant(node, "h1")]
+    for node in _outermost(droppable):
+        node.decompose()
+
+
+def _has_boilerplate_name(node: LexborNode) -> bool:
+    names = f"{node.attributes.get('class') or ''} {node.attributes.get('id') or ''}".lower()
+    return not _BOILERPLATE_NAME_PARTS.isdisjoint(_NAME_PART_SEPARATOR.split(names))
+
+
+def _has_headings(node: LexborNode) -> bool:
+    # E.g. old ASP.NET pages wrap the whole body in one <form>: a form with headings is content.
+    return _has_descendant(node, "h1, h2, h3")
+
+
+def _has_descendant(node: LexborNode, selector: str) -> bool:
+    # Lexbor's css() also matches the node itself.
+    return any(match.mem_id != node.mem_id for match in node.css(selector))
+
+
+def _has_ancestor(node: LexborNode, tag: str, stop: LexborNode) -> bool:
+    parent = node.parent
+    while parent is not None and parent.mem_id != stop.mem_id:
+        if parent.tag == tag:
+            return True
+        parent = parent.parent
+    return stop.tag == tag
+
+
+def _outermost(nodes: Iterable[LexborNode]) -> list[LexborNode]:
+    """Drop nodes nested in other listed nodes, so each subtree is removed once (decomposing twice crashes)."""
+    listed = {node.mem_id: node for node in nodes}
+    outermost = []
+    for node in listed.values():
+        parent = node.parent
+        while parent is not None and parent.mem_id not in listed:
+            parent = parent.parent
+        if parent is None:
+            outermost.append(node)
+    return outermost
+
+
+def _flatten_text(node: LexborNode, nested_lists: list[LexborNode] | None = None) -> str:
+    """The text of an element on one line; nested lists are set aside in ``nested_lists`` when given."""
+    parts: list[str] = []
+
+    def visit(element: LexborNode) -> None:
+        for child in element.iter(include_text=True):
+            if child.is_text_node:
+                parts.append(child.text_content or "")
+            elif nested_lists is not None and child.tag in {"ul", "ol"}:
+                nested_lists.append(child)
+            elif child.tag in _BLOCK_TAGS or child.tag == "br":
+                parts.append(" ")
+                visit(child)
+                parts.append(" ")
+            elif child.is_element_node:
+                visit(child)
+
+    visit(node)
+    return _collapse_whitespace("".join(parts))
+
+
+class _HtmlWalker:
+    """Walks the DOM in document order, turning block elements into paragraphs and headings into sections."""
+
+    def __init__(self, builder: _SectionBuilder) -> None:
+        self._builder = builder
+        self._inline: list[str] = []
+
+    def walk(self, element: LexborNode) -> None:
+        for child in element.iter(include_text=True):
+            tag = child.tag
+            if child.is_text_node:
+                self._inline.append(_collapse_inline(child.text_content or ""))
+            elif not child.is_element_node:
+                continue
+            elif tag in _HEADING_TAGS:
+                self.flush()
+                self._builder.heading(int(tag[1]), _flatten_text(child))
+            elif tag == "br":
+                self._inline.append("\n")
+            elif tag in {"ul", "ol"}:
+                self.flush()
+                self._lines(_list_lines(child, depth=0))
+            elif tag == "table" and not _has_descendant(child, "table, h1, h2, h3, h4, h5, h6"):
+                self.flush()
+                self._lines(_table_lines(child))
+            elif tag == "pre":
+                self.flush()
+                self._builder.block(child.text(deep=True))
+            elif tag in _BLOCK_TAGS or tag == "table":  # a table holding headings is page layout
+                self.flush()
+                self.walk(child)
+                self.flush()
+            else:
+                self.walk(child)
+
+    def flush(self) -> None:
+        lines = (line.strip() for line in "".join(self._inline).split("\n"))
+        self._builder.block("\n".join(line for line in lines if line))
+        self._inline = []
+
+    def _lines(self, lines: list[str]) -> None:
+        self._builder.end_line_run()
+        for line in lines:
+            self._builder.line(line)
+        self._builder.end_line_run()
+
+
+def _collapse_inline(text: str) -> str:
+    # Source newlines and indentation are not visible in rendered HTML; keep one space where there was any.
+    return re.sub(r"\s+", " ", text)
+
+
+def _list_lines(list_element: LexborNode, depth: int) -> list[str]:
+    ordered = list_element.tag == "ol"
+    start = list_element.attributes.get("start") or "1"
+    number = int(start) if start.strip().lstrip("-").isdigit() else 1
+    lines: list[str] = []
+    for item in list_element.iter():
+        if item.tag != "li":
+            continue
+        nested: list[LexborNode] = []
+        text = _flatten_text(item, nested_lists=nested)
+        marker = f"{number}." if ordered else "-"
+        number += 1
+        if text:
+            lines.append(f"{'  ' * depth}{marker} {text}")
+        for nested_list in nested:
+            lines.extend(_list_lines(nested_list, depth + 1))
+    return lines
+
+
+def _table_lines(table: LexborNode) -> list[str]:
+    lines = []
+    caption = table.css_first("caption")
+    if caption is not None and (caption_text := _flatten_text(caption)):
+        lines.append(caption_text)
+    for row in table.css("tr"):
+        cells = [_flatten_text(cell) for cell in row.iter() if cell.tag in {"td", "th"}]
+        if any(cells):
+            lines.append(" | ".join(cells))
+    return lines
+
+
+# --- PDF -------------------------------------------------------------------------------------------------
+
+# The header may follow some junk bytes and the EOF marker some trailing ones; readers look this far.
+_PDF_HEADER_WINDOW: Final = 1024
+
+
+def _extract_pdf(data: bytes) -> ExtractedDocument:
+    if not data.strip():
+        msg = "The PDF is empty."
+        raise InvalidInputError(msg)
+    if b"%PDF-" not in data[:_PDF_HEADER_WINDOW]:
+        msg = "The file is not a PDF: it has no %PDF header."
+        raise InvalidInputError(msg)
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            # An owner password alone only restricts editing and opens with the empty user password.
+            msg = "The PDF is protected by a password; upload an unprotected copy."
+            raise InvalidInputError(msg)
+        pages = [page.extract_text() or "" for page in reader.pages]
+        title = _pdf_title(reader)
+    except InvalidInputError:
+        raise
+    except pypdf.errors.DependencyError as error:
+        msg = f"The PDF is encrypted in a way this server cannot open ({error}); upload an unprotected copy."
+        raise InvalidInputError(msg) from error
+    except Exception as error:  # pypdf raises many kinds (PdfReadError, ValueError, KeyError...) on bad input
+        detail = str(error) or type(error).__name__
+        if b"%%EOF" not in data[-_PDF_HEADER_WINDOW:]:
+            # pypdf only logs this; it is the likeliest cause (a truncated upload) and worth naming.
+            detail += " (EOF marker not found: the file looks truncated)"
+        msg = f"The PDF could not be read: {detail}"
+        raise InvalidInputError(msg) from error
+    if not pages:
+        msg = "The PDF has no pages."
+        raise InvalidInputError(msg)
+    body = normalise_text("\n\n".join(pages))
+    if not body:
+        msg = "The PDF has no text layer (it may be a scan); upload a PDF with selectable text, or its text."
+        raise InvalidInputError(msg)
+    return ExtractedDocument(title=title, sections=(Section((), body),))
+
+
+def _pdf_title(reader: pypdf.PdfReader) -> str | None:
+    metadata = reader.metadata
+    title = metadata.title if metadata is not None else None
+    return (_collapse_whitespace(str(title)) or None) if title else None

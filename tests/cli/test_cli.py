@@ -1,0 +1,161 @@
+"""The ``support`` command: help, API keys against the real database, migrations, and settings errors.
+
+Commands run in a worker thread (``in_thread``) because they call ``asyncio.run`` themselves.
+"""
+
+import asyncio
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.script import ScriptDirectory
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from typer.testing import CliRunner, Result
+
+from support.cli import migrations
+from support.cli.main import app
+from tests.conftest import in_thread
+from tests.helpers import assert_problem
+
+SUPPORT = Path(sys.executable).with_name("support")
+UNREACHABLE_DATABASE = "postgresql+asyncpg://nobody@127.0.0.1:9/nothing"
+
+
+@pytest.fixture(autouse=True)
+def _environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Only the variables a test sets; never the repository's .data folder; logging restored afterwards.
+
+    The CLI configures logging onto the runner's captured stderr, which is closed once the command returns.
+    """
+    for name in [name for name in os.environ if name.startswith("SUPPORT_")]:
+        if not name.startswith("SUPPORT_TEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SUPPORT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables: no wrapped or elided cells
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _invoke(*args: str) -> Result:
+    return in_thread(lambda: CliRunner().invoke(app, list(args)))
+
+
+def _run_real_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """The installed console script, where the real process matters (Alembic writes to the real stdout)."""
+    return subprocess.run(  # noqa: S603 - the project's own console script
+        [str(SUPPORT), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_help_lists_the_commands() -> None:
+    result = _invoke("--help")
+    assert result.exit_code == 0, result.output
+    for command in ("serve", "db", "keys"):
+        assert re.search(rf"^\W*{command}\s", result.stdout, re.MULTILINE), f"{command} missing:\n{result.stdout}"
+
+
+@pytest.mark.parametrize(
+    ("group", "commands"), [("db", ("upgrade", "downgrade", "current")), ("keys", ("create", "list"))]
+)
+def test_each_group_lists_its_subcommands(group: str, commands: tuple[str, ...]) -> None:
+    result = _invoke(group, "--help")
+    assert result.exit_code == 0, result.output
+    for command in commands:
+        assert re.search(rf"^\W*{command}\s", result.stdout, re.MULTILINE), f"{command} missing:\n{result.stdout}"
+
+
+async def test_created_key_authenticates_against_the_app_with_its_role(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, client: AsyncTestClient[Litestar]
+) -> None:
+    monkeypatch.setenv("SUPPORT_DATABASE_URL", database_url)
+
+    result = _invoke("keys", "create", "--role", "agent", "--name", "ci")
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, "stdout carries only the secret, so scripts can capture it"
+    secret = lines[0]
+    assert "Created agent key" in result.stderr
+    assert "shown only this once" in result.stderr
+    # Authenticated as an agent: 403 on an admin-only endpoint, where an unknown secret gets 401.
+    as_agent = await client.get("/v1/keys", headers={"Authorization": f"Bearer {secret}"})
+    assert_problem(as_agent, 403, "forbidden")
+    garbage = await client.get("/v1/keys", headers={"Authorization": "Bearer not-a-real-key"})
+    assert_problem(garbage, 401, "unauthenticated")
+
+
+async def test_keys_list_shows_created_keys_without_their_secrets(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    monkeypatch.setenv("SUPPORT_DATABASE_URL", database_url)
+    created = _invoke("keys", "create", "--role", "agent", "--name", "ci")
+    assert created.exit_code == 0, created.output
+    secret = created.stdout.strip()
+    key_id = re.search(r"\(([0-9a-f-]{36})\)", created.stderr)
+    assert key_id, created.stderr
+
+    listed = _invoke("keys", "list")
+
+    assert listed.exit_code == 0, listed.output
+    row = next((line for line in listed.stdout.splitlines() if key_id[1] in line), None)
+    assert row is not None, listed.stdout
+    assert re.search(r"\bci\b", row)
+    assert "agent" in row
+    assert "active" in row
+    assert secret not in listed.stdout
+
+
+async def test_keys_create_refuses_an_unknown_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPPORT_DATABASE_URL", UNREACHABLE_DATABASE)
+    result = _invoke("keys", "create", "--role", "root", "--name", "ci")
+    assert result.exit_code == 2
+    assert "root" in result.stderr
+
+
+async def test_db_current_shows_the_head_revision(monkeypatch: pytest.MonkeyPatch, database_url: str) -> None:
+    head = ScriptDirectory.from_config(migrations.alembic_config(database_url)).get_current_head()
+    assert head
+    monkeypatch.setenv("SUPPORT_DATABASE_URL", database_url)
+
+    result = await asyncio.to_thread(_run_real_process, "db", "current")
+
+    assert result.returncode == 0, result.stderr
+    assert f"{head} (head)" in result.stdout
+
+
+@pytest.mark.parametrize("command", [("serve",), ("db", "current"), ("keys", "list")])
+def test_invalid_setting_exits_2_with_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
+) -> None:
+    monkeypatch.setenv("SUPPORT_DATABASE_URL", UNREACHABLE_DATABASE)
+    monkeypatch.setenv("SUPPORT_PORT", "notaport")
+
+    result = _invoke(*command)
+
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert "\n" not in message, message
+    assert "SUPPORT_PORT" in message
+    assert "Traceback" not in result.output
+
+
+def test_unknown_support_variable_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPPORT_DATABASE_URL", UNREACHABLE_DATABASE)
+    monkeypatch.setenv("SUPPORT_SOMETHING", "1")
+
+    result = _invoke("db", "current")
+
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert "\n" not in message, message
+    assert "SUPPORT_SOMETHING" in message
+    assert "unknown" in message

@@ -1,0 +1,228 @@
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from support.domain.chunking import chunk_document
+from support.domain.knowledge import Chunk, ExtractedDocument, Section
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+def document(*sections: Section) -> ExtractedDocument:
+    return ExtractedDocument(title="Doc", sections=sections)
+
+
+def sentence(label: str, words: int) -> str:
+    """A sentence of exactly ``words`` whitespace tokens, each tagged with ``label`` so it can be traced."""
+    return " ".join(f"{label}w{index}" for index in range(words)) + "."
+
+
+def test_short_section_becomes_one_chunk_with_its_heading_path() -> None:
+    text = "First paragraph here.\n\nSecond paragraph here."
+
+    chunks = chunk_document(document(Section(("Billing", "Refunds"), text)), count_tokens=count_words)
+
+    assert chunks == [Chunk(ordinal=0, heading_path=("Billing", "Refunds"), text=text, token_count=6)]
+
+
+def test_chunks_never_straddle_sections_and_ordinals_run_in_document_order() -> None:
+    sections = (
+        Section(("A",), " ".join(sentence("a", 9) for _ in range(5))),
+        Section(("B",), sentence("b", 3)),
+        Section(("C",), " ".join(sentence("c", 9) for _ in range(5))),
+    )
+
+    chunks = chunk_document(document(*sections), count_tokens=count_words, max_tokens=20, overlap_tokens=0)
+
+    assert [chunk.ordinal for chunk in chunks] == list(range(len(chunks)))
+    for chunk in chunks:
+        label = chunk.heading_path[0].lower()
+        assert all(word.startswith(label) for word in chunk.text.split()), chunk
+    assert [chunk.heading_path for chunk in chunks].count(("B",)) == 1
+    paths = [chunk.heading_path for chunk in chunks]
+    assert paths == sorted(paths)  # A's chunks, then B's, then C's
+
+
+def test_whitespace_only_sections_are_skipped() -> None:
+    sections = (Section(("Empty",), " \n\n\t "), Section(("Full",), "Some text."), Section((), ""))
+
+    chunks = chunk_document(document(*sections), count_tokens=count_words)
+
+    assert [(chunk.ordinal, chunk.heading_path) for chunk in chunks] == [(0, ("Full",))]
+
+
+def test_document_without_text_gives_no_chunks() -> None:
+    assert chunk_document(ExtractedDocument(title=None, sections=()), count_tokens=count_words) == []
+
+
+def test_packs_whole_paragraphs_and_sentences_without_cutting_them() -> None:
+    paragraphs = [" ".join(sentence(f"p{p}s{s}", 6) for s in range(3)) for p in range(4)]  # 18 words each
+
+    chunks = chunk_document(
+        document(Section((), "\n\n".join(paragraphs))), count_tokens=count_words, max_tokens=40, overlap_tokens=0
+    )
+
+    # Two 18-word paragraphs fit in 40; a third would not.
+    assert [chunk.text for chunk in chunks] == ["\n\n".join(paragraphs[:2]), "\n\n".join(paragraphs[2:])]
+    assert [chunk.token_count for chunk in chunks] == [36, 36]
+
+
+def test_next_chunk_starts_with_trailing_sentences_of_the_previous_one() -> None:
+    sentences = [sentence(f"s{index}", 5) for index in range(8)]
+
+    chunks = chunk_document(
+        document(Section((), " ".join(sentences))), count_tokens=count_words, max_tokens=20, overlap_tokens=10
+    )
+
+    assert len(chunks) > 1
+    for previous, following in itertools.pairwise(chunks):
+        previous_sentences = [s for s in sentences if s in previous.text]
+        following_sentences = [s for s in sentences if s in following.text]
+        carried = [s for s in following_sentences if s in previous_sentences]
+        assert carried, "expected overlap"
+        assert carried == previous_sentences[-len(carried) :]
+        assert sum(count_words(s) for s in carried) <= 10
+        assert following.text.startswith(carried[0])
+
+
+def test_no_overlap_is_carried_across_sections() -> None:
+    sections = (Section(("A",), " ".join(sentence("a", 5) for _ in range(6))), Section(("B",), sentence("b", 5)))
+
+    chunks = chunk_document(document(*sections), count_tokens=count_words, max_tokens=12, overlap_tokens=6)
+
+    assert chunks[-1].heading_path == ("B",)
+    assert chunks[-1].text == sentence("b", 5)
+
+
+def test_overlong_sentence_is_split_on_word_boundaries() -> None:
+    long_sentence = sentence("x", 45)
+
+    chunks = chunk_document(
+        document(Section((), long_sentence)), count_tokens=count_words, max_tokens=20, overlap_tokens=0
+    )
+
+    assert [chunk.token_count for chunk in chunks] == [20, 20, 5]
+    assert " ".join(chunk.text for chunk in chunks) == long_sentence
+
+
+def test_single_word_longer_than_the_budget_is_cut_by_characters() -> None:
+    def count_characters(text: str) -> int:
+        return len(text)
+
+    url = "https://example.com/" + "a" * 70
+
+    chunks = chunk_document(
+        document(Section((), f"See {url} now.")), count_tokens=count_characters, max_tokens=25, overlap_tokens=0
+    )
+
+    assert all(chunk.token_count <= 25 for chunk in chunks)
+    assert url in "".join(chunk.text for chunk in chunks)
+
+
+def test_counter_that_is_not_additive_over_words_still_respects_the_budget() -> None:
+    def count_with_separators(text: str) -> int:
+        # Counts separators as tokens too, so joined pieces cost more than their sum.
+        return len(text.split()) * 2 - 1 if text.strip() else 0
+
+    text = "\n\n".join(" ".join(sentence(f"p{p}s{s}", 3) for s in range(4)) for p in range(5))
+
+    chunks = chunk_document(
+        document(Section((), text)), count_tokens=count_with_separators, max_tokens=15, overlap_tokens=4
+    )
+
+    assert all(chunk.token_count == count_with_separators(chunk.text) <= 15 for chunk in chunks)
+    assert {word for chunk in chunks for word in chunk.text.split()} == set(text.split())
+
+
+def test_line_breaks_inside_a_paragraph_are_kept() -> None:
+    text = "Steps:\n- Open settings\n- Click reset\n\n```\n    indented code\n```"
+
+    [chunk] = chunk_document(document(Section((), text)), count_tokens=count_words)
+
+    assert chunk.text == text
+
+
+def test_is_deterministic() -> None:
+    doc = document(Section(("A",), " ".join(sentence(f"s{index}", 7) for index in range(30))))
+
+    first = chunk_document(doc, count_tokens=count_words, max_tokens=25, overlap_tokens=8)
+
+    assert chunk_document(doc, count_tokens=count_words, max_tokens=25, overlap_tokens=8) == first
+
+
+@pytest.mark.parametrize(("max_tokens", "overlap_tokens"), [(0, 0), (10, 10), (10, -1)])
+def test_rejects_budgets_that_cannot_work(max_tokens: int, overlap_tokens: int) -> None:
+    with pytest.raises(ValueError, match="tokens"):
+        chunk_document(
+            document(Section((), "text")),
+            count_tokens=count_words,
+            max_tokens=max_tokens,
+            overlap_tokens=overlap_tokens,
+        )
+
+
+# A section is paragraphs of sentences of words; words are unique (a running number) so positions are traceable.
+_words_per_sentence = st.integers(min_value=1, max_value=40)
+_sentences_per_paragraph = st.lists(_words_per_sentence, min_size=1, max_size=6)
+_paragraphs_per_section = st.lists(_sentences_per_paragraph, min_size=0, max_size=5)
+_sections = st.lists(_paragraphs_per_section, min_size=1, max_size=4)
+
+
+def _build_sections(shape: list[list[list[int]]]) -> tuple[list[Section], list[list[str]]]:
+    sections, words_by_section = [], []
+    counter = 0
+    for section_index, paragraphs in enumerate(shape):
+        paragraph_texts, section_words = [], []
+        for sentences in paragraphs:
+            sentence_texts = []
+            for length in sentences:
+                words = [f"w{counter + offset}" for offset in range(length)]
+                counter += length
+                section_words.extend(words)
+                sentence_texts.append(" ".join(words) + ".")
+            paragraph_texts.append(" ".join(sentence_texts))
+        sections.append(Section((f"S{section_index}",), "\n\n".join(paragraph_texts)))
+        words_by_section.append([word.rstrip(".") for word in " ".join(paragraph_texts).split()])
+    return sections, words_by_section
+
+
+@settings(max_examples=150, deadline=None)
+@given(shape=_sections, max_tokens=st.integers(min_value=1, max_value=60), overlap_ratio=st.floats(0, 0.9))
+def test_property_chunks_fit_cover_every_word_in_order(
+    shape: list[list[list[int]]], max_tokens: int, overlap_ratio: float
+) -> None:
+    overlap_tokens = min(int(max_tokens * overlap_ratio), max_tokens - 1)
+    sections, words_by_section = _build_sections(shape)
+
+    chunks = chunk_document(
+        ExtractedDocument(title=None, sections=tuple(sections)),
+        count_tokens=count_words,
+        max_tokens=max_tokens,
+        overlap_tokens=overlap_tokens,
+    )
+
+    assert [chunk.ordinal for chunk in chunks] == list(range(len(chunks)))
+    assert all(0 < chunk.token_count <= max_tokens for chunk in chunks)
+    remaining = list(chunks)
+    for section, words in zip(sections, words_by_section, strict=True):
+        section_chunks = []
+        while remaining and remaining[0].heading_path == section.heading_path:
+            section_chunks.append(remaining.pop(0))
+        assert bool(section_chunks) == bool(words)
+        # Each chunk is a contiguous run of the section's words; runs start in order, may overlap, leave no gap.
+        position_of = {word: index for index, word in enumerate(words)}
+        previous_start, previous_end = -1, 0
+        for chunk in section_chunks:
+            chunk_words = [word.rstrip(".") for word in chunk.text.split()]
+            start = position_of[chunk_words[0]]
+            assert chunk_words == words[start : start + len(chunk_words)]
+            assert previous_start < start <= previous_end
+            overlap = previous_end - start
+            assert overlap <= overlap_tokens
+            previous_start, previous_end = start, start + len(chunk_words)
+        assert previous_end == len(words)
+    assert remaining == []
