@@ -27,7 +27,7 @@ from tests.helpers import assert_problem
 
 BOOTSTRAP_KEY = "fault-injection-bootstrap-key"
 # Readiness probes time out after 2 s; a dead server is usually seen at once (connection refused).
-DETECT_WITHIN_S = 5.0
+DETECT_WITHIN_S = 20.0  # generous: proves no hang, not a latency (the machine may be loaded)
 RECOVER_WITHIN_S = 10.0
 
 

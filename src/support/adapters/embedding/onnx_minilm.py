@@ -119,6 +119,10 @@ class OnnxMiniLMEmbedder:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3  # errors only: the optimiser's notes about initializers are noise
+        # Idle intra-op threads sleep instead of spinning. On 2 cores shared with Postgres, Valkey and the event
+        # loop, spinning burnt ~25% more CPU and made queries slower (p50 ~5 ms vs ~8 ms under load); alone
+        # it saves only ~0.4 ms per query.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 str(verified_path), sess_options=options, providers=["CPUExecutionProvider"]
