@@ -200,6 +200,9 @@ async def measure_search(
             raw_ms += await timed(lambda: statement.fetch(*args), 1)  # noqa: B023
             reference_ms += await timed(lambda: reference.fetch(vector, text), 1)  # noqa: B023
     await engine.dispose()
+    text, embedding = queries[0]
+    plan = await connection.fetch("EXPLAIN (ANALYZE, BUFFERS) " + str(compiled), *parameters(text, embedding))
+    (RESULTS / "retrieval-plan.txt").write_text("\n".join(row[0] for row in plan) + "\n")
     adapter, raw = summary(adapter_ms), summary(raw_ms)
     return {
         "adapter": adapter,
@@ -262,6 +265,7 @@ async def measure_ingestion(url: str, embedder: OnnxMiniLMEmbedder, documents: i
 
 async def run(total_chunks: int, query_count: int, ingest_documents: int, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
+    RESULTS.mkdir(exist_ok=True)
     embedder = OnnxMiniLMEmbedder(batch_size=32)
     with tempfile.TemporaryDirectory(prefix="support-bench-") as scratch:
         server = EmbeddedPostgres(Path(scratch) / "postgres", durable=False)

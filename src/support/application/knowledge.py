@@ -125,7 +125,8 @@ class IngestDocument:
             UnsupportedContentTypeError: the content type is not supported.
             InvalidInputError: the content is empty, unreadable, or a field is invalid.
         """
-        draft, extracted = self.prepare(request)
+        # Extraction and chunking are CPU work (a large PDF takes seconds): keep them off the event loop.
+        draft, extracted = await asyncio.to_thread(self.prepare, request)
         existing = await self._knowledge.get_by_external_id(draft.external_id)
         if existing is not None and existing.fingerprint == draft.fingerprint:
             return IngestResult(existing, UpsertStatus.UNCHANGED)

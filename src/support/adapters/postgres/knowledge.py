@@ -32,7 +32,7 @@ CANDIDATES = 40
 BM25_K1 = 1.2
 BM25_B = 0.75
 # Candidate generation for BM25 uses the query's rarest terms: they carry the most weight, and they keep
-# the set of chunks to score small on a large corpus. Candidates are capped, rarest terms first.
+# the set of chunks to score small on a large corpus (their document frequencies must fit the budget).
 SELECTIVE_TERMS = 12
 TEXT_PRESELECT = 200
 
@@ -60,25 +60,23 @@ query_terms AS (
     JOIN kb_lexemes l ON l.lexeme = q.lexeme AND l.df > 0
     CROSS JOIN stats s
 ),
-selective_terms AS (
-    SELECT lexeme, df FROM query_terms ORDER BY df, lexeme LIMIT :selective_terms
-),
-text_candidate_ids AS (
-    -- Chunks holding the rarest term first, then the next rarest, until the cap: bounded work however
-    -- common the query's words are (the nested loop visits terms in df order and stops at the limit).
-    SELECT c.id
-    FROM selective_terms t
-    CROSS JOIN LATERAL (
-        SELECT id FROM kb_chunks
-        WHERE tsv @@ quote_literal(t.lexeme)::tsquery AND {_FILTERS}
-        LIMIT :text_preselect
-    ) c
-    LIMIT :text_preselect
+selective_query AS (
+    -- The rarest terms whose document frequencies add up to the candidate budget (always at least the rarest):
+    -- they carry most of BM25's weight, and one GIN bitmap scan over them stays small however large the corpus.
+    SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery AS tsq
+    FROM (
+        SELECT lexeme, row_number() OVER w AS position, sum(df) OVER w AS running
+        FROM query_terms
+        WINDOW w AS (ORDER BY df, lexeme)
+    ) ranked
+    WHERE position = 1 OR (running <= :text_preselect AND position <= :selective_terms)
 ),
 text_candidates AS (
     SELECT c.id, c.tsv, c.token_count
-    FROM kb_chunks c
-    WHERE c.id IN (SELECT id FROM text_candidate_ids)
+    FROM kb_chunks c, selective_query q
+    WHERE c.tsv @@ q.tsq AND {_FILTERS}
+    ORDER BY c.id
+    LIMIT :text_preselect
 ),
 text_scored AS (
     SELECT c.id,
