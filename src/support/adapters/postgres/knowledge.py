@@ -41,20 +41,20 @@ _FILTERS = "audience = ANY(:audiences) AND (cardinality(:tags) = 0 OR tags && :t
 _SEARCH_SQL = sa.text(
     f"""
 WITH vector_hits AS (
-    SELECT id, embedding <=> :embedding AS distance
+    SELECT id, document_id, embedding <=> :embedding AS distance
     FROM kb_chunks
     WHERE {_FILTERS}
     ORDER BY embedding <=> :embedding
     LIMIT :candidates
 ),
 vector_ranked AS (
-    SELECT id, distance, row_number() OVER (ORDER BY distance) AS rank FROM vector_hits
+    SELECT id, document_id, distance, row_number() OVER (ORDER BY distance) AS rank FROM vector_hits
 ),
 stats AS (
     SELECT greatest(chunks, 1)::float8 AS n, greatest(total_tokens, 1)::float8 / greatest(chunks, 1) AS avg_len
     FROM kb_corpus
 ),
-query_terms AS (
+query_terms AS MATERIALIZED (
     SELECT DISTINCT q.lexeme, l.df, ln(1 + (s.n - l.df + 0.5) / (l.df + 0.5)) AS idf
     FROM unnest(to_tsvector('english', :query_text)) AS q
     JOIN kb_lexemes l ON l.lexeme = q.lexeme AND l.df > 0
@@ -71,46 +71,51 @@ selective_query AS (
     ) ranked
     WHERE position = 1 OR (running <= :text_preselect AND position <= :selective_terms)
 ),
+query_lexemes AS (
+    SELECT array_agg(lexeme) AS lexemes FROM query_terms
+),
 text_candidates AS (
-    SELECT c.id, c.tsv, c.token_count
-    FROM kb_chunks c, selective_query q
+    SELECT c.id, c.document_id, c.token_count,
+           -- Only the query's lexemes, with their positions: mark them (weight A), keep the marked ones.
+           ts_filter(setweight(c.tsv, 'A', ql.lexemes), '{{a}}') AS matched
+    FROM kb_chunks c, selective_query q, query_lexemes ql
     WHERE c.tsv @@ q.tsq AND {_FILTERS}
     ORDER BY c.id
     LIMIT :text_preselect
 ),
 text_scored AS (
-    SELECT c.id,
+    SELECT c.id, c.document_id,
            sum(t.idf * (coalesce(array_length(u.positions, 1), 1) * (:k1 + 1))
                / (coalesce(array_length(u.positions, 1), 1) + :k1 * (1 - :b + :b * c.token_count / s.avg_len))
            ) AS bm25
     FROM text_candidates c
-    CROSS JOIN LATERAL unnest(c.tsv) AS u
+    CROSS JOIN LATERAL unnest(c.matched) AS u
     JOIN query_terms t ON t.lexeme = u.lexeme
     CROSS JOIN stats s
-    GROUP BY c.id
+    GROUP BY c.id, c.document_id
     ORDER BY bm25 DESC
     LIMIT :candidates
 ),
 text_ranked AS (
-    SELECT id, row_number() OVER (ORDER BY bm25 DESC, id) AS rank FROM text_scored
+    SELECT id, document_id, row_number() OVER (ORDER BY bm25 DESC, id) AS rank FROM text_scored
 ),
-fused AS (
-    SELECT coalesce(v.id, t.id) AS id,
+fused AS MATERIALIZED (
+    SELECT coalesce(v.id, t.id) AS id, coalesce(v.document_id, t.document_id) AS document_id,
            coalesce(1.0 / (:rrf_k + v.rank), 0) + coalesce(1.0 / (:rrf_k + t.rank), 0) AS score,
            v.rank AS vector_rank, t.rank AS text_rank, 1 - v.distance AS similarity
     FROM vector_ranked v FULL OUTER JOIN text_ranked t ON v.id = t.id
 ),
 best_per_document AS (
-    SELECT DISTINCT ON (c.document_id) f.id, f.score, f.vector_rank, f.text_rank, f.similarity
-    FROM fused f JOIN kb_chunks c ON c.id = f.id
-    ORDER BY c.document_id, f.score DESC
+    SELECT DISTINCT ON (document_id) id, document_id, score, vector_rank, text_rank, similarity
+    FROM fused
+    ORDER BY document_id, score DESC, id
 )
 SELECT b.id AS chunk_id, b.score, b.vector_rank, b.text_rank, b.similarity,
        c.ordinal, c.heading_path, c.text, c.version,
        d.id AS document_id, d.external_id, d.title, d.url
 FROM best_per_document b
 JOIN kb_chunks c ON c.id = b.id
-JOIN kb_documents d ON d.id = c.document_id
+JOIN kb_documents d ON d.id = b.document_id
 ORDER BY b.score DESC, b.id
 LIMIT :limit
 """  # noqa: S608 - the only interpolation is the constant _FILTERS fragment
