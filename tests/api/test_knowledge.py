@@ -1,4 +1,5 @@
 import asyncio
+import json
 from pathlib import Path
 
 from litestar import Litestar
@@ -207,3 +208,44 @@ async def test_knowledge_endpoints_are_admin_only(client: AsyncTestClient[Litest
 def test_sample_help_center_is_shipped() -> None:
     folder = Path(__file__).parents[2] / "src" / "support" / "sample_data" / "helpcenter"
     assert len(list(folder.glob("*.md"))) >= 15
+
+
+async def test_jsonl_upload_runs_as_a_background_job_with_progress(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    lines = [
+        json.dumps({"id": f"tn-{index}", "title": f"Technote {index}", "text": f"Error code E0{index} means a fault."})
+        for index in range(5)
+    ]
+    response = await client.post(
+        "/v1/knowledge/uploads",
+        files={"file": ("export.jsonl", "\n".join(lines).encode(), "application/jsonl")},
+        headers=admin_headers,
+    )
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] in {"queued", "active", "complete"}
+
+    deadline = asyncio.get_running_loop().time() + 60
+    while job["status"] not in {"complete", "failed"}:
+        assert asyncio.get_running_loop().time() < deadline, job
+        await asyncio.sleep(0.1)
+        job = (await client.get(f"/v1/knowledge/jobs/{job['id']}", headers=admin_headers)).json()
+    assert job["status"] == "complete", job
+    assert job["progress"] == 1.0
+    assert job["detail"]["created"] == 5
+    listed = (await client.get("/v1/knowledge/documents", headers=admin_headers)).json()["items"]
+    assert sorted(item["external_id"] for item in listed) == [f"tn-{index}" for index in range(5)]
+
+
+async def test_bad_jsonl_is_refused_before_any_job_starts(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    response = await client.post(
+        "/v1/knowledge/uploads",
+        files={"file": ("broken.jsonl", b'{"id": "a", "title": "A", "text": "x"}\nnot json\n', "application/jsonl")},
+        headers=admin_headers,
+    )
+    body = assert_problem(response, 422, "invalid_input")
+    assert "Line 2" in body["detail"]
+    assert_problem(await client.get("/v1/knowledge/jobs/no-such-job", headers=admin_headers), 404, "job_not_found")

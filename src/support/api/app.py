@@ -1,6 +1,7 @@
 """The Litestar application: routes, problem handling, OpenAPI, middleware. Wiring lives in ``support.container``."""
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import version
 
@@ -30,7 +31,9 @@ and hands conversations to human agents. Authenticate with `Authorization: Beare
 Errors are RFC 9457 `application/problem+json` documents with a stable `code`."""
 
 
-def build_app(settings: Settings, container: AsyncContainer) -> Litestar:
+def build_app(
+    settings: Settings, container: AsyncContainer, *, on_startup: Sequence[Callable[[], Awaitable[None]]] = ()
+) -> Litestar:
     """Create the application around an already built container, which is closed on shutdown."""
     app_version = version("support")
 
@@ -50,7 +53,7 @@ def build_app(settings: Settings, container: AsyncContainer) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=CORSConfig(allow_origins=list(settings.http.cors_origins)) if settings.http.cors_origins else None,
         request_max_body_size=settings.http.max_body_bytes,
-        on_startup=[check_knowledge_index],
+        on_startup=[check_knowledge_index, *on_startup],
         on_shutdown=[close_container],
         state=State({"version": app_version, "started_at": datetime.now(UTC)}),
         openapi_config=OpenAPIConfig(

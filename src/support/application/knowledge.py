@@ -3,9 +3,11 @@
 import array
 import asyncio
 import hashlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 from support.domain.chunking import chunk_document
@@ -31,6 +33,7 @@ from support.domain.knowledge import (
 )
 from support.domain.safety import find_instruction_like_passages
 from support.ports.errors import CacheUnavailableError
+from support.ports.jobs import JobQueue, JobState, ProgressReporter
 from support.ports.knowledge import Cache, DocumentPage, Embedder, KnowledgeBase, TextExtractor
 from support.ports.system import Clock, UnitOfWork
 
@@ -448,3 +451,117 @@ class IngestDocuments:
                 report.unchanged += 1
         if on_progress is not None:
             await on_progress(report)
+
+
+INGEST_JOB = "ingest_documents"
+BULK_JOB_TIMEOUT_S = 6 * 3600
+
+
+class JobNotFoundError(NotFoundError):
+    """No job with this id exists (or it expired)."""
+
+    code = "job_not_found"
+    default_message = "The job was not found."
+
+
+def parse_jsonl(data: bytes) -> list[IngestRequest]:
+    """Documents from JSON lines of ``{id, title, text, url?, tags?, content_type?}``.
+
+    Raises:
+        InvalidInputError: a line is not such a record; the message names the line.
+    """
+    requests: list[IngestRequest] = []
+    try:
+        lines = data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise InvalidInputError("The file is not UTF-8 text.") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            requests.append(
+                IngestRequest(
+                    content=str(record["text"]).encode(),
+                    content_type=str(record.get("content_type", "text/plain")),
+                    external_id=str(record["id"]),
+                    title=str(record["title"]) if record.get("title") else None,
+                    url=str(record["url"]) if record.get("url") else None,
+                    tags=[str(tag) for tag in record.get("tags", [])],
+                )
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise InvalidInputError(f"Line {number} is not a JSON object with id, title and text.") from None
+    if not requests:
+        raise InvalidInputError("The file holds no documents.")
+    return requests
+
+
+def report_detail(report: BulkIngestReport) -> dict[str, Any]:
+    """A bulk report as plain data (job progress and results)."""
+    return {
+        "total": report.total,
+        "done": report.done,
+        "created": report.created,
+        "updated": report.updated,
+        "unchanged": report.unchanged,
+        "failed": report.failed,
+        "chunks": report.chunks,
+        "errors": [{"position": p, "external_id": e, "message": m} for p, e, m in report.errors[:100]],
+    }
+
+
+class StartBulkIngestion:
+    """Validate a JSON-lines file of documents and queue its ingestion as a background job."""
+
+    def __init__(self, jobs: JobQueue, limits: KnowledgeLimits) -> None:
+        self._jobs = jobs
+        self._limits = limits
+
+    async def execute(self, data: bytes) -> JobState:
+        """Queue the job and return its initial state.
+
+        Raises:
+            ContentTooLargeError: the file exceeds the document size limit.
+            InvalidInputError: a line is not a document record.
+        """
+        if len(data) > self._limits.max_document_bytes:
+            raise ContentTooLargeError(f"A file may have at most {self._limits.max_document_bytes} bytes.")
+        documents = len(parse_jsonl(data))
+        return await self._jobs.enqueue(
+            INGEST_JOB, {"records": data.decode("utf-8-sig"), "documents": documents}, timeout_s=BULK_JOB_TIMEOUT_S
+        )
+
+
+class RunBulkIngestion:
+    """The worker side of a bulk ingestion job: ingest, reporting progress as documents finish."""
+
+    def __init__(self, ingest: IngestDocuments) -> None:
+        self._ingest = ingest
+
+    async def execute(self, payload: Mapping[str, Any], report: ProgressReporter) -> dict[str, Any]:
+        """Ingest the job's records; returns the final counts."""
+        requests = parse_jsonl(str(payload["records"]).encode())
+
+        async def progress(state: BulkIngestReport) -> None:
+            await report(state.done / max(len(requests), 1), report_detail(state))
+
+        return report_detail(await self._ingest.execute(requests, on_progress=progress))
+
+
+class GetJob:
+    """Read a background job's state and progress."""
+
+    def __init__(self, jobs: JobQueue) -> None:
+        self._jobs = jobs
+
+    async def execute(self, job_id: str) -> JobState:
+        """Return the job.
+
+        Raises:
+            JobNotFoundError: unknown or expired.
+        """
+        state = await self._jobs.get(job_id)
+        if state is None:
+            raise JobNotFoundError
+        return state

@@ -1,4 +1,5 @@
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 from dishka import AsyncContainer, Provider, Scope, make_async_container, provide
 from litestar import Litestar
@@ -18,23 +19,29 @@ from support.adapters.system import SystemClock
 from support.adapters.valkey.cache import ValkeyCache
 from support.adapters.valkey.client import create_client
 from support.adapters.valkey.health import ValkeyHealthProbe
+from support.adapters.valkey.jobs import SaqJobQueue
 from support.api.app import build_app
 from support.application.health import CheckReadiness
 from support.application.keys import AuthenticateApiKey, BootstrapAdminKey, CreateApiKey, ListApiKeys, RevokeApiKey
 from support.application.knowledge import (
+    INGEST_JOB,
     DeleteDocument,
     GetDocument,
+    GetJob,
     IngestDocument,
     IngestDocuments,
     KnowledgeLimits,
     ListDocuments,
     QueryEmbeddings,
+    RunBulkIngestion,
     SearchKnowledge,
+    StartBulkIngestion,
     VerifyKnowledgeIndex,
 )
 from support.config import Settings, SettingsError, load_settings
 from support.observability import configure_logging
 from support.ports.identity import ApiKeyRepository
+from support.ports.jobs import JobQueue, ProgressReporter
 from support.ports.knowledge import Cache, Embedder, KnowledgeBase, TextExtractor
 from support.ports.system import Clock, HealthProbe, UnitOfWork
 
@@ -113,6 +120,17 @@ class InfrastructureProvider(Provider):
     query_embeddings = provide(QueryEmbeddings)
 
     @provide
+    async def job_queue(self, settings: Settings) -> AsyncIterator[SaqJobQueue]:
+        queue = SaqJobQueue(settings.require_valkey_url(), name=settings.valkey.key_prefix + "jobs")
+        await queue.connect()
+        yield queue
+        await queue.close()
+
+    @provide
+    def jobs(self, queue: SaqJobQueue) -> JobQueue:
+        return queue
+
+    @provide
     def bootstrap_admin_key(self, settings: Settings) -> BootstrapAdminKey | None:
         return BootstrapAdminKey(settings.bootstrap_admin_key) if settings.bootstrap_admin_key else None
 
@@ -146,6 +164,9 @@ class UseCaseProvider(Provider):
     delete_document = provide(DeleteDocument)
     search_knowledge = provide(SearchKnowledge)
     verify_knowledge_index = provide(VerifyKnowledgeIndex)
+    start_bulk_ingestion = provide(StartBulkIngestion)
+    run_bulk_ingestion = provide(RunBulkIngestion)
+    get_job = provide(GetJob)
 
     @provide
     def check_readiness(self, probes: Sequence[HealthProbe]) -> CheckReadiness:
@@ -167,4 +188,17 @@ def create_app(settings: Settings | None = None, *overrides: Provider) -> Litest
     """The ASGI application (``uvicorn --factory support.container:create_app``)."""
     settings = settings or load_settings()
     configure_logging(settings)
-    return build_app(settings, build_container(settings, *overrides))
+    container = build_container(settings, *overrides)
+
+    async def start_job_worker() -> None:
+        # The worker runs in this process (make run, one-box deployments); each job gets its own request scope.
+        queue = await container.get(SaqJobQueue)
+
+        async def ingest(payload: Mapping[str, Any], report: ProgressReporter) -> Mapping[str, Any]:
+            async with container() as request:
+                return await (await request.get(RunBulkIngestion)).execute(payload, report)
+
+        queue.register(INGEST_JOB, ingest)
+        queue.start_worker()
+
+    return build_app(settings, container, on_startup=[start_job_worker])

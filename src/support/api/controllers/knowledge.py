@@ -1,5 +1,5 @@
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
@@ -8,6 +8,7 @@ from dishka.integrations.litestar import inject
 from litestar import Controller, Response, delete, get, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body, FromPath, FromQuery, JSONBody, QueryParameter
 
 from support.api.auth import admin_only
@@ -20,13 +21,16 @@ from support.application.knowledge import (
     MAX_TITLE_LENGTH,
     DeleteDocument,
     GetDocument,
+    GetJob,
     IngestDocument,
     IngestRequest,
     ListDocuments,
     SearchKnowledge,
+    StartBulkIngestion,
 )
 from support.domain.errors import InvalidInputError
 from support.domain.knowledge import Audience, Document, SearchQuery, UpsertStatus, content_type_for_filename
+from support.ports.jobs import JobState
 
 ContentType = Literal["text/plain", "text/markdown", "text/html"]
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
@@ -107,6 +111,26 @@ class SearchResponse(msgspec.Struct, frozen=True):
     items: list[SearchHitResource]
 
 
+class JobResource(msgspec.Struct, frozen=True):
+    id: str
+    kind: str
+    status: Annotated[str, msgspec.Meta(description="queued, active, complete, failed or aborted")]
+    progress: Annotated[float, msgspec.Meta(ge=0, le=1)]
+    detail: dict[str, Any]
+    error: str | None
+
+
+def job_resource(state: JobState) -> JobResource:
+    return JobResource(
+        id=state.id,
+        kind=state.kind,
+        status=state.status,
+        progress=state.progress,
+        detail=dict(state.detail),
+        error=state.error,
+    )
+
+
 class UploadForm(msgspec.Struct):
     file: UploadFile
     external_id: str | None = None
@@ -135,7 +159,7 @@ def document_resource(document: Document) -> DocumentResource:
     )
 
 
-def _ingest_response(document: Document, status: UpsertStatus) -> Response[IngestResponse]:
+def _ingest_response(document: Document, status: UpsertStatus) -> Response[IngestResponse | JobResource]:
     return Response(
         IngestResponse(status=status, document=document_resource(document)),
         status_code=201 if status is UpsertStatus.CREATED else 200,
@@ -161,7 +185,7 @@ class KnowledgeController(Controller):
     @inject
     async def upsert(
         self, data: JSONBody[CreateDocumentRequest], use_case: FromDishka[IngestDocument]
-    ) -> Response[IngestResponse]:
+    ) -> Response[IngestResponse | JobResource]:
         result = await use_case.execute(
             IngestRequest(
                 content=data.content.encode(),
@@ -180,8 +204,15 @@ class KnowledgeController(Controller):
         "/uploads",
         operation_id="UploadDocument",
         summary="Upload a file as a document",
-        description="Multipart upload of a .txt, .md, .html or .pdf file; the file name gives the type.",
-        responses=problem_responses(400, 401, 403, 413, 415, 422),
+        description=(
+            "Multipart upload of a .txt, .md, .html or .pdf file (the file name gives the type): 201/200 with the "
+            "document. A .jsonl file of `{id, title, text, url?, tags?}` lines is ingested in the background: "
+            "202 with a job to follow at `GET /v1/knowledge/jobs/{id}`."
+        ),
+        responses={
+            **problem_responses(400, 401, 403, 413, 415, 422),
+            202: ResponseSpec(JobResource, description="Bulk ingestion queued"),
+        },
         status_code=200,
     )
     @inject
@@ -189,8 +220,11 @@ class KnowledgeController(Controller):
         self,
         data: Annotated[UploadForm, Body(media_type=RequestEncodingType.MULTI_PART)],
         use_case: FromDishka[IngestDocument],
-    ) -> Response[IngestResponse]:
+        bulk: FromDishka[StartBulkIngestion],
+    ) -> Response[IngestResponse | JobResource]:
         content = await data.file.read()
+        if (data.file.filename or "").lower().endswith(".jsonl"):
+            return Response(job_resource(await bulk.execute(content)), status_code=202)
         content_type = content_type_for_filename(data.file.filename or "") or data.file.content_type
         result = await use_case.execute(
             IngestRequest(
@@ -204,6 +238,17 @@ class KnowledgeController(Controller):
             )
         )
         return _ingest_response(result.document, result.status)
+
+    @get(
+        "/jobs/{job_id:str}",
+        operation_id="GetJob",
+        summary="Follow a background job",
+        description="Status, progress (0..1) and counts so far; a finished job stays readable for a day.",
+        responses=problem_responses(401, 403, 404),
+    )
+    @inject
+    async def get_job(self, job_id: FromPath[str], use_case: FromDishka[GetJob]) -> JobResource:
+        return job_resource(await use_case.execute(job_id))
 
     @get(
         "/documents",

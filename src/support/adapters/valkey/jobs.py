@@ -1,0 +1,102 @@
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from saq import Queue, Worker
+from saq.job import Job
+from saq.types import Context
+
+from support.adapters.valkey.errors import cache_errors
+from support.ports.jobs import JobState, ProgressReporter
+
+_logger = logging.getLogger(__name__)
+# Finished jobs stay readable for a day.
+RESULT_TTL_S = 24 * 3600
+
+JobHandler = Callable[[Mapping[str, Any], ProgressReporter], Awaitable[Mapping[str, Any]]]
+
+
+def redis_protocol_url(url: str) -> str:
+    """SAQ's client (redis-py) speaks to Valkey, but only knows the redis:// schemes."""
+    for scheme, replacement in (("valkeys://", "rediss://"), ("valkey://", "redis://")):
+        if url.startswith(scheme):
+            return replacement + url[len(scheme) :]
+    return url
+
+
+def _state(job: Job) -> JobState:
+    meta = job.meta or {}
+    detail = dict(job.result) if isinstance(job.result, dict) else dict(meta.get("detail", {}))
+    return JobState(
+        id=job.key,  # the job's own key; SAQ's job.id adds the queue's namespace
+        kind=job.function,
+        status=job.status.value if job.status.value != "new" else "queued",
+        progress=float(job.progress or 0.0),
+        detail=detail,
+        error=(job.error or "").strip().splitlines()[-1] if job.error else None,
+    )
+
+
+class _EmbeddedWorker(Worker[Context]):
+    # The worker lives inside the API process: the server (uvicorn) owns SIGINT/SIGTERM and stops us in order.
+    SIGNALS = []  # noqa: RUF012
+
+
+class SaqJobQueue:
+    """Jobs on a Valkey-backed SAQ queue; ``run_worker`` processes them in this process."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self._queue = Queue.from_url(redis_protocol_url(url), name=name)
+        self._handlers: dict[str, JobHandler] = {}
+        self._worker_task: asyncio.Task[None] | None = None
+        self._worker: _EmbeddedWorker | None = None
+
+    async def connect(self) -> None:
+        async with cache_errors():
+            await self._queue.connect()
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            await self._worker.stop()
+        if self._worker_task is not None:
+            self._worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker_task
+        await self._queue.disconnect()
+
+    def register(self, kind: str, handler: JobHandler) -> None:
+        self._handlers[kind] = handler
+
+    def start_worker(self, concurrency: int = 1) -> None:
+        functions = [(kind, self._wrap(kind)) for kind in self._handlers]
+        self._worker = _EmbeddedWorker(self._queue, functions=functions, concurrency=concurrency)
+        self._worker_task = asyncio.create_task(self._worker.start(), name="job-worker")
+
+    def _wrap(self, kind: str) -> Callable[..., Awaitable[Mapping[str, Any]]]:
+        handler = self._handlers[kind]
+
+        async def run(ctx: Context, **payload: Any) -> Mapping[str, Any]:
+            job = ctx["job"]
+
+            async def report(progress: float, detail: Mapping[str, Any]) -> None:
+                await job.update(progress=progress, meta={"detail": dict(detail)})
+
+            return await handler(payload, report)
+
+        run.__qualname__ = kind
+        return run
+
+    async def enqueue(self, kind: str, payload: Mapping[str, Any], *, timeout_s: int) -> JobState:
+        async with cache_errors():
+            job = await self._queue.enqueue(kind, timeout=timeout_s, ttl=RESULT_TTL_S, retries=1, **payload)
+        if job is None:
+            msg = "the queue refused the job"
+            raise RuntimeError(msg)
+        return _state(job)
+
+    async def get(self, job_id: str) -> JobState | None:
+        async with cache_errors():
+            job = await self._queue.job(job_id)
+        return None if job is None else _state(job)
