@@ -240,10 +240,9 @@ async def measure_ingestion(url: str, embedder: OnnxMiniLMEmbedder, documents: i
             SystemClock(), KnowledgeLimits(),
         )  # fmt: skip
         prepared = [single.prepare(request) for request in requests]
-        chunked = await single.embed_many(prepared[:1])  # warm the model
-        texts = [
-            item.search_text for batch in await single.embed_many(prepared) for item in batch
-        ]  # the exact chunk texts ingestion embeds
+        # The exact texts ingestion embeds: each chunk with its title and heading path.
+        texts = [chunk.context_text(draft.title) for draft, extracted in prepared for chunk in single.chunk(extracted)]
+        await embedder.embed_documents(texts[:32])  # warm the model
         started = time.perf_counter()
         await embedder.embed_documents(texts)
         raw_s = time.perf_counter() - started
@@ -252,7 +251,6 @@ async def measure_ingestion(url: str, embedder: OnnxMiniLMEmbedder, documents: i
         report = await bulk.execute(requests)
         end_to_end_s = time.perf_counter() - started
     await engine.dispose()
-    del chunked
     raw_rate, e2e_rate = len(texts) / raw_s, report.chunks / end_to_end_s
     return {
         "documents": report.total,

@@ -21,6 +21,7 @@ from support.domain.errors import (
 from support.domain.ids import new_id
 from support.domain.knowledge import (
     Audience,
+    Chunk,
     Document,
     DocumentDraft,
     EmbeddedChunk,
@@ -156,12 +157,11 @@ class IngestDocument:
         if len(external_id) > MAX_EXTERNAL_ID_LENGTH:
             raise InvalidInputError(f"An external_id has at most {MAX_EXTERNAL_ID_LENGTH} characters.")
         text = full_text(extracted)
-        metadata_hash = hashlib.sha256(repr(sorted(request.metadata.items())).encode()).hexdigest()
         draft = DocumentDraft(
             external_id=external_id,
             title=title,
             content_type=request.content_type.split(";")[0].strip().lower(),
-            text_hash=text_hash(text + "\x1e" + metadata_hash),
+            text_hash=text_hash(text),
             url=request.url,
             tags=normalise_tags(request.tags),
             audience=request.audience,
@@ -174,22 +174,20 @@ class IngestDocument:
         """Chunk by structure and embed each chunk with its title and heading path."""
         return (await self.embed_many([(draft, extracted)]))[0]
 
+    def chunk(self, extracted: ExtractedDocument) -> list[Chunk]:
+        """Split by structure within the configured token budget."""
+        return chunk_document(
+            extracted,
+            count_tokens=self._embedder.count_tokens,
+            max_tokens=self._limits.chunk_tokens,
+            overlap_tokens=self._limits.chunk_overlap_tokens,
+        )
+
     async def embed_many(
         self, documents: Sequence[tuple[DocumentDraft, ExtractedDocument]]
     ) -> list[list[EmbeddedChunk]]:
         """Chunk several documents and embed all their chunks in shared batches."""
-        chunked = [
-            (
-                draft,
-                chunk_document(
-                    extracted,
-                    count_tokens=self._embedder.count_tokens,
-                    max_tokens=self._limits.chunk_tokens,
-                    overlap_tokens=self._limits.chunk_overlap_tokens,
-                ),
-            )
-            for draft, extracted in documents
-        ]
+        chunked = [(draft, self.chunk(extracted)) for draft, extracted in documents]
         texts = [chunk.context_text(draft.title) for draft, chunks in chunked for chunk in chunks]
         vectors = iter(await self._embedder.embed_documents(texts) if texts else [])
         return [

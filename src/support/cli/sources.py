@@ -1,11 +1,11 @@
 """Knowledge sources on disk: files, folders, Markdown with front matter, and JSONL exports."""
 
-import json
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
-from support.application.knowledge import IngestRequest
+from support.application.knowledge import IngestRequest, parse_jsonl
+from support.domain.errors import InvalidInputError
 from support.domain.knowledge import content_type_for_filename
 
 SAMPLE_PREFIX = "sample:"
@@ -88,20 +88,8 @@ def markdown_request(data: bytes, *, external_id: str) -> IngestRequest:
     )
 
 
-def _jsonl(path: Path) -> Iterator[IngestRequest]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                yield IngestRequest(
-                    content=str(record["text"]).encode(),
-                    content_type=str(record.get("content_type", "text/plain")),
-                    external_id=str(record["id"]),
-                    title=str(record["title"]) if record.get("title") else None,
-                    url=str(record["url"]) if record.get("url") else None,
-                    tags=[str(tag) for tag in record.get("tags", [])],
-                )
-            except (ValueError, KeyError, TypeError) as error:
-                raise SourceError(f"{path}:{number}: not a {{id, title, text}} record ({error})") from None
+def _jsonl(path: Path) -> list[IngestRequest]:
+    try:
+        return parse_jsonl(path.read_bytes())
+    except InvalidInputError as error:
+        raise SourceError(f"{path}: {error.message}") from None

@@ -80,8 +80,11 @@ class DocumentDraft:
 
     @property
     def fingerprint(self) -> str:
-        """Changes whenever anything that affects indexing changes (text, title, url, tags, audience)."""
-        material = "\x1f".join((self.text_hash, self.title, self.url or "", ",".join(self.tags), self.audience))
+        """Changes whenever anything stored with the document changes (text, title, url, tags, audience, metadata)."""
+        metadata = repr(sorted(self.metadata.items()))
+        material = "\x1f".join(
+            (self.text_hash, self.title, self.url or "", ",".join(self.tags), self.audience, metadata)
+        )
         return hashlib.sha256(material.encode()).hexdigest()
 
 

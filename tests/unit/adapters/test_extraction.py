@@ -3,9 +3,9 @@ import io
 import pypdf
 import pytest
 
-from support.adapters.extraction.extractor import StructuredTextExtractor, content_type_for_filename
+from support.adapters.extraction.extractor import StructuredTextExtractor
 from support.domain.errors import InvalidInputError, UnsupportedContentTypeError
-from support.domain.knowledge import ExtractedDocument, Section
+from support.domain.knowledge import ExtractedDocument, Section, content_type_for_filename
 
 extractor = StructuredTextExtractor()
 

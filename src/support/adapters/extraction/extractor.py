@@ -5,7 +5,6 @@ import io
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
-from pathlib import PurePath
 from typing import Final
 
 import pypdf
@@ -32,19 +31,6 @@ _CANONICAL_CONTENT_TYPES: Final = {
     PDF: PDF,
     "application/x-pdf": PDF,
 }
-_CONTENT_TYPE_BY_SUFFIX: Final = {
-    ".txt": PLAIN_TEXT,
-    ".md": MARKDOWN,
-    ".markdown": MARKDOWN,
-    ".html": HTML,
-    ".htm": HTML,
-    ".pdf": PDF,
-}
-
-
-def content_type_for_filename(name: str) -> str | None:
-    """The content type an uploaded file's name implies, or None when the extension is not supported."""
-    return _CONTENT_TYPE_BY_SUFFIX.get(PurePath(name).suffix.lower())
 
 
 def _parse_content_type(content_type: str) -> tuple[str | None, str | None]:

@@ -28,7 +28,6 @@ from support.application.knowledge import (
     SearchKnowledge,
     StartBulkIngestion,
 )
-from support.domain.errors import InvalidInputError
 from support.domain.knowledge import Audience, Document, SearchQuery, UpsertStatus, content_type_for_filename
 from support.ports.jobs import JobState
 
@@ -299,8 +298,6 @@ class KnowledgeController(Controller):
     )
     @inject
     async def search(self, data: JSONBody[SearchRequest], use_case: FromDishka[SearchKnowledge]) -> SearchResponse:
-        if not data.query.strip():
-            raise InvalidInputError("The query is empty.")
         hits = await use_case.execute(
             SearchQuery(text=data.query, limit=data.limit, tags=tuple(data.tags), audiences=tuple(data.audiences))
         )
