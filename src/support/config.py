@@ -78,6 +78,69 @@ class KnowledgeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     load_sample_data: bool = False
 
 
+class LLMSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The assistant's model (``SUPPORT_LLM__*``): Claude when an Anthropic key is known, else the offline responder.
+
+    ``api_key`` and ``base_url`` fall back to the SDK's own ``ANTHROPIC_API_KEY`` / ``ANTHROPIC_BASE_URL``.
+    """
+
+    provider: Literal["auto", "anthropic", "offline"] = "auto"
+    model: str = "claude-sonnet-4-5"
+    max_tokens: PositiveInt = 1024
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
+    company_name: str = "our company"
+    persona: str = "a friendly, precise customer-support assistant"
+    api_key: str | None = None
+    base_url: str | None = None
+    # Per request to the provider; the first token must arrive within this time.
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # Retries on 429/529/overload/connection errors, with exponential backoff and jitter.
+    max_retries: Annotated[int, msgspec.Meta(ge=0)] = 3
+    # Earlier turns given to the model, newest first, until this many tokens (estimated).
+    history_token_budget: PositiveInt = 3000
+    # Passages retrieved before the model is called.
+    passages: PositiveInt = 5
+    # Tool round trips (search_knowledge) allowed per reply.
+    max_tool_rounds: Annotated[int, msgspec.Meta(ge=0)] = 2
+    # Offline responder: below this evidence score it says it could not find the answer and offers a human.
+    evidence_threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+
+    def anthropic_key(self, environ: Mapping[str, str]) -> str | None:
+        """The configured key, else the SDK's standard variable."""
+        return self.api_key or environ.get("ANTHROPIC_API_KEY") or None
+
+    def uses_claude(self, environ: Mapping[str, str]) -> bool:
+        """Claude answers when asked to explicitly, or (``auto``) when a key is known."""
+        if self.provider == "auto":
+            return self.anthropic_key(environ) is not None
+        return self.provider == "anthropic"
+
+
+class ConversationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Conversations, customer tokens and attachments (``SUPPORT_CONVERSATIONS__*``)."""
+
+    # Signs customer tokens (HMAC-SHA256). Required in prod; elsewhere a random one is made per process.
+    token_secret: str | None = None
+    token_ttl_s: PositiveInt = 24 * 3600
+    # Open conversations without activity for this long are closed by the background sweep.
+    idle_close_after_s: PositiveInt = 24 * 3600
+    sweep_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    # A comment line goes out on idle SSE streams this often.
+    heartbeat_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+    # Hot state (status, recent turns) kept in Valkey this long after the last activity.
+    session_ttl_s: PositiveInt = 6 * 3600
+    recent_messages: PositiveInt = 20
+    # Events retained per conversation for resuming feeds.
+    feed_retention: PositiveInt = 2000
+    max_message_chars: PositiveInt = 8000
+    max_attachments: PositiveInt = 5
+    max_attachment_bytes: PositiveInt = 10 * 1024 * 1024
+    # Attachment text given to the assistant per turn.
+    attachment_context_chars: PositiveInt = 12_000
+    # How long a send waits for a reply in progress in the same conversation before answering both.
+    reply_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything the service can be configured with; see docs/configuration.md."""
 
@@ -98,6 +161,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     embedding: EmbeddingSettings = msgspec.field(default_factory=EmbeddingSettings)
     knowledge: KnowledgeSettings = msgspec.field(default_factory=KnowledgeSettings)
+    llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
+    conversations: ConversationSettings = msgspec.field(default_factory=ConversationSettings)
 
     @property
     def json_logs(self) -> bool:

@@ -1,0 +1,93 @@
+"""What the assistant is asked (a reply request) and what it produces while it writes (reply events)."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from support.domain.conversations import ReasonCode, TokenUsage
+from support.domain.knowledge import SearchHit
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One earlier message of the conversation as the model sees it: ``customer`` or ``assistant`` speaking."""
+
+    speaker: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttachedText:
+    """Text extracted from a file the customer attached; untrusted, like retrieved passages."""
+
+    filename: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttachedImage:
+    """An image the customer attached; sent to the model as an image block."""
+
+    filename: str
+    media_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRequest:
+    """Everything one assistant turn is written from.
+
+    ``question`` is what the customer said since the last reply (several messages joined when they arrived
+    while a reply was being written). ``passages`` were retrieved for it before the model is called.
+    """
+
+    question: str
+    history: Sequence[Turn] = ()
+    passages: Sequence[SearchHit] = ()
+    attachments: Sequence[AttachedText] = ()
+    images: Sequence[AttachedImage] = ()
+    customer_name: str | None = None
+    # Facts remembered about the customer (customer memory); untrusted background.
+    customer_facts: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """The next piece of the reply's text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolActivity:
+    """The model used a tool; ``status`` is ``started``, ``succeeded`` or ``failed``."""
+
+    name: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class PassageCited:
+    """The reply relies on ``passage``; ``quote`` is the supporting text from it."""
+
+    passage: SearchHit
+    quote: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffSignal:
+    """The assistant judges that a human should take over (or be offered), and why."""
+
+    reason_code: ReasonCode
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyCompleted:
+    """The last event of a reply. ``evidence_score`` is how well the passages support it, when measured."""
+
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    stop_reason: str = "end_turn"
+    evidence_score: float | None = None
+
+
+ReplyEvent = TextDelta | ToolActivity | PassageCited | HandoffSignal | ReplyCompleted

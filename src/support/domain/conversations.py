@@ -1,0 +1,284 @@
+"""Customers, conversations and messages, and the state machine that owns a conversation's status."""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from uuid import UUID
+
+from support.domain.errors import ConflictError, NotFoundError
+
+
+class ConversationStatus(StrEnum):
+    """Who owns the conversation: the assistant, the queue, a human agent, or nobody any more."""
+
+    BOT = "bot"
+    PENDING_HUMAN = "pending_human"
+    HUMAN = "human"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+
+
+class MessageRole(StrEnum):
+    """Who wrote a message."""
+
+    CUSTOMER = "customer"
+    ASSISTANT = "assistant"
+    AGENT = "agent"
+    SYSTEM = "system"
+
+
+class AnswerStatus(StrEnum):
+    """How an assistant message relates to the evidence behind it."""
+
+    ANSWERED = "answered"
+    INSUFFICIENT_EVIDENCE = "insufficient_evidence"
+    HANDED_OFF = "handed_off"
+
+
+class HandoffAction(StrEnum):
+    """What a turn decided about human help: answer, offer a human, or hand over now."""
+
+    ANSWER = "answer"
+    OFFER_HUMAN = "offer_human"
+    ESCALATE = "escalate"
+
+
+class ReasonCode(StrEnum):
+    """Why a conversation was (or was offered to be) handed to a human."""
+
+    CUSTOMER_REQUEST = "customer_request"
+    FRUSTRATION = "frustration"
+    REPEATED_FAILURE = "repeated_failure"
+    INSUFFICIENT_EVIDENCE = "insufficient_evidence"
+    SENSITIVE_TOPIC = "sensitive_topic"
+    LLM_UNAVAILABLE = "llm_unavailable"
+
+
+class ConversationEvent(StrEnum):
+    """What can happen to a conversation's ownership (ARCHITECTURE section 4)."""
+
+    HANDOFF = "handoff"
+    CLAIM = "claim"
+    WITHDRAW = "withdraw"
+    RELEASE = "release"
+    RESOLVE = "resolve"
+    CUSTOMER_WRITES = "customer_writes"
+    CLOSE = "close"
+
+
+_TRANSITIONS: Mapping[tuple[ConversationStatus, ConversationEvent], ConversationStatus] = {
+    (ConversationStatus.BOT, ConversationEvent.HANDOFF): ConversationStatus.PENDING_HUMAN,
+    (ConversationStatus.PENDING_HUMAN, ConversationEvent.CLAIM): ConversationStatus.HUMAN,
+    (ConversationStatus.PENDING_HUMAN, ConversationEvent.WITHDRAW): ConversationStatus.BOT,
+    (ConversationStatus.HUMAN, ConversationEvent.RELEASE): ConversationStatus.BOT,
+    (ConversationStatus.HUMAN, ConversationEvent.RESOLVE): ConversationStatus.RESOLVED,
+    (ConversationStatus.BOT, ConversationEvent.RESOLVE): ConversationStatus.RESOLVED,
+    (ConversationStatus.RESOLVED, ConversationEvent.CUSTOMER_WRITES): ConversationStatus.BOT,
+    **{(status, ConversationEvent.CLOSE): ConversationStatus.CLOSED for status in ConversationStatus},
+}
+# Writing to a conversation that is already owned by someone changes nothing.
+_NO_CHANGE = frozenset(
+    (status, ConversationEvent.CUSTOMER_WRITES)
+    for status in (ConversationStatus.BOT, ConversationStatus.PENDING_HUMAN, ConversationStatus.HUMAN)
+)
+
+
+class InvalidTransitionError(ConflictError):
+    """The conversation's status does not allow this event."""
+
+    code = "invalid_transition"
+
+
+class ConversationClosedError(ConflictError):
+    """Closed conversations take no new messages."""
+
+    code = "conversation_closed"
+    default_message = "The conversation is closed; start a new one."
+
+
+class ConversationNotFoundError(NotFoundError):
+    """No conversation with this id is visible to the caller."""
+
+    code = "conversation_not_found"
+    default_message = "The conversation was not found."
+
+
+class AttachmentNotFoundError(NotFoundError):
+    """No attachment with this id in the conversation."""
+
+    code = "attachment_not_found"
+    default_message = "The attachment was not found."
+
+
+def next_status(status: ConversationStatus, event: ConversationEvent) -> ConversationStatus:
+    """The status after ``event``.
+
+    Raises:
+        ConversationClosedError: the conversation is closed (only closing again is allowed).
+        InvalidTransitionError: the event is not allowed from ``status``.
+    """
+    if (status, event) in _NO_CHANGE:
+        return status
+    target = _TRANSITIONS.get((status, event))
+    if target is not None:
+        return target
+    if status is ConversationStatus.CLOSED:
+        raise ConversationClosedError
+    raise InvalidTransitionError(f"A conversation in status {status.value!r} cannot take the event {event.value!r}.")
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """Someone the company's backend identifies by its own ``external_id``."""
+
+    id: UUID
+    external_id: str
+    name: str | None
+    email: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """The customer's rating (1 to 5) of a conversation."""
+
+    rating: int
+    comment: str | None
+    submitted_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """One support conversation between a customer and the assistant or an agent."""
+
+    id: UUID
+    customer_id: UUID
+    status: ConversationStatus
+    metadata: Mapping[str, str]
+    created_at: datetime
+    updated_at: datetime
+    last_activity_at: datetime
+    reopened_count: int = 0
+    closed_at: datetime | None = None
+    feedback: Feedback | None = None
+
+    @property
+    def assistant_may_reply(self) -> bool:
+        """Only while the bot owns the conversation: never over a human or a pending handoff."""
+        return self.status is ConversationStatus.BOT
+
+    def apply(self, event: ConversationEvent, now: datetime) -> "Conversation":
+        """This conversation after ``event`` (see :func:`next_status`)."""
+        status = next_status(self.status, event)
+        reopened = self.status is ConversationStatus.RESOLVED and status is ConversationStatus.BOT
+        return replace(
+            self,
+            status=status,
+            updated_at=now,
+            last_activity_at=now,
+            reopened_count=self.reopened_count + reopened,
+            closed_at=now if status is ConversationStatus.CLOSED and self.closed_at is None else self.closed_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Citation:
+    """Where a statement of an assistant message comes from."""
+
+    document_id: UUID
+    version: int
+    chunk_id: UUID
+    title: str
+    url: str | None
+    quote: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """Model tokens a reply consumed (cache reads and writes counted apart)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    def __add__(self, other: "TokenUsage") -> "TokenUsage":
+        return TokenUsage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read_tokens + other.cache_read_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffDecision:
+    """Recorded on every assistant turn: what was decided, why, on what evidence, by which rule."""
+
+    action: HandoffAction
+    reason_code: ReasonCode | None = None
+    evidence: str | None = None
+    rule: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentInfo:
+    """A file attached to a customer message (the bytes live in the attachment store)."""
+
+    id: UUID
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One stored message of a conversation."""
+
+    id: UUID
+    conversation_id: UUID
+    role: MessageRole
+    content: str
+    created_at: datetime
+    # Assistant replies: the customer messages they answer, and how they were produced.
+    reply_to: tuple[UUID, ...] = ()
+    citations: tuple[Citation, ...] = ()
+    answer_status: AnswerStatus | None = None
+    decision: HandoffDecision | None = None
+    usage: TokenUsage | None = None
+    ttft_ms: float | None = None
+    total_ms: float | None = None
+    # A reply cut short (the model failed mid-stream or the service stopped) keeps what was said.
+    interrupted: bool = False
+    author: str | None = None
+    idempotency_key: str | None = None
+    attachments: tuple[AttachmentInfo, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentUpload:
+    """A file sent with a customer message, checked and with its text extracted, before anything is stored."""
+
+    info: AttachmentInfo
+    data: bytes
+    # Extracted text for documents; None for images, which go to the model as image blocks.
+    text: str | None
+
+
+def unanswered(messages: Sequence[Message]) -> list[Message]:
+    """Customer messages no reply has covered yet, oldest first.
+
+    An assistant reply covers the messages it names in ``reply_to`` (a message that arrived while a reply was
+    being written is not among them); a human agent's message covers everything the customer said before it.
+    """
+    covered = {answered for message in messages for answered in message.reply_to}
+    pending: list[Message] = []
+    for message in messages:
+        if message.role is MessageRole.CUSTOMER and message.id not in covered:
+            pending.append(message)
+        elif message.role is MessageRole.AGENT:
+            pending.clear()
+    return pending

@@ -1,0 +1,197 @@
+"""Ports that keep conversations: durable records, hot session state, the live event feed, attachments."""
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+from uuid import UUID
+
+from support.domain.assistant import AttachedText
+from support.domain.conversations import (
+    AttachmentInfo,
+    AttachmentUpload,
+    Conversation,
+    ConversationStatus,
+    Customer,
+    Message,
+)
+from support.domain.feed import FeedEvent, FeedPayload
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationPage:
+    """One page of conversations and the cursor of the next (None on the last)."""
+
+    items: list[Conversation]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePage:
+    """One page of messages and the cursor of the next (None on the last)."""
+
+    items: list[Message]
+    next_cursor: str | None
+
+
+class ConversationRepository(Protocol):
+    """Durable customers, conversations and messages (the source of truth).
+
+    Raises (every method):
+        StorageUnavailableError: the store cannot be reached.
+    """
+
+    async def get_or_create_customer(
+        self, external_id: str, *, name: str | None, email: str | None, now: datetime
+    ) -> Customer:
+        """The customer with this external id, created on first sight; name and email update when given."""
+        ...
+
+    async def get_customer(self, customer_id: UUID) -> Customer | None:
+        """The customer with this id."""
+        ...
+
+    async def add(self, conversation: Conversation) -> None:
+        """Store a new conversation."""
+        ...
+
+    async def get(self, conversation_id: UUID, *, for_update: bool = False) -> Conversation | None:
+        """The conversation; ``for_update`` locks it until the unit of work ends (serialises transitions)."""
+        ...
+
+    async def update(self, conversation: Conversation) -> None:
+        """Store a changed conversation (status, activity, feedback)."""
+        ...
+
+    async def list_conversations(
+        self,
+        *,
+        status: ConversationStatus | None,
+        customer_id: UUID | None,
+        limit: int,
+        cursor: str | None,
+    ) -> ConversationPage:
+        """Newest activity first.
+
+        Raises:
+            InvalidInputError: the cursor is not one this store issued.
+        """
+        ...
+
+    async def add_message(self, message: Message) -> Message:
+        """Store ``message``, or return the original when its idempotency key was already used.
+
+        Nothing is written when the key was used before in the same conversation.
+        """
+        ...
+
+    async def get_message(self, conversation_id: UUID, message_id: UUID) -> Message | None:
+        """The message with this id in this conversation."""
+        ...
+
+    async def find_reply(self, conversation_id: UUID, message_id: UUID) -> Message | None:
+        """The assistant or agent message that answered customer message ``message_id``, if any."""
+        ...
+
+    async def list_messages(self, conversation_id: UUID, *, limit: int, cursor: str | None) -> MessagePage:
+        """Oldest first.
+
+        Raises:
+            InvalidInputError: the cursor is not one this store issued.
+        """
+        ...
+
+    async def recent_messages(self, conversation_id: UUID, limit: int) -> list[Message]:
+        """The last ``limit`` messages, oldest first."""
+        ...
+
+    async def idle_conversations(self, *, inactive_since: datetime, limit: int) -> list[UUID]:
+        """Open conversations whose last activity is older than ``inactive_since``."""
+        ...
+
+
+class AttachmentStore(Protocol):
+    """Files customers attach to messages.
+
+    Raises (every method):
+        StorageUnavailableError: the store cannot be reached.
+    """
+
+    async def add(self, conversation_id: UUID, message_id: UUID, upload: AttachmentUpload) -> None:
+        """Store an attachment of message ``message_id``."""
+        ...
+
+    async def get(self, conversation_id: UUID, attachment_id: UUID) -> tuple[AttachmentInfo, bytes] | None:
+        """The attachment and its bytes, when it belongs to this conversation."""
+        ...
+
+    async def texts(self, conversation_id: UUID, *, limit_chars: int) -> list[AttachedText]:
+        """Extracted text of the conversation's document attachments, newest first, within ``limit_chars``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """What a turn needs without reading the database: who owns the conversation and its latest messages."""
+
+    conversation: Conversation
+    recent: tuple[Message, ...]
+
+
+class SessionStore(Protocol):
+    """Hot, rebuildable conversation state shared by every API process.
+
+    The reply lease makes one process (and one task) the only writer of assistant replies in a conversation
+    at a time; it expires by itself if its holder dies.
+
+    Raises (every method):
+        CacheUnavailableError: the store cannot be reached.
+    """
+
+    async def load(self, conversation_id: UUID) -> SessionState | None:
+        """The cached state, or None when it was never saved, expired or was dropped."""
+        ...
+
+    async def save(self, state: SessionState, *, ttl_s: float) -> None:
+        """Cache ``state``, replacing what was there, until ``ttl_s`` seconds pass without a save."""
+        ...
+
+    async def drop(self, conversation_id: UUID) -> None:
+        """Forget the cached state (the next load rebuilds it from the repository)."""
+        ...
+
+    async def acquire_reply_lease(self, conversation_id: UUID, holder: str, *, ttl_s: float) -> bool:
+        """Take the lease if nobody holds it; True when ``holder`` now holds it."""
+        ...
+
+    async def extend_reply_lease(self, conversation_id: UUID, holder: str, *, ttl_s: float) -> bool:
+        """Push the expiry back; False when ``holder`` no longer holds the lease."""
+        ...
+
+    async def release_reply_lease(self, conversation_id: UUID, holder: str) -> None:
+        """Give the lease up (only when ``holder`` holds it)."""
+        ...
+
+
+class EventBus(Protocol):
+    """The per-conversation event feed: a retained, ordered log with live fan-out to every process.
+
+    Raises (every method, and while iterating a subscription):
+        CacheUnavailableError: the bus cannot be reached.
+    """
+
+    async def publish(self, conversation_id: UUID, payloads: Sequence[FeedPayload]) -> list[FeedEvent]:
+        """Append ``payloads`` in order; each gets the next sequence number of the conversation (from 1)."""
+        ...
+
+    async def signal(self, conversation_id: UUID, payload: FeedPayload) -> None:
+        """Deliver an ephemeral payload (typing) to live subscribers only: not retained, id 0."""
+        ...
+
+    def subscribe(self, conversation_id: UUID, *, after: int | None) -> AsyncIterator[FeedEvent]:
+        """Retained events with an id above ``after``, then live ones, in order, without gaps or duplicates.
+
+        ``after=None`` skips what is retained and starts with the next event; iteration runs until the consumer
+        stops (``aclose``).
+        """
+        ...
