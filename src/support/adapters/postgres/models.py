@@ -103,3 +103,93 @@ class CorpusRow(DefaultBase):
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
     chunks: Mapped[int] = mapped_column(sa.BigInteger)
     total_tokens: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class CustomerRow(DefaultBase):
+    __tablename__ = "customers"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    external_id: Mapped[str] = mapped_column(sa.String(300), unique=True)
+    name: Mapped[str | None] = mapped_column(sa.Text)
+    email: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+CONVERSATION_STATUSES = "'bot', 'pending_human', 'human', 'resolved', 'closed'"
+
+
+class ConversationRow(DefaultBase):
+    __tablename__ = "conversations"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    customer_id: Mapped[UUID] = mapped_column(sa.ForeignKey("customers.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSONB, server_default="{}")
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    last_activity_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    reopened_count: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    closed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    feedback_rating: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    feedback_comment: Mapped[str | None] = mapped_column(sa.Text)
+    feedback_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+    __table_args__ = (
+        sa.CheckConstraint(f"status IN ({CONVERSATION_STATUSES})", name="status_known"),
+        sa.CheckConstraint("feedback_rating BETWEEN 1 AND 5", name="rating_range"),
+        sa.Index("ix_conversations_customer_activity", "customer_id", sa.text("last_activity_at DESC")),
+        sa.Index("ix_conversations_status_activity", "status", sa.text("last_activity_at DESC")),
+        sa.Index("ix_conversations_activity", sa.text("last_activity_at DESC"), "id"),
+    )
+
+
+class MessageRow(DefaultBase):
+    __tablename__ = "messages"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    # Insertion order: UUIDv7s made in the same millisecond don't sort by time, this does.
+    seq: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(always=True), unique=True)
+    conversation_id: Mapped[UUID] = mapped_column(sa.ForeignKey("conversations.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(sa.String(16))
+    content: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    reply_to: Mapped[list[UUID]] = mapped_column(ARRAY(sa.Uuid), server_default="{}")
+    citations: Mapped[list[dict[str, object]]] = mapped_column(JSONB, server_default="[]")
+    answer_status: Mapped[str | None] = mapped_column(sa.String(32))
+    decision: Mapped[dict[str, object] | None] = mapped_column(JSONB)
+    usage: Mapped[dict[str, int] | None] = mapped_column(JSONB)
+    ttft_ms: Mapped[float | None] = mapped_column(sa.Float)
+    total_ms: Mapped[float | None] = mapped_column(sa.Float)
+    interrupted: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    author: Mapped[str | None] = mapped_column(sa.Text)
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(200))
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSONB, server_default="{}")
+
+    __table_args__ = (
+        sa.CheckConstraint("role IN ('customer', 'assistant', 'agent', 'system')", name="role_known"),
+        sa.Index("ix_messages_conversation_seq", "conversation_id", "seq"),
+        sa.Index(
+            "ux_messages_idempotency",
+            "conversation_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+        ),
+    )
+
+
+class AttachmentRow(DefaultBase):
+    __tablename__ = "attachments"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    conversation_id: Mapped[UUID] = mapped_column(sa.ForeignKey("conversations.id", ondelete="CASCADE"))
+    message_id: Mapped[UUID] = mapped_column(sa.ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(sa.Text)
+    content_type: Mapped[str] = mapped_column(sa.String(100))
+    size: Mapped[int] = mapped_column(sa.Integer)
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    text: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+    __table_args__ = (sa.Index("ix_attachments_conversation", "conversation_id", sa.text("created_at DESC")),)

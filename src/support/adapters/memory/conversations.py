@@ -1,0 +1,174 @@
+"""In-memory conversations and attachments: fakes for fast use-case tests; same contract as PostgreSQL's."""
+
+from dataclasses import replace
+from datetime import datetime
+from uuid import UUID
+
+from support.domain.assistant import AttachedText
+from support.domain.conversations import (
+    AttachmentInfo,
+    AttachmentUpload,
+    Conversation,
+    ConversationStatus,
+    Customer,
+    Message,
+    MessageRole,
+)
+from support.domain.errors import InvalidInputError
+from support.domain.ids import new_id
+from support.ports.conversations import ConversationPage, MessagePage
+
+
+class InMemoryConversationRepository:
+    """Dictionaries in insertion order; writes are visible at once (the unit of work only counts commits)."""
+
+    def __init__(self) -> None:
+        self.customers: dict[UUID, Customer] = {}
+        self.conversations: dict[UUID, Conversation] = {}
+        self.messages: list[Message] = []
+        self.attachments: dict[UUID, list[AttachmentInfo]] = {}
+
+    async def get_or_create_customer(
+        self, external_id: str, *, name: str | None, email: str | None, now: datetime
+    ) -> Customer:
+        for customer in self.customers.values():
+            if customer.external_id == external_id:
+                updated = replace(
+                    customer,
+                    name=name if name is not None else customer.name,
+                    email=email if email is not None else customer.email,
+                )
+                self.customers[customer.id] = updated
+                return updated
+        customer = Customer(id=new_id(), external_id=external_id, name=name, email=email, created_at=now)
+        self.customers[customer.id] = customer
+        return customer
+
+    async def get_customer(self, customer_id: UUID) -> Customer | None:
+        return self.customers.get(customer_id)
+
+    async def add(self, conversation: Conversation) -> None:
+        self.conversations[conversation.id] = conversation
+
+    async def get(self, conversation_id: UUID, *, for_update: bool = False) -> Conversation | None:  # noqa: ARG002
+        return self.conversations.get(conversation_id)
+
+    async def update(self, conversation: Conversation) -> None:
+        self.conversations[conversation.id] = conversation
+
+    async def list_conversations(
+        self,
+        *,
+        status: ConversationStatus | None,
+        customer_id: UUID | None,
+        limit: int,
+        cursor: str | None,
+    ) -> ConversationPage:
+        items = sorted(
+            (
+                conversation
+                for conversation in self.conversations.values()
+                if (status is None or conversation.status is status)
+                and (customer_id is None or conversation.customer_id == customer_id)
+            ),
+            key=lambda conversation: (conversation.last_activity_at, conversation.id),
+            reverse=True,
+        )
+        if cursor:
+            try:
+                stamp, _, identifier = cursor.partition("_")
+                after = (datetime.fromisoformat(stamp), UUID(identifier))
+            except ValueError:
+                raise InvalidInputError("The cursor is not valid.") from None
+            items = [item for item in items if (item.last_activity_at, item.id) < after]
+        page = items[:limit]
+        next_cursor = f"{page[-1].last_activity_at.isoformat()}_{page[-1].id}" if len(items) > limit else None
+        return ConversationPage(items=page, next_cursor=next_cursor)
+
+    async def add_message(self, message: Message) -> Message:
+        if message.idempotency_key is not None:
+            for stored in self._of(message.conversation_id):
+                if stored.idempotency_key == message.idempotency_key:
+                    return self._with_attachments(stored)
+        self.messages.append(message)
+        return message
+
+    async def get_message(self, conversation_id: UUID, message_id: UUID) -> Message | None:
+        for message in self._of(conversation_id):
+            if message.id == message_id:
+                return self._with_attachments(message)
+        return None
+
+    async def find_reply(self, conversation_id: UUID, message_id: UUID) -> Message | None:
+        for message in self._of(conversation_id):
+            if message_id in message.reply_to:
+                return message
+        return None
+
+    async def list_messages(self, conversation_id: UUID, *, limit: int, cursor: str | None) -> MessagePage:
+        messages = self._of(conversation_id)
+        start = 0
+        if cursor:
+            try:
+                start = int(cursor)
+            except ValueError:
+                raise InvalidInputError("The cursor is not valid.") from None
+        page = messages[start : start + limit]
+        more = len(messages) > start + limit
+        return MessagePage(
+            items=[self._with_attachments(message) for message in page],
+            next_cursor=str(start + limit) if more else None,
+        )
+
+    async def recent_messages(self, conversation_id: UUID, limit: int) -> list[Message]:
+        return [self._with_attachments(message) for message in self._of(conversation_id)[-limit:]]
+
+    async def idle_conversations(self, *, inactive_since: datetime, limit: int) -> list[UUID]:
+        idle = sorted(
+            (
+                conversation
+                for conversation in self.conversations.values()
+                if conversation.status is not ConversationStatus.CLOSED
+                and conversation.last_activity_at < inactive_since
+            ),
+            key=lambda conversation: conversation.last_activity_at,
+        )
+        return [conversation.id for conversation in idle[:limit]]
+
+    def _of(self, conversation_id: UUID) -> list[Message]:
+        return [message for message in self.messages if message.conversation_id == conversation_id]
+
+    def _with_attachments(self, message: Message) -> Message:
+        if message.role is not MessageRole.CUSTOMER:
+            return message
+        return replace(message, attachments=tuple(self.attachments.get(message.id, ())))
+
+
+class InMemoryAttachmentStore:
+    """Keeps uploads in a list; shares attachment listings with the conversation fake when given it."""
+
+    def __init__(self, conversations: InMemoryConversationRepository | None = None) -> None:
+        self._uploads: list[tuple[UUID, UUID, AttachmentUpload]] = []
+        self._conversations = conversations
+
+    async def add(self, conversation_id: UUID, message_id: UUID, upload: AttachmentUpload) -> None:
+        self._uploads.append((conversation_id, message_id, upload))
+        if self._conversations is not None:
+            self._conversations.attachments.setdefault(message_id, []).append(upload.info)
+
+    async def get(self, conversation_id: UUID, attachment_id: UUID) -> tuple[AttachmentInfo, bytes] | None:
+        for owner, _, upload in self._uploads:
+            if owner == conversation_id and upload.info.id == attachment_id:
+                return upload.info, upload.data
+        return None
+
+    async def texts(self, conversation_id: UUID, *, limit_chars: int) -> list[AttachedText]:
+        result: list[AttachedText] = []
+        remaining = limit_chars
+        for owner, _, upload in reversed(self._uploads):
+            if owner != conversation_id or upload.text is None or remaining <= 0:
+                continue
+            text = upload.text[:remaining]
+            result.append(AttachedText(filename=upload.info.filename, text=text))
+            remaining -= len(text)
+        return result

@@ -1,0 +1,455 @@
+"""Customers, conversations, messages and attachments in PostgreSQL."""
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from support.adapters.postgres.errors import storage_errors
+from support.adapters.postgres.models import AttachmentRow, ConversationRow, CustomerRow, MessageRow
+from support.domain.assistant import AttachedText
+from support.domain.conversations import (
+    AnswerStatus,
+    AttachmentInfo,
+    AttachmentUpload,
+    Citation,
+    Conversation,
+    ConversationStatus,
+    Customer,
+    Feedback,
+    HandoffAction,
+    HandoffDecision,
+    Message,
+    MessageRole,
+    ReasonCode,
+    TokenUsage,
+)
+from support.domain.errors import InvalidInputError
+from support.domain.ids import new_id
+from support.ports.conversations import ConversationPage, MessagePage
+
+_OPEN_STATUSES = (
+    ConversationStatus.BOT.value,
+    ConversationStatus.PENDING_HUMAN.value,
+    ConversationStatus.HUMAN.value,
+    ConversationStatus.RESOLVED.value,
+)
+
+
+class _ConversationRows(SQLAlchemyAsyncRepository[ConversationRow]):
+    model_type = ConversationRow
+
+
+class _CustomerRows(SQLAlchemyAsyncRepository[CustomerRow]):
+    model_type = CustomerRow
+
+
+def _customer(row: CustomerRow) -> Customer:
+    return Customer(id=row.id, external_id=row.external_id, name=row.name, email=row.email, created_at=row.created_at)
+
+
+def _conversation(row: ConversationRow) -> Conversation:
+    feedback = None
+    if row.feedback_rating is not None and row.feedback_at is not None:
+        feedback = Feedback(rating=row.feedback_rating, comment=row.feedback_comment, submitted_at=row.feedback_at)
+    return Conversation(
+        id=row.id,
+        customer_id=row.customer_id,
+        status=ConversationStatus(row.status),
+        metadata=dict(row.metadata_),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        last_activity_at=row.last_activity_at,
+        reopened_count=row.reopened_count,
+        closed_at=row.closed_at,
+        feedback=feedback,
+    )
+
+
+def _copy_conversation(conversation: Conversation, row: ConversationRow) -> None:
+    row.status = conversation.status.value
+    row.metadata_ = dict(conversation.metadata)
+    row.updated_at = conversation.updated_at
+    row.last_activity_at = conversation.last_activity_at
+    row.reopened_count = conversation.reopened_count
+    row.closed_at = conversation.closed_at
+    feedback = conversation.feedback
+    row.feedback_rating = feedback.rating if feedback else None
+    row.feedback_comment = feedback.comment if feedback else None
+    row.feedback_at = feedback.submitted_at if feedback else None
+
+
+def _citation_json(citation: Citation) -> dict[str, object]:
+    return {
+        "document_id": str(citation.document_id),
+        "version": citation.version,
+        "chunk_id": str(citation.chunk_id),
+        "title": citation.title,
+        "url": citation.url,
+        "quote": citation.quote,
+    }
+
+
+def _citation(data: dict[str, Any]) -> Citation:
+    return Citation(
+        document_id=UUID(data["document_id"]),
+        version=int(data["version"]),
+        chunk_id=UUID(data["chunk_id"]),
+        title=str(data["title"]),
+        url=data.get("url"),
+        quote=str(data.get("quote", "")),
+    )
+
+
+def _decision(data: dict[str, Any] | None) -> HandoffDecision | None:
+    if data is None:
+        return None
+    reason = data.get("reason_code")
+    return HandoffDecision(
+        action=HandoffAction(data["action"]),
+        reason_code=ReasonCode(reason) if reason else None,
+        evidence=data.get("evidence"),
+        rule=data.get("rule"),
+    )
+
+
+def _message_values(message: Message) -> dict[str, Any]:
+    decision = message.decision
+    usage = message.usage
+    return {
+        "id": message.id,
+        "conversation_id": message.conversation_id,
+        "role": message.role.value,
+        "content": message.content,
+        "created_at": message.created_at,
+        "reply_to": list(message.reply_to),
+        "citations": [_citation_json(citation) for citation in message.citations],
+        "answer_status": message.answer_status.value if message.answer_status else None,
+        "decision": None
+        if decision is None
+        else {
+            "action": decision.action.value,
+            "reason_code": decision.reason_code.value if decision.reason_code else None,
+            "evidence": decision.evidence,
+            "rule": decision.rule,
+        },
+        "usage": None
+        if usage is None
+        else {
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cache_read_tokens": usage.cache_read_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+        },
+        "ttft_ms": message.ttft_ms,
+        "total_ms": message.total_ms,
+        "interrupted": message.interrupted,
+        "author": message.author,
+        "idempotency_key": message.idempotency_key,
+        "metadata_": dict(message.metadata),
+    }
+
+
+def _message(row: sa.Row[Any], attachments: Sequence[AttachmentInfo] = ()) -> Message:
+    usage = row.usage
+    return Message(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        role=MessageRole(row.role),
+        content=row.content,
+        created_at=row.created_at,
+        reply_to=tuple(row.reply_to or ()),
+        citations=tuple(_citation(item) for item in row.citations or ()),
+        answer_status=AnswerStatus(row.answer_status) if row.answer_status else None,
+        decision=_decision(row.decision),
+        usage=None if usage is None else TokenUsage(**usage),
+        ttft_ms=row.ttft_ms,
+        total_ms=row.total_ms,
+        interrupted=row.interrupted,
+        author=row.author,
+        idempotency_key=row.idempotency_key,
+        attachments=tuple(attachments),
+        metadata=dict(row.metadata or {}),
+    )
+
+
+_MESSAGE_COLUMNS = (
+    MessageRow.id,
+    MessageRow.seq,
+    MessageRow.conversation_id,
+    MessageRow.role,
+    MessageRow.content,
+    MessageRow.created_at,
+    MessageRow.reply_to,
+    MessageRow.citations,
+    MessageRow.answer_status,
+    MessageRow.decision,
+    MessageRow.usage,
+    MessageRow.ttft_ms,
+    MessageRow.total_ms,
+    MessageRow.interrupted,
+    MessageRow.author,
+    MessageRow.idempotency_key,
+    MessageRow.metadata_.label("metadata"),
+)
+
+
+def _parse_seq_cursor(cursor: str | None) -> int | None:
+    if not cursor:
+        return None
+    try:
+        return int(cursor)
+    except ValueError:
+        raise InvalidInputError("The cursor is not valid.") from None
+
+
+class PostgresConversationRepository:
+    """Conversations through advanced-alchemy repositories; messages with Core statements (hot path)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+        self._conversations = _ConversationRows(session=session)
+        self._customers = _CustomerRows(session=session)
+
+    async def get_or_create_customer(
+        self, external_id: str, *, name: str | None, email: str | None, now: datetime
+    ) -> Customer:
+        # One statement, race-free: concurrent first conversations of one customer create one row.
+        insert = pg_insert(CustomerRow).values(
+            id=new_id(), external_id=external_id, name=name, email=email, created_at=now
+        )
+        updates: dict[str, Any] = {}
+        if name is not None:
+            updates["name"] = insert.excluded.name
+        if email is not None:
+            updates["email"] = insert.excluded.email
+        statement = insert.on_conflict_do_update(
+            index_elements=[CustomerRow.external_id],
+            # A no-op update still returns the row, which ON CONFLICT DO NOTHING would not.
+            set_=updates or {"external_id": insert.excluded.external_id},
+        ).returning(
+            CustomerRow.id, CustomerRow.external_id, CustomerRow.name, CustomerRow.email, CustomerRow.created_at
+        )
+        async with storage_errors():
+            row = (await self._session.execute(statement)).one()
+        return Customer(
+            id=row.id, external_id=row.external_id, name=row.name, email=row.email, created_at=row.created_at
+        )
+
+    async def get_customer(self, customer_id: UUID) -> Customer | None:
+        async with storage_errors():
+            row = await self._customers.get_one_or_none(id=customer_id)
+        return None if row is None else _customer(row)
+
+    async def add(self, conversation: Conversation) -> None:
+        row = ConversationRow(
+            id=conversation.id, customer_id=conversation.customer_id, created_at=conversation.created_at
+        )
+        _copy_conversation(conversation, row)
+        async with storage_errors():
+            await self._conversations.add(row, auto_refresh=False)
+
+    async def get(self, conversation_id: UUID, *, for_update: bool = False) -> Conversation | None:
+        statement = sa.select(ConversationRow).where(ConversationRow.id == conversation_id)
+        if for_update:
+            statement = statement.with_for_update()
+        async with storage_errors():
+            row = (await self._session.execute(statement.execution_options(populate_existing=True))).scalar()
+        return None if row is None else _conversation(row)
+
+    async def update(self, conversation: Conversation) -> None:
+        async with storage_errors():
+            row = await self._conversations.get_one(id=conversation.id)
+            _copy_conversation(conversation, row)
+            await self._conversations.update(row, auto_refresh=False)
+
+    async def list_conversations(
+        self,
+        *,
+        status: ConversationStatus | None,
+        customer_id: UUID | None,
+        limit: int,
+        cursor: str | None,
+    ) -> ConversationPage:
+        statement = sa.select(ConversationRow)
+        if status is not None:
+            statement = statement.where(ConversationRow.status == status.value)
+        if customer_id is not None:
+            statement = statement.where(ConversationRow.customer_id == customer_id)
+        if cursor:
+            try:
+                stamp, _, identifier = cursor.partition("_")
+                after = (datetime.fromisoformat(stamp), UUID(identifier))
+            except ValueError:
+                raise InvalidInputError("The cursor is not valid.") from None
+            statement = statement.where(
+                sa.tuple_(ConversationRow.last_activity_at, ConversationRow.id)
+                < sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
+            )
+        statement = statement.order_by(ConversationRow.last_activity_at.desc(), ConversationRow.id.desc()).limit(
+            limit + 1
+        )
+        async with storage_errors():
+            rows = list((await self._session.execute(statement)).scalars())
+        items = [_conversation(row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = items[-1]
+            next_cursor = f"{last.last_activity_at.isoformat()}_{last.id}"
+        return ConversationPage(items=items, next_cursor=next_cursor)
+
+    async def add_message(self, message: Message) -> Message:
+        values = _message_values(message)
+        statement = pg_insert(MessageRow).values(values)
+        if message.idempotency_key is not None:
+            statement = statement.on_conflict_do_nothing(
+                index_elements=[MessageRow.conversation_id, MessageRow.idempotency_key],
+                index_where=MessageRow.idempotency_key.is_not(None),
+            )
+        async with storage_errors():
+            inserted = (await self._session.execute(statement.returning(MessageRow.id))).first()
+            if inserted is None and message.idempotency_key is not None:
+                original = await self._find_by_key(message.conversation_id, message.idempotency_key)
+                if original is not None:
+                    return original
+        return message
+
+    async def _find_by_key(self, conversation_id: UUID, key: str) -> Message | None:
+        statement = sa.select(*_MESSAGE_COLUMNS).where(
+            MessageRow.conversation_id == conversation_id, MessageRow.idempotency_key == key
+        )
+        rows = await self._with_attachments(list((await self._session.execute(statement)).all()))
+        return rows[0] if rows else None
+
+    async def get_message(self, conversation_id: UUID, message_id: UUID) -> Message | None:
+        statement = sa.select(*_MESSAGE_COLUMNS).where(
+            MessageRow.conversation_id == conversation_id, MessageRow.id == message_id
+        )
+        async with storage_errors():
+            rows = await self._with_attachments(list((await self._session.execute(statement)).all()))
+        return rows[0] if rows else None
+
+    async def find_reply(self, conversation_id: UUID, message_id: UUID) -> Message | None:
+        statement = (
+            sa.select(*_MESSAGE_COLUMNS)
+            .where(
+                MessageRow.conversation_id == conversation_id,
+                sa.literal(message_id) == sa.func.any(MessageRow.reply_to),
+            )
+            .order_by(MessageRow.seq)
+            .limit(1)
+        )
+        async with storage_errors():
+            row = (await self._session.execute(statement)).first()
+        return None if row is None else _message(row)
+
+    async def list_messages(self, conversation_id: UUID, *, limit: int, cursor: str | None) -> MessagePage:
+        after = _parse_seq_cursor(cursor)
+        statement = sa.select(*_MESSAGE_COLUMNS).where(MessageRow.conversation_id == conversation_id)
+        if after is not None:
+            statement = statement.where(MessageRow.seq > after)
+        statement = statement.order_by(MessageRow.seq).limit(limit + 1)
+        async with storage_errors():
+            rows = list((await self._session.execute(statement)).all())
+            items = await self._with_attachments(rows[:limit])
+        return MessagePage(items=items, next_cursor=str(rows[limit - 1].seq) if len(rows) > limit else None)
+
+    async def recent_messages(self, conversation_id: UUID, limit: int) -> list[Message]:
+        statement = (
+            sa.select(*_MESSAGE_COLUMNS)
+            .where(MessageRow.conversation_id == conversation_id)
+            .order_by(MessageRow.seq.desc())
+            .limit(limit)
+        )
+        async with storage_errors():
+            rows = list((await self._session.execute(statement)).all())
+            return await self._with_attachments(rows[::-1])
+
+    async def idle_conversations(self, *, inactive_since: datetime, limit: int) -> list[UUID]:
+        statement = (
+            sa.select(ConversationRow.id)
+            .where(ConversationRow.status.in_(_OPEN_STATUSES), ConversationRow.last_activity_at < inactive_since)
+            .order_by(ConversationRow.last_activity_at)
+            .limit(limit)
+        )
+        async with storage_errors():
+            return list((await self._session.execute(statement)).scalars())
+
+    async def _with_attachments(self, rows: Sequence[sa.Row[Any]]) -> list[Message]:
+        customer_ids = [row.id for row in rows if row.role == MessageRole.CUSTOMER.value]
+        by_message: dict[UUID, list[AttachmentInfo]] = {}
+        if customer_ids:
+            statement = (
+                sa.select(
+                    AttachmentRow.id,
+                    AttachmentRow.message_id,
+                    AttachmentRow.filename,
+                    AttachmentRow.content_type,
+                    AttachmentRow.size,
+                    AttachmentRow.sha256,
+                )
+                .where(AttachmentRow.message_id.in_(customer_ids))
+                .order_by(AttachmentRow.created_at, AttachmentRow.id)
+            )
+            for item in (await self._session.execute(statement)).all():
+                by_message.setdefault(item.message_id, []).append(
+                    AttachmentInfo(item.id, item.filename, item.content_type, item.size, item.sha256)
+                )
+        return [_message(row, by_message.get(row.id, ())) for row in rows]
+
+
+class PostgresAttachmentStore:
+    """Attachment bytes in a bytea column: sizes are capped (10 MB), and one store keeps backups simple."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, conversation_id: UUID, message_id: UUID, upload: AttachmentUpload) -> None:
+        info = upload.info
+        statement = sa.insert(AttachmentRow).values(
+            id=info.id,
+            conversation_id=conversation_id,
+            message_id=message_id,
+            filename=info.filename,
+            content_type=info.content_type,
+            size=info.size,
+            sha256=info.sha256,
+            data=upload.data,
+            text=upload.text,
+            created_at=sa.func.clock_timestamp(),  # distinct per row: keeps upload order
+        )
+        async with storage_errors():
+            await self._session.execute(statement)
+
+    async def get(self, conversation_id: UUID, attachment_id: UUID) -> tuple[AttachmentInfo, bytes] | None:
+        statement = sa.select(AttachmentRow).where(
+            AttachmentRow.conversation_id == conversation_id, AttachmentRow.id == attachment_id
+        )
+        async with storage_errors():
+            row = (await self._session.execute(statement)).scalar()
+        if row is None:
+            return None
+        return AttachmentInfo(row.id, row.filename, row.content_type, row.size, row.sha256), row.data
+
+    async def texts(self, conversation_id: UUID, *, limit_chars: int) -> list[AttachedText]:
+        statement = (
+            sa.select(AttachmentRow.filename, sa.func.left(AttachmentRow.text, limit_chars).label("text"))
+            .where(AttachmentRow.conversation_id == conversation_id, AttachmentRow.text.is_not(None))
+            .order_by(AttachmentRow.created_at.desc(), AttachmentRow.id.desc())
+        )
+        result: list[AttachedText] = []
+        remaining = limit_chars
+        async with storage_errors():
+            rows = (await self._session.execute(statement)).all()
+        for row in rows:
+            if remaining <= 0:
+                break
+            text = row.text[:remaining]
+            result.append(AttachedText(filename=row.filename, text=text))
+            remaining -= len(text)
+        return result
