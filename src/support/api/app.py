@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Tag
 
+from support.api.controllers.conversations import ConversationsController
 from support.api.controllers.keys import ApiKeysController
 from support.api.controllers.knowledge import KnowledgeController
 from support.api.controllers.system import SystemController
@@ -32,7 +33,11 @@ Errors are RFC 9457 `application/problem+json` documents with a stable `code`.""
 
 
 def build_app(
-    settings: Settings, container: AsyncContainer, *, on_startup: Sequence[Callable[[], Awaitable[None]]] = ()
+    settings: Settings,
+    container: AsyncContainer,
+    *,
+    on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
+    on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> Litestar:
     """Create the application around an already built container, which is closed on shutdown."""
     app_version = version("support")
@@ -49,12 +54,12 @@ def build_app(
             _logger.warning("could not verify the knowledge index at start: a dependency is unavailable")
 
     app = Litestar(
-        route_handlers=[SystemController, ApiKeysController, KnowledgeController],
+        route_handlers=[SystemController, ApiKeysController, KnowledgeController, ConversationsController],
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=CORSConfig(allow_origins=list(settings.http.cors_origins)) if settings.http.cors_origins else None,
         request_max_body_size=settings.http.max_body_bytes,
         on_startup=[check_knowledge_index, *on_startup],
-        on_shutdown=[close_container],
+        on_shutdown=[*on_shutdown, close_container],
         state=State({"version": app_version, "started_at": datetime.now(UTC)}),
         openapi_config=OpenAPIConfig(
             title="support",
@@ -74,6 +79,10 @@ def build_app(
                 Tag(name="system", description="Service information and health"),
                 Tag(name="keys", description="API keys (admin)"),
                 Tag(name="knowledge", description="Knowledge base: documents and retrieval (admin)"),
+                Tag(
+                    name="conversations",
+                    description="Conversations: messages, streamed replies (SSE, WebSocket), the live feed",
+                ),
             ],
             use_handler_docstrings=False,
         ),

@@ -5,6 +5,7 @@ from typing import Any
 
 from dishka import AsyncContainer
 from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
 
 from support.application.keys import AuthenticateApiKey
@@ -16,8 +17,15 @@ PRINCIPAL_STATE_KEY = "principal"
 
 
 def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The bearer token of the Authorization header, or of ``?access_token=`` where browsers cannot set headers.
+
+    Browsers' EventSource and WebSocket APIs send no custom headers, so reads (GET) and WebSocket handshakes
+    also accept the token as a query parameter.
+    """
     header = connection.headers.get("authorization")
     if not header:
+        if connection.scope["type"] == ScopeType.WEBSOCKET or connection.scope.get("method") == "GET":
+            return connection.query_params.get("access_token") or None
         return None
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -33,8 +41,12 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Princi
     if token is None:
         raise AuthenticationError("Send an API key as `Authorization: Bearer <key>`.")
     container: AsyncContainer = connection.state.dishka_container
-    use_case = await container.get(AuthenticateApiKey)
-    principal = await use_case.execute(token)
+    if connection.scope["type"] == ScopeType.WEBSOCKET:
+        # A WebSocket holds a session-scoped container; key lookups need a request scope of their own.
+        async with container() as request:
+            principal = await (await request.get(AuthenticateApiKey)).execute(token)
+    else:
+        principal = await (await container.get(AuthenticateApiKey)).execute(token)
     connection.state[PRINCIPAL_STATE_KEY] = principal
     return principal
 

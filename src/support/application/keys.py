@@ -7,11 +7,14 @@ from uuid import UUID
 
 from support.domain.errors import ApiKeyNotFoundError, AuthenticationError, InvalidInputError
 from support.domain.identity import (
+    CUSTOMER_TOKEN_PREFIX,
+    KEY_ROLES,
     ApiKey,
     Principal,
     Role,
     generate_secret,
     hash_secret,
+    read_customer_token,
     secret_hint,
     secrets_match,
 )
@@ -21,6 +24,8 @@ from support.ports.system import Clock, UnitOfWork
 
 # The configured bootstrap admin secret, or None; a distinct type so the container can inject it.
 BootstrapAdminKey = NewType("BootstrapAdminKey", str)
+# The HMAC key customer tokens are signed with.
+CustomerTokenSecret = NewType("CustomerTokenSecret", str)
 
 MAX_KEY_NAME_LENGTH = 200
 
@@ -48,6 +53,8 @@ class CreateApiKey:
             raise InvalidInputError("A key needs a non-empty name.")
         if len(name) > MAX_KEY_NAME_LENGTH:
             raise InvalidInputError(f"A key name has at most {MAX_KEY_NAME_LENGTH} characters.")
+        if role not in KEY_ROLES:
+            raise InvalidInputError("API keys have the role admin, agent or service; customers get tokens.")
         secret = generate_secret()
         key = ApiKey(id=new_id(), name=name, role=role, hint=secret_hint(secret), created_at=self._clock.now())
         await self._keys.add(key, hash_secret(secret))
@@ -96,9 +103,17 @@ class AuthenticateApiKey:
     The configured bootstrap admin key is accepted as an admin without a stored row (first start, demos).
     """
 
-    def __init__(self, keys: ApiKeyRepository, bootstrap_admin_key: BootstrapAdminKey | None) -> None:
+    def __init__(
+        self,
+        keys: ApiKeyRepository,
+        bootstrap_admin_key: BootstrapAdminKey | None,
+        token_secret: CustomerTokenSecret,
+        clock: Clock,
+    ) -> None:
         self._keys = keys
         self._bootstrap = bootstrap_admin_key
+        self._token_secret = token_secret
+        self._clock = clock
 
     async def execute(self, secret: str) -> Principal:
         """Return the principal.
@@ -108,6 +123,12 @@ class AuthenticateApiKey:
         """
         if self._bootstrap and secrets_match(secret, self._bootstrap):
             return Principal(role=Role.ADMIN, key_id=None, name="bootstrap admin")
+        if secret.startswith(CUSTOMER_TOKEN_PREFIX):
+            # Stateless: no database read, so a customer's stream starts without a round trip.
+            customer_id = read_customer_token(secret, self._token_secret, self._clock.now())
+            if customer_id is None:
+                raise AuthenticationError("The customer token is invalid or has expired.")
+            return Principal(role=Role.CUSTOMER, key_id=None, name="customer", customer_id=customer_id)
         key = await self._keys.find_active_by_hash(hash_secret(secret))
         if key is None:
             raise AuthenticationError("The API key is unknown or has been revoked.")

@@ -1,4 +1,12 @@
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from dishka import AsyncContainer, Provider, Scope, make_async_container, provide
@@ -10,7 +18,9 @@ from support.adapters.embedding.hashing import HashingEmbedder
 from support.adapters.embedding.http_openai import OpenAICompatibleEmbedder
 from support.adapters.embedding.onnx_minilm import OnnxMiniLMEmbedder
 from support.adapters.extraction.extractor import StructuredTextExtractor
+from support.adapters.offline.extractive import ExtractiveLLM
 from support.adapters.postgres.api_keys import PostgresApiKeyRepository
+from support.adapters.postgres.conversations import PostgresAttachmentStore, PostgresConversationRepository
 from support.adapters.postgres.engine import create_engine, create_session_factory
 from support.adapters.postgres.health import PostgresHealthProbe
 from support.adapters.postgres.knowledge import PgVectorKnowledgeBase
@@ -18,11 +28,34 @@ from support.adapters.postgres.uow import SqlAlchemyUnitOfWork
 from support.adapters.system import SystemClock
 from support.adapters.valkey.cache import ValkeyCache
 from support.adapters.valkey.client import create_client
+from support.adapters.valkey.events import ValkeyEventBus
 from support.adapters.valkey.health import ValkeyHealthProbe
 from support.adapters.valkey.jobs import SaqJobQueue
+from support.adapters.valkey.sessions import ValkeySessionStore
 from support.api.app import build_app
+from support.application.conversations import (
+    CachedConversationState,
+    CloseConversation,
+    ConversationLimits,
+    GetAttachment,
+    GetConversation,
+    ListConversations,
+    ListMessages,
+    PrepareAttachments,
+    SendMessage,
+    StartConversation,
+    SubmitFeedback,
+    SweepIdleConversations,
+)
 from support.application.health import CheckReadiness
-from support.application.keys import AuthenticateApiKey, BootstrapAdminKey, CreateApiKey, ListApiKeys, RevokeApiKey
+from support.application.keys import (
+    AuthenticateApiKey,
+    BootstrapAdminKey,
+    CreateApiKey,
+    CustomerTokenSecret,
+    ListApiKeys,
+    RevokeApiKey,
+)
 from support.application.knowledge import (
     INGEST_JOB,
     DeleteDocument,
@@ -38,12 +71,25 @@ from support.application.knowledge import (
     StartBulkIngestion,
     VerifyKnowledgeIndex,
 )
+from support.application.replies import ConversationServices, ReplyRunner, ReplySettings, ServicesOpener
 from support.config import Settings, SettingsError, load_settings
 from support.observability import configure_logging
+from support.ports.assistant import LLM
+from support.ports.conversations import AttachmentStore, ConversationRepository, EventBus, SessionStore
 from support.ports.identity import ApiKeyRepository
 from support.ports.jobs import JobQueue, ProgressReporter
 from support.ports.knowledge import Cache, Embedder, KnowledgeBase, TextExtractor
 from support.ports.system import Clock, HealthProbe, UnitOfWork
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _TurnServices:
+    conversations: ConversationRepository
+    attachments: AttachmentStore
+    uow: UnitOfWork
+    search: SearchKnowledge
 
 
 class InfrastructureProvider(Provider):
@@ -131,6 +177,113 @@ class InfrastructureProvider(Provider):
         return queue
 
     @provide
+    def sessions(self, valkey: Valkey, settings: Settings) -> SessionStore:
+        return ValkeySessionStore(valkey, settings.valkey.key_prefix)
+
+    @provide
+    async def event_bus(self, valkey: Valkey, settings: Settings) -> AsyncIterator[EventBus]:
+        conversations = settings.conversations
+        bus = ValkeyEventBus(
+            valkey,
+            settings.valkey.key_prefix,
+            retention=conversations.feed_retention,
+            ttl_s=max(conversations.session_ttl_s, conversations.idle_close_after_s),
+        )
+        yield bus
+        await bus.close()
+
+    @provide
+    async def llm(self, settings: Settings) -> AsyncIterator[LLM]:
+        llm = settings.llm
+        if llm.uses_claude(os.environ):
+            # Imported only when used: the SDK is large, and the offline responder doesn't need it.
+            from support.adapters.anthropic.claude import AnthropicLLM  # noqa: PLC0415
+
+            claude = AnthropicLLM(
+                model=llm.model,
+                max_tokens=llm.max_tokens,
+                temperature=llm.temperature,
+                company_name=llm.company_name,
+                persona=llm.persona,
+                api_key=llm.anthropic_key(os.environ),
+                base_url=llm.base_url,
+                timeout_s=llm.timeout_s,
+                max_retries=llm.max_retries,
+                history_token_budget=llm.history_token_budget,
+                max_tool_rounds=llm.max_tool_rounds,
+            )
+            yield claude
+            await claude.aclose()
+        else:
+            yield ExtractiveLLM(evidence_threshold=llm.evidence_threshold)
+
+    @provide
+    def customer_token_secret(self, settings: Settings) -> CustomerTokenSecret:
+        secret = settings.conversations.token_secret
+        if secret:
+            return CustomerTokenSecret(secret)
+        if settings.env == "prod":
+            msg = "SUPPORT_CONVERSATIONS__TOKEN_SECRET is required in prod (customer tokens are signed with it)"
+            raise SettingsError(msg)
+        # Development: tokens last as long as the process.
+        return CustomerTokenSecret(secrets.token_urlsafe(32))
+
+    @provide
+    def conversation_limits(self, settings: Settings) -> ConversationLimits:
+        conversations = settings.conversations
+        return ConversationLimits(
+            token_ttl_s=conversations.token_ttl_s,
+            idle_close_after_s=conversations.idle_close_after_s,
+            session_ttl_s=conversations.session_ttl_s,
+            recent_messages=conversations.recent_messages,
+            max_message_chars=conversations.max_message_chars,
+            max_attachments=conversations.max_attachments,
+            max_attachment_bytes=conversations.max_attachment_bytes,
+            attachment_context_chars=conversations.attachment_context_chars,
+        )
+
+    @provide
+    def reply_settings(self, settings: Settings) -> ReplySettings:
+        conversations = settings.conversations
+        return ReplySettings(
+            passages=settings.llm.passages,
+            recent_messages=conversations.recent_messages,
+            attachment_context_chars=conversations.attachment_context_chars,
+            session_ttl_s=conversations.session_ttl_s,
+            reply_wait_s=conversations.reply_wait_s,
+        )
+
+    @provide
+    def services_opener(self, container: AsyncContainer) -> ServicesOpener:
+        @asynccontextmanager
+        async def open_services() -> AsyncIterator[ConversationServices]:
+            async with container() as request:
+                yield _TurnServices(
+                    await request.get(ConversationRepository),
+                    await request.get(AttachmentStore),
+                    await request.get(UnitOfWork),
+                    await request.get(SearchKnowledge),
+                )
+
+        return open_services
+
+    @provide
+    async def reply_runner(
+        self,
+        open_services: ServicesOpener,
+        llm: LLM,
+        sessions: SessionStore,
+        bus: EventBus,
+        clock: Clock,
+        settings: ReplySettings,
+    ) -> AsyncIterator[ReplyRunner]:
+        runner = ReplyRunner(
+            open_services, llm, sessions, bus, clock, settings, holder_prefix=f"{socket.gethostname()}:{os.getpid()}"
+        )
+        yield runner
+        await runner.close()
+
+    @provide
     def bootstrap_admin_key(self, settings: Settings) -> BootstrapAdminKey | None:
         return BootstrapAdminKey(settings.bootstrap_admin_key) if settings.bootstrap_admin_key else None
 
@@ -148,6 +301,8 @@ class PersistenceProvider(Provider):
     unit_of_work = provide(SqlAlchemyUnitOfWork, provides=UnitOfWork)
     api_keys = provide(PostgresApiKeyRepository, provides=ApiKeyRepository)
     knowledge = provide(PgVectorKnowledgeBase, provides=KnowledgeBase)
+    conversations = provide(PostgresConversationRepository, provides=ConversationRepository)
+    attachments = provide(PostgresAttachmentStore, provides=AttachmentStore)
 
 
 class UseCaseProvider(Provider):
@@ -167,6 +322,17 @@ class UseCaseProvider(Provider):
     start_bulk_ingestion = provide(StartBulkIngestion)
     run_bulk_ingestion = provide(RunBulkIngestion)
     get_job = provide(GetJob)
+    start_conversation = provide(StartConversation)
+    get_conversation = provide(GetConversation)
+    list_conversations = provide(ListConversations)
+    list_messages = provide(ListMessages)
+    submit_feedback = provide(SubmitFeedback)
+    close_conversation = provide(CloseConversation)
+    sweep_idle_conversations = provide(SweepIdleConversations)
+    get_attachment = provide(GetAttachment)
+    prepare_attachments = provide(PrepareAttachments)
+    send_message = provide(SendMessage)
+    cached_conversation_state = provide(CachedConversationState)
 
     @provide
     def check_readiness(self, probes: Sequence[HealthProbe]) -> CheckReadiness:
@@ -201,4 +367,30 @@ def create_app(settings: Settings | None = None, *overrides: Provider) -> Litest
         queue.register(INGEST_JOB, ingest)
         queue.start_worker()
 
-    return build_app(settings, container, on_startup=[start_job_worker])
+    sweeper: list[asyncio.Task[None]] = []
+
+    async def start_idle_sweep() -> None:
+        sweeper.append(asyncio.create_task(_sweep_idle(container, settings.conversations.sweep_interval_s)))
+
+    async def stop_idle_sweep() -> None:
+        for task in sweeper:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return build_app(
+        settings, container, on_startup=[start_job_worker, start_idle_sweep], on_shutdown=[stop_idle_sweep]
+    )
+
+
+async def _sweep_idle(container: AsyncContainer, interval_s: float) -> None:
+    """Close idle conversations every ``interval_s``; a failed round is logged and retried next time."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            async with container() as request:
+                closed = await (await request.get(SweepIdleConversations)).execute()
+            if closed:
+                _logger.info("closed %d idle conversations", closed)
+        except Exception:
+            _logger.exception("idle sweep failed")

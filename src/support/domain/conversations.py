@@ -2,11 +2,14 @@
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
 
 from support.domain.errors import ConflictError, NotFoundError
+
+# Activity timestamps serve the idle sweep only: rewriting the row at most this often saves a write per turn.
+ACTIVITY_GRANULARITY = timedelta(seconds=60)
 
 
 class ConversationStatus(StrEnum):
@@ -167,6 +170,10 @@ class Conversation:
     def assistant_may_reply(self) -> bool:
         """Only while the bot owns the conversation: never over a human or a pending handoff."""
         return self.status is ConversationStatus.BOT
+
+    def touch(self, now: datetime) -> "Conversation":
+        """This conversation with activity at ``now``."""
+        return replace(self, updated_at=now, last_activity_at=now)
 
     def apply(self, event: ConversationEvent, now: datetime) -> "Conversation":
         """This conversation after ``event`` (see :func:`next_status`)."""

@@ -1,5 +1,5 @@
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 import msgspec
@@ -13,10 +13,12 @@ from support.api.problems import problem_responses
 from support.application.keys import MAX_KEY_NAME_LENGTH, CreateApiKey, ListApiKeys, RevokeApiKey
 from support.domain.identity import ApiKey, Role
 
+KeyRole = Literal["admin", "agent", "service"]
+
 
 class CreateApiKeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_NAME_LENGTH)]
-    role: Role
+    role: KeyRole
 
 
 class ApiKeyResource(msgspec.Struct, frozen=True):
@@ -68,7 +70,7 @@ class ApiKeysController(Controller):
     )
     @inject
     async def create(self, data: JSONBody[CreateApiKeyRequest], use_case: FromDishka[CreateApiKey]) -> CreatedApiKey:
-        issued = await use_case.execute(data.name, data.role)
+        issued = await use_case.execute(data.name, Role(data.role))
         key = issued.key
         return CreatedApiKey(
             id=key.id, name=key.name, role=key.role, hint=key.hint, created_at=key.created_at, secret=issued.secret

@@ -1,0 +1,480 @@
+"""Conversations: start, read, send (JSON, SSE, WebSocket), the live feed, feedback, close, attachments."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from dishka import AsyncContainer, FromDishka
+from dishka.integrations.litestar import inject
+from litestar import Controller, Request, Response, WebSocket, get, post, websocket
+from litestar.datastructures import UploadFile
+from litestar.exceptions import ClientException, WebSocketDisconnect
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.response import ServerSentEvent
+
+from support.api.auth import authenticate, require_roles
+from support.api.problems import problem_responses
+from support.api.schemas.conversations import (
+    ConversationList,
+    ConversationResource,
+    FeedbackRequest,
+    MessageList,
+    MessageResource,
+    SendMessageRequest,
+    StartConversationRequest,
+    StartedConversationResource,
+    StreamEvent,
+    TurnResource,
+    encode_ws,
+)
+from support.api.streaming import SSE_HEADERS, event_stream
+from support.application.conversations import (
+    MAX_PAGE_SIZE,
+    CachedConversationState,
+    CloseConversation,
+    GetAttachment,
+    GetConversation,
+    IncomingFile,
+    ListConversations,
+    ListMessages,
+    PrepareAttachments,
+    SendMessage,
+    StartConversation,
+    SubmitFeedback,
+    Turn,
+)
+from support.config import Settings
+from support.domain.conversations import ConversationStatus
+from support.domain.errors import InvalidInputError, SupportError
+from support.domain.feed import FeedEvent, MessagePosted, Typing
+from support.domain.identity import Principal, Role
+from support.ports.conversations import EventBus
+
+_logger = logging.getLogger(__name__)
+
+conversation_roles = require_roles(Role.ADMIN, Role.SERVICE, Role.AGENT, Role.CUSTOMER)
+# Five attachments of 10 MB plus the form's own overhead; the use case enforces the per-file limits (413).
+SEND_MAX_BODY_BYTES = 52 * 1024 * 1024
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_DECODER = msgspec.json.Decoder(SendMessageRequest)
+
+_STREAM_DESCRIPTION = """\
+`text/event-stream`. Each event has an `id` (the conversation's event sequence number), an `event` name and JSON
+`data`: `message` (a stored message), `delta` `{text}`, `citation`, `tool` `{name, status}`, `handoff`
+`{status, reason_code}`, `done` (the stored assistant message), `error` (a problem; the stream ends).
+A `: keepalive` comment is sent on idle streams. The payloads are the `data` of `StreamEvent`."""
+
+
+class _SendMessageOperation(Operation):
+    """Documents both request encodings of a send: JSON, or multipart with attachments."""
+
+    def __post_init__(self) -> None:
+        text = Schema(type=OpenAPIType.STRING, max_length=8000, description="The message text.")
+        self.request_body = RequestBody(
+            required=True,
+            content={
+                "application/json": OpenAPIMediaType(
+                    schema=Schema(type=OpenAPIType.OBJECT, properties={"content": text}, required=["content"])
+                ),
+                "multipart/form-data": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.OBJECT,
+                        properties={
+                            "content": text,
+                            "files": Schema(
+                                type=OpenAPIType.ARRAY,
+                                max_items=5,
+                                items=Schema(type=OpenAPIType.STRING, format="binary"),  # type: ignore[arg-type]
+                                description="Up to 5 files of at most 10 MB: txt, md, html, pdf, png, jpeg.",
+                            ),
+                        },
+                    )
+                ),
+            },
+        )
+
+
+async def _principal(request: Request[Any, Any, Any]) -> Principal:
+    return await authenticate(request)
+
+
+async def _read_send(request: Request[Any, Any, Any]) -> tuple[str, list[IncomingFile]]:
+    """The message text and files of a JSON or multipart send."""
+    media_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        form = await request.form()
+        content = form.get("content")
+        uploads = [
+            value for value in (form.getall("files") if "files" in form else []) if isinstance(value, UploadFile)
+        ]
+        files = [IncomingFile(value.filename or "file", value.content_type, await value.read()) for value in uploads]
+        return (content if isinstance(content, str) else ""), files
+    body = await request.body()
+    try:
+        data = _DECODER.decode(body)
+    except msgspec.ValidationError as error:
+        raise InvalidInputError(str(error)) from None
+    except msgspec.DecodeError:
+        raise ClientException("The body is not valid JSON.") from None
+    return data.content, []
+
+
+class ConversationsController(Controller):
+    path = "/v1/conversations"
+    tags = ["conversations"]  # noqa: RUF012
+    guards = [conversation_roles]  # noqa: RUF012
+
+    @post(
+        "/",
+        operation_id="StartConversation",
+        summary="Start a conversation",
+        description=(
+            "A service key names the customer by `external_id` (created on first sight); the response carries a "
+            "customer token for that customer's browser, valid for that customer's conversations only."
+        ),
+        status_code=201,
+        responses=problem_responses(400, 401, 403, 422),
+    )
+    @inject
+    async def start(
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[StartConversationRequest],
+        use_case: FromDishka[StartConversation],
+    ) -> StartedConversationResource:
+        customer = data.customer
+        started = await use_case.execute(
+            await _principal(request),
+            external_id=customer.external_id if customer else None,
+            name=customer.name if customer else None,
+            email=customer.email if customer else None,
+            metadata=data.metadata,
+        )
+        conversation = started.conversation
+        return StartedConversationResource(
+            id=conversation.id,
+            status=conversation.status,
+            customer_id=conversation.customer_id,
+            customer_external_id=started.customer.external_id,
+            customer_token=started.customer_token,
+            customer_token_expires_at=started.token_expires_at,
+            metadata=dict(conversation.metadata),
+            created_at=conversation.created_at,
+        )
+
+    @get(
+        "/",
+        operation_id="ListConversations",
+        summary="List conversations",
+        description="Newest activity first; a customer token lists its customer's conversations only.",
+        responses=problem_responses(401, 403, 422),
+    )
+    @inject
+    async def list_conversations(
+        self,
+        request: Request[Any, Any, Any],
+        use_case: FromDishka[ListConversations],
+        status: FromQuery[ConversationStatus | None] = None,
+        customer_id: FromQuery[UUID | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 20,
+        cursor: FromQuery[str | None] = None,
+    ) -> ConversationList:
+        page = await use_case.execute(
+            await _principal(request), status=status, customer_id=customer_id, limit=limit, cursor=cursor
+        )
+        return ConversationList(
+            items=[ConversationResource.of(item) for item in page.items], next_cursor=page.next_cursor
+        )
+
+    @get(
+        "/{conversation_id:uuid}",
+        operation_id="GetConversation",
+        summary="Read a conversation",
+        responses=problem_responses(401, 403, 404),
+    )
+    @inject
+    async def get_conversation(
+        self, request: Request[Any, Any, Any], conversation_id: FromPath[UUID], use_case: FromDishka[GetConversation]
+    ) -> ConversationResource:
+        return ConversationResource.of(await use_case.execute(await _principal(request), conversation_id))
+
+    @get(
+        "/{conversation_id:uuid}/messages",
+        operation_id="ListMessages",
+        summary="Read the transcript",
+        description="Oldest first, cursor-paginated.",
+        responses=problem_responses(401, 403, 404, 422),
+    )
+    @inject
+    async def list_messages(
+        self,
+        request: Request[Any, Any, Any],
+        conversation_id: FromPath[UUID],
+        use_case: FromDishka[ListMessages],
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
+        cursor: FromQuery[str | None] = None,
+    ) -> MessageList:
+        page = await use_case.execute(await _principal(request), conversation_id, limit=limit, cursor=cursor)
+        return MessageList(items=[MessageResource.of(item) for item in page.items], next_cursor=page.next_cursor)
+
+    async def _send(
+        self,
+        request: Request[Any, Any, Any],
+        conversation_id: UUID,
+        use_case: SendMessage,
+        prepare: PrepareAttachments,
+    ) -> Turn:
+        content, files = await _read_send(request)
+        uploads = await prepare.execute(files) if files else []
+        return await use_case.execute(
+            await _principal(request),
+            conversation_id,
+            content,
+            idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
+            uploads=uploads,
+        )
+
+    @post(
+        "/{conversation_id:uuid}/messages",
+        operation_id="SendMessage",
+        summary="Send a message and get the reply",
+        description=(
+            "JSON `{content}`, or multipart with `content` and up to 5 `files`. The customer message is stored "
+            "before the reply is written. Send an `Idempotency-Key` header to make retries safe: a repeated key "
+            "returns the original message and reply (`duplicate: true`). While a human owns the conversation "
+            "`reply` is null."
+        ),
+        status_code=200,
+        request_max_body_size=SEND_MAX_BODY_BYTES,
+        operation_class=_SendMessageOperation,
+        responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422),
+    )
+    @inject
+    async def send(
+        self,
+        request: Request[Any, Any, Any],
+        conversation_id: FromPath[UUID],
+        use_case: FromDishka[SendMessage],
+        prepare: FromDishka[PrepareAttachments],
+    ) -> TurnResource:
+        turn = await self._send(request, conversation_id, use_case, prepare)
+        result = await turn.result()
+        return TurnResource(
+            message=MessageResource.of(result.message),
+            reply=MessageResource.of(result.reply) if result.reply else None,
+            conversation_status=result.conversation_status,
+            duplicate=turn.duplicate,
+        )
+
+    @post(
+        "/{conversation_id:uuid}/messages/stream",
+        operation_id="StreamMessage",
+        summary="Send a message and stream the reply (SSE)",
+        description=(
+            "Like `SendMessage`, answered as server-sent events: the stored message is echoed (`message`), then "
+            "`delta`, `citation`, `tool` events and `done` with the stored reply.\n\n" + _STREAM_DESCRIPTION
+        ),
+        status_code=200,
+        request_max_body_size=SEND_MAX_BODY_BYTES,
+        operation_class=_SendMessageOperation,
+        responses={
+            200: ResponseSpec(StreamEvent, media_type="text/event-stream", description="The reply as events"),
+            **problem_responses(400, 401, 403, 404, 409, 413, 415, 422),
+        },
+    )
+    @inject
+    async def send_stream(
+        self,
+        request: Request[Any, Any, Any],
+        conversation_id: FromPath[UUID],
+        use_case: FromDishka[SendMessage],
+        prepare: FromDishka[PrepareAttachments],
+        settings: FromDishka[Settings],
+    ) -> ServerSentEvent:
+        turn = await self._send(request, conversation_id, use_case, prepare)
+        return event_stream(turn.events(), settings.conversations.heartbeat_s)
+
+    @get(
+        "/{conversation_id:uuid}/events",
+        operation_id="FollowConversation",
+        summary="Follow the conversation live (SSE)",
+        description=(
+            "Every event of the conversation from every process. Resume with `Last-Event-ID: N` (events after N); "
+            "`Last-Event-ID: 0` replays what is retained. Browsers may pass `?access_token=` and `?last_event_id=`."
+            "\n\n" + _STREAM_DESCRIPTION
+        ),
+        responses={
+            200: ResponseSpec(StreamEvent, media_type="text/event-stream", description="The conversation's events"),
+            **problem_responses(401, 403, 404, 422),
+        },
+    )
+    @inject
+    async def follow(
+        self,
+        request: Request[Any, Any, Any],
+        conversation_id: FromPath[UUID],
+        state: FromDishka[CachedConversationState],
+        bus: FromDishka[EventBus],
+        settings: FromDishka[Settings],
+        last_event_id: Annotated[int | None, QueryParameter(ge=0)] = None,
+    ) -> ServerSentEvent:
+        await state.execute(await _principal(request), conversation_id)
+        header = request.headers.get("last-event-id")
+        after = last_event_id
+        if header is not None:
+            try:
+                after = max(int(header), 0)
+            except ValueError:
+                raise InvalidInputError("Last-Event-ID is the id of an event (a whole number).") from None
+        return event_stream(bus.subscribe(conversation_id, after=after), settings.conversations.heartbeat_s)
+
+    @post(
+        "/{conversation_id:uuid}/feedback",
+        operation_id="SubmitFeedback",
+        summary="Rate the conversation",
+        description="A rating from 1 to 5 and an optional comment; a later rating replaces it.",
+        status_code=200,
+        responses=problem_responses(400, 401, 403, 404, 422),
+    )
+    @inject
+    async def feedback(
+        self,
+        request: Request[Any, Any, Any],
+        conversation_id: FromPath[UUID],
+        data: JSONBody[FeedbackRequest],
+        use_case: FromDishka[SubmitFeedback],
+    ) -> ConversationResource:
+        conversation = await use_case.execute(await _principal(request), conversation_id, data.rating, data.comment)
+        return ConversationResource.of(conversation)
+
+    @post(
+        "/{conversation_id:uuid}/close",
+        operation_id="CloseConversation",
+        summary="Close the conversation",
+        description="It takes no new messages afterwards; closing twice is harmless.",
+        status_code=200,
+        responses=problem_responses(401, 403, 404),
+    )
+    @inject
+    async def close(
+        self, request: Request[Any, Any, Any], conversation_id: FromPath[UUID], use_case: FromDishka[CloseConversation]
+    ) -> ConversationResource:
+        return ConversationResource.of(await use_case.execute(await _principal(request), conversation_id))
+
+    @get(
+        "/{conversation_id:uuid}/attachments/{attachment_id:uuid}",
+        operation_id="DownloadAttachment",
+        summary="Download an attachment",
+        responses={
+            200: ResponseSpec(bytes, media_type="application/octet-stream", description="The file"),
+            **problem_responses(401, 403, 404),
+        },
+    )
+    @inject
+    async def attachment(
+        self,
+        request: Request[Any, Any, Any],
+        conversation_id: FromPath[UUID],
+        attachment_id: FromPath[UUID],
+        use_case: FromDishka[GetAttachment],
+    ) -> Response[bytes]:
+        info, data = await use_case.execute(await _principal(request), conversation_id, attachment_id)
+        safe_name = info.filename.replace('"', "").replace("\\", "")
+        return Response(
+            data,
+            media_type=info.content_type,
+            headers={
+                "Content-Disposition": f'attachment; filename="{safe_name}"',
+                "X-Content-Type-Options": "nosniff",
+                "ETag": f'"{info.sha256}"',
+            },
+        )
+
+    @websocket("/{conversation_id:uuid}/ws")
+    async def ws(self, socket: WebSocket[Any, Any, Any], conversation_id: FromPath[UUID]) -> None:
+        """Send and receive the conversation's events over one socket (see docs/api.md)."""
+        container: AsyncContainer = socket.state.dishka_container
+        principal = await authenticate(socket)
+        async with container() as scope:
+            await (await scope.get(CachedConversationState)).execute(principal, conversation_id)
+        bus = await container.get(EventBus)
+        settings = await container.get(Settings)
+        after_text = socket.query_params.get("last_event_id")
+        after = int(after_text) if after_text and after_text.isdigit() else None
+        await socket.accept()
+        relay = asyncio.create_task(_relay(socket, bus.subscribe(conversation_id, after=after)))
+        side = "customer" if principal.role in {Role.CUSTOMER, Role.SERVICE} else "agent"
+        try:
+            while True:
+                try:
+                    frame = await asyncio.wait_for(socket.receive_json(), settings.conversations.heartbeat_s * 4)
+                except TimeoutError:
+                    continue
+                await _handle_frame(socket, container, bus, principal, conversation_id, side, frame)
+        except (WebSocketDisconnect, asyncio.CancelledError):
+            pass
+        finally:
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await relay
+
+
+async def _relay(socket: WebSocket[Any, Any, Any], events: AsyncIterator[FeedEvent]) -> None:
+    try:
+        async for event in events:
+            await socket.send_text(encode_ws(event))
+    except SupportError as error:
+        with contextlib.suppress(Exception):
+            await socket.send_json({"id": 0, "event": "error", "data": {"code": error.code, "detail": error.message}})
+            await socket.close(code=1011)
+    finally:
+        closer = getattr(events, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()
+
+
+async def _handle_frame(
+    socket: WebSocket[Any, Any, Any],
+    container: AsyncContainer,
+    bus: EventBus,
+    principal: Principal,
+    conversation_id: UUID,
+    side: str,
+    frame: Any,
+) -> None:
+    """One client frame: ``{"type": "send"|"typing"|"ping", ...}``."""
+    kind = frame.get("type") if isinstance(frame, dict) else None
+    if kind == "ping":
+        await socket.send_json({"type": "pong", "data": frame.get("data")})
+    elif kind == "typing":
+        await bus.signal(conversation_id, Typing(side, bool(frame.get("active", True))))
+    elif kind == "send":
+        content = frame.get("content")
+        key = frame.get("idempotency_key")
+        try:
+            if not isinstance(content, str):
+                raise InvalidInputError("A send frame carries the message text in `content`.")
+            async with container() as scope:
+                use_case = await scope.get(SendMessage)
+                turn = await use_case.execute(
+                    principal, conversation_id, content, idempotency_key=key if isinstance(key, str) else None
+                )
+            # The reply reaches this socket through the feed; the echo confirms the send with its id.
+            if turn.duplicate:
+                await socket.send_text(encode_ws(FeedEvent(0, MessagePosted(turn.message))))
+        except SupportError as error:
+            await socket.send_json({"type": "error", "data": {"code": error.code, "detail": error.message}})
+    else:
+        await socket.send_json(
+            {"type": "error", "data": {"code": "invalid_frame", "detail": "Send frames of type send, typing or ping."}}
+        )
+
+
+__all__ = ["SSE_HEADERS", "ConversationsController"]

@@ -1,0 +1,76 @@
+"""Server-sent events: feed events to SSE messages, with heartbeats on idle streams and errors as events."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from support.api.schemas.conversations import encode_data
+from support.domain.errors import SupportError
+from support.domain.feed import FeedEvent, StreamFailed
+
+_logger = logging.getLogger(__name__)
+_END = object()
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # Proxies (nginx) must not buffer the stream, or the first delta arrives late.
+    "X-Accel-Buffering": "no",
+}
+
+
+def sse_message(event: FeedEvent) -> ServerSentEventMessage:
+    """One event in SSE framing; ephemeral events (id 0) carry no id, so they never move a resume point."""
+    return ServerSentEventMessage(data=encode_data(event), event=event.payload.name, id=event.id or None)
+
+
+async def with_heartbeats(
+    events: AsyncIterator[FeedEvent], heartbeat_s: float
+) -> AsyncIterator[ServerSentEventMessage]:
+    """Relay ``events`` as SSE messages; a comment goes out after ``heartbeat_s`` without one.
+
+    A failure while iterating becomes an ``error`` event that ends the stream (headers are long gone).
+    When the client goes away the relay stops; the source is closed, not the work behind it.
+    """
+    queue: asyncio.Queue[FeedEvent | object] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for event in events:
+                queue.put_nowait(event)
+        except SupportError as error:
+            queue.put_nowait(FeedEvent(0, StreamFailed(503, error.code, "The stream failed", error.message)))
+        except Exception:
+            _logger.exception("event stream failed")
+            queue.put_nowait(FeedEvent(0, StreamFailed(500, "internal_error", "The stream failed", "Reconnect.")))
+        finally:
+            queue.put_nowait(_END)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), heartbeat_s)
+            except TimeoutError:
+                yield ServerSentEventMessage(comment="keepalive")
+                continue
+            if item is _END:
+                return
+            assert isinstance(item, FeedEvent)  # noqa: S101 - the queue carries events and the end marker
+            yield sse_message(item)
+            if isinstance(item.payload, StreamFailed):
+                return
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        closer = getattr(events, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()
+
+
+def event_stream(events: AsyncIterator[FeedEvent], heartbeat_s: float) -> ServerSentEvent:
+    """The SSE response for ``events``."""
+    return ServerSentEvent(with_heartbeats(events, heartbeat_s), headers=SSE_HEADERS)

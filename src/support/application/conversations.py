@@ -1,0 +1,564 @@
+"""Use cases for conversations: start, read, send (two-phase), feedback, close, sweep, attachments."""
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import NewType
+from uuid import UUID
+
+from support.application.keys import CustomerTokenSecret
+from support.application.replies import ReplyRunner, ReplyStream
+from support.domain.conversations import (
+    ACTIVITY_GRANULARITY,
+    AttachmentInfo,
+    AttachmentNotFoundError,
+    AttachmentUpload,
+    Conversation,
+    ConversationEvent,
+    ConversationNotFoundError,
+    ConversationStatus,
+    Customer,
+    Feedback,
+    Message,
+    MessageRole,
+)
+from support.domain.errors import (
+    ContentTooLargeError,
+    InvalidInputError,
+    PermissionDeniedError,
+    UnsupportedContentTypeError,
+)
+from support.domain.feed import FeedEvent, HandoffChanged, ReplyDone
+from support.domain.identity import Principal, Role, issue_customer_token
+from support.domain.ids import new_id
+from support.domain.knowledge import content_type_for_filename
+from support.ports.conversations import (
+    AttachmentStore,
+    ConversationPage,
+    ConversationRepository,
+    EventBus,
+    MessagePage,
+    SessionState,
+    SessionStore,
+)
+from support.ports.errors import CacheUnavailableError
+from support.ports.knowledge import TextExtractor
+from support.ports.system import Clock, UnitOfWork
+
+_logger = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 100
+MAX_EXTERNAL_ID_LENGTH = 300
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+
+IMAGE_TYPES = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
+DOCUMENT_TYPES = frozenset({"text/plain", "text/markdown", "text/html", "application/pdf"})
+_IMAGE_SUFFIXES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg"}
+
+# A process-unique prefix for reply lease holders.
+ProcessName = NewType("ProcessName", str)
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationLimits:
+    """Conversation settings the use cases enforce."""
+
+    token_ttl_s: int = 24 * 3600
+    idle_close_after_s: int = 24 * 3600
+    session_ttl_s: int = 6 * 3600
+    recent_messages: int = 20
+    max_message_chars: int = 8000
+    max_attachments: int = 5
+    max_attachment_bytes: int = 10 * 1024 * 1024
+    attachment_context_chars: int = 12_000
+
+
+def ensure_readable(principal: Principal, conversation: Conversation | None) -> Conversation:
+    """The conversation when ``principal`` may read it; a customer never learns that others' exist."""
+    if conversation is None or (principal.is_customer and conversation.customer_id != principal.customer_id):
+        raise ConversationNotFoundError
+    return conversation
+
+
+def ensure_customer_side(principal: Principal, conversation: Conversation | None) -> Conversation:
+    """The conversation when ``principal`` may act as its customer (the customer, the service, an admin)."""
+    conversation = ensure_readable(principal, conversation)
+    if principal.role is Role.AGENT:
+        raise PermissionDeniedError("Agents reply with agent messages, not as the customer.")
+    return conversation
+
+
+@dataclass(frozen=True, slots=True)
+class StartedConversation:
+    """A new conversation with the token its customer's browser uses."""
+
+    conversation: Conversation
+    customer: Customer
+    customer_token: str
+    token_expires_at: datetime
+
+
+class StartConversation:
+    """Start a conversation for a customer (created on first sight) and issue the customer's token."""
+
+    def __init__(
+        self,
+        conversations: ConversationRepository,
+        uow: UnitOfWork,
+        clock: Clock,
+        token_secret: CustomerTokenSecret,
+        limits: ConversationLimits,
+    ) -> None:
+        self._conversations = conversations
+        self._uow = uow
+        self._clock = clock
+        self._secret = token_secret
+        self._limits = limits
+
+    async def execute(
+        self,
+        principal: Principal,
+        *,
+        external_id: str | None,
+        name: str | None = None,
+        email: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> StartedConversation:
+        """Create and commit the conversation.
+
+        Raises:
+            InvalidInputError: no customer was named (service keys must name one).
+            PermissionDeniedError: agents do not start conversations.
+        """
+        now = self._clock.now()
+        if principal.role is Role.AGENT:
+            raise PermissionDeniedError("Agents do not start conversations.")
+        if principal.is_customer and principal.customer_id is not None:
+            # A customer's browser starts conversations for that customer only, whatever it names.
+            customer = await self._conversations.get_customer(principal.customer_id)
+            if customer is None:
+                raise ConversationNotFoundError("The customer no longer exists.")
+        else:
+            external_id = (external_id or "").strip()
+            if not external_id:
+                raise InvalidInputError("Name the customer: customer.external_id is required.")
+            customer = await self._conversations.get_or_create_customer(external_id, name=name, email=email, now=now)
+        conversation = Conversation(
+            id=new_id(),
+            customer_id=customer.id,
+            status=ConversationStatus.BOT,
+            metadata=dict(metadata or {}),
+            created_at=now,
+            updated_at=now,
+            last_activity_at=now,
+        )
+        await self._conversations.add(conversation)
+        await self._uow.commit()
+        expires_at = now + timedelta(seconds=self._limits.token_ttl_s)
+        token = issue_customer_token(customer.id, expires_at, self._secret)
+        return StartedConversation(conversation, customer, token, expires_at)
+
+
+class GetConversation:
+    """Read one conversation."""
+
+    def __init__(self, conversations: ConversationRepository) -> None:
+        self._conversations = conversations
+
+    async def execute(self, principal: Principal, conversation_id: UUID) -> Conversation:
+        """Return it.
+
+        Raises:
+            ConversationNotFoundError: it does not exist or is not the caller's.
+        """
+        return ensure_readable(principal, await self._conversations.get(conversation_id))
+
+
+class ListConversations:
+    """List conversations, newest activity first; customers see only their own."""
+
+    def __init__(self, conversations: ConversationRepository) -> None:
+        self._conversations = conversations
+
+    async def execute(
+        self,
+        principal: Principal,
+        *,
+        status: ConversationStatus | None = None,
+        customer_id: UUID | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> ConversationPage:
+        """Return one page.
+
+        Raises:
+            InvalidInputError: the cursor is not valid.
+        """
+        if principal.is_customer:
+            if customer_id is not None and customer_id != principal.customer_id:
+                return ConversationPage(items=[], next_cursor=None)
+            customer_id = principal.customer_id
+        return await self._conversations.list_conversations(
+            status=status, customer_id=customer_id, limit=min(max(limit, 1), MAX_PAGE_SIZE), cursor=cursor
+        )
+
+
+class ListMessages:
+    """Read a conversation's transcript, oldest first."""
+
+    def __init__(self, conversations: ConversationRepository) -> None:
+        self._conversations = conversations
+
+    async def execute(
+        self, principal: Principal, conversation_id: UUID, *, limit: int = 50, cursor: str | None = None
+    ) -> MessagePage:
+        """Return one page.
+
+        Raises:
+            ConversationNotFoundError: it does not exist or is not the caller's.
+            InvalidInputError: the cursor is not valid.
+        """
+        ensure_readable(principal, await self._conversations.get(conversation_id))
+        return await self._conversations.list_messages(
+            conversation_id, limit=min(max(limit, 1), MAX_PAGE_SIZE), cursor=cursor
+        )
+
+
+class SubmitFeedback:
+    """Record the customer's rating (1 to 5) and comment; a later submission replaces it."""
+
+    def __init__(self, conversations: ConversationRepository, uow: UnitOfWork, clock: Clock) -> None:
+        self._conversations = conversations
+        self._uow = uow
+        self._clock = clock
+
+    async def execute(
+        self, principal: Principal, conversation_id: UUID, rating: int, comment: str | None
+    ) -> Conversation:
+        """Store it and return the conversation.
+
+        Raises:
+            ConversationNotFoundError: it does not exist or is not the caller's.
+            InvalidInputError: the rating is outside 1 to 5.
+        """
+        if not 1 <= rating <= 5:  # noqa: PLR2004 - the scale itself
+            raise InvalidInputError("The rating is a whole number from 1 to 5.")
+        conversation = ensure_customer_side(principal, await self._conversations.get(conversation_id, for_update=True))
+        now = self._clock.now()
+        text = comment.strip() if comment else None
+        conversation = replace(conversation, feedback=Feedback(rating, text or None, now), updated_at=now)
+        await self._conversations.update(conversation)
+        await self._uow.commit()
+        return conversation
+
+
+class CloseConversation:
+    """Close a conversation (by its customer or the service); it takes no new messages afterwards."""
+
+    def __init__(
+        self,
+        conversations: ConversationRepository,
+        uow: UnitOfWork,
+        clock: Clock,
+        bus: EventBus,
+        sessions: SessionStore,
+    ) -> None:
+        self._conversations = conversations
+        self._uow = uow
+        self._clock = clock
+        self._bus = bus
+        self._sessions = sessions
+
+    async def execute(self, principal: Principal, conversation_id: UUID) -> Conversation:
+        """Close it (closing twice is harmless) and announce the change on the feed.
+
+        Raises:
+            ConversationNotFoundError: it does not exist or is not the caller's.
+        """
+        conversation = ensure_customer_side(principal, await self._conversations.get(conversation_id, for_update=True))
+        if conversation.status is ConversationStatus.CLOSED:
+            return conversation
+        closed = conversation.apply(ConversationEvent.CLOSE, self._clock.now())
+        await self._conversations.update(closed)
+        await self._uow.commit()
+        await announce_status(self._bus, self._sessions, closed)
+        return closed
+
+
+async def announce_status(bus: EventBus, sessions: SessionStore, conversation: Conversation) -> None:
+    """Tell feeds about a status change; the cached session state is dropped so it is rebuilt from the truth."""
+    try:
+        await bus.publish(conversation.id, [HandoffChanged(conversation.status, None)])
+        await sessions.drop(conversation.id)
+    except CacheUnavailableError:
+        _logger.warning("status change of %s not announced: Valkey is unavailable", conversation.id)
+
+
+class SweepIdleConversations:
+    """Close open conversations without activity for the configured time (run periodically)."""
+
+    def __init__(
+        self,
+        conversations: ConversationRepository,
+        uow: UnitOfWork,
+        clock: Clock,
+        bus: EventBus,
+        sessions: SessionStore,
+        limits: ConversationLimits,
+    ) -> None:
+        self._conversations = conversations
+        self._uow = uow
+        self._clock = clock
+        self._bus = bus
+        self._sessions = sessions
+        self._limits = limits
+
+    async def execute(self, batch: int = 200) -> int:
+        """Close one batch; return how many were closed."""
+        now = self._clock.now()
+        idle = await self._conversations.idle_conversations(
+            inactive_since=now - timedelta(seconds=self._limits.idle_close_after_s), limit=batch
+        )
+        closed: list[Conversation] = []
+        for conversation_id in idle:
+            conversation = await self._conversations.get(conversation_id, for_update=True)
+            if conversation is None or conversation.status is ConversationStatus.CLOSED:
+                continue
+            closed.append(conversation.apply(ConversationEvent.CLOSE, now))
+            await self._conversations.update(closed[-1])
+        await self._uow.commit()
+        for conversation in closed:
+            await announce_status(self._bus, self._sessions, conversation)
+        return len(closed)
+
+
+class GetAttachment:
+    """Download an attachment of a conversation the caller may read."""
+
+    def __init__(self, conversations: ConversationRepository, attachments: AttachmentStore) -> None:
+        self._conversations = conversations
+        self._attachments = attachments
+
+    async def execute(
+        self, principal: Principal, conversation_id: UUID, attachment_id: UUID
+    ) -> tuple[AttachmentInfo, bytes]:
+        """Return its description and bytes.
+
+        Raises:
+            ConversationNotFoundError: the conversation does not exist or is not the caller's.
+            AttachmentNotFoundError: no such attachment in it.
+        """
+        ensure_readable(principal, await self._conversations.get(conversation_id))
+        found = await self._attachments.get(conversation_id, attachment_id)
+        if found is None:
+            raise AttachmentNotFoundError
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingFile:
+    """A file as received, before any check."""
+
+    filename: str
+    content_type: str | None
+    data: bytes
+
+
+class PrepareAttachments:
+    """Check attachments (count, size, type, content) and extract document text, before anything is stored."""
+
+    def __init__(self, extractor: TextExtractor, limits: ConversationLimits) -> None:
+        self._extractor = extractor
+        self._limits = limits
+
+    async def execute(self, files: Sequence[IncomingFile]) -> list[AttachmentUpload]:
+        """The uploads, in order.
+
+        Raises:
+            ContentTooLargeError: too many files, or one is too large.
+            UnsupportedContentTypeError: a file is not txt, md, html, pdf, png or jpeg.
+            InvalidInputError: a file is empty or its content does not match its type.
+        """
+        limits = self._limits
+        if len(files) > limits.max_attachments:
+            raise ContentTooLargeError(f"A message carries at most {limits.max_attachments} files.")
+        for file in files:
+            if len(file.data) > limits.max_attachment_bytes:
+                raise ContentTooLargeError(
+                    f"{file.filename} is larger than {limits.max_attachment_bytes // (1024 * 1024)} MB."
+                )
+        typed = [(file, self._content_type(file)) for file in files]
+        uploads: list[AttachmentUpload] = []
+        for file, content_type in typed:
+            if not file.data:
+                raise InvalidInputError(f"{file.filename} is empty.")
+            text: str | None = None
+            if content_type in IMAGE_TYPES:
+                if not file.data.startswith(IMAGE_TYPES[content_type]):
+                    raise InvalidInputError(f"{file.filename} is not a valid {content_type} image.")
+            else:
+                # PDF parsing is CPU work: keep it off the event loop.
+                extracted = await asyncio.to_thread(self._extractor.extract, file.data, content_type)
+                text = "\n\n".join(section.text for section in extracted.sections if section.text.strip())
+            info = AttachmentInfo(
+                id=new_id(),
+                filename=file.filename[:255],
+                content_type=content_type,
+                size=len(file.data),
+                sha256=hashlib.sha256(file.data).hexdigest(),
+            )
+            uploads.append(AttachmentUpload(info=info, data=file.data, text=text))
+        return uploads
+
+    @staticmethod
+    def _content_type(file: IncomingFile) -> str:
+        declared = (file.content_type or "").split(";")[0].strip().lower()
+        if declared in IMAGE_TYPES or declared in DOCUMENT_TYPES:
+            return declared
+        by_name = content_type_for_filename(file.filename) or _IMAGE_SUFFIXES.get(
+            file.filename.lower().rpartition(".")[2]
+        )
+        if by_name is None:
+            raise UnsupportedContentTypeError(
+                f"{file.filename}: attach txt, md, html, pdf, png or jpeg files (got {declared or 'no type'})."
+            )
+        return by_name
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    """A finished send: the stored customer message and the reply (None while a human owns the conversation)."""
+
+    message: Message
+    reply: Message | None
+    conversation_status: ConversationStatus
+
+
+class Turn:
+    """A customer message that is stored; its reply streams from ``events`` or is awaited with ``result``."""
+
+    def __init__(self, message: Message, duplicate: bool, stream: ReplyStream) -> None:
+        self.message = message
+        self.duplicate = duplicate
+        self._stream = stream
+
+    def events(self) -> AsyncIterator[FeedEvent]:
+        """The echo of the customer message, then the reply's events; single use."""
+        return self._stream.events()
+
+    async def result(self) -> TurnResult:
+        """Wait for the reply (it keeps being written if the caller goes away)."""
+        reply: Message | None = None
+        async for event in self._stream.events():
+            if isinstance(event.payload, ReplyDone):
+                reply = event.payload.message
+        return TurnResult(self.message, reply, self._stream.final_status)
+
+
+class SendMessage:
+    """Store a customer message, then reply to it (two-phase: ``execute`` persists, the turn streams).
+
+    The message is committed before generation starts. A repeated ``Idempotency-Key`` returns the original
+    message and its reply without writing anything. One reply is written per conversation at a time: a message
+    that arrives meanwhile is stored and answered together with the next turn.
+    """
+
+    def __init__(
+        self,
+        conversations: ConversationRepository,
+        attachments: AttachmentStore,
+        uow: UnitOfWork,
+        clock: Clock,
+        replies: ReplyRunner,
+        limits: ConversationLimits,
+    ) -> None:
+        self._conversations = conversations
+        self._attachments = attachments
+        self._uow = uow
+        self._clock = clock
+        self._replies = replies
+        self._limits = limits
+
+    async def execute(
+        self,
+        principal: Principal,
+        conversation_id: UUID,
+        content: str,
+        *,
+        idempotency_key: str | None = None,
+        uploads: Sequence[AttachmentUpload] = (),
+    ) -> Turn:
+        """Validate and commit the message; return the turn that replies to it.
+
+        Raises:
+            ConversationNotFoundError: it does not exist or is not the caller's.
+            ConversationClosedError: the conversation is closed.
+            InvalidInputError: the content is empty or too long, or the idempotency key is too long.
+        """
+        started = time.perf_counter()
+        text = content.strip()
+        if not text and not uploads:
+            raise InvalidInputError("The message is empty.")
+        if len(text) > self._limits.max_message_chars:
+            raise InvalidInputError(f"A message has at most {self._limits.max_message_chars} characters.")
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise InvalidInputError(f"An Idempotency-Key has 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters.")
+        # The row lock orders this message against status changes (a handoff, an agent's claim).
+        conversation = ensure_customer_side(principal, await self._conversations.get(conversation_id, for_update=True))
+        now = self._clock.now()
+        message = Message(
+            id=new_id(),
+            conversation_id=conversation.id,
+            role=MessageRole.CUSTOMER,
+            content=text,
+            created_at=now,
+            idempotency_key=idempotency_key,
+            attachments=tuple(upload.info for upload in uploads),
+        )
+        stored = await self._conversations.add_message(message)
+        duplicate = stored.id != message.id
+        if duplicate:
+            await self._uow.rollback()
+            return Turn(stored, True, self._replies.start(conversation, stored, started=started, echo=False))
+        updated = conversation.apply(ConversationEvent.CUSTOMER_WRITES, now)
+        if updated.status is not conversation.status or now - conversation.last_activity_at >= ACTIVITY_GRANULARITY:
+            await self._conversations.update(updated)
+        for upload in uploads:
+            await self._attachments.add(conversation.id, message.id, upload)
+        await self._uow.commit()
+        return Turn(message, False, self._replies.start(updated, message, started=started, echo=True))
+
+
+class CachedConversationState:
+    """Who may read a conversation, answered from the session store when it is warm (live feeds)."""
+
+    def __init__(
+        self, conversations: ConversationRepository, sessions: SessionStore, limits: ConversationLimits
+    ) -> None:
+        self._conversations = conversations
+        self._sessions = sessions
+        self._limits = limits
+
+    async def execute(self, principal: Principal, conversation_id: UUID) -> Conversation:
+        """The conversation the caller may read.
+
+        Raises:
+            ConversationNotFoundError: it does not exist or is not the caller's.
+        """
+        try:
+            state = await self._sessions.load(conversation_id)
+        except CacheUnavailableError:
+            state = None
+        if state is not None:
+            return ensure_readable(principal, state.conversation)
+        conversation = ensure_readable(principal, await self._conversations.get(conversation_id))
+        recent = await self._conversations.recent_messages(conversation_id, self._limits.recent_messages)
+        try:
+            await self._sessions.save(SessionState(conversation, tuple(recent)), ttl_s=self._limits.session_ttl_s)
+        except CacheUnavailableError:
+            _logger.warning("session state of %s not cached: Valkey is unavailable", conversation_id)
+        return conversation

@@ -1,0 +1,481 @@
+"""Writing assistant replies: one at a time per conversation, in the background, streamed and stored.
+
+A turn runs as a task owned by the :class:`ReplyRunner`, not by the request that started it, so a client that
+disconnects mid-stream still gets the finished reply stored (readable from the transcript and the feed). No
+database transaction stays open while the model writes: the turn opens short scopes to read its context and to
+store the result.
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+from uuid import UUID
+
+from support.application.knowledge import SearchKnowledge
+from support.domain.assistant import (
+    AttachedImage,
+    AttachedText,
+    HandoffSignal,
+    PassageCited,
+    ReplyCompleted,
+    ReplyRequest,
+    TextDelta,
+    ToolActivity,
+    Turn,
+)
+from support.domain.conversations import (
+    ACTIVITY_GRANULARITY,
+    Citation,
+    Conversation,
+    ConversationEvent,
+    ConversationStatus,
+    HandoffAction,
+    Message,
+    MessageRole,
+    ReasonCode,
+    TokenUsage,
+    unanswered,
+)
+from support.domain.feed import (
+    CitationAdded,
+    FeedEvent,
+    FeedPayload,
+    HandoffChanged,
+    MessagePosted,
+    ReplyDelta,
+    ReplyDone,
+    StreamFailed,
+    ToolUsed,
+)
+from support.domain.handoff import answer_status_for, decide_handoff
+from support.domain.ids import new_id
+from support.domain.knowledge import SearchHit, SearchQuery
+from support.ports.assistant import LLM
+from support.ports.conversations import AttachmentStore, ConversationRepository, EventBus, SessionState, SessionStore
+from support.ports.errors import CacheUnavailableError, DependencyUnavailableError, LLMUnavailableError
+from support.ports.system import Clock, UnitOfWork
+
+_logger = logging.getLogger(__name__)
+
+UNAVAILABLE_REPLY = (
+    "I'm sorry, I can't answer right now because the assistant is temporarily unavailable. "
+    "Would you like me to connect you with a member of our support team?"
+)
+INTERRUPTED_NOTE = "\n\n(This reply was interrupted. Ask again, or ask for a person if you need more help.)"
+
+
+class ConversationServices(Protocol):
+    """What one short step of a turn uses; opened and closed around each step (no long transactions)."""
+
+    @property
+    def conversations(self) -> ConversationRepository:
+        """Customers, conversations and messages."""
+        ...
+
+    @property
+    def attachments(self) -> AttachmentStore:
+        """Attached files."""
+        ...
+
+    @property
+    def uow(self) -> UnitOfWork:
+        """Commits this step's writes."""
+        ...
+
+    @property
+    def search(self) -> SearchKnowledge:
+        """Retrieval over the knowledge base."""
+        ...
+
+
+ServicesOpener = Callable[[], AbstractAsyncContextManager[ConversationServices]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplySettings:
+    """How turns run."""
+
+    passages: int = 5
+    recent_messages: int = 20
+    history_messages: int = 12
+    attachment_context_chars: int = 12_000
+    session_ttl_s: int = 6 * 3600
+    # The lease expires by itself if its holder dies; the holder extends it while it writes.
+    lease_ttl_s: float = 30.0
+    reply_wait_s: float = 120.0
+
+
+_END = object()
+
+
+class ReplyStream:
+    """The events of one turn as its requester sees them: a queue fed by the turn's task."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[FeedEvent | object] = asyncio.Queue()
+        self._consumed = False
+        self.final_status = ConversationStatus.BOT
+
+    def put(self, event: FeedEvent) -> None:
+        """Deliver an event (never blocks: the task must not wait for a slow or gone client)."""
+        self._queue.put_nowait(event)
+
+    def finish(self) -> None:
+        """No more events."""
+        self._queue.put_nowait(_END)
+
+    async def events(self) -> AsyncIterator[FeedEvent]:
+        """Iterate the events until the turn ends; single use."""
+        if self._consumed:
+            raise RuntimeError("a reply stream is read once")
+        self._consumed = True
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                return
+            assert isinstance(item, FeedEvent)  # noqa: S101 - the queue only carries events and the end marker
+            yield item
+
+
+@dataclass(slots=True)
+class _Draft:
+    """The reply being written."""
+
+    text: list[str] = field(default_factory=list)
+    citations: dict[UUID, Citation] = field(default_factory=dict)
+    signals: list[ReasonCode] = field(default_factory=list)
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    evidence: str | None = None
+    ttft_ms: float | None = None
+
+
+class _Tools:
+    """The tools a model may call during a turn; each search opens its own short scope."""
+
+    def __init__(self, open_services: ServicesOpener, passages: int) -> None:
+        self._open = open_services
+        self._passages = passages
+
+    async def search_knowledge(self, query: str) -> Sequence[SearchHit]:
+        async with self._open() as services:
+            return await services.search.execute(SearchQuery(query, limit=self._passages))
+
+
+class _Publisher:
+    """Publishes a turn's events in order, batching what piles up while the previous publish is in flight."""
+
+    def __init__(self, bus: EventBus, conversation_id: UUID, stream: ReplyStream) -> None:
+        self._bus = bus
+        self._conversation_id = conversation_id
+        self._stream = stream
+        self._pending: asyncio.Queue[FeedPayload | None] = asyncio.Queue()
+        self._task = asyncio.create_task(self._run())
+        self._bus_down = False
+
+    def emit(self, payload: FeedPayload) -> None:
+        self._pending.put_nowait(payload)
+
+    async def close(self) -> None:
+        """Publish what is pending, then stop."""
+        self._pending.put_nowait(None)
+        await self._task
+
+    async def _run(self) -> None:
+        done = False
+        while not done:
+            batch = [await self._pending.get()]
+            while not self._pending.empty():
+                batch.append(self._pending.get_nowait())
+            if batch[-1] is None:
+                done = True
+            payloads = [payload for payload in batch if payload is not None]
+            if payloads:
+                for event in await self._publish(payloads):
+                    self._stream.put(event)
+
+    async def _publish(self, payloads: list[FeedPayload]) -> list[FeedEvent]:
+        if not self._bus_down:
+            try:
+                return await self._bus.publish(self._conversation_id, payloads)
+            except CacheUnavailableError:
+                # The requester still gets the reply (without resumable ids); other feeds miss it until Valkey
+                # is back, and the stored transcript has it either way.
+                _logger.warning("events of %s not published: Valkey is unavailable", self._conversation_id)
+                self._bus_down = True
+        return [FeedEvent(0, payload) for payload in payloads]
+
+
+class ReplyRunner:
+    """Runs turns as background tasks; one process-wide instance, closed at shutdown."""
+
+    def __init__(
+        self,
+        open_services: ServicesOpener,
+        llm: LLM,
+        sessions: SessionStore,
+        bus: EventBus,
+        clock: Clock,
+        settings: ReplySettings,
+        holder_prefix: str,
+    ) -> None:
+        self._open = open_services
+        self._llm = llm
+        self._sessions = sessions
+        self._bus = bus
+        self._clock = clock
+        self._settings = settings
+        self._holder_prefix = holder_prefix
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def model_name(self) -> str:
+        """The model that writes replies."""
+        return self._llm.name
+
+    def start(self, conversation: Conversation, message: Message, *, started: float, echo: bool) -> ReplyStream:
+        """Begin the turn that answers ``message`` (and whatever else is unanswered when it gets its turn)."""
+        stream = ReplyStream()
+        stream.final_status = conversation.status
+        task = asyncio.create_task(self._run(conversation, message, stream, started=started, echo=echo))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return stream
+
+    async def close(self) -> None:
+        """Stop every turn in progress; each stores what it has written, marked interrupted."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def drain(self) -> None:
+        """Wait until the turns in progress have finished (tests, graceful shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _run(
+        self, conversation: Conversation, message: Message, stream: ReplyStream, *, started: float, echo: bool
+    ) -> None:
+        publisher = _Publisher(self._bus, conversation.id, stream)
+        holder = f"{self._holder_prefix}:{new_id()}"
+        leased = False
+        try:
+            if echo:
+                publisher.emit(MessagePosted(message))
+            leased = await self._wait_for_lease(conversation.id, holder)
+            if not leased:
+                publisher.emit(
+                    StreamFailed(
+                        503,
+                        "reply_busy",
+                        "A reply is still being written",
+                        "Your message is stored and will be answered with the next reply.",
+                    )
+                )
+                return
+            await self._turn(conversation.id, message, publisher, stream, holder, started)
+        except DependencyUnavailableError as error:
+            _logger.warning("turn in %s failed: %s", conversation.id, error)
+            publisher.emit(StreamFailed(503, error.code, "A backing service is unavailable", error.message))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _logger.exception("turn in %s failed", conversation.id)
+            publisher.emit(StreamFailed(500, "internal_error", "The reply failed", "Please try again."))
+        finally:
+            await asyncio.shield(self._finish(conversation.id, holder, leased, publisher, stream))
+
+    async def _finish(
+        self, conversation_id: UUID, holder: str, leased: bool, publisher: _Publisher, stream: ReplyStream
+    ) -> None:
+        await publisher.close()
+        stream.finish()
+        if leased:
+            with contextlib.suppress(CacheUnavailableError):
+                await self._sessions.release_reply_lease(conversation_id, holder)
+
+    async def _wait_for_lease(self, conversation_id: UUID, holder: str) -> bool:
+        deadline = time.monotonic() + self._settings.reply_wait_s
+        pause = 0.005
+        while True:
+            if await self._sessions.acquire_reply_lease(conversation_id, holder, ttl_s=self._settings.lease_ttl_s):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(pause * (1 + random.random()))  # noqa: S311 - jitter, not security
+            pause = min(pause * 2, 0.2)
+
+    async def _turn(
+        self,
+        conversation_id: UUID,
+        message: Message,
+        publisher: _Publisher,
+        stream: ReplyStream,
+        holder: str,
+        started: float,
+    ) -> None:
+        settings = self._settings
+        async with self._open() as services:
+            conversation = await services.conversations.get(conversation_id)
+            recent = await services.conversations.recent_messages(conversation_id, settings.recent_messages)
+            if conversation is None:
+                return
+            stream.final_status = conversation.status
+            pending = unanswered(recent)
+            if message.id not in {item.id for item in pending}:
+                # Answered by a turn that ran while this one waited (or the original of a retried send).
+                reply = await services.conversations.find_reply(conversation_id, message.id)
+                if reply is not None:
+                    publisher.emit(ReplyDone(reply))
+                return
+            if not conversation.assistant_may_reply:
+                return  # a human owns it: the message reached the agent side through the feed
+            question = "\n\n".join(item.content for item in pending if item.content)
+            passages: Sequence[SearchHit] = ()
+            if question:
+                passages = await services.search.execute(SearchQuery(question, limit=settings.passages))
+            attached, images = await self._attachments(services, conversation_id, pending)
+        earlier = [item for item in recent if item.id not in {p.id for p in pending}]
+        history = [
+            Turn("customer" if item.role is MessageRole.CUSTOMER else "assistant", item.content)
+            for item in earlier[-settings.history_messages :]
+            if item.role in {MessageRole.CUSTOMER, MessageRole.ASSISTANT, MessageRole.AGENT} and item.content
+        ]
+        request = ReplyRequest(
+            question=question, history=history, passages=passages, attachments=attached, images=images
+        )
+        draft = _Draft()
+        interrupted = False
+        try:
+            await self._write(request, draft, publisher, holder, conversation_id, started)
+        except LLMUnavailableError as error:
+            _logger.warning("the model failed in %s: %s", conversation_id, error)
+            draft.signals.append(ReasonCode.LLM_UNAVAILABLE)
+            if draft.text:
+                interrupted = True
+                draft.text.append(INTERRUPTED_NOTE)
+                publisher.emit(ReplyDelta(INTERRUPTED_NOTE))
+            else:
+                draft.text.append(UNAVAILABLE_REPLY)
+                self._first_delta(draft, started)
+                publisher.emit(ReplyDelta(UNAVAILABLE_REPLY))
+        except asyncio.CancelledError:
+            await asyncio.shield(
+                self._store(conversation, pending, recent, draft, publisher, stream, started, interrupted=True)
+            )
+            raise
+        await self._store(conversation, pending, recent, draft, publisher, stream, started, interrupted=interrupted)
+
+    async def _attachments(
+        self, services: ConversationServices, conversation_id: UUID, pending: Sequence[Message]
+    ) -> tuple[list[AttachedText], list[AttachedImage]]:
+        if not any(item.attachments for item in pending):
+            return [], []
+        texts = await services.attachments.texts(conversation_id, limit_chars=self._settings.attachment_context_chars)
+        images: list[AttachedImage] = []
+        for item in pending:
+            for info in item.attachments:
+                if info.content_type.startswith("image/"):
+                    found = await services.attachments.get(conversation_id, info.id)
+                    if found is not None:
+                        images.append(AttachedImage(info.filename, info.content_type, found[1]))
+        return texts, images
+
+    def _first_delta(self, draft: _Draft, started: float) -> None:
+        if draft.ttft_ms is None:
+            draft.ttft_ms = (time.perf_counter() - started) * 1000
+
+    async def _write(
+        self,
+        request: ReplyRequest,
+        draft: _Draft,
+        publisher: _Publisher,
+        holder: str,
+        conversation_id: UUID,
+        started: float,
+    ) -> None:
+        tools = _Tools(self._open, self._settings.passages)
+        renewed = time.monotonic()
+        async for event in self._llm.reply(request, tools):
+            if isinstance(event, TextDelta):
+                if event.text:
+                    self._first_delta(draft, started)
+                    draft.text.append(event.text)
+                    publisher.emit(ReplyDelta(event.text))
+            elif isinstance(event, PassageCited):
+                hit = event.passage
+                if hit.chunk_id not in draft.citations:
+                    citation = Citation(hit.document_id, hit.version, hit.chunk_id, hit.title, hit.url, event.quote)
+                    draft.citations[hit.chunk_id] = citation
+                    publisher.emit(CitationAdded(citation))
+            elif isinstance(event, ToolActivity):
+                publisher.emit(ToolUsed(event.name, event.status))
+            elif isinstance(event, HandoffSignal):
+                draft.signals.append(event.reason_code)
+                draft.evidence = event.detail or draft.evidence
+            elif isinstance(event, ReplyCompleted):
+                draft.usage = draft.usage + event.usage
+                if event.evidence_score is not None:
+                    draft.evidence = f"evidence_score={event.evidence_score:.3f}"
+            if time.monotonic() - renewed > self._settings.lease_ttl_s / 3:
+                renewed = time.monotonic()
+                await self._sessions.extend_reply_lease(conversation_id, holder, ttl_s=self._settings.lease_ttl_s)
+
+    async def _store(
+        self,
+        conversation: Conversation,
+        pending: Sequence[Message],
+        recent: Sequence[Message],
+        draft: _Draft,
+        publisher: _Publisher,
+        stream: ReplyStream,
+        started: float,
+        *,
+        interrupted: bool,
+    ) -> None:
+        decision = decide_handoff(draft.signals, history=recent, evidence=draft.evidence)
+        now = self._clock.now()
+        reply = Message(
+            id=new_id(),
+            conversation_id=conversation.id,
+            role=MessageRole.ASSISTANT,
+            content="".join(draft.text).strip(),
+            created_at=now,
+            reply_to=tuple(item.id for item in pending),
+            citations=tuple(draft.citations.values()),
+            answer_status=answer_status_for(decision),
+            decision=decision,
+            usage=draft.usage,
+            ttft_ms=draft.ttft_ms,
+            total_ms=(time.perf_counter() - started) * 1000,
+            interrupted=interrupted,
+            author=self._llm.name,
+        )
+        async with self._open() as services:
+            current = await services.conversations.get(conversation.id, for_update=True)
+            if current is None:
+                return
+            await services.conversations.add_message(reply)
+            changed = current
+            if decision.action is HandoffAction.ESCALATE and current.status is ConversationStatus.BOT:
+                changed = current.apply(ConversationEvent.HANDOFF, now)
+            elif now - current.last_activity_at >= ACTIVITY_GRANULARITY:
+                changed = current.touch(now)
+            if changed is not current:
+                await services.conversations.update(changed)
+            await services.uow.commit()
+        stream.final_status = changed.status
+        publisher.emit(ReplyDone(reply))
+        if changed.status is not current.status:
+            publisher.emit(HandoffChanged(changed.status, decision.reason_code))
+        try:
+            state = SessionState(changed, tuple([*recent, reply][-self._settings.recent_messages :]))
+            await self._sessions.save(state, ttl_s=self._settings.session_ttl_s)
+        except CacheUnavailableError:
+            _logger.warning("session state of %s not cached: Valkey is unavailable", conversation.id)

@@ -1,0 +1,376 @@
+"""Conversations over real HTTP: starting, sending, streaming, the live feed, guarantees, authorization."""
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import aconnect_sse
+
+from support.domain.conversations import ReasonCode
+from tests.api.conftest import ADMIN_KEY
+from tests.fakes.llm import Script, ScriptedLLM
+from tests.helpers import assert_problem
+
+REFUNDS = (
+    "# Refunds\n\nRefunds go back to the original card within 5 to 10 business days after we receive the return."
+)
+
+
+async def add_article(http: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    response = await http.post(
+        "/v1/knowledge/documents",
+        json={"content": REFUNDS, "external_id": "refunds", "url": "https://help.example.com/refunds"},
+        headers=headers,
+    )
+    assert response.status_code == 201, response.text
+
+
+async def start(http: httpx.AsyncClient, headers: dict[str, str], external_id: str = "cust-1") -> dict[str, Any]:
+    response = await http.post(
+        "/v1/conversations", json={"customer": {"external_id": external_id, "name": "Ada"}}, headers=headers
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def read_events(response_events: Any, *, until: str = "done") -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    async for sse in response_events:
+        events.append({"id": sse.id, "event": sse.event, "data": json.loads(sse.data)})
+        if sse.event in {until, "error"}:
+            break
+    return events
+
+
+async def test_a_service_starts_a_conversation_and_the_customer_token_reaches_only_it(
+    http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    mine = await start(http, service_headers, "cust-1")
+    theirs = await start(http, service_headers, "cust-2")
+    again = await start(http, service_headers, "cust-1")
+    token = bearer(mine["customer_token"])
+
+    assert mine["status"] == "bot"
+    assert again["customer_id"] == mine["customer_id"]
+    assert (await http.get(f"/v1/conversations/{mine['id']}", headers=token)).json()["id"] == mine["id"]
+    # Another customer's conversation does not exist as far as this token can tell.
+    assert_problem(await http.get(f"/v1/conversations/{theirs['id']}", headers=token), 404, "conversation_not_found")
+    assert_problem(
+        await http.post(f"/v1/conversations/{theirs['id']}/messages", json={"content": "hi"}, headers=token),
+        404,
+        "conversation_not_found",
+    )
+    listed = (await http.get("/v1/conversations", headers=token)).json()
+    assert {item["id"] for item in listed["items"]} == {mine["id"], again["id"]}
+    everyone = (await http.get("/v1/conversations", headers=service_headers)).json()
+    assert len(everyone["items"]) == 3
+    assert_problem(await http.get("/v1/conversations", headers=bearer("ct_forged.token")), 401, "unauthenticated")
+
+
+async def test_sending_stores_the_message_then_the_reply_with_citations(
+    http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    await add_article(http, service_headers)
+    conversation = await start(http, service_headers)
+    token = bearer(conversation["customer_token"])
+
+    response = await http.post(
+        f"/v1/conversations/{conversation['id']}/messages", json={"content": "How long do refunds take?"}, headers=token
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    reply = body["reply"]
+    assert body["message"]["role"] == "customer"
+    assert reply["content"] == "Here is what I found."
+    assert reply["reply_to"] == [body["message"]["id"]]
+    assert reply["answer_status"] == "answered"
+    assert reply["decision"]["action"] == "answer"
+    assert reply["citations"][0]["url"] == "https://help.example.com/refunds"
+    assert reply["citations"][0]["version"] == 1
+    assert reply["usage"]["input_tokens"] == 100
+    assert reply["ttft_ms"] > 0
+    assert reply["total_ms"] >= reply["ttft_ms"]
+    assert llm.requests[0].question == "How long do refunds take?"
+    assert "5 to 10 business days" in llm.requests[0].passages[0].text
+    transcript = (await http.get(f"/v1/conversations/{conversation['id']}/messages", headers=token)).json()
+    assert [item["role"] for item in transcript["items"]] == ["customer", "assistant"]
+
+
+async def test_the_stream_follows_the_protocol_and_the_feed_resumes(
+    http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    await add_article(http, service_headers)
+    conversation = await start(http, service_headers)
+    path = f"/v1/conversations/{conversation['id']}"
+    token = bearer(conversation["customer_token"])
+
+    async with aconnect_sse(http, "POST", f"{path}/messages/stream", json={"content": "refunds?"}, headers=token) as s:
+        assert s.response.headers["content-type"].startswith("text/event-stream")
+        events = await read_events(s.aiter_sse())
+
+    names = [event["event"] for event in events]
+    assert names == ["message", "delta", "delta", "delta", "citation", "done"]
+    ids = [int(event["id"]) for event in events]
+    assert ids == list(range(1, 7))
+    assert events[0]["data"]["content"] == "refunds?"
+    assert "".join(event["data"]["text"] for event in events if event["event"] == "delta") == "Here is what I found."
+    done = events[-1]["data"]
+    assert done["role"] == "assistant"
+    assert done["answer_status"] == "answered"
+    assert done["citations"][0]["chunk_id"] == events[4]["data"]["chunk_id"]
+
+    async with aconnect_sse(http, "GET", f"{path}/events", headers={**token, "Last-Event-ID": "0"}) as feed:
+        replayed = await read_events(feed.aiter_sse())
+    assert [int(event["id"]) for event in replayed] == ids
+    async with aconnect_sse(http, "GET", f"{path}/events", headers={**token, "Last-Event-ID": "4"}) as feed:
+        resumed = await read_events(feed.aiter_sse())
+    assert [event["event"] for event in resumed] == ["citation", "done"]
+
+
+async def test_the_live_feed_sees_a_turn_sent_elsewhere(
+    http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    conversation = await start(http, service_headers)
+    path = f"/v1/conversations/{conversation['id']}"
+    token = bearer(conversation["customer_token"])
+
+    async with aconnect_sse(http, "GET", f"{path}/events", params={"access_token": conversation["customer_token"]}) as feed:
+        reader = asyncio.create_task(read_events(feed.aiter_sse()))
+        await asyncio.sleep(0.2)  # the feed subscribes before the send
+        sent = await http.post(f"{path}/messages", json={"content": "hello"}, headers=token)
+        events = await asyncio.wait_for(reader, 10)
+
+    assert sent.status_code == 200
+    assert events[0]["event"] == "message"
+    assert events[-1]["data"]["id"] == sent.json()["reply"]["id"]
+
+
+async def test_an_idempotency_key_returns_the_original_without_a_second_reply(
+    http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    conversation = await start(http, service_headers)
+    path = f"/v1/conversations/{conversation['id']}/messages"
+    headers = {**service_headers, "Idempotency-Key": "send-1"}
+
+    first = await http.post(path, json={"content": "hello"}, headers=headers)
+    retried = await http.post(path, json={"content": "hello"}, headers=headers)
+
+    assert retried.json()["duplicate"] is True
+    assert retried.json()["message"]["id"] == first.json()["message"]["id"]
+    assert retried.json()["reply"]["id"] == first.json()["reply"]["id"]
+    assert len(llm.requests) == 1
+    transcript = (await http.get(path, headers=service_headers)).json()["items"]
+    assert len(transcript) == 2
+
+
+async def test_concurrent_sends_get_one_reply_at_a_time_and_none_is_lost(
+    http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    llm.script = Script(delay_s=0.05)
+    conversation = await start(http, service_headers)
+    path = f"/v1/conversations/{conversation['id']}/messages"
+
+    responses = await asyncio.gather(
+        *(http.post(path, json={"content": f"question {n}"}, headers=service_headers) for n in range(4))
+    )
+
+    assert all(response.status_code == 200 for response in responses)
+    assert llm.max_active == 1
+    transcript = (await http.get(path, headers=service_headers)).json()["items"]
+    customer_ids = {item["id"] for item in transcript if item["role"] == "customer"}
+    replies = [item for item in transcript if item["role"] == "assistant"]
+    covered = [answered for reply in replies for answered in reply["reply_to"]]
+    assert sorted(covered) == sorted(customer_ids)  # every message answered exactly once
+    assert 1 <= len(replies) <= 4
+    for response in responses:
+        assert response.json()["message"]["id"] in response.json()["reply"]["reply_to"]
+
+
+async def test_a_client_that_disconnects_mid_stream_still_gets_the_reply_stored(
+    http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    llm.script = Script(pieces=("one ", "two ", "three ", "four"), delay_s=0.1)
+    conversation = await start(http, service_headers)
+    path = f"/v1/conversations/{conversation['id']}"
+
+    async with aconnect_sse(http, "POST", f"{path}/messages/stream", json={"content": "hi"}, headers=service_headers) as s:
+        async for sse in s.aiter_sse():
+            if sse.event == "delta":
+                break  # leave after the first delta
+
+    for _ in range(100):
+        items = (await http.get(f"{path}/messages", headers=service_headers)).json()["items"]
+        if len(items) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert items[1]["content"] == "one two three four"
+    assert items[1]["interrupted"] is False
+
+
+async def test_a_model_outage_gets_a_graceful_reply_and_a_human_offer(
+    http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    llm.script = Script(fail_after=0)
+    conversation = await start(http, service_headers)
+
+    response = await http.post(
+        f"/v1/conversations/{conversation['id']}/messages", json={"content": "hi"}, headers=service_headers
+    )
+
+    reply = response.json()["reply"]
+    assert response.status_code == 200
+    assert "connect you with" in reply["content"]
+    assert reply["answer_status"] == "insufficient_evidence"
+    assert reply["decision"] == {
+        "action": "offer_human",
+        "reason_code": "llm_unavailable",
+        "evidence": None,
+        "rule": "offer_on_llm_unavailable",
+    }
+
+
+async def test_a_partial_reply_is_kept_and_marked_interrupted(
+    http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    llm.script = Script(pieces=("Refunds take ", "5 to 10 days", "."), fail_after=2)
+    conversation = await start(http, service_headers)
+
+    reply = (
+        await http.post(f"/v1/conversations/{conversation['id']}/messages", json={"content": "hi"}, headers=service_headers)
+    ).json()["reply"]
+
+    assert reply["content"].startswith("Refunds take 5 to 10 days")
+    assert reply["interrupted"] is True
+
+
+async def test_after_a_handoff_the_assistant_stays_silent(
+    http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    llm.script = Script(pieces=("Let me get you a person.",), handoff=ReasonCode.CUSTOMER_REQUEST)
+    conversation = await start(http, service_headers)
+    path = f"/v1/conversations/{conversation['id']}"
+
+    first = (await http.post(f"{path}/messages", json={"content": "a human please"}, headers=service_headers)).json()
+    second = (await http.post(f"{path}/messages", json={"content": "hello?"}, headers=service_headers)).json()
+
+    assert first["reply"]["answer_status"] == "handed_off"
+    assert first["conversation_status"] == "pending_human"
+    assert second["reply"] is None
+    assert second["conversation_status"] == "pending_human"
+    assert len(llm.requests) == 1
+    async with aconnect_sse(http, "GET", f"{path}/events", headers={**service_headers, "Last-Event-ID": "0"}) as feed:
+        events = await read_events(feed.aiter_sse(), until="handoff")
+    assert events[-1]["data"] == {"status": "pending_human", "reason_code": "customer_request"}
+
+
+async def test_feedback_and_closing(http: httpx.AsyncClient, service_headers: dict[str, str]) -> None:
+    conversation = await start(http, service_headers)
+    path = f"/v1/conversations/{conversation['id']}"
+    token = bearer(conversation["customer_token"])
+
+    rated = await http.post(f"{path}/feedback", json={"rating": 4, "comment": "quick"}, headers=token)
+    closed = await http.post(f"{path}/close", headers=token)
+
+    assert rated.json()["feedback"]["rating"] == 4
+    assert closed.json()["status"] == "closed"
+    assert_problem(await http.post(f"{path}/messages", json={"content": "hi"}, headers=token), 409, "conversation_closed")
+    assert_problem(await http.post(f"{path}/feedback", json={"rating": 9}, headers=token), 422, "validation_failed")
+
+
+async def test_attachments_are_checked_stored_listed_and_given_to_the_model(
+    http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    conversation = await start(http, service_headers)
+    path = f"/v1/conversations/{conversation['id']}"
+    token = bearer(conversation["customer_token"])
+    log = b"printer says E04 paper jam"
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+
+    response = await http.post(
+        f"{path}/messages",
+        data={"content": "see attached"},
+        files=[("files", ("printer.log.txt", log, "text/plain")), ("files", ("shot.png", png, "image/png"))],
+        headers=token,
+    )
+
+    assert response.status_code == 200, response.text
+    attachments = response.json()["message"]["attachments"]
+    assert [item["filename"] for item in attachments] == ["printer.log.txt", "shot.png"]
+    download = await http.get(attachments[0]["url"], headers=token)
+    assert download.content == log
+    other = await start(http, service_headers, "cust-2")
+    assert (await http.get(attachments[0]["url"], headers=bearer(other["customer_token"]))).status_code == 404
+    request = llm.requests[0]
+    assert request.attachments[0].text.strip() == log.decode()
+    assert request.images[0].media_type == "image/png"
+
+    too_many = [("files", (f"f{n}.txt", b"x", "text/plain")) for n in range(6)]
+    assert_problem(await http.post(f"{path}/messages", data={"content": "x"}, files=too_many, headers=token), 413, "content_too_large")
+    wrong = [("files", ("tool.exe", b"MZ", "application/octet-stream"))]
+    assert_problem(
+        await http.post(f"{path}/messages", data={"content": "x"}, files=wrong, headers=token), 415, "unsupported_content_type"
+    )
+    fake_png = [("files", ("fake.png", b"not a png", "image/png"))]
+    assert_problem(
+        await http.post(f"{path}/messages", data={"content": "x"}, files=fake_png, headers=token), 422, "invalid_input"
+    )
+    transcript = (await http.get(f"{path}/messages", headers=token)).json()["items"]
+    assert len(transcript) == 2  # rejected sends stored nothing
+
+
+async def test_the_websocket_sends_and_receives_the_same_events(
+    live: str, http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    import websockets
+
+    conversation = await start(http, service_headers)
+    url = live.replace("http", "ws") + f"/v1/conversations/{conversation['id']}/ws"
+    token = conversation["customer_token"]
+
+    async with (
+        websockets.connect(f"{url}?access_token={token}") as customer,
+        websockets.connect(f"{url}?access_token={ADMIN_KEY}") as other,
+    ):
+        await customer.send(json.dumps({"type": "ping", "data": 7}))
+        assert json.loads(await customer.recv()) == {"type": "pong", "data": 7}
+        await customer.send(json.dumps({"type": "typing", "active": True}))
+        typing = json.loads(await asyncio.wait_for(other.recv(), 5))
+        assert typing == {"id": 0, "event": "typing", "data": {"role": "customer", "active": True}}
+        await customer.send(json.dumps({"type": "send", "content": "hello over ws"}))
+        received: list[dict[str, Any]] = []
+        while not received or received[-1]["event"] != "done":
+            frame = json.loads(await asyncio.wait_for(customer.recv(), 10))
+            if frame.get("event") != "typing":
+                received.append(frame)
+
+    assert received[0]["event"] == "message"
+    assert received[0]["data"]["content"] == "hello over ws"
+    assert received[-1]["data"]["role"] == "assistant"
+    assert [frame["id"] for frame in received] == sorted(frame["id"] for frame in received)
+
+
+async def test_customers_cannot_reach_agent_only_or_others_feeds(
+    live: str, http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    import websockets
+
+    mine = await start(http, service_headers, "cust-1")
+    theirs = await start(http, service_headers, "cust-2")
+    token = mine["customer_token"]
+
+    response = await http.get(f"/v1/conversations/{theirs['id']}/events", params={"access_token": token})
+    assert_problem(response, 404, "conversation_not_found")
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        async with websockets.connect(
+            live.replace("http", "ws") + f"/v1/conversations/{theirs['id']}/ws?access_token={token}"
+        ):
+            pass
+    assert_problem(await http.get("/v1/knowledge/documents", headers=bearer(token)), 403, "forbidden")

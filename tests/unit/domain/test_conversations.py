@@ -1,0 +1,128 @@
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from support.domain.conversations import (
+    AnswerStatus,
+    Conversation,
+    ConversationClosedError,
+    ConversationEvent,
+    ConversationStatus,
+    HandoffAction,
+    InvalidTransitionError,
+    Message,
+    MessageRole,
+    ReasonCode,
+    next_status,
+    unanswered,
+)
+from support.domain.handoff import answer_status_for, decide_handoff
+from support.domain.identity import issue_customer_token, read_customer_token
+from support.domain.ids import new_id
+
+NOW = datetime(2026, 5, 1, tzinfo=UTC)
+S = ConversationStatus
+E = ConversationEvent
+
+
+@pytest.mark.parametrize(
+    ("status", "event", "expected"),
+    [
+        (S.BOT, E.HANDOFF, S.PENDING_HUMAN),
+        (S.PENDING_HUMAN, E.CLAIM, S.HUMAN),
+        (S.PENDING_HUMAN, E.WITHDRAW, S.BOT),
+        (S.HUMAN, E.RELEASE, S.BOT),
+        (S.HUMAN, E.RESOLVE, S.RESOLVED),
+        (S.BOT, E.RESOLVE, S.RESOLVED),
+        (S.RESOLVED, E.CUSTOMER_WRITES, S.BOT),
+        (S.HUMAN, E.CUSTOMER_WRITES, S.HUMAN),
+        (S.PENDING_HUMAN, E.CUSTOMER_WRITES, S.PENDING_HUMAN),
+        (S.HUMAN, E.CLOSE, S.CLOSED),
+        (S.CLOSED, E.CLOSE, S.CLOSED),
+    ],
+)
+def test_allowed_transitions(status: S, event: E, expected: S) -> None:
+    assert next_status(status, event) is expected
+
+
+@pytest.mark.parametrize(
+    ("status", "event"),
+    [(S.BOT, E.CLAIM), (S.HUMAN, E.HANDOFF), (S.RESOLVED, E.RELEASE), (S.PENDING_HUMAN, E.RESOLVE)],
+)
+def test_disallowed_transitions_raise(status: S, event: E) -> None:
+    with pytest.raises(InvalidTransitionError):
+        next_status(status, event)
+
+
+def test_a_closed_conversation_takes_no_messages() -> None:
+    with pytest.raises(ConversationClosedError):
+        next_status(S.CLOSED, E.CUSTOMER_WRITES)
+
+
+def conversation(status: S) -> Conversation:
+    return Conversation(new_id(), new_id(), status, {}, NOW, NOW, NOW)
+
+
+def test_reopening_a_resolved_conversation_is_counted_and_only_the_bot_may_reply() -> None:
+    reopened = conversation(S.RESOLVED).apply(E.CUSTOMER_WRITES, NOW + timedelta(hours=1))
+
+    assert (reopened.status, reopened.reopened_count) == (S.BOT, 1)
+    assert reopened.last_activity_at == NOW + timedelta(hours=1)
+    assert reopened.assistant_may_reply
+    assert not conversation(S.HUMAN).assistant_may_reply
+    assert not conversation(S.PENDING_HUMAN).assistant_may_reply
+    assert conversation(S.BOT).apply(E.CLOSE, NOW).closed_at == NOW
+
+
+def message(role: MessageRole, *, reply_to: tuple[Message, ...] = (), status: AnswerStatus | None = None) -> Message:
+    return Message(
+        new_id(), new_id(), role, "text", NOW, reply_to=tuple(item.id for item in reply_to), answer_status=status
+    )
+
+
+def test_unanswered_messages_are_those_no_reply_covered() -> None:
+    first = message(MessageRole.CUSTOMER)
+    # Arrived while the reply to `first` was being written: stored before that reply, not covered by it.
+    second = message(MessageRole.CUSTOMER)
+    reply = message(MessageRole.ASSISTANT, reply_to=(first,))
+    third = message(MessageRole.CUSTOMER)
+
+    assert unanswered([first, second, reply, third]) == [second, third]
+    assert unanswered([first, second, message(MessageRole.AGENT), third]) == [third]
+
+
+def test_the_handoff_policy_escalates_on_requests_and_offers_on_weak_evidence() -> None:
+    assert decide_handoff([], history=[]).action is HandoffAction.ANSWER
+    escalate = decide_handoff([ReasonCode.CUSTOMER_REQUEST], history=[])
+    assert (escalate.action, escalate.reason_code) == (HandoffAction.ESCALATE, ReasonCode.CUSTOMER_REQUEST)
+    offer = decide_handoff([ReasonCode.INSUFFICIENT_EVIDENCE], history=[message(MessageRole.ASSISTANT)])
+    assert (offer.action, offer.reason_code) == (HandoffAction.OFFER_HUMAN, ReasonCode.INSUFFICIENT_EVIDENCE)
+    assert answer_status_for(offer) is AnswerStatus.INSUFFICIENT_EVIDENCE
+    assert answer_status_for(escalate) is AnswerStatus.HANDED_OFF
+
+
+def test_a_second_unanswered_reply_in_a_row_hands_over() -> None:
+    failed = message(MessageRole.ASSISTANT, status=AnswerStatus.INSUFFICIENT_EVIDENCE)
+    history = [message(MessageRole.CUSTOMER), failed, message(MessageRole.CUSTOMER)]
+
+    decision = decide_handoff([ReasonCode.INSUFFICIENT_EVIDENCE], history=history)
+
+    assert (decision.action, decision.reason_code) == (HandoffAction.ESCALATE, ReasonCode.REPEATED_FAILURE)
+    answered_since = [*history, message(MessageRole.ASSISTANT, status=AnswerStatus.ANSWERED)]
+    assert (
+        decide_handoff([ReasonCode.INSUFFICIENT_EVIDENCE], history=answered_since).action is HandoffAction.OFFER_HUMAN
+    )
+
+
+def test_customer_tokens_are_signed_and_expire() -> None:
+    customer = new_id()
+    token = issue_customer_token(customer, NOW + timedelta(hours=1), "secret-a")
+
+    assert read_customer_token(token, "secret-a", NOW) == customer
+    assert read_customer_token(token, "secret-b", NOW) is None
+    assert read_customer_token(token, "secret-a", NOW + timedelta(hours=2)) is None
+    _, _, signature = token.partition(".")
+    forged = issue_customer_token(new_id(), NOW + timedelta(hours=1), "secret-a").partition(".")[0]
+    assert read_customer_token(f"{forged}.{signature}", "secret-a", NOW) is None
+    assert read_customer_token("ct_garbage", "secret-a", NOW) is None
+    assert read_customer_token("sk_not_a_token", "secret-a", NOW) is None
