@@ -24,7 +24,7 @@ async def test_created_key_shows_its_secret_once_and_stores_only_a_hash(
 ) -> None:
     request = CreateApiKeyRequestFactory.build(name="billing backend")
     response = await client.post(
-        "/v1/keys", json={"name": request.name, "role": request.role.value}, headers=admin_headers
+        "/v1/keys", json={"name": request.name, "role": request.role}, headers=admin_headers
     )
     assert response.status_code == 201
     created = response.json()

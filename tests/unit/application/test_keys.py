@@ -9,11 +9,15 @@ from support.application.keys import (
     AuthenticateApiKey,
     BootstrapAdminKey,
     CreateApiKey,
+    CustomerTokenSecret,
     ListApiKeys,
     RevokeApiKey,
 )
 from support.domain.errors import ApiKeyNotFoundError, AuthenticationError, InvalidInputError
-from support.domain.identity import Role
+from support.domain.identity import Role, issue_customer_token
+from support.domain.ids import new_id
+
+SECRET = CustomerTokenSecret("token-secret")
 
 
 @pytest.fixture
@@ -27,7 +31,7 @@ async def test_created_key_authenticates_as_its_role_and_is_committed(keys: InMe
     assert uow.commits == 1
     assert issued.key.name == "support bot"
     assert issued.key.created_at == clock.now()
-    principal = await AuthenticateApiKey(keys, None).execute(issued.secret)
+    principal = await AuthenticateApiKey(keys, None, SECRET, FixedClock()).execute(issued.secret)
     assert (principal.role, principal.key_id) == (Role.SERVICE, issued.key.id)
 
 
@@ -37,7 +41,7 @@ async def test_revoked_key_fails_authentication(keys: InMemoryApiKeyRepository) 
     revoked = await RevokeApiKey(keys, uow, clock).execute(issued.key.id)
     assert revoked.revoked_at == clock.now()
     with pytest.raises(AuthenticationError):
-        await AuthenticateApiKey(keys, None).execute(issued.secret)
+        await AuthenticateApiKey(keys, None, SECRET, FixedClock()).execute(issued.secret)
     assert [key.is_active for key in await ListApiKeys(keys).execute()] == [False]
 
 
@@ -59,7 +63,7 @@ async def test_revoking_an_unknown_key_fails(keys: InMemoryApiKeyRepository) -> 
 
 
 async def test_bootstrap_key_is_an_admin_without_a_stored_row(keys: InMemoryApiKeyRepository) -> None:
-    authenticate = AuthenticateApiKey(keys, BootstrapAdminKey("let-me-in"))
+    authenticate = AuthenticateApiKey(keys, BootstrapAdminKey("let-me-in"), SECRET, FixedClock())
     principal = await authenticate.execute("let-me-in")
     assert principal.role is Role.ADMIN
     assert principal.is_bootstrap
@@ -73,3 +77,21 @@ async def test_key_names_are_validated(keys: InMemoryApiKeyRepository, name: str
     with pytest.raises(InvalidInputError):
         await CreateApiKey(keys, uow, FixedClock()).execute(name, Role.ADMIN)
     assert uow.commits == 0
+
+
+async def test_customer_tokens_authenticate_as_their_customer_and_keys_cannot_be_customers(
+    keys: InMemoryApiKeyRepository,
+) -> None:
+    clock = FixedClock()
+    customer = new_id()
+    token = issue_customer_token(customer, clock.now() + timedelta(minutes=5), SECRET)
+    authenticate = AuthenticateApiKey(keys, None, SECRET, clock)
+
+    principal = await authenticate.execute(token)
+
+    assert (principal.role, principal.customer_id) == (Role.CUSTOMER, customer)
+    clock.advance(timedelta(minutes=6))
+    with pytest.raises(AuthenticationError):
+        await authenticate.execute(token)
+    with pytest.raises(InvalidInputError):
+        await CreateApiKey(keys, InMemoryUnitOfWork(), clock).execute("browser", Role.CUSTOMER)

@@ -1,7 +1,7 @@
 """Wire types of conversations, messages and the event stream (SSE and WebSocket share them)."""
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
@@ -258,15 +258,63 @@ class TypingData(msgspec.Struct, frozen=True):
     active: bool
 
 
-EventName = Literal["message", "delta", "citation", "tool", "handoff", "done", "error", "typing"]
-
-
-class StreamEvent(msgspec.Struct, frozen=True):
-    """One event as the WebSocket sends it (SSE sends the same fields as `id:`, `event:` and `data:` lines)."""
+class _Event(msgspec.Struct, frozen=True, tag_field="event"):
+    """Base of the documented events: `id` is the conversation's event sequence number (0: not retained)."""
 
     id: int
-    event: EventName
-    data: MessageResource | DeltaData | CitationResource | ToolData | HandoffData | ProblemDetails | TypingData
+
+
+class MessageEvent(_Event, tag="message"):
+    """A stored message: the customer's own (echoed with its id), an agent's, or a system notice."""
+
+    data: MessageResource
+
+
+class DeltaEvent(_Event, tag="delta"):
+    """The next piece of the assistant's reply."""
+
+    data: DeltaData
+
+
+class CitationEvent(_Event, tag="citation"):
+    """A source the reply relies on."""
+
+    data: CitationResource
+
+
+class ToolEvent(_Event, tag="tool"):
+    """The assistant used a tool."""
+
+    data: ToolData
+
+
+class HandoffEvent(_Event, tag="handoff"):
+    """The conversation's owner changed."""
+
+    data: HandoffData
+
+
+class DoneEvent(_Event, tag="done"):
+    """The stored assistant message that ends a reply."""
+
+    data: MessageResource
+
+
+class ErrorEvent(_Event, tag="error"):
+    """A problem after the stream began; the stream ends."""
+
+    data: ProblemDetails
+
+
+class TypingEvent(_Event, tag="typing"):
+    """Someone is typing (WebSocket only)."""
+
+    data: TypingData
+
+
+StreamEvent = (
+    MessageEvent | DeltaEvent | CitationEvent | ToolEvent | HandoffEvent | DoneEvent | ErrorEvent | TypingEvent
+)
 
 
 def event_data(payload: FeedPayload) -> Any:  # noqa: PLR0911 - one case per event
