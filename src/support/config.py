@@ -85,9 +85,10 @@ class LLMSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """
 
     provider: Literal["auto", "anthropic", "offline"] = "auto"
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-4-6"
     max_tokens: PositiveInt = 1024
-    temperature: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
+    # Unset: the model's default (newer models reject an explicit temperature; the adapter then drops it).
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     company_name: str = "our company"
     persona: str = "a friendly, precise customer-support assistant"
     api_key: str | None = None
@@ -103,7 +104,7 @@ class LLMSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # Tool round trips (search_knowledge) allowed per reply.
     max_tool_rounds: Annotated[int, msgspec.Meta(ge=0)] = 2
     # Offline responder: below this evidence score it says it could not find the answer and offers a human.
-    evidence_threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    evidence_threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.47
 
     def anthropic_key(self, environ: Mapping[str, str]) -> str | None:
         """The configured key, else the SDK's standard variable."""

@@ -188,6 +188,19 @@ def reply(*pieces: str, **options: Any) -> Streamed:
     return message(text(*pieces), **options)
 
 
+def citing_reply(request: RecordedRequest) -> Streamed:
+    """An answer that quotes and cites the request's first search result, or says nothing matched.
+
+    Meant as ``FakeAnthropic(default=citing_reply)`` for API tests and benchmarks that need many replies.
+    """
+    for block in request.messages[-1]["content"] if request.messages else ():
+        if isinstance(block, dict) and block.get("type") == "search_result":
+            quote = block["content"][0]["text"]
+            found = citation(0, source=block["source"], title=block["title"], cited_text=quote)
+            return message(text("Here is what I found: "), text(quote, citations=[found]))
+    return reply("I could not find that in our help center.")
+
+
 def failing_stream(*steps: Step, input_tokens: int = 100) -> Streamed:
     """A stream that starts (message_start, ping) and then runs ``steps``, e.g. ``stream_error()``."""
     return Streamed((*_message_start(input_tokens, 0, 0, DEFAULT_MODEL), *steps))
@@ -287,6 +300,8 @@ class FakeAnthropic:
     def _next_response(self, request: RecordedRequest) -> Response:
         if request.method != "POST" or request.path.split("?")[0] != "/v1/messages":
             return Failed(404, "not_found_error", f"{request.method} {request.path} is not served by the fake")
+        if not request.headers.get("authorization") and not request.headers.get("x-api-key"):
+            return Failed(401, "authentication_error", "x-api-key header is required")
         if self._queue:
             return self._queue.popleft()
         if self.default is None:
@@ -303,6 +318,10 @@ class FakeAnthropic:
                 if not await _send(writer, self._next_response(request)):
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            # ``stop`` ends idle or sleeping connections; finishing normally keeps Python 3.11's stream callback
+            # from logging the cancellation as an error.
             pass
         finally:
             writer.close()
