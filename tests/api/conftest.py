@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -38,19 +39,28 @@ def chat_app(chat_settings: Settings, embedder: OnnxMiniLMEmbedder, llm: Scripte
     return create_app(chat_settings, shared_embedder_provider(embedder), llm_provider(llm))
 
 
-@pytest.fixture
-async def live(chat_app: Litestar) -> AsyncIterator[str]:
-    """The base URL of the application served over real HTTP."""
-    server = uvicorn.Server(uvicorn.Config(chat_app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
+@asynccontextmanager
+async def serve(app: Litestar) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on a free port, in this event loop; yield its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, 30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def live(chat_app: Litestar) -> AsyncIterator[str]:
+    """The base URL of the application served over real HTTP."""
+    async with serve(chat_app) as url:
+        yield url
 
 
 @pytest.fixture
