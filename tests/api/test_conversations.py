@@ -9,13 +9,11 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from support.domain.conversations import ReasonCode
-from tests.api.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY
 from tests.fakes.llm import Script, ScriptedLLM
 from tests.helpers import assert_problem
 
-REFUNDS = (
-    "# Refunds\n\nRefunds go back to the original card within 5 to 10 business days after we receive the return."
-)
+REFUNDS = "# Refunds\n\nRefunds go back to the original card within 5 to 10 business days after we receive the return."
 
 
 async def add_article(http: httpx.AsyncClient, headers: dict[str, str]) -> None:
@@ -142,7 +140,9 @@ async def test_the_live_feed_sees_a_turn_sent_elsewhere(
     path = f"/v1/conversations/{conversation['id']}"
     token = bearer(conversation["customer_token"])
 
-    async with aconnect_sse(http, "GET", f"{path}/events", params={"access_token": conversation["customer_token"]}) as feed:
+    async with aconnect_sse(
+        http, "GET", f"{path}/events", params={"access_token": conversation["customer_token"]}
+    ) as feed:
         reader = asyncio.create_task(read_events(feed.aiter_sse()))
         await asyncio.sleep(0.2)  # the feed subscribes before the send
         sent = await http.post(f"{path}/messages", json={"content": "hello"}, headers=token)
@@ -201,11 +201,14 @@ async def test_a_client_that_disconnects_mid_stream_still_gets_the_reply_stored(
     conversation = await start(http, service_headers)
     path = f"/v1/conversations/{conversation['id']}"
 
-    async with aconnect_sse(http, "POST", f"{path}/messages/stream", json={"content": "hi"}, headers=service_headers) as s:
+    async with aconnect_sse(
+        http, "POST", f"{path}/messages/stream", json={"content": "hi"}, headers=service_headers
+    ) as s:
         async for sse in s.aiter_sse():
             if sse.event == "delta":
                 break  # leave after the first delta
 
+    items: list[dict[str, Any]] = []
     for _ in range(100):
         items = (await http.get(f"{path}/messages", headers=service_headers)).json()["items"]
         if len(items) == 2:
@@ -244,7 +247,9 @@ async def test_a_partial_reply_is_kept_and_marked_interrupted(
     conversation = await start(http, service_headers)
 
     reply = (
-        await http.post(f"/v1/conversations/{conversation['id']}/messages", json={"content": "hi"}, headers=service_headers)
+        await http.post(
+            f"/v1/conversations/{conversation['id']}/messages", json={"content": "hi"}, headers=service_headers
+        )
     ).json()["reply"]
 
     assert reply["content"].startswith("Refunds take 5 to 10 days")
@@ -281,7 +286,9 @@ async def test_feedback_and_closing(http: httpx.AsyncClient, service_headers: di
 
     assert rated.json()["feedback"]["rating"] == 4
     assert closed.json()["status"] == "closed"
-    assert_problem(await http.post(f"{path}/messages", json={"content": "hi"}, headers=token), 409, "conversation_closed")
+    assert_problem(
+        await http.post(f"{path}/messages", json={"content": "hi"}, headers=token), 409, "conversation_closed"
+    )
     assert_problem(await http.post(f"{path}/feedback", json={"rating": 9}, headers=token), 422, "validation_failed")
 
 
@@ -313,10 +320,16 @@ async def test_attachments_are_checked_stored_listed_and_given_to_the_model(
     assert request.images[0].media_type == "image/png"
 
     too_many = [("files", (f"f{n}.txt", b"x", "text/plain")) for n in range(6)]
-    assert_problem(await http.post(f"{path}/messages", data={"content": "x"}, files=too_many, headers=token), 413, "content_too_large")
+    assert_problem(
+        await http.post(f"{path}/messages", data={"content": "x"}, files=too_many, headers=token),
+        413,
+        "content_too_large",
+    )
     wrong = [("files", ("tool.exe", b"MZ", "application/octet-stream"))]
     assert_problem(
-        await http.post(f"{path}/messages", data={"content": "x"}, files=wrong, headers=token), 415, "unsupported_content_type"
+        await http.post(f"{path}/messages", data={"content": "x"}, files=wrong, headers=token),
+        415,
+        "unsupported_content_type",
     )
     fake_png = [("files", ("fake.png", b"not a png", "image/png"))]
     assert_problem(

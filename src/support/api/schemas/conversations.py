@@ -264,49 +264,49 @@ class _Event(msgspec.Struct, frozen=True, tag_field="event"):
     id: int
 
 
-class MessageEvent(_Event, tag="message"):
+class MessageEvent(_Event, frozen=True, tag="message"):
     """A stored message: the customer's own (echoed with its id), an agent's, or a system notice."""
 
     data: MessageResource
 
 
-class DeltaEvent(_Event, tag="delta"):
+class DeltaEvent(_Event, frozen=True, tag="delta"):
     """The next piece of the assistant's reply."""
 
     data: DeltaData
 
 
-class CitationEvent(_Event, tag="citation"):
+class CitationEvent(_Event, frozen=True, tag="citation"):
     """A source the reply relies on."""
 
     data: CitationResource
 
 
-class ToolEvent(_Event, tag="tool"):
+class ToolEvent(_Event, frozen=True, tag="tool"):
     """The assistant used a tool."""
 
     data: ToolData
 
 
-class HandoffEvent(_Event, tag="handoff"):
+class HandoffEvent(_Event, frozen=True, tag="handoff"):
     """The conversation's owner changed."""
 
     data: HandoffData
 
 
-class DoneEvent(_Event, tag="done"):
+class DoneEvent(_Event, frozen=True, tag="done"):
     """The stored assistant message that ends a reply."""
 
     data: MessageResource
 
 
-class ErrorEvent(_Event, tag="error"):
+class ErrorEvent(_Event, frozen=True, tag="error"):
     """A problem after the stream began; the stream ends."""
 
     data: ProblemDetails
 
 
-class TypingEvent(_Event, tag="typing"):
+class TypingEvent(_Event, frozen=True, tag="typing"):
     """Someone is typing (WebSocket only)."""
 
     data: TypingData
