@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
@@ -26,7 +26,7 @@ def sse_message(event: FeedEvent) -> ServerSentEventMessage:
 
 
 async def with_heartbeats(
-    events: AsyncIterator[FeedEvent], heartbeat_s: float
+    events: AsyncGenerator[FeedEvent, None], heartbeat_s: float
 ) -> AsyncIterator[ServerSentEventMessage]:
     """Relay ``events`` as SSE messages; a comment goes out after ``heartbeat_s`` without one.
 
@@ -65,12 +65,10 @@ async def with_heartbeats(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        closer = getattr(events, "aclose", None)
-        if closer is not None:
-            with contextlib.suppress(Exception):
-                await closer()
+        with contextlib.suppress(Exception):
+            await events.aclose()
 
 
-def event_stream(events: AsyncIterator[FeedEvent], heartbeat_s: float) -> ServerSentEvent:
+def event_stream(events: AsyncGenerator[FeedEvent, None], heartbeat_s: float) -> ServerSentEvent:
     """The SSE response for ``events``."""
     return ServerSentEvent(with_heartbeats(events, heartbeat_s), headers=SSE_HEADERS)

@@ -4,7 +4,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import NewType
@@ -446,7 +446,7 @@ class Turn:
         self.duplicate = duplicate
         self._stream = stream
 
-    def events(self) -> AsyncIterator[FeedEvent]:
+    def events(self) -> AsyncGenerator[FeedEvent, None]:
         """The echo of the customer message, then the reply's events; single use."""
         return self._stream.events()
 

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -130,7 +130,7 @@ class ReplyStream:
         """No more events."""
         self._queue.put_nowait(_END)
 
-    async def events(self) -> AsyncIterator[FeedEvent]:
+    async def events(self) -> AsyncGenerator[FeedEvent, None]:
         """Iterate the events until the turn ends; single use."""
         if self._consumed:
             raise RuntimeError("a reply stream is read once")

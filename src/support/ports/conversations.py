@@ -1,6 +1,6 @@
 """Ports that keep conversations: durable records, hot session state, the live event feed, attachments."""
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -188,10 +188,11 @@ class EventBus(Protocol):
         """Deliver an ephemeral payload (typing) to live subscribers only: not retained, id 0."""
         ...
 
-    def subscribe(self, conversation_id: UUID, *, after: int | None) -> AsyncIterator[FeedEvent]:
+    def subscribe(self, conversation_id: UUID, *, after: int | None) -> AsyncGenerator[FeedEvent, None]:
         """Retained events with an id above ``after``, then live ones, in order, without gaps or duplicates.
 
         ``after=None`` skips what is retained and starts with the next event; iteration runs until the consumer
-        stops (``aclose``).
+        stops (``aclose``). An ``after`` above the newest id (the feed expired and restarted) replays what is
+        retained.
         """
         ...

@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -425,7 +425,7 @@ class ConversationsController(Controller):
                 await relay
 
 
-async def _relay(socket: WebSocket[Any, Any, Any], events: AsyncIterator[FeedEvent]) -> None:
+async def _relay(socket: WebSocket[Any, Any, Any], events: AsyncGenerator[FeedEvent, None]) -> None:
     try:
         async for event in events:
             await socket.send_text(encode_ws(event))
@@ -434,10 +434,8 @@ async def _relay(socket: WebSocket[Any, Any, Any], events: AsyncIterator[FeedEve
             await socket.send_json({"id": 0, "event": "error", "data": {"code": error.code, "detail": error.message}})
             await socket.close(code=1011)
     finally:
-        closer = getattr(events, "aclose", None)
-        if closer is not None:
-            with contextlib.suppress(Exception):
-                await closer()
+        with contextlib.suppress(Exception):
+            await events.aclose()
 
 
 async def _handle_frame(

@@ -1,0 +1,82 @@
+"""In-memory event bus: the same contract as the Valkey one, within one process."""
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncGenerator, Sequence
+from uuid import UUID
+
+from support.domain.feed import FeedEvent, FeedPayload
+
+
+class _Feed:
+    __slots__ = ("inboxes", "retained", "sequence")
+
+    def __init__(self, retention: int) -> None:
+        self.sequence = 0
+        self.retained: deque[FeedEvent] = deque(maxlen=retention)
+        self.inboxes: set[asyncio.Queue[FeedEvent]] = set()
+
+
+class InMemoryEventBus:
+    """Keeps the newest ``retention`` events of each conversation; delivers to subscribers of this process."""
+
+    def __init__(self, retention: int) -> None:
+        self._retention = retention
+        self._feeds: dict[UUID, _Feed] = {}
+
+    def _feed(self, conversation_id: UUID) -> _Feed:
+        feed = self._feeds.get(conversation_id)
+        if feed is None:
+            feed = self._feeds[conversation_id] = _Feed(self._retention)
+        return feed
+
+    def subscriber_count(self, conversation_id: UUID) -> int:
+        """Open subscriptions of a conversation (tests check that closed ones are gone)."""
+        feed = self._feeds.get(conversation_id)
+        return 0 if feed is None else len(feed.inboxes)
+
+    async def publish(self, conversation_id: UUID, payloads: Sequence[FeedPayload]) -> list[FeedEvent]:
+        feed = self._feed(conversation_id)
+        events: list[FeedEvent] = []
+        for payload in payloads:
+            feed.sequence += 1
+            event = FeedEvent(feed.sequence, payload)
+            feed.retained.append(event)
+            events.append(event)
+            for inbox in feed.inboxes:
+                inbox.put_nowait(event)
+        return events
+
+    async def signal(self, conversation_id: UUID, payload: FeedPayload) -> None:
+        feed = self._feed(conversation_id)
+        for inbox in feed.inboxes:
+            inbox.put_nowait(FeedEvent(0, payload))
+
+    def subscribe(self, conversation_id: UUID, *, after: int | None) -> AsyncGenerator[FeedEvent, None]:
+        return self._follow(conversation_id, after)
+
+    async def close(self) -> None:
+        """Nothing to release; here for parity with the Valkey bus."""
+
+    async def _follow(self, conversation_id: UUID, after: int | None) -> AsyncGenerator[FeedEvent, None]:
+        feed = self._feed(conversation_id)
+        inbox: asyncio.Queue[FeedEvent] = asyncio.Queue()
+        feed.inboxes.add(inbox)
+        try:
+            if after is None:
+                last = feed.sequence
+            else:
+                # An id beyond the head is from before the feed restarted (the Valkey feed expires): replay it all.
+                last = 0 if after > feed.sequence else max(after, 0)
+                for event in [event for event in feed.retained if event.id > last]:
+                    yield event
+                    last = event.id
+            while True:
+                event = await inbox.get()
+                if event.id == 0:
+                    yield event
+                elif event.id > last:
+                    yield event
+                    last = event.id
+        finally:
+            feed.inboxes.discard(inbox)
