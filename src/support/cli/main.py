@@ -11,6 +11,7 @@ import typer
 from dishka import AsyncContainer, Provider
 from rich.console import Console
 
+from support.cli.answers import eval_answers
 from support.cli.knowledge import eval_app, kb_app
 from support.config import Settings, SettingsError, load_settings
 from support.domain.identity import Role
@@ -30,6 +31,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(kb_app, name="kb")
 app.add_typer(eval_app, name="eval")
+# `eval retrieval` is declared with the knowledge commands; `eval answers` runs the offline responder.
+eval_app.command("answers")(eval_answers)
 
 # soft_wrap: commands in the banner stay on one line (copyable) in logs and CI, not just in terminals.
 console = Console(stderr=True, soft_wrap=True)

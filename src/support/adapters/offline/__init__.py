@@ -1,0 +1,1 @@
+"""The offline responder: answers by quoting retrieved passages, for deployments without an LLM provider."""

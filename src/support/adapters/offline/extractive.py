@@ -1,0 +1,655 @@
+"""An ``LLM`` that writes no text of its own: it quotes the retrieved passages' sentences that best answer the question.
+
+Used when no Anthropic key is configured. Per turn it splits the passages into units (sentences; list items,
+steps and code lines kept whole), scores them against the question with BM25 over those units (idf from the
+passages themselves, light stemming) weighted by the passage's retrieval rank, and quotes a short window of
+consecutive units around the best one (answers in help-center articles are contiguous: the resolution follows
+the sentence that matches the symptom). An evidence score in [0, 1] — a logistic model over retrieval
+similarity, how distinct the best hit is, and how much of the question the quoted text covers — decides
+between answering and saying plainly that the help center does not cover it (with a ``HandoffSignal``).
+
+Everything is plain Python over a handful of passages: no model calls, about a millisecond per turn.
+"""
+
+import asyncio
+import functools
+import math
+import re
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from support.domain.assistant import (
+    HandoffSignal,
+    PassageCited,
+    ReplyCompleted,
+    ReplyEvent,
+    ReplyRequest,
+    TextDelta,
+    Turn,
+)
+from support.domain.conversations import ReasonCode, TokenUsage
+from support.domain.knowledge import SearchHit
+from support.ports.assistant import AssistantTools
+
+NAME = "offline-extractive"
+# Tuned on TechQA (docs/llm-offline.md); the default of SUPPORT_LLM__EVIDENCE_THRESHOLD is the same.
+DEFAULT_EVIDENCE_THRESHOLD = 0.47
+
+# Function words, and what forum and chat questions say around the subject ("hi, does anyone know how ...").
+_STOPWORD_TEXT = """
+a about above after again against all also am an and any are as at be because been before being below between
+both but by can cannot could did do does doing done down during each either else etc ever every few for from
+further had has have having he her here hers him his how however i if in into is it its itself just let like
+may me might more most much must my myself no nor not now of off on once only or other our ours out over own
+per please same shall she should so some such than that the their theirs them then there these they this
+those through thus to too under until up upon us very via was we were what when where whether which while who
+whom why will with within without would yet you your yours
+hi hello hey thanks thank regards anyone someone somebody help know get gets got getting want wants wanted need
+needs needed trying tried try able way ask asking question questions appreciate advise advice kindly dear
+sure maybe really still also one ones see seen seem seems thing things something anything mean means meant
+ok okay yes yeah yep great cool awesome perfect bye goodbye lot
+"""
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
+# Words, version numbers and dotted/underscored identifiers (``4.1.1.2``, ``httpd.conf``, ``MQRC_NOT_AUTHORIZED``).
+_TOKEN = re.compile(r"[a-z0-9]+(?:[._][a-z0-9]+)*")
+# A list item: bullet, number or letter, then a space.
+_BULLET = re.compile(r"^\s*(?:[*\-•+]|\d{1,2}[.)]|[a-zA-Z][.)])\s+")
+# Sentence ends: punctuation, space, then something that starts a sentence. Abbreviations are re-joined below.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
+_ABBREVIATION = re.compile(r"(?:\b(?:e\.g|i\.e|vs|approx|fig|ver)|\b[A-Z])\.$", re.IGNORECASE)
+_URL = re.compile(r"(?:https?://|www\.)\S+")
+# "See <other article>." and the like: navigation, not an answer (the citations already link the sources).
+_CROSS_REFERENCE = re.compile(r"^(?:see|refer to|for more (?:information|details)(?:,| see| refer))\b", re.IGNORECASE)
+# Lines that read like code, commands or configuration rather than prose.
+# Braces or a semicolon closing the line, a shell prompt, KEY=value, an XML tag, backticks, a flag or a path
+# first. (A ">" alone is not enough: help centers write menu paths as "Account > Orders".)
+_CODE_LINE = re.compile(
+    r"[{};]\s*$|^\s*[$#]\s|\w=\S|</?[A-Za-z][\w:.-]*(?:\s[^<>]*)?/?>|`|^\s*(?:-{1,2}[a-z]|/[a-z]|\./|[a-z]:\\)",
+    re.IGNORECASE,
+)
+_WHITESPACE = re.compile(r"\s+")
+
+# BM25 over units (they are short, so length normalisation matters less than for documents).
+_K1 = 1.2
+_B = 0.5
+# How much a passage's retrieval rank weighs on its units' scores: rank r (0-based) multiplies by 1 / (1 + r·this).
+_RANK_DECAY = 1.0
+# Words quoted in an answer (a window around the best unit); a single longer unit is cut at the hard cap.
+_ANSWER_WORDS = 80
+_HARD_CAP_WORDS = 120
+# A second source is quoted only when its best unit scores nearly as well as the first one's.
+_SECOND_SOURCE_RATIO = 0.9
+# Units this similar (Jaccard over terms) to an already quoted one are skipped (sibling articles repeat text).
+_DUPLICATE_JACCARD = 0.8
+# The question is short (a follow-up like "and for Plus?"): the previous customer turn joins it at this weight.
+_FOLLOW_UP_TERMS = 4
+_HISTORY_WEIGHT = 0.5
+_ATTACHMENT_WEIGHT = 0.3
+_ATTACHMENT_CHARS = 4000
+# Articles named in an "I could not find it" reply: at most this many, and only somewhat related ones.
+_SUGGESTIONS = 2
+_SUGGESTION_SIMILARITY = 0.4
+_SUGGESTION_COVERAGE = 0.3
+_WORDS_PER_DELTA = 4
+# What the customer says to ask for a person, and the offer this responder makes (a "yes" to it hands off).
+_WANTS_PERSON = re.compile(
+    r"\b(?:speak|talk|chat)\s+(?:to|with)\s+(?:a\s+|an\s+|some\s+)?(?:real\s+|live\s+)?"
+    r"(?:human|person|agent|representative|operator|someone|somebody)\b|\b(?:real|live)\s+(?:human|person|agent)\b",
+    re.IGNORECASE,
+)
+_YES = re.compile(r"(?:yes|yeah|yep|sure|ok|okay|please|please do|yes please|yes,? please)[\s!.]*", re.IGNORECASE)
+_OFFER = "connect you with someone from our support team"
+_THANKS = re.compile(r"\b(?:thanks|thank|thx|ty|cheers)\b", re.IGNORECASE)
+# Words this short are not stemmed, and no suffix is cut that leaves fewer letters.
+_STEM_KEEP = 3
+# The customer's first name is used when it looks like one and is no longer than this.
+_NAME_CHARS = 30
+# A question this short is repeated back when declining ("I couldn't find a clear answer about “...”").
+_TOPIC_WORDS = 12
+# Codes and versions: a word with a digit and a letter, or dotted numbers (E07, 8.5.5.4, CVE-2017-3156, FP3).
+_IDENTIFIER = re.compile(r"\b(?=[\w.-]*\d)(?:[A-Za-z]+[\w-]*\d[\w.-]*|\d+(?:\.\d+){1,3}[A-Za-z0-9]*)\b")
+_MISSING_IDENTIFIERS = 2
+_IDENTIFIER_CHARS = 16
+
+# Evidence model: logistic regression over the features of `_Evidence`, fitted on the even-numbered TechQA
+# questions with answerable and unanswerable ones weighted equally (docs/llm-offline.md). The score estimates
+# the probability that the passages hold the answer, for a help center where half the questions are covered.
+_EVIDENCE_BIAS = -2.4
+_EVIDENCE_WEIGHTS: Mapping[str, float] = {
+    "top_similarity": 0.5,
+    "similarity_gap": 4.6,
+    "rank_agreement": 1.4,
+    "passage_coverage": 0.85,
+    "answer_coverage": 0.1,
+    "title_match": 1.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    """A sentence, list item or code block of one passage, in reading order."""
+
+    passage: int
+    position: int
+    text: str
+    kind: str  # sentence | item | code | skip
+    paragraph: int
+    terms: Counter[str]
+    words: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Evidence:
+    """What the evidence score is computed from; every feature lies in [0, 1]."""
+
+    # Cosine similarity of the best vector match, and how far it stands above the runner-up: an answerable
+    # question tends to have one article that clearly fits, an unanswerable one several that half fit.
+    top_similarity: float
+    similarity_gap: float
+    # The first hit's ranks in the vector and the full-text rankings (1 when both put it first).
+    rank_agreement: float
+    # Shares of the question's (idf-weighted) terms found in the quoted passage, and in the quoted units.
+    passage_coverage: float
+    answer_coverage: float
+    # Share of the quoted article's title terms that the question uses.
+    title_match: float
+
+    def score(self) -> float:
+        z = _EVIDENCE_BIAS + sum(weight * getattr(self, name) for name, weight in _EVIDENCE_WEIGHTS.items())
+        return 1 / (1 + math.exp(-z))
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A composed reply before streaming: its text in pieces, the passages it cites, the decision and its score."""
+
+    blocks: tuple[tuple[str, SearchHit | None, str], ...]  # (text, cited passage or None, quote)
+    evidence_score: float | None
+    handoff: ReasonCode | None = None
+    detail: str = ""
+
+    @property
+    def text(self) -> str:
+        """The whole reply text."""
+        return "".join(block for block, _, _ in self.blocks)
+
+    @property
+    def answered(self) -> bool:
+        """Whether the reply answers from the passages (rather than handing off)."""
+        return self.handoff is None
+
+
+class ExtractiveLLM:
+    """Answers only by quoting ``request.passages``; below ``evidence_threshold`` it declines and offers a human."""
+
+    def __init__(
+        self, *, evidence_threshold: float = DEFAULT_EVIDENCE_THRESHOLD, answer_words: int = _ANSWER_WORDS
+    ) -> None:
+        if not 0 <= evidence_threshold <= 1:
+            msg = f"evidence_threshold must lie in [0, 1], got {evidence_threshold}"
+            raise ValueError(msg)
+        self._threshold = evidence_threshold
+        self._answer_words = answer_words
+
+    @property
+    def name(self) -> str:
+        return NAME
+
+    async def reply(self, request: ReplyRequest, tools: AssistantTools) -> AsyncIterator[ReplyEvent]:  # noqa: ARG002 - no tool use offline
+        draft = self.draft(request)
+        for text, passage, quote in draft.blocks:
+            for piece in _pieces(text, _WORDS_PER_DELTA):
+                yield TextDelta(piece)
+                # Let the event loop deliver each piece (and serve other streams) as a model stream would.
+                await asyncio.sleep(0)
+            if passage is not None:
+                yield PassageCited(passage, quote)
+        if draft.handoff is not None:
+            yield HandoffSignal(draft.handoff, draft.detail)
+        yield ReplyCompleted(usage=TokenUsage(), stop_reason="end_turn", evidence_score=draft.evidence_score)
+
+    def draft(self, request: ReplyRequest) -> Draft:
+        """Compose the reply to ``request`` without streaming it (deterministic: same request, same draft)."""
+        name = _first_name(request.customer_name)
+        if _asks_for_a_person(request):
+            text = f"Of course{', ' + name if name else ''} — I'm passing this conversation to someone from our "
+            text += "support team. They can see what you've written so far, so you won't need to repeat it."
+            return Draft(((text, None, ""),), None, ReasonCode.CUSTOMER_REQUEST, "the customer asked for a person")
+        if not _terms(request.question):
+            return Draft(((_small_talk(request.question, name), None, ""),), None)
+        query = _query_weights(request)
+        units = [unit for index, hit in enumerate(request.passages) for unit in _split(hit, index)]
+        scorer = _Scorer(units, query)
+        selected = _select(units, scorer, request.passages, self._answer_words)
+        evidence = _evidence(request.passages, units, selected, scorer)
+        score = round(evidence.score(), 4) if selected else 0.0
+        if selected and score >= self._threshold:
+            return Draft(_answer_blocks(selected, request.passages, name), score)
+        return _decline(request, units, scorer, name, score)
+
+
+class _Scorer:
+    """BM25 of units against the weighted question terms, with idf over the units of this turn's passages."""
+
+    def __init__(self, units: Sequence[_Unit], query: Mapping[str, float]) -> None:
+        self.query = query
+        counted = [unit for unit in units if unit.kind != "skip"]
+        total = len(counted)
+        frequency: Counter[str] = Counter()
+        for unit in counted:
+            frequency.update(term for term in unit.terms if term in query)
+        # Terms found nowhere in the passages get the largest idf: they are what the passages do not cover.
+        self.idf = {term: math.log(1 + (total - frequency[term] + 0.5) / (frequency[term] + 0.5)) for term in query}
+        self.max_idf = math.log(1 + (total + 0.5) / 0.5)
+        self.average_words = sum(unit.words for unit in counted) / total if total else 1.0
+        # Coverage is of the question itself: terms from history or attachments help find the passage, but a
+        # long attached log must not make every answer look uncovered.
+        self.question_terms = {term for term, weight in query.items() if weight >= 1.0}
+        self.total_weight = sum(self.idf[term] for term in self.question_terms) or 1.0
+
+    def relevance(self, unit: _Unit) -> float:
+        if unit.kind == "skip":
+            return 0.0
+        norm = _K1 * (1 - _B + _B * unit.words / max(self.average_words, 1.0))
+        score = 0.0
+        for term, weight in self.query.items():
+            count = unit.terms.get(term, 0)
+            if count:
+                score += weight * self.idf[term] * count * (_K1 + 1) / (count + norm)
+        return score
+
+    def coverage(self, terms: set[str]) -> float:
+        """The idf-weighted share of the question's terms that ``terms`` contains."""
+        return sum(self.idf[term] for term in self.question_terms & terms) / self.total_weight
+
+
+def _select(units: Sequence[_Unit], scorer: _Scorer, passages: Sequence[SearchHit], budget: int) -> list[_Unit]:
+    """The window of consecutive units around the best unit, then possibly the best unit of a second source."""
+    ranked = sorted(
+        (unit for unit in units if unit.kind != "skip"),
+        key=lambda unit: (-_weighted(unit, scorer), unit.passage, unit.position),
+    )
+    if not ranked or _weighted(ranked[0], scorer) <= 0:
+        return []
+    anchor = ranked[0]
+    siblings = [unit for unit in units if unit.passage == anchor.passage]
+    chosen = _window(siblings, anchor, budget)
+    used = sum(unit.words for unit in chosen)
+    best = _weighted(anchor, scorer)
+    for unit in ranked[1:]:
+        if _weighted(unit, scorer) < best * _SECOND_SOURCE_RATIO:
+            break
+        other_document = passages[unit.passage].document_id != passages[anchor.passage].document_id
+        if other_document and used + unit.words <= budget and not _duplicates(unit, chosen):
+            chosen.append(unit)
+            break
+    return chosen
+
+
+def _weighted(unit: _Unit, scorer: _Scorer) -> float:
+    return scorer.relevance(unit) / (1 + _RANK_DECAY * unit.passage)
+
+
+def _window(siblings: Sequence[_Unit], anchor: _Unit, budget: int) -> list[_Unit]:
+    """Grow from the anchor forward first (the resolution tends to follow the symptom), then backward."""
+    index = next(i for i, unit in enumerate(siblings) if unit.position == anchor.position)
+    start = end = index
+    used = anchor.words
+    while end + 1 < len(siblings) and used + _cost(siblings[end + 1]) <= budget:
+        end += 1
+        used += _cost(siblings[end])
+    while start > 0 and used + _cost(siblings[start - 1]) <= budget:
+        start -= 1
+        used += _cost(siblings[start])
+    chosen = [unit for unit in siblings[start : end + 1] if unit.kind != "skip"]
+    return [_truncated(unit) if unit is anchor else unit for unit in chosen]
+
+
+def _cost(unit: _Unit) -> int:
+    return 0 if unit.kind == "skip" else unit.words
+
+
+def _truncated(unit: _Unit) -> _Unit:
+    """A unit longer than the hard cap, cut at a word boundary (a long code listing, a run-on list item)."""
+    if unit.words <= _HARD_CAP_WORDS:
+        return unit
+    pieces = re.findall(r"\S+\s*", unit.text)[:_HARD_CAP_WORDS]
+    return replace(unit, text="".join(pieces).rstrip() + " …", words=_HARD_CAP_WORDS)
+
+
+def _duplicates(unit: _Unit, chosen: Sequence[_Unit]) -> bool:
+    terms = set(unit.terms)
+    for other in chosen:
+        theirs = set(other.terms)
+        union = terms | theirs
+        if union and len(terms & theirs) / len(union) >= _DUPLICATE_JACCARD:
+            return True
+    return False
+
+
+def _evidence(
+    passages: Sequence[SearchHit], units: Sequence[_Unit], selected: Sequence[_Unit], scorer: _Scorer
+) -> _Evidence:
+    similarities = sorted((hit.vector_similarity or 0.0 for hit in passages), reverse=True)
+    top = similarities[0] if similarities else 0.0
+    gap = top - similarities[1] if len(similarities) > 1 else top
+    first = passages[0] if passages else None
+    agreement = (_reciprocal(first.vector_rank) + _reciprocal(first.text_rank)) / 2 if first else 0.0
+    source = selected[0].passage if selected else 0
+    title = set(_terms(passages[source].title)) if passages else set()
+    passage_terms = {term for unit in units if unit.passage == source for term in unit.terms} | title
+    answer_terms = {term for unit in selected for term in unit.terms}
+    return _Evidence(
+        top_similarity=_clamp(top),
+        similarity_gap=_clamp(gap),
+        rank_agreement=agreement,
+        passage_coverage=scorer.coverage(passage_terms),
+        title_match=len(title & scorer.question_terms) / len(title) if title else 0.0,
+        answer_coverage=scorer.coverage(answer_terms),
+    )
+
+
+def _reciprocal(rank: int | None) -> float:
+    return 1 / rank if rank else 0.0
+
+
+def _clamp(value: float) -> float:
+    return min(1.0, max(0.0, value))
+
+
+def _answer_blocks(
+    selected: Sequence[_Unit], passages: Sequence[SearchHit], name: str | None
+) -> tuple[tuple[str, SearchHit | None, str], ...]:
+    lead = f"{name}, here is what our help center says:\n\n" if name else "Here is what our help center says:\n\n"
+    blocks: list[tuple[str, SearchHit | None, str]] = []
+    by_passage: dict[int, list[_Unit]] = {}
+    for unit in selected:
+        by_passage.setdefault(unit.passage, []).append(unit)
+    for number, (index, group) in enumerate(by_passage.items()):
+        text = _render(group)
+        prefix = lead if number == 0 else "\n\n"
+        blocks.append((prefix + text, passages[index], text))
+    return tuple(blocks)
+
+
+def _render(units: Sequence[_Unit]) -> str:
+    """Units in reading order: sentences of one paragraph run on, list items and code keep their own lines."""
+    parts: list[str] = []
+    previous: _Unit | None = None
+    for unit in units:
+        if previous is not None:
+            same_paragraph = unit.paragraph == previous.paragraph and unit.kind == previous.kind == "sentence"
+            parts.append(" " if same_paragraph else "\n")
+        parts.append(unit.text)
+        previous = unit
+    return "".join(parts)
+
+
+def _decline(request: ReplyRequest, units: Sequence[_Unit], scorer: _Scorer, name: str | None, score: float) -> Draft:
+    """Say plainly that the help center does not answer this, name what came closest, and offer a human."""
+    opening = f"Sorry, {name} — I" if name else "I"
+    topic = _topic(request.question)
+    if request.passages:
+        about = f" about “{topic}”" if topic else " to your question"
+        first = f"{opening} couldn't find a clear answer{about} in our help center, so I'd rather not guess."
+    else:
+        about = f" about “{topic}”" if topic else " about this"
+        first = f"{opening} couldn't find anything in our help center{about}, so I'd rather not guess."
+    blocks: list[tuple[str, SearchHit | None, str]] = [(first, None, "")]
+    suggestions = _suggestions(request.passages, units, scorer)
+    for number, (hit, quote) in enumerate(suggestions):
+        if number == 0:
+            plural = "articles" if len(suggestions) > 1 else "article"
+            text = f" The closest {plural} I found, which you may find useful: “{hit.title}”"
+        else:
+            text = f" and “{hit.title}”"
+        blocks.append((text, hit, quote))
+    if suggestions:
+        missing = _missing_identifiers(request.question, scorer)
+        verb = "they don't" if len(suggestions) > 1 else "it doesn't"
+        blocks.append((f"; {verb} mention {missing}." if missing else ".", None, ""))
+    blocks.append((f" Would you like me to {_OFFER}?", None, ""))
+    detail = f"evidence score {score:.2f}" + (f"; closest: {suggestions[0][0].title}" if suggestions else "")
+    return Draft(tuple(blocks), score, ReasonCode.INSUFFICIENT_EVIDENCE, detail)
+
+
+def _suggestions(passages: Sequence[SearchHit], units: Sequence[_Unit], scorer: _Scorer) -> list[tuple[SearchHit, str]]:
+    """Passages related enough to be worth naming, in retrieval order, each with its most relevant unit as quote.
+
+    Related means a vector similarity that MiniLM gives to texts on the same subject; a hit found by full-text
+    search alone needs a share of the question's terms instead.
+    """
+    found: list[tuple[SearchHit, str]] = []
+    for index, hit in enumerate(passages):
+        own = [unit for unit in units if unit.passage == index and unit.kind != "skip"]
+        if not own or any(hit.title == named.title for named, _ in found):
+            continue
+        if hit.vector_similarity is not None:
+            related = hit.vector_similarity >= _SUGGESTION_SIMILARITY
+        else:
+            related = scorer.coverage({term for unit in own for term in unit.terms}) >= _SUGGESTION_COVERAGE
+        if related:
+            best = max(own, key=lambda unit: (scorer.relevance(unit), -unit.position))
+            found.append((hit, best.text))
+        if len(found) == _SUGGESTIONS:
+            break
+    return found
+
+
+def _topic(question: str) -> str:
+    """The question's first sentence when it is short enough to repeat back, else nothing."""
+    first = _WHITESPACE.sub(" ", re.split(r"(?<=[?!.])\s|\n", question.strip(), maxsplit=1)[0]).strip()
+    first = first.rstrip("?!. ")
+    return first if 0 < len(first.split()) <= _TOPIC_WORDS else ""
+
+
+def _missing_identifiers(question: str, scorer: _Scorer) -> str:
+    """Codes and versions in the question (``E07``, ``8.5.5.4``, ``CVE-2017-3156``) that no passage contains."""
+    missing: dict[tuple[str, ...], str] = {}
+    for word in _IDENTIFIER.findall(question):
+        stems = tuple(_stem(token) for token in _TOKEN.findall(word.lower()))
+        absent = all(scorer.idf.get(stem, 0.0) >= scorer.max_idf for stem in stems)
+        # Long ones are hashes and ids pasted from logs, not names worth repeating.
+        if stems and absent and len(word) <= _IDENTIFIER_CHARS:
+            missing.setdefault(stems, word)
+    quoted = [f"“{word}”" for word in list(missing.values())[:_MISSING_IDENTIFIERS]]
+    return quoted[0] if len(quoted) == 1 else " or ".join(quoted)
+
+
+def _asks_for_a_person(request: ReplyRequest) -> bool:
+    """The customer asks for a person outright, or says yes right after this responder offered one."""
+    if _WANTS_PERSON.search(request.question):
+        return True
+    last = request.history[-1] if request.history else None
+    offered = last is not None and last.speaker == "assistant" and _OFFER in last.text
+    return offered and _YES.fullmatch(request.question.strip()) is not None
+
+
+def _small_talk(question: str, name: str | None) -> str:
+    """A reply to a message with nothing to look up ("thanks!", "hi", "why?"): no search result can answer it."""
+    if _THANKS.search(question):
+        return f"You're welcome{', ' + name if name else ''}! Is there anything else I can help you with?"
+    return f"Hi{' ' + name if name else ''}! Could you tell me a bit more about what you need help with?"
+
+
+def _query_weights(request: ReplyRequest) -> dict[str, float]:
+    weights: dict[str, float] = dict.fromkeys(_terms(request.question), 1.0)
+    if len(weights) <= _FOLLOW_UP_TERMS:
+        earlier = _last_customer_turn(request.history)
+        for term in _terms(earlier):
+            weights.setdefault(term, _HISTORY_WEIGHT)
+    for attachment in request.attachments:
+        for term in _terms(attachment.text[:_ATTACHMENT_CHARS]):
+            weights.setdefault(term, _ATTACHMENT_WEIGHT)
+    return weights
+
+
+def _last_customer_turn(history: Sequence[Turn]) -> str:
+    return next((turn.text for turn in reversed(history) if turn.speaker == "customer"), "")
+
+
+def _first_name(name: str | None) -> str | None:
+    """The first word of the customer's name, if it looks like a name (it is untrusted input)."""
+    if not name:
+        return None
+    first = name.strip().split(maxsplit=1)[0] if name.strip() else ""
+    return first if 0 < len(first) <= _NAME_CHARS and re.fullmatch(r"[^\W\d_][\w'\u2019.-]*", first) else None
+
+
+def _terms(text: str) -> list[str]:
+    return [_stem(token) for token in _TOKEN.findall(text.lower()) if token not in _STOPWORDS]
+
+
+@functools.lru_cache(maxsize=65_536)
+def _stem(word: str) -> str:
+    """Light suffix stripping so that ``configure``, ``configured``, ``configuring`` and ``configures`` meet."""
+    if len(word) > 1 and word[0] == "v" and word[1].isdigit():
+        return word[1:]  # v8.5 is 8.5
+    if len(word) <= _STEM_KEEP or not word.isalpha():
+        return word
+    if word.endswith("ies"):
+        word = _cut(word, "ies", "y")
+    elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        word = _cut(word, "s")
+    if word.endswith("ing"):
+        word = _cut(word, "ing")
+    elif word.endswith("ed"):
+        word = _cut(word, "ed")
+    if word.endswith("e"):
+        word = _cut(word, "e")
+    return word
+
+
+def _cut(word: str, suffix: str, replacement: str = "") -> str:
+    stem = word[: -len(suffix)]
+    return stem + replacement if len(stem) >= _STEM_KEEP else word
+
+
+def _split(hit: SearchHit, passage: int) -> list[_Unit]:
+    """The passage's units in reading order; headings, link-only lines and title repeats are marked ``skip``."""
+    units: list[_Unit] = []
+    title = _normalise(hit.title)
+    for paragraph, (texts, lines) in enumerate(_paragraphs(hit.text)):
+        for text, kind in texts:
+            terms = _terms(text)
+            if kind != "code" and (
+                not (_terms(_URL.sub(" ", text)) if _URL.search(text) else terms)
+                or (kind == "sentence" and (_is_heading(text, lines) or _CROSS_REFERENCE.match(text)))
+                or (title and title in _normalise(text))
+            ):
+                kind = "skip"  # noqa: PLW2901 - the unit stays, for reading order, but is never quoted
+            units.append(_Unit(passage, len(units), text, kind, paragraph, Counter(terms), _words(text)))
+    return units
+
+
+def _paragraphs(text: str) -> Iterator[tuple[list[tuple[str, str]], int]]:
+    """Each list item, table row, code block or prose paragraph as its units, with its number of source lines."""
+    for block in _blocks(text):
+        if block[0].lstrip().startswith("```"):
+            yield [("\n".join(block), "code")], len(block)
+        elif all("|" in line for line in block) and any(
+            " | " in line or line.lstrip().startswith("|") for line in block
+        ):
+            yield from (([(row, "item")], 1) for row in _table_rows(block))
+        else:
+            items: list[list[str]] = []
+            for line in block:
+                if not items or _BULLET.match(line):
+                    items.append([line])
+                else:
+                    items[-1].append(line)
+            yield from ((_item_units(item), len(item)) for item in items)
+
+
+def _blocks(text: str) -> Iterator[list[str]]:
+    """Runs of non-blank lines; a fenced code block (```) is one run even across blank lines."""
+    block: list[str] = []
+    fenced = False
+    for raw in text.split("\n"):
+        line = raw.rstrip()
+        if line.lstrip().startswith("```"):
+            if not fenced and block:
+                yield block
+                block = []
+            block.append(line)
+            if fenced:
+                yield block
+                block = []
+            fenced = not fenced
+        elif fenced:
+            block.append(line)
+        elif line.strip():
+            block.append(line.removeprefix("> ") if line.startswith(">") else line)
+        elif block:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _table_rows(lines: Sequence[str]) -> Iterator[str]:
+    """A table's rows: ``header: value; header: value`` under a Markdown header, else the cells as they are.
+
+    Extracted documents keep tables as ``a | b | c`` lines; a chunk cut from the middle of a table has no header.
+    """
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
+    separator = next(
+        (i for i, row in enumerate(rows) if all(re.fullmatch(r":?-{2,}:?", cell) or not cell for cell in row)), None
+    )
+    if separator != 1:
+        yield from (" | ".join(cell for cell in row if cell) for row in rows if any(row))
+        return
+    rows = [row for i, row in enumerate(rows) if i != separator]
+    header, *body = rows
+    for row in body:
+        pairs = [f"{name}: {cell}" if name else cell for name, cell in zip(header, row, strict=False) if cell]
+        yield "; ".join(pairs)
+
+
+def _item_units(lines: Sequence[str]) -> list[tuple[str, str]]:
+    if len(lines) > 1 and sum(1 for line in lines if _CODE_LINE.search(line)) * 2 >= len(lines):
+        indent = min(len(line) - len(line.lstrip()) for line in lines)
+        return [("\n".join(line[indent:] for line in lines), "code")]
+    joined = _WHITESPACE.sub(" ", " ".join(line.strip() for line in lines)).strip()
+    marker = _BULLET.match(joined)
+    if marker:
+        body = joined[marker.end() :].strip()
+        symbol = marker.group().strip()
+        prefix = "-" if symbol in {"*", "•", "+", "-"} else symbol
+        return [(f"{prefix} {body}", "item")] if body else []
+    return [(sentence, "sentence") for sentence in _sentences(joined)]
+
+
+def _sentences(text: str) -> list[str]:
+    sentences: list[str] = []
+    for piece in _SENTENCE_END.split(text):
+        if sentences and _ABBREVIATION.search(sentences[-1]):
+            sentences[-1] = f"{sentences[-1]} {piece}"
+        else:
+            sentences.append(piece)
+    return [sentence.strip() for sentence in sentences if sentence.strip()]
+
+
+def _is_heading(text: str, lines: int) -> bool:
+    """A Markdown heading, or a short single line without closing punctuation (``RESOLVING THE PROBLEM``)."""
+    if text.startswith("#"):
+        return True
+    short = len(text.split()) <= 6  # noqa: PLR2004 - headings are a few words
+    return lines == 1 and short and not text.rstrip().endswith((".", "!", "?", ":", ";", ","))
+
+
+def _normalise(text: str) -> str:
+    return " ".join(_TOKEN.findall(text.lower()))
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _pieces(text: str, words: int) -> Iterator[str]:
+    """``text`` in pieces of a few words each; the pieces concatenate back to exactly ``text``."""
+    tokens = re.findall(r"\S+\s*|\s+", text)
+    for start in range(0, len(tokens), words):
+        yield "".join(tokens[start : start + words])

@@ -1,0 +1,298 @@
+"""The offline responder: answers only by quoting passages, cites them, and declines with a handoff on weak evidence."""
+
+import uuid
+from collections.abc import Sequence
+
+import pytest
+
+from support.adapters.offline.extractive import ExtractiveLLM
+from support.domain.assistant import (
+    AttachedText,
+    HandoffSignal,
+    PassageCited,
+    ReplyCompleted,
+    ReplyEvent,
+    ReplyRequest,
+    TextDelta,
+    Turn,
+)
+from support.domain.conversations import ReasonCode
+from support.domain.knowledge import SearchHit
+
+THRESHOLD = 0.47
+
+RETURNS = """To start a return, open Account > Orders and select Return items next to the order.
+Choose the items and a reason, then print the prepaid label we email you.
+
+Returns are free within 30 days of delivery. After 30 days, a 15% restocking fee applies.
+
+Steps to pack a desk:
+1. Lower the desk to its minimum height.
+2. Unplug all cables and remove the handset.
+3. Put the small hardware in a sealed bag."""
+
+SHIPPING = """Standard shipping takes 3 to 5 business days in the continental US.
+Express shipping arrives in 1 to 2 business days and costs $25."""
+
+PASSWORD = """If you forgot your password, select Forgot password on the sign-in page.
+We email you a reset link that works for 30 minutes."""
+
+
+class NoTools:
+    async def search_knowledge(self, query: str) -> Sequence[SearchHit]:
+        raise AssertionError(f"the offline responder never searches again (asked for {query!r})")
+
+
+def hit(
+    title: str, text: str, *, similarity: float | None, vector_rank: int | None, text_rank: int | None, score: float
+) -> SearchHit:
+    return SearchHit(
+        chunk_id=uuid.uuid5(uuid.NAMESPACE_URL, f"chunk:{title}"),
+        document_id=uuid.uuid5(uuid.NAMESPACE_URL, f"doc:{title}"),
+        external_id=title.lower().replace(" ", "-"),
+        version=1,
+        ordinal=0,
+        title=title,
+        url=None,
+        heading_path=(),
+        text=text,
+        score=score,
+        vector_similarity=similarity,
+        vector_rank=vector_rank,
+        text_rank=text_rank,
+    )
+
+
+def returns_first() -> list[SearchHit]:
+    """Retrieval that clearly found the returns article, with two weaker neighbours."""
+    return [
+        hit("How to start a return", RETURNS, similarity=0.78, vector_rank=1, text_rank=1, score=0.18),
+        hit("Shipping options", SHIPPING, similarity=0.41, vector_rank=2, text_rank=3, score=0.16),
+        hit("Reset your password", PASSWORD, similarity=0.22, vector_rank=3, text_rank=None, score=0.08),
+    ]
+
+
+def unrelated() -> list[SearchHit]:
+    """What a search returns for a question the help center does not cover: weak, undecided matches."""
+    return [
+        hit("Shipping options", SHIPPING, similarity=0.24, vector_rank=1, text_rank=None, score=0.09),
+        hit("Reset your password", PASSWORD, similarity=0.22, vector_rank=2, text_rank=None, score=0.08),
+    ]
+
+
+async def collect(llm: ExtractiveLLM, request: ReplyRequest) -> list[ReplyEvent]:
+    return [event async for event in llm.reply(request, NoTools())]
+
+
+def text_of(events: Sequence[ReplyEvent]) -> str:
+    return "".join(event.text for event in events if isinstance(event, TextDelta))
+
+
+def completed(events: Sequence[ReplyEvent]) -> ReplyCompleted:
+    assert isinstance(events[-1], ReplyCompleted), "the stream ends with ReplyCompleted"
+    assert sum(isinstance(event, ReplyCompleted) for event in events) == 1
+    return events[-1]
+
+
+async def test_answers_from_the_relevant_passage_and_cites_it() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+
+    events = await collect(llm, ReplyRequest(question="How do I start a return?", passages=returns_first()))
+
+    text = text_of(events)
+    assert "open Account > Orders and select Return items" in text
+    assert "Express shipping" not in text, "nothing from the passages that do not answer"
+    citations = [event for event in events if isinstance(event, PassageCited)]
+    assert [citation.passage.title for citation in citations] == ["How to start a return"]
+    assert citations[0].quote in text
+    assert "Return items" in citations[0].quote
+    assert not any(isinstance(event, HandoffSignal) for event in events)
+    score = completed(events).evidence_score
+    assert score is not None
+    assert THRESHOLD <= score <= 1
+
+
+async def test_numbered_steps_are_quoted_whole_on_their_own_lines() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+
+    events = await collect(llm, ReplyRequest(question="How should I pack a desk for return?", passages=returns_first()))
+
+    text = text_of(events)
+    assert "\n1. Lower the desk to its minimum height.\n2. Unplug all cables and remove the handset." in text
+
+
+async def test_weak_and_irrelevant_passages_get_an_honest_decline_and_a_handoff_signal() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+
+    events = await collect(llm, ReplyRequest(question="Do you sell garden furniture?", passages=unrelated()))
+
+    text = text_of(events)
+    assert "couldn't find" in text
+    assert "“Do you sell garden furniture”" in text, "says what it looked for"
+    assert "support team" in text, "offers a human"
+    assert "business days" not in text, "does not guess from unrelated passages"
+    signals = [event for event in events if isinstance(event, HandoffSignal)]
+    assert [signal.reason_code for signal in signals] == [ReasonCode.INSUFFICIENT_EVIDENCE]
+    score = completed(events).evidence_score
+    assert score is not None
+    assert 0 <= score < THRESHOLD
+
+
+async def test_a_decline_names_the_closest_related_article_and_cites_only_what_it_names() -> None:
+    llm = ExtractiveLLM(evidence_threshold=0.99)  # decline even though a related article was found
+
+    events = await collect(llm, ReplyRequest(question="How do I start a return?", passages=returns_first()))
+
+    text = text_of(events)
+    assert "“How to start a return”" in text
+    assert "you may find" in text
+    cited = {event.passage.title for event in events if isinstance(event, PassageCited)}
+    assert cited
+    assert all(f"“{title}”" in text for title in cited)
+    assert "“Reset your password”" not in text, "a barely related article is not suggested"
+
+
+async def test_decline_wording_follows_the_question() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+
+    first = text_of(await collect(llm, ReplyRequest(question="Can I pay with bitcoin?", passages=unrelated())))
+    second = text_of(await collect(llm, ReplyRequest(question="Is there a student discount?", passages=unrelated())))
+
+    assert first != second
+    assert "bitcoin" in first
+    assert "student discount" in second
+
+
+async def test_no_passages_is_insufficient_evidence() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+
+    events = await collect(llm, ReplyRequest(question="How do I export my invoices?"))
+
+    assert "couldn't find anything in our help center about “How do I export my invoices”" in text_of(events)
+    assert not any(isinstance(event, PassageCited) for event in events)
+    assert [event.reason_code for event in events if isinstance(event, HandoffSignal)] == [
+        ReasonCode.INSUFFICIENT_EVIDENCE
+    ]
+    assert completed(events).evidence_score == 0.0
+
+
+async def test_even_threshold_zero_declines_when_nothing_matches_the_question() -> None:
+    llm = ExtractiveLLM(evidence_threshold=0.0)
+
+    events = await collect(llm, ReplyRequest(question="zxqv wombat?", passages=unrelated()))
+
+    assert any(isinstance(event, HandoffSignal) for event in events)
+
+
+async def test_streams_several_deltas_that_concatenate_to_the_reply() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+    request = ReplyRequest(question="How do I start a return?", passages=returns_first())
+
+    events = await collect(llm, request)
+
+    deltas = [event for event in events if isinstance(event, TextDelta)]
+    assert len(deltas) > 5
+    assert all(delta.text for delta in deltas)
+    assert text_of(events) == llm.draft(request).text
+    assert text_of(events) == text_of(events).strip()
+
+
+async def test_the_same_request_gets_the_same_reply() -> None:
+    request = ReplyRequest(question="How do I start a return?", passages=returns_first(), customer_name="Ann Lee")
+
+    first = await collect(ExtractiveLLM(evidence_threshold=THRESHOLD), request)
+    second = await collect(ExtractiveLLM(evidence_threshold=THRESHOLD), request)
+
+    assert first == second
+
+
+async def test_uses_the_customers_first_name_once_and_ignores_odd_names() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+
+    named = text_of(
+        await collect(llm, ReplyRequest("How do I start a return?", passages=returns_first(), customer_name="Ann Lee"))
+    )
+    odd = text_of(
+        await collect(llm, ReplyRequest("How do I start a return?", passages=returns_first(), customer_name="<b>x</b>"))
+    )
+
+    assert named.count("Ann") == 1
+    assert "Lee" not in named
+    assert "<b>" not in odd
+
+
+async def test_a_short_follow_up_is_read_with_the_previous_customer_turn() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+    history = [
+        Turn("customer", "How long does express shipping take?"),
+        Turn("assistant", "Standard takes 3 to 5 days."),
+    ]
+
+    text = text_of(await collect(llm, ReplyRequest("And the price?", history=history, passages=returns_first()[1:2])))
+
+    assert "costs $25" in text
+
+
+@pytest.mark.parametrize("question", ["I want to speak to a human", "Can I talk to a real person please?"])
+async def test_asking_for_a_person_hands_off_at_once(question: str) -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+
+    events = await collect(llm, ReplyRequest(question=question, passages=returns_first()))
+
+    assert [event.reason_code for event in events if isinstance(event, HandoffSignal)] == [ReasonCode.CUSTOMER_REQUEST]
+    assert "support team" in text_of(events)
+    assert completed(events).evidence_score is None
+
+
+async def test_yes_to_the_offer_of_a_human_hands_off() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+    declined = text_of(await collect(llm, ReplyRequest(question="Do you sell garden furniture?", passages=unrelated())))
+
+    events = await collect(
+        llm, ReplyRequest(question="Yes please", history=[Turn("customer", "garden?"), Turn("assistant", declined)])
+    )
+
+    assert [event.reason_code for event in events if isinstance(event, HandoffSignal)] == [ReasonCode.CUSTOMER_REQUEST]
+
+
+def test_name_and_threshold_validation() -> None:
+    assert ExtractiveLLM().name == "offline-extractive"
+    with pytest.raises(ValueError, match="evidence_threshold"):
+        ExtractiveLLM(evidence_threshold=1.5)
+
+
+def test_more_evidence_scores_higher() -> None:
+    llm = ExtractiveLLM(evidence_threshold=0.0)
+    question = "How do I start a return?"
+
+    strong = llm.draft(ReplyRequest(question=question, passages=returns_first())).evidence_score
+    weak = llm.draft(ReplyRequest(question=question, passages=list(reversed(returns_first())))).evidence_score
+    none = llm.draft(ReplyRequest(question="zxqv wombat?", passages=unrelated())).evidence_score
+
+    assert strong is not None
+    assert weak is not None
+    assert none is not None
+    assert 0 <= none < weak < strong <= 1
+
+
+@pytest.mark.parametrize(("message", "expected"), [("Thanks a lot!", "You're welcome"), ("hi", "tell me a bit more")])
+async def test_a_message_with_nothing_to_look_up_gets_a_short_reply_not_a_handoff(message: str, expected: str) -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+
+    events = await collect(llm, ReplyRequest(question=message, passages=returns_first()))
+
+    assert expected in text_of(events)
+    assert not any(isinstance(event, HandoffSignal | PassageCited) for event in events)
+    assert completed(events).evidence_score is None
+
+
+async def test_an_attached_log_does_not_dilute_the_evidence_for_the_question() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+    log = AttachedText("app.log", " ".join(f"frame{index} module{index}.dispatch()" for index in range(300)))
+    question = "How do I start a return?"
+
+    plain = llm.draft(ReplyRequest(question=question, passages=returns_first()))
+    attached = llm.draft(ReplyRequest(question=question, passages=returns_first(), attachments=[log]))
+
+    assert attached.answered
+    assert attached.evidence_score == plain.evidence_score
