@@ -197,7 +197,7 @@ class InfrastructureProvider(Provider):
         llm = settings.llm
         if llm.uses_claude(os.environ):
             # Imported only when used: the SDK is large, and the offline responder doesn't need it.
-            from support.adapters.anthropic.claude import AnthropicLLM  # noqa: PLC0415
+            from support.adapters.anthropic.claude import AnthropicLLM
 
             claude = AnthropicLLM(
                 model=llm.model,
