@@ -22,7 +22,11 @@ from support.config import Settings, SettingsError, load_settings
 ROOT = Path(__file__).resolve().parents[2]
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:[-?])(?P<arg>[^}]*))?\}")
 # Plausible values for variables that compose takes from the operator's environment.
-OPERATOR_ENV = {"SUPPORT_BOOTSTRAP_ADMIN_KEY": "a" * 64, "ANTHROPIC_API_KEY": "sk-ant-test"}
+OPERATOR_ENV = {
+    "SUPPORT_BOOTSTRAP_ADMIN_KEY": "a" * 64,
+    "SUPPORT_CONVERSATIONS__TOKEN_SECRET": "b" * 64,
+    "ANTHROPIC_API_KEY": "sk-ant-test",
+}
 
 
 def _interpolate(value: str, environ: dict[str, str]) -> str:
@@ -164,6 +168,10 @@ def test_an_invalid_value_would_be_caught_by_these_checks() -> None:
 def test_bootstrap_key_is_required_and_the_llm_key_optional(services: dict[str, Any]) -> None:
     raw = services["app"]["environment"]
     assert re.fullmatch(r"\$\{SUPPORT_BOOTSTRAP_ADMIN_KEY:\?.+\}", raw["SUPPORT_BOOTSTRAP_ADMIN_KEY"])
+    # prod refuses to start without a customer-token secret, so compose must demand one
+    assert re.fullmatch(
+        r"\$\{SUPPORT_CONVERSATIONS__TOKEN_SECRET:\?.+\}", raw["SUPPORT_CONVERSATIONS__TOKEN_SECRET"]
+    )
     assert re.fullmatch(r"\$\{ANTHROPIC_API_KEY:-\}", raw["ANTHROPIC_API_KEY"])
     with pytest.raises(ValueError, match="SUPPORT_BOOTSTRAP_ADMIN_KEY"):
         _interpolate(raw["SUPPORT_BOOTSTRAP_ADMIN_KEY"], {})

@@ -117,8 +117,18 @@ def _print_banner(settings: Settings) -> None:
     )
     key = "$SUPPORT_BOOTSTRAP_ADMIN_KEY" if settings.bootstrap_admin_key else "<admin key>"
     console.print(
-        f"  Try it      curl -s {base}/v1/knowledge/search -H 'Authorization: Bearer {key}' "
-        """-H 'content-type: application/json' -d '{"query": "how do I return a desk?"}'\n"""
+        f"  Search      curl -s {base}/v1/knowledge/search -H 'Authorization: Bearer {key}' "
+        """-H 'content-type: application/json' -d '{"query": "how do I return a desk?"}'"""
+    )
+    auth = f"-H 'Authorization: Bearer {key}' -H 'content-type: application/json'"
+    console.print(
+        f"  Chat        ID=$(curl -s {base}/v1/conversations {auth} "
+        """-d '{"customer": {"external_id": "demo"}}' """
+        """| python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"""
+    )
+    console.print(
+        f"              curl -N {base}/v1/conversations/$ID/messages/stream {auth} "
+        """-d '{"content": "How long do refunds take?"}'\n"""
     )
 
 
