@@ -108,7 +108,7 @@ fused AS MATERIALIZED (
 best_per_document AS (
     SELECT DISTINCT ON (document_id) id, document_id, score, vector_rank, text_rank, similarity
     FROM fused
-    ORDER BY document_id, score DESC, id
+    ORDER BY document_id, score DESC, similarity DESC NULLS LAST, id
 )
 SELECT b.id AS chunk_id, b.score, b.vector_rank, b.text_rank, b.similarity,
        c.ordinal, c.heading_path, c.text, c.version,
