@@ -507,8 +507,27 @@ class SendMessage:
             raise InvalidInputError(f"A message has at most {self._limits.max_message_chars} characters.")
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
             raise InvalidInputError(f"An Idempotency-Key has 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters.")
-        # The row lock orders this message against status changes (a handoff, an agent's claim).
-        conversation = ensure_customer_side(principal, await self._conversations.get(conversation_id, for_update=True))
+        prefetched = self._replies.prefetch(text)
+        try:
+            # The row lock orders this message against status changes (a handoff, an agent's claim).
+            conversation = ensure_customer_side(
+                principal, await self._conversations.get(conversation_id, for_update=True)
+            )
+            return await self._store(conversation, text, idempotency_key, uploads, started, prefetched)
+        except BaseException:
+            if prefetched is not None:
+                prefetched.cancel()
+            raise
+
+    async def _store(
+        self,
+        conversation: Conversation,
+        text: str,
+        idempotency_key: str | None,
+        uploads: Sequence[AttachmentUpload],
+        started: float,
+        prefetched: "asyncio.Task[list[float]] | None",
+    ) -> Turn:
         now = self._clock.now()
         message = Message(
             id=new_id(),
@@ -523,14 +542,20 @@ class SendMessage:
         duplicate = stored.id != message.id
         if duplicate:
             await self._uow.rollback()
-            return Turn(stored, True, self._replies.start(conversation, stored, started=started, echo=False))
+            return Turn(
+                stored,
+                True,
+                self._replies.start(conversation, stored, started=started, echo=False, prefetched=prefetched),
+            )
         updated = conversation.apply(ConversationEvent.CUSTOMER_WRITES, now)
         if updated.status is not conversation.status or now - conversation.last_activity_at >= ACTIVITY_GRANULARITY:
             await self._conversations.update(updated)
         for upload in uploads:
             await self._attachments.add(conversation.id, message.id, upload)
         await self._uow.commit()
-        return Turn(message, False, self._replies.start(updated, message, started=started, echo=True))
+        return Turn(
+            message, False, self._replies.start(updated, message, started=started, echo=True, prefetched=prefetched)
+        )
 
 
 class CachedConversationState:

@@ -283,8 +283,8 @@ class SearchKnowledge:
         self._knowledge = knowledge
         self._embeddings = embeddings
 
-    async def execute(self, query: SearchQuery) -> list[SearchHit]:
-        """Search.
+    async def execute(self, query: SearchQuery, *, embedding: Sequence[float] | None = None) -> list[SearchHit]:
+        """Search; ``embedding`` is the query's vector when the caller already has it.
 
         Raises:
             InvalidInputError: the query is empty or too long, or the limit is out of range.
@@ -299,7 +299,8 @@ class SearchKnowledge:
         normalised = SearchQuery(
             text=text, limit=query.limit, tags=normalise_tags(query.tags), audiences=query.audiences
         )
-        return await self._knowledge.search(normalised, await self._embeddings.embed(text))
+        vector = embedding if embedding is not None else await self._embeddings.embed(text)
+        return await self._knowledge.search(normalised, vector)
 
 
 class EmbeddingDimensionMismatchError(RuleViolationError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from uuid import UUID
 
-from support.application.knowledge import SearchKnowledge
+from support.application.knowledge import MAX_QUERY_LENGTH, QueryEmbeddings, SearchKnowledge
 from support.domain.assistant import (
     AttachedImage,
     AttachedText,
@@ -68,6 +68,11 @@ UNAVAILABLE_REPLY = (
     "Would you like me to connect you with a member of our support team?"
 )
 INTERRUPTED_NOTE = "\n\n(This reply was interrupted. Ask again, or ask for a person if you need more help.)"
+
+
+def search_text(question: str) -> str:
+    """What is searched for a question: its end when it is longer than a query may be (the latest words)."""
+    return question.strip()[-MAX_QUERY_LENGTH:].strip()
 
 
 class ConversationServices(Protocol):
@@ -223,8 +228,10 @@ class ReplyRunner:
         clock: Clock,
         settings: ReplySettings,
         holder_prefix: str,
+        embeddings: QueryEmbeddings | None = None,
     ) -> None:
         self._open = open_services
+        self._embeddings = embeddings
         self._llm = llm
         self._sessions = sessions
         self._bus = bus
@@ -238,11 +245,34 @@ class ReplyRunner:
         """The model that writes replies."""
         return self._llm.name
 
-    def start(self, conversation: Conversation, message: Message, *, started: float, echo: bool) -> ReplyStream:
+    def prefetch(self, text: str) -> "asyncio.Task[list[float]] | None":
+        """Start embedding a message's text now, so the model runs while the message is being stored.
+
+        The query embedding is the longest step before the first delta; it needs nothing from the database.
+        """
+        query = search_text(text)
+        if self._embeddings is None or not query:
+            return None
+        task = asyncio.create_task(self._embeddings.embed(query))
+        # A prefetch nobody awaits (the send failed) must not log "exception never retrieved".
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return task
+
+    def start(
+        self,
+        conversation: Conversation,
+        message: Message,
+        *,
+        started: float,
+        echo: bool,
+        prefetched: "asyncio.Task[list[float]] | None" = None,
+    ) -> ReplyStream:
         """Begin the turn that answers ``message`` (and whatever else is unanswered when it gets its turn)."""
         stream = ReplyStream()
         stream.final_status = conversation.status
-        task = asyncio.create_task(self._run(conversation, message, stream, started=started, echo=echo))
+        task = asyncio.create_task(
+            self._run(conversation, message, stream, started=started, echo=echo, prefetched=prefetched)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return stream
@@ -260,7 +290,14 @@ class ReplyRunner:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def _run(
-        self, conversation: Conversation, message: Message, stream: ReplyStream, *, started: float, echo: bool
+        self,
+        conversation: Conversation,
+        message: Message,
+        stream: ReplyStream,
+        *,
+        started: float,
+        echo: bool,
+        prefetched: "asyncio.Task[list[float]] | None",
     ) -> None:
         publisher = _Publisher(self._bus, conversation.id, stream)
         holder = f"{self._holder_prefix}:{new_id()}"
@@ -279,7 +316,7 @@ class ReplyRunner:
                     )
                 )
                 return
-            await self._turn(conversation.id, message, publisher, stream, holder, started)
+            await self._turn(conversation.id, message, publisher, stream, holder, started, prefetched)
         except DependencyUnavailableError as error:
             _logger.warning("turn in %s failed: %s", conversation.id, error)
             publisher.emit(StreamFailed(503, error.code, "A backing service is unavailable", error.message))
@@ -319,6 +356,7 @@ class ReplyRunner:
         stream: ReplyStream,
         holder: str,
         started: float,
+        prefetched: "asyncio.Task[list[float]] | None",
     ) -> None:
         settings = self._settings
         async with self._open() as services:
@@ -338,8 +376,15 @@ class ReplyRunner:
                 return  # a human owns it: the message reached the agent side through the feed
             question = "\n\n".join(item.content for item in pending if item.content)
             passages: Sequence[SearchHit] = ()
-            if question:
-                passages = await services.search.execute(SearchQuery(question, limit=settings.passages))
+            query = search_text(question)
+            if query:
+                # The prefetched vector fits when this turn answers just the message that started it.
+                embedding = (
+                    await prefetched if prefetched is not None and query == search_text(message.content) else None
+                )
+                passages = await services.search.execute(
+                    SearchQuery(query, limit=settings.passages), embedding=embedding
+                )
             attached, images = await self._attachments(services, conversation_id, pending)
         earlier = [item for item in recent if item.id not in {p.id for p in pending}]
         history = [

@@ -276,9 +276,17 @@ class InfrastructureProvider(Provider):
         bus: EventBus,
         clock: Clock,
         settings: ReplySettings,
+        embeddings: QueryEmbeddings,
     ) -> AsyncIterator[ReplyRunner]:
         runner = ReplyRunner(
-            open_services, llm, sessions, bus, clock, settings, holder_prefix=f"{socket.gethostname()}:{os.getpid()}"
+            open_services,
+            llm,
+            sessions,
+            bus,
+            clock,
+            settings,
+            holder_prefix=f"{socket.gethostname()}:{os.getpid()}",
+            embeddings=embeddings,
         )
         yield runner
         await runner.close()
