@@ -169,9 +169,7 @@ def test_bootstrap_key_is_required_and_the_llm_key_optional(services: dict[str, 
     raw = services["app"]["environment"]
     assert re.fullmatch(r"\$\{SUPPORT_BOOTSTRAP_ADMIN_KEY:\?.+\}", raw["SUPPORT_BOOTSTRAP_ADMIN_KEY"])
     # prod refuses to start without a customer-token secret, so compose must demand one
-    assert re.fullmatch(
-        r"\$\{SUPPORT_CONVERSATIONS__TOKEN_SECRET:\?.+\}", raw["SUPPORT_CONVERSATIONS__TOKEN_SECRET"]
-    )
+    assert re.fullmatch(r"\$\{SUPPORT_CONVERSATIONS__TOKEN_SECRET:\?.+\}", raw["SUPPORT_CONVERSATIONS__TOKEN_SECRET"])
     assert re.fullmatch(r"\$\{ANTHROPIC_API_KEY:-\}", raw["ANTHROPIC_API_KEY"])
     with pytest.raises(ValueError, match="SUPPORT_BOOTSTRAP_ADMIN_KEY"):
         _interpolate(raw["SUPPORT_BOOTSTRAP_ADMIN_KEY"], {})
