@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
+from support.api.problems import status_for
 from support.api.schemas.conversations import encode_data
 from support.domain.errors import SupportError
 from support.domain.feed import FeedEvent, StreamFailed
@@ -18,6 +19,11 @@ SSE_HEADERS = {
     # Proxies (nginx) must not buffer the stream, or the first delta arrives late.
     "X-Accel-Buffering": "no",
 }
+
+
+def stream_failure(error: SupportError) -> FeedEvent:
+    """The ``error`` event that ends a stream which failed after it began (status from the one table)."""
+    return FeedEvent(0, StreamFailed(status_for(error), error.code, "The stream failed", error.message))
 
 
 def sse_message(event: FeedEvent) -> ServerSentEventMessage:
@@ -40,7 +46,7 @@ async def with_heartbeats(
             async for event in events:
                 queue.put_nowait(event)
         except SupportError as error:
-            queue.put_nowait(FeedEvent(0, StreamFailed(503, error.code, "The stream failed", error.message)))
+            queue.put_nowait(stream_failure(error))
         except Exception:
             _logger.exception("event stream failed")
             queue.put_nowait(FeedEvent(0, StreamFailed(500, "internal_error", "The stream failed", "Reconnect.")))

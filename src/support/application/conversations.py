@@ -42,7 +42,6 @@ from support.ports.conversations import (
     ConversationRepository,
     EventBus,
     MessagePage,
-    SessionState,
     SessionStore,
 )
 from support.ports.errors import CacheUnavailableError
@@ -69,8 +68,6 @@ class ConversationLimits:
 
     token_ttl_s: int = 24 * 3600
     idle_close_after_s: int = 24 * 3600
-    session_ttl_s: int = 6 * 3600
-    recent_messages: int = 20
     max_message_chars: int = 8000
     max_attachments: int = 5
     max_attachment_bytes: int = 10 * 1024 * 1024
@@ -559,14 +556,15 @@ class SendMessage:
 
 
 class CachedConversationState:
-    """Who may read a conversation, answered from the session store when it is warm (live feeds)."""
+    """Who may read a conversation, answered from the session store when it is warm (live feeds).
 
-    def __init__(
-        self, conversations: ConversationRepository, sessions: SessionStore, limits: ConversationLimits
-    ) -> None:
+    Turns keep the cached state fresh; a miss reads the database and leaves the cache to the next turn, so a
+    feed connecting to a quiet conversation costs one read, not a read of its messages too.
+    """
+
+    def __init__(self, conversations: ConversationRepository, sessions: SessionStore) -> None:
         self._conversations = conversations
         self._sessions = sessions
-        self._limits = limits
 
     async def execute(self, principal: Principal, conversation_id: UUID) -> Conversation:
         """The conversation the caller may read.
@@ -580,10 +578,4 @@ class CachedConversationState:
             state = None
         if state is not None:
             return ensure_readable(principal, state.conversation)
-        conversation = ensure_readable(principal, await self._conversations.get(conversation_id))
-        recent = await self._conversations.recent_messages(conversation_id, self._limits.recent_messages)
-        try:
-            await self._sessions.save(SessionState(conversation, tuple(recent)), ttl_s=self._limits.session_ttl_s)
-        except CacheUnavailableError:
-            _logger.warning("session state of %s not cached: Valkey is unavailable", conversation_id)
-        return conversation
+        return ensure_readable(principal, await self._conversations.get(conversation_id))

@@ -366,7 +366,8 @@ class ReplyRunner:
                 return
             stream.final_status = conversation.status
             pending = unanswered(recent)
-            if message.id not in {item.id for item in pending}:
+            pending_ids = {item.id for item in pending}
+            if message.id not in pending_ids:
                 # Answered by a turn that ran while this one waited (or the original of a retried send).
                 reply = await services.conversations.find_reply(conversation_id, message.id)
                 if reply is not None:
@@ -386,7 +387,7 @@ class ReplyRunner:
                     SearchQuery(query, limit=settings.passages), embedding=embedding
                 )
             attached, images = await self._attachments(services, conversation_id, pending)
-        earlier = [item for item in recent if item.id not in {p.id for p in pending}]
+        earlier = [item for item in recent if item.id not in pending_ids]
         history = [
             Turn("customer" if item.role is MessageRole.CUSTOMER else "assistant", item.content)
             for item in earlier[-settings.history_messages :]

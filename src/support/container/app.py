@@ -234,8 +234,6 @@ class InfrastructureProvider(Provider):
         return ConversationLimits(
             token_ttl_s=conversations.token_ttl_s,
             idle_close_after_s=conversations.idle_close_after_s,
-            session_ttl_s=conversations.session_ttl_s,
-            recent_messages=conversations.recent_messages,
             max_message_chars=conversations.max_message_chars,
             max_attachments=conversations.max_attachments,
             max_attachment_bytes=conversations.max_attachment_bytes,

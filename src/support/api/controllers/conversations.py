@@ -33,7 +33,7 @@ from support.api.schemas.conversations import (
     TurnResource,
     encode_ws,
 )
-from support.api.streaming import SSE_HEADERS, event_stream
+from support.api.streaming import event_stream, stream_failure
 from support.application.conversations import (
     MAX_PAGE_SIZE,
     CachedConversationState,
@@ -100,10 +100,6 @@ class _SendMessageOperation(Operation):
         )
 
 
-async def _principal(request: Request[Any, Any, Any]) -> Principal:
-    return await authenticate(request)
-
-
 async def _read_send(request: Request[Any, Any, Any]) -> tuple[str, list[IncomingFile]]:
     """The message text and files of a JSON or multipart send."""
     media_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
@@ -150,7 +146,7 @@ class ConversationsController(Controller):
     ) -> StartedConversationResource:
         customer = data.customer
         started = await use_case.execute(
-            await _principal(request),
+            await authenticate(request),
             external_id=customer.external_id if customer else None,
             name=customer.name if customer else None,
             email=customer.email if customer else None,
@@ -186,7 +182,7 @@ class ConversationsController(Controller):
         cursor: FromQuery[str | None] = None,
     ) -> ConversationList:
         page = await use_case.execute(
-            await _principal(request), status=status, customer_id=customer_id, limit=limit, cursor=cursor
+            await authenticate(request), status=status, customer_id=customer_id, limit=limit, cursor=cursor
         )
         return ConversationList(
             items=[ConversationResource.of(item) for item in page.items], next_cursor=page.next_cursor
@@ -202,7 +198,7 @@ class ConversationsController(Controller):
     async def get_conversation(
         self, request: Request[Any, Any, Any], conversation_id: FromPath[UUID], use_case: FromDishka[GetConversation]
     ) -> ConversationResource:
-        return ConversationResource.of(await use_case.execute(await _principal(request), conversation_id))
+        return ConversationResource.of(await use_case.execute(await authenticate(request), conversation_id))
 
     @get(
         "/{conversation_id:uuid}/messages",
@@ -220,7 +216,7 @@ class ConversationsController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
         cursor: FromQuery[str | None] = None,
     ) -> MessageList:
-        page = await use_case.execute(await _principal(request), conversation_id, limit=limit, cursor=cursor)
+        page = await use_case.execute(await authenticate(request), conversation_id, limit=limit, cursor=cursor)
         return MessageList(items=[MessageResource.of(item) for item in page.items], next_cursor=page.next_cursor)
 
     async def _send(
@@ -233,7 +229,7 @@ class ConversationsController(Controller):
         content, files = await _read_send(request)
         uploads = await prepare.execute(files) if files else []
         return await use_case.execute(
-            await _principal(request),
+            await authenticate(request),
             conversation_id,
             content,
             idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
@@ -324,7 +320,7 @@ class ConversationsController(Controller):
         settings: FromDishka[Settings],
         last_event_id: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> ServerSentEvent:
-        await state.execute(await _principal(request), conversation_id)
+        await state.execute(await authenticate(request), conversation_id)
         header = request.headers.get("last-event-id")
         after = last_event_id
         if header is not None:
@@ -350,7 +346,7 @@ class ConversationsController(Controller):
         data: JSONBody[FeedbackRequest],
         use_case: FromDishka[SubmitFeedback],
     ) -> ConversationResource:
-        conversation = await use_case.execute(await _principal(request), conversation_id, data.rating, data.comment)
+        conversation = await use_case.execute(await authenticate(request), conversation_id, data.rating, data.comment)
         return ConversationResource.of(conversation)
 
     @post(
@@ -365,7 +361,7 @@ class ConversationsController(Controller):
     async def close(
         self, request: Request[Any, Any, Any], conversation_id: FromPath[UUID], use_case: FromDishka[CloseConversation]
     ) -> ConversationResource:
-        return ConversationResource.of(await use_case.execute(await _principal(request), conversation_id))
+        return ConversationResource.of(await use_case.execute(await authenticate(request), conversation_id))
 
     @get(
         "/{conversation_id:uuid}/attachments/{attachment_id:uuid}",
@@ -384,7 +380,7 @@ class ConversationsController(Controller):
         attachment_id: FromPath[UUID],
         use_case: FromDishka[GetAttachment],
     ) -> Response[bytes]:
-        info, data = await use_case.execute(await _principal(request), conversation_id, attachment_id)
+        info, data = await use_case.execute(await authenticate(request), conversation_id, attachment_id)
         safe_name = info.filename.replace('"', "").replace("\\", "")
         return Response(
             data,
@@ -431,7 +427,7 @@ async def _relay(socket: WebSocket[Any, Any, Any], events: AsyncGenerator[FeedEv
             await socket.send_text(encode_ws(event))
     except SupportError as error:
         with contextlib.suppress(Exception):
-            await socket.send_json({"id": 0, "event": "error", "data": {"code": error.code, "detail": error.message}})
+            await socket.send_text(encode_ws(stream_failure(error)))
             await socket.close(code=1011)
     finally:
         with contextlib.suppress(Exception):
@@ -473,6 +469,3 @@ async def _handle_frame(
         await socket.send_json(
             {"type": "error", "data": {"code": "invalid_frame", "detail": "Send frames of type send, typing or ping."}}
         )
-
-
-__all__ = ["SSE_HEADERS", "ConversationsController"]

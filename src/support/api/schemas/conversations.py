@@ -214,12 +214,6 @@ class SendMessageRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     content: Annotated[str, msgspec.Meta(min_length=1, max_length=8000)]
 
 
-class SendMessageMultipart(msgspec.Struct, frozen=True):
-    """Multipart form: the text in ``content`` and up to 5 files in ``files``."""
-
-    content: str = ""
-
-
 class TurnResource(msgspec.Struct, frozen=True):
     """The stored customer message and the reply; ``reply`` is null while a human owns the conversation."""
 
