@@ -133,6 +133,13 @@ class ConversationRow(DefaultBase):
     feedback_rating: Mapped[int | None] = mapped_column(sa.SmallInteger)
     feedback_comment: Mapped[str | None] = mapped_column(sa.Text)
     feedback_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # The decision that asked for a human ({action, reason_code, evidence, rule}); kept after the handoff ends.
+    handoff: Mapped[dict[str, object] | None] = mapped_column(JSONB)
+    handoff_requested_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    handoff_summary: Mapped[str | None] = mapped_column(sa.Text)
+    agent_id: Mapped[UUID | None] = mapped_column(sa.Uuid)
+    agent_name: Mapped[str | None] = mapped_column(sa.Text)
+    claimed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
     __table_args__ = (
         sa.CheckConstraint(f"status IN ({CONVERSATION_STATUSES})", name="status_known"),
@@ -140,6 +147,12 @@ class ConversationRow(DefaultBase):
         sa.Index("ix_conversations_customer_activity", "customer_id", sa.text("last_activity_at DESC")),
         sa.Index("ix_conversations_status_activity", "status", sa.text("last_activity_at DESC")),
         sa.Index("ix_conversations_activity", sa.text("last_activity_at DESC"), "id"),
+        sa.Index(
+            "ix_conversations_handoff_queue",
+            "handoff_requested_at",
+            "id",
+            postgresql_where=sa.text("status IN ('pending_human', 'human')"),
+        ),
     )
 
 
