@@ -5,6 +5,7 @@ Top-level fields map to ``SUPPORT_<FIELD>`` (``SUPPORT_DATABASE_URL``); nested g
 """
 
 import os
+import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -142,6 +143,113 @@ class ConversationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     reply_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
 
 
+class SensitiveTopicRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A sensitive topic in a policy file: any pattern hands the conversation over at once."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,60}$")]
+    patterns: list[str]
+
+
+class EscalationPolicyFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The escalation policy file (TOML); every field given replaces the built-in default (docs/escalation.md)."""
+
+    human_request_patterns: list[str] | None = None
+    acceptance_pattern: str | None = None
+    frustration_terms: list[str] | None = None
+    profanity_terms: list[str] | None = None
+    sensitive_topics: list[SensitiveTopicRule] | None = None
+    # 0 switches the refund rule off.
+    refund_amount_limit: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    shouting_min_letters: PositiveInt | None = None
+    shouting_ratio: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
+    repetition_similarity: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
+    repetition_min_words: PositiveInt | None = None
+    repeated_failure_limit: PositiveInt | None = None
+
+
+class HandoffSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Human handoff: agents' hours, queue pace, waiting limit, the escalation policy (``SUPPORT_HANDOFF__*``)."""
+
+    timezone: str = "UTC"
+    # Working days, 0 = Monday.
+    days: list[Annotated[int, msgspec.Meta(ge=0, le=6)]] = msgspec.field(default_factory=lambda: [0, 1, 2, 3, 4])
+    opens: Annotated[str, msgspec.Meta(pattern=r"^\d{2}:\d{2}$")] = "09:00"
+    closes: Annotated[str, msgspec.Meta(pattern=r"^\d{2}:\d{2}$")] = "17:00"
+    # Expected wait per conversation ahead in the queue (what customers are told).
+    minutes_per_conversation: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # No agent within this long (from the next opening) → back to the assistant with a notice.
+    max_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 1800.0
+    # A TOML file with an [escalation] policy (see EscalationPolicyFile); the built-in policy when unset.
+    policy_file: str | None = None
+
+    def policy(self) -> EscalationPolicyFile:
+        """The policy file's contents (all defaults when no file is configured).
+
+        Raises:
+            SettingsError: the file cannot be read or does not fit.
+        """
+        if not self.policy_file:
+            return EscalationPolicyFile()
+        path = Path(self.policy_file).expanduser()
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            return msgspec.convert(data.get("escalation", data), EscalationPolicyFile)
+        except (OSError, tomllib.TOMLDecodeError, msgspec.ValidationError) as error:
+            msg = f"SUPPORT_HANDOFF__POLICY_FILE ({path}): {error}"
+            raise SettingsError(msg) from error
+
+
+class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Outgoing webhooks and their delivery worker (``SUPPORT_WEBHOOKS__*``); see docs/webhooks.md."""
+
+    # Per delivery attempt, connection to last byte; an attempt without a 2xx answer in time is retried.
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    # Attempts per event and endpoint before the delivery is marked failed.
+    max_attempts: PositiveInt = 20
+    # The wait after attempt n is backoff_base_s * 2**(n-1), at most backoff_cap_s, with jitter (its upper half).
+    backoff_base_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    backoff_cap_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    # How often the worker looks for due deliveries when it found none last time.
+    poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    # Deliveries claimed and sent (concurrently) per round.
+    batch_size: PositiveInt = 50
+
+    def __post_init__(self) -> None:
+        if self.backoff_cap_s < self.backoff_base_s:
+            msg = "backoff_cap_s must not be smaller than backoff_base_s"
+            raise ValueError(msg)
+
+
+class MemoryExpirySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Days a remembered fact of each kind stays recallable after it was last stated; 0 = never expires."""
+
+    name: Annotated[int, msgspec.Meta(ge=0)] = 730
+    email: Annotated[int, msgspec.Meta(ge=0)] = 730
+    phone: Annotated[int, msgspec.Meta(ge=0)] = 730
+    order_number: Annotated[int, msgspec.Meta(ge=0)] = 90
+    ticket_number: Annotated[int, msgspec.Meta(ge=0)] = 60
+    plan: Annotated[int, msgspec.Meta(ge=0)] = 365
+    product: Annotated[int, msgspec.Meta(ge=0)] = 365
+    language: Annotated[int, msgspec.Meta(ge=0)] = 730
+    preference: Annotated[int, msgspec.Meta(ge=0)] = 365
+    note: Annotated[int, msgspec.Meta(ge=0)] = 180
+
+
+class MemorySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Customer memory (``SUPPORT_MEMORY__*``); see docs/memory.md."""
+
+    enabled: bool = True
+    # Tokens of recalled facts given to the assistant per turn (four characters a token, estimated).
+    recall_token_budget: PositiveInt = 120
+    # Current facts read per recall before ranking.
+    recall_candidates: PositiveInt = 50
+    # Longest rolling summary of a conversation's older turns.
+    summary_max_chars: PositiveInt = 1500
+    # Offer Claude the remember_fact tool.
+    model_tool: bool = True
+    expiry_days: MemoryExpirySettings = msgspec.field(default_factory=MemoryExpirySettings)
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything the service can be configured with; see docs/configuration.md."""
 
@@ -164,6 +272,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     knowledge: KnowledgeSettings = msgspec.field(default_factory=KnowledgeSettings)
     llm: LLMSettings = msgspec.field(default_factory=LLMSettings)
     conversations: ConversationSettings = msgspec.field(default_factory=ConversationSettings)
+    memory: MemorySettings = msgspec.field(default_factory=MemorySettings)
+    webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
+    handoff: HandoffSettings = msgspec.field(default_factory=HandoffSettings)
 
     @property
     def json_logs(self) -> bool:

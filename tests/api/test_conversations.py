@@ -236,7 +236,7 @@ async def test_a_model_outage_gets_a_graceful_reply_and_a_human_offer(
         "action": "offer_human",
         "reason_code": "llm_unavailable",
         "evidence": None,
-        "rule": "offer_on_llm_unavailable",
+        "rule": "llm_unavailable.offer",
     }
 
 

@@ -15,9 +15,12 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Tag
 
 from support.api.controllers.conversations import ConversationsController
+from support.api.controllers.customers import CustomersController
+from support.api.controllers.handoffs import ConversationHandoffController, HandoffQueueController
 from support.api.controllers.keys import ApiKeysController
 from support.api.controllers.knowledge import KnowledgeController
 from support.api.controllers.system import SystemController
+from support.api.controllers.webhooks import WebhooksController
 from support.api.middleware import request_context_middleware
 from support.api.problems import EXCEPTION_HANDLERS
 from support.application.knowledge import VerifyKnowledgeIndex
@@ -54,7 +57,16 @@ def build_app(
             _logger.warning("could not verify the knowledge index at start: a dependency is unavailable")
 
     app = Litestar(
-        route_handlers=[SystemController, ApiKeysController, KnowledgeController, ConversationsController],
+        route_handlers=[
+            SystemController,
+            ApiKeysController,
+            KnowledgeController,
+            ConversationsController,
+            CustomersController,
+            ConversationHandoffController,
+            HandoffQueueController,
+            WebhooksController,
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=CORSConfig(allow_origins=list(settings.http.cors_origins)) if settings.http.cors_origins else None,
         request_max_body_size=settings.http.max_body_bytes,
@@ -78,7 +90,9 @@ def build_app(
             tags=[
                 Tag(name="system", description="Service information and health"),
                 Tag(name="keys", description="API keys (admin)"),
+                Tag(name="webhooks", description="Webhook endpoints and their deliveries (admin)"),
                 Tag(name="knowledge", description="Knowledge base: documents and retrieval (admin)"),
+                Tag(name="customers", description="Customers: profile, memories, export, erasure (service, admin)"),
                 Tag(
                     name="conversations",
                     description="Conversations: messages, streamed replies (SSE, WebSocket), the live feed",

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import NewType
 from uuid import UUID
 
+from support.application.handover import message_event
 from support.application.keys import CustomerTokenSecret
 from support.application.replies import ReplyRunner, ReplyStream
 from support.domain.conversations import (
@@ -47,6 +48,7 @@ from support.ports.conversations import (
 from support.ports.errors import CacheUnavailableError
 from support.ports.knowledge import TextExtractor
 from support.ports.system import Clock, UnitOfWork
+from support.ports.webhooks import WebhookOutbox
 
 _logger = logging.getLogger(__name__)
 
@@ -472,6 +474,7 @@ class SendMessage:
         clock: Clock,
         replies: ReplyRunner,
         limits: ConversationLimits,
+        outbox: WebhookOutbox,
     ) -> None:
         self._conversations = conversations
         self._attachments = attachments
@@ -479,6 +482,7 @@ class SendMessage:
         self._clock = clock
         self._replies = replies
         self._limits = limits
+        self._outbox = outbox
 
     async def execute(
         self,
@@ -549,6 +553,9 @@ class SendMessage:
             await self._conversations.update(updated)
         for upload in uploads:
             await self._attachments.add(conversation.id, message.id, upload)
+        if not updated.assistant_may_reply:
+            # A person has (or is about to get) the conversation: their systems hear about the message.
+            await self._outbox.enqueue(message_event(message))
         await self._uow.commit()
         return Turn(
             message, False, self._replies.start(updated, message, started=started, echo=True, prefetched=prefetched)

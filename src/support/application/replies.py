@@ -11,13 +11,13 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 from uuid import UUID
 
-from support.application.knowledge import MAX_QUERY_LENGTH, QueryEmbeddings, SearchKnowledge
+from support.application.handover import HandoffSettings, HandoffSummaries, hand_over
+from support.application.knowledge import MAX_QUERY_LENGTH, QueryEmbeddings
+from support.application.services import ConversationServices, ServicesOpener
 from support.domain.assistant import (
     AttachedImage,
     AttachedText,
@@ -33,7 +33,6 @@ from support.domain.conversations import (
     ACTIVITY_GRANULARITY,
     Citation,
     Conversation,
-    ConversationEvent,
     ConversationStatus,
     HandoffAction,
     Message,
@@ -42,6 +41,7 @@ from support.domain.conversations import (
     TokenUsage,
     unanswered,
 )
+from support.domain.escalation import EscalationPolicy, Screening
 from support.domain.feed import (
     CitationAdded,
     FeedEvent,
@@ -53,13 +53,13 @@ from support.domain.feed import (
     StreamFailed,
     ToolUsed,
 )
-from support.domain.handoff import answer_status_for, decide_handoff
+from support.domain.handoff import answer_status_for
 from support.domain.ids import new_id
 from support.domain.knowledge import SearchHit, SearchQuery
 from support.ports.assistant import LLM
-from support.ports.conversations import AttachmentStore, ConversationRepository, EventBus, SessionState, SessionStore
+from support.ports.conversations import EventBus, SessionState, SessionStore
 from support.ports.errors import CacheUnavailableError, DependencyUnavailableError, LLMUnavailableError
-from support.ports.system import Clock, UnitOfWork
+from support.ports.system import Clock
 
 _logger = logging.getLogger(__name__)
 
@@ -68,38 +68,12 @@ UNAVAILABLE_REPLY = (
     "Would you like me to connect you with a member of our support team?"
 )
 INTERRUPTED_NOTE = "\n\n(This reply was interrupted. Ask again, or ask for a person if you need more help.)"
+FRUSTRATION_OFFER = "\n\nIf you'd rather sort this out with a person, just say so and I'll bring in our support team."
 
 
 def search_text(question: str) -> str:
     """What is searched for a question: its end when it is longer than a query may be (the latest words)."""
     return question.strip()[-MAX_QUERY_LENGTH:].strip()
-
-
-class ConversationServices(Protocol):
-    """What one short step of a turn uses; opened and closed around each step (no long transactions)."""
-
-    @property
-    def conversations(self) -> ConversationRepository:
-        """Customers, conversations and messages."""
-        ...
-
-    @property
-    def attachments(self) -> AttachmentStore:
-        """Attached files."""
-        ...
-
-    @property
-    def uow(self) -> UnitOfWork:
-        """Commits this step's writes."""
-        ...
-
-    @property
-    def search(self) -> SearchKnowledge:
-        """Retrieval over the knowledge base."""
-        ...
-
-
-ServicesOpener = Callable[[], AbstractAsyncContextManager[ConversationServices]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +132,8 @@ class _Draft:
     usage: TokenUsage = field(default_factory=TokenUsage)
     evidence: str | None = None
     ttft_ms: float | None = None
+    # Written by the escalation policy alone (the model was not called).
+    by_policy: bool = False
 
 
 class _Tools:
@@ -229,8 +205,15 @@ class ReplyRunner:
         settings: ReplySettings,
         holder_prefix: str,
         embeddings: QueryEmbeddings | None = None,
+        *,
+        policy: EscalationPolicy | None = None,
+        handoffs: HandoffSettings | None = None,
+        summaries: HandoffSummaries | None = None,
     ) -> None:
         self._open = open_services
+        self._policy = policy or EscalationPolicy()
+        self._handoffs = handoffs or HandoffSettings()
+        self._summaries = summaries
         self._embeddings = embeddings
         self._llm = llm
         self._sessions = sessions
@@ -376,6 +359,15 @@ class ReplyRunner:
             if not conversation.assistant_may_reply:
                 return  # a human owns it: the message reached the agent side through the feed
             question = "\n\n".join(item.content for item in pending if item.content)
+            earlier = [item for item in recent if item.id not in pending_ids]
+            screening = self._policy.screen(question, earlier)
+        if screening.decision.action is HandoffAction.ESCALATE:
+            # The customer's words alone hand over (they asked, or the topic is not a bot's): no model call.
+            await self._store(
+                conversation, pending, recent, _Draft(by_policy=True), screening, publisher, stream, started
+            )
+            return
+        async with self._open() as services:
             passages: Sequence[SearchHit] = ()
             query = search_text(question)
             if query:
@@ -387,7 +379,6 @@ class ReplyRunner:
                     SearchQuery(query, limit=settings.passages), embedding=embedding
                 )
             attached, images = await self._attachments(services, conversation_id, pending)
-        earlier = [item for item in recent if item.id not in pending_ids]
         history = [
             Turn("customer" if item.role is MessageRole.CUSTOMER else "assistant", item.content)
             for item in earlier[-settings.history_messages :]
@@ -413,10 +404,14 @@ class ReplyRunner:
                 publisher.emit(ReplyDelta(UNAVAILABLE_REPLY))
         except asyncio.CancelledError:
             await asyncio.shield(
-                self._store(conversation, pending, recent, draft, publisher, stream, started, interrupted=True)
+                self._store(
+                    conversation, pending, recent, draft, screening, publisher, stream, started, interrupted=True
+                )
             )
             raise
-        await self._store(conversation, pending, recent, draft, publisher, stream, started, interrupted=interrupted)
+        await self._store(
+            conversation, pending, recent, draft, screening, publisher, stream, started, interrupted=interrupted
+        )
 
     async def _attachments(
         self, services: ConversationServices, conversation_id: UUID, pending: Sequence[Message]
@@ -479,40 +474,59 @@ class ReplyRunner:
         pending: Sequence[Message],
         recent: Sequence[Message],
         draft: _Draft,
+        screening: Screening,
         publisher: _Publisher,
         stream: ReplyStream,
         started: float,
         *,
-        interrupted: bool,
+        interrupted: bool = False,
     ) -> None:
-        decision = decide_handoff(draft.signals, history=recent, evidence=draft.evidence)
+        decision = self._policy.decide(screening, draft.signals, history=recent, evidence=draft.evidence)
         now = self._clock.now()
-        reply = Message(
-            id=new_id(),
-            conversation_id=conversation.id,
-            role=MessageRole.ASSISTANT,
-            content="".join(draft.text).strip(),
-            created_at=now,
-            reply_to=tuple(item.id for item in pending),
-            citations=tuple(draft.citations.values()),
-            answer_status=answer_status_for(decision),
-            decision=decision,
-            usage=draft.usage,
-            ttft_ms=draft.ttft_ms,
-            total_ms=(time.perf_counter() - started) * 1000,
-            interrupted=interrupted,
-            author=self._llm.name,
-        )
         async with self._open() as services:
             current = await services.conversations.get(conversation.id, for_update=True)
             if current is None:
                 return
-            await services.conversations.add_message(reply)
+            if not current.assistant_may_reply:
+                # A person took over while this reply was written: it is dropped, never posted over them.
+                await services.uow.rollback()
+                stream.final_status = current.status
+                reason = current.handoff.reason_code if current.handoff else None
+                stream.put(FeedEvent(0, HandoffChanged(current.status, reason)))
+                return
             changed = current
-            if decision.action is HandoffAction.ESCALATE and current.status is ConversationStatus.BOT:
-                changed = current.apply(ConversationEvent.HANDOFF, now)
+            if decision.action is HandoffAction.ESCALATE:
+                changed, notice = await hand_over(
+                    current,
+                    decision,
+                    now,
+                    conversations=services.conversations,
+                    outbox=services.outbox,
+                    settings=self._handoffs,
+                )
+                self._say(draft, publisher, started, ("\n\n" if draft.text else "") + notice)
+            elif decision.action is HandoffAction.OFFER_HUMAN and decision.reason_code is ReasonCode.FRUSTRATION:
+                self._say(draft, publisher, started, FRUSTRATION_OFFER if draft.text else FRUSTRATION_OFFER.strip())
             elif now - current.last_activity_at >= ACTIVITY_GRANULARITY:
                 changed = current.touch(now)
+            reply = Message(
+                id=new_id(),
+                conversation_id=conversation.id,
+                role=MessageRole.ASSISTANT,
+                content="".join(draft.text).strip(),
+                created_at=now,
+                reply_to=tuple(item.id for item in pending),
+                citations=tuple(draft.citations.values()),
+                answer_status=answer_status_for(decision),
+                decision=decision,
+                usage=draft.usage,
+                ttft_ms=draft.ttft_ms,
+                total_ms=(time.perf_counter() - started) * 1000,
+                interrupted=interrupted,
+                # Replies the policy wrote without the model name the policy as their author.
+                author="policy" if draft.by_policy else self._llm.name,
+            )
+            await services.conversations.add_message(reply)
             if changed is not current:
                 await services.conversations.update(changed)
             await services.uow.commit()
@@ -520,8 +534,16 @@ class ReplyRunner:
         publisher.emit(ReplyDone(reply))
         if changed.status is not current.status:
             publisher.emit(HandoffChanged(changed.status, decision.reason_code))
+            if self._summaries is not None:
+                self._summaries.schedule(changed)
         try:
             state = SessionState(changed, tuple([*recent, reply][-self._settings.recent_messages :]))
             await self._sessions.save(state, ttl_s=self._settings.session_ttl_s)
         except CacheUnavailableError:
             _logger.warning("session state of %s not cached: Valkey is unavailable", conversation.id)
+
+    def _say(self, draft: _Draft, publisher: _Publisher, started: float, text: str) -> None:
+        """Add words of the service's own (a handoff notice, an offer) to the reply as it streams."""
+        self._first_delta(draft, started)
+        draft.text.append(text)
+        publisher.emit(ReplyDelta(text))

@@ -8,6 +8,8 @@
 | ApiKeyRepository, UnitOfWork | PostgreSQL (advanced-alchemy) |
 | HealthProbe list | PostgreSQL and Valkey |
 | Clock | system clock |
+| WebhookOutbox, WebhookRepository, WebhookDeliveryQueue | PostgreSQL (the outbox shares the request's session) |
+| WebhookSender | httpx |
 """
 
 from support.container.app import build_container, create_app

@@ -2,12 +2,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import time
+from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dishka import AsyncContainer, Provider, Scope, make_async_container, provide
 from litestar import Litestar
@@ -18,16 +22,25 @@ from support.adapters.embedding.hashing import HashingEmbedder
 from support.adapters.embedding.http_openai import OpenAICompatibleEmbedder
 from support.adapters.embedding.onnx_minilm import OnnxMiniLMEmbedder
 from support.adapters.extraction.extractor import StructuredTextExtractor
+from support.adapters.http.webhooks import HttpxWebhookSender
 from support.adapters.offline.extractive import ExtractiveLLM
+from support.adapters.offline.summaries import ExtractiveSummarizer
 from support.adapters.postgres.api_keys import PostgresApiKeyRepository
 from support.adapters.postgres.conversations import PostgresAttachmentStore, PostgresConversationRepository
 from support.adapters.postgres.engine import create_engine, create_session_factory
 from support.adapters.postgres.health import PostgresHealthProbe
 from support.adapters.postgres.knowledge import PgVectorKnowledgeBase
+from support.adapters.postgres.memory import PostgresCustomerMemory, PostgresCustomerRecords, PostgresSummaryStore
 from support.adapters.postgres.uow import SqlAlchemyUnitOfWork
+from support.adapters.postgres.webhooks import (
+    PostgresWebhookDeliveryQueue,
+    PostgresWebhookOutbox,
+    PostgresWebhookRepository,
+)
 from support.adapters.system import SystemClock
 from support.adapters.valkey.cache import ValkeyCache
 from support.adapters.valkey.client import create_client
+from support.adapters.valkey.erasure import ValkeyHotStateEraser
 from support.adapters.valkey.events import ValkeyEventBus
 from support.adapters.valkey.health import ValkeyHealthProbe
 from support.adapters.valkey.jobs import SaqJobQueue
@@ -47,6 +60,24 @@ from support.application.conversations import (
     SubmitFeedback,
     SweepIdleConversations,
 )
+from support.application.customers import (
+    EraseCustomer,
+    ExportCustomer,
+    ForgetMemory,
+    GetCustomerProfile,
+    ListMemories,
+)
+from support.application.handoffs import (
+    ClaimConversation,
+    ExpireHandoffs,
+    ListHandoffs,
+    ReleaseConversation,
+    RequestHandoff,
+    ResolveConversation,
+    SendAgentMessage,
+    WithdrawHandoff,
+)
+from support.application.handover import HandoffSettings, HandoffSummaries
 from support.application.health import CheckReadiness
 from support.application.keys import (
     AuthenticateApiKey,
@@ -71,17 +102,41 @@ from support.application.knowledge import (
     StartBulkIngestion,
     VerifyKnowledgeIndex,
 )
-from support.application.replies import ConversationServices, ReplyRunner, ReplySettings, ServicesOpener
-from support.config import Settings, SettingsError, load_settings
+from support.application.memory import (
+    FoldConversationHistory,
+    MemoryPolicy,
+    RecallMemories,
+    RememberFacts,
+    RememberProposedFact,
+)
+from support.application.replies import ReplyRunner, ReplySettings
+from support.application.services import ConversationServices, ServicesOpener
+from support.application.webhooks import (
+    CreateWebhook,
+    DeleteWebhook,
+    DeliverWebhooks,
+    GetWebhook,
+    ListWebhookDeliveries,
+    ListWebhooks,
+    WebhookDeliveryPolicy,
+)
+from support.config import Settings, SettingsError, WebhookSettings, load_settings
+from support.domain.escalation import BusinessHours, EscalationPolicy, EscalationRules, SensitiveTopic
+from support.domain.memory import ExpiryPolicy, FactKind
+from support.domain.webhooks import RetrySchedule
 from support.observability import configure_logging
-from support.ports.assistant import LLM
+from support.ports.assistant import LLM, Summarizer
 from support.ports.conversations import AttachmentStore, ConversationRepository, EventBus, SessionStore
+from support.ports.customers import CustomerRecords, HotStateEraser
 from support.ports.identity import ApiKeyRepository
 from support.ports.jobs import JobQueue, ProgressReporter
 from support.ports.knowledge import Cache, Embedder, KnowledgeBase, TextExtractor
+from support.ports.memory import CustomerMemory, SummaryStore
 from support.ports.system import Clock, HealthProbe, UnitOfWork
+from support.ports.webhooks import WebhookDeliveryQueue, WebhookOutbox, WebhookRepository, WebhookSender
 
 _logger = logging.getLogger(__name__)
+_FAILED_ROUND_PAUSE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +145,63 @@ class _TurnServices:
     attachments: AttachmentStore
     uow: UnitOfWork
     search: SearchKnowledge
+    outbox: WebhookOutbox
+
+
+def escalation_policy(settings: Settings) -> EscalationPolicy:
+    """The built-in escalation policy with what the policy file replaces."""
+    given = settings.handoff.policy()
+    defaults = EscalationRules()
+    topics = (
+        tuple(SensitiveTopic(topic.name, tuple(topic.patterns)) for topic in given.sensitive_topics)
+        if given.sensitive_topics is not None
+        else defaults.sensitive_topics
+    )
+    limit = defaults.refund_amount_limit
+    if given.refund_amount_limit is not None:
+        limit = Decimal(str(given.refund_amount_limit)) if given.refund_amount_limit > 0 else None
+
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else (tuple(value) if isinstance(value, list) else value)
+
+    try:
+        return EscalationPolicy(
+            EscalationRules(
+                human_request_patterns=pick(given.human_request_patterns, defaults.human_request_patterns),
+                acceptance_pattern=pick(given.acceptance_pattern, defaults.acceptance_pattern),
+                frustration_terms=pick(given.frustration_terms, defaults.frustration_terms),
+                profanity_terms=pick(given.profanity_terms, defaults.profanity_terms),
+                sensitive_topics=topics,
+                refund_amount_limit=limit,
+                shouting_min_letters=pick(given.shouting_min_letters, defaults.shouting_min_letters),
+                shouting_ratio=pick(given.shouting_ratio, defaults.shouting_ratio),
+                repetition_similarity=pick(given.repetition_similarity, defaults.repetition_similarity),
+                repetition_min_words=pick(given.repetition_min_words, defaults.repetition_min_words),
+                repeated_failure_limit=pick(given.repeated_failure_limit, defaults.repeated_failure_limit),
+            )
+        )
+    except re.error as error:
+        msg = f"SUPPORT_HANDOFF__POLICY_FILE: a pattern does not compile: {error}"
+        raise SettingsError(msg) from error
+
+
+def handoff_settings(settings: Settings) -> HandoffSettings:
+    """Agents' hours and queue pace from the settings."""
+    handoff = settings.handoff
+    try:
+        ZoneInfo(handoff.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as error:
+        msg = f"SUPPORT_HANDOFF__TIMEZONE: unknown time zone {handoff.timezone!r}"
+        raise SettingsError(msg) from error
+    hours = BusinessHours(
+        timezone=handoff.timezone,
+        days=frozenset(handoff.days),
+        opens=time.fromisoformat(handoff.opens),
+        closes=time.fromisoformat(handoff.closes),
+    )
+    return HandoffSettings(
+        hours=hours, minutes_per_conversation=handoff.minutes_per_conversation, max_wait_s=handoff.max_wait_s
+    )
 
 
 class InfrastructureProvider(Provider):
@@ -211,6 +323,7 @@ class InfrastructureProvider(Provider):
                 max_retries=llm.max_retries,
                 history_token_budget=llm.history_token_budget,
                 max_tool_rounds=llm.max_tool_rounds,
+                remember_facts=settings.memory.enabled and settings.memory.model_tool,
             )
             yield claude
             await claude.aclose()
@@ -261,9 +374,40 @@ class InfrastructureProvider(Provider):
                     await request.get(AttachmentStore),
                     await request.get(UnitOfWork),
                     await request.get(SearchKnowledge),
+                    await request.get(WebhookOutbox),
                 )
 
         return open_services
+
+    @provide
+    def escalation_policy(self, settings: Settings) -> EscalationPolicy:
+        return escalation_policy(settings)
+
+    @provide
+    def handoff_settings(self, settings: Settings) -> HandoffSettings:
+        return handoff_settings(settings)
+
+    @provide
+    async def summarizer(self, settings: Settings) -> AsyncIterator[Summarizer]:
+        llm = settings.llm
+        if llm.uses_claude(os.environ):
+            from support.adapters.anthropic.summaries import AnthropicSummarizer
+
+            claude = AnthropicSummarizer(
+                model=llm.model, api_key=llm.anthropic_key(os.environ), base_url=llm.base_url, timeout_s=llm.timeout_s
+            )
+            yield claude
+            await claude.aclose()
+        else:
+            yield ExtractiveSummarizer()
+
+    @provide
+    async def handoff_summaries(
+        self, open_services: ServicesOpener, summarizer: Summarizer
+    ) -> AsyncIterator[HandoffSummaries]:
+        summaries = HandoffSummaries(open_services, summarizer, ExtractiveSummarizer())
+        yield summaries
+        await summaries.close()
 
     @provide
     async def reply_runner(
@@ -275,6 +419,9 @@ class InfrastructureProvider(Provider):
         clock: Clock,
         settings: ReplySettings,
         embeddings: QueryEmbeddings,
+        policy: EscalationPolicy,
+        handoffs: HandoffSettings,
+        summaries: HandoffSummaries,
     ) -> AsyncIterator[ReplyRunner]:
         runner = ReplyRunner(
             open_services,
@@ -285,13 +432,49 @@ class InfrastructureProvider(Provider):
             settings,
             holder_prefix=f"{socket.gethostname()}:{os.getpid()}",
             embeddings=embeddings,
+            policy=policy,
+            handoffs=handoffs,
+            summaries=summaries,
         )
         yield runner
         await runner.close()
 
     @provide
+    def memory_policy(self, settings: Settings) -> MemoryPolicy:
+        memory = settings.memory
+        return MemoryPolicy(
+            enabled=memory.enabled,
+            expiry=ExpiryPolicy({kind: getattr(memory.expiry_days, kind.value) for kind in FactKind}),
+            recall_token_budget=memory.recall_token_budget,
+            recall_candidates=memory.recall_candidates,
+            summary_max_chars=memory.summary_max_chars,
+        )
+
+    @provide
+    def hot_state_eraser(self, valkey: Valkey, settings: Settings) -> HotStateEraser:
+        return ValkeyHotStateEraser(valkey, settings.valkey.key_prefix)
+
+    @provide
     def bootstrap_admin_key(self, settings: Settings) -> BootstrapAdminKey | None:
         return BootstrapAdminKey(settings.bootstrap_admin_key) if settings.bootstrap_admin_key else None
+
+    @provide
+    async def webhook_sender(self, settings: Settings) -> AsyncIterator[WebhookSender]:
+        sender = HttpxWebhookSender(timeout_s=settings.webhooks.timeout_s)
+        yield sender
+        await sender.aclose()
+
+    @provide
+    def webhook_delivery_policy(self, settings: Settings) -> WebhookDeliveryPolicy:
+        webhooks = settings.webhooks
+        return WebhookDeliveryPolicy(
+            schedule=RetrySchedule(
+                base_s=webhooks.backoff_base_s, cap_s=webhooks.backoff_cap_s, max_attempts=webhooks.max_attempts
+            ),
+            batch_size=webhooks.batch_size,
+            # Every send of a round ends within the timeout; twice that leaves room to record the outcomes.
+            lease_s=2 * webhooks.timeout_s,
+        )
 
 
 class PersistenceProvider(Provider):
@@ -309,6 +492,13 @@ class PersistenceProvider(Provider):
     knowledge = provide(PgVectorKnowledgeBase, provides=KnowledgeBase)
     conversations = provide(PostgresConversationRepository, provides=ConversationRepository)
     attachments = provide(PostgresAttachmentStore, provides=AttachmentStore)
+    customer_memory = provide(PostgresCustomerMemory, provides=CustomerMemory)
+    conversation_summaries = provide(PostgresSummaryStore, provides=SummaryStore)
+    customer_records = provide(PostgresCustomerRecords, provides=CustomerRecords)
+    # The outbox writes through the request's session: events commit with the use case's change.
+    webhook_outbox = provide(PostgresWebhookOutbox, provides=WebhookOutbox)
+    webhooks = provide(PostgresWebhookRepository, provides=WebhookRepository)
+    webhook_deliveries = provide(PostgresWebhookDeliveryQueue, provides=WebhookDeliveryQueue)
 
 
 class UseCaseProvider(Provider):
@@ -339,6 +529,29 @@ class UseCaseProvider(Provider):
     prepare_attachments = provide(PrepareAttachments)
     send_message = provide(SendMessage)
     cached_conversation_state = provide(CachedConversationState)
+    remember_facts = provide(RememberFacts)
+    remember_proposed_fact = provide(RememberProposedFact)
+    recall_memories = provide(RecallMemories)
+    fold_conversation_history = provide(FoldConversationHistory)
+    get_customer_profile = provide(GetCustomerProfile)
+    list_memories = provide(ListMemories)
+    forget_memory = provide(ForgetMemory)
+    export_customer = provide(ExportCustomer)
+    erase_customer = provide(EraseCustomer)
+    request_handoff = provide(RequestHandoff)
+    withdraw_handoff = provide(WithdrawHandoff)
+    claim_conversation = provide(ClaimConversation)
+    release_conversation = provide(ReleaseConversation)
+    resolve_conversation = provide(ResolveConversation)
+    send_agent_message = provide(SendAgentMessage)
+    list_handoffs = provide(ListHandoffs)
+    expire_handoffs = provide(ExpireHandoffs)
+    create_webhook = provide(CreateWebhook)
+    list_webhooks = provide(ListWebhooks)
+    get_webhook = provide(GetWebhook)
+    delete_webhook = provide(DeleteWebhook)
+    list_webhook_deliveries = provide(ListWebhookDeliveries)
+    deliver_webhooks = provide(DeliverWebhooks)
 
     @provide
     def check_readiness(self, probes: Sequence[HealthProbe]) -> CheckReadiness:
@@ -384,8 +597,23 @@ def create_app(settings: Settings | None = None, *overrides: Provider) -> Litest
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    webhook_worker: list[asyncio.Task[None]] = []
+
+    async def start_webhook_worker() -> None:
+        webhook_worker.append(asyncio.create_task(_deliver_webhooks(container, settings.webhooks)))
+
+    async def stop_webhook_worker() -> None:
+        # Sends cut short here are sent again when their claims' leases run out (at least once).
+        for task in webhook_worker:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     return build_app(
-        settings, container, on_startup=[start_job_worker, start_idle_sweep], on_shutdown=[stop_idle_sweep]
+        settings,
+        container,
+        on_startup=[start_job_worker, start_idle_sweep, start_webhook_worker],
+        on_shutdown=[stop_idle_sweep, stop_webhook_worker],
     )
 
 
@@ -398,5 +626,25 @@ async def _sweep_idle(container: AsyncContainer, interval_s: float) -> None:
                 closed = await (await request.get(SweepIdleConversations)).execute()
             if closed:
                 _logger.info("closed %d idle conversations", closed)
+            async with container() as request:
+                expired = await (await request.get(ExpireHandoffs)).execute()
+            if expired:
+                _logger.info("gave %d unclaimed handoffs back to the assistant", expired)
         except Exception:
             _logger.exception("idle sweep failed")
+
+
+async def _deliver_webhooks(container: AsyncContainer, settings: WebhookSettings) -> None:
+    """Deliver due webhooks, a round at a time; after a full batch the next round starts at once."""
+    while True:
+        attempted = 0
+        pause = settings.poll_interval_s
+        try:
+            async with container() as request:
+                attempted = await (await request.get(DeliverWebhooks)).execute()
+        except Exception:
+            _logger.exception("webhook delivery round failed")
+            # Claims of a failed round stay leased and are retried; don't spin on a database that is down.
+            pause = max(pause, _FAILED_ROUND_PAUSE_S)
+        if attempted < settings.batch_size:
+            await asyncio.sleep(pause)

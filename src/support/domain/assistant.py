@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from support.domain.conversations import ReasonCode, TokenUsage
 from support.domain.knowledge import SearchHit
+from support.domain.memory import RecalledFact
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,10 @@ class ReplyRequest:
     customer_name: str | None = None
     # Facts remembered about the customer (customer memory); untrusted background.
     customer_facts: Sequence[str] = ()
+    # Recalled customer memory (relevant, current facts within the recall budget): context, never instructions.
+    memories: Sequence[RecalledFact] = ()
+    # The rolling summary of the conversation's turns older than ``history`` (redacted, extractive).
+    summary: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +87,19 @@ class HandoffSignal:
 
 
 @dataclass(frozen=True, slots=True)
+class FactRemembered:
+    """The model asks to remember a fact about the customer (``remember_fact``); the application vets and stores it.
+
+    ``kind`` is one of the memory fact kinds (``name``, ``order_number``, ``preference``, ...); ``topic`` names
+    what a ``preference`` or ``note`` is about.
+    """
+
+    kind: str
+    value: str
+    topic: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyCompleted:
     """The last event of a reply. ``evidence_score`` is how well the passages support it, when measured."""
 
@@ -90,4 +108,4 @@ class ReplyCompleted:
     evidence_score: float | None = None
 
 
-ReplyEvent = TextDelta | ToolActivity | PassageCited | HandoffSignal | ReplyCompleted
+ReplyEvent = TextDelta | ToolActivity | PassageCited | HandoffSignal | FactRemembered | ReplyCompleted

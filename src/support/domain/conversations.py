@@ -100,6 +100,20 @@ class ConversationClosedError(ConflictError):
     default_message = "The conversation is closed; start a new one."
 
 
+class ClaimedByAnotherAgentError(ConflictError):
+    """Another agent owns the conversation."""
+
+    code = "claimed_by_another_agent"
+    default_message = "Another agent has already claimed this conversation."
+
+
+class NotClaimedError(ConflictError):
+    """Agents act on conversations they have claimed."""
+
+    code = "not_claimed"
+    default_message = "Claim the conversation before acting on it."
+
+
 class ConversationNotFoundError(NotFoundError):
     """No conversation with this id is visible to the caller."""
 
@@ -143,6 +157,14 @@ class Customer:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentRef:
+    """The human agent who owns a conversation (their API key and its name)."""
+
+    id: UUID | None
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class Feedback:
     """The customer's rating (1 to 5) of a conversation."""
 
@@ -165,11 +187,37 @@ class Conversation:
     reopened_count: int = 0
     closed_at: datetime | None = None
     feedback: Feedback | None = None
+    # The decision that last asked for a human (kept after the handoff ends, for audit and analytics).
+    handoff: "HandoffDecision | None" = None
+    handoff_requested_at: datetime | None = None
+    # A short account of the conversation for the agent who picks it up.
+    handoff_summary: str | None = None
+    agent: "AgentRef | None" = None
+    claimed_at: datetime | None = None
 
     @property
     def assistant_may_reply(self) -> bool:
         """Only while the bot owns the conversation: never over a human or a pending handoff."""
         return self.status is ConversationStatus.BOT
+
+    def request_handoff(self, decision: "HandoffDecision", now: datetime) -> "Conversation":
+        """To the human queue, recording why.
+
+        Raises:
+            InvalidTransitionError: the bot does not own the conversation.
+        """
+        moved = self.apply(ConversationEvent.HANDOFF, now)
+        return replace(moved, handoff=decision, handoff_requested_at=now, handoff_summary=None, agent=None)
+
+    def claim(self, agent: "AgentRef", now: datetime) -> "Conversation":
+        """An agent takes the conversation over; only one can (the second sees status ``human``: 409)."""
+        return replace(self.apply(ConversationEvent.CLAIM, now), agent=agent, claimed_at=now)
+
+    def give_back(self, event: ConversationEvent, now: datetime) -> "Conversation":
+        """Back to the bot: the agent releases it, or the customer withdraws / nobody answered in time."""
+        if event not in {ConversationEvent.RELEASE, ConversationEvent.WITHDRAW}:
+            raise InvalidTransitionError(f"{event.value!r} does not give a conversation back to the bot.")
+        return replace(self.apply(event, now), agent=None, claimed_at=None)
 
     def touch(self, now: datetime) -> "Conversation":
         """This conversation with activity at ``now``."""

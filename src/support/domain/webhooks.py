@@ -1,10 +1,18 @@
 """Events the service tells the company's systems about, through signed webhooks."""
 
+import hashlib
+import hmac
+import json
+import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Self
+from urllib.parse import urlsplit
 from uuid import UUID
+
+from support.domain.errors import InvalidInputError, NotFoundError
 
 
 class WebhookEventType(StrEnum):
@@ -27,3 +35,195 @@ class OutboundEvent:
     occurred_at: datetime
     # JSON-ready data (strings, numbers, booleans, None, lists and mappings of them).
     data: Mapping[str, object] = field(default_factory=dict)
+
+
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a public prefix, not a secret
+WEBHOOK_SECRET_BYTES = 32
+MAX_WEBHOOK_URL_LENGTH = 2000
+MAX_WEBHOOK_DESCRIPTION_LENGTH = 500
+SIGNATURE_VERSION = "v1"
+
+
+class WebhookNotFoundError(NotFoundError):
+    """No webhook endpoint with this id exists."""
+
+    code = "webhook_not_found"
+    default_message = "The webhook was not found."
+
+
+class InvalidWebhookUrlError(InvalidInputError):
+    """The endpoint URL is not an absolute http(s) URL the service can POST to."""
+
+    code = "invalid_webhook_url"
+    default_message = "A webhook URL is an absolute http:// or https:// URL."
+
+
+class DeliveryStatus(StrEnum):
+    """Where one event's delivery to one endpoint stands."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    # Every attempt failed; nothing more is tried.
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """An endpoint of the company's that receives the events it subscribed to.
+
+    Its signing secret is not part of the entity: it is shown once at creation and read only to sign.
+    """
+
+    id: UUID
+    url: str
+    description: str
+    event_types: tuple[WebhookEventType, ...]
+    # The first characters of the secret, so people can tell which secret an endpoint was given.
+    secret_hint: str
+    active: bool
+    created_at: datetime
+
+    def subscribes_to(self, event_type: WebhookEventType) -> bool:
+        """Whether events of ``event_type`` are delivered to this endpoint."""
+        return self.active and event_type in self.event_types
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySchedule:
+    """Exponential backoff with jitter, capped, for a bounded number of attempts.
+
+    The wait after attempt n is ``base_s * 2**(n-1)`` capped at ``cap_s``, then drawn from its upper half, so that
+    the retries of many deliveries to an endpoint that was down spread out instead of arriving at once.
+    """
+
+    base_s: float
+    cap_s: float
+    max_attempts: int
+
+    def __post_init__(self) -> None:
+        if self.base_s <= 0 or self.cap_s < self.base_s or self.max_attempts < 1:
+            msg = "RetrySchedule needs 0 < base_s <= cap_s and max_attempts >= 1"
+            raise ValueError(msg)
+
+    def delay(self, attempt: int, jitter: float) -> timedelta:
+        """The wait before the attempt after ``attempt`` (1-based); ``jitter`` is a random number in [0, 1)."""
+        # min() before the power's result grows: 2**1000 is fine for ints but not for floats.
+        ceiling = min(self.cap_s, self.base_s * 2 ** min(attempt - 1, 64))
+        return timedelta(seconds=ceiling * (0.5 + 0.5 * jitter))
+
+    def exhausted(self, attempts: int) -> bool:
+        """No attempt follows the ``attempts``-th."""
+        return attempts >= self.max_attempts
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One event on its way to one endpoint, with the outcome of the latest attempt."""
+
+    id: UUID
+    event_id: UUID
+    webhook_id: UUID
+    event_type: WebhookEventType
+    status: DeliveryStatus
+    # Attempts started so far; an attempt counts when it is claimed, so one cut short by a crash counts too.
+    attempts: int
+    # When the next attempt may start (pending), or until when a claimed attempt is leased to its worker.
+    next_attempt_at: datetime
+    created_at: datetime
+    last_attempt_at: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+
+    def succeeded(self, status_code: int, now: datetime) -> Self:
+        """The delivery after the endpoint accepted the latest attempt."""
+        return replace(
+            self, status=DeliveryStatus.DELIVERED, last_status_code=status_code, last_error=None, delivered_at=now
+        )
+
+    def failed(
+        self, status_code: int | None, error: str, now: datetime, schedule: RetrySchedule, jitter: float
+    ) -> Self:
+        """The delivery after the latest attempt failed: retried later, or given up after the last attempt."""
+        if schedule.exhausted(self.attempts):
+            return replace(self, status=DeliveryStatus.FAILED, last_status_code=status_code, last_error=error)
+        return replace(
+            self,
+            next_attempt_at=now + schedule.delay(self.attempts, jitter),
+            last_status_code=status_code,
+            last_error=error,
+        )
+
+
+def generate_webhook_secret() -> str:
+    """A new signing secret (shown to the admin once)."""
+    return WEBHOOK_SECRET_PREFIX + secrets.token_urlsafe(WEBHOOK_SECRET_BYTES)
+
+
+def webhook_secret_hint(secret: str) -> str:
+    """The displayable beginning of a signing secret."""
+    return secret[: len(WEBHOOK_SECRET_PREFIX) + 4]
+
+
+def validate_webhook_url(url: str) -> str:
+    """The URL, stripped, when it is an absolute http(s) URL without credentials or fragment.
+
+    Raises:
+        InvalidWebhookUrlError: it is not.
+    """
+    url = url.strip()
+    if not url or len(url) > MAX_WEBHOOK_URL_LENGTH or any(character.isspace() for character in url):
+        raise InvalidWebhookUrlError(f"A webhook URL is 1 to {MAX_WEBHOOK_URL_LENGTH} characters without spaces.")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError on a malformed port
+    except ValueError:
+        raise InvalidWebhookUrlError("The webhook URL is malformed.") from None
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise InvalidWebhookUrlError
+    if parts.username is not None or parts.password is not None:
+        # The URL is listed to every admin; the signature is how receivers authenticate the service.
+        raise InvalidWebhookUrlError("A webhook URL may not contain credentials; verify the signature instead.")
+    if parts.fragment:
+        raise InvalidWebhookUrlError("A webhook URL may not contain a #fragment.")
+    if port == 0:
+        raise InvalidWebhookUrlError("The webhook URL's port is not valid.")
+    return url
+
+
+def encode_event(event: OutboundEvent) -> bytes:
+    """The JSON body delivered for ``event``: ``{id, type, created_at, conversation_id, data}``."""
+    stamp = event.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    document = {
+        "id": str(event.id),
+        "type": event.type.value,
+        "created_at": stamp,
+        "conversation_id": None if event.conversation_id is None else str(event.conversation_id),
+        "data": event.data,
+    }
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """HMAC-SHA256 of ``f"{timestamp}.{body}"`` keyed with the secret (UTF-8), as lowercase hex."""
+    return hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def delivery_headers(event_id: UUID, secret: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The headers of one delivery attempt; docs/webhooks.md tells receivers how to check them."""
+    return {
+        "Content-Type": "application/json",
+        "Webhook-Id": str(event_id),
+        "Webhook-Timestamp": str(timestamp),
+        "Webhook-Signature": f"{SIGNATURE_VERSION}={sign(secret, timestamp, body)}",
+    }
+
+
+def verify_signature(secret: str, timestamp: int, body: bytes, header: str) -> bool:
+    """Whether a ``Webhook-Signature`` header holds a valid signature (one of its space-separated entries)."""
+    expected = sign(secret, timestamp, body)
+    for entry in header.split():
+        version, _, signature = entry.partition("=")
+        if version == SIGNATURE_VERSION and hmac.compare_digest(signature, expected):
+            return True
+    return False

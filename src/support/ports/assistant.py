@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from support.domain.assistant import ReplyEvent, ReplyRequest
+from support.domain.conversations import HandoffDecision, Message
 from support.domain.knowledge import SearchHit
 
 
@@ -34,4 +35,16 @@ class LLM(Protocol):
 
     def reply(self, request: ReplyRequest, tools: AssistantTools) -> AsyncIterator[ReplyEvent]:
         """Stream the reply to ``request``."""
+        ...
+
+
+class Summarizer(Protocol):
+    """Writes the short account of a conversation that an agent reads before taking it over.
+
+    Raises:
+        LLMUnavailableError: the provider failed (the caller falls back to an extractive summary).
+    """
+
+    async def summarize(self, messages: Sequence[Message], *, reason: HandoffDecision | None) -> str:
+        """A few sentences: what the customer wants, what was tried, why a person is needed."""
         ...

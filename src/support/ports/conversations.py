@@ -109,6 +109,24 @@ class ConversationRepository(Protocol):
         """Open conversations whose last activity is older than ``inactive_since``."""
         ...
 
+    async def handoff_queue(
+        self, *, statuses: Sequence[ConversationStatus], limit: int, cursor: str | None
+    ) -> ConversationPage:
+        """Conversations in ``statuses`` (pending_human, human), oldest handoff request first.
+
+        Raises:
+            InvalidInputError: the cursor is not one this store issued.
+        """
+        ...
+
+    async def count_waiting(self, *, requested_before: datetime) -> int:
+        """How many conversations wait for an agent (pending_human) since before ``requested_before``."""
+        ...
+
+    async def save_handoff_summary(self, conversation_id: UUID, *, requested_at: datetime, summary: str) -> None:
+        """Store the agent's summary of the handoff requested at ``requested_at`` (a later handoff keeps its own)."""
+        ...
+
 
 class AttachmentStore(Protocol):
     """Files customers attach to messages.

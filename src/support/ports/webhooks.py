@@ -1,8 +1,12 @@
-"""Ports for webhooks: the outbox that use cases write events to in their own transaction."""
+"""Ports for webhooks: the outbox use cases write events to, endpoints, the delivery queue, the HTTP sender."""
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
+from uuid import UUID
 
-from support.domain.webhooks import OutboundEvent
+from support.domain.webhooks import OutboundEvent, Webhook, WebhookDelivery
 
 
 class WebhookOutbox(Protocol):
@@ -16,5 +20,104 @@ class WebhookOutbox(Protocol):
     """
 
     async def enqueue(self, event: OutboundEvent) -> None:
-        """Record ``event`` for every active endpoint subscribed to its type (nothing when none is)."""
+        """Record ``event`` for every active endpoint subscribed to its type (nothing when none is).
+
+        Enqueueing an event id that is already recorded changes nothing, so a retried use case sends it once.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPage:
+    """One page of an endpoint's deliveries, newest first, and the cursor of the next (None on the last)."""
+
+    items: list[WebhookDelivery]
+    next_cursor: str | None
+
+
+class WebhookRepository(Protocol):
+    """Webhook endpoints, their signing secrets and the history of their deliveries.
+
+    Raises (every method):
+        StorageUnavailableError: the store cannot be reached.
+    """
+
+    async def add(self, webhook: Webhook, secret: str) -> None:
+        """Store a new endpoint with the secret its deliveries are signed with."""
+        ...
+
+    async def get(self, webhook_id: UUID) -> Webhook | None:
+        """The endpoint with this id."""
+        ...
+
+    async def list_all(self) -> list[Webhook]:
+        """Every endpoint, newest first."""
+        ...
+
+    async def delete(self, webhook_id: UUID) -> bool:
+        """Delete the endpoint and its deliveries (pending ones are not sent); False when there was none."""
+        ...
+
+    async def list_deliveries(self, webhook_id: UUID, *, limit: int, cursor: str | None) -> DeliveryPage:
+        """The endpoint's deliveries, newest first.
+
+        Raises:
+            InvalidInputError: the cursor is not one this store issued.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    """A claimed delivery with what it takes to send it."""
+
+    delivery: WebhookDelivery
+    event: OutboundEvent
+    url: str
+    secret: str
+
+
+class WebhookDeliveryQueue(Protocol):
+    """Pending deliveries, claimed by workers in any number of processes.
+
+    Raises (every method):
+        StorageUnavailableError: the store cannot be reached.
+    """
+
+    async def claim_due(self, *, now: datetime, limit: int, lease_until: datetime) -> list[DueDelivery]:
+        """Claim up to ``limit`` pending deliveries to active endpoints that are due at ``now``, earliest first.
+
+        Each claimed delivery counts an attempt (``attempts + 1``, ``last_attempt_at = now``) and is leased until
+        ``lease_until`` (its ``next_attempt_at``): no other claim returns it before then, and if the worker dies
+        before saving an outcome, it is claimed again once the lease runs out. Concurrent claims never return the
+        same delivery. The claim is durable once the unit of work commits.
+        """
+        ...
+
+    async def save(self, delivery: WebhookDelivery) -> None:
+        """Record the outcome of an attempt: status, next attempt, last status code and error, delivery time.
+
+        A delivery already recorded as delivered stays delivered (a late report of a slower attempt loses).
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What the endpoint answered: a status code, or an error when there was no answer."""
+
+    status_code: int | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """A 2xx answer: the endpoint accepted the event."""
+        return self.status_code is not None and 200 <= self.status_code < 300  # noqa: PLR2004
+
+
+class WebhookSender(Protocol):
+    """POSTs a delivery to an endpoint within a time limit."""
+
+    async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> SendResult:
+        """POST ``body`` with ``headers``; refused connections, timeouts and non-2xx answers are results, not errors."""
         ...

@@ -1,85 +1,12 @@
 """Sending and replying with in-memory adapters: one reply at a time, queued messages, interruption, silence."""
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-import pytest
-
-from support.adapters.embedding.hashing import HashingEmbedder
-from support.adapters.memory.cache import InMemoryCache
-from support.adapters.memory.conversations import InMemoryAttachmentStore, InMemoryConversationRepository
-from support.adapters.memory.events import InMemoryEventBus
-from support.adapters.memory.knowledge import InMemoryKnowledgeBase
-from support.adapters.memory.sessions import InMemorySessionStore
-from support.adapters.memory.system import FixedClock, InMemoryUnitOfWork
-from support.application.conversations import (
-    ConversationLimits,
-    SendMessage,
-    StartConversation,
-    Turn,
-)
-from support.application.keys import CustomerTokenSecret
-from support.application.knowledge import KnowledgeLimits, QueryEmbeddings, SearchKnowledge
-from support.application.replies import ConversationServices, ReplyRunner, ReplySettings
-from support.domain.conversations import Conversation, ConversationStatus, MessageRole
+from support.domain.conversations import ConversationStatus, MessageRole
 from support.domain.feed import MessagePosted, ReplyDelta, ReplyDone
-from support.domain.identity import Principal, Role
-from tests.fakes.llm import Script, ScriptedLLM
-
-SERVICE = Principal(role=Role.SERVICE, key_id=None, name="backend")
-
-
-@dataclass
-class _Services:
-    conversations: InMemoryConversationRepository
-    attachments: InMemoryAttachmentStore
-    uow: InMemoryUnitOfWork
-    search: SearchKnowledge
-
-
-@dataclass
-class World:
-    repository: InMemoryConversationRepository
-    bus: InMemoryEventBus
-    llm: ScriptedLLM
-    runner: ReplyRunner
-    send_message: SendMessage
-    conversation: Conversation
-
-    async def send(self, text: str, key: str | None = None) -> Turn:
-        return await self.send_message.execute(SERVICE, self.conversation.id, text, idempotency_key=key)
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    repository = InMemoryConversationRepository()
-    attachments = InMemoryAttachmentStore(repository)
-    uow, clock = InMemoryUnitOfWork(), FixedClock()
-    search = SearchKnowledge(
-        InMemoryKnowledgeBase(), QueryEmbeddings(HashingEmbedder(64), InMemoryCache(), KnowledgeLimits())
-    )
-
-    @asynccontextmanager
-    async def open_services() -> AsyncIterator[ConversationServices]:
-        yield _Services(repository, attachments, uow, search)
-
-    bus, llm = InMemoryEventBus(retention=100), ScriptedLLM()
-    runner = ReplyRunner(open_services, llm, InMemorySessionStore(), bus, clock, ReplySettings(), "test")
-    limits = ConversationLimits()
-    started = await StartConversation(repository, uow, clock, CustomerTokenSecret("s"), limits).execute(
-        SERVICE, external_id="customer-1"
-    )
-    yield World(
-        repository,
-        bus,
-        llm,
-        runner,
-        SendMessage(repository, attachments, uow, clock, runner, limits),
-        started.conversation,
-    )
-    await runner.close()
+from tests.fakes.llm import Script
+from tests.unit.application.conftest import World
 
 
 async def test_messages_sent_during_a_reply_are_answered_together_by_the_next_one(world: World) -> None:

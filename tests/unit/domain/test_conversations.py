@@ -8,15 +8,12 @@ from support.domain.conversations import (
     ConversationClosedError,
     ConversationEvent,
     ConversationStatus,
-    HandoffAction,
     InvalidTransitionError,
     Message,
     MessageRole,
-    ReasonCode,
     next_status,
     unanswered,
 )
-from support.domain.handoff import answer_status_for, decide_handoff
 from support.domain.identity import issue_customer_token, read_customer_token
 from support.domain.ids import new_id
 
@@ -89,29 +86,6 @@ def test_unanswered_messages_are_those_no_reply_covered() -> None:
 
     assert unanswered([first, second, reply, third]) == [second, third]
     assert unanswered([first, second, message(MessageRole.AGENT), third]) == [third]
-
-
-def test_the_handoff_policy_escalates_on_requests_and_offers_on_weak_evidence() -> None:
-    assert decide_handoff([], history=[]).action is HandoffAction.ANSWER
-    escalate = decide_handoff([ReasonCode.CUSTOMER_REQUEST], history=[])
-    assert (escalate.action, escalate.reason_code) == (HandoffAction.ESCALATE, ReasonCode.CUSTOMER_REQUEST)
-    offer = decide_handoff([ReasonCode.INSUFFICIENT_EVIDENCE], history=[message(MessageRole.ASSISTANT)])
-    assert (offer.action, offer.reason_code) == (HandoffAction.OFFER_HUMAN, ReasonCode.INSUFFICIENT_EVIDENCE)
-    assert answer_status_for(offer) is AnswerStatus.INSUFFICIENT_EVIDENCE
-    assert answer_status_for(escalate) is AnswerStatus.HANDED_OFF
-
-
-def test_a_second_unanswered_reply_in_a_row_hands_over() -> None:
-    failed = message(MessageRole.ASSISTANT, status=AnswerStatus.INSUFFICIENT_EVIDENCE)
-    history = [message(MessageRole.CUSTOMER), failed, message(MessageRole.CUSTOMER)]
-
-    decision = decide_handoff([ReasonCode.INSUFFICIENT_EVIDENCE], history=history)
-
-    assert (decision.action, decision.reason_code) == (HandoffAction.ESCALATE, ReasonCode.REPEATED_FAILURE)
-    answered_since = [*history, message(MessageRole.ASSISTANT, status=AnswerStatus.ANSWERED)]
-    assert (
-        decide_handoff([ReasonCode.INSUFFICIENT_EVIDENCE], history=answered_since).action is HandoffAction.OFFER_HUMAN
-    )
 
 
 def test_customer_tokens_are_signed_and_expire() -> None:

@@ -1,5 +1,6 @@
 """In-memory conversations and attachments: fakes for fast use-case tests; same contract as PostgreSQL's."""
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from uuid import UUID
@@ -17,6 +18,11 @@ from support.domain.conversations import (
 from support.domain.errors import InvalidInputError
 from support.domain.ids import new_id
 from support.ports.conversations import ConversationPage, MessagePage
+
+
+def _queue_key(conversation: Conversation) -> tuple[datetime, UUID]:
+    assert conversation.handoff_requested_at is not None  # noqa: S101 - only queued conversations are keyed
+    return conversation.handoff_requested_at, conversation.id
 
 
 class InMemoryConversationRepository:
@@ -134,6 +140,41 @@ class InMemoryConversationRepository:
             key=lambda conversation: conversation.last_activity_at,
         )
         return [conversation.id for conversation in idle[:limit]]
+
+    async def handoff_queue(
+        self, *, statuses: Sequence[ConversationStatus], limit: int, cursor: str | None
+    ) -> ConversationPage:
+        wanted = set(statuses) & {ConversationStatus.PENDING_HUMAN, ConversationStatus.HUMAN}
+        queued = sorted(
+            (item for item in self.conversations.values() if item.status in wanted and item.handoff_requested_at),
+            key=_queue_key,
+        )
+        if cursor:
+            try:
+                stamp, _, identifier = cursor.partition("_")
+                after = (datetime.fromisoformat(stamp), UUID(identifier))
+            except ValueError:
+                raise InvalidInputError("The cursor is not valid.") from None
+            queued = [item for item in queued if _queue_key(item) > after]
+        page = queued[:limit]
+        next_cursor = None
+        if len(queued) > limit:
+            next_cursor = f"{_queue_key(page[-1])[0].isoformat()}_{page[-1].id}"
+        return ConversationPage(items=page, next_cursor=next_cursor)
+
+    async def count_waiting(self, *, requested_before: datetime) -> int:
+        return sum(
+            1
+            for item in self.conversations.values()
+            if item.status is ConversationStatus.PENDING_HUMAN
+            and item.handoff_requested_at is not None
+            and item.handoff_requested_at < requested_before
+        )
+
+    async def save_handoff_summary(self, conversation_id: UUID, *, requested_at: datetime, summary: str) -> None:
+        conversation = self.conversations.get(conversation_id)
+        if conversation is not None and conversation.handoff_requested_at == requested_at:
+            self.conversations[conversation_id] = replace(conversation, handoff_summary=summary)
 
     def _of(self, conversation_id: UUID) -> list[Message]:
         return [message for message in self.messages if message.conversation_id == conversation_id]

@@ -14,6 +14,7 @@ from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import AttachmentRow, ConversationRow, CustomerRow, MessageRow
 from support.domain.assistant import AttachedText
 from support.domain.conversations import (
+    AgentRef,
     AnswerStatus,
     AttachmentInfo,
     AttachmentUpload,
@@ -68,6 +69,11 @@ def _conversation(row: ConversationRow) -> Conversation:
         reopened_count=row.reopened_count,
         closed_at=row.closed_at,
         feedback=feedback,
+        handoff=_decision(row.handoff),
+        handoff_requested_at=row.handoff_requested_at,
+        handoff_summary=row.handoff_summary,
+        agent=AgentRef(row.agent_id, row.agent_name) if row.agent_name is not None else None,
+        claimed_at=row.claimed_at,
     )
 
 
@@ -82,6 +88,12 @@ def _copy_conversation(conversation: Conversation, row: ConversationRow) -> None
     row.feedback_rating = feedback.rating if feedback else None
     row.feedback_comment = feedback.comment if feedback else None
     row.feedback_at = feedback.submitted_at if feedback else None
+    row.handoff = _decision_json(conversation.handoff)
+    row.handoff_requested_at = conversation.handoff_requested_at
+    row.handoff_summary = conversation.handoff_summary
+    row.agent_id = conversation.agent.id if conversation.agent else None
+    row.agent_name = conversation.agent.name if conversation.agent else None
+    row.claimed_at = conversation.claimed_at
 
 
 def _citation_json(citation: Citation) -> dict[str, object]:
@@ -118,8 +130,18 @@ def _decision(data: dict[str, Any] | None) -> HandoffDecision | None:
     )
 
 
+def _decision_json(decision: HandoffDecision | None) -> dict[str, object] | None:
+    if decision is None:
+        return None
+    return {
+        "action": decision.action.value,
+        "reason_code": decision.reason_code.value if decision.reason_code else None,
+        "evidence": decision.evidence,
+        "rule": decision.rule,
+    }
+
+
 def _message_values(message: Message) -> dict[str, Any]:
-    decision = message.decision
     usage = message.usage
     return {
         "id": message.id,
@@ -130,14 +152,7 @@ def _message_values(message: Message) -> dict[str, Any]:
         "reply_to": list(message.reply_to),
         "citations": [_citation_json(citation) for citation in message.citations],
         "answer_status": message.answer_status.value if message.answer_status else None,
-        "decision": None
-        if decision is None
-        else {
-            "action": decision.action.value,
-            "reason_code": decision.reason_code.value if decision.reason_code else None,
-            "evidence": decision.evidence,
-            "rule": decision.rule,
-        },
+        "decision": _decision_json(message.decision),
         "usage": None
         if usage is None
         else {
@@ -204,6 +219,19 @@ def _parse_seq_cursor(cursor: str | None) -> int | None:
         return None
     try:
         return int(cursor)
+    except ValueError:
+        raise InvalidInputError("The cursor is not valid.") from None
+
+
+def _queue_cursor(conversation: Conversation) -> str:
+    assert conversation.handoff_requested_at is not None  # noqa: S101 - queued conversations have one
+    return f"{conversation.handoff_requested_at.isoformat()}_{conversation.id}"
+
+
+def _parse_queue_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        stamp, _, identifier = cursor.partition("_")
+        return datetime.fromisoformat(stamp), UUID(identifier)
     except ValueError:
         raise InvalidInputError("The cursor is not valid.") from None
 
@@ -379,6 +407,44 @@ class PostgresConversationRepository:
         )
         async with storage_errors():
             return list((await self._session.execute(statement)).scalars())
+
+    async def handoff_queue(
+        self, *, statuses: Sequence[ConversationStatus], limit: int, cursor: str | None
+    ) -> ConversationPage:
+        statement = sa.select(ConversationRow).where(
+            # The same predicate as the partial index, so the planner can use it.
+            ConversationRow.status.in_(["pending_human", "human"]),
+            ConversationRow.status.in_([status.value for status in statuses]),
+        )
+        if cursor:
+            after = _parse_queue_cursor(cursor)
+            statement = statement.where(
+                sa.tuple_(ConversationRow.handoff_requested_at, ConversationRow.id)
+                > sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
+            )
+        statement = statement.order_by(ConversationRow.handoff_requested_at, ConversationRow.id).limit(limit + 1)
+        async with storage_errors():
+            rows = list((await self._session.execute(statement)).scalars())
+        items = [_conversation(row) for row in rows[:limit]]
+        return ConversationPage(items=items, next_cursor=_queue_cursor(items[-1]) if len(rows) > limit else None)
+
+    async def count_waiting(self, *, requested_before: datetime) -> int:
+        statement = sa.select(sa.func.count()).where(
+            ConversationRow.status.in_(["pending_human", "human"]),
+            ConversationRow.status == ConversationStatus.PENDING_HUMAN.value,
+            ConversationRow.handoff_requested_at < requested_before,
+        )
+        async with storage_errors():
+            return int((await self._session.execute(statement)).scalar_one())
+
+    async def save_handoff_summary(self, conversation_id: UUID, *, requested_at: datetime, summary: str) -> None:
+        statement = (
+            sa.update(ConversationRow)
+            .where(ConversationRow.id == conversation_id, ConversationRow.handoff_requested_at == requested_at)
+            .values(handoff_summary=summary)
+        )
+        async with storage_errors():
+            await self._session.execute(statement)
 
     async def _with_attachments(self, rows: Sequence[sa.Row[Any]]) -> list[Message]:
         customer_ids = [row.id for row in rows if row.role == MessageRole.CUSTOMER.value]

@@ -206,3 +206,112 @@ class AttachmentRow(DefaultBase):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
     __table_args__ = (sa.Index("ix_attachments_conversation", "conversation_id", sa.text("created_at DESC")),)
+
+
+class WebhookRow(DefaultBase):
+    __tablename__ = "webhooks"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(sa.Text)
+    description: Mapped[str] = mapped_column(sa.Text, server_default="")
+    event_types: Mapped[list[str]] = mapped_column(ARRAY(sa.Text))
+    # Kept as is, not hashed: every delivery is signed with it (shown once; lists show the hint).
+    secret: Mapped[str] = mapped_column(sa.Text)
+    secret_hint: Mapped[str] = mapped_column(sa.String(16))
+    active: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.true())
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class WebhookEventRow(DefaultBase):
+    """The outbox: events written in the transaction of the change they describe."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    type: Mapped[str] = mapped_column(sa.String(64))
+    # Erasing a conversation (or its customer) erases its events, sent or not.
+    conversation_id: Mapped[UUID | None] = mapped_column(
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    occurred_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    data: Mapped[dict[str, object]] = mapped_column(JSONB, server_default="{}")
+
+
+class WebhookDeliveryRow(DefaultBase):
+    """One event for one endpoint: what the worker claims, and the history the API shows."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    event_id: Mapped[UUID] = mapped_column(sa.ForeignKey("webhook_events.id", ondelete="CASCADE"))
+    webhook_id: Mapped[UUID] = mapped_column(sa.ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(sa.String(64))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    attempts: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    last_attempt_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    last_status_code: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+    __table_args__ = (
+        sa.CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status_known"),
+        # One delivery per event and endpoint (enqueueing twice is a no-op); also serves the cascade from events.
+        sa.UniqueConstraint("event_id", "webhook_id"),
+        sa.Index("ix_webhook_deliveries_webhook", "webhook_id", "id"),
+        # What the worker scans: pending deliveries by due time.
+        sa.Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=sa.text("status = 'pending'")),
+    )
+
+
+class MemoryRow(DefaultBase):
+    """A remembered fact about a customer; superseded facts stay (audit) with ``superseded_by`` set."""
+
+    __tablename__ = "customer_memories"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    customer_id: Mapped[UUID] = mapped_column(sa.ForeignKey("customers.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    key: Mapped[str] = mapped_column(sa.String(100))
+    value: Mapped[str] = mapped_column(sa.Text)
+    confidence: Mapped[float] = mapped_column(sa.Float)
+    origin: Mapped[str] = mapped_column(sa.String(16))
+    # Provenance only: no foreign key, a fact outlives nothing of its customer (they are erased together).
+    source_message_id: Mapped[UUID | None] = mapped_column(sa.Uuid)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # The fact that replaced this one. No foreign key: forgetting the newer fact must not revive this one.
+    superseded_by: Mapped[UUID | None] = mapped_column(sa.Uuid)
+    # Recall ranks a customer's few current facts exactly (no ANN index needed for dozens of rows).
+    embedding: Mapped[list[float]] = mapped_column(Vector(EMBEDDING_DIMENSION))
+
+    __table_args__ = (
+        sa.CheckConstraint("confidence BETWEEN 0 AND 1", name="confidence_range"),
+        sa.CheckConstraint("origin IN ('pattern', 'model')", name="origin_known"),
+        sa.Index("ix_customer_memories_customer", "customer_id", sa.text("id DESC")),
+        # One current value per key; the partial index also serves recall's filter.
+        sa.Index(
+            "ux_customer_memories_current",
+            "customer_id",
+            "key",
+            unique=True,
+            postgresql_where=sa.text("superseded_by IS NULL"),
+        ),
+    )
+
+
+class SummaryRow(DefaultBase):
+    """The rolling summary of a conversation's turns older than the history window."""
+
+    __tablename__ = "conversation_summaries"
+
+    conversation_id: Mapped[UUID] = mapped_column(
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    points: Mapped[list[str]] = mapped_column(ARRAY(sa.Text), server_default="{}")
+    mentions: Mapped[list[str]] = mapped_column(ARRAY(sa.Text), server_default="{}")
+    through_message_id: Mapped[UUID] = mapped_column(sa.Uuid)
+    through_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    folded_messages: Mapped[int] = mapped_column(sa.Integer)
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))

@@ -49,6 +49,7 @@ from support.application.conversations import (
     SubmitFeedback,
     Turn,
 )
+from support.application.handoffs import SendAgentMessage
 from support.config import Settings
 from support.domain.conversations import ConversationStatus
 from support.domain.errors import InvalidInputError, SupportError
@@ -455,11 +456,16 @@ async def _handle_frame(
         try:
             if not isinstance(content, str):
                 raise InvalidInputError("A send frame carries the message text in `content`.")
+            idempotency_key = key if isinstance(key, str) else None
+            if principal.role is Role.AGENT:
+                # An agent's socket sends agent messages; they reach every feed through the bus.
+                async with container() as scope:
+                    agent_message = await scope.get(SendAgentMessage)
+                    await agent_message.execute(principal, conversation_id, content, idempotency_key=idempotency_key)
+                return
             async with container() as scope:
                 use_case = await scope.get(SendMessage)
-                turn = await use_case.execute(
-                    principal, conversation_id, content, idempotency_key=key if isinstance(key, str) else None
-                )
+                turn = await use_case.execute(principal, conversation_id, content, idempotency_key=idempotency_key)
             # The reply reaches this socket through the feed; the echo confirms the send with its id.
             if turn.duplicate:
                 await socket.send_text(encode_ws(FeedEvent(0, MessagePosted(turn.message))))

@@ -14,6 +14,7 @@ from support.domain.conversations import (
     Conversation,
     ConversationStatus,
     HandoffAction,
+    HandoffDecision,
     Message,
     MessageRole,
     ReasonCode,
@@ -53,6 +54,21 @@ class FeedbackResource(msgspec.Struct, frozen=True):
     submitted_at: datetime
 
 
+class DecisionResource(msgspec.Struct, frozen=True):
+    """Why the assistant answered, offered a human, or handed over."""
+
+    action: HandoffAction
+    reason_code: ReasonCode | None
+    evidence: str | None
+    rule: str | None
+
+    @classmethod
+    def of(cls, decision: HandoffDecision | None) -> "DecisionResource | None":
+        if decision is None:
+            return None
+        return cls(decision.action, decision.reason_code, decision.evidence, decision.rule)
+
+
 class ConversationResource(msgspec.Struct, frozen=True):
     id: UUID
     status: ConversationStatus
@@ -64,6 +80,11 @@ class ConversationResource(msgspec.Struct, frozen=True):
     reopened_count: int
     closed_at: datetime | None
     feedback: FeedbackResource | None
+    # The decision that last asked for a human, when it was made, and the agent who owns the conversation.
+    handoff: DecisionResource | None = None
+    handoff_requested_at: datetime | None = None
+    agent_name: str | None = None
+    claimed_at: datetime | None = None
 
     @classmethod
     def of(cls, conversation: Conversation) -> "ConversationResource":
@@ -81,6 +102,10 @@ class ConversationResource(msgspec.Struct, frozen=True):
             feedback=None
             if feedback is None
             else FeedbackResource(rating=feedback.rating, comment=feedback.comment, submitted_at=feedback.submitted_at),
+            handoff=DecisionResource.of(conversation.handoff),
+            handoff_requested_at=conversation.handoff_requested_at,
+            agent_name=conversation.agent.name if conversation.agent else None,
+            claimed_at=conversation.claimed_at,
         )
 
 
@@ -129,15 +154,6 @@ class UsageResource(msgspec.Struct, frozen=True):
     output_tokens: int
     cache_read_tokens: int
     cache_write_tokens: int
-
-
-class DecisionResource(msgspec.Struct, frozen=True):
-    """Why the assistant answered, offered a human, or handed over."""
-
-    action: HandoffAction
-    reason_code: ReasonCode | None
-    evidence: str | None
-    rule: str | None
 
 
 class AttachmentResource(msgspec.Struct, frozen=True):
@@ -189,9 +205,7 @@ class MessageResource(msgspec.Struct, frozen=True):
             reply_to=list(message.reply_to),
             citations=[CitationResource.of(citation) for citation in message.citations],
             answer_status=message.answer_status,
-            decision=None
-            if decision is None
-            else DecisionResource(decision.action, decision.reason_code, decision.evidence, decision.rule),
+            decision=DecisionResource.of(decision),
             usage=None
             if usage is None
             else UsageResource(

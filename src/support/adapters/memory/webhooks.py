@@ -1,0 +1,128 @@
+"""In-memory webhooks: endpoints, outbox and delivery queue over one shared state; same contract as PostgreSQL's."""
+
+import json
+from dataclasses import replace
+from datetime import datetime
+from uuid import UUID
+
+from support.domain.errors import ConflictError, InvalidInputError
+from support.domain.ids import new_id
+from support.domain.webhooks import DeliveryStatus, OutboundEvent, Webhook, WebhookDelivery, encode_event
+from support.ports.webhooks import DeliveryPage, DueDelivery
+
+
+class InMemoryWebhookRepository:
+    """Dictionaries; writes are visible at once (the unit of work only counts commits)."""
+
+    def __init__(self) -> None:
+        self.webhooks: dict[UUID, Webhook] = {}
+        self.secrets: dict[UUID, str] = {}
+        self.events: dict[UUID, OutboundEvent] = {}
+        self.deliveries: dict[UUID, WebhookDelivery] = {}
+
+    async def add(self, webhook: Webhook, secret: str) -> None:
+        if webhook.id in self.webhooks:
+            raise ConflictError("The change conflicts with existing data.")
+        self.webhooks[webhook.id] = webhook
+        self.secrets[webhook.id] = secret
+
+    async def get(self, webhook_id: UUID) -> Webhook | None:
+        return self.webhooks.get(webhook_id)
+
+    async def list_all(self) -> list[Webhook]:
+        return sorted(self.webhooks.values(), key=lambda webhook: (webhook.created_at, webhook.id), reverse=True)
+
+    async def delete(self, webhook_id: UUID) -> bool:
+        if self.webhooks.pop(webhook_id, None) is None:
+            return False
+        del self.secrets[webhook_id]
+        self.deliveries = {key: item for key, item in self.deliveries.items() if item.webhook_id != webhook_id}
+        return True
+
+    async def list_deliveries(self, webhook_id: UUID, *, limit: int, cursor: str | None) -> DeliveryPage:
+        items = sorted(
+            (item for item in self.deliveries.values() if item.webhook_id == webhook_id),
+            key=lambda item: item.id,
+            reverse=True,
+        )
+        if cursor:
+            try:
+                after = UUID(cursor)
+            except ValueError:
+                raise InvalidInputError("The cursor is not valid.") from None
+            items = [item for item in items if item.id < after]
+        page = items[:limit]
+        return DeliveryPage(items=page, next_cursor=str(page[-1].id) if len(items) > limit else None)
+
+
+class InMemoryWebhookOutbox:
+    def __init__(self, store: InMemoryWebhookRepository) -> None:
+        self._store = store
+
+    async def enqueue(self, event: OutboundEvent) -> None:
+        # Stored as PostgreSQL's JSONB gives it back: non-JSON data fails, tuples come back as lists.
+        data = json.loads(encode_event(event))["data"]
+        subscribers = [webhook.id for webhook in self._store.webhooks.values() if webhook.subscribes_to(event.type)]
+        if not subscribers:
+            return
+        self._store.events.setdefault(event.id, replace(event, data=data))
+        delivered_to = {item.webhook_id for item in self._store.deliveries.values() if item.event_id == event.id}
+        for webhook_id in subscribers:
+            if webhook_id in delivered_to:
+                continue
+            delivery = WebhookDelivery(
+                id=new_id(),
+                event_id=event.id,
+                webhook_id=webhook_id,
+                event_type=event.type,
+                status=DeliveryStatus.PENDING,
+                attempts=0,
+                next_attempt_at=event.occurred_at,
+                created_at=event.occurred_at,
+            )
+            self._store.deliveries[delivery.id] = delivery
+
+
+class InMemoryWebhookDeliveryQueue:
+    def __init__(self, store: InMemoryWebhookRepository) -> None:
+        self._store = store
+
+    async def claim_due(self, *, now: datetime, limit: int, lease_until: datetime) -> list[DueDelivery]:
+        store = self._store
+        due = sorted(
+            (
+                item
+                for item in store.deliveries.values()
+                if item.status is DeliveryStatus.PENDING
+                and item.next_attempt_at <= now
+                and store.webhooks[item.webhook_id].active
+            ),
+            key=lambda item: (item.next_attempt_at, item.id),
+        )[:limit]
+        claimed = []
+        for item in due:
+            leased = replace(item, attempts=item.attempts + 1, last_attempt_at=now, next_attempt_at=lease_until)
+            store.deliveries[item.id] = leased
+            webhook = store.webhooks[item.webhook_id]
+            claimed.append(
+                DueDelivery(
+                    delivery=leased,
+                    event=store.events[item.event_id],
+                    url=webhook.url,
+                    secret=store.secrets[webhook.id],
+                )
+            )
+        return sorted(claimed, key=lambda due_delivery: due_delivery.delivery.id)
+
+    async def save(self, delivery: WebhookDelivery) -> None:
+        current = self._store.deliveries.get(delivery.id)
+        if current is None or current.status is DeliveryStatus.DELIVERED:
+            return
+        self._store.deliveries[delivery.id] = replace(
+            current,
+            status=delivery.status,
+            next_attempt_at=delivery.next_attempt_at,
+            last_status_code=delivery.last_status_code,
+            last_error=delivery.last_error,
+            delivered_at=delivery.delivered_at,
+        )

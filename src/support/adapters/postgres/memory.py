@@ -1,0 +1,281 @@
+"""Customer memory, conversation summaries and whole-customer records in PostgreSQL."""
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from support.adapters.postgres.errors import storage_errors
+from support.adapters.postgres.models import ConversationRow, CustomerRow, MemoryRow, MessageRow, SummaryRow
+from support.domain.errors import InvalidInputError
+from support.domain.memory import ConversationSummary, Fact, FactKind, FactOrigin
+from support.ports.customers import CustomerCounts
+from support.ports.memory import FactCounts, FactPage, ScoredFact
+
+_FACT_COLUMNS = (
+    MemoryRow.id,
+    MemoryRow.customer_id,
+    MemoryRow.kind,
+    MemoryRow.key,
+    MemoryRow.value,
+    MemoryRow.confidence,
+    MemoryRow.origin,
+    MemoryRow.source_message_id,
+    MemoryRow.created_at,
+    MemoryRow.expires_at,
+    MemoryRow.superseded_by,
+)
+
+
+def _fact(row: sa.Row[Any]) -> Fact:
+    return Fact(
+        id=row.id,
+        customer_id=row.customer_id,
+        kind=FactKind(row.kind),
+        key=row.key,
+        value=row.value,
+        confidence=row.confidence,
+        origin=FactOrigin(row.origin),
+        source_message_id=row.source_message_id,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        superseded_by=row.superseded_by,
+    )
+
+
+def _current(customer_id: UUID, now: datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        MemoryRow.customer_id == customer_id,
+        MemoryRow.superseded_by.is_(None),
+        sa.or_(MemoryRow.expires_at.is_(None), MemoryRow.expires_at > now),
+    )
+
+
+class PostgresCustomerMemory:
+    """Facts in ``customer_memories``; a partial unique index keeps one current fact per customer and key."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def current(self, customer_id: UUID, key: str) -> Fact | None:
+        statement = sa.select(*_FACT_COLUMNS).where(
+            MemoryRow.customer_id == customer_id, MemoryRow.key == key, MemoryRow.superseded_by.is_(None)
+        )
+        async with storage_errors():
+            row = (await self._session.execute(statement)).first()
+        return None if row is None else _fact(row)
+
+    async def remember(self, fact: Fact, embedding: Sequence[float]) -> None:
+        async with storage_errors():
+            # Serialises writers of one customer's key until commit: the second one then sees the first's row
+            # and supersedes it, instead of both inserting a "current" fact.
+            await self._session.execute(
+                sa.select(
+                    sa.func.pg_advisory_xact_lock(
+                        sa.func.hashtextextended(
+                            sa.literal(f"{fact.customer_id}:{fact.key}"), sa.literal(0, sa.BigInteger)
+                        )
+                    )
+                )
+            )
+            await self._session.execute(
+                sa.update(MemoryRow)
+                .where(
+                    MemoryRow.customer_id == fact.customer_id,
+                    MemoryRow.key == fact.key,
+                    MemoryRow.superseded_by.is_(None),
+                    MemoryRow.id != fact.id,
+                )
+                .values(superseded_by=fact.id)
+            )
+            await self._session.execute(
+                sa.insert(MemoryRow).values(
+                    id=fact.id,
+                    customer_id=fact.customer_id,
+                    kind=fact.kind.value,
+                    key=fact.key,
+                    value=fact.value,
+                    confidence=fact.confidence,
+                    origin=fact.origin.value,
+                    source_message_id=fact.source_message_id,
+                    created_at=fact.created_at,
+                    expires_at=fact.expires_at,
+                    superseded_by=fact.superseded_by,
+                    embedding=list(embedding),
+                )
+            )
+
+    async def refresh(self, fact_id: UUID, *, expires_at: datetime | None, confidence: float) -> None:
+        statement = (
+            sa.update(MemoryRow)
+            .where(MemoryRow.id == fact_id)
+            .values(expires_at=expires_at, confidence=sa.func.greatest(MemoryRow.confidence, confidence))
+        )
+        async with storage_errors():
+            await self._session.execute(statement)
+
+    async def recall(
+        self, customer_id: UUID, *, now: datetime, embedding: Sequence[float] | None, limit: int
+    ) -> list[ScoredFact]:
+        if embedding is None:
+            statement = (
+                sa.select(*_FACT_COLUMNS, sa.literal(0.0).label("similarity"))
+                .where(_current(customer_id, now))
+                .order_by(MemoryRow.created_at.desc(), MemoryRow.id.desc())
+            )
+        else:
+            # A customer has a few dozen facts: an exact scan of them beats any approximate index.
+            distance = MemoryRow.embedding.cosine_distance(list(embedding))
+            statement = (
+                sa.select(*_FACT_COLUMNS, (1 - distance).label("similarity"))
+                .where(_current(customer_id, now))
+                .order_by(distance, MemoryRow.id.desc())
+            )
+        async with storage_errors():
+            rows = (await self._session.execute(statement.limit(limit))).all()
+        return [ScoredFact(_fact(row), float(row.similarity)) for row in rows]
+
+    async def list_facts(self, customer_id: UUID, *, limit: int, cursor: str | None) -> FactPage:
+        statement = sa.select(*_FACT_COLUMNS).where(MemoryRow.customer_id == customer_id)
+        if cursor:
+            try:
+                after = UUID(cursor)
+            except ValueError:
+                raise InvalidInputError("The cursor is not valid.") from None
+            statement = statement.where(MemoryRow.id < after)
+        statement = statement.order_by(MemoryRow.id.desc()).limit(limit + 1)
+        async with storage_errors():
+            rows = (await self._session.execute(statement)).all()
+        items = [_fact(row) for row in rows[:limit]]
+        return FactPage(items=items, next_cursor=str(items[-1].id) if len(rows) > limit else None)
+
+    async def get(self, customer_id: UUID, fact_id: UUID) -> Fact | None:
+        statement = sa.select(*_FACT_COLUMNS).where(MemoryRow.customer_id == customer_id, MemoryRow.id == fact_id)
+        async with storage_errors():
+            row = (await self._session.execute(statement)).first()
+        return None if row is None else _fact(row)
+
+    async def forget(self, customer_id: UUID, fact_id: UUID) -> bool:
+        statement = (
+            sa.delete(MemoryRow)
+            .where(MemoryRow.customer_id == customer_id, MemoryRow.id == fact_id)
+            .returning(MemoryRow.id)
+        )
+        async with storage_errors():
+            return (await self._session.execute(statement)).first() is not None
+
+    async def forget_customer(self, customer_id: UUID) -> int:
+        statement = sa.delete(MemoryRow).where(MemoryRow.customer_id == customer_id).returning(MemoryRow.id)
+        async with storage_errors():
+            return len((await self._session.execute(statement)).all())
+
+    async def count(self, customer_id: UUID, *, now: datetime) -> FactCounts:
+        current = sa.and_(
+            MemoryRow.superseded_by.is_(None), sa.or_(MemoryRow.expires_at.is_(None), MemoryRow.expires_at > now)
+        )
+        statement = sa.select(sa.func.count().filter(current).label("current"), sa.func.count().label("total")).where(
+            MemoryRow.customer_id == customer_id
+        )
+        async with storage_errors():
+            row = (await self._session.execute(statement)).one()
+        return FactCounts(current=row.current, total=row.total)
+
+
+def _summary(row: SummaryRow) -> ConversationSummary:
+    return ConversationSummary(
+        conversation_id=row.conversation_id,
+        points=tuple(row.points),
+        mentions=tuple(row.mentions),
+        through_message_id=row.through_message_id,
+        through_at=row.through_at,
+        folded_messages=row.folded_messages,
+        updated_at=row.updated_at,
+    )
+
+
+class PostgresSummaryStore:
+    """One row per conversation in ``conversation_summaries``; it goes with its conversation (cascade)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def get(self, conversation_id: UUID) -> ConversationSummary | None:
+        statement = sa.select(SummaryRow).where(SummaryRow.conversation_id == conversation_id)
+        async with storage_errors():
+            row = (await self._session.execute(statement.execution_options(populate_existing=True))).scalar()
+        return None if row is None else _summary(row)
+
+    async def save(self, summary: ConversationSummary) -> None:
+        values = {
+            "conversation_id": summary.conversation_id,
+            "points": list(summary.points),
+            "mentions": list(summary.mentions),
+            "through_message_id": summary.through_message_id,
+            "through_at": summary.through_at,
+            "folded_messages": summary.folded_messages,
+            "updated_at": summary.updated_at,
+        }
+        insert = pg_insert(SummaryRow).values(values)
+        statement = insert.on_conflict_do_update(
+            index_elements=[SummaryRow.conversation_id],
+            set_={name: insert.excluded[name] for name in values if name != "conversation_id"},
+        )
+        async with storage_errors():
+            await self._session.execute(statement)
+
+    async def for_conversations(self, conversation_ids: Sequence[UUID]) -> list[ConversationSummary]:
+        if not conversation_ids:
+            return []
+        statement = sa.select(SummaryRow).where(SummaryRow.conversation_id.in_(list(conversation_ids)))
+        async with storage_errors():
+            rows = (await self._session.execute(statement)).scalars().all()
+        return [_summary(row) for row in rows]
+
+    async def delete(self, conversation_ids: Sequence[UUID]) -> int:
+        if not conversation_ids:
+            return 0
+        statement = (
+            sa.delete(SummaryRow)
+            .where(SummaryRow.conversation_id.in_(list(conversation_ids)))
+            .returning(SummaryRow.conversation_id)
+        )
+        async with storage_errors():
+            return len((await self._session.execute(statement)).all())
+
+
+class PostgresCustomerRecords:
+    """A customer's footprint and erasure: deleting the customer row cascades to everything that hangs off it."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def counts(self, customer_id: UUID) -> CustomerCounts:
+        conversations = sa.select(sa.func.count()).where(ConversationRow.customer_id == customer_id).scalar_subquery()
+        messages = (
+            sa.select(sa.func.count())
+            .select_from(MessageRow)
+            .join(ConversationRow, ConversationRow.id == MessageRow.conversation_id)
+            .where(ConversationRow.customer_id == customer_id)
+            .scalar_subquery()
+        )
+        async with storage_errors():
+            row = (await self._session.execute(sa.select(conversations.label("c"), messages.label("m")))).one()
+        return CustomerCounts(conversations=row.c, messages=row.m)
+
+    async def conversation_ids(self, customer_id: UUID) -> list[UUID]:
+        statement = (
+            sa.select(ConversationRow.id)
+            .where(ConversationRow.customer_id == customer_id)
+            .order_by(ConversationRow.created_at, ConversationRow.id)
+        )
+        async with storage_errors():
+            return list((await self._session.execute(statement)).scalars())
+
+    async def delete(self, customer_id: UUID) -> bool:
+        statement = sa.delete(CustomerRow).where(CustomerRow.id == customer_id).returning(CustomerRow.id)
+        async with storage_errors():
+            return (await self._session.execute(statement)).first() is not None

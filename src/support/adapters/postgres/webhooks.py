@@ -1,0 +1,241 @@
+"""Webhook endpoints, the outbox and the delivery queue in PostgreSQL."""
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from support.adapters.postgres.errors import storage_errors
+from support.adapters.postgres.models import WebhookDeliveryRow, WebhookEventRow, WebhookRow
+from support.domain.errors import InvalidInputError
+from support.domain.ids import new_id
+from support.domain.webhooks import (
+    DeliveryStatus,
+    OutboundEvent,
+    Webhook,
+    WebhookDelivery,
+    WebhookEventType,
+    encode_event,
+)
+from support.ports.webhooks import DeliveryPage, DueDelivery
+
+_DELIVERY_COLUMNS = (
+    WebhookDeliveryRow.id,
+    WebhookDeliveryRow.event_id,
+    WebhookDeliveryRow.webhook_id,
+    WebhookDeliveryRow.event_type,
+    WebhookDeliveryRow.status,
+    WebhookDeliveryRow.attempts,
+    WebhookDeliveryRow.next_attempt_at,
+    WebhookDeliveryRow.created_at,
+    WebhookDeliveryRow.last_attempt_at,
+    WebhookDeliveryRow.last_status_code,
+    WebhookDeliveryRow.last_error,
+    WebhookDeliveryRow.delivered_at,
+)
+
+
+class _WebhookRows(SQLAlchemyAsyncRepository[WebhookRow]):
+    model_type = WebhookRow
+
+
+def _webhook(row: WebhookRow) -> Webhook:
+    return Webhook(
+        id=row.id,
+        url=row.url,
+        description=row.description,
+        event_types=tuple(WebhookEventType(value) for value in row.event_types),
+        secret_hint=row.secret_hint,
+        active=row.active,
+        created_at=row.created_at,
+    )
+
+
+def _delivery(row: sa.Row[Any]) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=row.id,
+        event_id=row.event_id,
+        webhook_id=row.webhook_id,
+        event_type=WebhookEventType(row.event_type),
+        status=DeliveryStatus(row.status),
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        created_at=row.created_at,
+        last_attempt_at=row.last_attempt_at,
+        last_status_code=row.last_status_code,
+        last_error=row.last_error,
+        delivered_at=row.delivered_at,
+    )
+
+
+class PostgresWebhookRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+        self._rows = _WebhookRows(session=session)
+
+    async def add(self, webhook: Webhook, secret: str) -> None:
+        row = WebhookRow(
+            id=webhook.id,
+            url=webhook.url,
+            description=webhook.description,
+            event_types=[event_type.value for event_type in webhook.event_types],
+            secret=secret,
+            secret_hint=webhook.secret_hint,
+            active=webhook.active,
+            created_at=webhook.created_at,
+        )
+        async with storage_errors():
+            await self._rows.add(row, auto_refresh=False)
+
+    async def get(self, webhook_id: UUID) -> Webhook | None:
+        async with storage_errors():
+            row = await self._rows.get_one_or_none(id=webhook_id)
+        return None if row is None else _webhook(row)
+
+    async def list_all(self) -> list[Webhook]:
+        async with storage_errors():
+            rows = await self._rows.get_many(order_by=[(WebhookRow.created_at, True), (WebhookRow.id, True)])
+        return [_webhook(row) for row in rows]
+
+    async def delete(self, webhook_id: UUID) -> bool:
+        statement = sa.delete(WebhookRow).where(WebhookRow.id == webhook_id).returning(WebhookRow.id)
+        async with storage_errors():
+            deleted = (await self._session.execute(statement)).scalar()
+        return deleted is not None
+
+    async def list_deliveries(self, webhook_id: UUID, *, limit: int, cursor: str | None) -> DeliveryPage:
+        statement = sa.select(*_DELIVERY_COLUMNS).where(WebhookDeliveryRow.webhook_id == webhook_id)
+        if cursor:
+            try:
+                after = UUID(cursor)
+            except ValueError:
+                raise InvalidInputError("The cursor is not valid.") from None
+            statement = statement.where(WebhookDeliveryRow.id < after)
+        statement = statement.order_by(WebhookDeliveryRow.id.desc()).limit(limit + 1)
+        async with storage_errors():
+            rows = (await self._session.execute(statement)).all()
+        items = [_delivery(row) for row in rows[:limit]]
+        return DeliveryPage(items=items, next_cursor=str(items[-1].id) if len(rows) > limit else None)
+
+
+class PostgresWebhookOutbox:
+    """Writes through the request's session, so events commit or roll back with the use case's change."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def enqueue(self, event: OutboundEvent) -> None:
+        # Data that is not JSON fails here, in every caller's tests, not only where an endpoint is subscribed.
+        encode_event(event)
+        # KEY SHARE: an endpoint deleted meanwhile waits for this transaction instead of failing its foreign key.
+        subscribers = (
+            sa.select(WebhookRow.id)
+            .where(WebhookRow.active, WebhookRow.event_types.contains([event.type.value]))
+            .with_for_update(read=True, key_share=True)
+        )
+        async with storage_errors():
+            webhook_ids = list((await self._session.execute(subscribers)).scalars())
+            if not webhook_ids:
+                return
+            await self._session.execute(
+                pg_insert(WebhookEventRow)
+                .values(
+                    id=event.id,
+                    type=event.type.value,
+                    conversation_id=event.conversation_id,
+                    occurred_at=event.occurred_at,
+                    data=dict(event.data),
+                )
+                .on_conflict_do_nothing(index_elements=[WebhookEventRow.id])
+            )
+            deliveries = [
+                {
+                    "id": new_id(),
+                    "event_id": event.id,
+                    "webhook_id": webhook_id,
+                    "event_type": event.type.value,
+                    "status": DeliveryStatus.PENDING.value,
+                    "attempts": 0,
+                    # Due at once; the worker's clock decides when "now" is.
+                    "next_attempt_at": event.occurred_at,
+                    "created_at": event.occurred_at,
+                }
+                for webhook_id in webhook_ids
+            ]
+            await self._session.execute(
+                pg_insert(WebhookDeliveryRow)
+                .values(deliveries)
+                .on_conflict_do_nothing(index_elements=[WebhookDeliveryRow.event_id, WebhookDeliveryRow.webhook_id])
+            )
+
+
+class PostgresWebhookDeliveryQueue:
+    """Claims with ``FOR UPDATE SKIP LOCKED``: workers in several processes share the queue without waiting."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def claim_due(self, *, now: datetime, limit: int, lease_until: datetime) -> list[DueDelivery]:
+        delivery, event, webhook = WebhookDeliveryRow, WebhookEventRow, WebhookRow
+        due = (
+            sa.select(delivery.id)
+            .join(webhook, webhook.id == delivery.webhook_id)
+            .where(delivery.status == DeliveryStatus.PENDING.value, delivery.next_attempt_at <= now, webhook.active)
+            .order_by(delivery.next_attempt_at)
+            .limit(limit)
+            .with_for_update(of=delivery, skip_locked=True)
+            .cte("due")
+        )
+        statement = (
+            sa.update(delivery)
+            .where(delivery.id == due.c.id, event.id == delivery.event_id, webhook.id == delivery.webhook_id)
+            .values(attempts=delivery.attempts + 1, last_attempt_at=now, next_attempt_at=lease_until)
+            .returning(
+                *_DELIVERY_COLUMNS,
+                event.conversation_id,
+                event.occurred_at,
+                event.data,
+                webhook.url,
+                webhook.secret,
+            )
+        )
+        async with storage_errors():
+            rows = (await self._session.execute(statement)).all()
+        claimed = [
+            DueDelivery(
+                delivery=_delivery(row),
+                event=OutboundEvent(
+                    id=row.event_id,
+                    type=WebhookEventType(row.event_type),
+                    conversation_id=row.conversation_id,
+                    occurred_at=row.occurred_at,
+                    data=row.data,
+                ),
+                url=row.url,
+                secret=row.secret,
+            )
+            for row in rows
+        ]
+        return sorted(claimed, key=lambda due_delivery: due_delivery.delivery.id)
+
+    async def save(self, delivery: WebhookDelivery) -> None:
+        statement = (
+            sa.update(WebhookDeliveryRow)
+            .where(
+                WebhookDeliveryRow.id == delivery.id,
+                WebhookDeliveryRow.status != DeliveryStatus.DELIVERED.value,
+            )
+            .values(
+                status=delivery.status.value,
+                next_attempt_at=delivery.next_attempt_at,
+                last_status_code=delivery.last_status_code,
+                last_error=delivery.last_error,
+                delivered_at=delivery.delivered_at,
+            )
+        )
+        async with storage_errors():
+            await self._session.execute(statement)

@@ -1,0 +1,42 @@
+"""Erasing a conversation's hot state from Valkey: session cache, reply lease, event feed."""
+
+from collections.abc import Sequence
+from uuid import UUID
+
+from valkey.asyncio import Valkey
+
+from support.adapters.valkey.errors import cache_errors
+
+
+def conversation_keys(key_prefix: str, conversation_id: UUID) -> list[str]:
+    """Every key a conversation has in Valkey (ValkeySessionStore and ValkeyEventBus name them so)."""
+    return [
+        f"{key_prefix}session:{conversation_id}",
+        f"{key_prefix}reply-lease:{conversation_id}",
+        f"{key_prefix}feed:{{{conversation_id}}}:seq",
+        f"{key_prefix}feed:{{{conversation_id}}}:log",
+    ]
+
+
+class ValkeyHotStateEraser:
+    """Deletes the keys of conversations, one pipelined round trip per batch.
+
+    The feed's pub/sub channel holds nothing (a published message is gone once delivered), so there is
+    nothing to erase there.
+    """
+
+    _BATCH = 100
+
+    def __init__(self, client: Valkey, key_prefix: str) -> None:
+        self._client = client
+        self._prefix = key_prefix
+
+    async def erase(self, conversation_ids: Sequence[UUID]) -> None:
+        ids = list(conversation_ids)
+        for start in range(0, len(ids), self._BATCH):
+            # One DEL per key: keys of different conversations may live in different cluster slots.
+            async with cache_errors(), self._client.pipeline(transaction=False) as pipe:
+                for conversation_id in ids[start : start + self._BATCH]:
+                    for key in conversation_keys(self._prefix, conversation_id):
+                        pipe.delete(key)
+                await pipe.execute()

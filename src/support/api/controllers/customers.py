@@ -1,0 +1,115 @@
+"""Customers: profile and counts, memories (inspect, forget), export, erasure. Service and admin keys only."""
+
+from typing import Annotated
+from uuid import UUID
+
+from dishka import FromDishka
+from dishka.integrations.litestar import inject
+from litestar import Controller, delete, get
+from litestar.params import FromPath, FromQuery, QueryParameter
+
+from support.api.auth import require_roles
+from support.api.problems import problem_responses
+from support.api.schemas.customers import (
+    CustomerExportResource,
+    CustomerResource,
+    ErasureResource,
+    MemoryList,
+    MemoryResource,
+)
+from support.application.customers import (
+    MAX_MEMORY_PAGE,
+    EraseCustomer,
+    ExportCustomer,
+    ForgetMemory,
+    GetCustomerProfile,
+    ListMemories,
+)
+from support.domain.identity import Role
+
+customer_roles = require_roles(Role.ADMIN, Role.SERVICE)
+
+
+class CustomersController(Controller):
+    path = "/v1/customers"
+    tags = ["customers"]  # noqa: RUF012
+    guards = [customer_roles]  # noqa: RUF012
+
+    @get(
+        "/{customer_id:uuid}",
+        operation_id="GetCustomer",
+        summary="Read a customer",
+        description="The profile and counts of what is held: conversations, messages, memories.",
+        responses=problem_responses(401, 403, 404),
+    )
+    @inject
+    async def get_customer(
+        self, customer_id: FromPath[UUID], use_case: FromDishka[GetCustomerProfile]
+    ) -> CustomerResource:
+        return CustomerResource.of(await use_case.execute(customer_id))
+
+    @get(
+        "/{customer_id:uuid}/memories",
+        operation_id="ListCustomerMemories",
+        summary="List what is remembered about a customer",
+        description=(
+            "Newest first, superseded and expired facts included (`current: false`) for audit; only current "
+            "facts are ever given to the assistant."
+        ),
+        responses=problem_responses(401, 403, 404, 422),
+    )
+    @inject
+    async def list_memories(
+        self,
+        customer_id: FromPath[UUID],
+        use_case: FromDishka[ListMemories],
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_MEMORY_PAGE)] = 50,
+        cursor: FromQuery[str | None] = None,
+    ) -> MemoryList:
+        listing = await use_case.execute(customer_id, limit=limit, cursor=cursor)
+        return MemoryList(
+            items=[MemoryResource.of(fact, listing.as_of) for fact in listing.items], next_cursor=listing.next_cursor
+        )
+
+    @delete(
+        "/{customer_id:uuid}/memories/{memory_id:uuid}",
+        operation_id="ForgetCustomerMemory",
+        summary="Forget one memory",
+        description="Deleted at once; an older value it had replaced is not recalled again.",
+        status_code=204,
+        responses=problem_responses(401, 403, 404),
+    )
+    @inject
+    async def forget_memory(
+        self, customer_id: FromPath[UUID], memory_id: FromPath[UUID], use_case: FromDishka[ForgetMemory]
+    ) -> None:
+        await use_case.execute(customer_id, memory_id)
+
+    @get(
+        "/{customer_id:uuid}/export",
+        operation_id="ExportCustomer",
+        summary="Export everything held about a customer",
+        description=(
+            "One JSON document: the profile, every conversation with all its messages and its rolling summary, "
+            "and every memory (superseded ones included)."
+        ),
+        responses=problem_responses(401, 403, 404),
+    )
+    @inject
+    async def export(self, customer_id: FromPath[UUID], use_case: FromDishka[ExportCustomer]) -> CustomerExportResource:
+        return CustomerExportResource.of(await use_case.execute(customer_id))
+
+    @delete(
+        "/{customer_id:uuid}",
+        operation_id="EraseCustomer",
+        summary="Erase a customer",
+        description=(
+            "Deletes the customer, their conversations, messages, attachments, summaries, memories and webhook "
+            "events, and their conversations' state and event feeds in Valkey. Not reversible."
+        ),
+        status_code=200,
+        responses=problem_responses(401, 403, 404),
+    )
+    @inject
+    async def erase(self, customer_id: FromPath[UUID], use_case: FromDishka[EraseCustomer]) -> ErasureResource:
+        return ErasureResource.of(customer_id, await use_case.execute(customer_id))

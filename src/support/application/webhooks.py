@@ -1,0 +1,223 @@
+"""Use cases for webhooks: endpoints and their delivery history (admin), and the delivery worker's step."""
+
+import asyncio
+import logging
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from uuid import UUID
+
+from support.domain.errors import InvalidInputError
+from support.domain.ids import new_id
+from support.domain.webhooks import (
+    MAX_WEBHOOK_DESCRIPTION_LENGTH,
+    RetrySchedule,
+    Webhook,
+    WebhookDelivery,
+    WebhookEventType,
+    WebhookNotFoundError,
+    delivery_headers,
+    encode_event,
+    generate_webhook_secret,
+    validate_webhook_url,
+    webhook_secret_hint,
+)
+from support.ports.system import Clock, UnitOfWork
+from support.ports.webhooks import (
+    DeliveryPage,
+    DueDelivery,
+    SendResult,
+    WebhookDeliveryQueue,
+    WebhookRepository,
+    WebhookSender,
+)
+
+_logger = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedWebhook:
+    """A newly created endpoint together with its signing secret, which is never shown again."""
+
+    webhook: Webhook
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDeliveryPolicy:
+    """How the worker delivers: retries, how many deliveries per round, how long a claim is held."""
+
+    schedule: RetrySchedule
+    batch_size: int
+    # Longer than a send may take (the sender's timeout): a claim held past it is taken to be a dead worker's.
+    lease_s: float
+
+
+class CreateWebhook:
+    """Register an endpoint for some event types; its signing secret is returned once."""
+
+    def __init__(self, webhooks: WebhookRepository, uow: UnitOfWork, clock: Clock) -> None:
+        self._webhooks = webhooks
+        self._uow = uow
+        self._clock = clock
+
+    async def execute(self, url: str, event_types: Iterable[WebhookEventType], description: str = "") -> IssuedWebhook:
+        """Create and commit the endpoint; return it with its one-time secret.
+
+        Raises:
+            InvalidWebhookUrlError: the URL is not an absolute http(s) URL.
+            InvalidInputError: no event type, or the description is too long.
+        """
+        url = validate_webhook_url(url)
+        wanted = set(event_types)
+        if not wanted:
+            raise InvalidInputError("A webhook subscribes to at least one event type.")
+        description = description.strip()
+        if len(description) > MAX_WEBHOOK_DESCRIPTION_LENGTH:
+            raise InvalidInputError(f"A description has at most {MAX_WEBHOOK_DESCRIPTION_LENGTH} characters.")
+        secret = generate_webhook_secret()
+        webhook = Webhook(
+            id=new_id(),
+            url=url,
+            description=description,
+            # Declaration order, so equal subscriptions look the same however they were asked for.
+            event_types=tuple(event_type for event_type in WebhookEventType if event_type in wanted),
+            secret_hint=webhook_secret_hint(secret),
+            active=True,
+            created_at=self._clock.now(),
+        )
+        await self._webhooks.add(webhook, secret)
+        await self._uow.commit()
+        return IssuedWebhook(webhook=webhook, secret=secret)
+
+
+class ListWebhooks:
+    """List every endpoint, newest first (secrets are never listed)."""
+
+    def __init__(self, webhooks: WebhookRepository) -> None:
+        self._webhooks = webhooks
+
+    async def execute(self) -> list[Webhook]:
+        """Return the endpoints."""
+        return await self._webhooks.list_all()
+
+
+class GetWebhook:
+    """Read one endpoint."""
+
+    def __init__(self, webhooks: WebhookRepository) -> None:
+        self._webhooks = webhooks
+
+    async def execute(self, webhook_id: UUID) -> Webhook:
+        """Return the endpoint.
+
+        Raises:
+            WebhookNotFoundError: no endpoint has this id.
+        """
+        webhook = await self._webhooks.get(webhook_id)
+        if webhook is None:
+            raise WebhookNotFoundError
+        return webhook
+
+
+class DeleteWebhook:
+    """Delete an endpoint: nothing more is sent to it, pending deliveries included, and its history goes too."""
+
+    def __init__(self, webhooks: WebhookRepository, uow: UnitOfWork) -> None:
+        self._webhooks = webhooks
+        self._uow = uow
+
+    async def execute(self, webhook_id: UUID) -> None:
+        """Delete and commit.
+
+        Raises:
+            WebhookNotFoundError: no endpoint has this id.
+        """
+        if not await self._webhooks.delete(webhook_id):
+            raise WebhookNotFoundError
+        await self._uow.commit()
+
+
+class ListWebhookDeliveries:
+    """An endpoint's deliveries, newest first: status, attempts, the last answer or error."""
+
+    def __init__(self, webhooks: WebhookRepository) -> None:
+        self._webhooks = webhooks
+
+    async def execute(self, webhook_id: UUID, *, limit: int = 50, cursor: str | None = None) -> DeliveryPage:
+        """Return one page.
+
+        Raises:
+            WebhookNotFoundError: no endpoint has this id.
+            InvalidInputError: the cursor is not valid.
+        """
+        if await self._webhooks.get(webhook_id) is None:
+            raise WebhookNotFoundError
+        return await self._webhooks.list_deliveries(webhook_id, limit=min(max(limit, 1), MAX_PAGE_SIZE), cursor=cursor)
+
+
+class DeliverWebhooks:
+    """One round of the delivery worker: claim due deliveries, POST each signed, record every outcome.
+
+    The claim commits before anything is sent and each outcome commits as soon as it is known, so no transaction
+    stays open while an endpoint answers. A worker that dies in between leaves its claims leased; they are sent
+    again when the lease runs out. Delivery is therefore at least once: receivers deduplicate by event id.
+    """
+
+    def __init__(
+        self,
+        queue: WebhookDeliveryQueue,
+        sender: WebhookSender,
+        uow: UnitOfWork,
+        clock: Clock,
+        policy: WebhookDeliveryPolicy,
+    ) -> None:
+        self._queue = queue
+        self._sender = sender
+        self._uow = uow
+        self._clock = clock
+        self._policy = policy
+
+    async def execute(self) -> int:
+        """Deliver one batch; return how many deliveries were attempted."""
+        now = self._clock.now()
+        claimed = await self._queue.claim_due(
+            now=now, limit=self._policy.batch_size, lease_until=now + timedelta(seconds=self._policy.lease_s)
+        )
+        if not claimed:
+            return 0
+        await self._uow.commit()
+        attempts = [asyncio.create_task(self._attempt(due)) for due in claimed]
+        try:
+            # One session serves the round, so outcomes are saved one after the other, in the order they arrive.
+            for finished in asyncio.as_completed(attempts):
+                delivery, result = await finished
+                await self._queue.save(self._outcome(delivery, result))
+                await self._uow.commit()
+        finally:
+            for attempt in attempts:
+                attempt.cancel()
+            await asyncio.gather(*attempts, return_exceptions=True)
+        return len(claimed)
+
+    async def _attempt(self, due: DueDelivery) -> tuple[WebhookDelivery, SendResult]:
+        body = encode_event(due.event)
+        timestamp = int(self._clock.now().timestamp())
+        headers = delivery_headers(due.event.id, due.secret, timestamp, body)
+        return due.delivery, await self._sender.send(due.url, body, headers)
+
+    def _outcome(self, delivery: WebhookDelivery, result: SendResult) -> WebhookDelivery:
+        now = self._clock.now()
+        if result.ok and result.status_code is not None:
+            return delivery.succeeded(result.status_code, now)
+        error = result.error or f"HTTP {result.status_code}"
+        jitter = random.random()  # noqa: S311 - spreads retries; nothing secret depends on it
+        outcome = delivery.failed(result.status_code, error, now, self._policy.schedule, jitter)
+        if outcome.status is delivery.status:
+            _logger.info("webhook delivery %s attempt %d failed: %s", delivery.id, delivery.attempts, error)
+        else:
+            _logger.warning("webhook delivery %s failed for good after %d attempts", delivery.id, delivery.attempts)
+        return outcome

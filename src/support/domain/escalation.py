@@ -1,0 +1,451 @@
+"""The escalation policy: layered rules that decide answer, offer a human, or hand over — never the model alone.
+
+Two moments per turn:
+
+- :meth:`EscalationPolicy.screen` reads what the customer just wrote, before the model runs. An explicit request
+  for a person, a sensitive topic, or frustration that continues after a human was offered hands over at once
+  (the model is not called); first signs of frustration offer a human alongside the answer.
+- :meth:`EscalationPolicy.decide` combines that with what the assistant signalled while writing (its
+  ``request_human_handoff`` tool, weak evidence, being unavailable) and with the conversation so far.
+
+Every decision names its ``rule`` and the ``evidence`` it matched, so it can be audited. Nothing here reads the
+wording of the assistant's reply: escalation never depends on magic strings in model output.
+"""
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from decimal import Decimal, InvalidOperation
+from zoneinfo import ZoneInfo
+
+from support.domain.conversations import (
+    AnswerStatus,
+    HandoffAction,
+    HandoffDecision,
+    Message,
+    MessageRole,
+    ReasonCode,
+)
+
+# Phrases that ask for a person, in the languages customers most often write in (lower case, regex).
+DEFAULT_HUMAN_REQUEST_PATTERNS: tuple[str, ...] = (
+    # English
+    (
+        r"\b(?:speak|talk|chat)\s+(?:to|with)\s+(?:a\s+|an\s+|some\s+|your\s+)?(?:real\s+|live\s+)?"
+        r"(?:human|person|agent|representative|operator|someone|somebody|manager|supervisor)\b"
+    ),
+    r"\b(?:real|live|actual)\s+(?:human|person|agent)\b",
+    r"\b(?:human|live)\s+(?:agent|support|help)\b",
+    r"\b(?:connect|transfer|put)\s+me\s+(?:to|through\s+to|with)\b",
+    r"\b(?:i\s+)?(?:want|need|would\s+like)\s+(?:a|an|to\s+talk\s+to\s+a)\s+(?:human|person|agent|representative)\b",
+    r"\bescalate\s+(?:this|my)\b",
+    # German
+    r"\b(?:mit\s+)?(?:einem|einer)\s+(?:menschen|mitarbeiter(?:in)?|person|berater(?:in)?)\s+(?:sprechen|reden)\b",
+    r"\b(?:echten|richtigen)\s+(?:menschen|mitarbeiter)\b",
+    # French
+    (
+        r"\b(?:parler|discuter)\s+(?:à|a|avec)\s+(?:un|une|quelqu'un|un\s+vrai)\s*(?:humain|conseiller|conseillère|"
+        r"agent|personne)?\b"
+    ),
+    r"\b(?:un|une)\s+(?:vrai|vraie)\s+(?:personne|humain)\b",
+    # Spanish
+    r"\bhablar\s+con\s+(?:un|una|alguien|una\s+persona|un\s+humano|un\s+agente)\b",
+    r"\b(?:persona|agente)\s+real\b",
+    # Italian
+    r"\bparlare\s+con\s+(?:un|una|qualcuno|un\s+operatore|una\s+persona)\b",
+    # Portuguese
+    r"\bfalar\s+com\s+(?:um|uma|algu[eé]m|atendente)\b",
+    # Dutch
+    r"\b(?:spreken|praten)\s+met\s+(?:een|iemand)\s*(?:medewerker|mens|persoon)?\b",
+    r"\bmet\s+(?:een\s+)?(?:medewerker|mens|persoon|iemand)\s+(?:spreken|praten)\b",
+)
+# A short "yes" right after the assistant offered a human accepts the offer.
+DEFAULT_ACCEPTANCE_PATTERN = (
+    r"(?:yes|yeah|yep|sure|ok|okay|please|please do|yes please|ja|oui|s[ií]|sim|graag)(?:[\s,!.]+please)?[\s!.]*"
+)
+DEFAULT_FRUSTRATION_TERMS: tuple[str, ...] = (
+    "useless",
+    "ridiculous",
+    "unacceptable",
+    "terrible",
+    "awful",
+    "frustrated",
+    "frustrating",
+    "fed up",
+    "sick of",
+    "waste of time",
+    "not helpful",
+    "doesn't help",
+    "does not help",
+    "not what i asked",
+    "still not working",
+    "still doesn't work",
+    "i already said",
+    "i already told you",
+    "how many times",
+    "stupid bot",
+    "this is a joke",
+    "worst",
+    "nutzlos",
+    "unverschämt",
+    "inutile",
+    "inútil",
+)
+DEFAULT_PROFANITY_TERMS: tuple[str, ...] = (
+    "fuck",
+    "fucking",
+    "shit",
+    "crap",
+    "damn",
+    "bullshit",
+    "wtf",
+    "scheiße",
+    "scheisse",
+    "merde",
+    "mierda",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SensitiveTopic:
+    """A topic a bot should not handle: any of ``patterns`` (regex, case-insensitive) hands over at once."""
+
+    name: str
+    patterns: tuple[str, ...]
+
+
+DEFAULT_SENSITIVE_TOPICS: tuple[SensitiveTopic, ...] = (
+    SensitiveTopic(
+        "legal_threat",
+        (
+            r"\b(?:lawyer|attorney|solicitor|lawsuit|sue|suing|legal action|court|small claims)\b",
+            r"\b(?:anwalt|klage|verklagen|avocat|abogado|demanda)\b",
+        ),
+    ),
+    SensitiveTopic(
+        "account_security",
+        (
+            (
+                r"\b(?:hacked|compromised|unauthori[sz]ed (?:access|login|charge|transaction)s?|someone (?:else )?"
+                r"(?:logged|got) into my account|identity theft|fraud(?:ulent)?|phishing|stolen (?:card|account))\b"
+            ),
+        ),
+    ),
+    SensitiveTopic(
+        "cancellation",
+        (
+            r"\b(?:cancel|close|terminate|delete)\s+(?:my\s+)?(?:account|subscription|membership|contract|plan)\b",
+            r"\bk[üu]ndigen\b|\bk[üu]ndigung\b|\brésilier\b|\bdarme de baja\b",
+        ),
+    ),
+    SensitiveTopic(
+        "safety_or_harm",
+        (r"\b(?:injur(?:y|ed)|hurt|fire|burn(?:ed|t)|explod(?:e|ed)|electric shock|poison(?:ed|ing)?)\b",),
+    ),
+)
+# "refund of $450", "refund me 1,200 EUR", "450 € refund": an amount next to the word refund.
+_AMOUNT = r"(?:[$€£]\s*)?(\d{1,3}(?:[,.\s]\d{3})+|\d+)(?:[.,](\d{1,2}))?\s*(?:[$€£]|usd|eur|gbp|dollars?|euros?)?"
+_REFUND_AMOUNT = re.compile(
+    rf"\brefund\w*\b[^.?!\n]{{0,40}}?{_AMOUNT}|{_AMOUNT}[^.?!\n]{{0,20}}?\brefund", re.IGNORECASE
+)
+_LETTERS = re.compile(r"[^\W\d_]", re.UNICODE)
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationRules:
+    """The configurable layers of the policy (see docs/escalation.md; loadable from a policy file)."""
+
+    human_request_patterns: tuple[str, ...] = DEFAULT_HUMAN_REQUEST_PATTERNS
+    acceptance_pattern: str = DEFAULT_ACCEPTANCE_PATTERN
+    frustration_terms: tuple[str, ...] = DEFAULT_FRUSTRATION_TERMS
+    profanity_terms: tuple[str, ...] = DEFAULT_PROFANITY_TERMS
+    sensitive_topics: tuple[SensitiveTopic, ...] = DEFAULT_SENSITIVE_TOPICS
+    # Refunds above this amount (any currency) go to a person; None switches the rule off.
+    refund_amount_limit: Decimal | None = Decimal(100)
+    # Shouting: a message with at least this many letters, nearly all capitals.
+    shouting_min_letters: int = 12
+    shouting_ratio: float = 0.8
+    # The same question again (word overlap at least this) counts as frustration.
+    repetition_similarity: float = 0.8
+    repetition_min_words: int = 3
+    # This many replies in a row without an answer hand over (repeated_failure).
+    repeated_failure_limit: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    human: tuple[re.Pattern[str], ...]
+    acceptance: re.Pattern[str]
+    frustration: re.Pattern[str] | None
+    profanity: re.Pattern[str] | None
+    topics: tuple[tuple[str, re.Pattern[str]], ...]
+
+
+def _any_term(terms: Sequence[str]) -> re.Pattern[str] | None:
+    if not terms:
+        return None
+    alternatives = "|".join(re.escape(term.lower()) for term in sorted(terms, key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+
+
+def _normalise(text: str) -> str:
+    # Curly apostrophes and compatibility forms would slip past the lexicons.
+    return unicodedata.normalize("NFKC", text).replace("\u2019", "'").lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Screening:
+    """What the customer's words alone decided, before the model runs."""
+
+    decision: HandoffDecision
+    # Signs of frustration that did not (yet) hand over: the reply goes out with an offer of a human.
+    frustration: HandoffDecision | None = None
+
+
+@dataclass(slots=True)
+class EscalationPolicy:
+    """Decides, per turn, whether the assistant answers, offers a human, or hands over."""
+
+    rules: EscalationRules = field(default_factory=EscalationRules)
+    _compiled: _Compiled = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        rules = self.rules
+        self._compiled = _Compiled(
+            human=tuple(re.compile(pattern, re.IGNORECASE) for pattern in rules.human_request_patterns),
+            acceptance=re.compile(rules.acceptance_pattern, re.IGNORECASE),
+            frustration=_any_term(rules.frustration_terms),
+            profanity=_any_term(rules.profanity_terms),
+            topics=tuple(
+                (topic.name, re.compile("|".join(f"(?:{p})" for p in topic.patterns), re.IGNORECASE))
+                for topic in rules.sensitive_topics
+                if topic.patterns
+            ),
+        )
+
+    def screen(self, text: str, history: Sequence[Message]) -> Screening:  # noqa: PLR0911 - one exit per layer
+        """Rules on what the customer just wrote (``text``), given the conversation before it."""
+        normalised = _normalise(text)
+        episode = _current_episode(history)
+        compiled = self._compiled
+        for pattern in compiled.human:
+            found = pattern.search(normalised)
+            if found:
+                return Screening(_escalate(ReasonCode.CUSTOMER_REQUEST, "customer_request.phrase", found.group(0)))
+        if _offered_human(episode) and compiled.acceptance.fullmatch(normalised.strip()):
+            return Screening(_escalate(ReasonCode.CUSTOMER_REQUEST, "customer_request.accepted_offer", text.strip()))
+        for name, pattern in compiled.topics:
+            found = pattern.search(normalised)
+            if found:
+                return Screening(_escalate(ReasonCode.SENSITIVE_TOPIC, f"sensitive_topic.{name}", found.group(0)))
+        refund = self._refund_over_limit(text)
+        if refund is not None:
+            return Screening(refund)
+        frustration = self._frustration(text, normalised, episode)
+        if frustration is None:
+            return Screening(HandoffDecision(HandoffAction.ANSWER))
+        rule, evidence = frustration
+        if _frustration_offered(episode):
+            # Offer first; when it continues after the offer, hand over.
+            return Screening(_escalate(ReasonCode.FRUSTRATION, "frustration.continued", evidence))
+        offer = HandoffDecision(HandoffAction.OFFER_HUMAN, ReasonCode.FRUSTRATION, evidence, rule)
+        return Screening(HandoffDecision(HandoffAction.ANSWER), frustration=offer)
+
+    def decide(  # noqa: PLR0911 - one exit per layer, in order
+        self,
+        screening: Screening,
+        signals: Sequence[ReasonCode],
+        *,
+        history: Sequence[Message],
+        evidence: str | None = None,
+    ) -> HandoffDecision:
+        """The decision for a reply the assistant wrote after ``screening``, having raised ``signals``."""
+        if screening.decision.action is HandoffAction.ESCALATE:
+            return screening.decision
+        for reason in signals:
+            if reason in {ReasonCode.CUSTOMER_REQUEST, ReasonCode.SENSITIVE_TOPIC}:
+                return _escalate(reason, f"{reason.value}.assistant", evidence)
+            if reason is ReasonCode.FRUSTRATION:
+                if _frustration_offered(_current_episode(history)):
+                    return _escalate(reason, "frustration.continued", evidence)
+                return HandoffDecision(HandoffAction.OFFER_HUMAN, reason, evidence, "frustration.assistant")
+        if ReasonCode.INSUFFICIENT_EVIDENCE in signals or ReasonCode.LLM_UNAVAILABLE in signals:
+            limit = self.rules.repeated_failure_limit
+            if _unanswered_streak(_current_episode(history)) + 1 >= limit:
+                return _escalate(ReasonCode.REPEATED_FAILURE, f"repeated_failure.{limit}_in_a_row", evidence)
+            reason = (
+                ReasonCode.LLM_UNAVAILABLE
+                if ReasonCode.LLM_UNAVAILABLE in signals
+                else ReasonCode.INSUFFICIENT_EVIDENCE
+            )
+            return HandoffDecision(HandoffAction.OFFER_HUMAN, reason, evidence, f"{reason.value}.offer")
+        if screening.frustration is not None:
+            return screening.frustration
+        return HandoffDecision(HandoffAction.ANSWER, None, evidence, None)
+
+    def _refund_over_limit(self, text: str) -> HandoffDecision | None:
+        limit = self.rules.refund_amount_limit
+        if limit is None:
+            return None
+        for found in _REFUND_AMOUNT.finditer(text):
+            whole, cents = (found.group(1), found.group(2)) if found.group(1) else (found.group(3), found.group(4))
+            amount = _amount(whole, cents)
+            if amount is not None and amount > limit:
+                return _escalate(ReasonCode.SENSITIVE_TOPIC, "sensitive_topic.refund_over_limit", found.group(0))
+        return None
+
+    def _frustration(self, text: str, normalised: str, episode: Sequence[Message]) -> tuple[str, str] | None:
+        compiled, rules = self._compiled, self.rules
+        if compiled.profanity is not None:
+            found = compiled.profanity.search(normalised)
+            if found:
+                return "frustration.profanity", found.group(0)
+        if compiled.frustration is not None:
+            found = compiled.frustration.search(normalised)
+            if found:
+                return "frustration.lexicon", found.group(0)
+        letters = _LETTERS.findall(text)
+        if len(letters) >= rules.shouting_min_letters:
+            upper = sum(1 for letter in letters if letter.isupper())
+            if upper / len(letters) >= rules.shouting_ratio:
+                return "frustration.shouting", text.strip()[:80]
+        words = set(_WORD.findall(normalised))
+        if len(words) >= rules.repetition_min_words:
+            for earlier in episode:
+                if earlier.role is not MessageRole.CUSTOMER:
+                    continue
+                before = set(_WORD.findall(_normalise(earlier.content)))
+                if before and len(words & before) / len(words | before) >= rules.repetition_similarity:
+                    return "frustration.repetition", earlier.content.strip()[:80]
+        return None
+
+
+def _escalate(reason: ReasonCode, rule: str, evidence: str | None) -> HandoffDecision:
+    return HandoffDecision(HandoffAction.ESCALATE, reason, evidence, rule)
+
+
+def _amount(whole: str, cents: str | None) -> Decimal | None:
+    try:
+        return Decimal(re.sub(r"[,.\s]", "", whole) + (f".{cents}" if cents else ""))
+    except InvalidOperation:
+        return None
+
+
+def _current_episode(history: Sequence[Message]) -> Sequence[Message]:
+    """The messages since a person last took part or the conversation last changed hands.
+
+    Agent messages and system notices (a handoff, a release, a withdrawal) start a new episode, so offers,
+    failures and repetitions from before a handoff do not escalate again right after it (no handoff loops).
+    """
+    for index in range(len(history) - 1, -1, -1):
+        if history[index].role in {MessageRole.AGENT, MessageRole.SYSTEM}:
+            return history[index + 1 :]
+    return history
+
+
+def _offered_human(episode: Sequence[Message]) -> bool:
+    """The latest assistant reply offered a person."""
+    for message in reversed(episode):
+        if message.role is MessageRole.ASSISTANT:
+            return message.decision is not None and message.decision.action is HandoffAction.OFFER_HUMAN
+    return False
+
+
+def _frustration_offered(episode: Sequence[Message]) -> bool:
+    return any(
+        message.decision is not None
+        and message.decision.action is HandoffAction.OFFER_HUMAN
+        and message.decision.reason_code is ReasonCode.FRUSTRATION
+        for message in episode
+    )
+
+
+def _unanswered_streak(episode: Sequence[Message]) -> int:
+    """How many of the latest assistant replies in a row did not answer."""
+    streak = 0
+    for message in reversed(episode):
+        if message.role is not MessageRole.ASSISTANT:
+            continue
+        if message.answer_status is AnswerStatus.INSUFFICIENT_EVIDENCE:
+            streak += 1
+        else:
+            break
+    return streak
+
+
+@dataclass(frozen=True, slots=True)
+class BusinessHours:
+    """When human agents work: weekdays (0 = Monday) between ``opens`` and ``closes`` in ``timezone``."""
+
+    timezone: str = "UTC"
+    days: frozenset[int] = frozenset(range(5))
+    opens: time = time(9)
+    closes: time = time(17)
+
+    def is_open(self, now: datetime) -> bool:
+        """Agents are working at ``now``."""
+        local = now.astimezone(ZoneInfo(self.timezone))
+        return local.weekday() in self.days and self.opens <= local.time() < self.closes
+
+    def next_opening(self, now: datetime) -> datetime:
+        """``now`` when open, otherwise when agents start next (aware, in the business timezone)."""
+        zone = ZoneInfo(self.timezone)
+        local = now.astimezone(zone)
+        if self.is_open(now) or not self.days:
+            return local
+        for offset in range(8):
+            day = (local + timedelta(days=offset)).date()
+            opening = datetime.combine(day, self.opens, zone)
+            if day.weekday() in self.days and opening > local:
+                return opening
+        return local
+
+
+@dataclass(frozen=True, slots=True)
+class WaitEstimate:
+    """What the customer is told when a person is asked to take over."""
+
+    open_now: bool
+    expected_at: datetime
+    minutes: int
+
+
+def estimate_wait(
+    now: datetime, *, queue_ahead: int, hours: BusinessHours, minutes_per_conversation: float
+) -> WaitEstimate:
+    """The expected wait: the conversations ahead in the queue at a configured pace, from the next opening."""
+    start = hours.next_opening(now)
+    minutes = max(1, round((queue_ahead + 1) * minutes_per_conversation))
+    expected = start + timedelta(minutes=minutes)
+    return WaitEstimate(hours.is_open(now), expected, max(1, round((expected - now).total_seconds() / 60)))
+
+
+def handoff_notice(estimate: WaitEstimate, hours: BusinessHours) -> str:
+    """The customer-facing message when the conversation goes to the human queue."""
+    if estimate.open_now:
+        wait = "about a minute" if estimate.minutes <= 1 else f"about {estimate.minutes} minutes"
+        return (
+            "I'm passing this conversation to a member of our support team; they will take over from here and "
+            f"can see everything you've written. Expected wait: {wait}."
+        )
+    opening = hours.next_opening(estimate.expected_at - timedelta(minutes=estimate.minutes))
+    return (
+        "I'm passing this conversation to our support team. They're not working right now "
+        f"(hours: {_describe_hours(hours)}); someone will answer from {opening:%A %H:%M} ({hours.timezone}). "
+        "You can close this window: the answer will be waiting here."
+    )
+
+
+_DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def _describe_hours(hours: BusinessHours) -> str:
+    days = sorted(hours.days)
+    if days and days == list(range(days[0], days[-1] + 1)) and len(days) > 1:
+        span = f"{_DAY_NAMES[days[0]]} to {_DAY_NAMES[days[-1]]}"
+    else:
+        span = ", ".join(_DAY_NAMES[day] for day in days)
+    return f"{span}, {hours.opens:%H:%M}-{hours.closes:%H:%M} {hours.timezone}"

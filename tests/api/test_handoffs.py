@@ -1,0 +1,194 @@
+"""Human handoff over real HTTP: the customer's request, the queue, exclusive claims, live agent replies."""
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from tests.api.test_conversations import bearer, start
+from tests.fakes.llm import ScriptedLLM
+from tests.helpers import assert_problem
+
+
+async def agent_key(http: httpx.AsyncClient, headers: dict[str, str], name: str) -> dict[str, str]:
+    response = await http.post("/v1/keys", json={"name": name, "role": "agent"}, headers=headers)
+    assert response.status_code == 201, response.text
+    return bearer(response.json()["secret"])
+
+
+async def collect(events: Any, into: list[dict[str, Any]]) -> None:
+    # Appended one by one: the test reads the list while events keep arriving.
+    async for sse in events:
+        into.append({"id": sse.id, "event": sse.event, "data": json.loads(sse.data)})  # noqa: PERF401
+
+
+async def wait_for(found: list[dict[str, Any]], predicate: Any, timeout_s: float = 10) -> dict[str, Any]:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            for event in found:
+                if predicate(event):
+                    return event
+            await asyncio.sleep(0.02)
+
+
+async def test_handoff_queue_claim_and_agent_replies_reach_the_customer_live(  # noqa: PLR0915 - one story
+    http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    ana = await agent_key(http, service_headers, "Ana")
+    ben = await agent_key(http, service_headers, "Ben")
+    conversation = await start(http, service_headers)
+    customer = bearer(conversation["customer_token"])
+    base = f"/v1/conversations/{conversation['id']}"
+    seen: list[dict[str, Any]] = []
+    async with aconnect_sse(http, "GET", f"{base}/events", headers=customer) as source:
+        follower = asyncio.create_task(collect(source.aiter_sse(), seen))
+        try:
+            requested = await http.post(f"{base}/handoff", json={"reason": "billing dispute"}, headers=customer)
+            assert requested.status_code == 200, requested.text
+            assert requested.json()["status"] == "pending_human"
+            assert requested.json()["handoff"]["rule"] == "customer_request.endpoint"
+            notice = await wait_for(seen, lambda e: e["event"] == "message" and e["data"]["role"] == "system")
+            assert (
+                "Expected wait" in notice["data"]["content"] or "someone will answer from" in notice["data"]["content"]
+            )
+            await wait_for(seen, lambda e: e["event"] == "handoff" and e["data"]["status"] == "pending_human")
+
+            # While a person is due, the customer's messages are stored and the model is not called.
+            sent = await http.post(f"{base}/messages", json={"content": "It's invoice 42"}, headers=customer)
+            assert sent.json()["reply"] is None
+            assert sent.json()["conversation_status"] == "pending_human"
+            assert llm.requests == []
+
+            queue = (await http.get("/v1/handoffs", headers=ana)).json()
+            [entry] = queue["items"]
+            assert entry["conversation_id"] == conversation["id"]
+            assert entry["reason_code"] == "customer_request"
+            assert entry["status"] == "pending_human"
+            assert entry["wait_s"] >= 0
+            assert "invoice 42" in entry["summary"] or "billing dispute" in entry["summary"]
+
+            claims = await asyncio.gather(
+                http.post(f"{base}/claim", headers=ana), http.post(f"{base}/claim", headers=ben)
+            )
+            statuses = sorted(response.status_code for response in claims)
+            assert statuses == [200, 409], [response.text for response in claims]
+            loser = next(response for response in claims if response.status_code == 409)
+            assert_problem(loser, 409, "claimed_by_another_agent")
+            winner = next(response for response in claims if response.status_code == 200).json()
+            owner = ana if winner["agent_name"] == "Ana" else ben
+            other = ben if owner is ana else ana
+            await wait_for(seen, lambda e: e["event"] == "handoff" and e["data"]["status"] == "human")
+
+            reply = await http.post(
+                f"{base}/agent-messages", json={"content": "Hi, I'm on it."}, headers={**owner, "Idempotency-Key": "a1"}
+            )
+            assert reply.status_code == 201, reply.text
+            retried = await http.post(
+                f"{base}/agent-messages", json={"content": "Hi, I'm on it."}, headers={**owner, "Idempotency-Key": "a1"}
+            )
+            assert retried.json()["duplicate"] is True
+            assert retried.json()["message"]["id"] == reply.json()["message"]["id"]
+            assert_problem(
+                await http.post(f"{base}/agent-messages", json={"content": "me too"}, headers=other),
+                409,
+                "claimed_by_another_agent",
+            )
+            live = await wait_for(seen, lambda e: e["event"] == "message" and e["data"]["role"] == "agent")
+            assert live["data"]["content"] == "Hi, I'm on it."
+            assert live["data"]["author"] == winner["agent_name"]
+
+            resolved = await http.post(f"{base}/resolve", headers=owner)
+            assert resolved.json()["status"] == "resolved"
+            await wait_for(seen, lambda e: e["event"] == "handoff" and e["data"]["status"] == "resolved")
+        finally:
+            follower.cancel()
+    # Writing again reopens the conversation with the assistant.
+    again = await http.post(f"{base}/messages", json={"content": "One more question"}, headers=customer)
+    assert again.json()["conversation_status"] == "bot"
+    assert again.json()["reply"] is not None
+    assert (await http.get(base, headers=customer)).json()["reopened_count"] == 1
+    ids = [int(event["id"]) for event in seen]
+    assert ids == sorted(ids)
+
+
+async def test_only_the_right_roles_reach_each_handoff_endpoint(
+    http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    ana = await agent_key(http, service_headers, "Ana")
+    conversation = await start(http, service_headers)
+    customer = bearer(conversation["customer_token"])
+    base = f"/v1/conversations/{conversation['id']}"
+
+    assert_problem(await http.get("/v1/handoffs", headers=customer), 403, "forbidden")
+    assert_problem(await http.post(f"{base}/claim", headers=customer), 403, "forbidden")
+    assert_problem(await http.post(f"{base}/handoff", headers=ana), 403, "forbidden")
+    assert_problem(await http.post(f"{base}/agent-messages", json={"content": "x"}, headers=ana), 409, "not_claimed")
+    assert_problem(await http.post(f"{base}/claim", headers=ana), 409, "invalid_transition")
+    assert_problem(await http.delete(f"{base}/handoff", headers=customer), 409, "invalid_transition")
+    assert_problem(await http.get("/v1/handoffs?status=bot", headers=ana), 422, "invalid_input")
+    assert_problem(await http.post(f"{base}/agent-messages", json={}, headers=ana), 422, "validation_failed")
+    other = await start(http, service_headers, "cust-2")
+    assert_problem(
+        await http.post(f"/v1/conversations/{other['id']}/handoff", headers=customer), 404, "conversation_not_found"
+    )
+
+
+async def test_a_sensitive_message_hands_over_in_the_reply_stream(
+    http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    conversation = await start(http, service_headers)
+    customer = bearer(conversation["customer_token"])
+    events: list[dict[str, Any]] = []
+    async with aconnect_sse(
+        http,
+        "POST",
+        f"/v1/conversations/{conversation['id']}/messages/stream",
+        json={"content": "My account was hacked and someone changed my email"},
+        headers=customer,
+    ) as source:
+        async for sse in source.aiter_sse():
+            events.append({"event": sse.event, "data": json.loads(sse.data)})
+            if sse.event == "handoff":
+                break
+
+    names = [event["event"] for event in events]
+    assert names[0] == "message"
+    assert names[-2:] == ["done", "handoff"]
+    done = events[-2]["data"]
+    assert done["answer_status"] == "handed_off"
+    assert done["decision"]["rule"] == "sensitive_topic.account_security"
+    assert done["author"] == "policy"
+    assert events[-1]["data"] == {"status": "pending_human", "reason_code": "sensitive_topic"}
+    assert llm.requests == []
+
+
+async def test_an_agents_websocket_sends_agent_messages_and_typing_to_the_customer(
+    live: str, http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    import websockets
+
+    ana = await http.post("/v1/keys", json={"name": "Ana", "role": "agent"}, headers=service_headers)
+    secret = ana.json()["secret"]
+    conversation = await start(http, service_headers)
+    base = f"/v1/conversations/{conversation['id']}"
+    await http.post(f"{base}/handoff", headers=bearer(conversation["customer_token"]))
+    url = live.replace("http", "ws") + f"{base}/ws"
+
+    async with (
+        websockets.connect(f"{url}?access_token={conversation['customer_token']}") as customer,
+        websockets.connect(f"{url}?access_token={secret}") as agent,
+    ):
+        await agent.send(json.dumps({"type": "typing", "active": True}))
+        typing = json.loads(await asyncio.wait_for(customer.recv(), 5))
+        assert typing["data"] == {"role": "agent", "active": True}
+        await agent.send(json.dumps({"type": "send", "content": "Ana here, reading your messages"}))
+        frames: list[dict[str, Any]] = []
+        while not any(frame.get("event") == "message" and frame["data"]["role"] == "agent" for frame in frames):
+            frames.append(json.loads(await asyncio.wait_for(customer.recv(), 10)))
+
+    assert [frame["data"]["status"] for frame in frames if frame.get("event") == "handoff"] == ["human"]
+    assert frames[-1]["data"]["content"] == "Ana here, reading your messages"
+    transcript = (await http.get(f"{base}/messages", headers=service_headers)).json()["items"]
+    assert [item["role"] for item in transcript] == ["system", "system", "agent"]

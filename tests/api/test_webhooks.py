@@ -1,0 +1,265 @@
+"""Webhook endpoints through the API, and deliveries to a real HTTP receiver by the app's own worker."""
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import sqlalchemy as sa
+from dishka import AsyncContainer
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from support.config import Settings, WebhookSettings
+from support.domain.ids import new_id
+from support.domain.webhooks import OutboundEvent, WebhookEventType
+from support.ports.system import UnitOfWork
+from support.ports.webhooks import WebhookOutbox
+from tests.api.test_keys import bearer, create_key
+from tests.fakes.webhooks import WebhookReceiver
+from tests.helpers import assert_problem
+
+DOCS = Path(__file__).parents[2] / "docs" / "webhooks.md"
+HOOK = {"url": "https://crm.example.com/hooks/support", "events": ["handoff.requested", "message.created"]}
+Verifier = Callable[[str, Mapping[str, str], bytes], bool]
+
+
+@pytest.fixture
+def chat_settings(settings: Settings) -> Settings:
+    """The served app (``live``/``http``) polls often and retries soon, so deliveries happen within the test."""
+    fast = WebhookSettings(timeout_s=5, poll_interval_s=0.05, backoff_base_s=0.6, backoff_cap_s=1, max_attempts=3)
+    return msgspec.structs.replace(settings, webhooks=fast)
+
+
+@pytest.fixture(scope="module")
+def verify_webhook() -> Verifier:
+    """The verification snippet of docs/webhooks.md, as published."""
+    [snippet] = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)  # noqa: S102 - our own documentation
+    verifier: Verifier = namespace["verify_webhook"]
+    return verifier
+
+
+async def emit(app: Litestar, *events: OutboundEvent, commit: bool = True) -> None:
+    """Enqueue events the way use cases do: on the request scope's session, then commit (or not)."""
+    container: AsyncContainer = app.state.dishka_container
+    async with container() as request:
+        outbox, uow = await request.get(WebhookOutbox), await request.get(UnitOfWork)
+        for event in events:
+            await outbox.enqueue(event)
+        if commit:
+            await uow.commit()
+
+
+def event(event_type: WebhookEventType, **data: object) -> OutboundEvent:
+    return OutboundEvent(id=new_id(), type=event_type, conversation_id=None, occurred_at=datetime.now(UTC), data=data)
+
+
+async def wait_for_deliveries(
+    http: httpx.AsyncClient, webhook_id: str, headers: dict[str, str], done: Callable[[list[dict[str, Any]]], bool]
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 20
+    while True:
+        response = await http.get(f"/v1/webhooks/{webhook_id}/deliveries", headers=headers)
+        assert response.status_code == 200, response.text
+        items: list[dict[str, Any]] = response.json()["items"]
+        if done(items):
+            return items
+        assert time.monotonic() < deadline, items
+        await http.get("/health/live")  # yields to the worker and the receiver in this event loop
+
+
+async def test_a_created_webhook_shows_its_secret_once(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str], engine: AsyncEngine
+) -> None:
+    response = await client.post("/v1/webhooks", json=HOOK | {"description": "CRM"}, headers=admin_headers)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["url"] == HOOK["url"]
+    assert created["events"] == HOOK["events"]
+    assert (created["description"], created["active"]) == ("CRM", True)
+    secret = created["secret"]
+    assert secret.startswith("whsec_")
+    assert secret.startswith(created["secret_hint"])
+
+    listed = (await client.get("/v1/webhooks", headers=admin_headers)).json()
+    assert listed["next_cursor"] is None
+    [item] = listed["items"]
+    assert item == {key: value for key, value in created.items() if key != "secret"}
+    read = await client.get(f"/v1/webhooks/{created['id']}", headers=admin_headers)
+    assert read.json() == item
+    assert secret not in read.text + str(listed)
+    async with engine.connect() as connection:
+        # Kept as is, to sign with; only the creation response ever shows it.
+        assert await connection.scalar(sa.text("SELECT secret FROM webhooks")) == secret
+
+
+async def test_a_deleted_webhook_is_gone(client: AsyncTestClient[Litestar], admin_headers: dict[str, str]) -> None:
+    webhook_id = (await client.post("/v1/webhooks", json=HOOK, headers=admin_headers)).json()["id"]
+    assert (await client.delete(f"/v1/webhooks/{webhook_id}", headers=admin_headers)).status_code == 204
+    assert (await client.get("/v1/webhooks", headers=admin_headers)).json()["items"] == []
+    for response in (
+        await client.get(f"/v1/webhooks/{webhook_id}", headers=admin_headers),
+        await client.delete(f"/v1/webhooks/{webhook_id}", headers=admin_headers),
+        await client.get(f"/v1/webhooks/{webhook_id}/deliveries", headers=admin_headers),
+    ):
+        assert_problem(response, 404, "webhook_not_found")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (HOOK | {"url": "ftp://crm.example.com/in"}, 422, "invalid_webhook_url"),
+        (HOOK | {"url": "https://user:password@crm.example.com/in"}, 422, "invalid_webhook_url"),
+        (HOOK | {"events": ["handoff.exploded"]}, 422, "validation_failed"),
+        (HOOK | {"events": []}, 422, "validation_failed"),
+        ({"events": HOOK["events"]}, 422, "validation_failed"),
+        (HOOK | {"secret": "mine"}, 422, "validation_failed"),
+        (HOOK | {"description": "x" * 501}, 422, "validation_failed"),
+    ],
+)
+async def test_bad_webhooks_are_refused_with_a_problem(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str], body: dict[str, Any], status: int, code: str
+) -> None:
+    assert_problem(await client.post("/v1/webhooks", json=body, headers=admin_headers), status, code)
+
+
+async def test_a_body_that_is_not_json_is_a_400(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    response = await client.post(
+        "/v1/webhooks", content=b"{not json", headers=admin_headers | {"content-type": "application/json"}
+    )
+    assert_problem(response, 400, "malformed_request")
+
+
+async def test_only_admins_manage_webhooks(client: AsyncTestClient[Litestar], admin_headers: dict[str, str]) -> None:
+    webhook_id = (await client.post("/v1/webhooks", json=HOOK, headers=admin_headers)).json()["id"]
+    for role in ("agent", "service"):
+        headers = bearer((await create_key(client, admin_headers, role))["secret"])
+        assert_problem(await client.post("/v1/webhooks", json=HOOK, headers=headers), 403, "forbidden")
+        assert_problem(await client.get("/v1/webhooks", headers=headers), 403, "forbidden")
+        assert_problem(await client.get(f"/v1/webhooks/{webhook_id}/deliveries", headers=headers), 403, "forbidden")
+        assert_problem(await client.delete(f"/v1/webhooks/{webhook_id}", headers=headers), 403, "forbidden")
+    assert_problem(await client.get("/v1/webhooks"), 401, "unauthenticated")
+
+
+async def test_delivery_listing_checks_its_parameters(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    webhook_id = (await client.post("/v1/webhooks", json=HOOK, headers=admin_headers)).json()["id"]
+    deliveries = f"/v1/webhooks/{webhook_id}/deliveries"
+    assert_problem(await client.get(f"{deliveries}?limit=0", headers=admin_headers), 422, "validation_failed")
+    assert_problem(await client.get(f"{deliveries}?cursor=nope", headers=admin_headers), 422, "invalid_input")
+    empty = await client.get(deliveries, headers=admin_headers)
+    assert empty.json() == {"items": [], "next_cursor": None}
+
+
+async def test_openapi_documents_the_webhook_operations(client: AsyncTestClient[Litestar]) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    operations = {
+        operation["operationId"]: operation
+        for path, item in document["paths"].items()
+        if path.startswith("/v1/webhooks")
+        for operation in item.values()
+    }
+    assert set(operations) == {
+        "CreateWebhook",
+        "ListWebhooks",
+        "GetWebhook",
+        "DeleteWebhook",
+        "ListWebhookDeliveries",
+    }
+    assert "Webhook-Signature" in operations["CreateWebhook"]["description"]
+    assert {"401", "403", "404"} <= set(operations["ListWebhookDeliveries"]["responses"])
+
+
+async def test_subscribed_events_arrive_signed_and_show_as_delivered(
+    http: httpx.AsyncClient, chat_app: Litestar, admin_headers: dict[str, str], verify_webhook: Verifier
+) -> None:
+    async with WebhookReceiver() as receiver:
+        created = await http.post("/v1/webhooks", json=HOOK | {"url": receiver.url}, headers=admin_headers)
+        webhook_id, secret = created.json()["id"], created.json()["secret"]
+        requested = event(WebhookEventType.HANDOFF_REQUESTED, reason_code="customer_request")
+        message = event(WebhookEventType.MESSAGE_CREATED, message={"role": "customer", "content": "Where is it?"})
+        unsubscribed = event(WebhookEventType.CONVERSATION_RESOLVED)
+        await emit(chat_app, requested, unsubscribed, message)
+
+        items = await wait_for_deliveries(
+            http,
+            webhook_id,
+            admin_headers,
+            lambda items: len(items) == 2 and {item["status"] for item in items} == {"delivered"},
+        )
+
+    assert {item["event_id"] for item in items} == {str(requested.id), str(message.id)}
+    for item in items:
+        assert (item["attempts"], item["last_status_code"], item["last_error"]) == (1, 200, None)
+        assert item["delivered_at"] is not None
+        assert item["next_attempt_at"] is None
+    assert receiver.event_ids() == {str(requested.id): 1, str(message.id): 1}
+    for request in receiver.requests:
+        assert request.path == "/hooks"
+        assert request.headers["content-type"] == "application/json"
+        assert verify_webhook(secret, httpx.Headers(request.headers), request.body)
+        assert not verify_webhook(secret, httpx.Headers(request.headers), request.body + b" ")
+        assert not verify_webhook("whsec_wrong", httpx.Headers(request.headers), request.body)
+        body = msgspec.json.decode(request.body)
+        assert body["id"] == request.headers["webhook-id"]
+        assert abs(int(request.headers["webhook-timestamp"]) - time.time()) < 60
+    bodies = {request.headers["webhook-id"]: msgspec.json.decode(request.body) for request in receiver.requests}
+    assert bodies[str(requested.id)] == {
+        "id": str(requested.id),
+        "type": "handoff.requested",
+        "created_at": requested.occurred_at.isoformat().replace("+00:00", "Z"),
+        "conversation_id": None,
+        "data": {"reason_code": "customer_request"},
+    }
+    assert bodies[str(message.id)]["data"] == {"message": {"role": "customer", "content": "Where is it?"}}
+
+
+async def test_a_failed_attempt_is_retried_and_the_attempts_are_visible(
+    http: httpx.AsyncClient, chat_app: Litestar, admin_headers: dict[str, str]
+) -> None:
+    async with WebhookReceiver(500) as receiver:
+        created = await http.post("/v1/webhooks", json=HOOK | {"url": receiver.url}, headers=admin_headers)
+        webhook_id = created.json()["id"]
+        requested = event(WebhookEventType.HANDOFF_REQUESTED)
+        await emit(chat_app, requested)
+
+        [waiting] = await wait_for_deliveries(
+            http, webhook_id, admin_headers, lambda items: bool(items) and items[0]["last_status_code"] == 500
+        )
+        [delivered] = await wait_for_deliveries(
+            http, webhook_id, admin_headers, lambda items: items[0]["status"] == "delivered"
+        )
+
+    assert (waiting["status"], waiting["attempts"], waiting["last_error"]) == ("pending", 1, "HTTP 500")
+    assert waiting["next_attempt_at"] is not None
+    assert (delivered["attempts"], delivered["last_status_code"], delivered["last_error"]) == (2, 200, None)
+    first, second = receiver.requests
+    assert (first.status, second.status) == (500, 200)
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == str(requested.id)
+    assert first.body == second.body
+
+
+async def test_an_event_rolled_back_with_its_change_is_never_sent(
+    http: httpx.AsyncClient, chat_app: Litestar, admin_headers: dict[str, str]
+) -> None:
+    async with WebhookReceiver() as receiver:
+        created = await http.post("/v1/webhooks", json=HOOK | {"url": receiver.url}, headers=admin_headers)
+        webhook_id = created.json()["id"]
+        rolled_back, committed = event(WebhookEventType.HANDOFF_REQUESTED), event(WebhookEventType.MESSAGE_CREATED)
+        await emit(chat_app, rolled_back, commit=False)
+        await emit(chat_app, committed)
+        await wait_for_deliveries(
+            http, webhook_id, admin_headers, lambda items: bool(items) and items[0]["status"] == "delivered"
+        )
+    assert receiver.event_ids() == {str(committed.id): 1}

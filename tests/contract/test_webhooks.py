@@ -1,0 +1,334 @@
+"""The webhook repository, outbox and delivery queue contracts, checked against PostgreSQL and the fakes."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from support.adapters.memory.system import InMemoryUnitOfWork
+from support.adapters.memory.webhooks import (
+    InMemoryWebhookDeliveryQueue,
+    InMemoryWebhookOutbox,
+    InMemoryWebhookRepository,
+)
+from support.adapters.postgres.conversations import PostgresConversationRepository
+from support.adapters.postgres.uow import SqlAlchemyUnitOfWork
+from support.adapters.postgres.webhooks import (
+    PostgresWebhookDeliveryQueue,
+    PostgresWebhookOutbox,
+    PostgresWebhookRepository,
+)
+from support.domain.conversations import Conversation, ConversationStatus
+from support.domain.errors import InvalidInputError
+from support.domain.ids import new_id
+from support.domain.webhooks import DeliveryStatus, OutboundEvent, Webhook, WebhookEventType
+from support.ports.system import UnitOfWork
+from support.ports.webhooks import WebhookDeliveryQueue, WebhookOutbox, WebhookRepository
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=20)
+REQUESTED, CLAIMED, MESSAGE = (
+    WebhookEventType.HANDOFF_REQUESTED,
+    WebhookEventType.HANDOFF_CLAIMED,
+    WebhookEventType.MESSAGE_CREATED,
+)
+
+
+@dataclass
+class Backend:
+    webhooks: WebhookRepository
+    outbox: WebhookOutbox
+    queue: WebhookDeliveryQueue
+    uow: UnitOfWork
+
+
+@pytest.fixture
+async def postgres_backend(engine: AsyncEngine) -> AsyncIterator[Backend]:
+    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+        yield Backend(
+            PostgresWebhookRepository(session),
+            PostgresWebhookOutbox(session),
+            PostgresWebhookDeliveryQueue(session),
+            SqlAlchemyUnitOfWork(session),
+        )
+
+
+@pytest.fixture
+def memory_backend() -> Backend:
+    store = InMemoryWebhookRepository()
+    return Backend(store, InMemoryWebhookOutbox(store), InMemoryWebhookDeliveryQueue(store), InMemoryUnitOfWork())
+
+
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    result: Backend = request.getfixturevalue(f"{request.param}_backend")
+    return result
+
+
+async def add_webhook(
+    backend: Backend,
+    *types: WebhookEventType,
+    url: str = "https://hooks.example.com/in",
+    active: bool = True,
+    created_at: datetime = NOW,
+) -> Webhook:
+    webhook = Webhook(
+        id=new_id(),
+        url=url,
+        description="crm",
+        event_types=types or tuple(WebhookEventType),
+        secret_hint="whsec_abcd",
+        active=active,
+        created_at=created_at,
+    )
+    await backend.webhooks.add(webhook, f"whsec_secret-of-{webhook.id}")
+    await backend.uow.commit()
+    return webhook
+
+
+def event(event_type: WebhookEventType = REQUESTED, *, at: datetime = NOW, **data: object) -> OutboundEvent:
+    return OutboundEvent(id=new_id(), type=event_type, conversation_id=None, occurred_at=at, data=data)
+
+
+async def enqueue(backend: Backend, *events: OutboundEvent) -> None:
+    for item in events:
+        await backend.outbox.enqueue(item)
+    await backend.uow.commit()
+
+
+async def claim(backend: Backend, now: datetime = NOW, limit: int = 10) -> list[tuple[UUID, UUID]]:
+    """(event id, webhook id) of what a claim at ``now`` returns, committed."""
+    claimed = await backend.queue.claim_due(now=now, limit=limit, lease_until=now + LEASE)
+    await backend.uow.commit()
+    return [(due.event.id, due.delivery.webhook_id) for due in claimed]
+
+
+async def test_endpoints_are_stored_listed_newest_first_and_deleted(backend: Backend) -> None:
+    older = await add_webhook(backend, REQUESTED, MESSAGE)
+    newer = await add_webhook(
+        backend, CLAIMED, url="http://10.0.0.5:8080/hooks?x=1", created_at=NOW + timedelta(seconds=1)
+    )
+    assert await backend.webhooks.get(older.id) == older
+    assert await backend.webhooks.get(new_id()) is None
+    assert [webhook.id for webhook in await backend.webhooks.list_all()] == [newer.id, older.id]
+    assert await backend.webhooks.delete(older.id) is True
+    assert await backend.webhooks.delete(older.id) is False
+    await backend.uow.commit()
+    assert await backend.webhooks.list_all() == [newer]
+
+
+async def test_an_event_fans_out_to_every_active_endpoint_subscribed_to_its_type(backend: Backend) -> None:
+    requested_only = await add_webhook(backend, REQUESTED)
+    both = await add_webhook(backend, REQUESTED, MESSAGE)
+    await add_webhook(backend, MESSAGE)
+    await add_webhook(backend, REQUESTED, active=False)
+    requested = event(REQUESTED)
+    await enqueue(backend, requested)
+    assert sorted(await claim(backend)) == sorted([(requested.id, requested_only.id), (requested.id, both.id)])
+
+
+async def test_without_subscribers_nothing_is_recorded(backend: Backend) -> None:
+    webhook = await add_webhook(backend, CLAIMED)
+    await enqueue(backend, event(REQUESTED), event(MESSAGE))
+    assert await claim(backend) == []
+    assert (await backend.webhooks.list_deliveries(webhook.id, limit=10, cursor=None)).items == []
+
+
+async def test_enqueueing_an_event_twice_delivers_it_once(backend: Backend) -> None:
+    await add_webhook(backend, REQUESTED)
+    once = event(REQUESTED)
+    await enqueue(backend, once, once)
+    assert [event_id for event_id, _ in await claim(backend)] == [once.id]
+
+
+async def test_a_claim_carries_the_event_the_url_and_the_secret_and_counts_an_attempt(backend: Backend) -> None:
+    webhook = await add_webhook(backend, MESSAGE)
+    sent = event(MESSAGE, at=NOW - timedelta(seconds=1), message_id="m-1", roles=("customer", "agent"), n=3)
+    await enqueue(backend, sent)
+    [due] = await backend.queue.claim_due(now=NOW, limit=10, lease_until=NOW + LEASE)
+    await backend.uow.commit()
+    assert due.url == webhook.url
+    assert due.secret == f"whsec_secret-of-{webhook.id}"
+    assert due.event == replace(sent, data={"message_id": "m-1", "roles": ["customer", "agent"], "n": 3})
+    delivery = due.delivery
+    assert (delivery.event_id, delivery.webhook_id, delivery.event_type) == (sent.id, webhook.id, MESSAGE)
+    assert (delivery.status, delivery.attempts) == (DeliveryStatus.PENDING, 1)
+    assert (delivery.last_attempt_at, delivery.next_attempt_at) == (NOW, NOW + LEASE)
+    assert delivery.created_at == sent.occurred_at
+    [listed] = (await backend.webhooks.list_deliveries(webhook.id, limit=10, cursor=None)).items
+    assert listed == delivery
+
+
+async def test_a_claimed_delivery_is_hidden_until_its_lease_runs_out(backend: Backend) -> None:
+    """A worker that dies mid-send leaves its claim leased; the delivery is claimed again when the lease ends."""
+    await add_webhook(backend, REQUESTED)
+    await enqueue(backend, event())
+    assert len(await claim(backend)) == 1
+    assert await claim(backend, NOW + LEASE - timedelta(milliseconds=1)) == []
+    [again] = await backend.queue.claim_due(now=NOW + LEASE, limit=10, lease_until=NOW + 2 * LEASE)
+    assert again.delivery.attempts == 2
+
+
+async def test_claims_take_the_earliest_due_first_up_to_the_limit(backend: Backend) -> None:
+    await add_webhook(backend, REQUESTED)
+    first, second, third = (event(at=NOW - timedelta(seconds=seconds)) for seconds in (30, 20, 10))
+    future = event(at=NOW + timedelta(seconds=5))
+    await enqueue(backend, third, future, first, second)
+    assert {event_id for event_id, _ in await claim(backend, limit=2)} == {first.id, second.id}
+    assert [event_id for event_id, _ in await claim(backend, limit=2)] == [third.id]
+    assert await claim(backend) == []
+    assert [event_id for event_id, _ in await claim(backend, NOW + timedelta(seconds=5))] == [future.id]
+
+
+async def test_a_retry_waits_for_its_time_and_shows_the_last_answer(backend: Backend) -> None:
+    webhook = await add_webhook(backend, REQUESTED)
+    await enqueue(backend, event())
+    [due] = await backend.queue.claim_due(now=NOW, limit=10, lease_until=NOW + LEASE)
+    retry_at = NOW + timedelta(seconds=7)
+    await backend.queue.save(
+        replace(due.delivery, next_attempt_at=retry_at, last_status_code=503, last_error="HTTP 503")
+    )
+    await backend.uow.commit()
+    [listed] = (await backend.webhooks.list_deliveries(webhook.id, limit=10, cursor=None)).items
+    assert (listed.status, listed.attempts, listed.last_status_code, listed.last_error) == (
+        DeliveryStatus.PENDING,
+        1,
+        503,
+        "HTTP 503",
+    )
+    assert listed.next_attempt_at == retry_at
+    assert await claim(backend, retry_at - timedelta(seconds=1)) == []
+    assert len(await claim(backend, retry_at)) == 1
+
+
+async def test_delivered_and_failed_deliveries_are_never_claimed_again(backend: Backend) -> None:
+    webhook = await add_webhook(backend, REQUESTED)
+    await enqueue(backend, event(), event())
+    ok, bad = await backend.queue.claim_due(now=NOW, limit=10, lease_until=NOW + LEASE)
+    delivered = ok.delivery.succeeded(200, NOW + timedelta(seconds=1))
+    await backend.queue.save(delivered)
+    await backend.queue.save(replace(bad.delivery, status=DeliveryStatus.FAILED, last_error="HTTP 410"))
+    await backend.uow.commit()
+    assert await claim(backend, NOW + timedelta(days=1)) == []
+    statuses = {
+        item.id: (item.status, item.delivered_at)
+        for item in (await backend.webhooks.list_deliveries(webhook.id, limit=10, cursor=None)).items
+    }
+    assert statuses == {
+        ok.delivery.id: (DeliveryStatus.DELIVERED, NOW + timedelta(seconds=1)),
+        bad.delivery.id: (DeliveryStatus.FAILED, None),
+    }
+
+
+async def test_a_late_failure_report_does_not_reopen_a_delivered_delivery(backend: Backend) -> None:
+    webhook = await add_webhook(backend, REQUESTED)
+    await enqueue(backend, event())
+    [due] = await backend.queue.claim_due(now=NOW, limit=10, lease_until=NOW + LEASE)
+    await backend.queue.save(due.delivery.succeeded(200, NOW))
+    await backend.queue.save(replace(due.delivery, last_error="no answer", next_attempt_at=NOW))
+    await backend.uow.commit()
+    [listed] = (await backend.webhooks.list_deliveries(webhook.id, limit=10, cursor=None)).items
+    assert (listed.status, listed.last_error) == (DeliveryStatus.DELIVERED, None)
+
+
+async def test_deliveries_are_listed_newest_first_a_page_at_a_time(backend: Backend) -> None:
+    webhook = await add_webhook(backend, MESSAGE)
+    other = await add_webhook(backend, MESSAGE)
+    events = [event(MESSAGE, index=index) for index in range(5)]
+    for item in events:
+        await enqueue(backend, item)
+        await asyncio.sleep(0.002)  # ids order by millisecond
+    seen: list[UUID] = []
+    cursor = None
+    for expected in (2, 2, 1):
+        page = await backend.webhooks.list_deliveries(webhook.id, limit=2, cursor=cursor)
+        assert len(page.items) == expected
+        assert {item.webhook_id for item in page.items} == {webhook.id}
+        seen += [item.event_id for item in page.items]
+        cursor = page.next_cursor
+    assert cursor is None
+    assert seen == [item.id for item in reversed(events)]
+    assert len((await backend.webhooks.list_deliveries(other.id, limit=10, cursor=None)).items) == 5
+    with pytest.raises(InvalidInputError):
+        await backend.webhooks.list_deliveries(webhook.id, limit=2, cursor="not-a-cursor")
+
+
+async def test_deleting_an_endpoint_deletes_its_deliveries(backend: Backend) -> None:
+    webhook = await add_webhook(backend, REQUESTED)
+    kept = await add_webhook(backend, REQUESTED)
+    await enqueue(backend, event())
+    await backend.webhooks.delete(webhook.id)
+    await backend.uow.commit()
+    assert (await backend.webhooks.list_deliveries(webhook.id, limit=10, cursor=None)).items == []
+    assert [webhook_id for _, webhook_id in await claim(backend)] == [kept.id]
+
+
+async def test_data_that_is_not_json_is_refused_even_without_subscribers(backend: Backend) -> None:
+    with pytest.raises(TypeError):
+        await backend.outbox.enqueue(event(data_id=new_id()))
+
+
+# PostgreSQL only: transactions, row locks and foreign keys, which the fakes do not model.
+
+
+async def test_an_event_rolled_back_with_its_change_is_never_delivered(
+    postgres_backend: Backend, engine: AsyncEngine
+) -> None:
+    await add_webhook(postgres_backend, REQUESTED)
+    await postgres_backend.outbox.enqueue(event())
+    await postgres_backend.uow.rollback()
+    async with engine.connect() as connection:
+        assert await connection.scalar(sa.text("SELECT count(*) FROM webhook_events")) == 0
+        assert await connection.scalar(sa.text("SELECT count(*) FROM webhook_deliveries")) == 0
+
+
+async def test_concurrent_claims_skip_each_others_rows_without_waiting(
+    postgres_backend: Backend, engine: AsyncEngine
+) -> None:
+    await add_webhook(postgres_backend, REQUESTED)
+    await enqueue(postgres_backend, *(event() for _ in range(4)))
+    factory = async_sessionmaker(engine, expire_on_commit=False)
+    async with factory() as first_session, factory() as second_session:
+        first, second = PostgresWebhookDeliveryQueue(first_session), PostgresWebhookDeliveryQueue(second_session)
+        # The first claim's transaction stays open, holding its row locks, while the second one claims.
+        mine = await first.claim_due(now=NOW, limit=2, lease_until=NOW + LEASE)
+        theirs = await asyncio.wait_for(second.claim_due(now=NOW, limit=10, lease_until=NOW + LEASE), timeout=5)
+        assert len(mine) == 2
+        assert len(theirs) == 2
+        assert {due.delivery.id for due in mine}.isdisjoint(due.delivery.id for due in theirs)
+        await first_session.commit()
+        await second_session.commit()
+
+
+async def test_erasing_a_conversation_erases_its_events_and_deliveries(
+    postgres_backend: Backend, engine: AsyncEngine
+) -> None:
+    webhook = await add_webhook(postgres_backend, REQUESTED)
+    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+        conversations = PostgresConversationRepository(session)
+        customer = await conversations.get_or_create_customer("erase-me", name=None, email=None, now=NOW)
+        conversation = Conversation(
+            id=new_id(),
+            customer_id=customer.id,
+            status=ConversationStatus.BOT,
+            metadata={},
+            created_at=NOW,
+            updated_at=NOW,
+            last_activity_at=NOW,
+        )
+        await conversations.add(conversation)
+        await session.commit()
+    about_it = replace(event(), conversation_id=conversation.id)
+    await enqueue(postgres_backend, about_it, event())
+    async with engine.begin() as connection:
+        await connection.execute(sa.text("DELETE FROM customers WHERE id = :id"), {"id": customer.id})
+    page = await postgres_backend.webhooks.list_deliveries(webhook.id, limit=10, cursor=None)
+    assert len(page.items) == 1
+    assert page.items[0].event_id != about_it.id
+    async with engine.connect() as connection:
+        assert await connection.scalar(sa.text("SELECT count(*) FROM webhook_events")) == 1

@@ -1,0 +1,137 @@
+"""Two API processes sharing PostgreSQL and Valkey: an agent's reply posted to one reaches a customer streaming
+from the other, and so does every status change (the feed fans out through Valkey pub/sub + streams).
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import aconnect_sse
+
+from support.devservers.postgres import free_port
+
+pytestmark = pytest.mark.slow
+
+SUPPORT = Path(sys.executable).with_name("support")
+ADMIN = "two-processes-admin-key"
+READY_WITHIN_S = 60.0
+
+
+class ApiProcess:
+    """``support serve`` against the given servers, without migrating (the test database is migrated)."""
+
+    def __init__(self, tmp: Path, database_url: str, valkey_url: str) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._log = tmp / f"api-{self.port}.log"
+        env = {name: value for name, value in os.environ.items() if not name.startswith("SUPPORT_")}
+        env |= {
+            "SUPPORT_DATABASE_URL": database_url,
+            "SUPPORT_VALKEY_URL": valkey_url,
+            "SUPPORT_PORT": str(self.port),
+            "SUPPORT_BOOTSTRAP_ADMIN_KEY": ADMIN,
+            # Both processes must accept the customer tokens either one issues.
+            "SUPPORT_CONVERSATIONS__TOKEN_SECRET": "shared-secret-for-both-processes",
+            "SUPPORT_LOG_LEVEL": "warning",
+            "SUPPORT_DATA_DIR": str(tmp / f"data-{self.port}"),
+        }
+        with self._log.open("wb") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - the project's own console script
+                [str(SUPPORT), "serve", "--no-migrate"], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
+            )
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_WITHIN_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"support serve exited with {self.process.returncode}:\n{self._log.read_text()}")
+            try:
+                if httpx.get(f"{self.base_url}/health/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        pytest.fail(f"support serve was not ready within {READY_WITHIN_S} s:\n{self._log.read_text()}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+@pytest.fixture
+def two_processes(tmp_path: Path, database_url: str, valkey_url: str) -> Iterator[tuple[ApiProcess, ApiProcess]]:
+    first, second = ApiProcess(tmp_path, database_url, valkey_url), ApiProcess(tmp_path, database_url, valkey_url)
+    try:
+        first.wait_ready()
+        second.wait_ready()
+        yield first, second
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def test_an_agent_reply_posted_to_one_process_reaches_a_customer_streaming_from_another(
+    two_processes: tuple[ApiProcess, ApiProcess],
+) -> None:
+    one, other = two_processes
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    async with (
+        httpx.AsyncClient(base_url=one.base_url, timeout=30) as api_one,
+        httpx.AsyncClient(base_url=other.base_url, timeout=30) as api_other,
+    ):
+        key = await api_one.post("/v1/keys", json={"name": "Ana", "role": "agent"}, headers=admin)
+        agent = {"Authorization": f"Bearer {key.json()['secret']}"}
+        started = await api_one.post("/v1/conversations", json={"customer": {"external_id": "c-1"}}, headers=admin)
+        conversation = started.json()
+        customer = {"Authorization": f"Bearer {conversation['customer_token']}"}
+        path = f"/v1/conversations/{conversation['id']}"
+        seen: list[dict[str, Any]] = []
+
+        async def follow() -> None:
+            async with aconnect_sse(api_other, "GET", f"{path}/events", headers=customer) as source:
+                async for sse in source.aiter_sse():  # one by one: the test reads `seen` meanwhile
+                    seen.append(  # noqa: PERF401
+                        {"id": int(sse.id), "event": sse.event, "data": json.loads(sse.data)}
+                    )
+
+        async def arrived(predicate: Any) -> dict[str, Any]:
+            async with asyncio.timeout(15):
+                while True:
+                    match = next((event for event in seen if predicate(event)), None)
+                    if match is not None:
+                        return match
+                    await asyncio.sleep(0.02)
+
+        follower = asyncio.create_task(follow())
+        try:
+            await asyncio.sleep(0.5)  # the subscription is in place before anything happens
+            assert (await api_one.post(f"{path}/handoff", headers=customer)).status_code == 200
+            await arrived(lambda e: e["event"] == "handoff" and e["data"]["status"] == "pending_human")
+            claimed = await api_other.post(f"{path}/claim", headers=agent)
+            assert claimed.status_code == 200, claimed.text
+            await arrived(lambda e: e["event"] == "handoff" and e["data"]["status"] == "human")
+
+            posted = await api_one.post(f"{path}/agent-messages", json={"content": "Hello from Ana"}, headers=agent)
+            assert posted.status_code == 201, posted.text
+            reply = await arrived(lambda e: e["event"] == "message" and e["data"]["role"] == "agent")
+            assert reply["data"]["content"] == "Hello from Ana"
+            assert reply["data"]["id"] == posted.json()["message"]["id"]
+
+            assert (await api_one.post(f"{path}/release", headers=agent)).status_code == 200
+            await arrived(lambda e: e["event"] == "handoff" and e["data"]["status"] == "bot")
+        finally:
+            follower.cancel()
+        ids = [event["id"] for event in seen]
+        assert ids == sorted(set(ids))

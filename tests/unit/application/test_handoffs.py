@@ -1,0 +1,262 @@
+"""Handoff with in-memory adapters: policy decisions in turns, the queue, ownership changes, agent replies."""
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from support.application.conversations import TurnResult
+from support.domain.conversations import (
+    AnswerStatus,
+    ClaimedByAnotherAgentError,
+    ConversationStatus,
+    HandoffAction,
+    InvalidTransitionError,
+    MessageRole,
+    NotClaimedError,
+    ReasonCode,
+)
+from support.domain.errors import PermissionDeniedError
+from support.domain.feed import FeedEvent, HandoffChanged, MessagePosted, ReplyDone
+from support.domain.webhooks import WebhookEventType
+from tests.fakes.llm import Script
+from tests.unit.application.conftest import AGENT_ANA, AGENT_BEN, SERVICE, World
+
+S = ConversationStatus
+W = WebhookEventType
+
+
+async def turn(world: World, text: str) -> TurnResult:
+    result = await (await world.send(text)).result()
+    await world.summaries.drain()
+    return result
+
+
+async def feed(world: World) -> list[FeedEvent]:
+    subscription = world.bus.subscribe(world.conversation.id, after=0)
+    events: list[FeedEvent] = []
+    try:
+        while True:
+            events.append(await asyncio.wait_for(anext(subscription), 0.05))
+    except TimeoutError:
+        pass
+    finally:
+        await subscription.aclose()
+    return events
+
+
+async def test_asking_for_a_person_hands_over_without_calling_the_model(world: World) -> None:
+    result = await turn(world, "I'd like to talk to a human, please")
+
+    assert world.llm.requests == []
+    assert result.conversation_status is S.PENDING_HUMAN
+    reply = result.reply
+    assert reply is not None
+    assert (reply.role, reply.author, reply.answer_status) == (MessageRole.ASSISTANT, "policy", AnswerStatus.HANDED_OFF)
+    assert reply.decision is not None
+    assert (reply.decision.action, reply.decision.reason_code, reply.decision.rule) == (
+        HandoffAction.ESCALATE,
+        ReasonCode.CUSTOMER_REQUEST,
+        "customer_request.phrase",
+    )
+    assert "Expected wait: about 5 minutes" in reply.content
+    conversation = await world.current()
+    assert conversation.handoff == reply.decision
+    assert conversation.handoff_summary is not None
+    assert "talk to a human" in conversation.handoff_summary
+    [requested] = world.outbox.of_type(W.HANDOFF_REQUESTED)
+    assert requested.data["reason_code"] == "customer_request"
+    assert requested.data["queue_position"] == 1
+    names = [event.payload.name for event in await feed(world)]
+    assert names[-2:] == ["done", "handoff"]
+
+
+async def test_while_a_person_is_due_the_assistant_stays_silent_and_agents_hear_the_customer(world: World) -> None:
+    await turn(world, "connect me to an agent")
+    before = len(world.llm.requests)
+
+    result = await turn(world, "My order number is 12345")
+
+    assert len(world.llm.requests) == before == 0
+    assert result.reply is None
+    assert result.conversation_status is S.PENDING_HUMAN
+    [created] = world.outbox.of_type(W.MESSAGE_CREATED)
+    assert created.data["message"]["content"] == "My order number is 12345"  # type: ignore[index]
+
+
+async def test_claiming_is_exclusive_and_the_agents_reply_reaches_the_feed(world: World) -> None:
+    await turn(world, "talk to a person")
+
+    claimed = await world.claim.execute(AGENT_ANA, world.conversation.id)
+    with pytest.raises(ClaimedByAnotherAgentError):
+        await world.claim.execute(AGENT_BEN, world.conversation.id)
+    again = await world.claim.execute(AGENT_ANA, world.conversation.id)
+    message, _, duplicate = await world.agent_message.execute(AGENT_ANA, world.conversation.id, "Hi, Ana here.")
+    with pytest.raises(ClaimedByAnotherAgentError):
+        await world.agent_message.execute(AGENT_BEN, world.conversation.id, "Ben too")
+
+    assert claimed.status is again.status is S.HUMAN
+    assert claimed.agent is not None
+    assert claimed.agent.name == "Ana"
+    assert not duplicate
+    assert (message.role, message.author) == (MessageRole.AGENT, "Ana")
+    events = [event.payload for event in await feed(world)]
+    assert HandoffChanged(S.HUMAN, ReasonCode.CUSTOMER_REQUEST) in events
+    posted = [payload.message for payload in events if isinstance(payload, MessagePosted)]
+    assert [item.role for item in posted[-2:]] == [MessageRole.SYSTEM, MessageRole.AGENT]
+    assert "Ana from our support team has joined" in posted[-2].content
+    assert [event.type for event in world.outbox.events[-3:]] == [
+        W.HANDOFF_CLAIMED,
+        W.MESSAGE_CREATED,
+        W.MESSAGE_CREATED,
+    ]
+
+
+async def test_agents_act_only_on_the_agent_side(world: World) -> None:
+    await turn(world, "talk to a person")
+
+    with pytest.raises(PermissionDeniedError):
+        await world.claim.execute(SERVICE, world.conversation.id)
+    with pytest.raises(NotClaimedError):
+        await world.resolve.execute(AGENT_ANA, world.conversation.id)
+
+
+async def test_an_agent_replying_to_a_waiting_conversation_claims_it(world: World) -> None:
+    await turn(world, "talk to a person")
+
+    _, conversation, _ = await world.agent_message.execute(AGENT_BEN, world.conversation.id, "Ben here, looking now")
+
+    assert conversation.status is S.HUMAN
+    assert conversation.agent is not None
+    assert conversation.agent.name == "Ben"
+
+
+async def test_released_conversations_are_answered_by_the_assistant_again(world: World) -> None:
+    await turn(world, "talk to a person")
+    await world.claim.execute(AGENT_ANA, world.conversation.id)
+    with pytest.raises(ClaimedByAnotherAgentError):
+        await world.release.execute(AGENT_BEN, world.conversation.id)
+
+    released = await world.release.execute(AGENT_ANA, world.conversation.id)
+    result = await turn(world, "How long do refunds take?")
+
+    assert released.status is S.BOT
+    assert released.agent is None
+    assert result.reply is not None
+    assert result.reply.author == "scripted"
+    assert len(world.llm.requests) == 1
+
+
+async def test_a_resolved_conversation_reopens_with_the_assistant_and_does_not_loop_back(world: World) -> None:
+    world.llm.script = Script(handoff=ReasonCode.INSUFFICIENT_EVIDENCE)
+    await turn(world, "Question one about the blue widget")
+    await turn(world, "Question two about the red gadget")  # second miss in a row → repeated_failure
+    assert (await world.current()).status is S.PENDING_HUMAN
+    await world.claim.execute(AGENT_ANA, world.conversation.id)
+    resolved = await world.resolve.execute(AGENT_ANA, world.conversation.id)
+
+    result = await turn(world, "One more thing about the green gizmo")
+
+    assert resolved.status is S.RESOLVED
+    assert [event.type for event in world.outbox.events if event.type is W.CONVERSATION_RESOLVED]
+    conversation = await world.current()
+    assert conversation.reopened_count == 1
+    # The failures before the handoff belong to the last episode: one new miss only offers a person.
+    assert result.conversation_status is S.BOT
+    assert result.reply is not None
+    assert result.reply.decision is not None
+    assert result.reply.decision.action is HandoffAction.OFFER_HUMAN
+
+
+async def test_the_models_request_for_a_person_hands_over_after_its_words(world: World) -> None:
+    world.llm.script = Script(pieces=("Let me get ", "someone for you."), handoff=ReasonCode.CUSTOMER_REQUEST)
+
+    result = await turn(world, "my parcel is wrong, can someone check?")
+
+    assert result.conversation_status is S.PENDING_HUMAN
+    assert result.reply is not None
+    assert result.reply.content.startswith("Let me get someone for you.\n\nI'm passing this conversation")
+    assert result.reply.decision is not None
+    assert result.reply.decision.rule == "customer_request.assistant"
+
+
+async def test_frustration_gets_an_answer_with_an_offer_then_a_person(world: World) -> None:
+    first = await turn(world, "This is ridiculous, my order 555 is late")
+    second = await turn(world, "Still ridiculous. Where is order 555?")
+
+    assert first.reply is not None
+    assert first.reply.decision is not None
+    assert first.reply.decision.action is HandoffAction.OFFER_HUMAN
+    assert first.reply.content.endswith("I'll bring in our support team.")
+    assert first.conversation_status is S.BOT
+    assert second.conversation_status is S.PENDING_HUMAN
+    assert second.reply is not None
+    assert second.reply.decision is not None
+    assert second.reply.decision.rule == "frustration.continued"
+    assert len(world.llm.requests) == 1
+
+
+async def test_a_reply_being_written_when_a_person_takes_over_is_dropped(world: World) -> None:
+    world.llm.gate = asyncio.Event()
+    pending = await world.send("How do I change my address?")
+    await asyncio.sleep(0.05)  # the model has been called and waits at the gate
+
+    await world.request_handoff.execute(SERVICE, world.conversation.id, "prefer a person")
+    await world.claim.execute(AGENT_ANA, world.conversation.id)
+    world.llm.gate.set()
+    result = await pending.result()
+
+    assert result.reply is None
+    assert result.conversation_status is S.HUMAN
+    stored = (await world.repository.list_messages(world.conversation.id, limit=50, cursor=None)).items
+    assert MessageRole.ASSISTANT not in {message.role for message in stored}
+
+
+async def test_requesting_a_person_twice_changes_nothing_and_withdrawing_returns_to_the_bot(world: World) -> None:
+    first = await world.request_handoff.execute(SERVICE, world.conversation.id, "billing question")
+    again = await world.request_handoff.execute(SERVICE, world.conversation.id, None)
+    withdrawn = await world.withdraw.execute(SERVICE, world.conversation.id)
+
+    assert first.status is again.status is S.PENDING_HUMAN
+    assert first.handoff is not None
+    assert (first.handoff.rule, first.handoff.evidence) == ("customer_request.endpoint", "billing question")
+    assert again.handoff_requested_at == first.handoff_requested_at
+    assert withdrawn.status is S.BOT
+    assert len(world.outbox.of_type(W.HANDOFF_REQUESTED)) == 1
+    with pytest.raises(InvalidTransitionError):
+        await world.withdraw.execute(SERVICE, world.conversation.id)
+
+
+async def test_unclaimed_handoffs_go_back_to_the_assistant_after_the_wait(world: World) -> None:
+    await world.request_handoff.execute(SERVICE, world.conversation.id, None)
+    world.clock.advance(timedelta(seconds=world.handoff_settings.max_wait_s - 1))
+    assert await world.expire.execute() == 0
+    world.clock.advance(timedelta(seconds=2))
+
+    assert await world.expire.execute() == 1
+    conversation = await world.current()
+    assert conversation.status is S.BOT
+    last = (await world.repository.recent_messages(world.conversation.id, 1))[0]
+    assert (last.role, last.content.startswith("I'm sorry: nobody from our team")) == (MessageRole.SYSTEM, True)
+
+
+async def test_the_queue_lists_oldest_first_with_wait_and_summary(world: World) -> None:
+    await turn(world, "I want to speak to a person about my invoice")
+    world.clock.advance(timedelta(minutes=3))
+
+    page = await world.queue.execute(AGENT_ANA)
+
+    [queued] = page.items
+    assert queued.conversation.id == world.conversation.id
+    assert queued.wait_s == 180
+    assert "invoice" in queued.summary
+    with pytest.raises(PermissionDeniedError):
+        await world.queue.execute(SERVICE)
+
+
+async def test_replies_after_a_handoff_decision_end_the_turn_with_done(world: World) -> None:
+    turn_ = await world.send("Please cancel my subscription")
+    events = [event.payload async for event in turn_.events()]
+
+    assert isinstance(events[-2], ReplyDone)
+    assert events[-1] == HandoffChanged(S.PENDING_HUMAN, ReasonCode.SENSITIVE_TOPIC)

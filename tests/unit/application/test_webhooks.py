@@ -1,0 +1,235 @@
+import asyncio
+import json
+from collections.abc import Mapping
+from datetime import timedelta
+from uuid import UUID
+
+import pytest
+
+from support.adapters.memory.system import FixedClock, InMemoryUnitOfWork
+from support.adapters.memory.webhooks import (
+    InMemoryWebhookDeliveryQueue,
+    InMemoryWebhookOutbox,
+    InMemoryWebhookRepository,
+)
+from support.application.webhooks import (
+    CreateWebhook,
+    DeleteWebhook,
+    DeliverWebhooks,
+    GetWebhook,
+    ListWebhookDeliveries,
+    ListWebhooks,
+    WebhookDeliveryPolicy,
+)
+from support.domain.errors import InvalidInputError
+from support.domain.ids import new_id
+from support.domain.webhooks import (
+    DeliveryStatus,
+    InvalidWebhookUrlError,
+    OutboundEvent,
+    RetrySchedule,
+    WebhookDelivery,
+    WebhookEventType,
+    WebhookNotFoundError,
+    encode_event,
+    verify_signature,
+)
+from support.ports.webhooks import SendResult, WebhookSender
+from tests.fakes.webhooks import ScriptedSender
+
+URL = "https://crm.example.com/hooks/support"
+POLICY = WebhookDeliveryPolicy(schedule=RetrySchedule(base_s=10, cap_s=60, max_attempts=3), batch_size=10, lease_s=30)
+
+
+class World:
+    def __init__(self) -> None:
+        self.store = InMemoryWebhookRepository()
+        self.outbox = InMemoryWebhookOutbox(self.store)
+        self.uow = InMemoryUnitOfWork()
+        self.clock = FixedClock()
+        self.sender = ScriptedSender()
+
+    def deliver(self, sender: WebhookSender | None = None) -> DeliverWebhooks:
+        return DeliverWebhooks(
+            InMemoryWebhookDeliveryQueue(self.store), sender or self.sender, self.uow, self.clock, POLICY
+        )
+
+    async def create(self, *types: WebhookEventType, url: str = URL) -> tuple[UUID, str]:
+        issued = await CreateWebhook(self.store, self.uow, self.clock).execute(url, types or list(WebhookEventType))
+        return issued.webhook.id, issued.secret
+
+    async def emit(self, event_type: WebhookEventType = WebhookEventType.HANDOFF_REQUESTED) -> OutboundEvent:
+        event = OutboundEvent(
+            id=new_id(),
+            type=event_type,
+            conversation_id=new_id(),
+            occurred_at=self.clock.now(),
+            data={"reason_code": "customer_request"},
+        )
+        await self.outbox.enqueue(event)
+        return event
+
+    async def deliveries(self, webhook_id: UUID) -> list[WebhookDelivery]:
+        return (await ListWebhookDeliveries(self.store).execute(webhook_id)).items
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+async def test_a_created_webhook_shows_its_secret_once_and_lists_only_the_hint(world: World) -> None:
+    created = await CreateWebhook(world.store, world.uow, world.clock).execute(
+        f"  {URL}  ",
+        [WebhookEventType.MESSAGE_CREATED, WebhookEventType.HANDOFF_REQUESTED, WebhookEventType.MESSAGE_CREATED],
+        "  CRM  ",
+    )
+    assert world.uow.commits == 1
+    webhook = created.webhook
+    assert (webhook.url, webhook.description, webhook.active) == (URL, "CRM", True)
+    assert webhook.event_types == (WebhookEventType.HANDOFF_REQUESTED, WebhookEventType.MESSAGE_CREATED)
+    assert created.secret.startswith(webhook.secret_hint)
+    assert await ListWebhooks(world.store).execute() == [webhook]
+    assert await GetWebhook(world.store).execute(webhook.id) == webhook
+    assert created.secret not in repr(webhook)
+
+
+@pytest.mark.parametrize(
+    ("url", "types", "description", "error"),
+    [
+        ("ftp://crm.example.com/", [WebhookEventType.HANDOFF_CLAIMED], "", InvalidWebhookUrlError),
+        (URL, [], "", InvalidInputError),
+        (URL, [WebhookEventType.HANDOFF_CLAIMED], "x" * 501, InvalidInputError),
+    ],
+)
+async def test_bad_webhooks_are_refused(
+    world: World, url: str, types: list[WebhookEventType], description: str, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        await CreateWebhook(world.store, world.uow, world.clock).execute(url, types, description)
+    assert world.uow.commits == 0
+
+
+async def test_unknown_webhooks_are_not_found(world: World) -> None:
+    for use_case in (
+        GetWebhook(world.store),
+        DeleteWebhook(world.store, world.uow),
+        ListWebhookDeliveries(world.store),
+    ):
+        with pytest.raises(WebhookNotFoundError):
+            await use_case.execute(new_id())
+
+
+async def test_an_event_is_posted_signed_and_marked_delivered(world: World) -> None:
+    webhook_id, secret = await world.create(WebhookEventType.HANDOFF_REQUESTED)
+    event = await world.emit()
+    world.clock.advance(timedelta(seconds=2))
+
+    assert await world.deliver().execute() == 1
+
+    [sent] = world.sender.sent
+    assert sent.url == URL
+    assert sent.body == encode_event(event)
+    assert json.loads(sent.body)["id"] == str(event.id)
+    timestamp = int(world.clock.now().timestamp())
+    assert sent.headers["Webhook-Id"] == str(event.id)
+    assert sent.headers["Webhook-Timestamp"] == str(timestamp)
+    assert sent.headers["Content-Type"] == "application/json"
+    assert verify_signature(secret, timestamp, sent.body, sent.headers["Webhook-Signature"])
+    [delivery] = await world.deliveries(webhook_id)
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == (DeliveryStatus.DELIVERED, 1, 200)
+    assert delivery.delivered_at == world.clock.now()
+    assert world.uow.commits == 3  # the webhook, the claim, the outcome
+    assert await world.deliver().execute() == 0
+
+
+async def test_a_failed_attempt_is_retried_with_backoff_and_then_delivered(world: World) -> None:
+    webhook_id, _ = await world.create()
+    await world.emit()
+    world.sender.script(SendResult(500), SendResult(None, "ConnectError: connection refused"))
+
+    await world.deliver().execute()
+    [delivery] = await world.deliveries(webhook_id)
+    assert (delivery.status, delivery.attempts) == (DeliveryStatus.PENDING, 1)
+    assert (delivery.last_status_code, delivery.last_error) == (500, "HTTP 500")
+    wait = delivery.next_attempt_at - world.clock.now()
+    assert timedelta(seconds=5) <= wait <= timedelta(seconds=10)  # base 10 s, upper half
+    assert await world.deliver().execute() == 0  # not due yet
+
+    world.clock.advance(wait)
+    await world.deliver().execute()
+    [delivery] = await world.deliveries(webhook_id)
+    assert (delivery.attempts, delivery.last_status_code) == (2, None)
+    assert delivery.last_error == "ConnectError: connection refused"
+    assert timedelta(seconds=10) <= delivery.next_attempt_at - world.clock.now() <= timedelta(seconds=20)
+
+    world.clock.advance(timedelta(seconds=20))
+    await world.deliver().execute()
+    [delivery] = await world.deliveries(webhook_id)
+    assert (delivery.status, delivery.attempts, delivery.last_error) == (DeliveryStatus.DELIVERED, 3, None)
+    assert len(world.sender.sent) == 3
+    assert len({sent.headers["Webhook-Id"] for sent in world.sender.sent}) == 1
+
+
+async def test_a_delivery_fails_for_good_after_the_last_attempt(world: World) -> None:
+    webhook_id, _ = await world.create()
+    await world.emit()
+    world.sender.default = SendResult(404)
+    for _ in range(POLICY.schedule.max_attempts):
+        await world.deliver().execute()
+        world.clock.advance(timedelta(minutes=5))
+    [delivery] = await world.deliveries(webhook_id)
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == (DeliveryStatus.FAILED, 3, 404)
+    world.clock.advance(timedelta(days=1))
+    assert await world.deliver().execute() == 0
+    assert len(world.sender.sent) == 3
+
+
+class CrashingSender(ScriptedSender):
+    async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> SendResult:
+        await super().send(url, body, headers)
+        raise RuntimeError("the process died mid-send")
+
+
+async def test_a_round_cut_short_leaves_its_claim_to_be_sent_again_after_the_lease(world: World) -> None:
+    webhook_id, _ = await world.create()
+    await world.emit()
+    with pytest.raises(RuntimeError):
+        await world.deliver(CrashingSender()).execute()
+    world.clock.advance(timedelta(seconds=POLICY.lease_s - 1))
+    assert await world.deliver().execute() == 0
+    world.clock.advance(timedelta(seconds=1))
+    assert await world.deliver().execute() == 1
+    [delivery] = await world.deliveries(webhook_id)
+    assert (delivery.status, delivery.attempts) == (DeliveryStatus.DELIVERED, 2)
+
+
+class GatedSender(ScriptedSender):
+    """Holds sends to ``slow_url`` until ``gate`` opens."""
+
+    def __init__(self, slow_url: str) -> None:
+        super().__init__()
+        self.slow_url = slow_url
+        self.gate = asyncio.Event()
+
+    async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> SendResult:
+        if url == self.slow_url:
+            await self.gate.wait()
+        return await super().send(url, body, headers)
+
+
+async def test_each_outcome_is_recorded_as_soon_as_it_is_known(world: World) -> None:
+    slow_id, _ = await world.create(url="https://slow.example.com/hooks")
+    fast_id, _ = await world.create(url="https://fast.example.com/hooks")
+    await world.emit()
+    sender = GatedSender("https://slow.example.com/hooks")
+    round_ = asyncio.create_task(world.deliver(sender).execute())
+    for _ in range(100):
+        if (await world.deliveries(fast_id))[0].status is DeliveryStatus.DELIVERED:
+            break
+        await asyncio.sleep(0.01)
+    assert (await world.deliveries(fast_id))[0].status is DeliveryStatus.DELIVERED
+    assert (await world.deliveries(slow_id))[0].status is DeliveryStatus.PENDING
+    sender.gate.set()
+    assert await round_ == 2
+    assert (await world.deliveries(slow_id))[0].status is DeliveryStatus.DELIVERED

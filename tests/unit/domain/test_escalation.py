@@ -1,0 +1,273 @@
+"""The escalation policy's layers, business hours and wait notices, and the ownership methods of a conversation."""
+
+from datetime import UTC, datetime, time, timedelta
+from decimal import Decimal
+
+import pytest
+
+from support.domain.conversations import (
+    AgentRef,
+    AnswerStatus,
+    Conversation,
+    ConversationEvent,
+    ConversationStatus,
+    HandoffAction,
+    HandoffDecision,
+    InvalidTransitionError,
+    Message,
+    MessageRole,
+    ReasonCode,
+)
+from support.domain.escalation import (
+    BusinessHours,
+    EscalationPolicy,
+    EscalationRules,
+    Screening,
+    SensitiveTopic,
+    estimate_wait,
+    handoff_notice,
+)
+from support.domain.handoff import answer_status_for
+from support.domain.ids import new_id
+
+NOW = datetime(2026, 5, 6, 10, 0, tzinfo=UTC)  # a Wednesday
+POLICY = EscalationPolicy()
+A = HandoffAction
+R = ReasonCode
+
+
+def said(role: MessageRole, text: str = "text", decision: HandoffDecision | None = None) -> Message:
+    status = answer_status_for(decision) if decision and role is MessageRole.ASSISTANT else None
+    if role is MessageRole.ASSISTANT and status is None:
+        status = AnswerStatus.ANSWERED
+    return Message(new_id(), new_id(), role, text, NOW, answer_status=status, decision=decision)
+
+
+def screened(text: str, history: list[Message] | None = None) -> tuple[A, R | None, str | None]:
+    decision = POLICY.screen(text, history or []).decision
+    return decision.action, decision.reason_code, decision.rule
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Can I talk to a human please?",
+        "I want to speak with a real person",
+        "connect me to an agent",
+        "Ich möchte mit einem Mitarbeiter sprechen",
+        "je veux parler à un conseiller",
+        "¿Puedo hablar con una persona?",
+        "Posso parlare con un operatore?",
+        "quero falar com um atendente",
+        "kan ik met een medewerker spreken",
+        "I need a human agent",
+    ],
+)
+def test_asking_for_a_person_in_several_languages_hands_over_at_once(text: str) -> None:
+    assert screened(text) == (A.ESCALATE, R.CUSTOMER_REQUEST, "customer_request.phrase")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "How do I reset my password?",
+        "What does a human-readable invoice look like?",
+        "Is the person who ordered notified?",
+        "The agent app crashes on start",
+    ],
+)
+def test_ordinary_questions_are_answered(text: str) -> None:
+    assert screened(text) == (A.ANSWER, None, None)
+
+
+def test_yes_to_an_offer_of_a_person_accepts_it_but_yes_alone_does_not() -> None:
+    offer = said(MessageRole.ASSISTANT, decision=HandoffDecision(A.OFFER_HUMAN, R.INSUFFICIENT_EVIDENCE))
+
+    assert screened("Yes please", [said(MessageRole.CUSTOMER), offer]) == (
+        A.ESCALATE,
+        R.CUSTOMER_REQUEST,
+        "customer_request.accepted_offer",
+    )
+    assert screened("yes", [said(MessageRole.CUSTOMER), said(MessageRole.ASSISTANT)])[0] is A.ANSWER
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("I will contact my lawyer about this", "sensitive_topic.legal_threat"),
+        ("I'm going to sue you", "sensitive_topic.legal_threat"),
+        ("My account was hacked this morning", "sensitive_topic.account_security"),
+        ("There is an unauthorized charge on my card", "sensitive_topic.account_security"),
+        ("Please cancel my subscription", "sensitive_topic.cancellation"),
+        ("I want to close my account", "sensitive_topic.cancellation"),
+        ("The charger burned my hand", "sensitive_topic.safety_or_harm"),
+        ("I want a refund of $450 for the TV", "sensitive_topic.refund_over_limit"),
+        ("Please refund me 1,200 EUR", "sensitive_topic.refund_over_limit"),
+    ],
+)
+def test_sensitive_topics_hand_over_at_once(text: str, rule: str) -> None:
+    assert screened(text) == (A.ESCALATE, R.SENSITIVE_TOPIC, rule)
+
+
+def test_refunds_up_to_the_limit_stay_with_the_assistant() -> None:
+    assert screened("Can I get a refund of $40?")[0] is A.ANSWER
+    assert screened("How long does a refund take?")[0] is A.ANSWER
+    relaxed = EscalationPolicy(EscalationRules(refund_amount_limit=None))
+    assert relaxed.screen("refund of $5000", []).decision.action is A.ANSWER
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("This is useless, nothing works", "frustration.lexicon"),
+        ("what the fuck is going on", "frustration.profanity"),
+        ("WHY IS MY ORDER NOT HERE YET", "frustration.shouting"),
+    ],
+)
+def test_frustration_offers_a_person_first_and_hands_over_when_it_continues(text: str, rule: str) -> None:
+    first = POLICY.screen(text, [])
+    assert first.decision.action is A.ANSWER
+    assert first.frustration is not None
+    assert (first.frustration.action, first.frustration.reason_code, first.frustration.rule) == (
+        A.OFFER_HUMAN,
+        R.FRUSTRATION,
+        rule,
+    )
+    offered = said(MessageRole.ASSISTANT, decision=first.frustration)
+
+    assert screened(text, [said(MessageRole.CUSTOMER, text), offered]) == (
+        A.ESCALATE,
+        R.FRUSTRATION,
+        "frustration.continued",
+    )
+
+
+def test_asking_the_same_question_again_is_frustration() -> None:
+    history = [said(MessageRole.CUSTOMER, "Where is my order 12345?"), said(MessageRole.ASSISTANT)]
+
+    screening = POLICY.screen("where is my order 12345", history)
+
+    assert screening.frustration is not None
+    assert screening.frustration.rule == "frustration.repetition"
+    assert POLICY.screen("Where is my other order 777?", history).frustration is None
+
+
+def test_after_a_person_took_part_earlier_offers_and_failures_do_not_count() -> None:
+    offer = HandoffDecision(A.OFFER_HUMAN, R.FRUSTRATION, rule="frustration.lexicon")
+    before = [said(MessageRole.CUSTOMER, "useless"), said(MessageRole.ASSISTANT, decision=offer)]
+    after_release = [*before, said(MessageRole.AGENT, "Hi, Ana here"), said(MessageRole.SYSTEM, "back to bot")]
+
+    screening = POLICY.screen("this is useless", after_release)
+
+    assert screening.decision.action is A.ANSWER
+    assert screening.frustration is not None
+    assert screening.frustration.action is A.OFFER_HUMAN
+
+
+def test_the_assistants_signals_are_decided_by_the_policy() -> None:
+    plain = Screening(HandoffDecision(A.ANSWER))
+
+    assert POLICY.decide(plain, [], history=[]).action is A.ANSWER
+    tool = POLICY.decide(plain, [R.CUSTOMER_REQUEST], history=[])
+    assert (tool.action, tool.reason_code, tool.rule) == (A.ESCALATE, R.CUSTOMER_REQUEST, "customer_request.assistant")
+    weak = POLICY.decide(plain, [R.INSUFFICIENT_EVIDENCE], history=[], evidence="evidence_score=0.2")
+    assert (weak.action, weak.reason_code, weak.evidence) == (
+        A.OFFER_HUMAN,
+        R.INSUFFICIENT_EVIDENCE,
+        "evidence_score=0.2",
+    )
+    down = POLICY.decide(plain, [R.LLM_UNAVAILABLE], history=[])
+    assert (down.action, down.reason_code) == (A.OFFER_HUMAN, R.LLM_UNAVAILABLE)
+
+
+def test_repeated_failure_hands_over_after_the_configured_number_in_a_row() -> None:
+    plain = Screening(HandoffDecision(A.ANSWER))
+    failed = said(MessageRole.ASSISTANT, decision=HandoffDecision(A.OFFER_HUMAN, R.INSUFFICIENT_EVIDENCE))
+    history = [said(MessageRole.CUSTOMER), failed, said(MessageRole.CUSTOMER)]
+
+    second = POLICY.decide(plain, [R.INSUFFICIENT_EVIDENCE], history=history)
+    assert (second.action, second.reason_code) == (A.ESCALATE, R.REPEATED_FAILURE)
+    patient = EscalationPolicy(EscalationRules(repeated_failure_limit=3))
+    assert patient.decide(plain, [R.INSUFFICIENT_EVIDENCE], history=history).action is A.OFFER_HUMAN
+    answered_since = [*history, said(MessageRole.ASSISTANT), said(MessageRole.CUSTOMER)]
+    assert POLICY.decide(plain, [R.INSUFFICIENT_EVIDENCE], history=answered_since).action is A.OFFER_HUMAN
+
+
+def test_a_screening_that_hands_over_wins_over_what_the_assistant_says() -> None:
+    escalate = HandoffDecision(A.ESCALATE, R.SENSITIVE_TOPIC, "lawyer", "sensitive_topic.legal_threat")
+
+    assert POLICY.decide(Screening(escalate), [], history=[]) == escalate
+
+
+def test_configured_topics_replace_the_defaults() -> None:
+    policy = EscalationPolicy(EscalationRules(sensitive_topics=(SensitiveTopic("warranty", (r"\bwarranty\b",)),)))
+
+    assert policy.screen("Is this under warranty?", []).decision.rule == "sensitive_topic.warranty"
+    assert policy.screen("I will call my lawyer", []).decision.action is A.ANSWER
+    assert EscalationRules().refund_amount_limit == Decimal(100)
+
+
+def test_business_hours_and_the_next_opening() -> None:
+    hours = BusinessHours(timezone="Europe/Berlin", days=frozenset(range(5)), opens=time(9), closes=time(17))
+    wednesday_noon = datetime(2026, 5, 6, 10, 0, tzinfo=UTC)  # 12:00 in Berlin
+    friday_evening = datetime(2026, 5, 8, 17, 30, tzinfo=UTC)  # 19:30 in Berlin
+
+    assert hours.is_open(wednesday_noon)
+    assert not hours.is_open(friday_evening)
+    opening = hours.next_opening(friday_evening)
+    assert (opening.weekday(), opening.hour, opening.minute) == (0, 9, 0)
+    assert opening.astimezone(UTC) == datetime(2026, 5, 11, 7, 0, tzinfo=UTC)
+
+
+def test_the_notice_gives_the_expected_wait_or_when_someone_will_answer() -> None:
+    hours = BusinessHours(timezone="Europe/Berlin")
+    open_estimate = estimate_wait(NOW, queue_ahead=2, hours=hours, minutes_per_conversation=4)
+    assert open_estimate.minutes == 12
+    assert "about 12 minutes" in handoff_notice(open_estimate, hours)
+
+    saturday = datetime(2026, 5, 9, 12, 0, tzinfo=UTC)
+    closed_estimate = estimate_wait(saturday, queue_ahead=0, hours=hours, minutes_per_conversation=4)
+    notice = handoff_notice(closed_estimate, hours)
+    assert not closed_estimate.open_now
+    assert "Monday 09:00" in notice
+    assert "Monday to Friday, 09:00-17:00 Europe/Berlin" in notice
+    assert closed_estimate.expected_at - saturday > timedelta(days=1)
+
+
+def conversation(status: ConversationStatus) -> Conversation:
+    return Conversation(new_id(), new_id(), status, {}, NOW, NOW, NOW)
+
+
+def test_ownership_changes_record_who_and_why() -> None:
+    decision = HandoffDecision(A.ESCALATE, R.CUSTOMER_REQUEST, None, "customer_request.endpoint")
+    queued = conversation(ConversationStatus.BOT).request_handoff(decision, NOW)
+    assert (queued.status, queued.handoff, queued.handoff_requested_at) == (
+        ConversationStatus.PENDING_HUMAN,
+        decision,
+        NOW,
+    )
+    claimed = queued.claim(AgentRef(None, "Ana"), NOW)
+    assert (claimed.status, claimed.agent, claimed.claimed_at) == (ConversationStatus.HUMAN, AgentRef(None, "Ana"), NOW)
+    with pytest.raises(InvalidTransitionError):
+        claimed.claim(AgentRef(None, "Ben"), NOW)
+    released = claimed.give_back(ConversationEvent.RELEASE, NOW)
+    assert (released.status, released.agent, released.handoff) == (ConversationStatus.BOT, None, decision)
+    with pytest.raises(InvalidTransitionError):
+        released.give_back(ConversationEvent.WITHDRAW, NOW)
+    with pytest.raises(InvalidTransitionError):
+        claimed.give_back(ConversationEvent.CLOSE, NOW)
+    with pytest.raises(InvalidTransitionError):
+        conversation(ConversationStatus.HUMAN).request_handoff(decision, NOW)
+
+
+def test_an_offer_made_for_frustration_still_counts_as_answered() -> None:
+    frustration = HandoffDecision(A.OFFER_HUMAN, R.FRUSTRATION, "useless", "frustration.lexicon")
+    miss = HandoffDecision(A.OFFER_HUMAN, R.INSUFFICIENT_EVIDENCE)
+
+    assert answer_status_for(frustration) is AnswerStatus.ANSWERED
+    assert answer_status_for(miss) is AnswerStatus.INSUFFICIENT_EVIDENCE
+    assert answer_status_for(HandoffDecision(A.ESCALATE, R.SENSITIVE_TOPIC)) is AnswerStatus.HANDED_OFF
+    # So a miss right after a frustration offer is the first in a row, not the second.
+    history = [said(MessageRole.CUSTOMER, "useless"), said(MessageRole.ASSISTANT, decision=frustration)]
+    decision = POLICY.decide(Screening(HandoffDecision(A.ANSWER)), [R.INSUFFICIENT_EVIDENCE], history=history)
+    assert decision.action is A.OFFER_HUMAN

@@ -1,0 +1,179 @@
+import json
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import pytest
+
+from support.domain.webhooks import (
+    WEBHOOK_SECRET_PREFIX,
+    DeliveryStatus,
+    InvalidWebhookUrlError,
+    OutboundEvent,
+    RetrySchedule,
+    WebhookDelivery,
+    WebhookEventType,
+    delivery_headers,
+    encode_event,
+    generate_webhook_secret,
+    sign,
+    validate_webhook_url,
+    verify_signature,
+    webhook_secret_hint,
+)
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+EVENT_ID = UUID("01890a5d-ac96-774b-bcce-b302099a8057")
+
+
+def test_signature_is_hmac_sha256_over_timestamp_dot_body() -> None:
+    # Computed independently: printf '%s' '1767225600.{"id":"x"}' | openssl dgst -sha256 -hmac whsec_test-secret
+    expected = "8cefae5bee29ffeeb5a4996de3a90d55ba4e69d039b278cbdff09232e4bd9f93"
+    assert sign("whsec_test-secret", 1767225600, b'{"id":"x"}') == expected
+
+
+def test_headers_name_the_event_the_time_and_the_signature() -> None:
+    body = b'{"id":"x"}'
+    headers = delivery_headers(EVENT_ID, "whsec_test-secret", 1767225600, body)
+    assert headers == {
+        "Content-Type": "application/json",
+        "Webhook-Id": str(EVENT_ID),
+        "Webhook-Timestamp": "1767225600",
+        "Webhook-Signature": "v1=8cefae5bee29ffeeb5a4996de3a90d55ba4e69d039b278cbdff09232e4bd9f93",
+    }
+
+
+def test_verification_accepts_the_signature_and_rejects_any_change() -> None:
+    secret, body = generate_webhook_secret(), b'{"id":"x","data":{}}'
+    header = delivery_headers(EVENT_ID, secret, 1767225600, body)["Webhook-Signature"]
+    assert verify_signature(secret, 1767225600, body, header)
+    # Several signatures (a secret being rotated) are space-separated; one valid entry is enough.
+    assert verify_signature(secret, 1767225600, body, f"v1=00ff {header}")
+    assert not verify_signature(secret, 1767225601, body, header)
+    assert not verify_signature(secret, 1767225600, body + b" ", header)
+    assert not verify_signature(generate_webhook_secret(), 1767225600, body, header)
+    assert not verify_signature(secret, 1767225600, body, header.replace("v1=", "v0="))
+
+
+def test_secrets_are_random_and_hinted_by_their_beginning() -> None:
+    secrets = {generate_webhook_secret() for _ in range(100)}
+    assert len(secrets) == 100
+    for secret in secrets:
+        assert secret.startswith(WEBHOOK_SECRET_PREFIX)
+        assert len(secret) >= len(WEBHOOK_SECRET_PREFIX) + 43  # 32 random bytes, base64url
+        hint = webhook_secret_hint(secret)
+        assert secret.startswith(hint)
+        assert len(hint) < len(secret) // 4
+
+
+def test_body_is_compact_json_with_the_documented_fields() -> None:
+    conversation = UUID("01890a5d-ac96-774b-bcce-b302099a8058")
+    event = OutboundEvent(
+        id=EVENT_ID,
+        type=WebhookEventType.HANDOFF_REQUESTED,
+        conversation_id=conversation,
+        occurred_at=datetime(2026, 3, 1, 13, 0, tzinfo=UTC) + timedelta(microseconds=5),
+        data={"reason_code": "customer_request", "note": "café"},
+    )
+    body = encode_event(event)
+    assert json.loads(body) == {
+        "id": str(EVENT_ID),
+        "type": "handoff.requested",
+        "created_at": "2026-03-01T13:00:00.000005Z",
+        "conversation_id": str(conversation),
+        "data": {"reason_code": "customer_request", "note": "café"},
+    }
+    assert b" " not in body.replace("café".encode(), b"")
+    assert encode_event(event) == body
+    assert (
+        json.loads(encode_event(OutboundEvent(EVENT_ID, WebhookEventType.MESSAGE_CREATED, None, NOW)))[
+            "conversation_id"
+        ]
+        is None
+    )
+
+
+def test_data_that_is_not_json_is_refused() -> None:
+    event = OutboundEvent(EVENT_ID, WebhookEventType.MESSAGE_CREATED, None, NOW, data={"id": EVENT_ID})
+    with pytest.raises(TypeError):
+        encode_event(event)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://hooks.example.com/support", "http://127.0.0.1:9000/in?token=abc", "  https://x.example/  "]
+)
+def test_absolute_http_urls_are_accepted(url: str) -> None:
+    assert validate_webhook_url(url) == url.strip()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "ftp://files.example.com/in",
+        "hooks.example.com/support",
+        "/relative/path",
+        "https://",
+        "https://user:pass@hooks.example.com/",
+        "https://hooks.example.com/a b",
+        "https://hooks.example.com/#part",
+        "https://hooks.example.com:99999/",
+        "https://hooks.example.com:0/",
+        "javascript:alert(1)",
+        "https://example.com/" + "a" * 2000,
+    ],
+)
+def test_other_urls_are_refused(url: str) -> None:
+    with pytest.raises(InvalidWebhookUrlError) as raised:
+        validate_webhook_url(url)
+    assert raised.value.code == "invalid_webhook_url"
+
+
+def test_backoff_doubles_up_to_the_cap_within_the_upper_half() -> None:
+    schedule = RetrySchedule(base_s=5, cap_s=60, max_attempts=10)
+    ceilings = [5, 10, 20, 40, 60, 60]
+    for attempt, ceiling in enumerate(ceilings, start=1):
+        assert schedule.delay(attempt, 0.0) == timedelta(seconds=ceiling / 2)
+        assert schedule.delay(attempt, 0.999) < timedelta(seconds=ceiling)
+        assert schedule.delay(attempt, 0.999) > timedelta(seconds=ceiling * 0.99)
+    assert schedule.delay(10_000, 0.5) == timedelta(seconds=45)
+
+
+def test_schedule_is_exhausted_after_max_attempts() -> None:
+    schedule = RetrySchedule(base_s=1, cap_s=1, max_attempts=3)
+    assert [schedule.exhausted(attempts) for attempts in (1, 2, 3, 4)] == [False, False, True, True]
+    for base, cap, attempts in ((0, 1, 1), (2, 1, 1), (1, 1, 0)):
+        with pytest.raises(ValueError, match="RetrySchedule"):
+            RetrySchedule(base_s=base, cap_s=cap, max_attempts=attempts)
+
+
+def _delivery(attempts: int) -> WebhookDelivery:
+    return WebhookDelivery(
+        id=EVENT_ID,
+        event_id=EVENT_ID,
+        webhook_id=EVENT_ID,
+        event_type=WebhookEventType.HANDOFF_CLAIMED,
+        status=DeliveryStatus.PENDING,
+        attempts=attempts,
+        next_attempt_at=NOW + timedelta(seconds=20),
+        created_at=NOW,
+        last_attempt_at=NOW,
+    )
+
+
+def test_a_failed_attempt_is_retried_after_the_backoff_then_given_up() -> None:
+    schedule = RetrySchedule(base_s=4, cap_s=100, max_attempts=3)
+    retried = _delivery(attempts=2).failed(503, "HTTP 503", NOW, schedule, jitter=0.0)
+    assert retried.status is DeliveryStatus.PENDING
+    assert retried.next_attempt_at == NOW + timedelta(seconds=4)  # ceiling 8 s, lower half bound
+    assert (retried.last_status_code, retried.last_error) == (503, "HTTP 503")
+    given_up = _delivery(attempts=3).failed(None, "no answer", NOW, schedule, jitter=0.0)
+    assert given_up.status is DeliveryStatus.FAILED
+    assert (given_up.last_status_code, given_up.last_error) == (None, "no answer")
+
+
+def test_a_successful_attempt_clears_the_last_error() -> None:
+    failed = _delivery(attempts=1).failed(500, "HTTP 500", NOW, RetrySchedule(1, 1, 5), jitter=0.0)
+    delivered = failed.succeeded(204, NOW + timedelta(seconds=3))
+    assert delivered.status is DeliveryStatus.DELIVERED
+    assert (delivered.last_status_code, delivered.last_error) == (204, None)
+    assert delivered.delivered_at == NOW + timedelta(seconds=3)
