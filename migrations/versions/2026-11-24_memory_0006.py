@@ -45,7 +45,11 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_customer_memories")),
     )
-    op.create_index("ix_customer_memories_customer", "customer_memories", ["customer_id", sa.text("id DESC")])
+    op.create_index(
+        "ix_customer_memories_customer",
+        "customer_memories",
+        ["customer_id", sa.text("created_at DESC"), sa.text("id DESC")],
+    )
     op.create_index(
         "ux_customer_memories_current",
         "customer_memories",

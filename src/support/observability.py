@@ -9,6 +9,7 @@ import sys
 import structlog
 
 from support.config import Settings
+from support.domain.privacy import redact
 
 
 def configure_logging(settings: Settings) -> None:
@@ -36,6 +37,7 @@ def configure_logging(settings: Settings) -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if settings.json_logs else _identity,
+            _redact_secrets,
             renderer,
         ],
     )
@@ -49,6 +51,14 @@ def configure_logging(settings: Settings) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def _redact_secrets(_logger: object, _name: str, event_dict: structlog.types.EventDict) -> structlog.types.EventDict:
+    """Card numbers, passwords, keys and tokens that reached a log line leave it as placeholders."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = redact(value)
+    return event_dict
 
 
 def _identity(_logger: object, _name: str, event_dict: structlog.types.EventDict) -> structlog.types.EventDict:

@@ -33,7 +33,7 @@ Verifier = Callable[[str, Mapping[str, str], bytes], bool]
 @pytest.fixture
 def chat_settings(settings: Settings) -> Settings:
     """The served app (``live``/``http``) polls often and retries soon, so deliveries happen within the test."""
-    fast = WebhookSettings(timeout_s=5, poll_interval_s=0.05, backoff_base_s=0.6, backoff_cap_s=1, max_attempts=3)
+    fast = WebhookSettings(timeout_s=5, poll_interval_s=0.05, backoff_base_s=2, backoff_cap_s=2, max_attempts=3)
     return msgspec.structs.replace(settings, webhooks=fast)
 
 
@@ -263,3 +263,31 @@ async def test_an_event_rolled_back_with_its_change_is_never_sent(
             http, webhook_id, admin_headers, lambda items: bool(items) and items[0]["status"] == "delivered"
         )
     assert receiver.event_ids() == {str(committed.id): 1}
+
+
+async def test_the_handoff_use_cases_emit_their_events_through_the_outbox(
+    http: httpx.AsyncClient, admin_headers: dict[str, str], verify_webhook: Verifier
+) -> None:
+    """End to end: the events commit with the handoff use cases' changes and arrive at the endpoint."""
+    async with WebhookReceiver() as receiver:
+        every_type = [kind.value for kind in WebhookEventType]
+        created = await http.post(
+            "/v1/webhooks", json={"url": receiver.url, "events": every_type}, headers=admin_headers
+        )
+        secret = created.json()["secret"]
+        started = await http.post("/v1/conversations", json={"customer": {"external_id": "c-1"}}, headers=admin_headers)
+        conversation_id = started.json()["id"]
+        for action, body in (("handoff", {"reason": "I want a person"}), ("claim", None), ("resolve", None)):
+            response = await http.post(
+                f"/v1/conversations/{conversation_id}/{action}", json=body, headers=admin_headers
+            )
+            assert response.status_code in {200, 201}, response.text
+
+        def types() -> set[str]:
+            return {msgspec.json.decode(request.body)["type"] for request in receiver.requests}
+
+        await receiver.wait_until(lambda: {"handoff.requested", "handoff.claimed", "conversation.resolved"} <= types())
+    for request in receiver.requests:
+        body = msgspec.json.decode(request.body)
+        assert body["conversation_id"] == conversation_id
+        assert verify_webhook(secret, httpx.Headers(request.headers), request.body)

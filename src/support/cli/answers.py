@@ -30,6 +30,8 @@ from support.cli.knowledge import in_memory_cache, ingest_with_progress
 from support.cli.sources import count_sources, iter_sources
 from support.config import Settings
 from support.domain.assistant import HandoffSignal, ReplyCompleted, ReplyRequest, TextDelta
+from support.domain.conversations import HandoffAction
+from support.domain.escalation import EscalationPolicy
 from support.domain.knowledge import SearchHit, SearchQuery
 
 console = Console(stderr=True)
@@ -133,10 +135,22 @@ def eval_answers(
         sweep_outcomes: list[AnswerOutcome] = []
         outcomes: list[AnswerOutcome] = []
         reply_ms: list[float] = []
+        policy = await container.get(EscalationPolicy)
+        rules: dict[str, dict[str, int]] = {}
         async with container() as request:
             search = await request.get(SearchKnowledge)
             tools = _Searcher(search, settings.llm.passages)
             for item in items:
+                screening = policy.screen(item.question, [])
+                if screening.decision.action is HandoffAction.ESCALATE:
+                    # The policy hands over before the model runs (a request for a person, a sensitive topic).
+                    rule = screening.decision.rule or "unknown"
+                    by_rule = rules.setdefault(rule, {"questions": 0, "answerable": 0})
+                    by_rule["questions"] += 1
+                    by_rule["answerable"] += item.answerable
+                    outcomes.append(_outcome(item, _Reply("", True, 0.0)))
+                    sweep_outcomes.append(_outcome(item, _Reply("", True, 0.0)))
+                    continue
                 hits = await tools.search_knowledge(item.question)
                 ask = ReplyRequest(question=item.question, passages=hits)
                 began = time.perf_counter()
@@ -150,6 +164,8 @@ def eval_answers(
             "chunks": report.chunks,
             "ingest_seconds": round(ingest_s, 2),
             "passages": settings.llm.passages,
+            # Questions the escalation policy handed over before the model, by rule (answerable ones were needless).
+            "policy_escalations": rules,
         }
 
     with tempfile.TemporaryDirectory(prefix="support-eval-") as scratch:

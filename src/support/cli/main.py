@@ -12,7 +12,9 @@ from dishka import AsyncContainer, Provider
 from rich.console import Console
 
 from support.cli.answers import eval_answers
+from support.cli.escalation import eval_escalation
 from support.cli.knowledge import eval_app, kb_app
+from support.cli.memory import eval_memory
 from support.config import Settings, SettingsError, load_settings
 from support.domain.identity import Role
 from support.observability import configure_logging
@@ -31,8 +33,12 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(kb_app, name="kb")
 app.add_typer(eval_app, name="eval")
-# `eval retrieval` is declared with the knowledge commands; `eval answers` runs the offline responder.
+# `eval retrieval` is declared with the knowledge commands; `eval answers` runs the offline responder;
+# `eval escalation` plays scripted conversations through the escalation policy.
 eval_app.command("answers")(eval_answers)
+# `eval memory` plays multi-conversation scripts through customer memory (no servers needed).
+eval_app.command("memory")(eval_memory)
+eval_app.command("escalation")(eval_escalation)
 
 # soft_wrap: commands in the banner stay on one line (copyable) in logs and CI, not just in terminals.
 console = Console(stderr=True, soft_wrap=True)

@@ -128,6 +128,7 @@ from support.observability import configure_logging
 from support.ports.assistant import LLM, Summarizer
 from support.ports.conversations import AttachmentStore, ConversationRepository, EventBus, SessionStore
 from support.ports.customers import CustomerRecords, HotStateEraser
+from support.ports.errors import DependencyUnavailableError
 from support.ports.identity import ApiKeyRepository
 from support.ports.jobs import JobQueue, ProgressReporter
 from support.ports.knowledge import Cache, Embedder, KnowledgeBase, TextExtractor
@@ -573,6 +574,9 @@ def create_app(settings: Settings | None = None, *overrides: Provider) -> Litest
     """The ASGI application (``uvicorn --factory support.container:create_app``)."""
     settings = settings or load_settings()
     configure_logging(settings)
+    # A bad policy file or time zone stops the start, not the first handoff.
+    escalation_policy(settings)
+    handoff_settings(settings)
     container = build_container(settings, *overrides)
 
     async def start_job_worker() -> None:
@@ -642,9 +646,12 @@ async def _deliver_webhooks(container: AsyncContainer, settings: WebhookSettings
         try:
             async with container() as request:
                 attempted = await (await request.get(DeliverWebhooks)).execute()
+        except DependencyUnavailableError:
+            # Claims of a failed round stay leased and are retried; don't spin on a database that is down.
+            _logger.warning("webhook delivery paused: a dependency is unavailable")
+            pause = max(pause, _FAILED_ROUND_PAUSE_S)
         except Exception:
             _logger.exception("webhook delivery round failed")
-            # Claims of a failed round stay leased and are retried; don't spin on a database that is down.
             pause = max(pause, _FAILED_ROUND_PAUSE_S)
         if attempted < settings.batch_size:
             await asyncio.sleep(pause)

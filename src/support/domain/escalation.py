@@ -41,6 +41,13 @@ DEFAULT_HUMAN_REQUEST_PATTERNS: tuple[str, ...] = (
     r"\b(?:connect|transfer|put)\s+me\s+(?:to|through\s+to|with)\b",
     r"\b(?:i\s+)?(?:want|need|would\s+like)\s+(?:a|an|to\s+talk\s+to\s+a)\s+(?:human|person|agent|representative)\b",
     r"\bescalate\s+(?:this|my)\b",
+    # Getting a human, a person (but not a human-readable invoice)
+    r"\bget\s+(?:me\s+)?(?:a|an)\s+(?:real\s+|live\s+)?(?:human|person|representative|operator)\b(?![-\w])",
+    # The whole message is the request, as typed to phone menus: "human please", "agent", "a real person!"
+    (
+        r"^\W*(?:please\s+)?(?:(?:a|an)\s+)?(?:real\s+|live\s+)?(?:human|person|agent|representative|operator)"
+        r"(?:\s+(?:please|pls|now))?\W*$"
+    ),
     # German
     r"\b(?:mit\s+)?(?:einem|einer)\s+(?:menschen|mitarbeiter(?:in)?|person|berater(?:in)?)\s+(?:sprechen|reden)\b",
     r"\b(?:echten|richtigen)\s+(?:menschen|mitarbeiter)\b",
@@ -61,9 +68,12 @@ DEFAULT_HUMAN_REQUEST_PATTERNS: tuple[str, ...] = (
     r"\b(?:spreken|praten)\s+met\s+(?:een|iemand)\s*(?:medewerker|mens|persoon)?\b",
     r"\bmet\s+(?:een\s+)?(?:medewerker|mens|persoon|iemand)\s+(?:spreken|praten)\b",
 )
-# A short "yes" right after the assistant offered a human accepts the offer.
+# A short "yes" right after the assistant offered a human accepts the offer ("ok thanks" does not: it often
+# closes the topic instead).
 DEFAULT_ACCEPTANCE_PATTERN = (
-    r"(?:yes|yeah|yep|sure|ok|okay|please|please do|yes please|ja|oui|s[ií]|sim|graag)(?:[\s,!.]+please)?[\s!.]*"
+    r"(?:yes|yeah|yep|sure|ok|okay|please|please do|yes please|ja|oui|s[ií]|sim|graag)"
+    r"(?:[\s,!.]+(?:please(?:\s+do)?|i'd\s+like\s+that|i\s+would\s+like\s+that|that\s+would\s+be\s+great|go\s+ahead))?"
+    r"[\s!.]*"
 )
 DEFAULT_FRUSTRATION_TERMS: tuple[str, ...] = (
     "useless",
@@ -120,7 +130,9 @@ DEFAULT_SENSITIVE_TOPICS: tuple[SensitiveTopic, ...] = (
     SensitiveTopic(
         "legal_threat",
         (
-            r"\b(?:lawyer|attorney|solicitor|lawsuit|sue|suing|legal action|court|small claims)\b",
+            r"\b(?:lawyer|attorney|solicitor|lawsuit|suing|legal action|court|small claims)\b",
+            # "sue" as a verb, not the name Sue: with who is sued, or with the intent.
+            r"\bsue\s+(?:you|your|the|this|them|u)\b|\b(?:will|going to|gonna|to)\s+sue\b",
             r"\b(?:anwalt|klage|verklagen|avocat|abogado|demanda)\b",
         ),
     ),
@@ -142,13 +154,23 @@ DEFAULT_SENSITIVE_TOPICS: tuple[SensitiveTopic, ...] = (
     ),
     SensitiveTopic(
         "safety_or_harm",
-        (r"\b(?:injur(?:y|ed)|hurt|fire|burn(?:ed|t)|explod(?:e|ed)|electric shock|poison(?:ed|ing)?)\b",),
+        (
+            # "caught fire", not "the trigger fires" or "firewall".
+            r"\b(?:injur(?:y|ed|ies)|caught fire|on fire|fire hazard|smok(?:e|ing) came|burn(?:ed|t))\b",
+            r"\b(?:explod(?:e|ed)|electric shock|poison(?:ed|ing)?)\b",
+            # Someone was hurt, not "would it hurt the warranty".
+            r"\b(?:got|was|were|been|is|am|are|get|getting)\s+hurt\b",
+            r"\bhurt\s+(?:me|myself|him|himself|her|herself|them|themselves|my|his|their|our)\b",
+        ),
     ),
 )
-# "refund of $450", "refund me 1,200 EUR", "450 € refund": an amount next to the word refund.
-_AMOUNT = r"(?:[$€£]\s*)?(\d{1,3}(?:[,.\s]\d{3})+|\d+)(?:[.,](\d{1,2}))?\s*(?:[$€£]|usd|eur|gbp|dollars?|euros?)?"
+# "refund of $450", "refund me 1,200 EUR", "450 € refund", "a refund of 450": an amount next to the word refund.
+# Without a currency only "refund of <number>" is an amount: order numbers, dates and quantities are not.
+_NUMBER = r"(\d{1,3}(?:[,.\s]\d{3})+|\d+)(?:[.,](\d{1,2}))?"
+_AMOUNT = rf"(?:[$€£]\s*{_NUMBER}|(?<![\w.,]){_NUMBER}\s*(?:[$€£]|(?:usd|eur|gbp|dollars?|euros?)(?!\w)))"
 _REFUND_AMOUNT = re.compile(
-    rf"\brefund\w*\b[^.?!\n]{{0,40}}?{_AMOUNT}|{_AMOUNT}[^.?!\n]{{0,20}}?\brefund", re.IGNORECASE
+    rf"\brefund\w*\b[^.?!\n]{{0,40}}?{_AMOUNT}|{_AMOUNT}[^.?!\n]{{0,20}}?\brefund|\brefund\w*\s+of\s+{_NUMBER}",
+    re.IGNORECASE,
 )
 _LETTERS = re.compile(r"[^\W\d_]", re.UNICODE)
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
@@ -177,7 +199,7 @@ class EscalationRules:
 
 @dataclass(frozen=True, slots=True)
 class _Compiled:
-    human: tuple[re.Pattern[str], ...]
+    human: re.Pattern[str] | None
     acceptance: re.Pattern[str]
     frustration: re.Pattern[str] | None
     profanity: re.Pattern[str] | None
@@ -215,7 +237,10 @@ class EscalationPolicy:
     def __post_init__(self) -> None:
         rules = self.rules
         self._compiled = _Compiled(
-            human=tuple(re.compile(pattern, re.IGNORECASE) for pattern in rules.human_request_patterns),
+            # One alternation: a single scan of the text instead of one per phrase.
+            human=re.compile("|".join(f"(?:{pattern})" for pattern in rules.human_request_patterns), re.IGNORECASE)
+            if rules.human_request_patterns
+            else None,
             acceptance=re.compile(rules.acceptance_pattern, re.IGNORECASE),
             frustration=_any_term(rules.frustration_terms),
             profanity=_any_term(rules.profanity_terms),
@@ -231,10 +256,9 @@ class EscalationPolicy:
         normalised = _normalise(text)
         episode = _current_episode(history)
         compiled = self._compiled
-        for pattern in compiled.human:
-            found = pattern.search(normalised)
-            if found:
-                return Screening(_escalate(ReasonCode.CUSTOMER_REQUEST, "customer_request.phrase", found.group(0)))
+        found = compiled.human.search(normalised) if compiled.human is not None else None
+        if found:
+            return Screening(_escalate(ReasonCode.CUSTOMER_REQUEST, "customer_request.phrase", found.group(0)))
         if _offered_human(episode) and compiled.acceptance.fullmatch(normalised.strip()):
             return Screening(_escalate(ReasonCode.CUSTOMER_REQUEST, "customer_request.accepted_offer", text.strip()))
         for name, pattern in compiled.topics:
@@ -291,7 +315,9 @@ class EscalationPolicy:
         if limit is None:
             return None
         for found in _REFUND_AMOUNT.finditer(text):
-            whole, cents = (found.group(1), found.group(2)) if found.group(1) else (found.group(3), found.group(4))
+            # Each way of writing an amount has its own (whole, cents) pair of groups; one of them matched.
+            groups = found.groups()
+            whole, cents = next((groups[i], groups[i + 1]) for i in range(0, len(groups), 2) if groups[i])
             amount = _amount(whole, cents)
             if amount is not None and amount > limit:
                 return _escalate(ReasonCode.SENSITIVE_TOPIC, "sensitive_topic.refund_over_limit", found.group(0))
@@ -314,9 +340,7 @@ class EscalationPolicy:
                 return "frustration.shouting", text.strip()[:80]
         words = set(_WORD.findall(normalised))
         if len(words) >= rules.repetition_min_words:
-            for earlier in episode:
-                if earlier.role is not MessageRole.CUSTOMER:
-                    continue
+            for earlier in _repeatable(episode):
                 before = set(_WORD.findall(_normalise(earlier.content)))
                 if before and len(words & before) / len(words | before) >= rules.repetition_similarity:
                     return "frustration.repetition", earlier.content.strip()[:80]
@@ -344,6 +368,24 @@ def _current_episode(history: Sequence[Message]) -> Sequence[Message]:
         if history[index].role in {MessageRole.AGENT, MessageRole.SYSTEM}:
             return history[index + 1 :]
     return history
+
+
+def _repeatable(episode: Sequence[Message]) -> list[Message]:
+    """The customer messages that asking again would show frustration with: not those the assistant failed on.
+
+    Sending a question again after the assistant could not answer it (no evidence, or the model was unavailable,
+    whose reply says to ask again) is a retry; a failure streak hands over through ``repeated_failure`` anyway.
+    """
+    kept: list[Message] = []
+    waiting: list[Message] = []
+    for message in episode:
+        if message.role is MessageRole.CUSTOMER:
+            waiting.append(message)
+        elif message.role is MessageRole.ASSISTANT:
+            if message.answer_status is not AnswerStatus.INSUFFICIENT_EVIDENCE:
+                kept.extend(waiting)
+            waiting = []
+    return [*kept, *waiting]
 
 
 def _offered_human(episode: Sequence[Message]) -> bool:

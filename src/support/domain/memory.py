@@ -18,7 +18,7 @@ from enum import StrEnum
 from uuid import UUID
 
 from support.domain.conversations import Message, MessageRole
-from support.domain.errors import NotFoundError
+from support.domain.errors import InvalidInputError, NotFoundError
 from support.domain.privacy import PLACEHOLDERS, contains_secret, redact
 
 
@@ -156,6 +156,24 @@ class RecalledFact:
         return f"{label_for(self.key)}: {self.value}"
 
 
+def fact_cursor(fact: Fact) -> str:
+    """The cursor of the page after ``fact`` (listings run newest first by ``created_at``, then id)."""
+    return f"{fact.created_at.isoformat()}_{fact.id}"
+
+
+def parse_fact_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The position a cursor stands for.
+
+    Raises:
+        InvalidInputError: it is not a cursor :func:`fact_cursor` made.
+    """
+    stamp, _, identifier = cursor.partition("_")
+    try:
+        return datetime.fromisoformat(stamp), UUID(identifier)
+    except ValueError:
+        raise InvalidInputError("The cursor is not valid.") from None
+
+
 def fact_key(kind: FactKind, topic: str | None = None) -> str:
     """The key facts of ``kind`` are stored under; topical kinds add a slug of the topic (``preference:contact``)."""
     if kind not in TOPICAL_KINDS:
@@ -261,7 +279,9 @@ def _words(text: str) -> list[str]:
 
 # Patterns match keywords case-insensitively (``(?i:...)``) but names and products case-sensitively: a
 # capitalised word is what tells "I'm Ada" from "I'm having trouble".
-_NAME_WORD = r"[A-Z][a-z\u00DF-\u00FF]+(?:[A-Z][a-z\u00DF-\u00FF]+)?(?:['\u2019-][A-Z]?[a-z\u00DF-\u00FF]+)*"
+_LOWER = "a-z\u00df-\u00ff"
+# Ada, McDonald, O'Brien, Jean-Luc: a capital, lowercase letters, optional inner capital or apostrophe/hyphen parts.
+_NAME_WORD = rf"[A-Z](?:[{_LOWER}]+(?:[A-Z][{_LOWER}]+)?|(?=['\u2019][A-Z]))(?:['\u2019-][A-Z]?[{_LOWER}]+)*"
 _NAME = rf"{_NAME_WORD}(?:[ ]+(?:(?:van|von|de|da|del|der|le|la|di)[ ]+)?{_NAME_WORD}){{0,2}}"
 _ID = r"#?[A-Za-z0-9][A-Za-z0-9-]{1,28}[A-Za-z0-9]"
 _LANGUAGES = _words(
@@ -333,7 +353,8 @@ _NOT_PLANS = frozenset(
     )
 )
 _PLAN_WORD = r"(?i:plan|subscription|tier|membership|package|account)"
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+# Sentence ends, except after "no." / "nr." ("order no. 778812") and initials ("J. Smith").
+_SENTENCE = re.compile(r"(?<=[.!?])(?<![Nn]o\.)(?<![Nn]r\.)(?<!\b[A-Z]\.)\s+|\n+")
 _WORDS_OF_CONTEXT = 5
 # Said of the value right before it ("from a@x.com to b@x.com", "not NW-1", "ex-"), or anywhere in its clause.
 _OLDER_RIGHT_BEFORE = re.compile(r"(?:\b(?:from|than|instead of|not|ex|except|but not)\W*|\bex-)$", re.IGNORECASE)
@@ -517,7 +538,7 @@ _PRODUCT_PATTERNS = (
     ),
     _Pattern(
         FactKind.PRODUCT,
-        re.compile(r"(?i:\bmodel\s+(?:number\s+|no\.?\s+)?(?:is\s+|:\s*|#\s*)?)(?P<value>[A-Z0-9]+-?\d[\w-]*)\b"),
+        re.compile(r"(?i:\bmodel(?:\s+(?:number|no\.?))?\s*(?:is\s+|[:#]\s*)?)(?P<value>[A-Z0-9]+-?\d[\w-]*)\b"),
         0.8,
     ),
 )
@@ -647,7 +668,8 @@ def _found(
 ) -> _Found | None:
     """A candidate for the value at ``span`` = (start of the match, start of the value), unless said of the past."""
     start, value_start = span
-    context = _before(sentence, start)
+    # The clause the value is in, up to the value: "I returned the X and got the Y" is not "returned" about Y.
+    context = _before(sentence, value_start)
     inner = sentence[start:value_start]
     if _OLDER.search(context) or _OLDER.search(inner) or _OLDER_RIGHT_BEFORE.search(sentence[:value_start].rstrip()):
         return None
@@ -678,10 +700,20 @@ def _names(sentence: str) -> Iterator[_Found]:
                 yield item
 
 
+def _someone_else(sentence: str, start: int) -> bool:
+    """Whether a contact detail at ``start`` belongs to someone else ("cc my assistant at", "her address,")."""
+    clause = _before(sentence, start)
+    if _THIRD_PARTY.search(clause):
+        return True
+    if _OWNED.search(clause):
+        return False
+    words = [word for word in sentence[:start].split() if "@" not in word]
+    return _THIRD_PARTY.search(" ".join(words[-_WORDS_OF_CONTEXT:])) is not None
+
+
 def _emails(sentence: str) -> Iterator[_Found]:
     for match in _EMAIL.finditer(sentence):
-        context = _before(sentence, match.start())
-        if _THIRD_PARTY.search(context):
+        if _someone_else(sentence, match.start()):
             continue
         owned = _OWNED.search(sentence[: match.start()]) is not None
         span = (match.start(), match.start())
@@ -697,7 +729,7 @@ def _phones(sentence: str) -> Iterator[_Found]:
         if not _PHONE_DIGITS[0] <= len(digits) <= _PHONE_DIGITS[1]:
             continue
         prefix = sentence[: match.start()]
-        if _NOT_PHONE_CONTEXT.search(prefix) or _THIRD_PARTY.search(_before(sentence, match.start())):
+        if _NOT_PHONE_CONTEXT.search(prefix) or _someone_else(sentence, match.start()):
             continue
         international = raw.startswith(("+", "00"))
         if not international and not _PHONE_CONTEXT.search(sentence):
@@ -840,6 +872,13 @@ _TOPICS: Mapping[str, re.Pattern[str]] = {
 }
 
 
+def is_about(key: str, text: str) -> bool:
+    """Whether ``text`` touches what facts under ``key`` serve ("where is my parcel?" needs the order number)."""
+    kind = kind_of_key(key)
+    topic = _TOPICS.get(key) or (_TOPICS.get(kind.value) if kind else None)
+    return topic is not None and topic.search(text) is not None
+
+
 def estimate_tokens(text: str) -> int:
     """A quarter of the characters, rounded up: close enough to model tokenizers for budgeting."""
     return -(-len(text) // _CHARACTERS_PER_TOKEN)
@@ -853,8 +892,7 @@ def recall_cost(fact: Fact | RecalledFact) -> int:
 def relevance(fact: Fact, similarity: float, question: str, now: datetime) -> float:
     """How much ``fact`` is worth to a turn about ``question``: kind priority, topic, similarity, age."""
     score = _BASE_PRIORITY.get(fact.kind, 0.3) + _SIMILARITY_WEIGHT * max(0.0, similarity)
-    topic = _TOPICS.get(fact.key) or _TOPICS.get(fact.kind.value)
-    if topic is not None and topic.search(question):
+    if is_about(fact.key, question):
         score += _TOPIC_BONUS
     if normalise_value(fact.kind, fact.value) and normalise_value(fact.kind, fact.value) in normalise_value(
         fact.kind, question

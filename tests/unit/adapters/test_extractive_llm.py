@@ -2,6 +2,7 @@
 
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import pytest
 
@@ -18,6 +19,7 @@ from support.domain.assistant import (
 )
 from support.domain.conversations import ReasonCode
 from support.domain.knowledge import SearchHit
+from support.domain.memory import FactKind, RecalledFact
 
 THRESHOLD = 0.47
 
@@ -296,3 +298,55 @@ async def test_an_attached_log_does_not_dilute_the_evidence_for_the_question() -
 
     assert attached.answered
     assert attached.evidence_score == plain.evidence_score
+
+
+# --- customer memory ------------------------------------------------------------------------------------------
+
+REMEMBERED_AT = datetime(2026, 2, 1, tzinfo=UTC)
+ORDER = RecalledFact("order_number", FactKind.ORDER_NUMBER, "NW-48213", REMEMBERED_AT)
+NAME = RecalledFact("name", FactKind.NAME, "Ada Lovelace", REMEMBERED_AT)
+
+
+async def test_a_greeting_uses_the_remembered_name() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+
+    remembered = text_of(await collect(llm, ReplyRequest("Hi!", memories=[NAME])))
+    stated = text_of(await collect(llm, ReplyRequest("Hi!", customer_name="Grace Hopper", memories=[NAME])))
+    unknown = text_of(await collect(llm, ReplyRequest("Hi!")))
+
+    assert remembered.startswith("Hi Ada!")
+    assert stated.startswith("Hi Grace!"), "the name the company's backend gives wins over memory"
+    assert unknown.startswith("Hi!")
+
+
+async def test_an_order_question_without_a_number_uses_the_remembered_one() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+    passages = [hit("Shipping options", SHIPPING, similarity=0.8, vector_rank=1, text_rank=1, score=0.2)]
+
+    about_order = text_of(
+        await collect(
+            llm, ReplyRequest("How long will shipping take for my order?", passages=passages, memories=[ORDER, NAME])
+        )
+    )
+    named = text_of(
+        await collect(
+            llm, ReplyRequest("How long will shipping take for order NW-77120?", passages=passages, memories=[ORDER])
+        )
+    )
+    unrelated_question = text_of(
+        await collect(llm, ReplyRequest("How do I reset my password?", passages=returns_first(), memories=[ORDER]))
+    )
+
+    assert about_order.startswith("Ada, for your order NW-48213, here is what our help center says:")
+    assert "3 to 5 business days" in about_order
+    assert "NW-48213" not in named
+    assert "NW-48213" not in unrelated_question
+
+
+async def test_a_decline_about_an_order_names_it_for_the_person_who_takes_over() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+
+    events = await collect(llm, ReplyRequest("Where is my parcel? It's a week late.", memories=[ORDER]))
+
+    assert "look into your order NW-48213" in text_of(events)
+    assert any(isinstance(event, HandoffSignal) for event in events)

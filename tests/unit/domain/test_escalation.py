@@ -80,6 +80,26 @@ def test_ordinary_questions_are_answered(text: str) -> None:
     assert screened(text) == (A.ANSWER, None, None)
 
 
+@pytest.mark.parametrize(
+    "text", ["human please", "Agent", "a real person!", "Can I get a human? My orders are mixed up", "get me a person"]
+)
+def test_terse_requests_and_getting_a_human_hand_over(text: str) -> None:
+    assert screened(text) == (A.ESCALATE, R.CUSTOMER_REQUEST, "customer_request.phrase")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Can I get a human-readable copy of the invoice?",
+        "How do I become a sales agent?",
+        "The agent app crashes when I log in",
+        "The person who signed for it was my neighbour",
+    ],
+)
+def test_words_for_people_inside_other_questions_are_not_requests(text: str) -> None:
+    assert screened(text) == (A.ANSWER, None, None)
+
+
 def test_yes_to_an_offer_of_a_person_accepts_it_but_yes_alone_does_not() -> None:
     offer = said(MessageRole.ASSISTANT, decision=HandoffDecision(A.OFFER_HUMAN, R.INSUFFICIENT_EVIDENCE))
 
@@ -89,6 +109,15 @@ def test_yes_to_an_offer_of_a_person_accepts_it_but_yes_alone_does_not() -> None
         "customer_request.accepted_offer",
     )
     assert screened("yes", [said(MessageRole.CUSTOMER), said(MessageRole.ASSISTANT)])[0] is A.ANSWER
+
+
+def test_yes_in_a_few_words_accepts_an_offer_and_ok_thanks_does_not() -> None:
+    offer = said(MessageRole.ASSISTANT, decision=HandoffDecision(A.OFFER_HUMAN, R.INSUFFICIENT_EVIDENCE))
+    history = [said(MessageRole.CUSTOMER), offer]
+
+    assert screened("Yes, I'd like that.", history)[2] == "customer_request.accepted_offer"
+    assert screened("sure, go ahead", history)[2] == "customer_request.accepted_offer"
+    assert screened("ok, thanks anyway", history)[0] is A.ANSWER
 
 
 @pytest.mark.parametrize(
@@ -114,6 +143,23 @@ def test_refunds_up_to_the_limit_stay_with_the_assistant() -> None:
     assert screened("How long does a refund take?")[0] is A.ANSWER
     relaxed = EscalationPolicy(EscalationRules(refund_amount_limit=None))
     assert relaxed.screen("refund of $5000", []).decision.action is A.ANSWER
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I requested a refund for order 48213 last week",
+        "I ordered 250 pens and 30 arrived dry, can I get a refund for those?",
+        "refund for order 48213 of 30 eur",
+    ],
+)
+def test_order_numbers_and_quantities_next_to_refund_are_not_amounts(text: str) -> None:
+    assert screened(text)[0] is A.ANSWER
+
+
+@pytest.mark.parametrize("text", ["I was promised a refund of 450 for the desk", "450 € refund", "refund 120 dollars"])
+def test_an_amount_is_a_number_with_a_currency_or_after_refund_of(text: str) -> None:
+    assert screened(text)[2] == "sensitive_topic.refund_over_limit"
 
 
 @pytest.mark.parametrize(
@@ -150,6 +196,16 @@ def test_asking_the_same_question_again_is_frustration() -> None:
     assert screening.frustration is not None
     assert screening.frustration.rule == "frustration.repetition"
     assert POLICY.screen("Where is my other order 777?", history).frustration is None
+
+
+@pytest.mark.parametrize("reason", [R.LLM_UNAVAILABLE, R.INSUFFICIENT_EVIDENCE])
+def test_asking_again_after_the_assistant_could_not_answer_is_a_retry(reason: R) -> None:
+    failed = said(MessageRole.ASSISTANT, decision=HandoffDecision(A.OFFER_HUMAN, reason))
+    history = [said(MessageRole.CUSTOMER, "When does my order 90413 ship?"), failed]
+
+    screening = POLICY.screen("When does my order 90413 ship?", history)
+
+    assert (screening.decision.action, screening.frustration) == (A.ANSWER, None)
 
 
 def test_after_a_person_took_part_earlier_offers_and_failures_do_not_count() -> None:
@@ -271,3 +327,17 @@ def test_an_offer_made_for_frustration_still_counts_as_answered() -> None:
     history = [said(MessageRole.CUSTOMER, "useless"), said(MessageRole.ASSISTANT, decision=frustration)]
     decision = POLICY.decide(Screening(HandoffDecision(A.ANSWER)), [R.INSUFFICIENT_EVIDENCE], history=history)
     assert decision.action is A.OFFER_HUMAN
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("My colleague Sue placed the order for me", A.ANSWER),
+        ("I'm going to sue you over this", A.ESCALATE),
+        ("Would it hurt the warranty if I replace the wheels?", A.ANSWER),
+        ("The chair snapped and my son hurt his back", A.ESCALATE),
+        ("I got hurt assembling the desk", A.ESCALATE),
+    ],
+)
+def test_names_and_figures_of_speech_are_not_sensitive_topics(text: str, expected: A) -> None:
+    assert screened(text)[0] is expected

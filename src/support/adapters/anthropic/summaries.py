@@ -27,10 +27,13 @@ class AnthropicSummarizer:
         base_url: str | None = None,
         timeout_s: float = 20.0,
         max_tokens: int = 300,
+        max_retries: int = 1,
     ) -> None:
         self._model = model
         self._max_tokens = max_tokens
-        self._client = anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=1)
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries
+        )
 
     async def aclose(self) -> None:
         """Close the HTTP client."""

@@ -7,8 +7,7 @@ from uuid import UUID
 
 from support.adapters.memory.conversations import InMemoryConversationRepository
 from support.adapters.memory.sessions import InMemorySessionStore
-from support.domain.errors import InvalidInputError
-from support.domain.memory import ConversationSummary, Fact, similarity
+from support.domain.memory import ConversationSummary, Fact, fact_cursor, parse_fact_cursor, similarity
 from support.ports.customers import CustomerCounts
 from support.ports.memory import FactCounts, FactPage, ScoredFact
 
@@ -59,17 +58,14 @@ class InMemoryCustomerMemory:
     async def list_facts(self, customer_id: UUID, *, limit: int, cursor: str | None) -> FactPage:
         facts = sorted(
             (fact for fact in self.facts.values() if fact.customer_id == customer_id),
-            key=lambda fact: fact.id,
+            key=lambda fact: (fact.created_at, fact.id),
             reverse=True,
         )
         if cursor:
-            try:
-                after = UUID(cursor)
-            except ValueError:
-                raise InvalidInputError("The cursor is not valid.") from None
-            facts = [fact for fact in facts if fact.id < after]
+            after = parse_fact_cursor(cursor)
+            facts = [fact for fact in facts if (fact.created_at, fact.id) < after]
         page = facts[:limit]
-        return FactPage(items=page, next_cursor=str(page[-1].id) if len(facts) > limit else None)
+        return FactPage(items=page, next_cursor=fact_cursor(page[-1]) if len(facts) > limit else None)
 
     async def get(self, customer_id: UUID, fact_id: UUID) -> Fact | None:
         fact = self.facts.get(fact_id)

@@ -30,6 +30,7 @@ from support.domain.assistant import (
 )
 from support.domain.conversations import ReasonCode, TokenUsage
 from support.domain.knowledge import SearchHit
+from support.domain.memory import FactKind, extract_facts, is_about
 from support.ports.assistant import AssistantTools
 
 NAME = "offline-extractive"
@@ -212,7 +213,7 @@ class ExtractiveLLM:
 
     def draft(self, request: ReplyRequest) -> Draft:
         """Compose the reply to ``request`` without streaming it (deterministic: same request, same draft)."""
-        name = _first_name(request.customer_name)
+        name = _first_name(request.customer_name or _remembered(request, FactKind.NAME))
         if _asks_for_a_person(request):
             text = f"Of course{', ' + name if name else ''} — I'm passing this conversation to someone from our "
             text += "support team. They can see what you've written so far, so you won't need to repeat it."
@@ -225,9 +226,10 @@ class ExtractiveLLM:
         selected = _select(units, scorer, request.passages, self._answer_words)
         evidence = _evidence(request.passages, units, selected, scorer)
         score = round(evidence.score(), 4) if selected else 0.0
+        order = _known_order(request)
         if selected and score >= self._threshold:
-            return Draft(_answer_blocks(selected, request.passages, name), score)
-        return _decline(request, units, scorer, name, score)
+            return Draft(_answer_blocks(selected, request.passages, name, order), score)
+        return _decline(request, units, scorer, name, score, order)
 
 
 class _Scorer:
@@ -360,9 +362,13 @@ def _clamp(value: float) -> float:
 
 
 def _answer_blocks(
-    selected: Sequence[_Unit], passages: Sequence[SearchHit], name: str | None
+    selected: Sequence[_Unit], passages: Sequence[SearchHit], name: str | None, order: str | None = None
 ) -> tuple[tuple[str, SearchHit | None, str], ...]:
     lead = f"{name}, here is what our help center says:\n\n" if name else "Here is what our help center says:\n\n"
+    if order:
+        # The customer asked about "my order" without naming it: say which one we mean.
+        about = f"for your order {order}, here is what our help center says:\n\n"
+        lead = f"{name}, {about}" if name else about[0].upper() + about[1:]
     blocks: list[tuple[str, SearchHit | None, str]] = []
     by_passage: dict[int, list[_Unit]] = {}
     for unit in selected:
@@ -387,7 +393,14 @@ def _render(units: Sequence[_Unit]) -> str:
     return "".join(parts)
 
 
-def _decline(request: ReplyRequest, units: Sequence[_Unit], scorer: _Scorer, name: str | None, score: float) -> Draft:
+def _decline(
+    request: ReplyRequest,
+    units: Sequence[_Unit],
+    scorer: _Scorer,
+    name: str | None,
+    score: float,
+    order: str | None = None,
+) -> Draft:
     """Say plainly that the help center does not answer this, name what came closest, and offer a human."""
     opening = f"Sorry, {name} — I" if name else "I"
     topic = _topic(request.question)
@@ -411,6 +424,8 @@ def _decline(request: ReplyRequest, units: Sequence[_Unit], scorer: _Scorer, nam
         verb = "they don't" if len(suggestions) > 1 else "it doesn't"
         blocks.append((f"; {verb} mention {missing}." if missing else ".", None, ""))
     blocks.append((f" Would you like me to {_OFFER}?", None, ""))
+    if order:
+        blocks.append((f" They can look into your order {order} directly.", None, ""))
     detail = f"evidence score {score:.2f}" + (f"; closest: {suggestions[0][0].title}" if suggestions else "")
     return Draft(tuple(blocks), score, ReasonCode.INSUFFICIENT_EVIDENCE, detail)
 
@@ -488,6 +503,21 @@ def _query_weights(request: ReplyRequest) -> dict[str, float]:
 
 def _last_customer_turn(history: Sequence[Turn]) -> str:
     return next((turn.text for turn in reversed(history) if turn.speaker == "customer"), "")
+
+
+def _remembered(request: ReplyRequest, kind: FactKind) -> str | None:
+    """The recalled value of a fact kind, if customer memory has one for this turn."""
+    return next((fact.value for fact in request.memories if fact.kind is kind), None)
+
+
+def _known_order(request: ReplyRequest) -> str | None:
+    """The remembered order number, when the question is about an order or its delivery and names none itself."""
+    order = _remembered(request, FactKind.ORDER_NUMBER)
+    if order is None or not is_about(FactKind.ORDER_NUMBER.value, request.question):
+        return None
+    if order in request.question or any(fact.kind is FactKind.ORDER_NUMBER for fact in extract_facts(request.question)):
+        return None
+    return order if re.fullmatch(r"[A-Za-z0-9#-]{3,32}", order) else None
 
 
 def _first_name(name: str | None) -> str | None:

@@ -11,8 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import ConversationRow, CustomerRow, MemoryRow, MessageRow, SummaryRow
-from support.domain.errors import InvalidInputError
-from support.domain.memory import ConversationSummary, Fact, FactKind, FactOrigin
+from support.domain.memory import ConversationSummary, Fact, FactKind, FactOrigin, fact_cursor, parse_fact_cursor
 from support.ports.customers import CustomerCounts
 from support.ports.memory import FactCounts, FactPage, ScoredFact
 
@@ -142,16 +141,15 @@ class PostgresCustomerMemory:
     async def list_facts(self, customer_id: UUID, *, limit: int, cursor: str | None) -> FactPage:
         statement = sa.select(*_FACT_COLUMNS).where(MemoryRow.customer_id == customer_id)
         if cursor:
-            try:
-                after = UUID(cursor)
-            except ValueError:
-                raise InvalidInputError("The cursor is not valid.") from None
-            statement = statement.where(MemoryRow.id < after)
-        statement = statement.order_by(MemoryRow.id.desc()).limit(limit + 1)
+            stamp, identifier = parse_fact_cursor(cursor)
+            statement = statement.where(
+                sa.tuple_(MemoryRow.created_at, MemoryRow.id) < sa.tuple_(sa.literal(stamp), sa.literal(identifier))
+            )
+        statement = statement.order_by(MemoryRow.created_at.desc(), MemoryRow.id.desc()).limit(limit + 1)
         async with storage_errors():
             rows = (await self._session.execute(statement)).all()
         items = [_fact(row) for row in rows[:limit]]
-        return FactPage(items=items, next_cursor=str(items[-1].id) if len(rows) > limit else None)
+        return FactPage(items=items, next_cursor=fact_cursor(items[-1]) if len(rows) > limit else None)
 
     async def get(self, customer_id: UUID, fact_id: UUID) -> Fact | None:
         statement = sa.select(*_FACT_COLUMNS).where(MemoryRow.customer_id == customer_id, MemoryRow.id == fact_id)

@@ -289,7 +289,7 @@ class MemoryRow(DefaultBase):
     __table_args__ = (
         sa.CheckConstraint("confidence BETWEEN 0 AND 1", name="confidence_range"),
         sa.CheckConstraint("origin IN ('pattern', 'model')", name="origin_known"),
-        sa.Index("ix_customer_memories_customer", "customer_id", sa.text("id DESC")),
+        sa.Index("ix_customer_memories_customer", "customer_id", sa.text("created_at DESC"), sa.text("id DESC")),
         # One current value per key; the partial index also serves recall's filter.
         sa.Index(
             "ux_customer_memories_current",

@@ -1,0 +1,426 @@
+"""Customer memory, conversation summaries and customer records: one contract, PostgreSQL and the fakes.
+
+Also the hot-state eraser against a real Valkey: the keys the session store and the event bus write are gone.
+"""
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from valkey.asyncio import Valkey
+
+from support.adapters.memory.conversations import InMemoryConversationRepository
+from support.adapters.memory.customer_memory import (
+    InMemoryCustomerMemory,
+    InMemoryCustomerRecords,
+    InMemoryHotStateEraser,
+    InMemorySummaryStore,
+)
+from support.adapters.memory.sessions import InMemorySessionStore
+from support.adapters.memory.system import InMemoryUnitOfWork
+from support.adapters.postgres.conversations import PostgresConversationRepository
+from support.adapters.postgres.memory import PostgresCustomerMemory, PostgresCustomerRecords, PostgresSummaryStore
+from support.adapters.postgres.uow import SqlAlchemyUnitOfWork
+from support.adapters.valkey.erasure import ValkeyHotStateEraser, conversation_keys
+from support.adapters.valkey.events import ValkeyEventBus
+from support.adapters.valkey.sessions import ValkeySessionStore
+from support.domain.conversations import Conversation, ConversationStatus, Message, MessageRole
+from support.domain.errors import InvalidInputError
+from support.domain.feed import ReplyDelta
+from support.domain.ids import new_id
+from support.domain.memory import ConversationSummary, Fact, FactOrigin, kind_of_key
+from support.ports.conversations import ConversationRepository, SessionState
+from support.ports.customers import CustomerRecords
+from support.ports.memory import CustomerMemory, SummaryStore
+from support.ports.system import UnitOfWork
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+DIMENSION = 384
+
+
+@dataclass
+class Backend:
+    conversations: ConversationRepository
+    memory: CustomerMemory
+    summaries: SummaryStore
+    records: CustomerRecords
+    uow: UnitOfWork
+
+
+@pytest.fixture
+async def postgres_backend(engine: AsyncEngine) -> AsyncIterator[Backend]:
+    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+        yield Backend(
+            PostgresConversationRepository(session),
+            PostgresCustomerMemory(session),
+            PostgresSummaryStore(session),
+            PostgresCustomerRecords(session),
+            SqlAlchemyUnitOfWork(session),
+        )
+
+
+@pytest.fixture
+def memory_backend() -> Backend:
+    conversations, memory, summaries = (
+        InMemoryConversationRepository(),
+        InMemoryCustomerMemory(),
+        InMemorySummaryStore(),
+    )
+    return Backend(
+        conversations,
+        memory,
+        summaries,
+        InMemoryCustomerRecords(conversations, memory, summaries),
+        InMemoryUnitOfWork(),
+    )
+
+
+@pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    result: Backend = request.getfixturevalue(f"{request.param}_backend")
+    return result
+
+
+def vector(*weights: float) -> list[float]:
+    """A unit vector whose first components are ``weights`` (normalised)."""
+    norm = math.sqrt(sum(weight * weight for weight in weights))
+    return [weight / norm for weight in weights] + [0.0] * (DIMENSION - len(weights))
+
+
+async def customer(backend: Backend, external_id: str = "c-1") -> UUID:
+    created = await backend.conversations.get_or_create_customer(external_id, name="Ada", email=None, now=NOW)
+    await backend.uow.commit()
+    return created.id
+
+
+def fact(
+    customer_id: UUID,
+    key: str = "order_number",
+    value: str = "NW-1",
+    *,
+    at: datetime = NOW,
+    days: int = 90,
+    confidence: float = 0.9,
+) -> Fact:
+    kind = kind_of_key(key)
+    assert kind is not None
+    return Fact(
+        id=new_id(),
+        customer_id=customer_id,
+        kind=kind,
+        key=key,
+        value=value,
+        confidence=confidence,
+        origin=FactOrigin.PATTERN,
+        source_message_id=new_id(),
+        created_at=at,
+        expires_at=at + timedelta(days=days),
+    )
+
+
+async def conversation(backend: Backend, customer_id: UUID, *texts: str, at: datetime = NOW) -> Conversation:
+    item = Conversation(new_id(), customer_id, ConversationStatus.BOT, {}, at, at, at)
+    await backend.conversations.add(item)
+    for offset, text in enumerate(texts):
+        created = at + timedelta(seconds=offset)
+        await backend.conversations.add_message(Message(new_id(), item.id, MessageRole.CUSTOMER, text, created))
+    await backend.uow.commit()
+    return item
+
+
+# --- facts ----------------------------------------------------------------------------------------------------
+
+
+async def test_a_new_value_supersedes_the_old_one_which_stays_for_audit(backend: Backend) -> None:
+    owner = await customer(backend)
+    old = fact(owner, value="NW-1")
+    plan = fact(owner, key="plan", value="Pro", at=NOW + timedelta(minutes=1))
+    new = fact(owner, value="NW-2", at=NOW + timedelta(hours=1))
+
+    await backend.memory.remember(old, vector(1, 0))
+    await backend.memory.remember(plan, vector(0, 1))
+    await backend.memory.remember(new, vector(1, 0))
+    await backend.uow.commit()
+
+    assert await backend.memory.current(owner, "order_number") == new
+    listed = (await backend.memory.list_facts(owner, limit=10, cursor=None)).items
+    assert [item.id for item in listed] == [new.id, plan.id, old.id]
+    assert listed[2] == replace(old, superseded_by=new.id)
+    recalled = await backend.memory.recall(owner, now=NOW, embedding=vector(1, 0), limit=10)
+    assert [item.fact.id for item in recalled] == [new.id, plan.id]
+    assert recalled[0].fact == new
+
+
+async def test_recall_ranks_by_similarity_and_skips_expired_facts_and_other_customers(backend: Backend) -> None:
+    owner = await customer(backend)
+    stranger = await customer(backend, "c-2")
+    close = fact(owner, key="product", value="ErgoDesk Pro")
+    far = fact(owner, key="plan", value="Team")
+    expired = fact(owner, key="ticket_number", value="T-9", at=NOW - timedelta(days=61), days=60)
+    theirs = fact(stranger, key="product", value="Other desk")
+    for item, embedding in (
+        (close, vector(1, 0)),
+        (far, vector(0, 1)),
+        (expired, vector(1, 0)),
+        (theirs, vector(1, 0)),
+    ):
+        await backend.memory.remember(item, embedding)
+    await backend.uow.commit()
+
+    recalled = await backend.memory.recall(owner, now=NOW, embedding=vector(3, 1), limit=10)
+    limited = await backend.memory.recall(owner, now=NOW, embedding=vector(0, 1), limit=1)
+    unranked = await backend.memory.recall(owner, now=NOW, embedding=None, limit=10)
+
+    assert [item.fact.id for item in recalled] == [close.id, far.id]
+    assert recalled[0].similarity == pytest.approx(3 / math.sqrt(10), abs=1e-5)
+    assert recalled[1].similarity == pytest.approx(1 / math.sqrt(10), abs=1e-5)
+    assert [item.fact.id for item in limited] == [far.id]
+    assert {item.fact.id for item in unranked} == {close.id, far.id}
+    assert all(item.similarity == 0.0 for item in unranked)
+
+
+async def test_refresh_extends_a_repeated_fact(backend: Backend) -> None:
+    owner = await customer(backend)
+    stated = fact(owner, key="phone", value="+31 6 1234 5678", at=NOW - timedelta(days=700), days=730, confidence=0.7)
+    await backend.memory.remember(stated, vector(1))
+    await backend.uow.commit()
+
+    later = NOW + timedelta(days=730)
+    await backend.memory.refresh(stated.id, expires_at=later, confidence=0.9)
+    await backend.memory.refresh(stated.id, expires_at=later, confidence=0.5)
+    await backend.uow.commit()
+
+    assert await backend.memory.get(owner, stated.id) == replace(stated, expires_at=later, confidence=0.9)
+    recalled = await backend.memory.recall(owner, now=NOW + timedelta(days=100), embedding=None, limit=5)
+    assert [item.fact.id for item in recalled] == [stated.id]
+
+
+async def test_facts_are_listed_newest_first_in_pages(backend: Backend) -> None:
+    owner = await customer(backend)
+    stored = [
+        fact(owner, key=f"note:topic_{n}", value=f"note {n}", at=NOW + timedelta(minutes=n % 3)) for n in range(5)
+    ]
+    for item in stored:
+        await backend.memory.remember(item, vector(1))
+    await backend.uow.commit()
+
+    first = await backend.memory.list_facts(owner, limit=2, cursor=None)
+    second = await backend.memory.list_facts(owner, limit=2, cursor=first.next_cursor)
+    third = await backend.memory.list_facts(owner, limit=2, cursor=second.next_cursor)
+
+    newest_first = sorted(stored, key=lambda item: (item.created_at, item.id), reverse=True)
+    assert [item.id for item in first.items + second.items + third.items] == [item.id for item in newest_first]
+    assert third.next_cursor is None
+    with pytest.raises(InvalidInputError):
+        await backend.memory.list_facts(owner, limit=2, cursor="not-a-cursor")
+
+
+async def test_forgetting_a_fact_never_revives_what_it_superseded(backend: Backend) -> None:
+    owner = await customer(backend)
+    stranger = await customer(backend, "c-2")
+    old, new = fact(owner, value="NW-1"), fact(owner, value="NW-2", at=NOW + timedelta(minutes=1))
+    await backend.memory.remember(old, vector(1))
+    await backend.memory.remember(new, vector(1))
+    await backend.uow.commit()
+
+    assert not await backend.memory.forget(stranger, new.id)
+    assert await backend.memory.forget(owner, new.id)
+    await backend.uow.commit()
+
+    assert not await backend.memory.forget(owner, new.id)
+    assert await backend.memory.get(owner, new.id) is None
+    assert await backend.memory.get(stranger, old.id) is None
+    assert await backend.memory.current(owner, "order_number") is None
+    assert await backend.memory.recall(owner, now=NOW, embedding=vector(1), limit=5) == []
+    counts = await backend.memory.count(owner, now=NOW)
+    assert (counts.current, counts.total) == (0, 1)
+
+
+async def test_counts_and_forgetting_a_customer(backend: Backend) -> None:
+    owner = await customer(backend)
+    stranger = await customer(backend, "c-2")
+    await backend.memory.remember(fact(owner, value="NW-1"), vector(1))
+    await backend.memory.remember(fact(owner, value="NW-2"), vector(1))
+    await backend.memory.remember(
+        fact(owner, key="plan", value="Pro", at=NOW - timedelta(days=400), days=365), vector(1)
+    )
+    await backend.memory.remember(fact(stranger, key="plan", value="Team"), vector(1))
+    await backend.uow.commit()
+
+    counts = await backend.memory.count(owner, now=NOW)
+    assert (counts.current, counts.total) == (1, 3)
+    assert await backend.memory.forget_customer(owner) == 3
+    await backend.uow.commit()
+    assert (await backend.memory.count(owner, now=NOW)).total == 0
+    assert (await backend.memory.count(stranger, now=NOW)).total == 1
+
+
+@pytest.mark.postgres
+async def test_concurrent_writers_of_one_key_leave_one_current_fact(engine: AsyncEngine) -> None:
+    factory = async_sessionmaker(engine, expire_on_commit=False)
+    async with factory() as session:
+        owner = (
+            await PostgresConversationRepository(session).get_or_create_customer("c", name=None, email=None, now=NOW)
+        ).id
+        await session.commit()
+
+    async def write(value: str) -> Fact:
+        async with factory() as session:
+            item = fact(owner, value=value)
+            await PostgresCustomerMemory(session).remember(item, vector(1))
+            await asyncio.sleep(0.01)  # hold the transaction open while the others wait
+            await session.commit()
+            return item
+
+    written = await asyncio.gather(*(write(f"NW-{n}") for n in range(4)))
+
+    async with factory() as session:
+        memory = PostgresCustomerMemory(session)
+        listed = (await memory.list_facts(owner, limit=10, cursor=None)).items
+        current = await memory.current(owner, "order_number")
+    assert len(listed) == 4
+    assert [item for item in listed if item.superseded_by is None] == [current]
+    assert current is not None
+    assert current.id in {item.id for item in written}
+
+
+# --- summaries ------------------------------------------------------------------------------------------------
+
+
+def summary(conversation_id: UUID, *points: str) -> ConversationSummary:
+    return ConversationSummary(
+        conversation_id=conversation_id,
+        points=points,
+        mentions=("NW-48213",),
+        through_message_id=new_id(),
+        through_at=NOW,
+        folded_messages=len(points),
+        updated_at=NOW,
+    )
+
+
+async def test_summaries_are_replaced_read_back_and_deleted(backend: Backend) -> None:
+    owner = await customer(backend)
+    first = await conversation(backend, owner)
+    second = await conversation(backend, owner)
+    older = summary(first.id, "Customer: where is NW-48213?")
+    newer = summary(first.id, "Customer: where is NW-48213?", "Assistant: it ships Monday.")
+
+    await backend.summaries.save(older)
+    await backend.summaries.save(newer)
+    await backend.summaries.save(summary(second.id, "Customer: hi"))
+    await backend.uow.commit()
+
+    assert await backend.summaries.get(first.id) == newer
+    assert await backend.summaries.get(new_id()) is None
+    assert {item.conversation_id for item in await backend.summaries.for_conversations([first.id, second.id])} == {
+        first.id,
+        second.id,
+    }
+    assert await backend.summaries.for_conversations([]) == []
+    assert await backend.summaries.delete([first.id]) == 1
+    await backend.uow.commit()
+    assert await backend.summaries.get(first.id) is None
+    assert await backend.summaries.get(second.id) is not None
+
+
+# --- customer records -----------------------------------------------------------------------------------------
+
+
+async def test_counts_and_conversations_of_a_customer(backend: Backend) -> None:
+    owner = await customer(backend)
+    stranger = await customer(backend, "c-2")
+    first = await conversation(backend, owner, "hello", "order NW-1?", at=NOW)
+    second = await conversation(backend, owner, "again", at=NOW + timedelta(hours=1))
+    await conversation(backend, stranger, "mine")
+
+    counts = await backend.records.counts(owner)
+
+    assert (counts.conversations, counts.messages) == (2, 3)
+    assert await backend.records.conversation_ids(owner) == [first.id, second.id]
+    assert (await backend.records.counts(new_id())).conversations == 0
+
+
+async def test_deleting_a_customer_takes_everything_that_hangs_off_them(backend: Backend) -> None:
+    owner = await customer(backend)
+    stranger = await customer(backend, "c-2")
+    mine = await conversation(backend, owner, "my order NW-1 is late")
+    theirs = await conversation(backend, stranger, "hello")
+    await backend.memory.remember(fact(owner), vector(1))
+    await backend.memory.remember(fact(stranger), vector(1))
+    await backend.summaries.save(summary(mine.id, "Customer: late"))
+    await backend.summaries.save(summary(theirs.id, "Customer: hello"))
+    await backend.uow.commit()
+
+    assert await backend.records.delete(owner)
+    await backend.uow.commit()
+
+    assert not await backend.records.delete(owner)
+    assert await backend.conversations.get_customer(owner) is None
+    assert await backend.conversations.get(mine.id) is None
+    assert (await backend.conversations.list_messages(mine.id, limit=10, cursor=None)).items == []
+    assert (await backend.memory.count(owner, now=NOW)).total == 0
+    assert await backend.summaries.get(mine.id) is None
+    # The other customer keeps everything.
+    assert await backend.conversations.get(theirs.id) is not None
+    assert (await backend.memory.count(stranger, now=NOW)).total == 1
+    assert await backend.summaries.get(theirs.id) is not None
+    assert (await backend.records.counts(stranger)).messages == 1
+
+
+# --- hot state ------------------------------------------------------------------------------------------------
+
+
+def session_state(conversation_id: UUID) -> SessionState:
+    item = Conversation(conversation_id, new_id(), ConversationStatus.BOT, {}, NOW, NOW, NOW)
+    return SessionState(item, (Message(new_id(), conversation_id, MessageRole.CUSTOMER, "my order NW-1", NOW),))
+
+
+async def keys_of(valkey: Valkey, conversation_id: UUID) -> list[bytes]:
+    return [key async for key in valkey.scan_iter(match=f"*{conversation_id}*")]
+
+
+@pytest.mark.valkey
+async def test_the_valkey_eraser_removes_session_state_lease_and_feed(valkey: Valkey) -> None:
+    sessions = ValkeySessionStore(valkey, "test:")
+    bus = ValkeyEventBus(valkey, "test:", retention=100, ttl_s=60)
+    eraser = ValkeyHotStateEraser(valkey, "test:")
+    erased, kept = new_id(), new_id()
+    try:
+        for conversation_id in (erased, kept):
+            await sessions.save(session_state(conversation_id), ttl_s=60)
+            await sessions.acquire_reply_lease(conversation_id, "holder", ttl_s=60)
+            await bus.publish(conversation_id, [ReplyDelta("your order NW-1 ships Monday")])
+        # Every key the session store and the bus wrote is one the eraser knows about.
+        assert sorted(await keys_of(valkey, erased)) == sorted(
+            key.encode() for key in conversation_keys("test:", erased)
+        )
+
+        await eraser.erase([erased])
+        await eraser.erase([])
+
+        assert await keys_of(valkey, erased) == []
+        assert await sessions.load(erased) is None
+        assert len(await keys_of(valkey, kept)) == 4
+        assert await sessions.load(kept) is not None
+    finally:
+        await bus.close()
+
+
+async def test_the_in_memory_eraser_drops_session_state() -> None:
+    sessions = InMemorySessionStore()
+    eraser = InMemoryHotStateEraser(sessions)
+    erased, kept = new_id(), new_id()
+    for conversation_id in (erased, kept):
+        await sessions.save(session_state(conversation_id), ttl_s=60)
+
+    await eraser.erase([erased])
+
+    assert await sessions.load(erased) is None
+    assert await sessions.load(kept) is not None
+    assert eraser.erased == [erased]

@@ -1,0 +1,108 @@
+"""Redaction: secrets become placeholders; look-alikes that are not secrets are left alone."""
+
+import pytest
+
+from support.domain.privacy import (
+    CARD_CODE,
+    CARD_NUMBER,
+    IBAN,
+    ONE_TIME_CODE,
+    PASSWORD,
+    PIN,
+    PRIVATE_KEY,
+    SECRET,
+    SSN,
+    contains_secret,
+    iban_valid,
+    luhn_valid,
+    redact,
+)
+
+
+@pytest.mark.parametrize(
+    ("digits", "valid"),
+    [
+        ("4111111111111111", True),  # Visa test number
+        ("5500005555555559", True),  # Mastercard test number
+        ("378282246310005", True),  # Amex test number
+        ("4111111111111112", False),
+        ("1234567812345678", False),
+        ("41111111111111a1", False),
+    ],
+)
+def test_luhn_check(digits: str, *, valid: bool) -> None:
+    assert luhn_valid(digits) is valid
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [
+        ("DE89 3704 0044 0532 0130 00", True),
+        ("GB82WEST12345698765432", True),
+        ("GB82WEST12345698765433", False),
+        ("DE89370400440532013001", False),
+        ("NW-48213", False),
+    ],
+)
+def test_iban_check(text: str, *, valid: bool) -> None:
+    assert iban_valid(text) is valid
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("My card 4111 1111 1111 1111 was declined", f"My card {CARD_NUMBER} was declined"),
+        ("card: 5500-0055-5555-5559.", f"card: {CARD_NUMBER}."),
+        ("amex 378282246310005 ok", f"amex {CARD_NUMBER} ok"),
+        ("The cvv is 123", f"The cvv is {CARD_CODE}"),
+        ("security code: 9876", f"security code: {CARD_CODE}"),
+        ("My password is hunter2.", f"My password is {PASSWORD}."),
+        ("password: 'correct horse battery'", f"password: {PASSWORD}"),
+        ("pw=S3cret!x now", f"pw={PASSWORD} now"),
+        ("my PIN is 4321", f"my PIN is {PIN}"),
+        ("verification code: 493021", f"verification code: {ONE_TIME_CODE}"),
+        ("my api key is sk-ant-api03-abcdefghijklmnop123", f"my api key is {SECRET}"),
+        ("token=ghp_abcdefghijklmnopqrstuvwxyz0123", f"token={SECRET}"),
+        ("key AKIAIOSFODNN7EXAMPLE leaked", f"key {SECRET} leaked"),
+        ("Authorization: Bearer abc.def.ghijklmnop", f"Authorization: Bearer {SECRET}"),
+        ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N", f"jwt {SECRET}"),
+        ("our key sk_Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MA is this", f"our key {SECRET} is this"),
+        ("IBAN DE89 3704 0044 0532 0130 00 please", f"IBAN {IBAN} please"),
+        ("SSN 123-45-6789", f"SSN {SSN}"),
+        ("-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY----- done", f"{PRIVATE_KEY} done"),
+    ],
+)
+def test_secrets_become_placeholders(text: str, expected: str) -> None:
+    assert redact(text) == expected
+    assert contains_secret(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "card 4111-1111-1111-1112 fails the Luhn check",  # 16 digits but not a card number
+        "My order number is NW-48213",
+        "Order 100234567890123 is late",  # 15 digits, not Luhn-valid
+        "call me at +1 415 555 0134",
+        "email me at ada@example.com",
+        "my password reset link expired",
+        "the password is not working",
+        "the desk is 120 cm wide and costs 499 dollars",
+        "error E07 after 3 seconds",
+        "tracking token",
+        "IBAN GB82WEST12345698765433 (a typo)",
+    ],
+)
+def test_what_is_not_a_secret_is_kept(text: str) -> None:
+    assert redact(text) == text
+    assert not contains_secret(text)
+
+
+def test_redaction_is_idempotent() -> None:
+    text = "password: hunter2, card 4111 1111 1111 1111, cvv 123, sk-ant-api03-abcdefghijklmnop123"
+
+    once = redact(text)
+
+    assert redact(once) == once
+    assert "hunter2" not in once
+    assert "4111" not in once
