@@ -16,7 +16,7 @@ from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncEngine
 from valkey.asyncio import Valkey
 
-from support.application.memory import FoldConversationHistory, RememberFacts
+from support.application.memory import FoldConversationHistory
 from support.application.replies import ReplyRunner
 from support.ports.conversations import ConversationRepository
 from tests.helpers import assert_problem
@@ -41,15 +41,13 @@ async def send(http: httpx.AsyncClient, headers: dict[str, str], conversation_id
 
 
 async def remember_and_fold(app: Litestar, customer_id: str, conversation_id: str) -> None:
-    """What a turn does with memory (wired by the turn itself): mine the customer's messages, fold the history."""
+    """Let the turns finish (each keeps the facts its messages told), then fold the history as a long one would."""
+    await (await app.state.dishka_container.get(ReplyRunner)).drain()
     container = app.state.dishka_container
     async with container() as request:
         page = await (await request.get(ConversationRepository)).list_messages(
             UUID(conversation_id), limit=100, cursor=None
         )
-        remember = await request.get(RememberFacts)
-        for message in page.items:
-            await remember.execute(UUID(customer_id), message)
         await (await request.get(FoldConversationHistory)).execute(UUID(conversation_id), page.items)
 
 

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from support.domain.assistant import (
+    FactRemembered,
     HandoffSignal,
     PassageCited,
     ReplyCompleted,
@@ -28,6 +29,7 @@ class Script:
     search_again: str | None = None
     fail_after: int | None = None  # raise LLMUnavailableError after this many deltas
     delay_s: float = 0.0  # before each delta
+    facts: Sequence[FactRemembered] = ()  # what the model asks to remember (remember_fact)
 
 
 @dataclass
@@ -65,6 +67,8 @@ class ScriptedLLM:
             if script.cite_first_passage and request.passages:
                 passage = request.passages[0]
                 yield PassageCited(passage, passage.text[:80])
+            for fact in script.facts:
+                yield fact
             if script.handoff is not None:
                 yield HandoffSignal(script.handoff, "scripted")
             yield ReplyCompleted(usage=TokenUsage(input_tokens=100, output_tokens=len(script.pieces)))

@@ -74,7 +74,7 @@ class _FactWriter:
         fresh: list[Fact] = []
         for candidate in candidates:
             current = await self._memory.current(customer_id, candidate.key)
-            change = compare(current, candidate)
+            change = compare(current, candidate, now=stated_at)
             expires_at = self._policy.expiry.expires_at(candidate.kind, stated_at)
             if change is FactChange.IGNORE:
                 continue

@@ -21,6 +21,7 @@ from support.application.services import ConversationServices, ServicesOpener
 from support.domain.assistant import (
     AttachedImage,
     AttachedText,
+    FactRemembered,
     HandoffSignal,
     PassageCited,
     ReplyCompleted,
@@ -41,6 +42,7 @@ from support.domain.conversations import (
     TokenUsage,
     unanswered,
 )
+from support.domain.errors import ConflictError
 from support.domain.escalation import EscalationPolicy, Screening
 from support.domain.feed import (
     CitationAdded,
@@ -56,6 +58,7 @@ from support.domain.feed import (
 from support.domain.handoff import answer_status_for
 from support.domain.ids import new_id
 from support.domain.knowledge import SearchHit, SearchQuery
+from support.domain.memory import RecalledFact
 from support.ports.assistant import LLM
 from support.ports.conversations import EventBus, SessionState, SessionStore
 from support.ports.errors import CacheUnavailableError, DependencyUnavailableError, LLMUnavailableError
@@ -134,6 +137,7 @@ class _Draft:
     ttft_ms: float | None = None
     # Written by the escalation policy alone (the model was not called).
     by_policy: bool = False
+    proposed_facts: list[FactRemembered] = field(default_factory=list)
 
 
 class _Tools:
@@ -363,30 +367,11 @@ class ReplyRunner:
             screening = self._policy.screen(question, earlier)
         if screening.decision.action is HandoffAction.ESCALATE:
             # The customer's words alone hand over (they asked, or the topic is not a bot's): no model call.
-            await self._store(
-                conversation, pending, recent, _Draft(by_policy=True), screening, publisher, stream, started
-            )
+            draft = _Draft(by_policy=True)
+            await self._store(conversation, pending, recent, draft, screening, publisher, stream, started)
+            await self._remember(conversation, pending, draft)
             return
-        async with self._open() as services:
-            passages: Sequence[SearchHit] = ()
-            query = search_text(question)
-            if query:
-                # The prefetched vector fits when this turn answers just the message that started it.
-                embedding = (
-                    await prefetched if prefetched is not None and query == search_text(message.content) else None
-                )
-                passages = await services.search.execute(
-                    SearchQuery(query, limit=settings.passages), embedding=embedding
-                )
-            attached, images = await self._attachments(services, conversation_id, pending)
-        history = [
-            Turn("customer" if item.role is MessageRole.CUSTOMER else "assistant", item.content)
-            for item in earlier[-settings.history_messages :]
-            if item.role in {MessageRole.CUSTOMER, MessageRole.ASSISTANT, MessageRole.AGENT} and item.content
-        ]
-        request = ReplyRequest(
-            question=question, history=history, passages=passages, attachments=attached, images=images
-        )
+        request = await self._request(conversation, message, pending, earlier, question, prefetched)
         draft = _Draft()
         interrupted = False
         try:
@@ -412,6 +397,67 @@ class ReplyRunner:
         await self._store(
             conversation, pending, recent, draft, screening, publisher, stream, started, interrupted=interrupted
         )
+        await self._remember(conversation, pending, draft)
+
+    async def _request(
+        self,
+        conversation: Conversation,
+        message: Message,
+        pending: Sequence[Message],
+        earlier: Sequence[Message],
+        question: str,
+        prefetched: "asyncio.Task[list[float]] | None",
+    ) -> ReplyRequest:
+        """What the model is given: passages, recalled facts, attachments, the window and the summary before it."""
+        settings = self._settings
+        async with self._open() as services:
+            passages: Sequence[SearchHit] = ()
+            memories: Sequence[RecalledFact] = ()
+            query = search_text(question)
+            if query:
+                # The prefetched vector fits when this turn answers just the message that started it.
+                embedding = (
+                    await prefetched if prefetched is not None and query == search_text(message.content) else None
+                )
+                passages = await services.search.execute(
+                    SearchQuery(query, limit=settings.passages), embedding=embedding
+                )
+                memories = await services.recall.execute(conversation.customer_id, query, embedding=embedding)
+            attached, images = await self._attachments(services, conversation.id, pending)
+            summary: str | None = None
+            older = earlier[: -settings.history_messages]
+            if older:
+                # The conversation outgrew the window: what falls out of it is folded into the rolling summary.
+                summary = await services.fold.execute(conversation.id, older)
+        history = [
+            Turn("customer" if item.role is MessageRole.CUSTOMER else "assistant", item.content)
+            for item in earlier[-settings.history_messages :]
+            if item.role in {MessageRole.CUSTOMER, MessageRole.ASSISTANT, MessageRole.AGENT} and item.content
+        ]
+        return ReplyRequest(
+            question=question,
+            history=history,
+            passages=passages,
+            attachments=attached,
+            images=images,
+            memories=memories,
+            summary=summary,
+        )
+
+    async def _remember(self, conversation: Conversation, pending: Sequence[Message], draft: _Draft) -> None:
+        """Keep what the customer told about themselves, after the reply (never on the way to its first word)."""
+        try:
+            async with self._open() as services:
+                for item in pending:
+                    await services.remember.execute(conversation.customer_id, item)
+                source = pending[-1].id if pending else None
+                for proposal in draft.proposed_facts:
+                    await services.remember_proposed.execute(
+                        conversation.customer_id, proposal, source_message_id=source
+                    )
+        except (DependencyUnavailableError, ConflictError) as error:
+            # Memory is a convenience: a turn never fails because a fact could not be kept.
+            _logger.warning("facts of %s not remembered: %s", conversation.id, error)
 
     async def _attachments(
         self, services: ConversationServices, conversation_id: UUID, pending: Sequence[Message]
@@ -457,6 +503,8 @@ class ReplyRunner:
                     publisher.emit(CitationAdded(citation))
             elif isinstance(event, ToolActivity):
                 publisher.emit(ToolUsed(event.name, event.status))
+            elif isinstance(event, FactRemembered):
+                draft.proposed_facts.append(event)
             elif isinstance(event, HandoffSignal):
                 draft.signals.append(event.reason_code)
                 draft.evidence = event.detail or draft.evidence

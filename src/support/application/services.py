@@ -5,6 +5,12 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from support.application.knowledge import SearchKnowledge
+from support.application.memory import (
+    FoldConversationHistory,
+    RecallMemories,
+    RememberFacts,
+    RememberProposedFact,
+)
 from support.ports.conversations import AttachmentStore, ConversationRepository
 from support.ports.system import UnitOfWork
 from support.ports.webhooks import WebhookOutbox
@@ -36,6 +42,26 @@ class ConversationServices(Protocol):
     @property
     def outbox(self) -> WebhookOutbox:
         """Webhook events, committed with this step's writes."""
+        ...
+
+    @property
+    def recall(self) -> RecallMemories:
+        """Facts remembered about the customer that bear on the question."""
+        ...
+
+    @property
+    def remember(self) -> RememberFacts:
+        """Facts found in a customer message, stored (superseding older values)."""
+        ...
+
+    @property
+    def remember_proposed(self) -> RememberProposedFact:
+        """A fact the model asked to remember, vetted and stored."""
+        ...
+
+    @property
+    def fold(self) -> FoldConversationHistory:
+        """The rolling summary of turns older than the history window."""
         ...
 
 

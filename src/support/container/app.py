@@ -147,6 +147,10 @@ class _TurnServices:
     uow: UnitOfWork
     search: SearchKnowledge
     outbox: WebhookOutbox
+    recall: RecallMemories
+    remember: RememberFacts
+    remember_proposed: RememberProposedFact
+    fold: FoldConversationHistory
 
 
 def escalation_policy(settings: Settings) -> EscalationPolicy:
@@ -376,6 +380,10 @@ class InfrastructureProvider(Provider):
                     await request.get(UnitOfWork),
                     await request.get(SearchKnowledge),
                     await request.get(WebhookOutbox),
+                    await request.get(RecallMemories),
+                    await request.get(RememberFacts),
+                    await request.get(RememberProposedFact),
+                    await request.get(FoldConversationHistory),
                 )
 
         return open_services

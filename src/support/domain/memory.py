@@ -230,13 +230,15 @@ def normalise_value(kind: FactKind, value: str) -> str:
     return text.casefold().strip(" .,!;:")
 
 
-def compare(current: Fact | None, candidate: FactCandidate) -> FactChange:
-    """What storing ``candidate`` should do, given the key's current (not superseded) fact."""
+def compare(current: Fact | None, candidate: FactCandidate, *, now: datetime | None = None) -> FactChange:
+    """What storing ``candidate`` at ``now`` should do, given the key's current (not superseded) fact."""
     if current is None:
         return FactChange.NEW
     if normalise_value(current.kind, current.value) == normalise_value(candidate.kind, candidate.value):
         return FactChange.REPEAT
-    if candidate.confidence + SUPERSEDE_MARGIN < current.confidence:
+    expired = now is not None and not current.is_current(now)
+    # Only a fact that still counts can outweigh a newer, less certain reading.
+    if not expired and candidate.confidence + SUPERSEDE_MARGIN < current.confidence:
         return FactChange.IGNORE
     return FactChange.SUPERSEDE
 

@@ -10,6 +10,7 @@ import pytest
 from support.adapters.embedding.hashing import HashingEmbedder
 from support.adapters.memory.cache import InMemoryCache
 from support.adapters.memory.conversations import InMemoryAttachmentStore, InMemoryConversationRepository
+from support.adapters.memory.customer_memory import InMemoryCustomerMemory, InMemorySummaryStore
 from support.adapters.memory.events import InMemoryEventBus
 from support.adapters.memory.knowledge import InMemoryKnowledgeBase
 from support.adapters.memory.sessions import InMemorySessionStore
@@ -29,6 +30,13 @@ from support.application.handoffs import (
 from support.application.handover import HandoffSettings, HandoffSummaries
 from support.application.keys import CustomerTokenSecret
 from support.application.knowledge import KnowledgeLimits, QueryEmbeddings, SearchKnowledge
+from support.application.memory import (
+    FoldConversationHistory,
+    MemoryPolicy,
+    RecallMemories,
+    RememberFacts,
+    RememberProposedFact,
+)
 from support.application.replies import ReplyRunner, ReplySettings
 from support.application.services import ConversationServices
 from support.domain.conversations import Conversation
@@ -51,6 +59,10 @@ class _Services:
     uow: InMemoryUnitOfWork
     search: SearchKnowledge
     outbox: RecordingOutbox
+    recall: RecallMemories
+    remember: RememberFacts
+    remember_proposed: RememberProposedFact
+    fold: FoldConversationHistory
 
 
 @dataclass
@@ -144,9 +156,26 @@ async def running_world(
         InMemoryKnowledgeBase(), QueryEmbeddings(HashingEmbedder(64), InMemoryCache(), KnowledgeLimits())
     )
 
+    memory, summaries_store, embedder, policy = (
+        InMemoryCustomerMemory(),
+        InMemorySummaryStore(),
+        HashingEmbedder(64),
+        MemoryPolicy(),
+    )
+
     @asynccontextmanager
     async def open_services() -> AsyncIterator[ConversationServices]:
-        yield _Services(repository, attachments, uow, search, outbox)
+        yield _Services(
+            repository,
+            attachments,
+            uow,
+            search,
+            outbox,
+            RecallMemories(memory, embedder, clock, policy),
+            RememberFacts(memory, embedder, uow, clock, policy),
+            RememberProposedFact(memory, embedder, uow, clock, policy),
+            FoldConversationHistory(summaries_store, uow, clock, policy),
+        )
 
     bus, sessions = InMemoryEventBus(retention=100), InMemorySessionStore()
     summaries = HandoffSummaries(open_services, ExtractiveSummarizer(), ExtractiveSummarizer())

@@ -351,6 +351,11 @@ def test_supersede_rules() -> None:
     assert compare(current, FactCandidate(FactKind.ORDER_NUMBER, "order_number", "NW-2", 0.9)) is FactChange.SUPERSEDE
     # A much weaker reading ("I'm Happy") does not replace a name the customer stated plainly.
     assert compare(current, FactCandidate(FactKind.ORDER_NUMBER, "order_number", "NW-2", 0.6)) is FactChange.IGNORE
+    # ... unless what is known has expired: then any newer reading is better than nothing.
+    later = NOW + timedelta(days=91)
+    weak = FactCandidate(FactKind.ORDER_NUMBER, "order_number", "NW-2", 0.6)
+    assert compare(current, weak, now=later) is FactChange.SUPERSEDE
+    assert compare(current, weak, now=NOW) is FactChange.IGNORE
 
 
 def test_expiry_by_kind() -> None:
