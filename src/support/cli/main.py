@@ -134,7 +134,12 @@ def _print_banner(settings: Settings) -> None:
     )
     console.print(
         f"              curl -N {base}/v1/conversations/$ID/messages/stream {auth} "
-        """-d '{"content": "How long do refunds take?"}'\n"""
+        """-d '{"content": "How long do refunds take?"}'"""
+    )
+    console.print(f"  Follow      curl -N {base}/v1/conversations/$ID/events -H 'Authorization: Bearer {key}'")
+    console.print(
+        f"  Handoff     curl -s -X POST {base}/v1/conversations/$ID/handoff {auth}; "
+        f"curl -s {base}/v1/handoffs -H 'Authorization: Bearer {key}'\n"
     )
 
 
