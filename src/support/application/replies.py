@@ -368,8 +368,8 @@ class ReplyRunner:
         if screening.decision.action is HandoffAction.ESCALATE:
             # The customer's words alone hand over (they asked, or the topic is not a bot's): no model call.
             draft = _Draft(by_policy=True)
-            await self._store(conversation, pending, recent, draft, screening, publisher, stream, started)
-            await self._remember(conversation, pending, draft)
+            reply = await self._store(conversation, pending, recent, draft, screening, publisher, stream, started)
+            await self._remember(conversation, pending, draft, recent, reply)
             return
         request = await self._request(conversation, message, pending, earlier, question, prefetched)
         draft = _Draft()
@@ -394,10 +394,10 @@ class ReplyRunner:
                 )
             )
             raise
-        await self._store(
+        reply = await self._store(
             conversation, pending, recent, draft, screening, publisher, stream, started, interrupted=interrupted
         )
-        await self._remember(conversation, pending, draft)
+        await self._remember(conversation, pending, draft, recent, reply)
 
     async def _request(
         self,
@@ -444,10 +444,25 @@ class ReplyRunner:
             summary=summary,
         )
 
-    async def _remember(self, conversation: Conversation, pending: Sequence[Message], draft: _Draft) -> None:
-        """Keep what the customer told about themselves, after the reply (never on the way to its first word)."""
+    async def _remember(
+        self,
+        conversation: Conversation,
+        pending: Sequence[Message],
+        draft: _Draft,
+        recent: Sequence[Message],
+        reply: Message | None,
+    ) -> None:
+        """Keep facts and fold history after the reply, never on the way to its first word.
+
+        Facts the customer told are remembered; what the next turn's history window will no longer hold is folded
+        into the rolling summary now, so the next turn only reads it.
+        """
+        window = self._settings.history_messages
+        outgrown = [*recent, *([reply] if reply else [])][:-window] if window else []
         try:
             async with self._open() as services:
+                if outgrown:
+                    await services.fold.execute(conversation.id, outgrown)
                 for item in pending:
                     await services.remember.execute(conversation.customer_id, item)
                 source = pending[-1].id if pending else None
@@ -528,20 +543,20 @@ class ReplyRunner:
         started: float,
         *,
         interrupted: bool = False,
-    ) -> None:
+    ) -> Message | None:
         decision = self._policy.decide(screening, draft.signals, history=recent, evidence=draft.evidence)
         now = self._clock.now()
         async with self._open() as services:
             current = await services.conversations.get(conversation.id, for_update=True)
             if current is None:
-                return
+                return None
             if not current.assistant_may_reply:
                 # A person took over while this reply was written: it is dropped, never posted over them.
                 await services.uow.rollback()
                 stream.final_status = current.status
                 reason = current.handoff.reason_code if current.handoff else None
                 stream.put(FeedEvent(0, HandoffChanged(current.status, reason)))
-                return
+                return None
             changed = current
             if decision.action is HandoffAction.ESCALATE:
                 changed, notice = await hand_over(
@@ -589,6 +604,7 @@ class ReplyRunner:
             await self._sessions.save(state, ttl_s=self._settings.session_ttl_s)
         except CacheUnavailableError:
             _logger.warning("session state of %s not cached: Valkey is unavailable", conversation.id)
+        return reply
 
     def _say(self, draft: _Draft, publisher: _Publisher, started: float, text: str) -> None:
         """Add words of the service's own (a handoff notice, an offer) to the reply as it streams."""
