@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import NewType
 from uuid import UUID
 
-from support.application.handover import message_event
+from support.application.handover import announce, message_event
 from support.application.keys import CustomerTokenSecret
 from support.application.replies import ReplyRunner, ReplyStream
 from support.domain.conversations import (
@@ -74,6 +74,23 @@ class ConversationLimits:
     max_attachments: int = 5
     max_attachment_bytes: int = 10 * 1024 * 1024
     attachment_context_chars: int = 12_000
+
+
+def checked_message(content: str, idempotency_key: str | None, limits: ConversationLimits, *, attached: bool) -> str:
+    """The message text, stripped, once it fits the limits (customer and agent messages alike).
+
+    Raises:
+        InvalidInputError: the text is empty (and nothing is attached) or too long, or the idempotency key is
+            empty or too long.
+    """
+    text = content.strip()
+    if not text and not attached:
+        raise InvalidInputError("The message is empty.")
+    if len(text) > limits.max_message_chars:
+        raise InvalidInputError(f"A message has at most {limits.max_message_chars} characters.")
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise InvalidInputError(f"An Idempotency-Key has 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters.")
+    return text
 
 
 def ensure_readable(principal: Principal, conversation: Conversation | None) -> Conversation:
@@ -284,17 +301,8 @@ class CloseConversation:
         closed = conversation.apply(ConversationEvent.CLOSE, self._clock.now())
         await self._conversations.update(closed)
         await self._uow.commit()
-        await announce_status(self._bus, self._sessions, closed)
+        await announce(self._bus, self._sessions, closed.id, [HandoffChanged(closed.status, None)])
         return closed
-
-
-async def announce_status(bus: EventBus, sessions: SessionStore, conversation: Conversation) -> None:
-    """Tell feeds about a status change; the cached session state is dropped so it is rebuilt from the truth."""
-    try:
-        await bus.publish(conversation.id, [HandoffChanged(conversation.status, None)])
-        await sessions.drop(conversation.id)
-    except CacheUnavailableError:
-        _logger.warning("status change of %s not announced: Valkey is unavailable", conversation.id)
 
 
 class SweepIdleConversations:
@@ -331,7 +339,7 @@ class SweepIdleConversations:
             await self._conversations.update(closed[-1])
         await self._uow.commit()
         for conversation in closed:
-            await announce_status(self._bus, self._sessions, conversation)
+            await announce(self._bus, self._sessions, conversation.id, [HandoffChanged(conversation.status, None)])
         return len(closed)
 
 
@@ -501,13 +509,7 @@ class SendMessage:
             InvalidInputError: the content is empty or too long, or the idempotency key is too long.
         """
         started = time.perf_counter()
-        text = content.strip()
-        if not text and not uploads:
-            raise InvalidInputError("The message is empty.")
-        if len(text) > self._limits.max_message_chars:
-            raise InvalidInputError(f"A message has at most {self._limits.max_message_chars} characters.")
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
-            raise InvalidInputError(f"An Idempotency-Key has 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters.")
+        text = checked_message(content, idempotency_key, self._limits, attached=bool(uploads))
         prefetched = self._replies.prefetch(text)
         try:
             # The row lock orders this message against status changes (a handoff, an agent's claim).

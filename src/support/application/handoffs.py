@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from support.application.conversations import (
-    MAX_IDEMPOTENCY_KEY_LENGTH,
     MAX_PAGE_SIZE,
     ConversationLimits,
+    checked_message,
     ensure_customer_side,
     ensure_readable,
 )
@@ -77,6 +77,16 @@ def _owns(principal: Principal, conversation: Conversation) -> bool:
     if agent is None:
         return False
     return agent.id == principal.key_id and (agent.id is not None or agent.name == principal.name)
+
+
+def _ensure_may_act_for_owner(principal: Principal, conversation: Conversation) -> None:
+    """A conversation a person owns is acted on by that agent only (admins may act on any)."""
+    if (
+        conversation.status is ConversationStatus.HUMAN
+        and not _owns(principal, conversation)
+        and principal.role is not Role.ADMIN
+    ):
+        raise ClaimedByAnotherAgentError
 
 
 def _system_notice(
@@ -312,12 +322,7 @@ class ReleaseConversation(_OwnershipChange):
         """
         ensure_agent(principal)
         conversation = await self._locked(principal, conversation_id)
-        if (
-            conversation.status is ConversationStatus.HUMAN
-            and not _owns(principal, conversation)
-            and principal.role is not Role.ADMIN
-        ):
-            raise ClaimedByAnotherAgentError
+        _ensure_may_act_for_owner(principal, conversation)
         now = self._clock.now()
         changed = conversation.give_back(ConversationEvent.RELEASE, now)
         return await self._commit(conversation, changed, _system_notice(changed, RELEASE_NOTICE, now))
@@ -342,12 +347,7 @@ class ResolveConversation(_OwnershipChange):
         if principal.role in AGENT_ROLES:
             if conversation.status is ConversationStatus.PENDING_HUMAN:
                 raise NotClaimedError
-            if (
-                conversation.status is ConversationStatus.HUMAN
-                and not _owns(principal, conversation)
-                and principal.role is not Role.ADMIN
-            ):
-                raise ClaimedByAnotherAgentError
+            _ensure_may_act_for_owner(principal, conversation)
         else:
             ensure_customer_side(principal, conversation)
         now = self._clock.now()
@@ -390,13 +390,7 @@ class SendAgentMessage(_OwnershipChange):
             InvalidInputError: the content is empty or too long.
         """
         ensure_agent(principal)
-        text = content.strip()
-        if not text:
-            raise InvalidInputError("The message is empty.")
-        if len(text) > self._limits.max_message_chars:
-            raise InvalidInputError(f"A message has at most {self._limits.max_message_chars} characters.")
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
-            raise InvalidInputError(f"An Idempotency-Key has 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters.")
+        text = checked_message(content, idempotency_key, self._limits, attached=False)
         conversation = await self._locked(principal, conversation_id)
         now = self._clock.now()
         if conversation.status is ConversationStatus.CLOSED:
@@ -408,8 +402,7 @@ class SendAgentMessage(_OwnershipChange):
             notice = _system_notice(changed, CLAIM_NOTICE.format(agent=principal.name), now)
             events.append(status_event(WebhookEventType.HANDOFF_CLAIMED, changed))
         elif conversation.status is ConversationStatus.HUMAN:
-            if not _owns(principal, conversation) and principal.role is not Role.ADMIN:
-                raise ClaimedByAnotherAgentError
+            _ensure_may_act_for_owner(principal, conversation)
             changed = conversation.touch(now)
         else:
             raise NotClaimedError("The assistant owns this conversation; agents reply after a handoff.")
