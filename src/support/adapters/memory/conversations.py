@@ -17,7 +17,7 @@ from support.domain.conversations import (
 )
 from support.domain.errors import InvalidInputError
 from support.domain.ids import new_id
-from support.ports.conversations import ConversationPage, MessagePage
+from support.ports.conversations import ConversationPage, MessagePage, decode_time_cursor, encode_time_cursor
 
 
 def _queue_key(conversation: Conversation) -> tuple[datetime, UUID]:
@@ -81,14 +81,10 @@ class InMemoryConversationRepository:
             reverse=True,
         )
         if cursor:
-            try:
-                stamp, _, identifier = cursor.partition("_")
-                after = (datetime.fromisoformat(stamp), UUID(identifier))
-            except ValueError:
-                raise InvalidInputError("The cursor is not valid.") from None
+            after = decode_time_cursor(cursor)
             items = [item for item in items if (item.last_activity_at, item.id) < after]
         page = items[:limit]
-        next_cursor = f"{page[-1].last_activity_at.isoformat()}_{page[-1].id}" if len(items) > limit else None
+        next_cursor = encode_time_cursor(page[-1].last_activity_at, page[-1].id) if len(items) > limit else None
         return ConversationPage(items=page, next_cursor=next_cursor)
 
     async def add_message(self, message: Message) -> Message:
@@ -150,16 +146,12 @@ class InMemoryConversationRepository:
             key=_queue_key,
         )
         if cursor:
-            try:
-                stamp, _, identifier = cursor.partition("_")
-                after = (datetime.fromisoformat(stamp), UUID(identifier))
-            except ValueError:
-                raise InvalidInputError("The cursor is not valid.") from None
+            after = decode_time_cursor(cursor)
             queued = [item for item in queued if _queue_key(item) > after]
         page = queued[:limit]
         next_cursor = None
         if len(queued) > limit:
-            next_cursor = f"{_queue_key(page[-1])[0].isoformat()}_{page[-1].id}"
+            next_cursor = encode_time_cursor(*_queue_key(page[-1]))
         return ConversationPage(items=page, next_cursor=next_cursor)
 
     async def count_waiting(self, *, requested_before: datetime) -> int:

@@ -32,7 +32,7 @@ from support.domain.conversations import (
 )
 from support.domain.errors import InvalidInputError
 from support.domain.ids import new_id
-from support.ports.conversations import ConversationPage, MessagePage
+from support.ports.conversations import ConversationPage, MessagePage, decode_time_cursor, encode_time_cursor
 
 _OPEN_STATUSES = (
     ConversationStatus.BOT.value,
@@ -225,15 +225,7 @@ def _parse_seq_cursor(cursor: str | None) -> int | None:
 
 def _queue_cursor(conversation: Conversation) -> str:
     assert conversation.handoff_requested_at is not None  # noqa: S101 - queued conversations have one
-    return f"{conversation.handoff_requested_at.isoformat()}_{conversation.id}"
-
-
-def _parse_queue_cursor(cursor: str) -> tuple[datetime, UUID]:
-    try:
-        stamp, _, identifier = cursor.partition("_")
-        return datetime.fromisoformat(stamp), UUID(identifier)
-    except ValueError:
-        raise InvalidInputError("The cursor is not valid.") from None
+    return encode_time_cursor(conversation.handoff_requested_at, conversation.id)
 
 
 class PostgresConversationRepository:
@@ -310,11 +302,7 @@ class PostgresConversationRepository:
         if customer_id is not None:
             statement = statement.where(ConversationRow.customer_id == customer_id)
         if cursor:
-            try:
-                stamp, _, identifier = cursor.partition("_")
-                after = (datetime.fromisoformat(stamp), UUID(identifier))
-            except ValueError:
-                raise InvalidInputError("The cursor is not valid.") from None
+            after = decode_time_cursor(cursor)
             statement = statement.where(
                 sa.tuple_(ConversationRow.last_activity_at, ConversationRow.id)
                 < sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
@@ -328,7 +316,7 @@ class PostgresConversationRepository:
         next_cursor = None
         if len(rows) > limit:
             last = items[-1]
-            next_cursor = f"{last.last_activity_at.isoformat()}_{last.id}"
+            next_cursor = encode_time_cursor(last.last_activity_at, last.id)
         return ConversationPage(items=items, next_cursor=next_cursor)
 
     async def add_message(self, message: Message) -> Message:
@@ -417,7 +405,7 @@ class PostgresConversationRepository:
             ConversationRow.status.in_([status.value for status in statuses]),
         )
         if cursor:
-            after = _parse_queue_cursor(cursor)
+            after = decode_time_cursor(cursor)
             statement = statement.where(
                 sa.tuple_(ConversationRow.handoff_requested_at, ConversationRow.id)
                 > sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
