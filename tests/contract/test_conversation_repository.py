@@ -14,6 +14,7 @@ from support.adapters.memory.system import InMemoryUnitOfWork
 from support.adapters.postgres.conversations import PostgresAttachmentStore, PostgresConversationRepository
 from support.adapters.postgres.uow import SqlAlchemyUnitOfWork
 from support.domain.conversations import (
+    AgentRef,
     AnswerStatus,
     AttachmentInfo,
     AttachmentUpload,
@@ -241,3 +242,50 @@ async def test_attachments_are_listed_on_their_message_and_readable(backend: Bac
     assert await backend.attachments.get(new_id(), info.id) is None
     texts = await backend.attachments.texts(conversation.id, limit_chars=6)
     assert [(text.filename, text.text) for text in texts] == [("printer.log", "E04 pa")]
+
+
+async def test_the_handoff_queue_lists_waiting_and_claimed_oldest_request_first(backend: Backend) -> None:
+    decision = HandoffDecision(HandoffAction.ESCALATE, ReasonCode.CUSTOMER_REQUEST, "a person", "customer_request.x")
+    made = [await new_conversation(backend, f"q-{n}") for n in range(4)]
+    # Requested in the order 2, 0, 1; conversation 3 stays with the bot.
+    queued = {
+        index: made[index].request_handoff(decision, NOW + timedelta(minutes=minute))
+        for minute, index in enumerate((2, 0, 1))
+    }
+    queued[0] = queued[0].claim(AgentRef(new_id(), "Ana"), NOW + timedelta(minutes=5))
+    for conversation in queued.values():
+        await backend.conversations.update(conversation)
+    await backend.uow.commit()
+    both = (ConversationStatus.PENDING_HUMAN, ConversationStatus.HUMAN)
+
+    first = await backend.conversations.handoff_queue(statuses=both, limit=2, cursor=None)
+    rest = await backend.conversations.handoff_queue(statuses=both, limit=2, cursor=first.next_cursor)
+    waiting = await backend.conversations.handoff_queue(
+        statuses=(ConversationStatus.PENDING_HUMAN,), limit=10, cursor=None
+    )
+
+    assert [item.id for item in first.items + rest.items] == [made[2].id, made[0].id, made[1].id]
+    assert rest.next_cursor is None
+    assert first.items[1] == queued[0]  # decision, times and the agent round-trip
+    assert [item.id for item in waiting.items] == [made[2].id, made[1].id]
+    assert await backend.conversations.count_waiting(requested_before=NOW + timedelta(minutes=2)) == 1
+    assert await backend.conversations.count_waiting(requested_before=NOW + timedelta(hours=1)) == 2
+    with pytest.raises(InvalidInputError):
+        await backend.conversations.handoff_queue(statuses=both, limit=2, cursor="not-a-cursor")
+
+
+async def test_a_summary_is_stored_only_for_the_handoff_it_was_written_for(backend: Backend) -> None:
+    decision = HandoffDecision(HandoffAction.ESCALATE, ReasonCode.SENSITIVE_TOPIC)
+    conversation = (await new_conversation(backend)).request_handoff(decision, NOW)
+    await backend.conversations.update(conversation)
+    await backend.uow.commit()
+
+    await backend.conversations.save_handoff_summary(
+        conversation.id, requested_at=NOW - timedelta(hours=1), summary="an older handoff"
+    )
+    await backend.conversations.save_handoff_summary(conversation.id, requested_at=NOW, summary="this one")
+    await backend.uow.commit()
+
+    stored = await backend.conversations.get(conversation.id)
+    assert stored is not None
+    assert stored.handoff_summary == "this one"
