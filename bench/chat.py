@@ -26,12 +26,14 @@ import contextlib
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +92,7 @@ QUESTIONS = (
     "I received the wrong item in my package.",
     "What personal data do you collect about me?",
     "How can I download a copy of my data?",
-    "Please delete my account and all my data.",
+    "Can you remove my personal data from your systems?",
     "Do I have to pay customs duties on international orders?",
     "Do you ship to Canada and how much does it cost?",
     "The tracking says delivered but I never got the package.",
@@ -145,14 +147,22 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 
 
 class Questions:
-    """Every question is different (an order number at the end), so no query embedding comes from the cache."""
+    """Every question is different (a number at the end), so no query embedding comes from the cache.
+
+    One message in ``TURNS_PER_CONVERSATION`` states an order number, a fact the service remembers (an embedding
+    and a write after the reply), as a customer does about once a conversation; the others carry a reference.
+    """
 
     def __init__(self) -> None:
         self._count = 0
 
     def next(self) -> str:
         self._count += 1
-        return f"{QUESTIONS[self._count % len(QUESTIONS)]} My order number is {100000 + self._count}."
+        number = 100000 + self._count
+        question = QUESTIONS[self._count % len(QUESTIONS)]
+        if self._count % TURNS_PER_CONVERSATION == 1:
+            return f"{question} My order number is {number}."
+        return f"{question} (ref {number})"
 
 
 # --- a small HTTP/1.1 client: the cheapest way to see the first event arrive ------------------------------------------
@@ -209,6 +219,9 @@ class Connection:
                 first = time.perf_counter()
             elif b"event: error" in data:
                 error = data.decode(errors="replace")[:300]
+            elif first is None and b"event: handoff" in data:
+                # Handed to a person without a model call: a real outcome, but not a turn this bench measures.
+                error = "handed over: " + data.decode(errors="replace")[:200]
         return StreamResult(sent or started, first, time.perf_counter(), error)
 
     async def _head(self) -> tuple[int, dict[bytes, bytes]]:
@@ -367,6 +380,13 @@ async def running_server(
         "SUPPORT_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
         "SUPPORT_CONVERSATIONS__TOKEN_SECRET": TOKEN_SECRET,
         "SUPPORT_BENCH_TRACE": "1" if trace else "0",
+        # Rate limits stay on, so every turn pays its limiter check, but far above what the load sends: every
+        # client here shares one address, and the open loop sends more per conversation than a person would.
+        "SUPPORT_LIMITS__PER_KEY": "1000000000",
+        "SUPPORT_LIMITS__PER_CUSTOMER": "1000000000",
+        "SUPPORT_LIMITS__PER_IP": "1000000000",
+        "SUPPORT_LIMITS__PER_CONVERSATION": "1000000000",
+        "SUPPORT_LIMITS__DAILY_TOKENS_PER_CUSTOMER": "0",
         **SERVER_SETTINGS,
     }
     server = ServerProcess(app, env, scratch / f"server-{app}{'-trace' if trace else ''}.log")
@@ -562,6 +582,16 @@ async def measure_bare_sse(backends: Backends, scratch: Path, warmup: int, repea
     return summary(samples)
 
 
+def error_kind(error: str) -> str:
+    """A short class of a failed turn: ``handed over``, an HTTP status, a stream error's code, or ``no delta``."""
+    if error.startswith("handed over"):
+        return "handed over"
+    if "event: error" in error:
+        code = re.search(r'"code":"([^"]+)"', error)
+        return f"stream error {code.group(1) if code else '?'}"
+    return error.split(" ", 1)[0] if error[:1].isdigit() else error[:40]
+
+
 # --- the workloads -------------------------------------------------------------------------------------------------
 
 
@@ -582,6 +612,7 @@ class TurnLog:
         return {
             "turns": len(self.first_delta_ms),
             "errors": len(self.errors),
+            "errors_by_kind": dict(Counter(error_kind(error) for error in self.errors).most_common()),
             "error_examples": self.errors[:3],
             "first_delta": summary(self.first_delta_ms),
             "done": summary(self.total_ms),

@@ -23,13 +23,20 @@ from support.adapters.embedding.onnx_minilm import OnnxMiniLMEmbedder
 from support.adapters.postgres.engine import asyncpg_url
 from support.adapters.postgres.models import metadata
 from support.cli import migrations
-from support.config import Settings
+from support.config import LimitSettings, Settings
 from support.container import create_app
 from support.devservers.postgres import EmbeddedPostgres
 from support.devservers.valkey import EmbeddedValkey
 from support.ports.knowledge import Embedder
 
 ADMIN_KEY = "test-bootstrap-admin-key"
+UNTHROTTLED = LimitSettings(
+    per_key=1_000_000,
+    per_customer=1_000_000,
+    per_ip=1_000_000,
+    per_conversation=1_000_000,
+    daily_tokens_per_customer=1_000_000_000,
+)
 POSTGRES_FIXTURES = frozenset({"database_url", "engine", "client", "settings", "app"})
 VALKEY_FIXTURES = frozenset({"valkey_url", "valkey", "client", "settings", "app"})
 T = TypeVar("T")
@@ -133,6 +140,9 @@ def settings(database_url: str, valkey_url: str) -> Settings:
         valkey_url=valkey_url,
         bootstrap_admin_key=ADMIN_KEY,
         log_level="warning",
+        # Limits stay on (every request goes through them) but far above what any test sends;
+        # tests/api/test_rate_limits.py sets its own.
+        limits=UNTHROTTLED,
     )
 
 

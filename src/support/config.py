@@ -19,6 +19,7 @@ NESTING = "__"
 
 Environment = Literal["dev", "test", "prod"]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 
@@ -77,6 +78,9 @@ class KnowledgeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     query_cache_ttl_s: PositiveInt = 24 * 3600
     # Load the sample help center at start when the knowledge base is empty (`make run`).
     load_sample_data: bool = False
+    # Chunks flagged as instruction-like at ingestion: "flag" records them (they still reach the assistant, as
+    # data); "quarantine" also leaves them out of the assistant's searches (docs/security.md).
+    injection_policy: Literal["flag", "quarantine"] = "flag"
 
 
 class LLMSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -250,6 +254,32 @@ class MemorySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     expiry_days: MemoryExpirySettings = msgspec.field(default_factory=MemoryExpirySettings)
 
 
+class LimitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Rate limits and the daily token budget (``SUPPORT_LIMITS__*``); see docs/limits.md.
+
+    Each rate is requests per window (seconds), all of them usable at once; a rate of 0 switches that limit off.
+    """
+
+    # False switches every rate limit and the token budget off.
+    enabled: bool = True
+    # Per API key (admin, agent, service), on every authenticated endpoint.
+    per_key: NonNegativeInt = 600
+    per_key_window_s: PositiveInt = 60
+    # Per customer, on every request made with a customer token.
+    per_customer: NonNegativeInt = 60
+    per_customer_window_s: PositiveInt = 60
+    # Per client address (IPv6: per /64), on every request made with a customer token.
+    per_ip: NonNegativeInt = 120
+    per_ip_window_s: PositiveInt = 60
+    # Customer messages per conversation, whoever sends them (JSON, SSE and WebSocket sends).
+    per_conversation: NonNegativeInt = 10
+    per_conversation_window_s: PositiveInt = 60
+    # Model tokens (input, output and cached) per customer and UTC day; 0 = unlimited.
+    daily_tokens_per_customer: NonNegativeInt = 200_000
+    # Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For is believed; none by default.
+    trusted_proxies: tuple[str, ...] = ()
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything the service can be configured with; see docs/configuration.md."""
 
@@ -275,6 +305,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     memory: MemorySettings = msgspec.field(default_factory=MemorySettings)
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
     handoff: HandoffSettings = msgspec.field(default_factory=HandoffSettings)
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
 
     @property
     def json_logs(self) -> bool:

@@ -2,13 +2,16 @@
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
 import pytest
 from httpx_sse import aconnect_sse
+from litestar import Litestar
 
 from support.domain.conversations import ReasonCode
+from tests.api.conftest import serve
 from tests.conftest import ADMIN_KEY
 from tests.fakes.llm import Script, ScriptedLLM
 from tests.helpers import assert_problem
@@ -390,3 +393,22 @@ async def test_customers_cannot_reach_agent_only_or_others_feeds(
         ):
             pass
     assert_problem(await http.get("/v1/knowledge/documents", headers=bearer(token)), 403, "forbidden")
+
+
+async def test_a_refused_websocket_send_answers_an_error_frame_and_does_not_hold_up_shutdown(
+    chat_app: Litestar, service_headers: dict[str, str]
+) -> None:
+    import websockets
+
+    stopping: float | None = None
+    async with serve(chat_app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        conversation = await start(http, service_headers)
+        ws_url = url.replace("http", "ws") + f"/v1/conversations/{conversation['id']}/ws"
+        async with websockets.connect(f"{ws_url}?access_token={conversation['customer_token']}") as customer:
+            await customer.send(json.dumps({"type": "send", "content": "x" * 9000}))
+            frame = json.loads(await asyncio.wait_for(customer.recv(), 5))
+        stopping = time.monotonic()
+    # The socket's feed relay stops with it: the server shuts down at once instead of waiting out its grace period.
+    assert time.monotonic() - stopping < 10
+    assert frame["type"] == "error"
+    assert frame["data"]["code"] == "invalid_input"

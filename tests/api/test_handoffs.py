@@ -127,7 +127,7 @@ async def test_only_the_right_roles_reach_each_handoff_endpoint(
     assert_problem(await http.post(f"{base}/agent-messages", json={"content": "x"}, headers=ana), 409, "not_claimed")
     assert_problem(await http.post(f"{base}/claim", headers=ana), 409, "invalid_transition")
     assert_problem(await http.delete(f"{base}/handoff", headers=customer), 409, "invalid_transition")
-    assert_problem(await http.get("/v1/handoffs?status=bot", headers=ana), 422, "invalid_input")
+    assert_problem(await http.get("/v1/handoffs?status=bot", headers=ana), 422, "validation_failed")
     assert_problem(await http.post(f"{base}/agent-messages", json={}, headers=ana), 422, "validation_failed")
     other = await start(http, service_headers, "cust-2")
     assert_problem(

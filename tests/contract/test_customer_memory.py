@@ -26,13 +26,16 @@ from support.adapters.memory.system import InMemoryUnitOfWork
 from support.adapters.postgres.conversations import PostgresConversationRepository
 from support.adapters.postgres.memory import PostgresCustomerMemory, PostgresCustomerRecords, PostgresSummaryStore
 from support.adapters.postgres.uow import SqlAlchemyUnitOfWork
+from support.adapters.system import SystemClock
 from support.adapters.valkey.erasure import ValkeyHotStateEraser, conversation_keys
 from support.adapters.valkey.events import ValkeyEventBus
+from support.adapters.valkey.rate_limits import ValkeyRateLimiter
 from support.adapters.valkey.sessions import ValkeySessionStore
 from support.domain.conversations import Conversation, ConversationStatus, Message, MessageRole
 from support.domain.errors import InvalidInputError
 from support.domain.feed import ReplyDelta
 from support.domain.ids import new_id
+from support.domain.limits import RatePolicy, conversation_partition
 from support.domain.memory import ConversationSummary, Fact, FactOrigin, kind_of_key
 from support.ports.conversations import ConversationRepository, SessionState
 from support.ports.customers import CustomerRecords
@@ -390,13 +393,15 @@ async def test_the_valkey_eraser_removes_session_state_lease_and_feed(valkey: Va
     sessions = ValkeySessionStore(valkey, "test:")
     bus = ValkeyEventBus(valkey, "test:", retention=100, ttl_s=60)
     eraser = ValkeyHotStateEraser(valkey, "test:")
+    limiter = ValkeyRateLimiter(valkey, "test:", SystemClock())
     erased, kept = new_id(), new_id()
     try:
         for conversation_id in (erased, kept):
             await sessions.save(session_state(conversation_id), ttl_s=60)
             await sessions.acquire_reply_lease(conversation_id, "holder", ttl_s=60)
             await bus.publish(conversation_id, [ReplyDelta("your order NW-1 ships Monday")])
-        # Every key the session store and the bus wrote is one the eraser knows about.
+            await limiter.acquire(conversation_partition(conversation_id), RatePolicy("conversation", 10, 60))
+        # Every key the session store, the bus and the rate limiter wrote is one the eraser knows about.
         assert sorted(await keys_of(valkey, erased)) == sorted(
             key.encode() for key in conversation_keys("test:", erased)
         )
@@ -406,7 +411,7 @@ async def test_the_valkey_eraser_removes_session_state_lease_and_feed(valkey: Va
 
         assert await keys_of(valkey, erased) == []
         assert await sessions.load(erased) is None
-        assert len(await keys_of(valkey, kept)) == 4
+        assert len(await keys_of(valkey, kept)) == len(conversation_keys("test:", kept))
         assert await sessions.load(kept) is not None
     finally:
         await bus.close()

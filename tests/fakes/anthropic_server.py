@@ -2,8 +2,9 @@
 
 The server listens on 127.0.0.1 (a free port), answers ``POST /v1/messages`` from a queue of scripted responses
 and records every request it gets. A response is either :class:`Streamed` (a 200 ``text/event-stream`` answer
-made of SSE events, pauses and an optional dropped connection) or :class:`Failed` (an HTTP error with the API's
-JSON error body). The builders below produce realistic event sequences::
+made of SSE events, pauses, raw malformed bytes and an optional dropped connection), :class:`Failed` (an HTTP
+error with the API's JSON error body) or :class:`Reset` (the connection is reset without an answer). The builders
+below produce realistic event sequences::
 
     async with FakeAnthropic() as api:
         api.script(
@@ -20,6 +21,8 @@ import asyncio
 import contextlib
 import itertools
 import json
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +53,14 @@ class Disconnect:
     """Drop the connection here, mid-body, as a failing network or proxy would."""
 
 
-Step = Event | Pause | Disconnect
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """Bytes written into the stream as they are: a malformed event (data that is not JSON, a broken frame)."""
+
+    data: bytes
+
+
+Step = Event | Pause | Disconnect | Raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +83,14 @@ class Failed:
     delay_s: float = 0.0
 
 
-Response = Streamed | Failed
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """No answer at all: the connection is reset (TCP RST) once the request has been read."""
+
+    delay_s: float = 0.0
+
+
+Response = Streamed | Failed | Reset
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +180,7 @@ def message(
         steps.append(Event("content_block_start", {"type": "content_block_start", "index": index,
                                                    "content_block": dict(block.start)}))  # fmt: skip
         for delta in block.deltas:
-            if isinstance(delta, Event | Pause | Disconnect):
+            if isinstance(delta, Event | Pause | Disconnect | Raw):
                 steps.append(delta)
                 continue
             words += len(str(delta.get("text", delta.get("partial_json", ""))).split())
@@ -351,6 +368,9 @@ async def _send(writer: asyncio.StreamWriter, response: Response) -> bool:
     """Write ``response``; False when the connection was dropped on purpose."""
     if response.delay_s:
         await asyncio.sleep(response.delay_s)
+    if isinstance(response, Reset):
+        _reset(writer)
+        return False
     request_id = f"req_fake_{next(_ids)}"
     if isinstance(response, Failed):
         payload = {"type": "error", "error": {"type": response.error_type, "message": response.message},
@@ -371,13 +391,25 @@ async def _send(writer: asyncio.StreamWriter, response: Response) -> bool:
             writer.transport.abort()
             return False
         else:
-            chunk = f"event: {step.name}\ndata: {json.dumps(step.data)}\n\n".encode()
+            chunk = (
+                step.data
+                if isinstance(step, Raw)
+                else f"event: {step.name}\ndata: {json.dumps(step.data)}\n\n".encode()
+            )
             writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             await writer.drain()
     writer.write(b"0\r\n\r\n")
     with contextlib.suppress(ConnectionError):
         await writer.drain()
     return True
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP RST instead of a FIN: the peer sees "connection reset by peer"."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 def _head(status: int, headers: Mapping[str, str]) -> bytes:

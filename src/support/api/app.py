@@ -21,7 +21,9 @@ from support.api.controllers.keys import ApiKeysController
 from support.api.controllers.knowledge import KnowledgeController
 from support.api.controllers.system import SystemController
 from support.api.controllers.webhooks import WebhooksController
+from support.api.limits import rate_limit_headers
 from support.api.middleware import request_context_middleware
+from support.api.openapi import complete_openapi_document
 from support.api.problems import EXCEPTION_HANDLERS
 from support.application.knowledge import VerifyKnowledgeIndex
 from support.config import Settings
@@ -105,6 +107,7 @@ def build_app(
         logging_config=None,
     )
     setup_dishka(container, app)
+    complete_openapi_document(app)
     # Outermost, around Litestar's router: unknown routes and wrong methods get a request id and timing too.
-    app.asgi_handler = request_context_middleware(app.asgi_handler)
+    app.asgi_handler = request_context_middleware(rate_limit_headers(app.asgi_handler))
     return app

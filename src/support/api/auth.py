@@ -8,6 +8,7 @@ from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
 
+from support.api.limits import limit_request
 from support.application.keys import AuthenticateApiKey
 from support.domain.errors import AuthenticationError, PermissionDeniedError
 from support.domain.identity import Principal, Role
@@ -52,14 +53,15 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Princi
 
 
 def require_roles(*roles: Role) -> Guard:
-    """A guard that admits principals holding one of ``roles``."""
+    """A guard that admits principals holding one of ``roles``, within their rate limits (api/limits.py)."""
     allowed = frozenset(roles)
 
-    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         principal = await authenticate(connection)
         if principal.role not in allowed:
             names = ", ".join(sorted(role.value for role in allowed))
             raise PermissionDeniedError(f"This operation needs one of these roles: {names}.")
+        await limit_request(connection, handler, principal)
 
     return guard
 

@@ -21,6 +21,7 @@ from support.domain.errors import (
     SupportError,
     UnsupportedContentTypeError,
 )
+from support.domain.limits import TooManyRequestsError
 from support.ports.errors import DependencyUnavailableError, LLMUnavailableError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -37,6 +38,7 @@ STATUS_BY_ERROR: Mapping[type[SupportError], int] = {
     ContentTooLargeError: 413,
     AuthenticationError: 401,
     PermissionDeniedError: 403,
+    TooManyRequestsError: 429,
     LLMUnavailableError: 502,
     DependencyUnavailableError: 503,
 }
@@ -118,6 +120,8 @@ def handle_support_error(request: Request[Any, Any, Any], error: SupportError) -
     headers: dict[str, str] = {}
     if status == HTTPStatus.UNAUTHORIZED:
         headers["WWW-Authenticate"] = 'Bearer realm="support"'
+    if isinstance(error, TooManyRequestsError):
+        headers["Retry-After"] = str(error.retry_after_s)
     if status == HTTPStatus.SERVICE_UNAVAILABLE:
         headers["Retry-After"] = str(RETRY_AFTER_S)
         _logger.warning("dependency unavailable: %s", error.code, exc_info=error.__cause__ or error)

@@ -12,6 +12,7 @@ from uuid import UUID
 
 from support.application.handover import announce, message_event
 from support.application.keys import CustomerTokenSecret
+from support.application.limits import CheckTokenBudget
 from support.application.replies import ReplyRunner, ReplyStream
 from support.domain.conversations import (
     ACTIVITY_GRANULARITY,
@@ -37,6 +38,7 @@ from support.domain.feed import FeedEvent, HandoffChanged, ReplyDone
 from support.domain.identity import Principal, Role, issue_customer_token
 from support.domain.ids import new_id
 from support.domain.knowledge import content_type_for_filename
+from support.domain.limits import TokenBudgetExhaustedError
 from support.ports.conversations import (
     AttachmentStore,
     ConversationPage,
@@ -483,6 +485,7 @@ class SendMessage:
         replies: ReplyRunner,
         limits: ConversationLimits,
         outbox: WebhookOutbox,
+        budget: CheckTokenBudget | None = None,
     ) -> None:
         self._conversations = conversations
         self._attachments = attachments
@@ -491,6 +494,7 @@ class SendMessage:
         self._replies = replies
         self._limits = limits
         self._outbox = outbox
+        self._budget = budget
 
     async def execute(
         self,
@@ -507,6 +511,7 @@ class SendMessage:
             ConversationNotFoundError: it does not exist or is not the caller's.
             ConversationClosedError: the conversation is closed.
             InvalidInputError: the content is empty or too long, or the idempotency key is too long.
+            TokenBudgetExhaustedError: the assistant would answer, but the customer's tokens for the day are spent.
         """
         started = time.perf_counter()
         text = checked_message(content, idempotency_key, self._limits, attached=bool(uploads))
@@ -551,6 +556,13 @@ class SendMessage:
                 self._replies.start(conversation, stored, started=started, echo=False, prefetched=prefetched),
             )
         updated = conversation.apply(ConversationEvent.CUSTOMER_WRITES, now)
+        if self._budget is not None and updated.assistant_may_reply:
+            # A new message the model would answer: with the customer's tokens for the day spent, nothing is kept.
+            try:
+                await self._budget.execute(conversation.customer_id)
+            except TokenBudgetExhaustedError:
+                await self._uow.rollback()
+                raise
         if updated.status is not conversation.status or now - conversation.last_activity_at >= ACTIVITY_GRANULARITY:
             await self._conversations.update(updated)
         for upload in uploads:

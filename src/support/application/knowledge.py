@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
 
@@ -19,6 +19,7 @@ from support.domain.errors import (
     SupportError,
 )
 from support.domain.ids import new_id
+from support.domain.injection import scan_source, scan_text, unique
 from support.domain.knowledge import (
     Audience,
     Chunk,
@@ -32,7 +33,6 @@ from support.domain.knowledge import (
     normalise_tags,
     text_hash,
 )
-from support.domain.safety import find_instruction_like_passages
 from support.ports.errors import CacheUnavailableError
 from support.ports.jobs import JobQueue, JobState, ProgressReporter
 from support.ports.knowledge import Cache, DocumentPage, Embedder, KnowledgeBase, TextExtractor
@@ -97,12 +97,23 @@ def full_text(document: ExtractedDocument) -> str:
     return "\n\n".join(parts)
 
 
+# Content types whose bytes are text, so that hidden markup (comments, invisible styles, tag characters) can be read.
+_SCANNABLE_SOURCES = frozenset({"text/plain", "text/markdown", "text/html"})
+
+
+def with_chunk_flags(draft: DocumentDraft, chunks: Sequence[EmbeddedChunk]) -> DocumentDraft:
+    """The draft flagged with what its source and its chunks hold (repeats from overlapping chunks dropped)."""
+    return replace(draft, flags=tuple(unique([*draft.flags, *(flag for item in chunks for flag in item.flags)])))
+
+
 class IngestDocument:
     """Create or update a document by ``external_id``.
 
     The content is extracted, chunked by structure, embedded, and stored as a new version in one atomic swap.
     Unchanged content (same text, title, url, tags, audience and metadata) is detected before embedding and
-    costs nothing. Instruction-like passages are flagged on the document (they stay data, never instructions).
+    costs nothing. Instruction-like passages are flagged on the document and its chunks (support.domain.injection):
+    they stay data, never instructions, and the quarantine policy keeps flagged chunks out of the assistant's
+    searches.
     """
 
     def __init__(
@@ -135,7 +146,7 @@ class IngestDocument:
         if existing is not None and existing.fingerprint == draft.fingerprint:
             return IngestResult(existing, UpsertStatus.UNCHANGED)
         chunks = await self.embed(draft, extracted)
-        document, status = await self._knowledge.upsert(draft, chunks, self._clock.now())
+        document, status = await self._knowledge.upsert(with_chunk_flags(draft, chunks), chunks, self._clock.now())
         await self._uow.commit()
         return IngestResult(document, status)
 
@@ -157,16 +168,19 @@ class IngestDocument:
         if len(external_id) > MAX_EXTERNAL_ID_LENGTH:
             raise InvalidInputError(f"An external_id has at most {MAX_EXTERNAL_ID_LENGTH} characters.")
         text = full_text(extracted)
+        content_type = request.content_type.split(";")[0].strip().lower()
+        # Chunks are scanned when they are cut (embed_many); the source shows what readers would not see.
+        hidden = scan_source(request.content.decode("utf-8", "replace")) if content_type in _SCANNABLE_SOURCES else []
         draft = DocumentDraft(
             external_id=external_id,
             title=title,
-            content_type=request.content_type.split(";")[0].strip().lower(),
+            content_type=content_type,
             text_hash=text_hash(text),
             url=request.url,
             tags=normalise_tags(request.tags),
             audience=request.audience,
             metadata=dict(request.metadata),
-            flags=tuple(find_instruction_like_passages(text)),
+            flags=tuple(hidden),
         )
         return draft, extracted
 
@@ -186,16 +200,26 @@ class IngestDocument:
     async def embed_many(
         self, documents: Sequence[tuple[DocumentDraft, ExtractedDocument]]
     ) -> list[list[EmbeddedChunk]]:
-        """Chunk several documents and embed all their chunks in shared batches."""
+        """Chunk several documents, flag instruction-like chunks, and embed all chunks in shared batches."""
         chunked = [(draft, self.chunk(extracted)) for draft, extracted in documents]
+        # What is scanned is what is indexed and shown to the model: title and headings, then the body. Pattern
+        # matching is CPU work proportional to the text: off the event loop, like extraction.
+        flags = await asyncio.to_thread(
+            lambda: [
+                [tuple(scan_text(chunk.context_text(draft.title), chunk=chunk.ordinal)) for chunk in chunks]
+                for draft, chunks in chunked
+            ]
+        )
         texts = [chunk.context_text(draft.title) for draft, chunks in chunked for chunk in chunks]
         vectors = iter(await self._embedder.embed_documents(texts) if texts else [])
         return [
             [
-                EmbeddedChunk(chunk=chunk, context=chunk.context_path(draft.title), embedding=next(vectors))
-                for chunk in chunks
+                EmbeddedChunk(
+                    chunk=chunk, context=chunk.context_path(draft.title), embedding=next(vectors), flags=chunk_flags
+                )
+                for chunk, chunk_flags in zip(chunks, document_flags, strict=True)
             ]
-            for draft, chunks in chunked
+            for (draft, chunks), document_flags in zip(chunked, flags, strict=True)
         ]
 
 
@@ -297,7 +321,11 @@ class SearchKnowledge:
         if not 1 <= query.limit <= MAX_SEARCH_LIMIT:
             raise InvalidInputError(f"limit must be between 1 and {MAX_SEARCH_LIMIT}.")
         normalised = SearchQuery(
-            text=text, limit=query.limit, tags=normalise_tags(query.tags), audiences=query.audiences
+            text=text,
+            limit=query.limit,
+            tags=normalise_tags(query.tags),
+            audiences=query.audiences,
+            exclude_flagged=query.exclude_flagged,
         )
         vector = embedding if embedding is not None else await self._embeddings.embed(text)
         return await self._knowledge.search(normalised, vector)
@@ -434,7 +462,9 @@ class IngestDocuments:
                 continue
             chunks = next(chunks_of)
             try:
-                _, status = await self._knowledge.upsert(item.draft, chunks, self._clock.now())
+                _, status = await self._knowledge.upsert(
+                    with_chunk_flags(item.draft, chunks), chunks, self._clock.now()
+                )
                 await self._uow.commit()
             except SupportError as error:
                 await self._uow.rollback()

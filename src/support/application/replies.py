@@ -11,12 +11,13 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
 from support.application.handover import HandoffSettings, HandoffSummaries, hand_over
 from support.application.knowledge import MAX_QUERY_LENGTH, QueryEmbeddings
+from support.application.limits import SpendTokens
 from support.application.services import ConversationServices, ServicesOpener
 from support.domain.assistant import (
     AttachedImage,
@@ -25,6 +26,7 @@ from support.domain.assistant import (
     HandoffSignal,
     PassageCited,
     ReplyCompleted,
+    ReplyEvent,
     ReplyRequest,
     TextDelta,
     ToolActivity,
@@ -91,6 +93,11 @@ class ReplySettings:
     # The lease expires by itself if its holder dies; the holder extends it while it writes.
     lease_ttl_s: float = 30.0
     reply_wait_s: float = 120.0
+    # The quarantine policy: chunks flagged as instruction-like at ingestion are not searched for the model.
+    exclude_flagged: bool = False
+    # While the model writes, whether the bot still owns the conversation is read again this often (a person may
+    # take over in any process); the model is stopped as soon as it does not.
+    ownership_check_s: float = 0.5
 
 
 _END = object()
@@ -143,13 +150,21 @@ class _Draft:
 class _Tools:
     """The tools a model may call during a turn; each search opens its own short scope."""
 
-    def __init__(self, open_services: ServicesOpener, passages: int) -> None:
+    def __init__(self, open_services: ServicesOpener, passages: int, *, exclude_flagged: bool = False) -> None:
         self._open = open_services
         self._passages = passages
+        self._exclude_flagged = exclude_flagged
 
     async def search_knowledge(self, query: str) -> Sequence[SearchHit]:
         async with self._open() as services:
-            return await services.search.execute(SearchQuery(query, limit=self._passages))
+            return await services.search.execute(
+                SearchQuery(query, limit=self._passages, exclude_flagged=self._exclude_flagged)
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _ForRequester:
+    payload: FeedPayload
 
 
 class _Publisher:
@@ -159,12 +174,16 @@ class _Publisher:
         self._bus = bus
         self._conversation_id = conversation_id
         self._stream = stream
-        self._pending: asyncio.Queue[FeedPayload | None] = asyncio.Queue()
+        self._pending: asyncio.Queue[FeedPayload | _ForRequester | None] = asyncio.Queue()
         self._task = asyncio.create_task(self._run())
         self._bus_down = False
 
     def emit(self, payload: FeedPayload) -> None:
         self._pending.put_nowait(payload)
+
+    def tell_requester(self, payload: FeedPayload) -> None:
+        """Give ``payload`` to this turn's requester only (the feed heard it already), after what was emitted."""
+        self._pending.put_nowait(_ForRequester(payload))
 
     async def close(self) -> None:
         """Publish what is pending, then stop."""
@@ -177,12 +196,22 @@ class _Publisher:
             batch = [await self._pending.get()]
             while not self._pending.empty():
                 batch.append(self._pending.get_nowait())
-            if batch[-1] is None:
-                done = True
-            payloads = [payload for payload in batch if payload is not None]
-            if payloads:
-                for event in await self._publish(payloads):
-                    self._stream.put(event)
+            payloads: list[FeedPayload] = []
+            for item in batch:
+                if item is None:
+                    done = True
+                elif isinstance(item, _ForRequester):
+                    await self._flush(payloads)
+                    payloads = []
+                    self._stream.put(FeedEvent(0, item.payload))
+                else:
+                    payloads.append(item)
+            await self._flush(payloads)
+
+    async def _flush(self, payloads: list[FeedPayload]) -> None:
+        if payloads:
+            for event in await self._publish(payloads):
+                self._stream.put(event)
 
     async def _publish(self, payloads: list[FeedPayload]) -> list[FeedEvent]:
         if not self._bus_down:
@@ -213,11 +242,13 @@ class ReplyRunner:
         policy: EscalationPolicy | None = None,
         handoffs: HandoffSettings | None = None,
         summaries: HandoffSummaries | None = None,
+        spend: SpendTokens | None = None,
     ) -> None:
         self._open = open_services
         self._policy = policy or EscalationPolicy()
         self._handoffs = handoffs or HandoffSettings()
         self._summaries = summaries
+        self._spend = spend
         self._embeddings = embeddings
         self._llm = llm
         self._sessions = sessions
@@ -410,17 +441,20 @@ class ReplyRunner:
     ) -> ReplyRequest:
         """What the model is given: passages, recalled facts, attachments, the window and the summary before it."""
         settings = self._settings
+        query = search_text(question)
+        # The prefetched vector fits when this turn answers just the message that started it; otherwise the
+        # question's vector is computed once here and shared by retrieval and recall.
+        vector = prefetched if query == search_text(message.content) else None
+        if vector is None and query:
+            vector = self.prefetch(question)
         async with self._open() as services:
             passages: Sequence[SearchHit] = ()
             memories: Sequence[RecalledFact] = ()
-            query = search_text(question)
             if query:
-                # The prefetched vector fits when this turn answers just the message that started it.
-                embedding = (
-                    await prefetched if prefetched is not None and query == search_text(message.content) else None
-                )
+                embedding = await vector if vector is not None else None
                 passages = await services.search.execute(
-                    SearchQuery(query, limit=settings.passages), embedding=embedding
+                    SearchQuery(query, limit=settings.passages, exclude_flagged=settings.exclude_flagged),
+                    embedding=embedding,
                 )
                 memories = await services.recall.execute(conversation.customer_id, query, embedding=embedding)
             attached, images = await self._attachments(services, conversation.id, pending)
@@ -502,34 +536,68 @@ class ReplyRunner:
         conversation_id: UUID,
         started: float,
     ) -> None:
-        tools = _Tools(self._open, self._settings.passages)
-        renewed = time.monotonic()
-        async for event in self._llm.reply(request, tools):
-            if isinstance(event, TextDelta):
-                if event.text:
-                    self._first_delta(draft, started)
-                    draft.text.append(event.text)
-                    publisher.emit(ReplyDelta(event.text))
-            elif isinstance(event, PassageCited):
-                hit = event.passage
-                if hit.chunk_id not in draft.citations:
-                    citation = Citation(hit.document_id, hit.version, hit.chunk_id, hit.title, hit.url, event.quote)
-                    draft.citations[hit.chunk_id] = citation
-                    publisher.emit(CitationAdded(citation))
-            elif isinstance(event, ToolActivity):
-                publisher.emit(ToolUsed(event.name, event.status))
-            elif isinstance(event, FactRemembered):
-                draft.proposed_facts.append(event)
-            elif isinstance(event, HandoffSignal):
-                draft.signals.append(event.reason_code)
-                draft.evidence = event.detail or draft.evidence
-            elif isinstance(event, ReplyCompleted):
-                draft.usage = draft.usage + event.usage
-                if event.evidence_score is not None:
-                    draft.evidence = f"evidence_score={event.evidence_score:.3f}"
-            if time.monotonic() - renewed > self._settings.lease_ttl_s / 3:
-                renewed = time.monotonic()
+        tools = _Tools(self._open, self._settings.passages, exclude_flagged=self._settings.exclude_flagged)
+        events = self._llm.reply(request, tools)
+        try:
+            await self._consume(events, draft, publisher, holder, conversation_id, started)
+        finally:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()  # stops the model's stream (and its HTTP request) when the turn ends early
+
+    async def _consume(
+        self,
+        events: AsyncIterator[ReplyEvent],
+        draft: _Draft,
+        publisher: _Publisher,
+        holder: str,
+        conversation_id: UUID,
+        started: float,
+    ) -> None:
+        renewed = checked = time.monotonic()
+        async for event in events:
+            self._apply(event, draft, publisher, started)
+            now = time.monotonic()
+            if now - renewed > self._settings.lease_ttl_s / 3:
+                renewed = now
                 await self._sessions.extend_reply_lease(conversation_id, holder, ttl_s=self._settings.lease_ttl_s)
+            if now - checked > self._settings.ownership_check_s:
+                checked = now
+                if not await self._bot_owns(conversation_id):
+                    # A person took over while the model wrote: not another word from the bot. The store step
+                    # sees the new owner and drops the draft; the requester gets a `handoff` event.
+                    _logger.info("reply in %s stopped: a person took over", conversation_id)
+                    return
+
+    def _apply(self, event: ReplyEvent, draft: _Draft, publisher: _Publisher, started: float) -> None:
+        if isinstance(event, TextDelta):
+            if event.text:
+                self._first_delta(draft, started)
+                draft.text.append(event.text)
+                publisher.emit(ReplyDelta(event.text))
+        elif isinstance(event, PassageCited):
+            hit = event.passage
+            if hit.chunk_id not in draft.citations:
+                citation = Citation(hit.document_id, hit.version, hit.chunk_id, hit.title, hit.url, event.quote)
+                draft.citations[hit.chunk_id] = citation
+                publisher.emit(CitationAdded(citation))
+        elif isinstance(event, ToolActivity):
+            publisher.emit(ToolUsed(event.name, event.status))
+        elif isinstance(event, FactRemembered):
+            draft.proposed_facts.append(event)
+        elif isinstance(event, HandoffSignal):
+            draft.signals.append(event.reason_code)
+            draft.evidence = event.detail or draft.evidence
+        elif isinstance(event, ReplyCompleted):
+            draft.usage = draft.usage + event.usage
+            if event.evidence_score is not None:
+                draft.evidence = f"evidence_score={event.evidence_score:.3f}"
+
+    async def _bot_owns(self, conversation_id: UUID) -> bool:
+        """Whether the assistant may still reply, read in a short scope of its own (no transaction is kept)."""
+        async with self._open() as services:
+            conversation = await services.conversations.get(conversation_id)
+        return conversation is not None and conversation.assistant_may_reply
 
     async def _store(
         self,
@@ -555,7 +623,7 @@ class ReplyRunner:
                 await services.uow.rollback()
                 stream.final_status = current.status
                 reason = current.handoff.reason_code if current.handoff else None
-                stream.put(FeedEvent(0, HandoffChanged(current.status, reason)))
+                publisher.tell_requester(HandoffChanged(current.status, reason))
                 return None
             changed = current
             if decision.action is HandoffAction.ESCALATE:
@@ -593,6 +661,9 @@ class ReplyRunner:
             if changed is not current:
                 await services.conversations.update(changed)
             await services.uow.commit()
+        if self._spend is not None:
+            # Before `done`: a client that sends again on `done` must find these tokens counted.
+            await self._spend.execute(conversation.customer_id, reply.usage)
         stream.final_status = changed.status
         publisher.emit(ReplyDone(reply))
         if changed.status is not current.status:

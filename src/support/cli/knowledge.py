@@ -25,7 +25,7 @@ from support.application.knowledge import (
 )
 from support.cli.sources import SourceError, count_sources, iter_sources
 from support.config import Settings
-from support.domain.knowledge import SearchQuery
+from support.domain.knowledge import Document, SearchQuery
 from support.ports.knowledge import Cache
 
 kb_app = typer.Typer(help="Knowledge base: ingest, search, list.", no_args_is_help=True)
@@ -119,7 +119,7 @@ def kb_list(tag: Annotated[str | None, typer.Option(help="Only documents with th
     from support.cli.main import with_container
 
     async def run(container: AsyncContainer, _: Settings) -> None:
-        table = Table("id", "external id", "title", "version", "chunks", "tags")
+        table = Table("id", "external id", "title", "version", "chunks", "tags", "flags")
         cursor: str | None = None
         async with container() as request:
             documents = await request.get(ListDocuments)
@@ -128,7 +128,7 @@ def kb_list(tag: Annotated[str | None, typer.Option(help="Only documents with th
                 for doc in page.items:
                     table.add_row(
                         str(doc.id), doc.external_id, doc.title, str(doc.version), str(doc.chunk_count),
-                        ", ".join(doc.tags),
+                        ", ".join(doc.tags), flag_summary(doc),
                     )  # fmt: skip
                 cursor = page.next_cursor
                 if cursor is None:
@@ -136,6 +136,14 @@ def kb_list(tag: Annotated[str | None, typer.Option(help="Only documents with th
         Console().print(table)
 
     with_container(run, valkey=False)
+
+
+def flag_summary(document: Document) -> str:
+    """How many passages were flagged and why (``2: override_instructions, role_marker``), or nothing."""
+    if not document.flags:
+        return ""
+    reasons = sorted({flag.reason.value for flag in document.flags})
+    return f"[yellow]{len(document.flags)}: {', '.join(reasons)}[/yellow]"
 
 
 class _Question(msgspec.Struct):

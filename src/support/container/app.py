@@ -30,6 +30,7 @@ from support.adapters.postgres.conversations import PostgresAttachmentStore, Pos
 from support.adapters.postgres.engine import create_engine, create_session_factory
 from support.adapters.postgres.health import PostgresHealthProbe
 from support.adapters.postgres.knowledge import PgVectorKnowledgeBase
+from support.adapters.postgres.leases import PostgresReplyLeases
 from support.adapters.postgres.memory import PostgresCustomerMemory, PostgresCustomerRecords, PostgresSummaryStore
 from support.adapters.postgres.uow import SqlAlchemyUnitOfWork
 from support.adapters.postgres.webhooks import (
@@ -37,6 +38,7 @@ from support.adapters.postgres.webhooks import (
     PostgresWebhookOutbox,
     PostgresWebhookRepository,
 )
+from support.adapters.resilience import LeaseFallbackSessionStore
 from support.adapters.system import SystemClock
 from support.adapters.valkey.cache import ValkeyCache
 from support.adapters.valkey.client import create_client
@@ -102,6 +104,7 @@ from support.application.knowledge import (
     StartBulkIngestion,
     VerifyKnowledgeIndex,
 )
+from support.application.limits import SpendTokens
 from support.application.memory import (
     FoldConversationHistory,
     MemoryPolicy,
@@ -121,6 +124,7 @@ from support.application.webhooks import (
     WebhookDeliveryPolicy,
 )
 from support.config import Settings, SettingsError, WebhookSettings, load_settings
+from support.container.limits import LimitsProvider, trusted_proxies
 from support.domain.escalation import BusinessHours, EscalationPolicy, EscalationRules, SensitiveTopic
 from support.domain.memory import ExpiryPolicy, FactKind
 from support.domain.webhooks import RetrySchedule
@@ -294,8 +298,11 @@ class InfrastructureProvider(Provider):
         return queue
 
     @provide
-    def sessions(self, valkey: Valkey, settings: Settings) -> SessionStore:
-        return ValkeySessionStore(valkey, settings.valkey.key_prefix)
+    async def sessions(self, valkey: Valkey, engine: AsyncEngine, settings: Settings) -> AsyncIterator[SessionStore]:
+        # While Valkey is unreachable, reply leases come from PostgreSQL advisory locks (docs/faults.md).
+        leases = PostgresReplyLeases(engine)
+        yield LeaseFallbackSessionStore(ValkeySessionStore(valkey, settings.valkey.key_prefix), leases)
+        await leases.close()
 
     @provide
     async def event_bus(self, valkey: Valkey, settings: Settings) -> AsyncIterator[EventBus]:
@@ -367,6 +374,7 @@ class InfrastructureProvider(Provider):
             attachment_context_chars=conversations.attachment_context_chars,
             session_ttl_s=conversations.session_ttl_s,
             reply_wait_s=conversations.reply_wait_s,
+            exclude_flagged=settings.knowledge.injection_policy == "quarantine",
         )
 
     @provide
@@ -431,6 +439,7 @@ class InfrastructureProvider(Provider):
         policy: EscalationPolicy,
         handoffs: HandoffSettings,
         summaries: HandoffSummaries,
+        spend: SpendTokens,
     ) -> AsyncIterator[ReplyRunner]:
         runner = ReplyRunner(
             open_services,
@@ -444,6 +453,7 @@ class InfrastructureProvider(Provider):
             policy=policy,
             handoffs=handoffs,
             summaries=summaries,
+            spend=spend,
         )
         yield runner
         await runner.close()
@@ -573,6 +583,7 @@ def build_container(settings: Settings, *overrides: Provider) -> AsyncContainer:
         InfrastructureProvider(),
         PersistenceProvider(),
         UseCaseProvider(),
+        LimitsProvider(),
         *overrides,
         context={Settings: settings},
     )
@@ -585,6 +596,7 @@ def create_app(settings: Settings | None = None, *overrides: Provider) -> Litest
     # A bad policy file or time zone stops the start, not the first handoff.
     escalation_policy(settings)
     handoff_settings(settings)
+    trusted_proxies(settings.limits)
     container = build_container(settings, *overrides)
 
     async def start_job_worker() -> None:

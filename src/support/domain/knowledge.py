@@ -7,6 +7,8 @@ from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
 
+from support.domain.injection import InjectionFlag, InjectionReason
+
 
 @dataclass(frozen=True, slots=True)
 class Section:
@@ -75,8 +77,8 @@ class DocumentDraft:
     tags: tuple[str, ...] = ()
     audience: Audience = Audience.PUBLIC
     metadata: Mapping[str, str] = field(default_factory=dict)
-    # Instruction-like passages found in the content (prompt-injection risk), kept for review.
-    flags: tuple[str, ...] = ()
+    # Instruction-like and hidden passages found in the content (prompt-injection risk), kept for review.
+    flags: tuple[InjectionFlag, ...] = ()
 
     @property
     def fingerprint(self) -> str:
@@ -105,7 +107,7 @@ class Document:
     chunk_count: int
     created_at: datetime
     updated_at: datetime
-    flags: tuple[str, ...] = ()
+    flags: tuple[InjectionFlag, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,14 @@ class EmbeddedChunk:
     chunk: Chunk
     context: str
     embedding: Sequence[float]
+    # Instruction-like passages of the chunk's text (offsets into ``chunk.text``).
+    flags: tuple[InjectionFlag, ...] = ()
+
+    @property
+    def reasons(self) -> tuple[InjectionReason, ...]:
+        """The distinct reasons the chunk is flagged for, in a stable order (stored with the chunk)."""
+        found = {flag.reason for flag in self.flags}
+        return tuple(reason for reason in InjectionReason if reason in found)
 
     @property
     def search_text(self) -> str:
@@ -130,6 +140,8 @@ class SearchQuery:
     limit: int = 5
     tags: tuple[str, ...] = ()
     audiences: tuple[Audience, ...] = (Audience.PUBLIC,)
+    # Leave out chunks flagged as instruction-like (the quarantine policy, for the assistant's searches).
+    exclude_flagged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +161,8 @@ class SearchHit:
     vector_similarity: float | None
     vector_rank: int | None
     text_rank: int | None
+    # Why the chunk was flagged at ingestion (empty for ordinary content): its text is data all the same.
+    flags: tuple[InjectionReason, ...] = ()
 
 
 def text_hash(text: str) -> str:

@@ -145,6 +145,7 @@ async def running_world(
     *,
     repository: InMemoryConversationRepository | None = None,
     llm: ScriptedLLM | None = None,
+    reply_settings: ReplySettings | None = None,
 ) -> AsyncIterator[World]:
     """A fresh service with one conversation; turns and summaries are stopped on exit."""
     handoff_settings = handoff_settings or HandoffSettings(hours=ALWAYS_OPEN)
@@ -185,7 +186,7 @@ async def running_world(
         sessions,
         bus,
         clock,
-        ReplySettings(),
+        reply_settings or ReplySettings(),
         "test",
         policy=EscalationPolicy(),
         handoffs=handoff_settings,

@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 
 from support.application.conversations import TurnResult
+from support.application.replies import ReplySettings
 from support.domain.conversations import (
     AnswerStatus,
     ClaimedByAnotherAgentError,
@@ -17,10 +18,10 @@ from support.domain.conversations import (
     ReasonCode,
 )
 from support.domain.errors import PermissionDeniedError
-from support.domain.feed import FeedEvent, HandoffChanged, MessagePosted, ReplyDone
+from support.domain.feed import FeedEvent, HandoffChanged, MessagePosted, ReplyDelta, ReplyDone
 from support.domain.webhooks import WebhookEventType
-from tests.fakes.llm import Script
-from tests.unit.application.conftest import AGENT_ANA, AGENT_BEN, SERVICE, World
+from tests.fakes.llm import Script, ScriptedLLM
+from tests.unit.application.conftest import AGENT_ANA, AGENT_BEN, SERVICE, World, running_world
 
 S = ConversationStatus
 W = WebhookEventType
@@ -210,6 +211,39 @@ async def test_a_reply_being_written_when_a_person_takes_over_is_dropped(world: 
     assert result.conversation_status is S.HUMAN
     stored = (await world.repository.list_messages(world.conversation.id, limit=50, cursor=None)).items
     assert MessageRole.ASSISTANT not in {message.role for message in stored}
+
+
+async def test_a_person_taking_over_mid_reply_stops_the_model_within_the_check_interval() -> None:
+    words = tuple(f"word{index} " for index in range(200))
+    llm = ScriptedLLM(script=Script(pieces=words, delay_s=0.01))
+    async with running_world(llm=llm, reply_settings=ReplySettings(ownership_check_s=0.05)) as world:
+        pending = await world.send("How do I change my address?")
+        deltas: list[str] = []
+        writing = asyncio.Event()
+
+        async def read() -> list[FeedEvent]:
+            events = []
+            async for event in pending.events():
+                events.append(event)
+                if isinstance(event.payload, ReplyDelta):
+                    deltas.append(event.payload.text)
+                    if len(deltas) == 5:
+                        writing.set()
+            return events
+
+        reader = asyncio.create_task(read())
+        await asyncio.wait_for(writing.wait(), 5)
+        await world.request_handoff.execute(SERVICE, world.conversation.id, "prefer a person")
+        await world.claim.execute(AGENT_ANA, world.conversation.id)
+        claimed_at = len(deltas)
+        events = await asyncio.wait_for(reader, 5)
+
+        # The model was stopped (its stream closed) well before its 200 pieces, within about one check interval.
+        assert llm.active == 0
+        assert claimed_at <= len(deltas) < claimed_at + 15
+        assert isinstance(events[-1].payload, HandoffChanged)
+        stored = (await world.repository.list_messages(world.conversation.id, limit=50, cursor=None)).items
+        assert MessageRole.ASSISTANT not in {message.role for message in stored}
 
 
 async def test_requesting_a_person_twice_changes_nothing_and_withdrawing_returns_to_the_bot(world: World) -> None:

@@ -96,6 +96,7 @@ class InMemoryKnowledgeBase:
             for document in self._documents.values()
             if document.audience in query.audiences and (not query.tags or set(query.tags) & set(document.tags))
             for stored in self._chunks[document.id]
+            if not (query.exclude_flagged and stored.item.flags)
         ]
         depth = max(CANDIDATES, query.limit * 4)
         similarities = {stored.id: _cosine(embedding, stored.item.embedding) for _, stored in candidates}
@@ -125,6 +126,7 @@ class InMemoryKnowledgeBase:
                 vector_similarity=similarities[stored.id] if vector_rank is not None else None,
                 vector_rank=vector_rank,
                 text_rank=text_rank,
+                flags=stored.item.reasons,
             )
             if document.id not in best or best[document.id].score < score:
                 best[document.id] = hit

@@ -29,6 +29,7 @@ from support.domain.assistant import (
     Turn,
 )
 from support.domain.conversations import ReasonCode, TokenUsage
+from support.domain.injection import is_instruction_like, strip_invisible
 from support.domain.knowledge import SearchHit
 from support.domain.memory import FactKind, extract_facts, is_about
 from support.ports.assistant import AssistantTools
@@ -457,7 +458,8 @@ def _topic(question: str) -> str:
     """The question's first sentence when it is short enough to repeat back, else nothing."""
     first = _WHITESPACE.sub(" ", re.split(r"(?<=[?!.])\s|\n", question.strip(), maxsplit=1)[0]).strip()
     first = first.rstrip("?!. ")
-    return first if 0 < len(first.split()) <= _TOPIC_WORDS else ""
+    # A message that tries to instruct the assistant is not repeated back: the echo would read as the bot's own words.
+    return first if 0 < len(first.split()) <= _TOPIC_WORDS and not is_instruction_like(first) else ""
 
 
 def _missing_identifiers(question: str, scorer: _Scorer) -> str:
@@ -558,17 +560,25 @@ def _cut(word: str, suffix: str, replacement: str = "") -> str:
 
 
 def _split(hit: SearchHit, passage: int) -> list[_Unit]:
-    """The passage's units in reading order; headings, link-only lines and title repeats are marked ``skip``."""
+    """The passage's units in reading order; headings, link-only lines and title repeats are marked ``skip``.
+
+    So is every unit of a flagged passage that reads as an instruction to an AI (support.domain.injection): the
+    reply quotes articles to the customer, and such a sentence is never an answer (nor a code block faking a tool
+    call).
+    """
     units: list[_Unit] = []
     title = _normalise(hit.title)
-    for paragraph, (texts, lines) in enumerate(_paragraphs(hit.text)):
+    for paragraph, (texts, lines) in enumerate(_paragraphs(strip_invisible(hit.text))):
         for text, kind in texts:
             terms = _terms(text)
-            if kind != "code" and (
-                not (_terms(_URL.sub(" ", text)) if _URL.search(text) else terms)
-                or (kind == "sentence" and (_is_heading(text, lines) or _CROSS_REFERENCE.match(text)))
-                or (title and title in _normalise(text))
-            ):
+            if (
+                kind != "code"
+                and (
+                    not (_terms(_URL.sub(" ", text)) if _URL.search(text) else terms)
+                    or (kind == "sentence" and (_is_heading(text, lines) or _CROSS_REFERENCE.match(text)))
+                    or (title and title in _normalise(text))
+                )
+            ) or (hit.flags and is_instruction_like(text)):
                 kind = "skip"  # noqa: PLW2901 - the unit stays, for reading order, but is never quoted
             units.append(_Unit(passage, len(units), text, kind, paragraph, Counter(terms), _words(text)))
     return units

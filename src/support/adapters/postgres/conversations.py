@@ -2,11 +2,12 @@
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import sqlalchemy as sa
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -54,7 +55,18 @@ def _customer(row: CustomerRow) -> Customer:
     return Customer(id=row.id, external_id=row.external_id, name=row.name, email=row.email, created_at=row.created_at)
 
 
-def _conversation(row: ConversationRow) -> Conversation:
+# Statements on a turn's path use the Core tables: ORM-enabled statements (entity rows, ORM bulk inserts) cost
+# more CPU in SQLAlchemy than the query costs in PostgreSQL. The ORM classes stay for the admin paths.
+_CONVERSATIONS = cast("sa.Table", ConversationRow.__table__)
+_MESSAGES = cast("sa.Table", MessageRow.__table__)
+_ATTACHMENTS = cast("sa.Table", AttachmentRow.__table__)
+# Rows keep the mapped attribute names (``metadata_``), so one mapper serves entity rows and column rows.
+_CONVERSATION_COLUMNS = tuple(
+    column.label("metadata_") if column.key == "metadata" else column for column in _CONVERSATIONS.c
+)
+
+
+def _conversation(row: Any) -> Conversation:
     feedback = None
     if row.feedback_rating is not None and row.feedback_at is not None:
         feedback = Feedback(rating=row.feedback_rating, comment=row.feedback_comment, submitted_at=row.feedback_at)
@@ -77,23 +89,26 @@ def _conversation(row: ConversationRow) -> Conversation:
     )
 
 
-def _copy_conversation(conversation: Conversation, row: ConversationRow) -> None:
-    row.status = conversation.status.value
-    row.metadata_ = dict(conversation.metadata)
-    row.updated_at = conversation.updated_at
-    row.last_activity_at = conversation.last_activity_at
-    row.reopened_count = conversation.reopened_count
-    row.closed_at = conversation.closed_at
+def _conversation_values(conversation: Conversation) -> dict[str, Any]:
+    """The mutable columns of a conversation row, by mapped attribute name."""
     feedback = conversation.feedback
-    row.feedback_rating = feedback.rating if feedback else None
-    row.feedback_comment = feedback.comment if feedback else None
-    row.feedback_at = feedback.submitted_at if feedback else None
-    row.handoff = _decision_json(conversation.handoff)
-    row.handoff_requested_at = conversation.handoff_requested_at
-    row.handoff_summary = conversation.handoff_summary
-    row.agent_id = conversation.agent.id if conversation.agent else None
-    row.agent_name = conversation.agent.name if conversation.agent else None
-    row.claimed_at = conversation.claimed_at
+    return {
+        "status": conversation.status.value,
+        "metadata_": dict(conversation.metadata),
+        "updated_at": conversation.updated_at,
+        "last_activity_at": conversation.last_activity_at,
+        "reopened_count": conversation.reopened_count,
+        "closed_at": conversation.closed_at,
+        "feedback_rating": feedback.rating if feedback else None,
+        "feedback_comment": feedback.comment if feedback else None,
+        "feedback_at": feedback.submitted_at if feedback else None,
+        "handoff": _decision_json(conversation.handoff),
+        "handoff_requested_at": conversation.handoff_requested_at,
+        "handoff_summary": conversation.handoff_summary,
+        "agent_id": conversation.agent.id if conversation.agent else None,
+        "agent_name": conversation.agent.name if conversation.agent else None,
+        "claimed_at": conversation.claimed_at,
+    }
 
 
 def _citation_json(citation: Citation) -> dict[str, object]:
@@ -166,11 +181,11 @@ def _message_values(message: Message) -> dict[str, Any]:
         "interrupted": message.interrupted,
         "author": message.author,
         "idempotency_key": message.idempotency_key,
-        "metadata_": dict(message.metadata),
+        "metadata": dict(message.metadata),
     }
 
 
-def _message(row: sa.Row[Any], attachments: Sequence[AttachmentInfo] = ()) -> Message:
+def _message(row: sa.Row[Any]) -> Message:
     usage = row.usage
     return Message(
         id=row.id,
@@ -188,29 +203,56 @@ def _message(row: sa.Row[Any], attachments: Sequence[AttachmentInfo] = ()) -> Me
         interrupted=row.interrupted,
         author=row.author,
         idempotency_key=row.idempotency_key,
-        attachments=tuple(attachments),
+        attachments=tuple(
+            AttachmentInfo(UUID(item[0]), item[1], item[2], item[3], item[4]) for item in row.attachments or ()
+        ),
         metadata=dict(row.metadata or {}),
     )
 
 
+def _messages(rows: Sequence[sa.Row[Any]]) -> list[Message]:
+    return [_message(row) for row in rows]
+
+
 _MESSAGE_COLUMNS = (
-    MessageRow.id,
-    MessageRow.seq,
-    MessageRow.conversation_id,
-    MessageRow.role,
-    MessageRow.content,
-    MessageRow.created_at,
-    MessageRow.reply_to,
-    MessageRow.citations,
-    MessageRow.answer_status,
-    MessageRow.decision,
-    MessageRow.usage,
-    MessageRow.ttft_ms,
-    MessageRow.total_ms,
-    MessageRow.interrupted,
-    MessageRow.author,
-    MessageRow.idempotency_key,
-    MessageRow.metadata_.label("metadata"),
+    _MESSAGES.c.id,
+    _MESSAGES.c.seq,
+    _MESSAGES.c.conversation_id,
+    _MESSAGES.c.role,
+    _MESSAGES.c.content,
+    _MESSAGES.c.created_at,
+    _MESSAGES.c.reply_to,
+    _MESSAGES.c.citations,
+    _MESSAGES.c.answer_status,
+    _MESSAGES.c.decision,
+    _MESSAGES.c.usage,
+    _MESSAGES.c.ttft_ms,
+    _MESSAGES.c.total_ms,
+    _MESSAGES.c.interrupted,
+    _MESSAGES.c.author,
+    _MESSAGES.c.idempotency_key,
+    _MESSAGES.c.metadata.label("metadata"),
+    # A message's attachments come with it (a correlated subquery, usually empty): no second round trip per read.
+    sa.select(
+        sa.func.json_agg(
+            aggregate_order_by(
+                sa.func.json_build_array(
+                    _ATTACHMENTS.c.id,
+                    _ATTACHMENTS.c.filename,
+                    _ATTACHMENTS.c.content_type,
+                    _ATTACHMENTS.c.size,
+                    _ATTACHMENTS.c.sha256,
+                ),
+                _ATTACHMENTS.c.created_at,
+                _ATTACHMENTS.c.id,
+            ),
+            type_=JSONB,
+        )
+    )
+    .where(_ATTACHMENTS.c.message_id == _MESSAGES.c.id)
+    .correlate(_MESSAGES)
+    .scalar_subquery()
+    .label("attachments"),
 )
 
 
@@ -268,25 +310,30 @@ class PostgresConversationRepository:
 
     async def add(self, conversation: Conversation) -> None:
         row = ConversationRow(
-            id=conversation.id, customer_id=conversation.customer_id, created_at=conversation.created_at
+            id=conversation.id,
+            customer_id=conversation.customer_id,
+            created_at=conversation.created_at,
+            **_conversation_values(conversation),
         )
-        _copy_conversation(conversation, row)
         async with storage_errors():
             await self._conversations.add(row, auto_refresh=False)
 
     async def get(self, conversation_id: UUID, *, for_update: bool = False) -> Conversation | None:
-        statement = sa.select(ConversationRow).where(ConversationRow.id == conversation_id)
+        statement = sa.select(*_CONVERSATION_COLUMNS).where(_CONVERSATIONS.c.id == conversation_id)
         if for_update:
-            statement = statement.with_for_update()
+            statement = statement.with_for_update(of=_CONVERSATIONS)
         async with storage_errors():
-            row = (await self._session.execute(statement.execution_options(populate_existing=True))).scalar()
+            row = (await self._session.execute(statement)).one_or_none()
         return None if row is None else _conversation(row)
 
     async def update(self, conversation: Conversation) -> None:
+        values = {
+            ("metadata" if name == "metadata_" else name): value
+            for name, value in _conversation_values(conversation).items()
+        }
+        statement = sa.update(_CONVERSATIONS).where(_CONVERSATIONS.c.id == conversation.id).values(values)
         async with storage_errors():
-            row = await self._conversations.get_one(id=conversation.id)
-            _copy_conversation(conversation, row)
-            await self._conversations.update(row, auto_refresh=False)
+            await self._session.execute(statement)
 
     async def list_conversations(
         self,
@@ -296,22 +343,22 @@ class PostgresConversationRepository:
         limit: int,
         cursor: str | None,
     ) -> ConversationPage:
-        statement = sa.select(ConversationRow)
+        statement = sa.select(*_CONVERSATION_COLUMNS)
         if status is not None:
-            statement = statement.where(ConversationRow.status == status.value)
+            statement = statement.where(_CONVERSATIONS.c.status == status.value)
         if customer_id is not None:
-            statement = statement.where(ConversationRow.customer_id == customer_id)
+            statement = statement.where(_CONVERSATIONS.c.customer_id == customer_id)
         if cursor:
             after = decode_time_cursor(cursor)
             statement = statement.where(
-                sa.tuple_(ConversationRow.last_activity_at, ConversationRow.id)
+                sa.tuple_(_CONVERSATIONS.c.last_activity_at, _CONVERSATIONS.c.id)
                 < sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
             )
-        statement = statement.order_by(ConversationRow.last_activity_at.desc(), ConversationRow.id.desc()).limit(
+        statement = statement.order_by(_CONVERSATIONS.c.last_activity_at.desc(), _CONVERSATIONS.c.id.desc()).limit(
             limit + 1
         )
         async with storage_errors():
-            rows = list((await self._session.execute(statement)).scalars())
+            rows = list((await self._session.execute(statement)).all())
         items = [_conversation(row) for row in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
@@ -321,14 +368,14 @@ class PostgresConversationRepository:
 
     async def add_message(self, message: Message) -> Message:
         values = _message_values(message)
-        statement = pg_insert(MessageRow).values(values)
+        statement = pg_insert(_MESSAGES).values(values)
         if message.idempotency_key is not None:
             statement = statement.on_conflict_do_nothing(
-                index_elements=[MessageRow.conversation_id, MessageRow.idempotency_key],
-                index_where=MessageRow.idempotency_key.is_not(None),
+                index_elements=[_MESSAGES.c.conversation_id, _MESSAGES.c.idempotency_key],
+                index_where=_MESSAGES.c.idempotency_key.is_not(None),
             )
         async with storage_errors():
-            inserted = (await self._session.execute(statement.returning(MessageRow.id))).first()
+            inserted = (await self._session.execute(statement.returning(_MESSAGES.c.id))).first()
             if inserted is None and message.idempotency_key is not None:
                 original = await self._find_by_key(message.conversation_id, message.idempotency_key)
                 if original is not None:
@@ -337,27 +384,27 @@ class PostgresConversationRepository:
 
     async def _find_by_key(self, conversation_id: UUID, key: str) -> Message | None:
         statement = sa.select(*_MESSAGE_COLUMNS).where(
-            MessageRow.conversation_id == conversation_id, MessageRow.idempotency_key == key
+            _MESSAGES.c.conversation_id == conversation_id, _MESSAGES.c.idempotency_key == key
         )
-        rows = await self._with_attachments(list((await self._session.execute(statement)).all()))
+        rows = _messages(list((await self._session.execute(statement)).all()))
         return rows[0] if rows else None
 
     async def get_message(self, conversation_id: UUID, message_id: UUID) -> Message | None:
         statement = sa.select(*_MESSAGE_COLUMNS).where(
-            MessageRow.conversation_id == conversation_id, MessageRow.id == message_id
+            _MESSAGES.c.conversation_id == conversation_id, _MESSAGES.c.id == message_id
         )
         async with storage_errors():
-            rows = await self._with_attachments(list((await self._session.execute(statement)).all()))
+            rows = _messages(list((await self._session.execute(statement)).all()))
         return rows[0] if rows else None
 
     async def find_reply(self, conversation_id: UUID, message_id: UUID) -> Message | None:
         statement = (
             sa.select(*_MESSAGE_COLUMNS)
             .where(
-                MessageRow.conversation_id == conversation_id,
-                sa.literal(message_id) == sa.func.any(MessageRow.reply_to),
+                _MESSAGES.c.conversation_id == conversation_id,
+                sa.literal(message_id) == sa.func.any(_MESSAGES.c.reply_to),
             )
-            .order_by(MessageRow.seq)
+            .order_by(_MESSAGES.c.seq)
             .limit(1)
         )
         async with storage_errors():
@@ -366,31 +413,31 @@ class PostgresConversationRepository:
 
     async def list_messages(self, conversation_id: UUID, *, limit: int, cursor: str | None) -> MessagePage:
         after = _parse_seq_cursor(cursor)
-        statement = sa.select(*_MESSAGE_COLUMNS).where(MessageRow.conversation_id == conversation_id)
+        statement = sa.select(*_MESSAGE_COLUMNS).where(_MESSAGES.c.conversation_id == conversation_id)
         if after is not None:
-            statement = statement.where(MessageRow.seq > after)
-        statement = statement.order_by(MessageRow.seq).limit(limit + 1)
+            statement = statement.where(_MESSAGES.c.seq > after)
+        statement = statement.order_by(_MESSAGES.c.seq).limit(limit + 1)
         async with storage_errors():
             rows = list((await self._session.execute(statement)).all())
-            items = await self._with_attachments(rows[:limit])
+            items = _messages(rows[:limit])
         return MessagePage(items=items, next_cursor=str(rows[limit - 1].seq) if len(rows) > limit else None)
 
     async def recent_messages(self, conversation_id: UUID, limit: int) -> list[Message]:
         statement = (
             sa.select(*_MESSAGE_COLUMNS)
-            .where(MessageRow.conversation_id == conversation_id)
-            .order_by(MessageRow.seq.desc())
+            .where(_MESSAGES.c.conversation_id == conversation_id)
+            .order_by(_MESSAGES.c.seq.desc())
             .limit(limit)
         )
         async with storage_errors():
             rows = list((await self._session.execute(statement)).all())
-            return await self._with_attachments(rows[::-1])
+            return _messages(rows[::-1])
 
     async def idle_conversations(self, *, inactive_since: datetime, limit: int) -> list[UUID]:
         statement = (
-            sa.select(ConversationRow.id)
-            .where(ConversationRow.status.in_(_OPEN_STATUSES), ConversationRow.last_activity_at < inactive_since)
-            .order_by(ConversationRow.last_activity_at)
+            sa.select(_CONVERSATIONS.c.id)
+            .where(_CONVERSATIONS.c.status.in_(_OPEN_STATUSES), _CONVERSATIONS.c.last_activity_at < inactive_since)
+            .order_by(_CONVERSATIONS.c.last_activity_at)
             .limit(limit)
         )
         async with storage_errors():
@@ -399,62 +446,40 @@ class PostgresConversationRepository:
     async def handoff_queue(
         self, *, statuses: Sequence[ConversationStatus], limit: int, cursor: str | None
     ) -> ConversationPage:
-        statement = sa.select(ConversationRow).where(
+        statement = sa.select(*_CONVERSATION_COLUMNS).where(
             # The same predicate as the partial index, so the planner can use it.
-            ConversationRow.status.in_(["pending_human", "human"]),
-            ConversationRow.status.in_([status.value for status in statuses]),
+            _CONVERSATIONS.c.status.in_(["pending_human", "human"]),
+            _CONVERSATIONS.c.status.in_([status.value for status in statuses]),
         )
         if cursor:
             after = decode_time_cursor(cursor)
             statement = statement.where(
-                sa.tuple_(ConversationRow.handoff_requested_at, ConversationRow.id)
+                sa.tuple_(_CONVERSATIONS.c.handoff_requested_at, _CONVERSATIONS.c.id)
                 > sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
             )
-        statement = statement.order_by(ConversationRow.handoff_requested_at, ConversationRow.id).limit(limit + 1)
+        statement = statement.order_by(_CONVERSATIONS.c.handoff_requested_at, _CONVERSATIONS.c.id).limit(limit + 1)
         async with storage_errors():
-            rows = list((await self._session.execute(statement)).scalars())
+            rows = list((await self._session.execute(statement)).all())
         items = [_conversation(row) for row in rows[:limit]]
         return ConversationPage(items=items, next_cursor=_queue_cursor(items[-1]) if len(rows) > limit else None)
 
     async def count_waiting(self, *, requested_before: datetime) -> int:
         statement = sa.select(sa.func.count()).where(
-            ConversationRow.status.in_(["pending_human", "human"]),
-            ConversationRow.status == ConversationStatus.PENDING_HUMAN.value,
-            ConversationRow.handoff_requested_at < requested_before,
+            _CONVERSATIONS.c.status.in_(["pending_human", "human"]),
+            _CONVERSATIONS.c.status == ConversationStatus.PENDING_HUMAN.value,
+            _CONVERSATIONS.c.handoff_requested_at < requested_before,
         )
         async with storage_errors():
             return int((await self._session.execute(statement)).scalar_one())
 
     async def save_handoff_summary(self, conversation_id: UUID, *, requested_at: datetime, summary: str) -> None:
         statement = (
-            sa.update(ConversationRow)
-            .where(ConversationRow.id == conversation_id, ConversationRow.handoff_requested_at == requested_at)
+            sa.update(_CONVERSATIONS)
+            .where(_CONVERSATIONS.c.id == conversation_id, _CONVERSATIONS.c.handoff_requested_at == requested_at)
             .values(handoff_summary=summary)
         )
         async with storage_errors():
             await self._session.execute(statement)
-
-    async def _with_attachments(self, rows: Sequence[sa.Row[Any]]) -> list[Message]:
-        customer_ids = [row.id for row in rows if row.role == MessageRole.CUSTOMER.value]
-        by_message: dict[UUID, list[AttachmentInfo]] = {}
-        if customer_ids:
-            statement = (
-                sa.select(
-                    AttachmentRow.id,
-                    AttachmentRow.message_id,
-                    AttachmentRow.filename,
-                    AttachmentRow.content_type,
-                    AttachmentRow.size,
-                    AttachmentRow.sha256,
-                )
-                .where(AttachmentRow.message_id.in_(customer_ids))
-                .order_by(AttachmentRow.created_at, AttachmentRow.id)
-            )
-            for item in (await self._session.execute(statement)).all():
-                by_message.setdefault(item.message_id, []).append(
-                    AttachmentInfo(item.id, item.filename, item.content_type, item.size, item.sha256)
-                )
-        return [_message(row, by_message.get(row.id, ())) for row in rows]
 
 
 class PostgresAttachmentStore:
@@ -465,7 +490,7 @@ class PostgresAttachmentStore:
 
     async def add(self, conversation_id: UUID, message_id: UUID, upload: AttachmentUpload) -> None:
         info = upload.info
-        statement = sa.insert(AttachmentRow).values(
+        statement = sa.insert(_ATTACHMENTS).values(
             id=info.id,
             conversation_id=conversation_id,
             message_id=message_id,
@@ -482,7 +507,7 @@ class PostgresAttachmentStore:
 
     async def get(self, conversation_id: UUID, attachment_id: UUID) -> tuple[AttachmentInfo, bytes] | None:
         statement = sa.select(AttachmentRow).where(
-            AttachmentRow.conversation_id == conversation_id, AttachmentRow.id == attachment_id
+            _ATTACHMENTS.c.conversation_id == conversation_id, _ATTACHMENTS.c.id == attachment_id
         )
         async with storage_errors():
             row = (await self._session.execute(statement)).scalar()
@@ -492,9 +517,9 @@ class PostgresAttachmentStore:
 
     async def texts(self, conversation_id: UUID, *, limit_chars: int) -> list[AttachedText]:
         statement = (
-            sa.select(AttachmentRow.filename, sa.func.left(AttachmentRow.text, limit_chars).label("text"))
-            .where(AttachmentRow.conversation_id == conversation_id, AttachmentRow.text.is_not(None))
-            .order_by(AttachmentRow.created_at.desc(), AttachmentRow.id.desc())
+            sa.select(_ATTACHMENTS.c.filename, sa.func.left(_ATTACHMENTS.c.text, limit_chars).label("text"))
+            .where(_ATTACHMENTS.c.conversation_id == conversation_id, _ATTACHMENTS.c.text.is_not(None))
+            .order_by(_ATTACHMENTS.c.created_at.desc(), _ATTACHMENTS.c.id.desc())
         )
         result: list[AttachedText] = []
         remaining = limit_chars

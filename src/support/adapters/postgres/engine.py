@@ -17,8 +17,10 @@ def create_engine(url: str, settings: DatabaseSettings) -> AsyncEngine:
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout_s,
-        # A pooled connection may have died with a server restart; ping on checkout so requests recover by themselves.
-        pool_pre_ping=True,
+        # No ping on checkout: it costs a round trip on every unit of work (several per turn). A connection that
+        # died with a server restart fails its first statement as a disconnect; SQLAlchemy then invalidates the
+        # whole pool, that request gets a 503, and later ones reconnect (tests/integration/*faults*).
+        pool_pre_ping=False,
         echo=settings.echo,
         connect_args={
             "timeout": settings.pool_timeout_s,

@@ -1,10 +1,10 @@
 """Translate driver failures into port errors, so nothing from SQLAlchemy or asyncpg escapes an adapter."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import asyncpg
-from advanced_alchemy.exceptions import AdvancedAlchemyError, DuplicateKeyError, IntegrityError
+from advanced_alchemy.exceptions import AdvancedAlchemyError
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -12,11 +12,30 @@ from support.domain.errors import ConflictError
 from support.ports.errors import StorageUnavailableError
 
 
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _is_conflict(error: BaseException) -> bool:
+    # advanced-alchemy reports some driver failures (a closed connection among them) as its IntegrityError, so
+    # the driver's own error decides: only a violated constraint is a conflict.
+    return any(
+        isinstance(cause, SAIntegrityError | asyncpg.IntegrityConstraintViolationError) for cause in _chain(error)
+    )
+
+
 @asynccontextmanager
 async def storage_errors() -> AsyncIterator[None]:
     try:
         yield
-    except (DuplicateKeyError, IntegrityError, SAIntegrityError) as error:
-        raise ConflictError("The change conflicts with existing data.") from error
-    except (SQLAlchemyError, AdvancedAlchemyError, asyncpg.PostgresError, OSError, TimeoutError) as error:
+    except (SQLAlchemyError, AdvancedAlchemyError, asyncpg.PostgresError) as error:
+        if _is_conflict(error):
+            raise ConflictError("The change conflicts with existing data.") from error
+        raise StorageUnavailableError from error
+    except (asyncpg.InterfaceError, OSError, TimeoutError) as error:
         raise StorageUnavailableError from error

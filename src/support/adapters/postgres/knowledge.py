@@ -1,5 +1,6 @@
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -12,6 +13,7 @@ from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import ChunkRow, DocumentRow
 from support.domain.errors import InvalidInputError
 from support.domain.ids import new_id
+from support.domain.injection import InjectionFlag, InjectionReason
 from support.domain.knowledge import (
     Audience,
     Document,
@@ -36,7 +38,10 @@ BM25_B = 0.75
 SELECTIVE_TERMS = 12
 TEXT_PRESELECT = 200
 
-_FILTERS = "audience = ANY(:audiences) AND (cardinality(:tags) = 0 OR tags && :tags)"
+_FILTERS = (
+    "audience = ANY(:audiences) AND (cardinality(:tags) = 0 OR tags && :tags)"
+    " AND (NOT :exclude_flagged OR cardinality(flags) = 0)"
+)
 
 _SEARCH_SQL = sa.text(
     f"""
@@ -111,7 +116,7 @@ best_per_document AS (
     ORDER BY document_id, score DESC, similarity DESC NULLS LAST, id
 )
 SELECT b.id AS chunk_id, b.score, b.vector_rank, b.text_rank, b.similarity,
-       c.ordinal, c.heading_path, c.text, c.version,
+       c.ordinal, c.heading_path, c.text, c.version, c.flags AS chunk_flags,
        d.id AS document_id, d.external_id, d.title, d.url
 FROM best_per_document b
 JOIN kb_chunks c ON c.id = b.id
@@ -123,6 +128,7 @@ LIMIT :limit
     sa.bindparam("embedding", type_=Vector()),
     sa.bindparam("audiences", type_=ARRAY(sa.Text)),
     sa.bindparam("tags", type_=ARRAY(sa.Text)),
+    sa.bindparam("exclude_flagged", type_=sa.Boolean),
     # Typed explicitly: inferred from `:k1 + 1` they would become integers and silently truncate.
     sa.bindparam("k1", type_=sa.Float),
     sa.bindparam("b", type_=sa.Float),
@@ -170,8 +176,30 @@ def _to_domain(row: DocumentRow) -> Document:
         chunk_count=row.chunk_count,
         created_at=row.created_at,
         updated_at=row.updated_at,
-        flags=tuple(row.flags),
+        flags=tuple(_flag(item) for item in row.flags),
     )
+
+
+def _flag(item: Mapping[str, Any]) -> InjectionFlag:
+    chunk = item.get("chunk")
+    return InjectionFlag(
+        reason=InjectionReason(item["reason"]),
+        start=int(item["start"]),
+        end=int(item["end"]),
+        excerpt=str(item["excerpt"]),
+        chunk=None if chunk is None else int(chunk),
+    )
+
+
+def _flag_json(flag: InjectionFlag) -> dict[str, object]:
+    return {"reason": flag.reason.value, "start": flag.start, "end": flag.end, "excerpt": flag.excerpt,
+            "chunk": flag.chunk}  # fmt: skip
+
+
+def _reasons(values: Sequence[str]) -> tuple[InjectionReason, ...]:
+    # A reason a newer release stored and this one does not know is skipped, not an error on every search.
+    known = {reason.value for reason in InjectionReason}
+    return tuple(InjectionReason(value) for value in values if value in known)
 
 
 class PgVectorKnowledgeBase:
@@ -253,6 +281,7 @@ class PgVectorKnowledgeBase:
                             "tags": list(draft.tags),
                             "audience": draft.audience.value,
                             "embedding": list(item.embedding),
+                            "flags": [reason.value for reason in item.reasons],
                         }
                         for item in chunks
                     ],
@@ -268,7 +297,7 @@ class PgVectorKnowledgeBase:
             row.audience = draft.audience.value
             row.metadata_ = dict(draft.metadata)
             row.fingerprint = draft.fingerprint
-            row.flags = list(draft.flags)
+            row.flags = [_flag_json(flag) for flag in draft.flags]
             row.version = version
             row.chunk_count = len(chunks)
             row.updated_at = now
@@ -298,6 +327,7 @@ class PgVectorKnowledgeBase:
             "query_text": query.text,
             "audiences": [audience.value for audience in query.audiences],
             "tags": list(query.tags),
+            "exclude_flagged": query.exclude_flagged,
             "candidates": max(CANDIDATES, query.limit * 4),
             "rrf_k": RRF_K,
             "k1": BM25_K1,
@@ -323,6 +353,7 @@ class PgVectorKnowledgeBase:
                 vector_similarity=None if row["similarity"] is None else float(row["similarity"]),
                 vector_rank=row["vector_rank"],
                 text_rank=row["text_rank"],
+                flags=_reasons(row["chunk_flags"] or ()),
             )
             for row in rows
         ]

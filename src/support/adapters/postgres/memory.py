@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -15,18 +15,22 @@ from support.domain.memory import ConversationSummary, Fact, FactKind, FactOrigi
 from support.ports.customers import CustomerCounts
 from support.ports.memory import FactCounts, FactPage, ScoredFact
 
+# Core tables, not ORM entities: recall and the summary are read on every turn (see postgres/conversations.py).
+_FACTS = cast("sa.Table", MemoryRow.__table__)
+_SUMMARIES = cast("sa.Table", SummaryRow.__table__)
+
 _FACT_COLUMNS = (
-    MemoryRow.id,
-    MemoryRow.customer_id,
-    MemoryRow.kind,
-    MemoryRow.key,
-    MemoryRow.value,
-    MemoryRow.confidence,
-    MemoryRow.origin,
-    MemoryRow.source_message_id,
-    MemoryRow.created_at,
-    MemoryRow.expires_at,
-    MemoryRow.superseded_by,
+    _FACTS.c.id,
+    _FACTS.c.customer_id,
+    _FACTS.c.kind,
+    _FACTS.c.key,
+    _FACTS.c.value,
+    _FACTS.c.confidence,
+    _FACTS.c.origin,
+    _FACTS.c.source_message_id,
+    _FACTS.c.created_at,
+    _FACTS.c.expires_at,
+    _FACTS.c.superseded_by,
 )
 
 
@@ -48,9 +52,9 @@ def _fact(row: sa.Row[Any]) -> Fact:
 
 def _current(customer_id: UUID, now: datetime) -> sa.ColumnElement[bool]:
     return sa.and_(
-        MemoryRow.customer_id == customer_id,
-        MemoryRow.superseded_by.is_(None),
-        sa.or_(MemoryRow.expires_at.is_(None), MemoryRow.expires_at > now),
+        _FACTS.c.customer_id == customer_id,
+        _FACTS.c.superseded_by.is_(None),
+        sa.or_(_FACTS.c.expires_at.is_(None), _FACTS.c.expires_at > now),
     )
 
 
@@ -62,7 +66,7 @@ class PostgresCustomerMemory:
 
     async def current(self, customer_id: UUID, key: str) -> Fact | None:
         statement = sa.select(*_FACT_COLUMNS).where(
-            MemoryRow.customer_id == customer_id, MemoryRow.key == key, MemoryRow.superseded_by.is_(None)
+            _FACTS.c.customer_id == customer_id, _FACTS.c.key == key, _FACTS.c.superseded_by.is_(None)
         )
         async with storage_errors():
             row = (await self._session.execute(statement)).first()
@@ -82,17 +86,17 @@ class PostgresCustomerMemory:
                 )
             )
             await self._session.execute(
-                sa.update(MemoryRow)
+                sa.update(_FACTS)
                 .where(
-                    MemoryRow.customer_id == fact.customer_id,
-                    MemoryRow.key == fact.key,
-                    MemoryRow.superseded_by.is_(None),
-                    MemoryRow.id != fact.id,
+                    _FACTS.c.customer_id == fact.customer_id,
+                    _FACTS.c.key == fact.key,
+                    _FACTS.c.superseded_by.is_(None),
+                    _FACTS.c.id != fact.id,
                 )
                 .values(superseded_by=fact.id)
             )
             await self._session.execute(
-                sa.insert(MemoryRow).values(
+                sa.insert(_FACTS).values(
                     id=fact.id,
                     customer_id=fact.customer_id,
                     kind=fact.kind.value,
@@ -110,9 +114,9 @@ class PostgresCustomerMemory:
 
     async def refresh(self, fact_id: UUID, *, expires_at: datetime | None, confidence: float) -> None:
         statement = (
-            sa.update(MemoryRow)
-            .where(MemoryRow.id == fact_id)
-            .values(expires_at=expires_at, confidence=sa.func.greatest(MemoryRow.confidence, confidence))
+            sa.update(_FACTS)
+            .where(_FACTS.c.id == fact_id)
+            .values(expires_at=expires_at, confidence=sa.func.greatest(_FACTS.c.confidence, confidence))
         )
         async with storage_errors():
             await self._session.execute(statement)
@@ -124,66 +128,64 @@ class PostgresCustomerMemory:
             statement = (
                 sa.select(*_FACT_COLUMNS, sa.literal(0.0).label("similarity"))
                 .where(_current(customer_id, now))
-                .order_by(MemoryRow.created_at.desc(), MemoryRow.id.desc())
+                .order_by(_FACTS.c.created_at.desc(), _FACTS.c.id.desc())
             )
         else:
             # A customer has a few dozen facts: an exact scan of them beats any approximate index.
-            distance = MemoryRow.embedding.cosine_distance(list(embedding))
+            distance = _FACTS.c.embedding.cosine_distance(list(embedding))
             statement = (
                 sa.select(*_FACT_COLUMNS, (1 - distance).label("similarity"))
                 .where(_current(customer_id, now))
-                .order_by(distance, MemoryRow.id.desc())
+                .order_by(distance, _FACTS.c.id.desc())
             )
         async with storage_errors():
             rows = (await self._session.execute(statement.limit(limit))).all()
         return [ScoredFact(_fact(row), float(row.similarity)) for row in rows]
 
     async def list_facts(self, customer_id: UUID, *, limit: int, cursor: str | None) -> FactPage:
-        statement = sa.select(*_FACT_COLUMNS).where(MemoryRow.customer_id == customer_id)
+        statement = sa.select(*_FACT_COLUMNS).where(_FACTS.c.customer_id == customer_id)
         if cursor:
             stamp, identifier = parse_fact_cursor(cursor)
             statement = statement.where(
-                sa.tuple_(MemoryRow.created_at, MemoryRow.id) < sa.tuple_(sa.literal(stamp), sa.literal(identifier))
+                sa.tuple_(_FACTS.c.created_at, _FACTS.c.id) < sa.tuple_(sa.literal(stamp), sa.literal(identifier))
             )
-        statement = statement.order_by(MemoryRow.created_at.desc(), MemoryRow.id.desc()).limit(limit + 1)
+        statement = statement.order_by(_FACTS.c.created_at.desc(), _FACTS.c.id.desc()).limit(limit + 1)
         async with storage_errors():
             rows = (await self._session.execute(statement)).all()
         items = [_fact(row) for row in rows[:limit]]
         return FactPage(items=items, next_cursor=fact_cursor(items[-1]) if len(rows) > limit else None)
 
     async def get(self, customer_id: UUID, fact_id: UUID) -> Fact | None:
-        statement = sa.select(*_FACT_COLUMNS).where(MemoryRow.customer_id == customer_id, MemoryRow.id == fact_id)
+        statement = sa.select(*_FACT_COLUMNS).where(_FACTS.c.customer_id == customer_id, _FACTS.c.id == fact_id)
         async with storage_errors():
             row = (await self._session.execute(statement)).first()
         return None if row is None else _fact(row)
 
     async def forget(self, customer_id: UUID, fact_id: UUID) -> bool:
         statement = (
-            sa.delete(MemoryRow)
-            .where(MemoryRow.customer_id == customer_id, MemoryRow.id == fact_id)
-            .returning(MemoryRow.id)
+            sa.delete(_FACTS).where(_FACTS.c.customer_id == customer_id, _FACTS.c.id == fact_id).returning(_FACTS.c.id)
         )
         async with storage_errors():
             return (await self._session.execute(statement)).first() is not None
 
     async def forget_customer(self, customer_id: UUID) -> int:
-        statement = sa.delete(MemoryRow).where(MemoryRow.customer_id == customer_id).returning(MemoryRow.id)
+        statement = sa.delete(_FACTS).where(_FACTS.c.customer_id == customer_id).returning(_FACTS.c.id)
         async with storage_errors():
             return len((await self._session.execute(statement)).all())
 
     async def count(self, customer_id: UUID, *, now: datetime) -> FactCounts:
         current = sa.and_(
-            MemoryRow.superseded_by.is_(None), sa.or_(MemoryRow.expires_at.is_(None), MemoryRow.expires_at > now)
+            _FACTS.c.superseded_by.is_(None), sa.or_(_FACTS.c.expires_at.is_(None), _FACTS.c.expires_at > now)
         )
         statement = sa.select(sa.func.count().filter(current).label("current"), sa.func.count().label("total")).where(
-            MemoryRow.customer_id == customer_id
+            _FACTS.c.customer_id == customer_id
         )
         async with storage_errors():
             row = (await self._session.execute(statement)).one()
         return FactCounts(current=row.current, total=row.total)
 
 
-def _summary(row: SummaryRow) -> ConversationSummary:
+def _summary(row: Any) -> ConversationSummary:
     return ConversationSummary(
         conversation_id=row.conversation_id,
         points=tuple(row.points),
@@ -202,9 +204,9 @@ class PostgresSummaryStore:
         self._session = session
 
     async def get(self, conversation_id: UUID) -> ConversationSummary | None:
-        statement = sa.select(SummaryRow).where(SummaryRow.conversation_id == conversation_id)
+        statement = sa.select(_SUMMARIES).where(_SUMMARIES.c.conversation_id == conversation_id)
         async with storage_errors():
-            row = (await self._session.execute(statement.execution_options(populate_existing=True))).scalar()
+            row = (await self._session.execute(statement)).one_or_none()
         return None if row is None else _summary(row)
 
     async def save(self, summary: ConversationSummary) -> None:
@@ -217,9 +219,9 @@ class PostgresSummaryStore:
             "folded_messages": summary.folded_messages,
             "updated_at": summary.updated_at,
         }
-        insert = pg_insert(SummaryRow).values(values)
+        insert = pg_insert(_SUMMARIES).values(values)
         statement = insert.on_conflict_do_update(
-            index_elements=[SummaryRow.conversation_id],
+            index_elements=[_SUMMARIES.c.conversation_id],
             set_={name: insert.excluded[name] for name in values if name != "conversation_id"},
         )
         async with storage_errors():
@@ -228,18 +230,18 @@ class PostgresSummaryStore:
     async def for_conversations(self, conversation_ids: Sequence[UUID]) -> list[ConversationSummary]:
         if not conversation_ids:
             return []
-        statement = sa.select(SummaryRow).where(SummaryRow.conversation_id.in_(list(conversation_ids)))
+        statement = sa.select(_SUMMARIES).where(_SUMMARIES.c.conversation_id.in_(list(conversation_ids)))
         async with storage_errors():
-            rows = (await self._session.execute(statement)).scalars().all()
+            rows = (await self._session.execute(statement)).all()
         return [_summary(row) for row in rows]
 
     async def delete(self, conversation_ids: Sequence[UUID]) -> int:
         if not conversation_ids:
             return 0
         statement = (
-            sa.delete(SummaryRow)
-            .where(SummaryRow.conversation_id.in_(list(conversation_ids)))
-            .returning(SummaryRow.conversation_id)
+            sa.delete(_SUMMARIES)
+            .where(_SUMMARIES.c.conversation_id.in_(list(conversation_ids)))
+            .returning(_SUMMARIES.c.conversation_id)
         )
         async with storage_errors():
             return len((await self._session.execute(statement)).all())

@@ -42,7 +42,8 @@ class DocumentRow(DefaultBase):
     fingerprint: Mapped[str] = mapped_column(sa.String(64))
     version: Mapped[int] = mapped_column(sa.Integer)
     chunk_count: Mapped[int] = mapped_column(sa.Integer)
-    flags: Mapped[list[str]] = mapped_column(ARRAY(sa.Text), server_default="{}")
+    # Flagged passages ({reason, start, end, excerpt, chunk}): prompt-injection review (support.domain.injection).
+    flags: Mapped[list[dict[str, object]]] = mapped_column(JSONB, server_default="[]")
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
@@ -71,6 +72,8 @@ class ChunkRow(DefaultBase):
     audience: Mapped[str] = mapped_column(sa.String(16))
     embedding: Mapped[list[float]] = mapped_column(Vector(EMBEDDING_DIMENSION))
     tsv: Mapped[str] = mapped_column(TSVECTOR, sa.Computed(TSVECTOR_EXPRESSION, persisted=True))
+    # Why the chunk's text was flagged as instruction-like; the quarantine policy leaves flagged chunks out.
+    flags: Mapped[list[str]] = mapped_column(ARRAY(sa.Text), server_default="{}")
 
     __table_args__ = (
         sa.Index(

@@ -6,15 +6,19 @@ from uuid import UUID
 from valkey.asyncio import Valkey
 
 from support.adapters.valkey.errors import cache_errors
+from support.adapters.valkey.rate_limits import RATE_KEYS
+from support.domain.limits import conversation_partition
 
 
 def conversation_keys(key_prefix: str, conversation_id: UUID) -> list[str]:
-    """Every key a conversation has in Valkey (ValkeySessionStore and ValkeyEventBus name them so)."""
+    """Every key a conversation has in Valkey (the session store, event bus and rate limiter name them so)."""
     return [
         f"{key_prefix}session:{conversation_id}",
         f"{key_prefix}reply-lease:{conversation_id}",
         f"{key_prefix}feed:{{{conversation_id}}}:seq",
         f"{key_prefix}feed:{{{conversation_id}}}:log",
+        # The conversation's message limit (ValkeyRateLimiter); customers' own counters are named by a digest.
+        f"{key_prefix}{RATE_KEYS}{conversation_partition(conversation_id)}",
     ]
 
 

@@ -4,8 +4,9 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from saq import Queue, Worker
+from saq import Worker
 from saq.job import Job
+from saq.queue.redis import RedisQueue
 from saq.types import Context
 
 from support.adapters.valkey.errors import cache_errors
@@ -14,6 +15,10 @@ from support.ports.jobs import JobState, ProgressReporter
 _logger = logging.getLogger(__name__)
 # Finished jobs stay readable for a day.
 RESULT_TTL_S = 24 * 3600
+
+# Pause after a failed dequeue (Valkey unreachable), doubling up to the cap while it keeps failing.
+_DEQUEUE_RETRY_MIN_S = 0.1
+_DEQUEUE_RETRY_MAX_S = 5.0
 
 JobHandler = Callable[[Mapping[str, Any], ProgressReporter], Awaitable[Mapping[str, Any]]]
 
@@ -39,6 +44,26 @@ def _state(job: Job) -> JobState:
     )
 
 
+class _PacedQueue(RedisQueue):
+    """SAQ's Valkey queue, pausing after a failed dequeue.
+
+    SAQ's worker starts the next dequeue as soon as one fails, so without a pause it spins a core for as long as
+    Valkey is unreachable.
+    """
+
+    _pause_s = _DEQUEUE_RETRY_MIN_S
+
+    async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:  # noqa: ASYNC109 - SAQ's signature
+        try:
+            job = await super().dequeue(timeout, poll_interval)
+        except Exception:
+            await asyncio.sleep(self._pause_s)
+            self._pause_s = min(self._pause_s * 2, _DEQUEUE_RETRY_MAX_S)
+            raise
+        self._pause_s = _DEQUEUE_RETRY_MIN_S
+        return job
+
+
 class _EmbeddedWorker(Worker[Context]):
     # The worker lives inside the API process: the server (uvicorn) owns SIGINT/SIGTERM and stops us in order.
     SIGNALS = []  # noqa: RUF012
@@ -48,7 +73,7 @@ class SaqJobQueue:
     """Jobs on a Valkey-backed SAQ queue; ``run_worker`` processes them in this process."""
 
     def __init__(self, url: str, name: str) -> None:
-        self._queue = Queue.from_url(redis_protocol_url(url), name=name)
+        self._queue = _PacedQueue.from_url(redis_protocol_url(url), name=name)
         self._handlers: dict[str, JobHandler] = {}
         self._worker_task: asyncio.Task[None] | None = None
         self._worker: _EmbeddedWorker | None = None

@@ -1,6 +1,6 @@
 """Human handoff: the customer's request, the agents' queue, claim/release/resolve and agent replies."""
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from dishka import FromDishka
@@ -33,6 +33,8 @@ from support.domain.conversations import ConversationStatus
 from support.domain.identity import Role
 
 agent_roles = require_roles(Role.AGENT, Role.ADMIN)
+# The statuses the queue holds; the document lists only these.
+QueueStatus = Literal["pending_human", "human"]
 
 
 class HandoffQueueController(Controller):
@@ -55,11 +57,16 @@ class HandoffQueueController(Controller):
         self,
         request: Request[Any, Any, Any],
         use_case: FromDishka[ListHandoffs],
-        status: FromQuery[ConversationStatus | None] = None,
+        status: FromQuery[QueueStatus | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
         cursor: FromQuery[str | None] = None,
     ) -> HandoffList:
-        page = await use_case.execute(await authenticate(request), status=status, limit=limit, cursor=cursor)
+        page = await use_case.execute(
+            await authenticate(request),
+            status=ConversationStatus(status) if status else None,
+            limit=limit,
+            cursor=cursor,
+        )
         return HandoffList(items=[HandoffResource.of(item) for item in page.items], next_cursor=page.next_cursor)
 
 

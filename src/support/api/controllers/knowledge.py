@@ -13,6 +13,7 @@ from litestar.params import Body, FromPath, FromQuery, JSONBody, QueryParameter
 
 from support.api.auth import admin_only
 from support.api.problems import problem_responses
+from support.api.schemas.common import Metadata
 from support.application.knowledge import (
     MAX_EXTERNAL_ID_LENGTH,
     MAX_PAGE_SIZE,
@@ -28,11 +29,14 @@ from support.application.knowledge import (
     SearchKnowledge,
     StartBulkIngestion,
 )
+from support.domain.injection import InjectionReason
 from support.domain.knowledge import Audience, Document, SearchQuery, UpsertStatus, content_type_for_filename
 from support.ports.jobs import JobState
 
 ContentType = Literal["text/plain", "text/markdown", "text/html"]
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+MAX_URL_LENGTH = 2000
+MAX_TAGS_FIELD_LENGTH = 50 * 101
 
 
 class CreateDocumentRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -50,10 +54,32 @@ class CreateDocumentRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=T
         ]
         | None
     ) = None
-    url: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
+    url: Annotated[str, msgspec.Meta(max_length=MAX_URL_LENGTH)] | None = None
     tags: Annotated[list[Tag], msgspec.Meta(max_length=50)] = msgspec.field(default_factory=list)
     audience: Audience = Audience.PUBLIC
-    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    metadata: Metadata = msgspec.field(default_factory=dict)
+
+
+class FlagResource(msgspec.Struct, frozen=True):
+    reason: Annotated[
+        InjectionReason,
+        msgspec.Meta(description="Why the passage was flagged (docs/security.md lists the reasons)."),
+    ]
+    excerpt: Annotated[str, msgspec.Meta(description="The flagged passage with its sentence, on one line.")]
+    chunk: Annotated[
+        int | None,
+        msgspec.Meta(
+            description=(
+                "The chunk (ordinal) whose indexed text (title > headings, a blank line, the body) holds the passage; "
+                "null for text readers cannot see in the submitted content (an HTML comment, hidden styling, "
+                "invisible characters)."
+            )
+        ),
+    ]
+    start: Annotated[
+        int, msgspec.Meta(description="Character offset where the passage starts (in the chunk, else in the content).")
+    ]
+    end: Annotated[int, msgspec.Meta(description="Character offset just past the passage.")]
 
 
 class DocumentResource(msgspec.Struct, frozen=True):
@@ -68,7 +94,16 @@ class DocumentResource(msgspec.Struct, frozen=True):
     version: int
     chunk_count: int
     content_hash: str
-    flags: list[str]
+    flags: Annotated[
+        list[FlagResource],
+        msgspec.Meta(
+            description=(
+                "Passages that read as instructions to an AI or are hidden from readers (prompt-injection risk). "
+                "They stay data; with SUPPORT_KNOWLEDGE__INJECTION_POLICY=quarantine flagged chunks are left out of "
+                "the assistant's searches."
+            )
+        ),
+    ]
     created_at: datetime
     updated_at: datetime
 
@@ -104,6 +139,7 @@ class SearchHitResource(msgspec.Struct, frozen=True):
     vector_similarity: float | None
     vector_rank: int | None
     text_rank: int | None
+    flags: Annotated[list[InjectionReason], msgspec.Meta(description="Why this chunk was flagged, if it was.")]
 
 
 class SearchResponse(msgspec.Struct, frozen=True):
@@ -132,10 +168,11 @@ def job_resource(state: JobState) -> JobResource:
 
 class UploadForm(msgspec.Struct):
     file: UploadFile
-    external_id: str | None = None
-    title: str | None = None
-    url: str | None = None
-    tags: str | None = None
+    external_id: Annotated[str, msgspec.Meta(max_length=MAX_EXTERNAL_ID_LENGTH)] | None = None
+    title: Annotated[str, msgspec.Meta(max_length=MAX_TITLE_LENGTH)] | None = None
+    url: Annotated[str, msgspec.Meta(max_length=MAX_URL_LENGTH)] | None = None
+    # Comma-separated: at most 50 tags of at most 100 characters each.
+    tags: Annotated[str, msgspec.Meta(max_length=MAX_TAGS_FIELD_LENGTH)] | None = None
     audience: Audience = Audience.PUBLIC
 
 
@@ -152,7 +189,10 @@ def document_resource(document: Document) -> DocumentResource:
         version=document.version,
         chunk_count=document.chunk_count,
         content_hash=document.fingerprint,
-        flags=list(document.flags),
+        flags=[
+            FlagResource(reason=flag.reason, excerpt=flag.excerpt, chunk=flag.chunk, start=flag.start, end=flag.end)
+            for flag in document.flags
+        ],
         created_at=document.created_at,
         updated_at=document.updated_at,
     )
@@ -178,7 +218,11 @@ class KnowledgeController(Controller):
             "Creates the document, or updates the one with the same `external_id`: 201 when created, 200 when "
             "updated (new version) or unchanged (same content; nothing is re-embedded)."
         ),
-        responses=problem_responses(400, 401, 403, 413, 415, 422),
+        responses={
+            200: ResponseSpec(IngestResponse, description="Updated, or unchanged", generate_examples=False),
+            201: ResponseSpec(IngestResponse, description="Created", generate_examples=False),
+            **problem_responses(400, 401, 403, 413, 415, 422),
+        },
         status_code=200,
     )
     @inject
@@ -209,8 +253,10 @@ class KnowledgeController(Controller):
             "202 with a job to follow at `GET /v1/knowledge/jobs/{id}`."
         ),
         responses={
+            200: ResponseSpec(IngestResponse, description="Updated, or unchanged", generate_examples=False),
+            201: ResponseSpec(IngestResponse, description="Created", generate_examples=False),
+            202: ResponseSpec(JobResource, description="Bulk ingestion queued", generate_examples=False),
             **problem_responses(400, 401, 403, 413, 415, 422),
-            202: ResponseSpec(JobResource, description="Bulk ingestion queued"),
         },
         status_code=200,
     )
@@ -317,6 +363,7 @@ class KnowledgeController(Controller):
                     vector_similarity=hit.vector_similarity,
                     vector_rank=hit.vector_rank,
                     text_rank=hit.text_rank,
+                    flags=list(hit.flags),
                 )
                 for hit in hits
             ]

@@ -6,6 +6,7 @@ from dishka import FromDishka
 from dishka.integrations.litestar import inject
 from litestar import Controller, Response, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 
 from support.application.health import CheckReadiness
 from support.config import Settings
@@ -62,7 +63,11 @@ class SystemController(Controller):
         operation_id="GetReadiness",
         summary="Readiness: PostgreSQL and Valkey answer",
         description="200 when every dependency answers; 503 with the same body naming what is down.",
-        responses={},
+        responses={
+            503: ResponseSpec(
+                ReadinessReport, description="A dependency is down; retry after `Retry-After`", generate_examples=False
+            )
+        },
     )
     @inject
     async def ready(self, check: FromDishka[CheckReadiness]) -> Response[ReadinessReport]:

@@ -7,6 +7,7 @@ from uuid import UUID
 import msgspec
 
 from support.api.problems import ProblemDetails, problem_type
+from support.api.schemas.common import Metadata
 from support.domain.conversations import (
     AnswerStatus,
     AttachmentInfo,
@@ -45,7 +46,7 @@ class StartConversationRequest(msgspec.Struct, frozen=True, forbid_unknown_field
     """Service keys name the customer; a customer token may omit it (the token says who)."""
 
     customer: CustomerInput | None = None
-    metadata: Annotated[dict[str, str], msgspec.Meta(max_length=50)] = msgspec.field(default_factory=dict)
+    metadata: Metadata = msgspec.field(default_factory=dict)
 
 
 class FeedbackResource(msgspec.Struct, frozen=True):

@@ -21,7 +21,15 @@ EVENT_TYPE_COUNT = len(WebhookEventType)
 class CreateWebhookRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """An http(s) URL and the event types it receives."""
 
-    url: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_WEBHOOK_URL_LENGTH)]
+    url: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            max_length=MAX_WEBHOOK_URL_LENGTH,
+            description="An absolute http:// or https:// URL, without credentials or a #fragment.",
+            examples=["https://hooks.example.com/support"],
+        ),
+    ]
     events: Annotated[list[WebhookEventType], msgspec.Meta(min_length=1, max_length=EVENT_TYPE_COUNT)]
     description: Annotated[str, msgspec.Meta(max_length=MAX_WEBHOOK_DESCRIPTION_LENGTH)] = ""
 
