@@ -255,6 +255,27 @@ _MESSAGE_COLUMNS = (
     .label("attachments"),
 )
 
+# The turn's statements are built once, with bound parameters: SQLAlchemy then finds their compiled form by a
+# key it computed once, instead of walking a fresh statement (and compiling inserts) on every call.
+_GET_CONVERSATION = sa.select(*_CONVERSATION_COLUMNS).where(_CONVERSATIONS.c.id == sa.bindparam("conversation_id"))
+_LOCK_CONVERSATION = _GET_CONVERSATION.with_for_update(of=_CONVERSATIONS)
+_UPDATE_CONVERSATION = sa.update(_CONVERSATIONS).where(_CONVERSATIONS.c.id == sa.bindparam("target_id"))
+_INSERT_MESSAGE = pg_insert(_MESSAGES).returning(_MESSAGES.c.id)
+_INSERT_MESSAGE_ONCE = (
+    pg_insert(_MESSAGES)
+    .on_conflict_do_nothing(
+        index_elements=[_MESSAGES.c.conversation_id, _MESSAGES.c.idempotency_key],
+        index_where=_MESSAGES.c.idempotency_key.is_not(None),
+    )
+    .returning(_MESSAGES.c.id)
+)
+_RECENT_MESSAGES = (
+    sa.select(*_MESSAGE_COLUMNS)
+    .where(_MESSAGES.c.conversation_id == sa.bindparam("conversation_id"))
+    .order_by(_MESSAGES.c.seq.desc())
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+
 
 def _parse_seq_cursor(cursor: str | None) -> int | None:
     if not cursor:
@@ -319,11 +340,9 @@ class PostgresConversationRepository:
             await self._conversations.add(row, auto_refresh=False)
 
     async def get(self, conversation_id: UUID, *, for_update: bool = False) -> Conversation | None:
-        statement = sa.select(*_CONVERSATION_COLUMNS).where(_CONVERSATIONS.c.id == conversation_id)
-        if for_update:
-            statement = statement.with_for_update(of=_CONVERSATIONS)
+        statement = _LOCK_CONVERSATION if for_update else _GET_CONVERSATION
         async with storage_errors():
-            row = (await self._session.execute(statement)).one_or_none()
+            row = (await self._session.execute(statement, {"conversation_id": conversation_id})).one_or_none()
         return None if row is None else _conversation(row)
 
     async def update(self, conversation: Conversation) -> None:
@@ -331,9 +350,8 @@ class PostgresConversationRepository:
             ("metadata" if name == "metadata_" else name): value
             for name, value in _conversation_values(conversation).items()
         }
-        statement = sa.update(_CONVERSATIONS).where(_CONVERSATIONS.c.id == conversation.id).values(values)
         async with storage_errors():
-            await self._session.execute(statement)
+            await self._session.execute(_UPDATE_CONVERSATION, {**values, "target_id": conversation.id})
 
     async def list_conversations(
         self,
@@ -367,15 +385,9 @@ class PostgresConversationRepository:
         return ConversationPage(items=items, next_cursor=next_cursor)
 
     async def add_message(self, message: Message) -> Message:
-        values = _message_values(message)
-        statement = pg_insert(_MESSAGES).values(values)
-        if message.idempotency_key is not None:
-            statement = statement.on_conflict_do_nothing(
-                index_elements=[_MESSAGES.c.conversation_id, _MESSAGES.c.idempotency_key],
-                index_where=_MESSAGES.c.idempotency_key.is_not(None),
-            )
+        statement = _INSERT_MESSAGE if message.idempotency_key is None else _INSERT_MESSAGE_ONCE
         async with storage_errors():
-            inserted = (await self._session.execute(statement.returning(_MESSAGES.c.id))).first()
+            inserted = (await self._session.execute(statement, _message_values(message))).first()
             if inserted is None and message.idempotency_key is not None:
                 original = await self._find_by_key(message.conversation_id, message.idempotency_key)
                 if original is not None:
@@ -423,14 +435,9 @@ class PostgresConversationRepository:
         return MessagePage(items=items, next_cursor=str(rows[limit - 1].seq) if len(rows) > limit else None)
 
     async def recent_messages(self, conversation_id: UUID, limit: int) -> list[Message]:
-        statement = (
-            sa.select(*_MESSAGE_COLUMNS)
-            .where(_MESSAGES.c.conversation_id == conversation_id)
-            .order_by(_MESSAGES.c.seq.desc())
-            .limit(limit)
-        )
+        parameters = {"conversation_id": conversation_id, "limit": limit}
         async with storage_errors():
-            rows = list((await self._session.execute(statement)).all())
+            rows = list((await self._session.execute(_RECENT_MESSAGES, parameters)).all())
             return _messages(rows[::-1])
 
     async def idle_conversations(self, *, inactive_since: datetime, limit: int) -> list[UUID]:

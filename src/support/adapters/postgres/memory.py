@@ -50,12 +50,40 @@ def _fact(row: sa.Row[Any]) -> Fact:
     )
 
 
-def _current(customer_id: UUID, now: datetime) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        _FACTS.c.customer_id == customer_id,
-        _FACTS.c.superseded_by.is_(None),
-        sa.or_(_FACTS.c.expires_at.is_(None), _FACTS.c.expires_at > now),
+# Recall runs on every turn: its statements are built once, with bound parameters (see postgres/conversations.py).
+_RECALL_CURRENT = sa.and_(
+    _FACTS.c.customer_id == sa.bindparam("customer_id"),
+    _FACTS.c.superseded_by.is_(None),
+    sa.or_(_FACTS.c.expires_at.is_(None), _FACTS.c.expires_at > sa.bindparam("now")),
+)
+_RECALL_LIMIT = sa.bindparam("limit", type_=sa.Integer)
+_RECALL_NEWEST = (
+    sa.select(*_FACT_COLUMNS, sa.literal(0.0).label("similarity"))
+    .where(_RECALL_CURRENT)
+    .order_by(_FACTS.c.created_at.desc(), _FACTS.c.id.desc())
+    .limit(_RECALL_LIMIT)
+)
+_RECALL_DISTANCE = _FACTS.c.embedding.cosine_distance(sa.bindparam("embedding", type_=_FACTS.c.embedding.type))
+# A customer has a few dozen facts: an exact scan of them beats any approximate index.
+_RECALL_NEAREST = (
+    sa.select(*_FACT_COLUMNS, (1 - _RECALL_DISTANCE).label("similarity"))
+    .where(_RECALL_CURRENT)
+    .order_by(_RECALL_DISTANCE, _FACTS.c.id.desc())
+    .limit(_RECALL_LIMIT)
+)
+_GET_SUMMARY = sa.select(_SUMMARIES).where(_SUMMARIES.c.conversation_id == sa.bindparam("conversation_id"))
+_SUMMARY_FIELDS = ("points", "mentions", "through_message_id", "through_at", "folded_messages", "updated_at")
+
+
+def _summary_upsert() -> Any:
+    insert = pg_insert(_SUMMARIES)
+    return insert.on_conflict_do_update(
+        index_elements=[_SUMMARIES.c.conversation_id],
+        set_={name: insert.excluded[name] for name in _SUMMARY_FIELDS},
     )
+
+
+_SAVE_SUMMARY = _summary_upsert()
 
 
 class PostgresCustomerMemory:
@@ -124,22 +152,13 @@ class PostgresCustomerMemory:
     async def recall(
         self, customer_id: UUID, *, now: datetime, embedding: Sequence[float] | None, limit: int
     ) -> list[ScoredFact]:
-        if embedding is None:
-            statement = (
-                sa.select(*_FACT_COLUMNS, sa.literal(0.0).label("similarity"))
-                .where(_current(customer_id, now))
-                .order_by(_FACTS.c.created_at.desc(), _FACTS.c.id.desc())
-            )
-        else:
-            # A customer has a few dozen facts: an exact scan of them beats any approximate index.
-            distance = _FACTS.c.embedding.cosine_distance(list(embedding))
-            statement = (
-                sa.select(*_FACT_COLUMNS, (1 - distance).label("similarity"))
-                .where(_current(customer_id, now))
-                .order_by(distance, _FACTS.c.id.desc())
-            )
+        parameters: dict[str, Any] = {"customer_id": customer_id, "now": now, "limit": limit}
+        statement = _RECALL_NEWEST
+        if embedding is not None:
+            statement = _RECALL_NEAREST
+            parameters["embedding"] = list(embedding)
         async with storage_errors():
-            rows = (await self._session.execute(statement.limit(limit))).all()
+            rows = (await self._session.execute(statement, parameters)).all()
         return [ScoredFact(_fact(row), float(row.similarity)) for row in rows]
 
     async def list_facts(self, customer_id: UUID, *, limit: int, cursor: str | None) -> FactPage:
@@ -204,9 +223,8 @@ class PostgresSummaryStore:
         self._session = session
 
     async def get(self, conversation_id: UUID) -> ConversationSummary | None:
-        statement = sa.select(_SUMMARIES).where(_SUMMARIES.c.conversation_id == conversation_id)
         async with storage_errors():
-            row = (await self._session.execute(statement)).one_or_none()
+            row = (await self._session.execute(_GET_SUMMARY, {"conversation_id": conversation_id})).one_or_none()
         return None if row is None else _summary(row)
 
     async def save(self, summary: ConversationSummary) -> None:
@@ -219,13 +237,8 @@ class PostgresSummaryStore:
             "folded_messages": summary.folded_messages,
             "updated_at": summary.updated_at,
         }
-        insert = pg_insert(_SUMMARIES).values(values)
-        statement = insert.on_conflict_do_update(
-            index_elements=[_SUMMARIES.c.conversation_id],
-            set_={name: insert.excluded[name] for name in values if name != "conversation_id"},
-        )
         async with storage_errors():
-            await self._session.execute(statement)
+            await self._session.execute(_SAVE_SUMMARY, values)
 
     async def for_conversations(self, conversation_ids: Sequence[UUID]) -> list[ConversationSummary]:
         if not conversation_ids:
