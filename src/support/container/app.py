@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dishka import AsyncContainer, Provider, Scope, make_async_container, provide
 from litestar import Litestar
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from valkey.asyncio import Valkey
 
@@ -503,8 +504,16 @@ class PersistenceProvider(Provider):
 
     @provide
     async def session(self, factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-        async with factory() as session:
+        session = factory()
+        try:
             yield session
+        finally:
+            try:
+                await session.close()
+            except (SQLAlchemyError, OSError) as error:
+                # The connection died under the request (a server restart): SQLAlchemy has dropped it from the
+                # pool, and the request already answered 503. Failing the scope's exit would turn that into a 500.
+                _logger.warning("closing a database session failed: %s", error)
 
     unit_of_work = provide(SqlAlchemyUnitOfWork, provides=UnitOfWork)
     api_keys = provide(PostgresApiKeyRepository, provides=ApiKeyRepository)
