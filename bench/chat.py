@@ -210,11 +210,14 @@ class Connection:
             return StreamResult(sent or started, None, time.perf_counter(), f"{status} {text[:200]!r}")
         first: float | None = None
         error: str | None = None
+        seen: list[bytes] = []
         while True:
             size = int((await self._reader.readuntil(b"\r\n")).split(b";")[0], 16)
             data = await self._reader.readexactly(size + 2)
             if size == 0:
                 break
+            if first is None:
+                seen.append(data)
             if first is None and b"event: delta" in data:
                 first = time.perf_counter()
             elif b"event: error" in data:
@@ -222,6 +225,9 @@ class Connection:
             elif first is None and b"event: handoff" in data:
                 # Handed to a person without a model call: a real outcome, but not a turn this bench measures.
                 error = "handed over: " + data.decode(errors="replace")[:200]
+        if first is None and error is None:
+            seen_text = b"".join(seen).decode(errors="replace")
+            error = f"no delta ({'done' if 'event: done' in seen_text else 'no done'}): {seen_text[-400:]}"
         return StreamResult(sent or started, first, time.perf_counter(), error)
 
     async def _head(self) -> tuple[int, dict[bytes, bytes]]:
@@ -589,6 +595,11 @@ def error_kind(error: str) -> str:
     if "event: error" in error:
         code = re.search(r'"code":"([^"]+)"', error)
         return f"stream error {code.group(1) if code else '?'}"
+    if error.startswith("no delta"):
+        # `done` without deltas: the message was answered with an earlier one by that turn's reply. No `done`:
+        # a person has the conversation, and the message went to them.
+        merged = error.startswith("no delta (done)")
+        return "answered with an earlier message" if merged else "no reply: a person has it"
     return error.split(" ", 1)[0] if error[:1].isdigit() else error[:40]
 
 
@@ -651,6 +662,7 @@ class ConnectionPool:
         self._port = port
         self._idle: list[Connection] = []
         self.opened = 0
+        self.reconnected = 0
 
     async def fill(self, count: int) -> None:
         for _ in range(count):
@@ -687,9 +699,16 @@ async def open_loop(
         lags.append((time.perf_counter() - scheduled) * 1000)
         connection = await pool.take()
         conversation = conversations[number % len(conversations)]
-        result = await connection.stream(
-            conversation.stream_path, turn_body(questions.next()), conversation.token, sent=scheduled
-        )
+        body = turn_body(questions.next())
+        try:
+            result = await connection.stream(conversation.stream_path, body, conversation.token, sent=scheduled)
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            # The server closed a connection that sat idle past its keep-alive timeout before this request
+            # reached it (nothing was answered): send again on a new one, as an HTTP client does.
+            connection.close()
+            pool.reconnected += 1
+            connection = await Connection.open(server.port)
+            result = await connection.stream(conversation.stream_path, body, conversation.token, sent=scheduled)
         pool.give(connection)
         log.add(result)
 
@@ -712,6 +731,7 @@ async def open_loop(
         "duration_s": round(elapsed, 2),
         "send_lag": summary(lags),
         "connections_opened": pool.opened,
+        "connections_reopened_after_keep_alive_timeout": pool.reconnected,
         "cpu_ms_per_turn": CpuMeter.per_turn_ms(before, after, total),
         "cores_used": CpuMeter.cores(before, after, elapsed),
     }
@@ -764,12 +784,27 @@ async def saturation(
     await asyncio.gather(*(client(number) for number in range(clients)))
     before, after = await sampler
     return log.report() | {
+        "conversations_by_status": await statuses(backends, "sat"),
         "clients": clients,
         "window_s": duration_s,
         "turns_per_s": round(completed / duration_s, 1),
         "cpu_ms_per_turn": CpuMeter.per_turn_ms(before, after, completed),
         "cores_used": CpuMeter.cores(before, after, duration_s),
     }
+
+
+async def statuses(backends: Backends, prefix: str) -> dict[str, int]:
+    """How a workload's conversations ended: ``bot``, or who has them and why (a handed-over one goes silent)."""
+    connection = await asyncpg.connect(asyncpg_url(backends.database_url).replace("postgresql+asyncpg", "postgresql"))
+    try:
+        rows = await connection.fetch(
+            "SELECT c.status, c.handoff->>'reason_code' AS reason, count(*) AS n FROM conversations c "
+            "JOIN customers u ON u.id = c.customer_id WHERE u.external_id LIKE $1 GROUP BY 1, 2 ORDER BY 3 DESC",
+            f"{prefix}-%",
+        )
+    finally:
+        await connection.close()
+    return {row["status"] + (f" ({row['reason']})" if row["reason"] else ""): row["n"] for row in rows}
 
 
 # --- where the time goes ---------------------------------------------------------------------------------------------
