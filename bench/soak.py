@@ -43,6 +43,7 @@ import asyncpg
 import httpx
 from httpx_sse import aconnect_sse
 
+from bench.chat import percentile
 from support.devservers.postgres import EmbeddedPostgres, free_port
 from support.devservers.valkey import EmbeddedValkey
 from tests.fakes.anthropic_server import FakeAnthropic, RecordedRequest, Response, Streamed, citing_reply, overloaded
@@ -69,11 +70,6 @@ QUESTIONS = (
     "Which payment methods do you accept?",
     "How do I change the email address on my account?",
 )
-
-
-def percentile(values: Sequence[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 def latency(values: Sequence[float]) -> dict[str, float]:

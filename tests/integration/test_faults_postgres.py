@@ -14,7 +14,6 @@ These tests crash servers, so they use their own embedded servers, never the ses
 import asyncio
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -23,13 +22,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from support.adapters.embedding.onnx_minilm import OnnxMiniLMEmbedder
 from support.adapters.postgres import engine as engine_module
-from support.cli import migrations
 from support.config import LimitSettings, Settings
 from support.container import create_app
 from support.devservers.postgres import EmbeddedPostgres
-from support.devservers.valkey import EmbeddedValkey
 from tests.api.conftest import serve
-from tests.conftest import in_thread, shared_embedder_provider
+from tests.conftest import shared_embedder_provider
 from tests.integration.chat_traffic import (
     REQUEST_BOUND_S,
     Outcome,
@@ -41,6 +38,7 @@ from tests.integration.chat_traffic import (
     start_conversations,
     transcript,
 )
+from tests.integration.servers import Servers, own_servers
 
 pytestmark = pytest.mark.slow
 
@@ -54,28 +52,11 @@ AFTER_RECOVERY = 30
 REFUSALS = frozenset({"storage_unavailable"})
 
 
-@dataclass
-class Servers:
-    postgres: EmbeddedPostgres
-    valkey: EmbeddedValkey
-    database_url: str
-    valkey_url: str
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    folder = tmp_path_factory.mktemp("postgres-faults")
     # Durable: an acknowledged commit must survive the crash (throwaway test clusters run with fsync off).
-    postgres = EmbeddedPostgres(folder / "postgres", durable=True)
-    valkey = EmbeddedValkey(folder / "valkey", durable=False)
-    try:
-        database_url = postgres.start()
-        valkey_url = valkey.start()
-        in_thread(lambda: migrations.upgrade(database_url))
-        yield Servers(postgres, valkey, database_url, valkey_url)
-    finally:
-        valkey.stop()
-        postgres.stop()
+    with own_servers(tmp_path_factory.mktemp("postgres-faults"), durable_postgres=True) as started:
+        yield started
 
 
 async def _recovered(client: httpx.AsyncClient, conversation: dict[str, Any]) -> float:

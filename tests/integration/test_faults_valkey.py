@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
 
@@ -27,15 +26,13 @@ from httpx_sse import aconnect_sse
 
 from support.adapters.embedding.onnx_minilm import OnnxMiniLMEmbedder
 from support.adapters.valkey.jobs import SaqJobQueue
-from support.cli import migrations
 from support.config import LimitSettings, Settings
 from support.container import create_app
-from support.devservers.postgres import EmbeddedPostgres
 from support.devservers.valkey import EmbeddedValkey
 from support.ports.errors import CacheUnavailableError
 from support.ports.jobs import ProgressReporter
 from tests.api.conftest import serve
-from tests.conftest import in_thread, shared_embedder_provider
+from tests.conftest import shared_embedder_provider
 from tests.integration.chat_traffic import (
     REQUEST_BOUND_S,
     Outcome,
@@ -48,6 +45,7 @@ from tests.integration.chat_traffic import (
     start_conversations,
     transcript,
 )
+from tests.integration.servers import Servers, own_servers
 
 pytestmark = pytest.mark.slow
 
@@ -58,27 +56,10 @@ OUTAGE_S = 3.0
 RECOVER_WITHIN_S = 20.0
 
 
-@dataclass
-class Servers:
-    postgres: EmbeddedPostgres
-    valkey: EmbeddedValkey
-    database_url: str
-    valkey_url: str
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    folder = tmp_path_factory.mktemp("valkey-faults")
-    postgres = EmbeddedPostgres(folder / "postgres", durable=False)
-    valkey = EmbeddedValkey(folder / "valkey", durable=False)
-    try:
-        database_url = postgres.start()
-        valkey_url = valkey.start()
-        in_thread(lambda: migrations.upgrade(database_url))
-        yield Servers(postgres, valkey, database_url, valkey_url)
-    finally:
-        valkey.stop()
-        postgres.stop()
+    with own_servers(tmp_path_factory.mktemp("valkey-faults"), durable_postgres=False) as started:
+        yield started
 
 
 async def _feed_works(client: httpx.AsyncClient, conversation: dict[str, Any]) -> bool:

@@ -8,7 +8,6 @@ servers, so they use their own embedded servers, never the session ones.
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -17,13 +16,10 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from support.cli import migrations
 from support.config import Settings
 from support.container import create_app
-from support.devservers.postgres import EmbeddedPostgres
-from support.devservers.valkey import EmbeddedValkey
-from tests.conftest import in_thread
 from tests.helpers import assert_problem
+from tests.integration.servers import Servers, own_servers
 
 BOOTSTRAP_KEY = "fault-injection-bootstrap-key"
 # Readiness probes time out after 2 s; a dead server is usually seen at once (connection refused).
@@ -31,27 +27,10 @@ DETECT_WITHIN_S = 20.0  # generous: proves no hang, not a latency (the machine m
 RECOVER_WITHIN_S = 10.0
 
 
-@dataclass
-class Servers:
-    postgres: EmbeddedPostgres
-    valkey: EmbeddedValkey
-    database_url: str
-    valkey_url: str
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    folder = tmp_path_factory.mktemp("faults")
-    postgres = EmbeddedPostgres(folder / "postgres", durable=False)
-    valkey = EmbeddedValkey(folder / "valkey", durable=False)
-    try:
-        database_url = postgres.start()
-        valkey_url = valkey.start()
-        in_thread(lambda: migrations.upgrade(database_url))
-        yield Servers(postgres, valkey, database_url, valkey_url)
-    finally:
-        valkey.stop()
-        postgres.stop()
+    with own_servers(tmp_path_factory.mktemp("faults"), durable_postgres=False) as started:
+        yield started
 
 
 @pytest.fixture
