@@ -178,6 +178,16 @@ async def test_upload_accepts_supported_files_and_rejects_others(
     )
     assert_problem(unsupported, 415, "unsupported_content_type")
 
+    # The suffix decides, not the part's declared type: an image sent as text/plain is not indexed as text.
+    disguised = await client.post(
+        "/v1/knowledge/uploads",
+        files={"file": ("photo.webp", b"RIFF\x00\x00\x00\x00WEBPVP8 ", "text/plain")},
+        headers=admin_headers,
+    )
+    assert ".webp" in assert_problem(disguised, 415, "unsupported_content_type")["detail"]
+    listed = (await client.get("/v1/knowledge/documents", headers=admin_headers)).json()["items"]
+    assert [item["external_id"] for item in listed] == ["reset-password.md"]
+
     corrupt = await client.post(
         "/v1/knowledge/uploads",
         files={"file": ("broken.pdf", b"%PDF-1.4 this is not really a pdf", "application/pdf")},

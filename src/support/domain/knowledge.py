@@ -7,6 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
 
+from support.domain.errors import UnsupportedContentTypeError
 from support.domain.injection import InjectionFlag, InjectionReason
 
 
@@ -190,3 +191,21 @@ def content_type_for_filename(name: str) -> str | None:
     """The content type a file name's suffix stands for, among the supported ones."""
     _, dot, suffix = name.lower().rpartition(".")
     return _CONTENT_TYPES_BY_SUFFIX.get(f".{suffix}") if dot else None
+
+
+def uploaded_content_type(filename: str, declared: str) -> str:
+    """The content type of an uploaded file: its suffix decides when it has one, else the declared type.
+
+    Raises:
+        UnsupportedContentTypeError: the suffix is not a supported one (a ``.webp`` is not indexed as text because
+            the form part said ``text/plain``).
+    """
+    _, dot, suffix = filename.lower().rpartition(".")
+    if not dot:
+        return declared
+    known = _CONTENT_TYPES_BY_SUFFIX.get(f".{suffix}")
+    if known is None:
+        supported = ", ".join(sorted(_CONTENT_TYPES_BY_SUFFIX))
+        msg = f"Files ending in .{suffix} cannot be ingested; send one of: {supported} (or .jsonl for bulk)."
+        raise UnsupportedContentTypeError(msg)
+    return known

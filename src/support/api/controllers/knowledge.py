@@ -30,7 +30,7 @@ from support.application.knowledge import (
     StartBulkIngestion,
 )
 from support.domain.injection import InjectionReason
-from support.domain.knowledge import Audience, Document, SearchQuery, UpsertStatus, content_type_for_filename
+from support.domain.knowledge import Audience, Document, SearchQuery, UpsertStatus, uploaded_content_type
 from support.ports.jobs import JobState
 
 ContentType = Literal["text/plain", "text/markdown", "text/html"]
@@ -270,7 +270,7 @@ class KnowledgeController(Controller):
         content = await data.file.read()
         if (data.file.filename or "").lower().endswith(".jsonl"):
             return Response(job_resource(await bulk.execute(content)), status_code=202)
-        content_type = content_type_for_filename(data.file.filename or "") or data.file.content_type
+        content_type = uploaded_content_type(data.file.filename or "", data.file.content_type)
         result = await use_case.execute(
             IngestRequest(
                 content=content,
