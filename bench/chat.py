@@ -268,6 +268,10 @@ class Backends:
     postgres_pid: int | None = None
     valkey_pid: int | None = None
 
+    async def connect(self) -> asyncpg.Connection:
+        """A plain asyncpg connection to the database, beside the service's own pool."""
+        return await asyncpg.connect(asyncpg_url(self.database_url).replace("postgresql+asyncpg", "postgresql"))
+
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -539,7 +543,7 @@ async def measure_floors(
 
 async def measure_round_trips(backends: Backends, conversation_id: UUID, repeats: int) -> dict[str, Any]:
     """Reference points for the diagnosis: one PostgreSQL and one Valkey round trip, one raw insert."""
-    connection = await asyncpg.connect(asyncpg_url(backends.database_url).replace("postgresql+asyncpg", "postgresql"))
+    connection = await backends.connect()
     select_ms: list[float] = []
     insert_ms: list[float] = []
     now = SystemClock().now()
@@ -795,7 +799,7 @@ async def saturation(
 
 async def statuses(backends: Backends, prefix: str) -> dict[str, int]:
     """How a workload's conversations ended: ``bot``, or who has them and why (a handed-over one goes silent)."""
-    connection = await asyncpg.connect(asyncpg_url(backends.database_url).replace("postgresql+asyncpg", "postgresql"))
+    connection = await backends.connect()
     try:
         rows = await connection.fetch(
             "SELECT c.status, c.handoff->>'reason_code' AS reason, count(*) AS n FROM conversations c "
