@@ -281,23 +281,46 @@ class QueryEmbeddings:
         self._embedder = embedder
         self._cache = cache
         self._ttl_s = limits.query_cache_ttl_s
+        self._writes: set[asyncio.Task[None]] = set()  # cache writes in flight (held so they are not collected)
 
     async def embed(self, text: str) -> list[float]:
-        """The query's vector, cached by model and exact text."""
+        """The query's vector, cached by model and exact text.
+
+        The model starts at once, beside the cache lookup: waiting for the lookup first put a Valkey round trip
+        (~1 ms on a busy event loop) before every miss, on the way to the reply's first word. A hit cancels the
+        model run if it has not started yet. The vector is cached in the background.
+        """
         key = f"qemb:{self._embedder.model_id}:{hashlib.sha256(text.encode()).hexdigest()}"
+        model = asyncio.ensure_future(self._embedder.embed_query(text))
+        # A hit leaves the model's outcome unread; reading it here keeps a failure from being logged as lost.
+        model.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            cached = await self._cached(key)
+        except BaseException:
+            model.cancel()
+            raise
+        if cached is not None:
+            model.cancel()
+            return cached
+        vector = await model
+        task = asyncio.create_task(self._store(key, vector))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return vector
+
+    async def _cached(self, key: str) -> list[float] | None:
         try:
             cached = await self._cache.get(key)
         except CacheUnavailableError:
             _logger.warning("query embedding cache unavailable; embedding without it")
-            cached = None
-        if cached is not None:
-            return array.array("f", cached).tolist()
-        vector = await self._embedder.embed_query(text)
+            return None
+        return None if cached is None else array.array("f", cached).tolist()
+
+    async def _store(self, key: str, vector: list[float]) -> None:
         try:
             await self._cache.set(key, array.array("f", vector).tobytes(), self._ttl_s)
         except CacheUnavailableError:
             _logger.warning("query embedding cache unavailable; result not cached")
-        return vector
 
 
 class SearchKnowledge:

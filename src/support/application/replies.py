@@ -175,15 +175,27 @@ class _Publisher:
         self._conversation_id = conversation_id
         self._stream = stream
         self._pending: asyncio.Queue[FeedPayload | _ForRequester | None] = asyncio.Queue()
+        self._emitted = self._delivered = 0
+        self._progress = asyncio.Event()
+        self._stopped = False
         self._task = asyncio.create_task(self._run())
         self._bus_down = False
 
     def emit(self, payload: FeedPayload) -> None:
+        self._emitted += 1
         self._pending.put_nowait(payload)
 
     def tell_requester(self, payload: FeedPayload) -> None:
         """Give ``payload`` to this turn's requester only (the feed heard it already), after what was emitted."""
+        self._emitted += 1
         self._pending.put_nowait(_ForRequester(payload))
+
+    async def delivered(self) -> None:
+        """Wait until everything emitted so far is in the requester's stream (published, or Valkey is down)."""
+        target = self._emitted
+        while self._delivered < target and not self._stopped:
+            self._progress.clear()
+            await self._progress.wait()
 
     async def close(self) -> None:
         """Publish what is pending, then stop."""
@@ -192,26 +204,36 @@ class _Publisher:
 
     async def _run(self) -> None:
         done = False
-        while not done:
-            batch = [await self._pending.get()]
-            while not self._pending.empty():
-                batch.append(self._pending.get_nowait())
-            payloads: list[FeedPayload] = []
-            for item in batch:
-                if item is None:
-                    done = True
-                elif isinstance(item, _ForRequester):
-                    await self._flush(payloads)
-                    payloads = []
-                    self._stream.put(FeedEvent(0, item.payload))
-                else:
-                    payloads.append(item)
-            await self._flush(payloads)
+        try:
+            while not done:
+                batch = [await self._pending.get()]
+                while not self._pending.empty():
+                    batch.append(self._pending.get_nowait())
+                payloads: list[FeedPayload] = []
+                for item in batch:
+                    if item is None:
+                        done = True
+                    elif isinstance(item, _ForRequester):
+                        await self._flush(payloads)
+                        payloads = []
+                        self._stream.put(FeedEvent(0, item.payload))
+                        self._advance(1)
+                    else:
+                        payloads.append(item)
+                await self._flush(payloads)
+        finally:
+            self._stopped = True  # nobody waits forever on a publisher that is gone
+            self._progress.set()
+
+    def _advance(self, count: int) -> None:
+        self._delivered += count
+        self._progress.set()
 
     async def _flush(self, payloads: list[FeedPayload]) -> None:
         if payloads:
             for event in await self._publish(payloads):
                 self._stream.put(event)
+            self._advance(len(payloads))
 
     async def _publish(self, payloads: list[FeedPayload]) -> list[FeedEvent]:
         if not self._bus_down:
@@ -402,7 +424,9 @@ class ReplyRunner:
             reply = await self._store(conversation, pending, recent, draft, screening, publisher, stream, started)
             await self._remember(conversation, pending, draft, recent, reply)
             return
-        request = await self._request(conversation, message, pending, earlier, question, prefetched)
+        request = await self._request(conversation, message, pending, earlier, question, prefetched, stream)
+        if request is None:
+            return  # a person was asked for while the question was embedded and searched
         draft = _Draft()
         interrupted = False
         try:
@@ -438,8 +462,12 @@ class ReplyRunner:
         earlier: Sequence[Message],
         question: str,
         prefetched: "asyncio.Task[list[float]] | None",
-    ) -> ReplyRequest:
-        """What the model is given: passages, recalled facts, attachments, the window and the summary before it."""
+        stream: ReplyStream,
+    ) -> ReplyRequest | None:
+        """What the model is given: passages, recalled facts, attachments, the window and the summary before it.
+
+        None when a person took over meanwhile: the model is then not called at all.
+        """
         settings = self._settings
         query = search_text(question)
         # The prefetched vector fits when this turn answers just the message that started it; otherwise the
@@ -448,6 +476,13 @@ class ReplyRunner:
         if vector is None and query:
             vector = self.prefetch(question)
         async with self._open() as services:
+            # What needs no vector goes first, while the question is still being embedded.
+            attached, images = await self._attachments(services, conversation.id, pending)
+            summary: str | None = None
+            older = earlier[: -settings.history_messages]
+            if older:
+                # The conversation outgrew the window: what falls out of it is folded into the rolling summary.
+                summary = await services.fold.execute(conversation.id, older)
             passages: Sequence[SearchHit] = ()
             memories: Sequence[RecalledFact] = ()
             if query:
@@ -457,12 +492,13 @@ class ReplyRunner:
                     embedding=embedding,
                 )
                 memories = await services.recall.execute(conversation.customer_id, query, embedding=embedding)
-            attached, images = await self._attachments(services, conversation.id, pending)
-            summary: str | None = None
-            older = earlier[: -settings.history_messages]
-            if older:
-                # The conversation outgrew the window: what falls out of it is folded into the rolling summary.
-                summary = await services.fold.execute(conversation.id, older)
+            # The last look before the model writes: the turn's first look is ~10 ms old by now (embedding, search),
+            # and a request for a person in between must not get a bot answer streamed over it.
+            current = await services.conversations.get(conversation.id)
+            if current is None or not current.assistant_may_reply:
+                if current is not None:
+                    stream.final_status = current.status
+                return None
         history = [
             Turn("customer" if item.role is MessageRole.CUSTOMER else "assistant", item.content)
             for item in earlier[-settings.history_messages :]
@@ -555,8 +591,14 @@ class ReplyRunner:
         started: float,
     ) -> None:
         renewed = checked = time.monotonic()
+        first_words = True
         async for event in events:
             self._apply(event, draft, publisher, started)
+            if first_words and draft.text:
+                # The first words go out before anything else of the turn competes with them for the event loop
+                # (with a fast model, storing the reply would otherwise run while they wait for their publish).
+                first_words = False
+                await publisher.delivered()
             now = time.monotonic()
             if now - renewed > self._settings.lease_ttl_s / 3:
                 renewed = now

@@ -27,6 +27,10 @@ def create_engine(url: str, settings: DatabaseSettings) -> AsyncEngine:
             "server_settings": {
                 "application_name": "support",
                 "statement_timeout": str(settings.statement_timeout_ms),
+                # pgvector reads these when it loads: a wider HNSW search for recall, and filtered scans (audience,
+                # tags, quarantine) that keep walking the graph instead of coming back short.
+                "hnsw.ef_search": str(settings.hnsw_ef_search),
+                "hnsw.iterative_scan": "relaxed_order",
             },
         },
     )

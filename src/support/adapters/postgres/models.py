@@ -80,7 +80,8 @@ class ChunkRow(DefaultBase):
             "ix_kb_chunks_embedding_hnsw",
             "embedding",
             postgresql_using="hnsw",
-            postgresql_with={"m": 16, "ef_construction": 64},
+            # ef_construction 400 (migration 0008): a better-connected graph for clustered help-center text.
+            postgresql_with={"m": 16, "ef_construction": 400},
             postgresql_ops={"embedding": "vector_cosine_ops"},
         ),
         sa.Index("ix_kb_chunks_tsv", "tsv", postgresql_using="gin"),

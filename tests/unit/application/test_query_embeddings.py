@@ -1,0 +1,102 @@
+"""Query vectors through the cache: hits skip the model, misses never wait for the cache, outages cost nothing."""
+
+import asyncio
+import logging
+
+import pytest
+
+from support.adapters.embedding.hashing import HashingEmbedder
+from support.adapters.memory.cache import InMemoryCache
+from support.application.knowledge import KnowledgeLimits, QueryEmbeddings
+from support.ports.errors import CacheUnavailableError
+
+
+class CountingEmbedder(HashingEmbedder):
+    """Counts model runs; ``gate`` (when set) holds every run until it opens."""
+
+    def __init__(self) -> None:
+        super().__init__(32)
+        self.runs = 0
+        self.finished = 0
+        self.gate: asyncio.Event | None = None
+
+    async def embed_query(self, text: str) -> list[float]:
+        self.runs += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        vector = await super().embed_query(text)
+        self.finished += 1
+        return vector
+
+
+class SlowCache(InMemoryCache):
+    """A cache whose lookups take a while to answer (a busy Valkey)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = asyncio.Event()
+
+    async def get(self, key: str) -> bytes | None:
+        await self.answer.wait()
+        return await super().get(key)
+
+
+class BrokenCache(InMemoryCache):
+    async def get(self, key: str) -> bytes | None:
+        raise CacheUnavailableError
+
+    async def set(self, key: str, value: bytes, ttl_seconds: int) -> None:
+        raise CacheUnavailableError
+
+
+async def settle() -> None:
+    """Let background cache writes finish."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_repeated_question_is_answered_from_the_cache_without_the_model() -> None:
+    embedder, cache = CountingEmbedder(), InMemoryCache()
+    embeddings = QueryEmbeddings(embedder, cache, KnowledgeLimits())
+
+    first = await embeddings.embed("Where is my parcel?")
+    await settle()
+    embedder.gate = asyncio.Event()  # a model run would now hang: a hit must not wait for it
+    second = await embeddings.embed("Where is my parcel?")
+
+    assert second == pytest.approx(first, abs=1e-6)
+    assert embedder.finished == 1
+    embedder.gate.set()
+    await settle()
+    assert embedder.finished == 1  # the run a hit started late is cancelled before it computes
+
+
+async def test_a_miss_runs_the_model_while_the_cache_is_still_answering() -> None:
+    embedder, cache = CountingEmbedder(), SlowCache()
+    embeddings = QueryEmbeddings(embedder, cache, KnowledgeLimits())
+
+    pending = asyncio.ensure_future(embeddings.embed("How do I reset my password?"))
+    await settle()
+    assert embedder.finished == 1  # the model did not wait for the lookup
+    assert not pending.done()  # ... but the answer waits for it: a hit would have been used
+    cache.answer.set()
+    vector = await pending
+
+    assert vector == pytest.approx(await HashingEmbedder(32).embed_query("How do I reset my password?"), abs=1e-6)
+    await settle()
+    assert len(cache._entries) == 1  # noqa: SLF001 - cached in the background
+
+
+async def test_a_cache_outage_costs_only_the_model_run(caplog: pytest.LogCaptureFixture) -> None:
+    embedder = CountingEmbedder()
+    embeddings = QueryEmbeddings(embedder, BrokenCache(), KnowledgeLimits())
+
+    with caplog.at_level(logging.WARNING):
+        first = await embeddings.embed("refund status")
+        await settle()
+        second = await embeddings.embed("refund status")
+        await settle()
+
+    assert first == second
+    assert embedder.finished == 2
+    assert "cache unavailable" in caplog.text
