@@ -1,7 +1,6 @@
 """bench/retrieval.py runs end to end on a tiny corpus, so the benchmark cannot rot between full runs."""
 
 import pytest
-
 from bench import retrieval
 
 

@@ -42,6 +42,7 @@ from support.application.services import ConversationServices
 from support.domain.conversations import Conversation
 from support.domain.escalation import BusinessHours, EscalationPolicy
 from support.domain.identity import Principal, Role
+from support.ports.knowledge import Embedder
 from tests.fakes.llm import ScriptedLLM
 from tests.fakes.outbox import RecordingOutbox
 
@@ -146,6 +147,7 @@ async def running_world(
     repository: InMemoryConversationRepository | None = None,
     llm: ScriptedLLM | None = None,
     reply_settings: ReplySettings | None = None,
+    query_embedder: Embedder | None = None,
 ) -> AsyncIterator[World]:
     """A fresh service with one conversation; turns and summaries are stopped on exit."""
     handoff_settings = handoff_settings or HandoffSettings(hours=ALWAYS_OPEN)
@@ -154,7 +156,8 @@ async def running_world(
     attachments = InMemoryAttachmentStore(repository)
     uow, clock, outbox = InMemoryUnitOfWork(), FixedClock(), RecordingOutbox()
     search = SearchKnowledge(
-        InMemoryKnowledgeBase(), QueryEmbeddings(HashingEmbedder(64), InMemoryCache(), KnowledgeLimits())
+        InMemoryKnowledgeBase(),
+        QueryEmbeddings(query_embedder or HashingEmbedder(64), InMemoryCache(), KnowledgeLimits()),
     )
 
     memory, summaries_store, embedder, policy = (

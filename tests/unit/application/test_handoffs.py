@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 
+from support.adapters.embedding.hashing import HashingEmbedder
 from support.application.conversations import TurnResult
 from support.application.replies import ReplySettings
 from support.domain.conversations import (
@@ -294,3 +295,32 @@ async def test_replies_after_a_handoff_decision_end_the_turn_with_done(world: Wo
 
     assert isinstance(events[-2], ReplyDone)
     assert events[-1] == HandoffChanged(S.PENDING_HUMAN, ReasonCode.SENSITIVE_TOPIC)
+
+
+class _HeldEmbedder(HashingEmbedder):
+    """Embeds only once ``release`` is set, and says when a question is waiting."""
+
+    def __init__(self) -> None:
+        super().__init__(64)
+        self.waiting = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def embed_query(self, text: str) -> list[float]:
+        self.waiting.set()
+        await self.release.wait()
+        return await super().embed_query(text)
+
+
+async def test_a_person_asked_for_while_the_question_is_embedded_gets_no_bot_words() -> None:
+    embedder = _HeldEmbedder()
+    async with running_world(query_embedder=embedder) as world:
+        turn = await world.send("How long do refunds take?")
+        await embedder.waiting.wait()  # the turn looked at the owner already and is now embedding the question
+        await world.request_handoff.execute(SERVICE, world.conversation.id, None)
+        embedder.release.set()
+        result = await turn.result()
+
+        assert world.llm.requests == []  # the model was never asked to write
+        assert result.reply is None
+        assert result.conversation_status is ConversationStatus.PENDING_HUMAN
+        assert MessageRole.ASSISTANT not in {m.role for m in world.repository.messages}
