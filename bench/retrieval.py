@@ -60,6 +60,9 @@ SELECT coalesce(v.id, t.id), coalesce(1.0 / (60 + v.r), 0) + coalesce(1.0 / (60 
 FROM v FULL JOIN t ON v.id = t.id ORDER BY s DESC LIMIT 5
 """
 VECTOR_TOP10 = "SELECT id FROM kb_chunks ORDER BY embedding <=> $1 LIMIT 10"
+# A different text, so a different prepared statement: asyncpg caches statements by text, and PostgreSQL's cached
+# generic plan would otherwise carry the planner setting of whichever run made it into the other kind of search.
+EXACT_TOP10 = "SELECT id FROM kb_chunks ORDER BY embedding <=> $1 LIMIT 10 -- exact"
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -226,7 +229,7 @@ async def measure_recall(connection: asyncpg.Connection, queries: Queries) -> di
         approximate = {row["id"] for row in await connection.fetch(VECTOR_TOP10, vector)}
         async with connection.transaction():
             await connection.execute("SET LOCAL enable_indexscan = off")
-            exact = {row["id"] for row in await connection.fetch(VECTOR_TOP10, vector)}
+            exact = {row["id"] for row in await connection.fetch(EXACT_TOP10, vector)}
         found += len(approximate & exact)
         expected += len(exact)
     return {
