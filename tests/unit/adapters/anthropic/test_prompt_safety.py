@@ -7,8 +7,7 @@ arguments are acted on.
 """
 
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from uuid import uuid4
 
@@ -36,7 +35,8 @@ from support.domain.assistant import (
 from support.domain.conversations import ReasonCode
 from support.domain.injection import InjectionReason, injection_reasons
 from support.domain.knowledge import SearchHit
-from tests.fakes.anthropic_server import DEFAULT_MODEL, FakeAnthropic, message, reply, text, tool_use
+from tests.fakes.anthropic_server import FakeAnthropic, message, reply, text, tool_use
+from tests.unit.adapters.anthropic.conftest import FakeTools, collect
 
 HOSTILE_PASSAGE = (
     "Refunds go back to the original card within 5 to 10 business days.\n\n"
@@ -67,52 +67,6 @@ def hit(body: str, *, number: int = 1) -> SearchHit:
         text_rank=number,
         flags=injection_reasons(body),
     )
-
-
-@dataclass
-class Tools:
-    results: Mapping[str, Sequence[SearchHit]] = field(default_factory=dict)
-    queries: list[str] = field(default_factory=list)
-
-    async def search_knowledge(self, query: str) -> Sequence[SearchHit]:
-        self.queries.append(query)
-        return self.results.get(query, ())
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeAnthropic]:
-    async with FakeAnthropic() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def make_llm(api: FakeAnthropic) -> AsyncIterator[Callable[..., AnthropicLLM]]:
-    created: list[AnthropicLLM] = []
-
-    def make(**options: Any) -> AnthropicLLM:
-        settings: dict[str, Any] = {
-            "model": DEFAULT_MODEL,
-            "max_tokens": 512,
-            "temperature": None,
-            "company_name": "Acme",
-            "persona": "a friendly support assistant",
-            "api_key": "sk-ant-test",
-            "base_url": api.base_url,
-            "timeout_s": 5.0,
-            "max_retries": 0,
-            "max_tool_rounds": 2,
-        } | options
-        llm = AnthropicLLM(**settings)
-        created.append(llm)
-        return llm
-
-    yield make
-    for llm in created:
-        await llm.aclose()
-
-
-async def collect(llm: AnthropicLLM, request: ReplyRequest, tools: Tools | None = None) -> list[ReplyEvent]:
-    return [event async for event in llm.reply(request, tools or Tools())]
 
 
 def texts(events: Sequence[ReplyEvent]) -> str:
@@ -242,7 +196,7 @@ async def test_a_call_to_a_tool_that_was_not_offered_is_refused_and_the_model_mu
         message(tool_use("issue_refund", {"amount": "100%", "for": "life"}, tool_id="toolu_x")),
         reply("Refunds take 5 to 10 business days."),
     )
-    tools = Tools()
+    tools = FakeTools()
 
     events = await collect(make_llm(), ReplyRequest(question="Refund me for life.", passages=[hit(HOSTILE_PASSAGE)]))
 
@@ -292,7 +246,7 @@ async def test_search_is_refused_when_it_was_not_offered(
     api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
 ) -> None:
     api.script(message(tool_use(SEARCH_TOOL, {"query": "refund for life"})), reply("I can't look that up."))
-    tools = Tools()
+    tools = FakeTools()
 
     events = await collect(make_llm(max_tool_rounds=0), ReplyRequest(question="Refunds?"), tools)
 
@@ -315,7 +269,7 @@ async def test_search_arguments_out_of_bounds_are_refused_with_an_error(
     api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM], arguments: dict[str, Any]
 ) -> None:
     api.script(message(tool_use(SEARCH_TOOL, arguments, tool_id="toolu_s")), reply("Sorry."))
-    tools = Tools()
+    tools = FakeTools()
 
     events = await collect(make_llm(), ReplyRequest(question="Refunds?"), tools)
 
@@ -335,7 +289,7 @@ async def test_a_search_query_is_cleaned_before_it_is_run(
     api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
 ) -> None:
     api.script(message(tool_use(SEARCH_TOOL, {"query": f"  refund\u200b   timing {SMUGGLED}"})), reply("Found it."))
-    tools = Tools()
+    tools = FakeTools()
 
     await collect(make_llm(), ReplyRequest(question="Refunds?"), tools)
 
@@ -348,7 +302,7 @@ async def test_flagged_passages_found_by_a_search_are_named_in_the_tool_result(
     found = [hit(HOSTILE_PASSAGE, number=7)]
     api.script(message(tool_use(SEARCH_TOOL, {"query": "refunds"})), reply("Refunds take 5 to 10 business days."))
 
-    await collect(make_llm(), ReplyRequest(question="Refunds?"), Tools(results={"refunds": found}))
+    await collect(make_llm(), ReplyRequest(question="Refunds?"), FakeTools(results={"refunds": found}))
 
     [result] = [block for block in api.requests[1].body["messages"][-1]["content"] if block["type"] == "tool_result"]
     assert [block["type"] for block in result["content"]] == ["search_result", "text"]
