@@ -339,24 +339,35 @@ class CpuMeter:
 
 
 class ServerProcess:
-    """``python -m bench.chat_server`` in its own process, stopped with SIGTERM."""
+    """A server in its own process (``command``, given a free ``--port``), stopped with SIGTERM.
 
-    def __init__(self, app: str, env: dict[str, str], log: Path) -> None:
+    ``bench/soak.py`` runs ``support serve`` with it; this benchmark, ``python -m bench.chat_server``.
+    """
+
+    def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
         self.port = free_port()
         self._log = log
-        command = [sys.executable, "-m", "bench.chat_server", "--app", app, "--port", str(self.port)]
         with log.open("ab") as output:
-            self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output
+            self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and entry points
+                [*command, "--port", str(self.port)],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
             )
 
     @property
     def pid(self) -> int:
         return self._process.pid
 
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
     async def wait_ready(self, path: str, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient(base_url=f"http://{HOST}:{self.port}", timeout=5) as client:
+        async with httpx.AsyncClient(base_url=self.url, timeout=5) as client:
             while time.monotonic() < deadline:
                 if self._process.poll() is not None:
                     raise RuntimeError(f"the server exited:\n{self._log.read_text(errors='replace')[-3000:]}")
@@ -399,7 +410,8 @@ async def running_server(
         "SUPPORT_LIMITS__DAILY_TOKENS_PER_CUSTOMER": "0",
         **SERVER_SETTINGS,
     }
-    server = ServerProcess(app, env, scratch / f"server-{app}{'-trace' if trace else ''}.log")
+    command = [sys.executable, "-m", "bench.chat_server", "--app", app]
+    server = ServerProcess(command, env, scratch / f"server-{app}{'-trace' if trace else ''}.log")
     try:
         await server.wait_ready("/health/ready" if app == "real" else "/stream")
         yield server

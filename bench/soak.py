@@ -27,8 +27,6 @@ import os
 import platform
 import random
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,8 +41,8 @@ import asyncpg
 import httpx
 from httpx_sse import aconnect_sse
 
-from bench.chat import percentile
-from support.devservers.postgres import EmbeddedPostgres, free_port
+from bench.chat import ServerProcess, percentile
+from support.devservers.postgres import EmbeddedPostgres
 from support.devservers.valkey import EmbeddedValkey
 from tests.fakes.anthropic_server import FakeAnthropic, RecordedRequest, Response, Streamed, citing_reply, overloaded
 
@@ -104,44 +102,6 @@ class Claude:
 
 
 # --- servers ---------------------------------------------------------------------------------------------------
-
-
-class ServeProcess:
-    """``support serve`` in its own process, stopped with SIGTERM."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self._log = log
-        command = [str(Path(sys.executable).parent / "support"), "serve", "--port", str(self.port), "--sample-data"]
-        with log.open("ab") as output:
-            self._process = subprocess.Popen(  # noqa: S603 - our own entry point
-                command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output
-            )
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    async def wait_ready(self, timeout_s: float = 300) -> None:
-        deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient(base_url=self.url, timeout=5) as client:
-            while time.monotonic() < deadline:
-                if self._process.poll() is not None:
-                    raise RuntimeError(f"support serve exited:\n{self._log.read_text(errors='replace')[-3000:]}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get("/health/ready")).status_code == 200:
-                        return
-                await asyncio.sleep(0.5)
-        raise RuntimeError(f"support serve did not start:\n{self._log.read_text(errors='replace')[-3000:]}")
-
-    def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
 
 
 @dataclass
@@ -437,9 +397,10 @@ def table(phases: Sequence[dict[str, Any]], totals: dict[str, int]) -> str:
 
 @contextlib.asynccontextmanager
 async def serving(backends: Backends, api: FakeAnthropic, embedder: str, scratch: Path) -> AsyncIterator[str]:
-    server = ServeProcess(server_env(backends, api, embedder), scratch / "serve.log")
+    command = [str(Path(sys.executable).parent / "support"), "serve", "--sample-data"]
+    server = ServerProcess(command, server_env(backends, api, embedder), scratch / "serve.log")
     try:
-        await server.wait_ready()
+        await server.wait_ready("/health/ready", timeout_s=300)
         yield server.url
     finally:
         await asyncio.to_thread(server.stop)
