@@ -15,6 +15,7 @@ from support.config import Settings
 from support.container import create_app
 from support.ports.assistant import LLM
 from tests.conftest import ADMIN_KEY, shared_embedder_provider
+from tests.fakes.anthropic_server import FakeAnthropic, citing_reply
 from tests.fakes.llm import ScriptedLLM
 
 
@@ -73,3 +74,10 @@ async def http(live: str) -> AsyncIterator[httpx.AsyncClient]:
 def service_headers() -> dict[str, str]:
     # The bootstrap admin acts as the company's backend in these tests; service keys are tested separately.
     return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture
+async def anthropic() -> AsyncIterator[FakeAnthropic]:
+    """A fake Messages API that answers every request with a reply citing the first passage it was given."""
+    async with FakeAnthropic(default=citing_reply) as server:
+        yield server

@@ -3,6 +3,7 @@
 from collections.abc import AsyncIterator
 
 import httpx
+import msgspec
 import pytest
 
 from support.adapters.embedding.onnx_minilm import OnnxMiniLMEmbedder
@@ -10,15 +11,9 @@ from support.config import Settings
 from support.container import create_app
 from tests.api.conftest import serve
 from tests.conftest import shared_embedder_provider
-from tests.fakes.anthropic_server import FakeAnthropic, citing_reply, overloaded
+from tests.fakes.anthropic_server import FakeAnthropic, overloaded
 
 REFUNDS = "# Refunds\n\nRefunds go back to the original card within 5 to 10 business days."
-
-
-@pytest.fixture
-async def anthropic() -> AsyncIterator[FakeAnthropic]:
-    async with FakeAnthropic(default=citing_reply) as server:
-        yield server
 
 
 @pytest.fixture
@@ -30,9 +25,8 @@ async def claude_client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     # The SDK's own variable switches the service from the offline responder to Claude.
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
-    claude = Settings(
-        **{field: getattr(settings, field) for field in settings.__struct_fields__ if field != "llm"},
-        llm=type(settings.llm)(base_url=anthropic.base_url, max_retries=1, timeout_s=5),
+    claude = msgspec.structs.replace(
+        settings, llm=type(settings.llm)(base_url=anthropic.base_url, max_retries=1, timeout_s=5)
     )
     # Served over HTTP in this event loop, which also runs the fake Messages API.
     async with (

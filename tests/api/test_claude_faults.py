@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from httpx_sse import aconnect_sse
 
@@ -29,7 +30,6 @@ from tests.fakes.anthropic_server import (
     Reset,
     Response,
     Streamed,
-    citing_reply,
     failing_stream,
     message,
     overloaded,
@@ -71,19 +71,12 @@ AFTER_TEXT: dict[str, Response] = {
 
 
 @pytest.fixture
-async def anthropic() -> AsyncIterator[FakeAnthropic]:
-    async with FakeAnthropic(default=citing_reply) as server:
-        yield server
-
-
-@pytest.fixture
 async def client(
     settings: Settings, embedder: OnnxMiniLMEmbedder, anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[httpx.AsyncClient]:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
-    claude = Settings(
-        **{field: getattr(settings, field) for field in settings.__struct_fields__ if field != "llm"},
-        llm=type(settings.llm)(base_url=anthropic.base_url, max_retries=MAX_RETRIES, timeout_s=TIMEOUT_S),
+    claude = msgspec.structs.replace(
+        settings, llm=type(settings.llm)(base_url=anthropic.base_url, max_retries=MAX_RETRIES, timeout_s=TIMEOUT_S)
     )
     async with (
         serve(create_app(claude, shared_embedder_provider(embedder))) as url,

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -20,7 +21,7 @@ from support.config import KnowledgeSettings, Settings
 from support.container import create_app
 from tests.api.conftest import serve
 from tests.conftest import ADMIN_KEY, shared_embedder_provider
-from tests.fakes.anthropic_server import FakeAnthropic, RecordedRequest, citing_reply, message, reply, tool_use
+from tests.fakes.anthropic_server import FakeAnthropic, RecordedRequest, message, reply, tool_use
 
 HOSTILE_REFUNDS = """# Refund timing
 
@@ -180,16 +181,9 @@ async def test_an_upload_that_tries_to_instruct_is_never_repeated(client: AsyncT
 # --- Claude behind the fake Messages API ----------------------------------------------------------------
 
 
-@pytest.fixture
-async def anthropic() -> AsyncIterator[FakeAnthropic]:
-    async with FakeAnthropic(default=citing_reply) as server:
-        yield server
-
-
 def claude_settings(settings: Settings, anthropic: FakeAnthropic, **knowledge: Any) -> Settings:
-    fields = {name: getattr(settings, name) for name in settings.__struct_fields__ if name not in {"llm", "knowledge"}}
-    return Settings(
-        **fields,
+    return msgspec.structs.replace(
+        settings,
         llm=type(settings.llm)(base_url=anthropic.base_url, max_retries=0, timeout_s=5),
         knowledge=KnowledgeSettings(**knowledge),
     )
