@@ -177,7 +177,6 @@ class _Publisher:
         self._pending: asyncio.Queue[FeedPayload | _ForRequester | None] = asyncio.Queue()
         self._emitted = self._delivered = 0
         self._progress = asyncio.Event()
-        self._stopped = False
         self._task = asyncio.create_task(self._run())
         self._bus_down = False
 
@@ -193,7 +192,7 @@ class _Publisher:
     async def delivered(self) -> None:
         """Wait until everything emitted so far is in the requester's stream (published, or Valkey is down)."""
         target = self._emitted
-        while self._delivered < target and not self._stopped:
+        while self._delivered < target and not self._task.done():
             self._progress.clear()
             await self._progress.wait()
 
@@ -222,8 +221,7 @@ class _Publisher:
                         payloads.append(item)
                 await self._flush(payloads)
         finally:
-            self._stopped = True  # nobody waits forever on a publisher that is gone
-            self._progress.set()
+            self._progress.set()  # wakes waiters to see the task done: nobody waits on a publisher that is gone
 
     def _advance(self, count: int) -> None:
         self._delivered += count
