@@ -1002,7 +1002,7 @@ async def run(plan: Plan) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="support-bench-chat-") as folder, backends_for(Path(folder)) as backends:
         scratch = Path(folder)
         await asyncio.to_thread(migrations.upgrade, backends.database_url)
-        embedder = OnnxMiniLMEmbedder(batch_size=32)
+        embedder = OnnxMiniLMEmbedder()
         try:
             print("loading the sample help center …", flush=True)
             knowledge = await load_help_center(backends, embedder)

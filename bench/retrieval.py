@@ -278,7 +278,7 @@ async def measure_ingestion(url: str, embedder: OnnxMiniLMEmbedder, documents: i
 
 async def run(total_chunks: int, query_count: int, ingest_documents: int, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
-    embedder = OnnxMiniLMEmbedder(batch_size=32)
+    embedder = OnnxMiniLMEmbedder()
     with tempfile.TemporaryDirectory(prefix="support-bench-") as scratch:
         # Enough shared buffers for the whole corpus (~300 MB of heap, ~200 MB of HNSW, the GIN index), as
         # docs/knowledge.md advises for production: latency is then measured on memory, not on the page cache.

@@ -149,7 +149,7 @@ def settings(database_url: str, valkey_url: str) -> Settings:
 @pytest.fixture(scope="session")
 def embedder() -> Iterator[OnnxMiniLMEmbedder]:
     """The real local embedding model, loaded once for the session."""
-    model = OnnxMiniLMEmbedder(batch_size=32)
+    model = OnnxMiniLMEmbedder()
     yield model
     model.close()
 

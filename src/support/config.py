@@ -64,9 +64,14 @@ class EmbeddingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     provider: Literal["onnx", "http", "hashing"] = "onnx"
     # Must match the database's vector column (384 for MiniLM); checked at start.
     dimension: PositiveInt = 384
+    # Texts per request to the HTTP endpoint (the local model embeds each text on its own).
     batch_size: PositiveInt = 32
-    # CPU threads for the local model; defaults to every core.
+    # Documents the local model embeds side by side, one core each; defaults to every core. Queries have a
+    # worker of their own.
     threads: PositiveInt | None = None
+    # Where the local model's int8 derivation is kept (derived at first start, ~70 MB); default
+    # $XDG_CACHE_HOME/support/models, else ~/.cache/support/models.
+    model_cache_dir: str | None = None
     url: str | None = None
     model: str = "text-embedding-3-small"
     api_key: str | None = None

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -263,7 +264,10 @@ class InfrastructureProvider(Provider):
         elif embedding.provider == "hashing":
             yield HashingEmbedder(embedding.dimension)
         else:
-            local = OnnxMiniLMEmbedder(batch_size=embedding.batch_size, intra_op_threads=embedding.threads)
+            local = OnnxMiniLMEmbedder(
+                threads=embedding.threads,
+                cache_dir=Path(embedding.model_cache_dir) if embedding.model_cache_dir else None,
+            )
             yield local
             local.close()
 

