@@ -43,7 +43,12 @@ ENV PATH="/app/.venv/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \
     SUPPORT_ENV=prod \
     SUPPORT_HOST=0.0.0.0 \
-    SUPPORT_PORT=8000
+    SUPPORT_PORT=8000 \
+    SUPPORT_EMBEDDING__MODEL_CACHE_DIR=/app/models
+
+# The embedding model's int8 derivation (docs/knowledge.md), made once here: the service user cannot write to
+# /app, and every container then starts without deriving it.
+RUN python -c "from pathlib import Path; from support.adapters.embedding.onnx_minilm import prepared_model_path; print(prepared_model_path(Path('/app/models')))"
 
 USER support
 EXPOSE 8000

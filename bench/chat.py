@@ -907,7 +907,7 @@ async def traced_pass(
 
 # Where a sample's CPU goes: the first frame from the leaf up that belongs to one of these (file path fragments).
 PACKAGES = (
-    ("onnxruntime (query embedding)", ("onnx_minilm.py:_embed_batch", "onnxruntime")),
+    ("onnxruntime (query embedding)", ("onnx_minilm.py:_embed_one", "onnxruntime")),
     ("tokenizers", ("tokenizers",)),
     ("structlog / logging", ("structlog", "logging/")),
     ("SQLAlchemy", ("sqlalchemy",)),

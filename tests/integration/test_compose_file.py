@@ -259,6 +259,31 @@ def test_dockerfile_environment_is_made_of_real_settings(dockerfile: list[tuple[
     assert isinstance(load_settings(support), Settings)
 
 
+def test_the_image_derives_the_embedding_model_where_the_service_looks_for_it(
+    dockerfile: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    runtime = _stage(dockerfile, -1)
+    variables = {
+        name: value
+        for keyword, arguments in runtime
+        if keyword == "ENV"
+        for name, _, value in (word.partition("=") for word in shlex.split(arguments))
+    }
+    cache_dir = variables["SUPPORT_EMBEDDING__MODEL_CACHE_DIR"]
+    derivations = [
+        (position, shlex.split(arguments)[2])
+        for position, (keyword, arguments) in enumerate(runtime)
+        if keyword == "RUN" and arguments.startswith("python -c") and "prepared_model_path" in arguments
+    ]
+    assert len(derivations) == 1, "the image must derive the model: its user cannot write a cache at run time"
+    [(position, program)] = derivations
+    assert f"Path('{cache_dir}')" in program
+    assert position < runtime.index(("USER", "support")), "derived before the switch to the service user"
+    # The program runs: here into a scratch directory instead of the image's.
+    exec(compile(program.replace(f"Path('{cache_dir}')", f"Path({str(tmp_path)!r})"), "<RUN>", "exec"))  # noqa: S102
+    assert any(tmp_path.glob("*.onnx"))
+
+
 def test_dockerfile_command_exists_in_the_cli(dockerfile: list[tuple[str, str]]) -> None:
     commands = [arguments for keyword, arguments in dockerfile if keyword in {"CMD", "ENTRYPOINT"}]
     assert commands, "no CMD"

@@ -181,6 +181,7 @@ class IngestDocument:
             audience=request.audience,
             metadata=dict(request.metadata),
             flags=tuple(hidden),
+            embedding_model=self._embedder.model_id,
         )
         return draft, extracted
 

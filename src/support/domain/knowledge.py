@@ -80,13 +80,23 @@ class DocumentDraft:
     metadata: Mapping[str, str] = field(default_factory=dict)
     # Instruction-like and hidden passages found in the content (prompt-injection risk), kept for review.
     flags: tuple[InjectionFlag, ...] = ()
+    # The model its chunks are embedded with: another model makes the stored vectors stale.
+    embedding_model: str = ""
 
     @property
     def fingerprint(self) -> str:
-        """Changes whenever anything stored with the document changes (text, title, url, tags, audience, metadata)."""
+        """Changes whenever anything stored with the document changes, the embedding model included."""
         metadata = repr(sorted(self.metadata.items()))
         material = "\x1f".join(
-            (self.text_hash, self.title, self.url or "", ",".join(self.tags), self.audience, metadata)
+            (
+                self.text_hash,
+                self.title,
+                self.url or "",
+                ",".join(self.tags),
+                self.audience,
+                metadata,
+                self.embedding_model,
+            )
         )
         return hashlib.sha256(material.encode()).hexdigest()
 
