@@ -341,6 +341,8 @@ class InfrastructureProvider(Provider):
                 history_token_budget=llm.history_token_budget,
                 max_tool_rounds=llm.max_tool_rounds,
                 remember_facts=settings.memory.enabled and settings.memory.model_tool,
+                breaker_failures=llm.breaker_failures,
+                breaker_cooldown_s=llm.breaker_cooldown_s,
             )
             yield claude
             await claude.aclose()

@@ -41,6 +41,7 @@ from anthropic.types import (
     ToolResultBlockParam,
     ToolUseBlock,
 )
+from circuitbreaker import CircuitBreaker
 
 from support.domain.assistant import (
     AttachedImage,
@@ -119,6 +120,15 @@ class _IncompleteStreamError(Exception):
     """The stream ended (the connection closed cleanly) before ``message_stop``."""
 
 
+class _FailedMidReplyError(LLMUnavailableError):
+    """Claude failed after writing part of a reply: it was reachable, so this says little about an outage."""
+
+
+def _claude_is_down(_kind: type[BaseException], error: BaseException) -> bool:
+    """What the breaker counts: a reply that got no words from Claude through all its retries."""
+    return isinstance(error, LLMUnavailableError) and not isinstance(error, _FailedMidReplyError)
+
+
 # Everything the SDK and its transport raise for a failed call or a malformed stream. ValueError covers
 # undecodable SSE data and unparsable tool input; RuntimeError covers events out of order and closed streams.
 _PROVIDER_ERRORS: Final = (anthropic.AnthropicError, httpx2.HTTPError, ValueError, RuntimeError, _IncompleteStreamError)
@@ -132,6 +142,11 @@ class AnthropicLLM:
     ``retry_max_delay_s``, and also retries a stream that fails before it produced any text. ``max_retries``
     bounds the retries of each request. Once text was yielded a failure raises ``LLMUnavailableError`` at once,
     and so does every other failure: no SDK exception leaves this class.
+
+    A breaker spares customers the wait while Claude is down: after ``breaker_failures`` replies in a row failed
+    before any text (each after its retries), replies fail at once for ``breaker_cooldown_s`` seconds (the turn
+    then answers with its apology and a handoff offer in milliseconds instead of seconds). After the cooldown
+    replies are tried again: the first success closes the breaker, the first failure opens it again.
     """
 
     def __init__(
@@ -151,9 +166,14 @@ class AnthropicLLM:
         retry_base_delay_s: float = 0.5,
         retry_max_delay_s: float = 8.0,
         remember_facts: bool = False,
+        breaker_failures: int = 3,
+        breaker_cooldown_s: float = 30.0,
     ) -> None:
         if max_tokens < 1 or timeout_s <= 0 or min(max_retries, history_token_budget, max_tool_rounds) < 0:
             msg = "max_tokens and timeout_s must be positive; retries, history budget and tool rounds not negative"
+            raise ValueError(msg)
+        if breaker_failures < 1 or breaker_cooldown_s <= 0:
+            msg = "breaker_failures and breaker_cooldown_s must be positive"
             raise ValueError(msg)
         self._model = model
         self._max_tokens = max_tokens
@@ -164,6 +184,12 @@ class AnthropicLLM:
         self._max_tool_rounds = max_tool_rounds
         self._retry_base_delay_s = retry_base_delay_s
         self._retry_max_delay_s = retry_max_delay_s
+        self._breaker = CircuitBreaker(
+            failure_threshold=breaker_failures,
+            recovery_timeout=breaker_cooldown_s,
+            expected_exception=_claude_is_down,
+            name=f"claude:{model}",
+        )
         can_search = max_tool_rounds > 0
         self._system: list[TextBlockParam] = [
             {"type": "text", "text": system_prompt(persona, company_name, can_search=can_search,
@@ -198,25 +224,33 @@ class AnthropicLLM:
         if not self._has_credentials:
             msg = "No Anthropic API key is configured: set ANTHROPIC_API_KEY or SUPPORT_LLM__API_KEY."
             raise LLMUnavailableError(msg)
-        citable = [hit for hit in request.passages if hit.text.strip()]
-        progress = _Progress(messages=self._initial_messages(request, citable), citable=citable)
-        while not progress.done:
-            outcome = _Round()
-            async with contextlib.aclosing(self._round(progress, outcome)) as events:
-                try:
+        if self._breaker.opened:
+            msg = (
+                f"Claude ({self._model}) failed {self._breaker.failure_count} replies in a row; not asked again "
+                f"for {self._breaker.open_remaining} s"
+            )
+            raise LLMUnavailableError(msg)
+        # Any other way out (success, a consumer that stops reading, cancellation) closes the breaker again.
+        with self._breaker:
+            citable = [hit for hit in request.passages if hit.text.strip()]
+            progress = _Progress(messages=self._initial_messages(request, citable), citable=citable)
+            while not progress.done:
+                outcome = _Round()
+                async with contextlib.aclosing(self._round(progress, outcome)) as events:
+                    try:
+                        async for event in events:
+                            yield event
+                    except LLMUnavailableError:
+                        if not progress.closing:
+                            raise
+                        # The handoff was already signalled; only its courtesy sentence is missing.
+                        _logger.warning("Claude failed while writing the handoff sentence", exc_info=True)
+                        break
+                progress.absorb(outcome)
+                async with contextlib.aclosing(self._after_round(progress, outcome, tools)) as events:
                     async for event in events:
                         yield event
-                except LLMUnavailableError:
-                    if not progress.closing:
-                        raise
-                    # The handoff was already signalled; only its courtesy sentence is missing.
-                    _logger.warning("Claude failed while writing the handoff sentence", exc_info=True)
-                    break
-            progress.absorb(outcome)
-            async with contextlib.aclosing(self._after_round(progress, outcome, tools)) as events:
-                async for event in events:
-                    yield event
-        yield ReplyCompleted(usage=progress.usage, stop_reason=progress.stop_reason)
+            yield ReplyCompleted(usage=progress.usage, stop_reason=progress.stop_reason)
 
     # --- the conversation after each round ------------------------------------------------------------------
 
@@ -338,7 +372,8 @@ class AnthropicLLM:
                 failure = classify(error, self._timeout_s)
                 delay = None if outcome.wrote_text else self._retry_delay(failure, attempt)
                 if delay is None:
-                    raise LLMUnavailableError(self._unavailable(failure, attempt + 1, outcome.wrote_text)) from error
+                    unavailable = _FailedMidReplyError if outcome.wrote_text else LLMUnavailableError
+                    raise unavailable(self._unavailable(failure, attempt + 1, outcome.wrote_text)) from error
                 _logger.warning(
                     "Claude request failed (%s); retry %d of %d in %.2f s",
                     failure.description,

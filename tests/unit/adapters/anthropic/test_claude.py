@@ -516,6 +516,57 @@ async def test_overloaded_until_the_retries_run_out(api: FakeAnthropic, make_llm
     assert type(failure.__cause__).__name__ == "OverloadedError"
 
 
+async def test_once_claude_kept_failing_replies_fail_without_asking_it(
+    api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
+) -> None:
+    llm = make_llm(max_retries=1, breaker_failures=2, breaker_cooldown_s=60)
+    api.script(overloaded(), overloaded(), overloaded(), overloaded(), reply("never reached"))
+    for _ in range(2):
+        await collect_until_failure(llm, ReplyRequest(question="Hi"))
+    assert len(api.requests) == 4  # two replies, each tried twice
+
+    started = time.perf_counter()
+    events, failure = await collect_until_failure(llm, ReplyRequest(question="Hi"))
+
+    assert events == []
+    assert len(api.requests) == 4
+    assert time.perf_counter() - started < 0.1
+    assert "failed 2 replies in a row; not asked again for 60 s" in str(failure)
+
+
+async def test_after_the_cooldown_claude_is_asked_again_and_a_success_closes_the_breaker(
+    api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
+) -> None:
+    llm = make_llm(max_retries=0, breaker_failures=2, breaker_cooldown_s=0.2)
+    api.script(overloaded(), overloaded(), reply("Back again."), overloaded(), reply("Still here."))
+    for _ in range(2):
+        await collect_until_failure(llm, ReplyRequest(question="Hi"))
+    await collect_until_failure(llm, ReplyRequest(question="Hi"))  # open: not sent
+    assert len(api.requests) == 2
+
+    time.sleep(0.25)  # noqa: ASYNC251 - the cooldown runs on the monotonic clock, nothing to await
+    recovered = await collect(llm, ReplyRequest(question="Hi"))
+    await collect_until_failure(llm, ReplyRequest(question="Hi"))  # one failure after a success: still closed
+    after = await collect(llm, ReplyRequest(question="Hi"))
+
+    assert texts(recovered) == ["Back again."]
+    assert texts(after) == ["Still here."]
+    assert len(api.requests) == 5
+
+
+async def test_failures_after_words_do_not_open_the_breaker(
+    api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
+) -> None:
+    llm = make_llm(max_retries=0, breaker_failures=1, breaker_cooldown_s=60)
+    api.script(message(text("Refunds are ", Disconnect())), reply("Answered."))
+
+    _, failure = await collect_until_failure(llm, ReplyRequest(question="Refunds?"))
+    events = await collect(llm, ReplyRequest(question="Refunds?"))
+
+    assert "mid-reply" in str(failure)
+    assert texts(events) == ["Answered."]
+
+
 async def test_retry_after_beyond_the_cap_fails_at_once(
     api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
 ) -> None:
