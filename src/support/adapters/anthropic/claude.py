@@ -227,7 +227,7 @@ class AnthropicLLM:
         if self._breaker.opened:
             msg = (
                 f"Claude ({self._model}) failed {self._breaker.failure_count} replies in a row; not asked again "
-                f"for {self._breaker.open_remaining} s"
+                f"for {self._breaker.open_remaining} s (last: {self._breaker.last_failure})"
             )
             raise LLMUnavailableError(msg)
         # Any other way out (success, a consumer that stops reading, cancellation) closes the breaker again.

@@ -532,6 +532,7 @@ async def test_once_claude_kept_failing_replies_fail_without_asking_it(
     assert len(api.requests) == 4
     assert time.perf_counter() - started < 0.1
     assert "failed 2 replies in a row; not asked again for 60 s" in str(failure)
+    assert "529 overloaded_error" in str(failure)  # the last failure's cause, for whoever reads the log
 
 
 async def test_after_the_cooldown_claude_is_asked_again_and_a_success_closes_the_breaker(
