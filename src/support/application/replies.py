@@ -416,13 +416,20 @@ class ReplyRunner:
             question = "\n\n".join(item.content for item in pending if item.content)
             earlier = [item for item in recent if item.id not in pending_ids]
             screening = self._policy.screen(question, earlier)
-        if screening.decision.action is HandoffAction.ESCALATE:
+            # The same scope gathers what the model is given (one connection and transaction for the turn's
+            # reads, closed before the model is called).
+            escalates = screening.decision.action is HandoffAction.ESCALATE
+            request: ReplyRequest | None = None
+            if not escalates:
+                request = await self._request(
+                    services, conversation, message, pending, earlier, question, prefetched, stream
+                )
+        if escalates:
             # The customer's words alone hand over (they asked, or the topic is not a bot's): no model call.
             draft = _Draft(by_policy=True)
             reply = await self._store(conversation, pending, recent, draft, screening, publisher, stream, started)
             await self._remember(conversation, pending, draft, recent, reply)
             return
-        request = await self._request(conversation, message, pending, earlier, question, prefetched, stream)
         if request is None:
             return  # a person was asked for while the question was embedded and searched
         draft = _Draft()
@@ -454,6 +461,7 @@ class ReplyRunner:
 
     async def _request(
         self,
+        services: ConversationServices,
         conversation: Conversation,
         message: Message,
         pending: Sequence[Message],
@@ -473,30 +481,29 @@ class ReplyRunner:
         vector = prefetched if query == search_text(message.content) else None
         if vector is None and query:
             vector = self.prefetch(question)
-        async with self._open() as services:
-            # What needs no vector goes first, while the question is still being embedded.
-            attached, images = await self._attachments(services, conversation.id, pending)
-            summary: str | None = None
-            older = earlier[: -settings.history_messages]
-            if older:
-                # The conversation outgrew the window: what falls out of it is folded into the rolling summary.
-                summary = await services.fold.execute(conversation.id, older)
-            passages: Sequence[SearchHit] = ()
-            memories: Sequence[RecalledFact] = ()
-            if query:
-                embedding = await vector if vector is not None else None
-                passages = await services.search.execute(
-                    SearchQuery(query, limit=settings.passages, exclude_flagged=settings.exclude_flagged),
-                    embedding=embedding,
-                )
-                memories = await services.recall.execute(conversation.customer_id, query, embedding=embedding)
-            # The last look before the model writes: the turn's first look is ~10 ms old by now (embedding, search),
-            # and a request for a person in between must not get a bot answer streamed over it.
-            current = await services.conversations.get(conversation.id)
-            if current is None or not current.assistant_may_reply:
-                if current is not None:
-                    stream.final_status = current.status
-                return None
+        # What needs no vector goes first, while the question is still being embedded.
+        attached, images = await self._attachments(services, conversation.id, pending)
+        summary: str | None = None
+        older = earlier[: -settings.history_messages]
+        if older:
+            # The conversation outgrew the window: what falls out of it is folded into the rolling summary.
+            summary = await services.fold.execute(conversation.id, older)
+        passages: Sequence[SearchHit] = ()
+        memories: Sequence[RecalledFact] = ()
+        if query:
+            embedding = await vector if vector is not None else None
+            passages = await services.search.execute(
+                SearchQuery(query, limit=settings.passages, exclude_flagged=settings.exclude_flagged),
+                embedding=embedding,
+            )
+            memories = await services.recall.execute(conversation.customer_id, query, embedding=embedding)
+        # The last look before the model writes: the turn's first look is ~10 ms old by now (embedding, search),
+        # and a request for a person in between must not get a bot answer streamed over it.
+        current = await services.conversations.get(conversation.id)
+        if current is None or not current.assistant_may_reply:
+            if current is not None:
+                stream.final_status = current.status
+            return None
         history = [
             Turn("customer" if item.role is MessageRole.CUSTOMER else "assistant", item.content)
             for item in earlier[-settings.history_messages :]
