@@ -17,5 +17,6 @@ async def test_the_retrieval_benchmark_measures_every_figure_on_a_small_corpus()
     assert "ef_construction=400" in result["hnsw"]["index"]
     ingestion = result["ingestion"]
     assert ingestion["documents"] == 2
+    assert ingestion["documents_created"] == 2 * ingestion["rounds"]  # every round ingests new documents
     assert ingestion["chunks"] > 0
     assert ingestion["ratio"] > 0

@@ -203,16 +203,22 @@ class IngestDocument:
     ) -> list[list[EmbeddedChunk]]:
         """Chunk several documents, flag instruction-like chunks, and embed all chunks in shared batches."""
         chunked = [(draft, self.chunk(extracted)) for draft, extracted in documents]
-        # What is scanned is what is indexed and shown to the model: title and headings, then the body. Pattern
-        # matching is CPU work proportional to the text: off the event loop, like extraction.
-        flags = await asyncio.to_thread(
-            lambda: [
-                [tuple(scan_text(chunk.context_text(draft.title), chunk=chunk.ordinal)) for chunk in chunks]
-                for draft, chunks in chunked
-            ]
-        )
         texts = [chunk.context_text(draft.title) for draft, chunks in chunked for chunk in chunks]
-        vectors = iter(await self._embedder.embed_documents(texts) if texts else [])
+        # The model starts first and the scan runs beside it: awaited before, it kept the model waiting.
+        embedding = asyncio.ensure_future(self._embedder.embed_documents(texts))
+        try:
+            # What is scanned is what is indexed and shown to the model: title and headings, then the body.
+            # Pattern matching is CPU work proportional to the text: off the event loop, like extraction.
+            flags = await asyncio.to_thread(
+                lambda: [
+                    [tuple(scan_text(chunk.context_text(draft.title), chunk=chunk.ordinal)) for chunk in chunks]
+                    for draft, chunks in chunked
+                ]
+            )
+        except BaseException:
+            embedding.cancel()
+            raise
+        vectors = iter(await embedding)
         return [
             [
                 EmbeddedChunk(
