@@ -55,6 +55,7 @@ TOKEN_SECRET = "soak-token-secret-soak-token-secret"  # noqa: S105 - a throwaway
 PHASES = ("baseline", "valkey_down", "valkey_back", "postgres_down", "postgres_back", "claude_failing", "claude_back")
 LLM_TIMEOUT_S = 2.0
 LLM_MAX_RETRIES = 2
+LLM_BREAKER_COOLDOWN_S = 2.0
 REQUEST_TIMEOUT_S = 60.0
 TURNS_PER_CONVERSATION = 20
 MAX_BACKOFF_S = 2.0
@@ -138,6 +139,8 @@ def server_env(backends: Backends, claude: FakeAnthropic, embedder: str) -> dict
         "SUPPORT_LLM__BASE_URL": claude.base_url,
         "SUPPORT_LLM__TIMEOUT_S": str(LLM_TIMEOUT_S),
         "SUPPORT_LLM__MAX_RETRIES": str(LLM_MAX_RETRIES),
+        # Shorter than a phase, so claude_back shows replies resuming once the breaker's probe succeeds.
+        "SUPPORT_LLM__BREAKER_COOLDOWN_S": str(LLM_BREAKER_COOLDOWN_S),
     }
 
 
@@ -433,7 +436,12 @@ async def soak(clients: int, minutes: float, embedder: str) -> dict[str, Any]:
         "minutes": minutes,
         "phase_s": round(phase_s, 1),
         "embedder": embedder,
-        "llm": {"timeout_s": LLM_TIMEOUT_S, "max_retries": LLM_MAX_RETRIES, "fake_api_calls": claude.calls},
+        "llm": {
+            "timeout_s": LLM_TIMEOUT_S,
+            "max_retries": LLM_MAX_RETRIES,
+            "breaker_cooldown_s": LLM_BREAKER_COOLDOWN_S,
+            "fake_api_calls": claude.calls,
+        },
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_at_start": os.getloadavg()},
         "phases": report(clock, sends),
         "totals": totals,

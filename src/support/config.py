@@ -112,9 +112,9 @@ class LLMSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # Retries on 429/529/overload/connection errors, with exponential backoff and jitter.
     max_retries: Annotated[int, msgspec.Meta(ge=0)] = 3
     # After this many replies in a row got no words from Claude (each after its retries), replies fail at once
-    # (an apology and a handoff offer) for breaker_cooldown_s; then Claude is tried again.
+    # (an apology and a handoff offer) for breaker_cooldown_s; then one reply at a time tries Claude again.
     breaker_failures: PositiveInt = 3
-    breaker_cooldown_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    breaker_cooldown_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     # Earlier turns given to the model, newest first, until this many tokens (estimated).
     history_token_budget: PositiveInt = 3000
     # Passages retrieved before the model is called.

@@ -41,7 +41,7 @@ from anthropic.types import (
     ToolResultBlockParam,
     ToolUseBlock,
 )
-from circuitbreaker import CircuitBreaker
+from circuitbreaker import STATE_HALF_OPEN, CircuitBreaker
 
 from support.domain.assistant import (
     AttachedImage,
@@ -145,8 +145,9 @@ class AnthropicLLM:
 
     A breaker spares customers the wait while Claude is down: after ``breaker_failures`` replies in a row failed
     before any text (each after its retries), replies fail at once for ``breaker_cooldown_s`` seconds (the turn
-    then answers with its apology and a handoff offer in milliseconds instead of seconds). After the cooldown
-    replies are tried again: the first success closes the breaker, the first failure opens it again.
+    then answers with its apology and a handoff offer in milliseconds instead of seconds). After the cooldown one
+    reply at a time probes Claude (the others still fail at once): a success closes the breaker, a failure opens
+    it for another cooldown.
     """
 
     def __init__(
@@ -167,7 +168,7 @@ class AnthropicLLM:
         retry_max_delay_s: float = 8.0,
         remember_facts: bool = False,
         breaker_failures: int = 3,
-        breaker_cooldown_s: float = 30.0,
+        breaker_cooldown_s: float = 10.0,
     ) -> None:
         if max_tokens < 1 or timeout_s <= 0 or min(max_retries, history_token_budget, max_tool_rounds) < 0:
             msg = "max_tokens and timeout_s must be positive; retries, history budget and tool rounds not negative"
@@ -190,6 +191,7 @@ class AnthropicLLM:
             expected_exception=_claude_is_down,
             name=f"claude:{model}",
         )
+        self._probing = False
         can_search = max_tool_rounds > 0
         self._system: list[TextBlockParam] = [
             {"type": "text", "text": system_prompt(persona, company_name, can_search=can_search,
@@ -224,33 +226,42 @@ class AnthropicLLM:
         if not self._has_credentials:
             msg = "No Anthropic API key is configured: set ANTHROPIC_API_KEY or SUPPORT_LLM__API_KEY."
             raise LLMUnavailableError(msg)
-        if self._breaker.opened:
+        probe = self._breaker.state == STATE_HALF_OPEN
+        if self._breaker.opened or (probe and self._probing):
+            wait = f"for {self._breaker.open_remaining} s" if self._breaker.opened else "until a first reply succeeds"
             msg = (
                 f"Claude ({self._model}) failed {self._breaker.failure_count} replies in a row; not asked again "
-                f"for {self._breaker.open_remaining} s (last: {self._breaker.last_failure})"
+                f"{wait} (last: {self._breaker.last_failure})"
             )
             raise LLMUnavailableError(msg)
-        # Any other way out (success, a consumer that stops reading, cancellation) closes the breaker again.
-        with self._breaker:
-            citable = [hit for hit in request.passages if hit.text.strip()]
-            progress = _Progress(messages=self._initial_messages(request, citable), citable=citable)
-            while not progress.done:
-                outcome = _Round()
-                async with contextlib.aclosing(self._round(progress, outcome)) as events:
-                    try:
+        # After the cooldown one reply probes Claude while the others still fail at once: during a long outage
+        # one customer per cooldown waits through the retries, not every customer who writes at that moment.
+        self._probing = self._probing or probe
+        try:
+            # Any other way out (success, a consumer that stops reading, cancellation) closes the breaker again.
+            with self._breaker:
+                citable = [hit for hit in request.passages if hit.text.strip()]
+                progress = _Progress(messages=self._initial_messages(request, citable), citable=citable)
+                while not progress.done:
+                    outcome = _Round()
+                    async with contextlib.aclosing(self._round(progress, outcome)) as events:
+                        try:
+                            async for event in events:
+                                yield event
+                        except LLMUnavailableError:
+                            if not progress.closing:
+                                raise
+                            # The handoff was already signalled; only its courtesy sentence is missing.
+                            _logger.warning("Claude failed while writing the handoff sentence", exc_info=True)
+                            break
+                    progress.absorb(outcome)
+                    async with contextlib.aclosing(self._after_round(progress, outcome, tools)) as events:
                         async for event in events:
                             yield event
-                    except LLMUnavailableError:
-                        if not progress.closing:
-                            raise
-                        # The handoff was already signalled; only its courtesy sentence is missing.
-                        _logger.warning("Claude failed while writing the handoff sentence", exc_info=True)
-                        break
-                progress.absorb(outcome)
-                async with contextlib.aclosing(self._after_round(progress, outcome, tools)) as events:
-                    async for event in events:
-                        yield event
-            yield ReplyCompleted(usage=progress.usage, stop_reason=progress.stop_reason)
+                yield ReplyCompleted(usage=progress.usage, stop_reason=progress.stop_reason)
+        finally:
+            if probe:
+                self._probing = False
 
     # --- the conversation after each round ------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """The Claude adapter against a fake Messages API over real HTTP, through the real ``anthropic`` SDK."""
 
+import asyncio
 import base64
 import logging
 import time
@@ -553,6 +554,27 @@ async def test_after_the_cooldown_claude_is_asked_again_and_a_success_closes_the
     assert texts(recovered) == ["Back again."]
     assert texts(after) == ["Still here."]
     assert len(api.requests) == 5
+
+
+async def test_after_the_cooldown_one_reply_probes_claude_and_the_others_fail_at_once(
+    api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
+) -> None:
+    llm = make_llm(max_retries=0, breaker_failures=1, breaker_cooldown_s=0.2)
+    api.script(overloaded(), message(text("Back ", Pause(0.3), "again.")), reply("Closed."))
+    await collect_until_failure(llm, ReplyRequest(question="Hi"))
+    time.sleep(0.25)  # noqa: ASYNC251 - the cooldown runs on the monotonic clock, nothing to await
+
+    probe = asyncio.create_task(collect(llm, ReplyRequest(question="Hi")))
+    while len(api.requests) < 2:  # noqa: ASYNC110 - the fake server has no event; the probe waits on its pause
+        await asyncio.sleep(0.01)
+    _, failure = await collect_until_failure(llm, ReplyRequest(question="Hi"))
+    probed = await probe
+    after = await collect(llm, ReplyRequest(question="Hi"))
+
+    assert "until a first reply succeeds" in str(failure)
+    assert texts(probed) == ["Back ", "again."]
+    assert texts(after) == ["Closed."]
+    assert len(api.requests) == 3
 
 
 async def test_failures_after_words_do_not_open_the_breaker(
