@@ -203,16 +203,20 @@ class IngestDocument:
     ) -> list[list[EmbeddedChunk]]:
         """Chunk several documents, flag instruction-like chunks, and embed all chunks in shared batches."""
         chunked = [(draft, self.chunk(extracted)) for draft, extracted in documents]
-        texts = [chunk.context_text(draft.title) for draft, chunks in chunked for chunk in chunks]
+        # What is embedded, and scanned, is what is indexed and shown to the model: title and headings, then the body.
+        contexts = [[chunk.context_text(draft.title) for chunk in chunks] for draft, chunks in chunked]
+        texts = [text for document_texts in contexts for text in document_texts]
         # The model starts first and the scan runs beside it: awaited before, it kept the model waiting.
         embedding = asyncio.ensure_future(self._embedder.embed_documents(texts))
         try:
-            # What is scanned is what is indexed and shown to the model: title and headings, then the body.
             # Pattern matching is CPU work proportional to the text: off the event loop, like extraction.
             flags = await asyncio.to_thread(
                 lambda: [
-                    [tuple(scan_text(chunk.context_text(draft.title), chunk=chunk.ordinal)) for chunk in chunks]
-                    for draft, chunks in chunked
+                    [
+                        tuple(scan_text(text, chunk=chunk.ordinal))
+                        for chunk, text in zip(chunks, document_texts, strict=True)
+                    ]
+                    for (_, chunks), document_texts in zip(chunked, contexts, strict=True)
                 ]
             )
         except BaseException:
