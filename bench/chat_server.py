@@ -120,7 +120,8 @@ def _install_tracing() -> None:
     from support.api import auth
     from support.api.controllers import conversations as controller
     from support.application.conversations import SendMessage
-    from support.application.knowledge import QueryEmbeddings
+    from support.application.knowledge import QueryEmbeddings, SearchKnowledge
+    from support.application.memory import RecallMemories
     from support.application.replies import ReplyRunner
 
     targets: list[tuple[Any, str, str]] = [
@@ -149,6 +150,11 @@ def _install_tracing() -> None:
         (ValkeyEventBus, "publish", "bus.publish"),
         (ValkeySessionStore, "release_reply_lease", "lease.release"),
         (ValkeySessionStore, "save", "session.save"),
+        (ValkeySessionStore, "acquire_reply_lease", "lease.valkey"),
+        (SearchKnowledge, "execute", "search.execute"),
+        (RecallMemories, "execute", "recall.execute"),
+        (ReplyRunner, "_request", "reply.request"),
+        (ReplyRunner, "_attachments", "reply.attachments"),
     ]
     for owner, name, label in targets:
         _wrap(owner, name, label)

@@ -176,15 +176,15 @@ async def measure_search(
     url: str, connection: asyncpg.Connection, queries: list[tuple[str, list[float]]]
 ) -> dict[str, Any]:
     # Exactly the statement the adapter runs for a 5-hit search, prepared on a plain connection.
-    sql, names = search_statement(CANDIDATES)
-    statement = await connection.prepare(sql)
+    search = search_statement(CANDIDATES)
+    statement = await connection.prepare(search.sql)
 
     def parameters(text: str, embedding: list[float]) -> list[Any]:
         values = {
             "embedding": list(embedding), "query_text": text, "audiences": ["public"], "tags": [],
             "exclude_flagged": False, "limit": 5,
         }  # fmt: skip
-        return [values[name] for name in names]
+        return search.arguments(values)
 
     engine = create_engine(url, DatabaseSettings(pool_size=2))
     sessions = create_session_factory(engine)
@@ -212,7 +212,7 @@ async def measure_search(
     await engine.dispose()
     adapter_ms, raw_ms, reference_ms = samples["adapter"], samples["raw"], samples["reference"]
     text, embedding = queries[0]
-    plan = await connection.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *parameters(text, embedding))
+    plan = await connection.fetch("EXPLAIN (ANALYZE, BUFFERS) " + search.sql, *parameters(text, embedding))
     adapter, raw = summary(adapter_ms), summary(raw_ms)
     return {
         "adapter": adapter,

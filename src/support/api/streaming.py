@@ -56,11 +56,16 @@ async def with_heartbeats(
     task = asyncio.create_task(pump())
     try:
         while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), heartbeat_s)
-            except TimeoutError:
-                yield ServerSentEventMessage(comment="keepalive")
-                continue
+            if queue.empty():
+                try:
+                    # A timeout scope, not wait_for: no task per event (a reply is a few dozen events).
+                    async with asyncio.timeout(heartbeat_s):
+                        item = await queue.get()
+                except TimeoutError:
+                    yield ServerSentEventMessage(comment="keepalive")
+                    continue
+            else:
+                item = queue.get_nowait()
             if item is _END:
                 return
             assert isinstance(item, FeedEvent)  # noqa: S101 - the queue carries events and the end marker

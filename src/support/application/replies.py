@@ -490,16 +490,23 @@ class ReplyRunner:
             summary = await services.fold.execute(conversation.id, older)
         passages: Sequence[SearchHit] = ()
         memories: Sequence[RecalledFact] = ()
+        current: Conversation | None
         if query:
             embedding = await vector if vector is not None else None
-            passages = await services.search.execute(
-                SearchQuery(query, limit=settings.passages, exclude_flagged=settings.exclude_flagged),
-                embedding=embedding,
-            )
-            memories = await services.recall.execute(conversation.customer_id, query, embedding=embedding)
-        # The last look before the model writes: the turn's first look is ~10 ms old by now (embedding, search),
-        # and a request for a person in between must not get a bot answer streamed over it.
-        current = await services.conversations.get(conversation.id)
+            # Recall and the last look run beside the search, on a connection of their own: the search keeps
+            # PostgreSQL busy for a millisecond or two that the turn would otherwise wait out twice more.
+            beside = asyncio.create_task(self._recall_and_look(conversation, query, embedding))
+            try:
+                passages = await services.search.execute(
+                    SearchQuery(query, limit=settings.passages, exclude_flagged=settings.exclude_flagged),
+                    embedding=embedding,
+                )
+            except BaseException:
+                beside.cancel()
+                raise
+            memories, current = await beside
+        else:
+            current = await services.conversations.get(conversation.id)
         if current is None or not current.assistant_may_reply:
             if current is not None:
                 stream.final_status = current.status
@@ -518,6 +525,18 @@ class ReplyRunner:
             memories=memories,
             summary=summary,
         )
+
+    async def _recall_and_look(
+        self, conversation: Conversation, query: str, embedding: Sequence[float] | None
+    ) -> tuple[Sequence[RecalledFact], Conversation | None]:
+        """Facts for the question, then the last look at who owns the conversation before the model writes.
+
+        The turn's first look is ~10 ms old by now (embedding, search), and a request for a person in between
+        must not get a bot answer streamed over it.
+        """
+        async with self._open() as services:
+            memories = await services.recall.execute(conversation.customer_id, query, embedding=embedding)
+            return memories, await services.conversations.get(conversation.id)
 
     async def _remember(
         self,

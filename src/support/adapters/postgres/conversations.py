@@ -2,15 +2,17 @@
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from uuid import UUID
 
+import msgspec
 import sqlalchemy as sa
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from support.adapters.postgres.driver import compile_for_driver, driver_connection
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import AttachmentRow, ConversationRow, CustomerRow, MessageRow
 from support.domain.assistant import AttachedText
@@ -66,26 +68,35 @@ _CONVERSATION_COLUMNS = tuple(
 )
 
 
-def _conversation(row: Any) -> Conversation:
+class _Row(Protocol):
+    """A result row read by column name: a SQLAlchemy row mapping or an asyncpg record."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def _conversation(row: _Row) -> Conversation:
+    """A conversation from a row by column name (a SQLAlchemy row's mapping or an asyncpg record)."""
     feedback = None
-    if row.feedback_rating is not None and row.feedback_at is not None:
-        feedback = Feedback(rating=row.feedback_rating, comment=row.feedback_comment, submitted_at=row.feedback_at)
+    if row["feedback_rating"] is not None and row["feedback_at"] is not None:
+        feedback = Feedback(
+            rating=row["feedback_rating"], comment=row["feedback_comment"], submitted_at=row["feedback_at"]
+        )
     return Conversation(
-        id=row.id,
-        customer_id=row.customer_id,
-        status=ConversationStatus(row.status),
-        metadata=dict(row.metadata_),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        last_activity_at=row.last_activity_at,
-        reopened_count=row.reopened_count,
-        closed_at=row.closed_at,
+        id=row["id"],
+        customer_id=row["customer_id"],
+        status=ConversationStatus(row["status"]),
+        metadata=dict(row["metadata_"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        last_activity_at=row["last_activity_at"],
+        reopened_count=row["reopened_count"],
+        closed_at=row["closed_at"],
         feedback=feedback,
-        handoff=_decision(row.handoff),
-        handoff_requested_at=row.handoff_requested_at,
-        handoff_summary=row.handoff_summary,
-        agent=AgentRef(row.agent_id, row.agent_name) if row.agent_name is not None else None,
-        claimed_at=row.claimed_at,
+        handoff=_decision(row["handoff"]),
+        handoff_requested_at=row["handoff_requested_at"],
+        handoff_summary=row["handoff_summary"],
+        agent=AgentRef(row["agent_id"], row["agent_name"]) if row["agent_name"] is not None else None,
+        claimed_at=row["claimed_at"],
     )
 
 
@@ -185,32 +196,33 @@ def _message_values(message: Message) -> dict[str, Any]:
     }
 
 
-def _message(row: sa.Row[Any]) -> Message:
-    usage = row.usage
+def _message(row: _Row) -> Message:
+    """A message from a row by column name (a SQLAlchemy row's mapping or an asyncpg record)."""
+    usage = row["usage"]
     return Message(
-        id=row.id,
-        conversation_id=row.conversation_id,
-        role=MessageRole(row.role),
-        content=row.content,
-        created_at=row.created_at,
-        reply_to=tuple(row.reply_to or ()),
-        citations=tuple(_citation(item) for item in row.citations or ()),
-        answer_status=AnswerStatus(row.answer_status) if row.answer_status else None,
-        decision=_decision(row.decision),
+        id=row["id"],
+        conversation_id=row["conversation_id"],
+        role=MessageRole(row["role"]),
+        content=row["content"],
+        created_at=row["created_at"],
+        reply_to=tuple(row["reply_to"] or ()),
+        citations=tuple(_citation(item) for item in row["citations"] or ()),
+        answer_status=AnswerStatus(row["answer_status"]) if row["answer_status"] else None,
+        decision=_decision(row["decision"]),
         usage=None if usage is None else TokenUsage(**usage),
-        ttft_ms=row.ttft_ms,
-        total_ms=row.total_ms,
-        interrupted=row.interrupted,
-        author=row.author,
-        idempotency_key=row.idempotency_key,
+        ttft_ms=row["ttft_ms"],
+        total_ms=row["total_ms"],
+        interrupted=row["interrupted"],
+        author=row["author"],
+        idempotency_key=row["idempotency_key"],
         attachments=tuple(
-            AttachmentInfo(UUID(item[0]), item[1], item[2], item[3], item[4]) for item in row.attachments or ()
+            AttachmentInfo(UUID(item[0]), item[1], item[2], item[3], item[4]) for item in row["attachments"] or ()
         ),
-        metadata=dict(row.metadata or {}),
+        metadata=dict(row["metadata"] or {}),
     )
 
 
-def _messages(rows: Sequence[sa.Row[Any]]) -> list[Message]:
+def _messages(rows: Sequence[_Row]) -> list[Message]:
     return [_message(row) for row in rows]
 
 
@@ -258,23 +270,63 @@ _MESSAGE_COLUMNS = (
 # The turn's statements are built once, with bound parameters: SQLAlchemy then finds their compiled form by a
 # key it computed once, instead of walking a fresh statement (and compiling inserts) on every call.
 _GET_CONVERSATION = sa.select(*_CONVERSATION_COLUMNS).where(_CONVERSATIONS.c.id == sa.bindparam("conversation_id"))
-_LOCK_CONVERSATION = _GET_CONVERSATION.with_for_update(of=_CONVERSATIONS)
 _UPDATE_CONVERSATION = sa.update(_CONVERSATIONS).where(_CONVERSATIONS.c.id == sa.bindparam("target_id"))
-_INSERT_MESSAGE = pg_insert(_MESSAGES).returning(_MESSAGES.c.id)
-_INSERT_MESSAGE_ONCE = (
-    pg_insert(_MESSAGES)
-    .on_conflict_do_nothing(
-        index_elements=[_MESSAGES.c.conversation_id, _MESSAGES.c.idempotency_key],
-        index_where=_MESSAGES.c.idempotency_key.is_not(None),
-    )
-    .returning(_MESSAGES.c.id)
+_MESSAGE_KEYS = (
+    "id",
+    "conversation_id",
+    "role",
+    "content",
+    "created_at",
+    "reply_to",
+    "citations",
+    "answer_status",
+    "decision",
+    "usage",
+    "ttft_ms",
+    "total_ms",
+    "interrupted",
+    "author",
+    "idempotency_key",
+    "metadata",
 )
+_JSONB_MESSAGE_KEYS = ("citations", "decision", "usage", "metadata")
 _RECENT_MESSAGES = (
     sa.select(*_MESSAGE_COLUMNS)
     .where(_MESSAGES.c.conversation_id == sa.bindparam("conversation_id"))
     .order_by(_MESSAGES.c.seq.desc())
     .limit(sa.bindparam("limit", type_=sa.Integer))
 )
+_FIND_BY_KEY = sa.select(*_MESSAGE_COLUMNS).where(
+    _MESSAGES.c.conversation_id == sa.bindparam("conversation_id"),
+    _MESSAGES.c.idempotency_key == sa.bindparam("idempotency_key"),
+)
+# A turn's statements, run on the driver connection (driver.py says why).
+_DRIVER_GET_CONVERSATION = compile_for_driver(_GET_CONVERSATION)
+_DRIVER_LOCK_CONVERSATION = compile_for_driver(_GET_CONVERSATION.with_for_update(of=_CONVERSATIONS))
+_DRIVER_INSERT_MESSAGE = compile_for_driver(sa.insert(_MESSAGES).returning(_MESSAGES.c.id), _MESSAGE_KEYS)
+_DRIVER_INSERT_MESSAGE_ONCE = compile_for_driver(
+    pg_insert(_MESSAGES)
+    .on_conflict_do_nothing(
+        index_elements=[_MESSAGES.c.conversation_id, _MESSAGES.c.idempotency_key],
+        index_where=_MESSAGES.c.idempotency_key.is_not(None),
+    )
+    .returning(_MESSAGES.c.id),
+    _MESSAGE_KEYS,
+)
+_DRIVER_RECENT_MESSAGES = compile_for_driver(_RECENT_MESSAGES)
+_DRIVER_FIND_BY_KEY = compile_for_driver(_FIND_BY_KEY)
+_json = msgspec.json.Encoder()
+
+
+def _driver_message_values(message: Message) -> dict[str, Any]:
+    """A message's column values as the driver takes them.
+
+    JSONB goes as JSON text, None as JSON null as SQLAlchemy stores it, so rows written either way read alike.
+    """
+    values = _message_values(message)
+    for key in _JSONB_MESSAGE_KEYS:
+        values[key] = _json.encode(values[key]).decode()
+    return values
 
 
 def _parse_seq_cursor(cursor: str | None) -> int | None:
@@ -340,9 +392,9 @@ class PostgresConversationRepository:
             await self._conversations.add(row, auto_refresh=False)
 
     async def get(self, conversation_id: UUID, *, for_update: bool = False) -> Conversation | None:
-        statement = _LOCK_CONVERSATION if for_update else _GET_CONVERSATION
-        async with storage_errors():
-            row = (await self._session.execute(statement, {"conversation_id": conversation_id})).one_or_none()
+        statement = _DRIVER_LOCK_CONVERSATION if for_update else _DRIVER_GET_CONVERSATION
+        async with driver_connection(self._session) as driver:
+            row = await driver.fetchrow(statement.sql, conversation_id)
         return None if row is None else _conversation(row)
 
     async def update(self, conversation: Conversation) -> None:
@@ -376,7 +428,7 @@ class PostgresConversationRepository:
             limit + 1
         )
         async with storage_errors():
-            rows = list((await self._session.execute(statement)).all())
+            rows = list((await self._session.execute(statement)).mappings().all())
         items = [_conversation(row) for row in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
@@ -385,28 +437,26 @@ class PostgresConversationRepository:
         return ConversationPage(items=items, next_cursor=next_cursor)
 
     async def add_message(self, message: Message) -> Message:
-        statement = _INSERT_MESSAGE if message.idempotency_key is None else _INSERT_MESSAGE_ONCE
-        async with storage_errors():
-            inserted = (await self._session.execute(statement, _message_values(message))).first()
+        statement = _DRIVER_INSERT_MESSAGE if message.idempotency_key is None else _DRIVER_INSERT_MESSAGE_ONCE
+        async with driver_connection(self._session) as driver:
+            inserted = await driver.fetchval(statement.sql, *statement.arguments(_driver_message_values(message)))
             if inserted is None and message.idempotency_key is not None:
-                original = await self._find_by_key(message.conversation_id, message.idempotency_key)
+                original = await driver.fetchrow(
+                    _DRIVER_FIND_BY_KEY.sql,
+                    *_DRIVER_FIND_BY_KEY.arguments(
+                        {"conversation_id": message.conversation_id, "idempotency_key": message.idempotency_key}
+                    ),
+                )
                 if original is not None:
-                    return original
+                    return _message(original)
         return message
-
-    async def _find_by_key(self, conversation_id: UUID, key: str) -> Message | None:
-        statement = sa.select(*_MESSAGE_COLUMNS).where(
-            _MESSAGES.c.conversation_id == conversation_id, _MESSAGES.c.idempotency_key == key
-        )
-        rows = _messages(list((await self._session.execute(statement)).all()))
-        return rows[0] if rows else None
 
     async def get_message(self, conversation_id: UUID, message_id: UUID) -> Message | None:
         statement = sa.select(*_MESSAGE_COLUMNS).where(
             _MESSAGES.c.conversation_id == conversation_id, _MESSAGES.c.id == message_id
         )
         async with storage_errors():
-            rows = _messages(list((await self._session.execute(statement)).all()))
+            rows = _messages(list((await self._session.execute(statement)).mappings().all()))
         return rows[0] if rows else None
 
     async def find_reply(self, conversation_id: UUID, message_id: UUID) -> Message | None:
@@ -420,7 +470,7 @@ class PostgresConversationRepository:
             .limit(1)
         )
         async with storage_errors():
-            row = (await self._session.execute(statement)).first()
+            row = (await self._session.execute(statement)).mappings().first()
         return None if row is None else _message(row)
 
     async def list_messages(self, conversation_id: UUID, *, limit: int, cursor: str | None) -> MessagePage:
@@ -430,15 +480,15 @@ class PostgresConversationRepository:
             statement = statement.where(_MESSAGES.c.seq > after)
         statement = statement.order_by(_MESSAGES.c.seq).limit(limit + 1)
         async with storage_errors():
-            rows = list((await self._session.execute(statement)).all())
+            rows = list((await self._session.execute(statement)).mappings().all())
             items = _messages(rows[:limit])
-        return MessagePage(items=items, next_cursor=str(rows[limit - 1].seq) if len(rows) > limit else None)
+        return MessagePage(items=items, next_cursor=str(rows[limit - 1]["seq"]) if len(rows) > limit else None)
 
     async def recent_messages(self, conversation_id: UUID, limit: int) -> list[Message]:
         parameters = {"conversation_id": conversation_id, "limit": limit}
-        async with storage_errors():
-            rows = list((await self._session.execute(_RECENT_MESSAGES, parameters)).all())
-            return _messages(rows[::-1])
+        async with driver_connection(self._session) as driver:
+            rows = await driver.fetch(_DRIVER_RECENT_MESSAGES.sql, *_DRIVER_RECENT_MESSAGES.arguments(parameters))
+        return [_message(row) for row in reversed(rows)]
 
     async def idle_conversations(self, *, inactive_since: datetime, limit: int) -> list[UUID]:
         statement = (
@@ -466,7 +516,7 @@ class PostgresConversationRepository:
             )
         statement = statement.order_by(_CONVERSATIONS.c.handoff_requested_at, _CONVERSATIONS.c.id).limit(limit + 1)
         async with storage_errors():
-            rows = list((await self._session.execute(statement)).all())
+            rows = list((await self._session.execute(statement)).mappings().all())
         items = [_conversation(row) for row in rows[:limit]]
         return ConversationPage(items=items, next_cursor=_queue_cursor(items[-1]) if len(rows) > limit else None)
 

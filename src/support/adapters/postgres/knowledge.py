@@ -4,13 +4,12 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, REAL
-from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from support.adapters.postgres.driver import DriverStatement, compile_for_driver, driver_connection
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import ChunkRow, DocumentRow
 from support.domain.errors import InvalidInputError
@@ -140,8 +139,8 @@ LIMIT :limit
 
 
 @functools.cache
-def search_statement(candidates: int) -> tuple[str, tuple[str, ...]]:
-    """The hybrid search as the driver runs it (``candidates`` per ranking), and its parameters' names in order."""
+def search_statement(candidates: int) -> DriverStatement:
+    """The hybrid search as the driver runs it (``candidates`` per ranking)."""
     text = _SEARCH_TEMPLATE.format(
         filters=_FILTERS,
         candidates=candidates,
@@ -158,8 +157,7 @@ def search_statement(candidates: int) -> tuple[str, tuple[str, ...]]:
         sa.bindparam("exclude_flagged", type_=sa.Boolean),
     )
     # Compiled for the driver: search() runs it on the session's own asyncpg connection.
-    compiled = statement.compile(dialect=asyncpg_dialect.dialect())  # type: ignore[no-untyped-call]
-    return str(compiled), tuple(compiled.positiontup or ())
+    return compile_for_driver(statement)
 
 
 # Apply a document's change to the BM25 statistics: +1 per lexeme of each chunk of the new version, -1 per
@@ -350,7 +348,7 @@ class PgVectorKnowledgeBase:
             return result.scalar_one_or_none() is not None
 
     async def search(self, query: SearchQuery, embedding: Sequence[float]) -> list[SearchHit]:
-        sql, names = search_statement(max(CANDIDATES, query.limit * 4))
+        statement = search_statement(max(CANDIDATES, query.limit * 4))
         parameters = {
             "embedding": list(embedding),
             "query_text": query.text,
@@ -359,20 +357,10 @@ class PgVectorKnowledgeBase:
             "exclude_flagged": query.exclude_flagged,
             "limit": query.limit,
         }
-        arguments = [parameters[name] for name in names]
         # On the session's driver connection: SQLAlchemy's statement and result machinery cost ~0.6 ms a search
         # (~12 % at 100k chunks, bench/retrieval.py), for a statement that needs none of it.
-        async with storage_errors():
-            connection = await self._session.connection()
-            try:
-                driver = (await connection.get_raw_connection()).driver_connection
-                if driver is None:  # only after invalidation, which ends the connection's use
-                    raise asyncpg.ConnectionDoesNotExistError
-                rows = await driver.fetch(sql, *arguments)
-            except (asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError, OSError):
-                # What SQLAlchemy does for its own statements: a broken connection never goes back to the pool.
-                await connection.invalidate()
-                raise
+        async with driver_connection(self._session) as driver:
+            rows = await driver.fetch(statement.sql, *statement.arguments(parameters))
         return [
             SearchHit(
                 chunk_id=row["chunk_id"],
