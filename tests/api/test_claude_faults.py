@@ -200,10 +200,12 @@ async def test_a_second_unavailable_reply_in_a_row_hands_over_and_the_next_turn_
     state = await client.get(f"/v1/conversations/{conversation['id']}", headers=admin)
     assert state.json()["status"] == "pending_human"
 
-    # The provider is healthy again: another conversation is answered normally, from the knowledge base.
+    # The provider is healthy again: another conversation is answered normally, from the knowledge base. (The
+    # handoff's summary is written by Claude in the background and may reach the fake during this turn: only
+    # reply requests, the ones that offer tools, are counted.)
     anthropic.requests.clear()
     healthy = await _turn(client, await _conversation(client, settings), "How long do refunds take?", "stream")
-    assert len(anthropic.requests) == 1
+    assert len([request for request in anthropic.requests if "tools" in request.body]) == 1
     assert healthy["answer_status"] == "answered"
     assert "5 to 10 business days" in healthy["content"]
     assert healthy["citations"]

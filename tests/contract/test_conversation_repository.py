@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from support.adapters.memory.conversations import InMemoryAttachmentStore, InMemoryConversationRepository
@@ -289,3 +291,37 @@ async def test_a_summary_is_stored_only_for_the_handoff_it_was_written_for(backe
     stored = await backend.conversations.get(conversation.id)
     assert stored is not None
     assert stored.handoff_summary == "this one"
+
+
+# PostgreSQL only: transactions and row locks, which the fakes do not model. The turn's statements run on the
+# session's driver connection (adapters/postgres/driver.py); these prove they run inside the session's transaction
+# even when they are its first statements.
+
+
+async def test_a_message_rolled_back_with_its_transaction_is_not_kept(
+    postgres_backend: Backend, engine: AsyncEngine
+) -> None:
+    conversation = await new_conversation(postgres_backend)
+    # The lock and the insert are the transaction's first statements, as in a send.
+    assert await postgres_backend.conversations.get(conversation.id, for_update=True) is not None
+    await postgres_backend.conversations.add_message(customer_message(conversation, "refused by the budget"))
+    await postgres_backend.uow.rollback()
+    async with engine.connect() as connection:
+        count = await connection.scalar(
+            sa.text("SELECT count(*) FROM messages WHERE conversation_id = :id"), {"id": conversation.id}
+        )
+    assert count == 0
+
+
+async def test_a_conversation_locked_for_update_stays_locked_until_the_commit(
+    postgres_backend: Backend, engine: AsyncEngine
+) -> None:
+    conversation = await new_conversation(postgres_backend)
+    assert await postgres_backend.conversations.get(conversation.id, for_update=True) is not None
+    lock = sa.text("SELECT id FROM conversations WHERE id = :id FOR UPDATE NOWAIT")
+    async with engine.connect() as other:
+        with pytest.raises(DBAPIError, match="could not obtain lock"):
+            await other.execute(lock, {"id": conversation.id})
+        await other.rollback()
+        await postgres_backend.uow.commit()
+        assert (await other.execute(lock, {"id": conversation.id})).scalar_one() == conversation.id

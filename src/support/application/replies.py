@@ -493,18 +493,24 @@ class ReplyRunner:
         current: Conversation | None
         if query:
             embedding = await vector if vector is not None else None
-            # Recall and the last look run beside the search, on a connection of their own: the search keeps
-            # PostgreSQL busy for a millisecond or two that the turn would otherwise wait out twice more.
-            beside = asyncio.create_task(self._recall_and_look(conversation, query, embedding))
-            try:
-                passages = await services.search.execute(
-                    SearchQuery(query, limit=settings.passages, exclude_flagged=settings.exclude_flagged),
-                    embedding=embedding,
-                )
-            except BaseException:
-                beside.cancel()
-                raise
-            memories, current = await beside
+            search = services.search.execute(
+                SearchQuery(query, limit=settings.passages, exclude_flagged=settings.exclude_flagged),
+                embedding=embedding,
+            )
+            if embedding is None:
+                # Without a vector (no query embeddings wired) the search embeds the question: look after it.
+                passages = await search
+                memories, current = await self._recall_and_look(conversation, query, None)
+            else:
+                # Recall and the last look run beside the search, on a connection of their own: the search keeps
+                # PostgreSQL busy for a millisecond or two that the turn would otherwise wait out twice more.
+                beside = asyncio.create_task(self._recall_and_look(conversation, query, embedding))
+                try:
+                    passages = await search
+                except BaseException:
+                    beside.cancel()
+                    raise
+                memories, current = await beside
         else:
             current = await services.conversations.get(conversation.id)
         if current is None or not current.assistant_may_reply:

@@ -51,9 +51,20 @@ async def driver_connection(session: AsyncSession) -> AsyncIterator[asyncpg.Conn
     async with storage_errors():
         connection = await session.connection()
         try:
-            driver = (await connection.get_raw_connection()).driver_connection
+            raw = await connection.get_raw_connection()
+            driver = raw.driver_connection
             if driver is None:  # only after invalidation, which ends the connection's use
                 raise asyncpg.ConnectionDoesNotExistError
+            # SQLAlchemy's asyncpg adapter sends BEGIN lazily, before the first statement it runs itself, so a
+            # statement run here first would run outside the transaction (autocommitted, its row locks gone at
+            # once). Start it the way the adapter would; tests/contract/test_conversation_repository.py proves
+            # that a rollback undoes what ran here and that a lock taken here holds until the commit.
+            adapter: Any = raw.dbapi_connection
+            if not adapter._started:  # noqa: SLF001 - see above; SQLAlchemy is pinned by uv.lock
+                try:
+                    await adapter._start_transaction()  # noqa: SLF001
+                except adapter.dbapi.Error as error:  # the adapter's form of a driver failure
+                    raise asyncpg.ConnectionDoesNotExistError(str(error)) from error
             yield driver
         except (asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError, OSError):
             await connection.invalidate()
