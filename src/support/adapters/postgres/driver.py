@@ -42,9 +42,10 @@ def compile_for_driver(statement: ClauseElement, column_keys: Sequence[str] | No
 
 
 @asynccontextmanager
-async def driver_connection(session: AsyncSession) -> AsyncIterator[asyncpg.Connection]:
+async def driver_connection(session: AsyncSession, *, begin: bool = True) -> AsyncIterator[asyncpg.Connection]:
     """The session's asyncpg connection, in the session's transaction (begun if need be).
 
+    ``begin=False`` is for a lone read that needs no transaction: it joins one already begun, or runs on its own.
     Driver and SQLAlchemy failures become port errors; a connection that broke is invalidated, as SQLAlchemy
     does for its own statements, so it never goes back to the pool.
     """
@@ -60,7 +61,7 @@ async def driver_connection(session: AsyncSession) -> AsyncIterator[asyncpg.Conn
             # once). Start it the way the adapter would; tests/contract/test_conversation_repository.py proves
             # that a rollback undoes what ran here and that a lock taken here holds until the commit.
             adapter: Any = raw.dbapi_connection
-            if not adapter._started:  # noqa: SLF001 - see above; SQLAlchemy is pinned by uv.lock
+            if begin and not adapter._started:  # noqa: SLF001 - see above; SQLAlchemy is pinned by uv.lock
                 try:
                     await adapter._start_transaction()  # noqa: SLF001
                 except adapter.dbapi.Error as error:  # the adapter's form of a driver failure

@@ -358,8 +358,9 @@ class PgVectorKnowledgeBase:
             "limit": query.limit,
         }
         # On the session's driver connection: SQLAlchemy's statement and result machinery cost ~0.6 ms a search
-        # (~12 % at 100k chunks, bench/retrieval.py), for a statement that needs none of it.
-        async with driver_connection(self._session) as driver:
+        # (~12 % at 100k chunks, bench/retrieval.py), for a statement that needs none of it. A lone search needs
+        # no transaction (no BEGIN and ROLLBACK round trips); in a turn's scope it joins the one begun.
+        async with driver_connection(self._session, begin=False) as driver:
             rows = await driver.fetch(statement.sql, *statement.arguments(parameters))
         return [
             SearchHit(
