@@ -267,28 +267,12 @@ _MESSAGE_COLUMNS = (
     .label("attachments"),
 )
 
-# The turn's statements are built once, with bound parameters: SQLAlchemy then finds their compiled form by a
-# key it computed once, instead of walking a fresh statement (and compiling inserts) on every call.
+# Statements are built once, with bound parameters: the update runs through SQLAlchemy, which then finds its
+# compiled form by a key it computed once; the others are compiled for the driver below.
 _GET_CONVERSATION = sa.select(*_CONVERSATION_COLUMNS).where(_CONVERSATIONS.c.id == sa.bindparam("conversation_id"))
 _UPDATE_CONVERSATION = sa.update(_CONVERSATIONS).where(_CONVERSATIONS.c.id == sa.bindparam("target_id"))
-_MESSAGE_KEYS = (
-    "id",
-    "conversation_id",
-    "role",
-    "content",
-    "created_at",
-    "reply_to",
-    "citations",
-    "answer_status",
-    "decision",
-    "usage",
-    "ttft_ms",
-    "total_ms",
-    "interrupted",
-    "author",
-    "idempotency_key",
-    "metadata",
-)
+# The columns a message insert writes, as `_message_values` names them: all but the identity.
+_MESSAGE_KEYS = tuple(column.key for column in _MESSAGES.c if column.key != "seq")
 _JSONB_MESSAGE_KEYS = ("citations", "decision", "usage", "metadata")
 _RECENT_MESSAGES = (
     sa.select(*_MESSAGE_COLUMNS)
