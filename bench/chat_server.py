@@ -116,16 +116,20 @@ def _install_tracing() -> None:
     from support.adapters.postgres.uow import SqlAlchemyUnitOfWork
     from support.adapters.valkey.cache import ValkeyCache
     from support.adapters.valkey.events import ValkeyEventBus
+    from support.adapters.valkey.rate_limits import ValkeyRateLimiter
     from support.adapters.valkey.sessions import ValkeySessionStore
     from support.api import auth
     from support.api.controllers import conversations as controller
     from support.application.conversations import SendMessage
     from support.application.knowledge import QueryEmbeddings, SearchKnowledge
+    from support.application.limits import EnforceRateLimits
     from support.application.memory import RecallMemories
     from support.application.replies import ReplyRunner
 
     targets: list[tuple[Any, str, str]] = [
         (auth, "authenticate", "auth"),
+        (EnforceRateLimits, "execute", "ratelimit"),
+        (ValkeyRateLimiter, "acquire_all", "ratelimit.valkey"),
         (controller, "_read_send", "body.read"),
         (SendMessage, "execute", "send_message.execute"),
         (PostgresConversationRepository, "get", "repo.get_conversation"),

@@ -325,3 +325,15 @@ async def test_a_conversation_locked_for_update_stays_locked_until_the_commit(
         await other.rollback()
         await postgres_backend.uow.commit()
         assert (await other.execute(lock, {"id": conversation.id})).scalar_one() == conversation.id
+
+
+async def test_plain_reads_after_a_write_see_it_inside_the_transaction(postgres_backend: Backend) -> None:
+    # Plain reads begin no transaction of their own (a turn's read scopes then cost no BEGIN/ROLLBACK); once a write
+    # has begun one, they run inside it and see what it wrote.
+    conversation = await new_conversation(postgres_backend)
+    message = customer_message(conversation, "not committed yet")
+    await postgres_backend.conversations.add_message(message)
+    recent = await postgres_backend.conversations.recent_messages(conversation.id, 5)
+    assert [item.id for item in recent] == [message.id]
+    await postgres_backend.uow.rollback()
+    assert await postgres_backend.conversations.recent_messages(conversation.id, 5) == []

@@ -377,7 +377,9 @@ class PostgresConversationRepository:
 
     async def get(self, conversation_id: UUID, *, for_update: bool = False) -> Conversation | None:
         statement = _DRIVER_LOCK_CONVERSATION if for_update else _DRIVER_GET_CONVERSATION
-        async with driver_connection(self._session) as driver:
+        # A plain read needs no transaction (each statement reads committed data either way): a turn's read-only
+        # scopes then cost no BEGIN and ROLLBACK round trips. The lock needs one, held until the commit.
+        async with driver_connection(self._session, begin=for_update) as driver:
             row = await driver.fetchrow(statement.sql, conversation_id)
         return None if row is None else _conversation(row)
 
@@ -470,7 +472,7 @@ class PostgresConversationRepository:
 
     async def recent_messages(self, conversation_id: UUID, limit: int) -> list[Message]:
         parameters = {"conversation_id": conversation_id, "limit": limit}
-        async with driver_connection(self._session) as driver:
+        async with driver_connection(self._session, begin=False) as driver:
             rows = await driver.fetch(_DRIVER_RECENT_MESSAGES.sql, *_DRIVER_RECENT_MESSAGES.arguments(parameters))
         return [_message(row) for row in reversed(rows)]
 

@@ -38,7 +38,14 @@ def compile_for_driver(statement: ClauseElement, column_keys: Sequence[str] | No
     """Compile ``statement`` for asyncpg (``$n`` parameters with casts); ``column_keys`` for an INSERT's values."""
     compiled = statement.compile(dialect=_DIALECT, column_keys=list(column_keys) if column_keys else None)
     assert isinstance(compiled, SQLCompiler)  # noqa: S101 - a Core statement compiles with the SQL compiler
-    return DriverStatement(compiled.string, tuple(compiled.positiontup or ()))
+    names = tuple(compiled.positiontup or ())
+    # A Python constant in the statement (``1 - distance``) compiles to an anonymous parameter that no caller
+    # would pass: fail when the module loads, not on the first turn. Write constants as literal columns.
+    anonymous = [name for name in names if compiled.binds[name].unique]
+    if anonymous:
+        msg = f"constants compiled to anonymous parameters {anonymous}: use sa.literal_column"
+        raise ValueError(msg)
+    return DriverStatement(compiled.string, names)
 
 
 @asynccontextmanager

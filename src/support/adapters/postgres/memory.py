@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -10,6 +10,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, REAL
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from support.adapters.postgres.driver import compile_for_driver, driver_connection
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import ConversationRow, CustomerRow, MemoryRow, MessageRow, SummaryRow
 from support.domain.memory import ConversationSummary, Fact, FactKind, FactOrigin, fact_cursor, parse_fact_cursor
@@ -35,19 +36,25 @@ _FACT_COLUMNS = (
 )
 
 
-def _fact(row: sa.Row[Any]) -> Fact:
+class _Row(Protocol):
+    """A result row read by column name: a SQLAlchemy row mapping or an asyncpg record."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def _fact(row: _Row) -> Fact:
     return Fact(
-        id=row.id,
-        customer_id=row.customer_id,
-        kind=FactKind(row.kind),
-        key=row.key,
-        value=row.value,
-        confidence=row.confidence,
-        origin=FactOrigin(row.origin),
-        source_message_id=row.source_message_id,
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        superseded_by=row.superseded_by,
+        id=row["id"],
+        customer_id=row["customer_id"],
+        kind=FactKind(row["kind"]),
+        key=row["key"],
+        value=row["value"],
+        confidence=row["confidence"],
+        origin=FactOrigin(row["origin"]),
+        source_message_id=row["source_message_id"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        superseded_by=row["superseded_by"],
     )
 
 
@@ -59,7 +66,7 @@ _RECALL_CURRENT = sa.and_(
 )
 _RECALL_LIMIT = sa.bindparam("limit", type_=sa.Integer)
 _RECALL_NEWEST = (
-    sa.select(*_FACT_COLUMNS, sa.literal(0.0).label("similarity"))
+    sa.select(*_FACT_COLUMNS, sa.cast(sa.literal_column("0"), sa.Float).label("similarity"))
     .where(_RECALL_CURRENT)
     .order_by(_FACTS.c.created_at.desc(), _FACTS.c.id.desc())
     .limit(_RECALL_LIMIT)
@@ -70,11 +77,15 @@ _RECALL_DISTANCE = _FACTS.c.embedding.cosine_distance(
 )
 # A customer has a few dozen facts: an exact scan of them beats any approximate index.
 _RECALL_NEAREST = (
-    sa.select(*_FACT_COLUMNS, (1 - _RECALL_DISTANCE).label("similarity"))
+    sa.select(*_FACT_COLUMNS, (sa.literal_column("1") - _RECALL_DISTANCE).label("similarity"))
     .where(_RECALL_CURRENT)
     .order_by(_RECALL_DISTANCE, _FACTS.c.id.desc())
     .limit(_RECALL_LIMIT)
 )
+# Recall is a turn's read: it runs on the driver (postgres/driver.py), outside any transaction. Its constants are
+# written into the SQL (literal columns above): the driver statement passes only the named parameters.
+_DRIVER_RECALL_NEWEST = compile_for_driver(_RECALL_NEWEST)
+_DRIVER_RECALL_NEAREST = compile_for_driver(_RECALL_NEAREST)
 _GET_SUMMARY = sa.select(_SUMMARIES).where(_SUMMARIES.c.conversation_id == sa.bindparam("conversation_id"))
 _SUMMARY_FIELDS = ("points", "mentions", "through_message_id", "through_at", "folded_messages", "updated_at")
 
@@ -101,7 +112,7 @@ class PostgresCustomerMemory:
             _FACTS.c.customer_id == customer_id, _FACTS.c.key == key, _FACTS.c.superseded_by.is_(None)
         )
         async with storage_errors():
-            row = (await self._session.execute(statement)).first()
+            row = (await self._session.execute(statement)).mappings().first()
         return None if row is None else _fact(row)
 
     async def remember(self, fact: Fact, embedding: Sequence[float]) -> None:
@@ -157,13 +168,14 @@ class PostgresCustomerMemory:
         self, customer_id: UUID, *, now: datetime, embedding: Sequence[float] | None, limit: int
     ) -> list[ScoredFact]:
         parameters: dict[str, Any] = {"customer_id": customer_id, "now": now, "limit": limit}
-        statement = _RECALL_NEWEST
+        statement = _DRIVER_RECALL_NEWEST
         if embedding is not None:
-            statement = _RECALL_NEAREST
+            statement = _DRIVER_RECALL_NEAREST
             parameters["embedding"] = list(embedding)
-        async with storage_errors():
-            rows = (await self._session.execute(statement, parameters)).all()
-        return [ScoredFact(_fact(row), float(row.similarity)) for row in rows]
+        # A read that needs no transaction: it joins one already begun, else it runs on its own.
+        async with driver_connection(self._session, begin=False) as driver:
+            rows = await driver.fetch(statement.sql, *statement.arguments(parameters))
+        return [ScoredFact(_fact(row), float(row["similarity"])) for row in rows]
 
     async def list_facts(self, customer_id: UUID, *, limit: int, cursor: str | None) -> FactPage:
         statement = sa.select(*_FACT_COLUMNS).where(_FACTS.c.customer_id == customer_id)
@@ -174,14 +186,14 @@ class PostgresCustomerMemory:
             )
         statement = statement.order_by(_FACTS.c.created_at.desc(), _FACTS.c.id.desc()).limit(limit + 1)
         async with storage_errors():
-            rows = (await self._session.execute(statement)).all()
+            rows = (await self._session.execute(statement)).mappings().all()
         items = [_fact(row) for row in rows[:limit]]
         return FactPage(items=items, next_cursor=fact_cursor(items[-1]) if len(rows) > limit else None)
 
     async def get(self, customer_id: UUID, fact_id: UUID) -> Fact | None:
         statement = sa.select(*_FACT_COLUMNS).where(_FACTS.c.customer_id == customer_id, _FACTS.c.id == fact_id)
         async with storage_errors():
-            row = (await self._session.execute(statement)).first()
+            row = (await self._session.execute(statement)).mappings().first()
         return None if row is None else _fact(row)
 
     async def forget(self, customer_id: UUID, fact_id: UUID) -> bool:
