@@ -280,3 +280,25 @@ async def test_limits_fail_open_without_headers_while_their_store_is_down(
         assert sent.status_code == 200, sent.text
         assert "ratelimit" not in sent.headers
         assert "ratelimit-policy" not in sent.headers
+
+
+@pytest.mark.parametrize("limits", [limits_of(per_conversation=1)], ids=["per_conversation=1"])
+async def test_a_spent_send_limit_answers_429_before_any_problem_with_the_body(
+    http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    # A send's limit is counted while its body is read (api/limits.py): the verdict still comes first.
+    conversation = await start(http, service_headers, "cust-1")
+    path = f"/v1/conversations/{conversation['id']}"
+    token = bearer(conversation["customer_token"])
+    assert (await http.post(f"{path}/messages", json={"content": "Hi"}, headers=token)).status_code == 200
+
+    empty = await http.post(f"{path}/messages", json={"content": "  "}, headers=token)
+    assert_limited(empty, refused_by="conversation", wait_at_most=60)
+    broken = await http.post(
+        f"{path}/messages/stream", content=b"{not json", headers={**token, "content-type": "application/json"}
+    )
+    assert_limited(broken, refused_by="conversation", wait_at_most=60)
+    unknown = await http.post(f"/v1/conversations/{conversation['customer_id']}/messages", json={"content": "x"})
+    assert unknown.status_code == 401  # no caller, nothing counted: authentication still comes first
+    transcript = (await http.get(f"{path}/messages", headers=token)).json()["items"]
+    assert [item["content"] for item in transcript if item["role"] == "customer"] == ["Hi"]

@@ -2,10 +2,14 @@
 
 The role guard calls :func:`enforce_rate_limits` once the caller is known: one script call to Valkey checks every
 limit of the request at once (the caller's key or customer and address, and the conversation when the request
-sends a customer message). The decisions wait in the connection's state until :func:`rate_limit_headers` adds
-``RateLimit-Policy`` and ``RateLimit`` to the response (draft-ietf-httpapi-ratelimit-headers), the 429 included.
+sends a customer message). A message send does not wait for the verdict in the guard: it is counted while the
+handler reads the body and looks the question up in the embedding cache, and the handler awaits it
+(:func:`send_admission`) before the model runs or anything is stored. The decisions wait in the connection's
+state until :func:`rate_limit_headers` adds ``RateLimit-Policy`` and ``RateLimit`` to the response
+(draft-ietf-httpapi-ratelimit-headers), the 429 included.
 """
 
+import asyncio
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +35,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 COUNTS_AS_MESSAGE = {"counts_as_message": True}
 _STATE_KEY = "rate_limit_decisions"
 _COUNTED_KEY = "rate_limit_counted"
+_ADMISSION_KEY = "rate_limit_admission"
 _FORWARDED_FOR = b"x-forwarded-for"
 # IPv6 hosts usually get a /64 each: keying on the whole address would give one host 2**64 quotas.
 _IPV6_PREFIX = 64
@@ -134,11 +139,27 @@ async def limit_request(
     if state.get(_COUNTED_KEY):
         return
     state[_COUNTED_KEY] = True
-    conversation_id = None
-    if handler.opt.get("counts_as_message"):
-        found = connection.path_params.get("conversation_id")
-        conversation_id = found if isinstance(found, UUID) else None
-    await enforce_rate_limits(connection, principal, conversation_id=conversation_id)
+    if not handler.opt.get("counts_as_message"):
+        await enforce_rate_limits(connection, principal)
+        return
+    found = connection.path_params.get("conversation_id")
+    conversation_id = found if isinstance(found, UUID) else None
+    # The Valkey round trip overlaps reading the body and the embedding-cache lookup; see send_admission.
+    verdict = asyncio.create_task(enforce_rate_limits(connection, principal, conversation_id=conversation_id))
+    # Retrieved here too, so a verdict that nobody awaited (the request failed first) is not logged as lost.
+    verdict.add_done_callback(lambda done: done.cancelled() or done.exception())
+    state[_ADMISSION_KEY] = verdict
+
+
+def send_admission(connection: ASGIConnection[Any, Any, Any, Any]) -> "asyncio.Future[Any] | None":
+    """The rate-limit verdict of a message send, still running when the guard let the request through.
+
+    Awaiting it raises :class:`RateLimitedError` when a limit is spent. The handler awaits it before the model
+    runs or anything is stored, and before answering any other problem, so a spent limit is always a 429.
+    None when the request was not counted as a send.
+    """
+    verdict: asyncio.Future[Any] | None = connection.scope.get("state", {}).get(_ADMISSION_KEY)
+    return verdict
 
 
 def _sf_string(text: str) -> str:

@@ -4,7 +4,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import NewType
@@ -32,6 +32,7 @@ from support.domain.errors import (
     ContentTooLargeError,
     InvalidInputError,
     PermissionDeniedError,
+    SupportError,
     UnsupportedContentTypeError,
 )
 from support.domain.feed import FeedEvent, HandoffChanged, ReplyDone
@@ -504,19 +505,31 @@ class SendMessage:
         *,
         idempotency_key: str | None = None,
         uploads: Sequence[AttachmentUpload] = (),
+        admission: Awaitable[object] | None = None,
     ) -> Turn:
         """Validate and commit the message; return the turn that replies to it.
+
+        ``admission`` is the send's rate-limit verdict when it is still being reached: the question's embedding
+        is looked up in the cache meanwhile, and it raises before the model runs or anything is stored.
 
         Raises:
             ConversationNotFoundError: it does not exist or is not the caller's.
             ConversationClosedError: the conversation is closed.
             InvalidInputError: the content is empty or too long, or the idempotency key is too long.
             TokenBudgetExhaustedError: the assistant would answer, but the customer's tokens for the day are spent.
+            RateLimitedError: from ``admission``, before any other problem.
         """
         started = time.perf_counter()
-        text = checked_message(content, idempotency_key, self._limits, attached=bool(uploads))
-        prefetched = self._replies.prefetch(text)
         try:
+            text = checked_message(content, idempotency_key, self._limits, attached=bool(uploads))
+        except SupportError:
+            if admission is not None:
+                await admission
+            raise
+        prefetched = self._replies.prefetch(text, admission=admission)
+        try:
+            if admission is not None:
+                await admission
             # The row lock orders this message against status changes (a handoff, an agent's claim).
             conversation = ensure_customer_side(
                 principal, await self._conversations.get(conversation_id, for_update=True)

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -283,15 +283,16 @@ class ReplyRunner:
         """The model that writes replies."""
         return self._llm.name
 
-    def prefetch(self, text: str) -> "asyncio.Task[list[float]] | None":
+    def prefetch(self, text: str, *, admission: Awaitable[object] | None = None) -> "asyncio.Task[list[float]] | None":
         """Start embedding a message's text now, so the model runs while the message is being stored.
 
         The query embedding is the longest step before the first delta; it needs nothing from the database.
+        With an ``admission`` still pending (the send's rate limit), only the cache lookup runs before it.
         """
         query = search_text(text)
         if self._embeddings is None or not query:
             return None
-        task = asyncio.create_task(self._embeddings.embed(query))
+        task = asyncio.create_task(self._embeddings.embed(query, admission=admission))
         # A prefetch nobody awaits (the send failed) must not log "exception never retrieved".
         task.add_done_callback(lambda done: done.cancelled() or done.exception())
         return task

@@ -95,3 +95,34 @@ async def test_a_cache_outage_costs_only_the_model_run(caplog: pytest.LogCapture
     assert first == second
     assert embedder.finished == 2
     assert "cache unavailable" in caplog.text
+
+
+async def test_a_pending_admission_lets_the_lookup_run_and_holds_the_model_until_it_passes() -> None:
+    embedder, cache = CountingEmbedder(), InMemoryCache()
+    embeddings = QueryEmbeddings(embedder, cache, KnowledgeLimits())
+    await embeddings.embed("cached question")
+    await settle()
+    admission: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    hit = await embeddings.embed("cached question", admission=admission)  # a hit needs no verdict
+    miss = asyncio.create_task(embeddings.embed("new question", admission=admission))
+    await settle()
+    assert embedder.runs == 1  # the miss waits for the verdict before the model
+    admission.set_result(None)
+
+    assert len(await miss) == len(hit)
+    assert embedder.runs == 2
+
+
+async def test_a_refused_admission_costs_the_lookup_but_no_model_run() -> None:
+    class RefusedError(Exception):
+        pass
+
+    embedder = CountingEmbedder()
+    embeddings = QueryEmbeddings(embedder, InMemoryCache(), KnowledgeLimits())
+    admission: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    admission.set_exception(RefusedError())
+
+    with pytest.raises(RefusedError):
+        await embeddings.embed("new question", admission=admission)
+    assert embedder.runs == 0

@@ -3,10 +3,13 @@
 import asyncio
 from dataclasses import replace
 
+import pytest
+
 from support.domain.conversations import ConversationStatus, MessageRole
 from support.domain.feed import MessagePosted, ReplyDelta, ReplyDone
+from support.domain.limits import RateLimitedError
 from tests.fakes.llm import Script
-from tests.unit.application.conftest import World
+from tests.unit.application.conftest import SERVICE, World
 
 
 async def test_messages_sent_during_a_reply_are_answered_together_by_the_next_one(world: World) -> None:
@@ -79,3 +82,27 @@ async def test_the_assistant_never_writes_while_a_human_owns_the_conversation(wo
     assert result.conversation_status is ConversationStatus.HUMAN
     assert world.llm.requests == []
     assert [message.role for message in world.repository.messages] == [MessageRole.CUSTOMER]
+
+
+async def test_a_send_refused_by_its_admission_stores_nothing_and_starts_no_reply(world: World) -> None:
+    admission: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    sending = asyncio.create_task(
+        world.send_message.execute(SERVICE, world.conversation.id, "hello", admission=admission)
+    )
+    await asyncio.sleep(0.01)
+    assert not sending.done()  # nothing is stored before the verdict
+    assert await world.repository.recent_messages(world.conversation.id, 10) == []
+    admission.set_exception(RateLimitedError(()))
+
+    with pytest.raises(RateLimitedError):
+        await sending
+    assert await world.repository.recent_messages(world.conversation.id, 10) == []
+    assert world.llm.requests == []
+
+
+async def test_a_refused_admission_wins_over_a_problem_with_the_message(world: World) -> None:
+    admission: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    admission.set_exception(RateLimitedError(()))
+
+    with pytest.raises(RateLimitedError):
+        await world.send_message.execute(SERVICE, world.conversation.id, "   ", admission=admission)

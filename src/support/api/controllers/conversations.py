@@ -20,7 +20,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent
 
 from support.api.auth import authenticate, require_roles
-from support.api.limits import COUNTS_AS_MESSAGE, enforce_rate_limits, frame_limit, receive_frame
+from support.api.limits import COUNTS_AS_MESSAGE, enforce_rate_limits, frame_limit, receive_frame, send_admission
 from support.api.openapi import document_event_stream
 from support.api.problems import problem_responses
 from support.api.schemas.conversations import (
@@ -271,14 +271,21 @@ class ConversationsController(Controller):
         use_case: SendMessage,
         prepare: PrepareAttachments,
     ) -> Turn:
-        content, files = await _read_send(request)
-        uploads = await prepare.execute(files) if files else []
+        admission = send_admission(request)
+        try:
+            content, files = await _read_send(request)
+            uploads = await prepare.execute(files) if files else []
+        except Exception:
+            if admission is not None:
+                await admission  # a spent rate limit answers 429 before whatever is wrong with the body
+            raise
         return await use_case.execute(
             await authenticate(request),
             conversation_id,
             content,
             idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
             uploads=uploads,
+            admission=admission,
         )
 
     @post(
