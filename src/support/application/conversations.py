@@ -13,7 +13,7 @@ from uuid import UUID
 from support.application.handover import announce, message_event
 from support.application.keys import CustomerTokenSecret
 from support.application.limits import CheckTokenBudget
-from support.application.replies import ReplyRunner, ReplyStream
+from support.application.replies import LeaseReservation, ReplyRunner, ReplyStream
 from support.domain.conversations import (
     ACTIVITY_GRANULARITY,
     AttachmentInfo,
@@ -534,10 +534,19 @@ class SendMessage:
             conversation = ensure_customer_side(
                 principal, await self._conversations.get(conversation_id, for_update=True)
             )
-            return await self._store(conversation, text, idempotency_key, uploads, started, prefetched)
         except BaseException:
             if prefetched is not None:
                 prefetched.cancel()
+            raise
+        # The turn's lease is tried for while the message is inserted and committed (a Valkey round trip off
+        # the way to the first delta); only for a conversation the caller may write to.
+        reservation = self._replies.reserve(conversation.id)
+        try:
+            return await self._store(conversation, text, idempotency_key, uploads, started, prefetched, reservation)
+        except BaseException:
+            if prefetched is not None:
+                prefetched.cancel()
+            self._replies.forgo(reservation)
             raise
 
     async def _store(
@@ -548,6 +557,7 @@ class SendMessage:
         uploads: Sequence[AttachmentUpload],
         started: float,
         prefetched: "asyncio.Task[list[float]] | None",
+        reservation: LeaseReservation,
     ) -> Turn:
         now = self._clock.now()
         message = Message(
@@ -566,7 +576,9 @@ class SendMessage:
             return Turn(
                 stored,
                 True,
-                self._replies.start(conversation, stored, started=started, echo=False, prefetched=prefetched),
+                self._replies.start(
+                    conversation, stored, started=started, echo=False, prefetched=prefetched, reservation=reservation
+                ),
             )
         updated = conversation.apply(ConversationEvent.CUSTOMER_WRITES, now)
         if self._budget is not None and updated.assistant_may_reply:
@@ -585,7 +597,11 @@ class SendMessage:
             await self._outbox.enqueue(message_event(message))
         await self._uow.commit()
         return Turn(
-            message, False, self._replies.start(updated, message, started=started, echo=True, prefetched=prefetched)
+            message,
+            False,
+            self._replies.start(
+                updated, message, started=started, echo=True, prefetched=prefetched, reservation=reservation
+            ),
         )
 
 

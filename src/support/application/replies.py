@@ -245,6 +245,25 @@ class _Publisher:
         return [FeedEvent(0, payload) for payload in payloads]
 
 
+class LeaseReservation:
+    """One try for a conversation's reply lease, made while the message that needs it is being stored.
+
+    The Valkey round trip then overlaps the message's insert and commit instead of following them. A try that
+    fails (another reply is being written) leaves the turn to wait for the lease as before.
+    """
+
+    def __init__(self, sessions: SessionStore, conversation_id: UUID, holder: str, ttl_s: float) -> None:
+        self.conversation_id = conversation_id
+        self.holder = holder
+        self._task = asyncio.create_task(sessions.acquire_reply_lease(conversation_id, holder, ttl_s=ttl_s))
+        # Retrieved here too: a reservation given up after a failed send is never awaited by a turn.
+        self._task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    async def taken(self) -> bool:
+        """Whether the try got the lease (raises what the session store raised)."""
+        return await self._task
+
+
 class ReplyRunner:
     """Runs turns as background tasks; one process-wide instance, closed at shutdown."""
 
@@ -297,6 +316,18 @@ class ReplyRunner:
         task.add_done_callback(lambda done: done.cancelled() or done.exception())
         return task
 
+    def reserve(self, conversation_id: UUID) -> LeaseReservation:
+        """Try for the conversation's reply lease now, beside storing the message the turn will answer.
+
+        Pass the reservation to :meth:`start`, or to :meth:`forgo` when the message is not stored after all.
+        """
+        holder = f"{self._holder_prefix}:{new_id()}"
+        return LeaseReservation(self._sessions, conversation_id, holder, self._settings.lease_ttl_s)
+
+    def forgo(self, reservation: LeaseReservation) -> None:
+        """Give a reservation back without a turn (the send failed): the lease, if it was got, is released."""
+        self._track(asyncio.create_task(self._give_back(reservation)))
+
     def start(
         self,
         conversation: Conversation,
@@ -305,16 +336,34 @@ class ReplyRunner:
         started: float,
         echo: bool,
         prefetched: "asyncio.Task[list[float]] | None" = None,
+        reservation: LeaseReservation | None = None,
     ) -> ReplyStream:
         """Begin the turn that answers ``message`` (and whatever else is unanswered when it gets its turn)."""
         stream = ReplyStream()
         stream.final_status = conversation.status
-        task = asyncio.create_task(
-            self._run(conversation, message, stream, started=started, echo=echo, prefetched=prefetched)
+        self._track(
+            asyncio.create_task(
+                self._run(
+                    conversation,
+                    message,
+                    stream,
+                    started=started,
+                    echo=echo,
+                    prefetched=prefetched,
+                    reservation=reservation,
+                )
+            )
         )
+        return stream
+
+    def _track(self, task: "asyncio.Task[None]") -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return stream
+
+    async def _give_back(self, reservation: LeaseReservation) -> None:
+        with contextlib.suppress(DependencyUnavailableError):
+            if await reservation.taken():
+                await self._sessions.release_reply_lease(reservation.conversation_id, reservation.holder)
 
     async def close(self) -> None:
         """Stop every turn in progress; each stores what it has written, marked interrupted."""
@@ -337,14 +386,18 @@ class ReplyRunner:
         started: float,
         echo: bool,
         prefetched: "asyncio.Task[list[float]] | None",
+        reservation: LeaseReservation | None,
     ) -> None:
         publisher = _Publisher(self._bus, conversation.id, stream)
-        holder = f"{self._holder_prefix}:{new_id()}"
+        holder = reservation.holder if reservation is not None else f"{self._holder_prefix}:{new_id()}"
         leased = False
         try:
             if echo:
                 publisher.emit(MessagePosted(message))
-            leased = await self._wait_for_lease(conversation.id, holder)
+            if reservation is not None:
+                leased = await reservation.taken()
+            if not leased:
+                leased = await self._wait_for_lease(conversation.id, holder)
             if not leased:
                 publisher.emit(
                     StreamFailed(

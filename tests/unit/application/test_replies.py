@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from support.domain.conversations import ConversationStatus, MessageRole
+from support.domain.conversations import ConversationClosedError, ConversationStatus, MessageRole
 from support.domain.feed import MessagePosted, ReplyDelta, ReplyDone
 from support.domain.limits import RateLimitedError
 from tests.fakes.llm import Script
@@ -106,3 +106,29 @@ async def test_a_refused_admission_wins_over_a_problem_with_the_message(world: W
 
     with pytest.raises(RateLimitedError):
         await world.send_message.execute(SERVICE, world.conversation.id, "   ", admission=admission)
+
+
+async def test_a_send_that_is_not_stored_gives_back_the_lease_it_tried_for(world: World) -> None:
+    # The lease is tried for beside the insert (ReplyRunner.reserve); a send that fails after that must free it.
+    await world.repository.update(replace(world.conversation, status=ConversationStatus.CLOSED))
+
+    with pytest.raises(ConversationClosedError):
+        await world.send("anyone there?")
+    await asyncio.sleep(0.01)  # the try for the lease has run by now
+    await world.runner.drain()
+
+    assert await world.sessions.acquire_reply_lease(world.conversation.id, "next turn", ttl_s=5)
+
+
+async def test_a_reply_in_progress_keeps_its_lease_from_a_send_beside_it(world: World) -> None:
+    world.llm.gate = asyncio.Event()
+    first = await world.send("What is your return window?")
+    await asyncio.sleep(0.05)  # the first turn holds the lease and waits at the gate
+    second = await world.send("And for opened items?")
+    await asyncio.sleep(0.05)
+
+    assert len(world.llm.requests) == 1  # the second send's try for the lease failed: it waits its turn
+    world.llm.gate.set()
+    assert (await first.result()).reply is not None
+    assert (await second.result()).reply is not None
+    assert world.llm.max_active == 1
