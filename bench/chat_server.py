@@ -126,7 +126,12 @@ def _install_tracing() -> None:
     from support.application.memory import RecallMemories
     from support.application.replies import ReplyRunner
 
+    import asyncpg
+
     targets: list[tuple[Any, str, str]] = [
+        (asyncpg.Connection, "fetch", "pg.driver.fetch"),
+        (asyncpg.Connection, "fetchrow", "pg.driver.fetchrow"),
+        (asyncpg.Connection, "fetchval", "pg.driver.fetchval"),
         (auth, "authenticate", "auth"),
         (EnforceRateLimits, "execute", "ratelimit"),
         (ValkeyRateLimiter, "acquire_all", "ratelimit.valkey"),
@@ -160,9 +165,31 @@ def _install_tracing() -> None:
         (ReplyRunner, "_request", "reply.request"),
         (ReplyRunner, "_attachments", "reply.attachments"),
     ]
+    _trace_embedding_thread()  # first: embed.model then wraps what it installs
     for owner, name, label in targets:
         _wrap(owner, name, label)
     _trace_first_delta()
+
+
+def _trace_embedding_thread() -> None:
+    """Mark the query model's run on its worker thread (``embed.model`` is the loop's wait for it)."""
+    import asyncio
+
+    from support.adapters.embedding.onnx_minilm import OnnxMiniLMEmbedder
+
+    def embed_one(self: Any, text: str, spans: list[Span] | None) -> list[float]:
+        started = time.perf_counter()
+        vector: list[float] = self._embed_one(text)
+        if spans is not None:
+            spans.append(("embed.thread", started, time.perf_counter()))
+        return vector
+
+    async def embed_query(self: Any, text: str) -> list[float]:
+        # Executor threads do not inherit the request's context: its span list goes along explicitly.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._query_worker, embed_one, self, text, _spans.get())
+
+    OnnxMiniLMEmbedder.embed_query = embed_query  # type: ignore[method-assign]
 
 
 def _trace_first_delta() -> None:

@@ -546,25 +546,23 @@ class ReplyRunner:
         memories: Sequence[RecalledFact] = ()
         current: Conversation | None
         if query:
-            embedding = await vector if vector is not None else None
-            search = services.search.execute(
-                SearchQuery(query, limit=settings.passages, exclude_flagged=settings.exclude_flagged),
-                embedding=embedding,
-            )
-            if embedding is None:
+            search_query = SearchQuery(query, limit=settings.passages, exclude_flagged=settings.exclude_flagged)
+            if vector is None:
                 # Without a vector (no query embeddings wired) the search embeds the question: look after it.
-                passages = await search
+                passages = await services.search.execute(search_query)
                 memories, current = await self._recall_and_look(conversation, query, None)
             else:
                 # Recall and the last look run beside the search, on a connection of their own: the search keeps
-                # PostgreSQL busy for a millisecond or two that the turn would otherwise wait out twice more.
-                beside = asyncio.create_task(self._recall_and_look(conversation, query, embedding))
+                # PostgreSQL busy for a millisecond or two that the turn would otherwise wait out twice more. Their
+                # scope opens now, while the question is still being embedded, so recall starts when the vector does.
+                beside = asyncio.create_task(self._recall_and_look(conversation, query, vector))
                 try:
-                    passages = await search
+                    passages = await services.search.execute(search_query, embedding=await vector)
+                    memories, current = await beside
                 except BaseException:
                     beside.cancel()
+                    await asyncio.gather(beside, return_exceptions=True)
                     raise
-                memories, current = await beside
         else:
             current = await services.conversations.get(conversation.id)
         if current is None or not current.assistant_may_reply:
@@ -587,14 +585,16 @@ class ReplyRunner:
         )
 
     async def _recall_and_look(
-        self, conversation: Conversation, query: str, embedding: Sequence[float] | None
+        self, conversation: Conversation, query: str, vector: Awaitable[Sequence[float]] | None
     ) -> tuple[Sequence[RecalledFact], Conversation | None]:
         """Facts for the question, then the last look at who owns the conversation before the model writes.
 
         The turn's first look is ~10 ms old by now (embedding, search), and a request for a person in between
-        must not get a bot answer streamed over it.
+        must not get a bot answer streamed over it. The scope is opened while the question's vector is still
+        being computed, so recall starts the moment it is there.
         """
         async with self._open() as services:
+            embedding = await vector if vector is not None else None
             memories = await services.recall.execute(conversation.customer_id, query, embedding=embedding)
             return memories, await services.conversations.get(conversation.id)
 

@@ -87,6 +87,7 @@ _RECALL_NEAREST = (
 _DRIVER_RECALL_NEWEST = compile_for_driver(_RECALL_NEWEST)
 _DRIVER_RECALL_NEAREST = compile_for_driver(_RECALL_NEAREST)
 _GET_SUMMARY = sa.select(_SUMMARIES).where(_SUMMARIES.c.conversation_id == sa.bindparam("conversation_id"))
+_DRIVER_GET_SUMMARY = compile_for_driver(_GET_SUMMARY)
 _SUMMARY_FIELDS = ("points", "mentions", "through_message_id", "through_at", "folded_messages", "updated_at")
 
 
@@ -220,15 +221,15 @@ class PostgresCustomerMemory:
         return FactCounts(current=row.current, total=row.total)
 
 
-def _summary(row: Any) -> ConversationSummary:
+def _summary(row: _Row) -> ConversationSummary:
     return ConversationSummary(
-        conversation_id=row.conversation_id,
-        points=tuple(row.points),
-        mentions=tuple(row.mentions),
-        through_message_id=row.through_message_id,
-        through_at=row.through_at,
-        folded_messages=row.folded_messages,
-        updated_at=row.updated_at,
+        conversation_id=row["conversation_id"],
+        points=tuple(row["points"]),
+        mentions=tuple(row["mentions"]),
+        through_message_id=row["through_message_id"],
+        through_at=row["through_at"],
+        folded_messages=row["folded_messages"],
+        updated_at=row["updated_at"],
     )
 
 
@@ -239,8 +240,9 @@ class PostgresSummaryStore:
         self._session = session
 
     async def get(self, conversation_id: UUID) -> ConversationSummary | None:
-        async with storage_errors():
-            row = (await self._session.execute(_GET_SUMMARY, {"conversation_id": conversation_id})).one_or_none()
+        # Read on every turn of a conversation longer than the history window: on the driver, no transaction.
+        async with driver_connection(self._session, begin=False) as driver:
+            row = await driver.fetchrow(_DRIVER_GET_SUMMARY.sql, conversation_id)
         return None if row is None else _summary(row)
 
     async def save(self, summary: ConversationSummary) -> None:
@@ -261,7 +263,7 @@ class PostgresSummaryStore:
             return []
         statement = sa.select(_SUMMARIES).where(_SUMMARIES.c.conversation_id.in_(list(conversation_ids)))
         async with storage_errors():
-            rows = (await self._session.execute(statement)).all()
+            rows = (await self._session.execute(statement)).mappings().all()
         return [_summary(row) for row in rows]
 
     async def delete(self, conversation_ids: Sequence[UUID]) -> int:
