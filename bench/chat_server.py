@@ -108,6 +108,7 @@ def _wrap(owner: Any, name: str, label: str) -> None:
 
 
 def _install_tracing() -> None:
+    import asyncpg
     from sqlalchemy.dialects.postgresql import asyncpg as sa_asyncpg
 
     from support.adapters.embedding.onnx_minilm import OnnxMiniLMEmbedder
@@ -125,8 +126,6 @@ def _install_tracing() -> None:
     from support.application.limits import EnforceRateLimits
     from support.application.memory import RecallMemories
     from support.application.replies import ReplyRunner
-
-    import asyncpg
 
     targets: list[tuple[Any, str, str]] = [
         (asyncpg.Connection, "fetch", "pg.driver.fetch"),
