@@ -288,55 +288,31 @@ class DeleteDocument:
 class QueryEmbeddings:
     """Query vectors through a cache: repeated questions skip the model. A cache outage only costs time."""
 
-    def __init__(
-        self, embedder: Embedder, cache: Cache, limits: KnowledgeLimits, *, write_delay_s: float = 0.03
-    ) -> None:
+    def __init__(self, embedder: Embedder, cache: Cache, limits: KnowledgeLimits) -> None:
         self._embedder = embedder
         self._cache = cache
         self._ttl_s = limits.query_cache_ttl_s
-        self._write_delay_s = write_delay_s
-        self._unwritten: dict[str, list[float]] = {}
-        self._flush_later: asyncio.TimerHandle | None = None
         self._writes: set[asyncio.Task[None]] = set()  # cache writes in flight (held so they are not collected)
 
     async def embed(self, text: str, *, admission: Awaitable[object] | None = None) -> list[float]:
-        """The query's vector, cached by model and exact text; the cache write happens later, in the background.
+        """The query's vector, cached by model and exact text; the cache write happens in the background.
 
         The lookup comes first and the model only on a miss. Starting the model beside the lookup was measured
         slower in a turn (bench/chat: the model ran 7.8 -> 10.5 ms, sharing the cores with the message being
         stored), besides burning a model run on every hit. A pending ``admission`` (a send's rate limit) is
         awaited before the model runs: a refused request costs a lookup, not a model run.
-
-        A new vector is written ``write_delay_s`` later (what piles up meanwhile goes together): the moment it
-        is computed is the moment a turn's search and recall need the event loop and the cores, and a cache
-        write is worth nothing to the turn that made it (bench/chat: first delta p50 -0.36 ms).
         """
         key = f"qemb:{self._embedder.model_id}:{hashlib.sha256(text.encode()).hexdigest()}"
-        cached = self._unwritten.get(key) or await self._cached(key)
+        cached = await self._cached(key)
         if cached is not None:
             return cached
         if admission is not None:
             await admission
         vector = await self._embedder.embed_query(text)
-        self._unwritten[key] = vector
-        if self._flush_later is None:
-            self._flush_later = asyncio.get_running_loop().call_later(self._write_delay_s, self._flush)
-        return vector
-
-    async def drain(self) -> None:
-        """Write what is waiting now and wait for every write in flight (tests, shutdown)."""
-        if self._flush_later is not None:
-            self._flush_later.cancel()
-            self._flush()
-        while self._writes:
-            await asyncio.gather(*list(self._writes))
-
-    def _flush(self) -> None:
-        self._flush_later = None
-        entries, self._unwritten = self._unwritten, {}
-        task = asyncio.create_task(self._store(entries))
+        task = asyncio.create_task(self._store(key, vector))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+        return vector
 
     async def _cached(self, key: str) -> list[float] | None:
         try:
@@ -346,10 +322,9 @@ class QueryEmbeddings:
             return None
         return None if cached is None else array.array("f", cached).tolist()
 
-    async def _store(self, entries: dict[str, list[float]]) -> None:
+    async def _store(self, key: str, vector: list[float]) -> None:
         try:
-            for key, vector in entries.items():
-                await self._cache.set(key, array.array("f", vector).tobytes(), self._ttl_s)
+            await self._cache.set(key, array.array("f", vector).tobytes(), self._ttl_s)
         except CacheUnavailableError:
             _logger.warning("query embedding cache unavailable; result not cached")
 

@@ -289,15 +289,7 @@ class InfrastructureProvider(Provider):
             query_cache_ttl_s=knowledge.query_cache_ttl_s,
         )
 
-    @provide
-    async def query_embeddings(
-        self, embedder: Embedder, cache: Cache, limits: KnowledgeLimits
-    ) -> AsyncIterator[QueryEmbeddings]:
-        embeddings = QueryEmbeddings(embedder, cache, limits)
-        yield embeddings
-        # Vectors of the last moments still reach the cache (it is closed after this: it was made first).
-        with contextlib.suppress(Exception):
-            await embeddings.drain()
+    query_embeddings = provide(QueryEmbeddings)
 
     @provide
     async def job_queue(self, settings: Settings) -> AsyncIterator[SaqJobQueue]:
