@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol, cast
+from typing import Any, cast
 from uuid import UUID
 
 import msgspec
@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from support.adapters.postgres.driver import compile_for_driver, driver_connection
+from support.adapters.postgres.driver import Row, compile_for_driver, driver_connection
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import AttachmentRow, ConversationRow, CustomerRow, MessageRow
 from support.domain.assistant import AttachedText
@@ -68,13 +68,7 @@ _CONVERSATION_COLUMNS = tuple(
 )
 
 
-class _Row(Protocol):
-    """A result row read by column name: a SQLAlchemy row mapping or an asyncpg record."""
-
-    def __getitem__(self, key: str, /) -> Any: ...
-
-
-def _conversation(row: _Row) -> Conversation:
+def _conversation(row: Row) -> Conversation:
     """A conversation from a row by column name (a SQLAlchemy row's mapping or an asyncpg record)."""
     feedback = None
     if row["feedback_rating"] is not None and row["feedback_at"] is not None:
@@ -196,7 +190,7 @@ def _message_values(message: Message) -> dict[str, Any]:
     }
 
 
-def _message(row: _Row) -> Message:
+def _message(row: Row) -> Message:
     """A message from a row by column name (a SQLAlchemy row's mapping or an asyncpg record)."""
     usage = row["usage"]
     return Message(
@@ -222,7 +216,7 @@ def _message(row: _Row) -> Message:
     )
 
 
-def _messages(rows: Sequence[_Row]) -> list[Message]:
+def _messages(rows: Sequence[Row]) -> list[Message]:
     return [_message(row) for row in rows]
 
 

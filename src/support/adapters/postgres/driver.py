@@ -10,7 +10,7 @@ the session: same transaction, same error translation, the connection invalidate
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
@@ -21,6 +21,12 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from support.adapters.postgres.errors import storage_errors
 
 _DIALECT = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
+
+
+class Row(Protocol):
+    """A result row read by column name: a SQLAlchemy row mapping or an asyncpg record (one mapper serves both)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)

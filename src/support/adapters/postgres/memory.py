@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol, cast
+from typing import Any, cast
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, REAL
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from support.adapters.postgres.driver import compile_for_driver, driver_connection
+from support.adapters.postgres.driver import Row, compile_for_driver, driver_connection
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import ConversationRow, CustomerRow, MemoryRow, MessageRow, SummaryRow
 from support.domain.memory import ConversationSummary, Fact, FactKind, FactOrigin, fact_cursor, parse_fact_cursor
@@ -36,13 +36,7 @@ _FACT_COLUMNS = (
 )
 
 
-class _Row(Protocol):
-    """A result row read by column name: a SQLAlchemy row mapping or an asyncpg record."""
-
-    def __getitem__(self, key: str, /) -> Any: ...
-
-
-def _fact(row: _Row) -> Fact:
+def _fact(row: Row) -> Fact:
     return Fact(
         id=row["id"],
         customer_id=row["customer_id"],
@@ -221,7 +215,7 @@ class PostgresCustomerMemory:
         return FactCounts(current=row.current, total=row.total)
 
 
-def _summary(row: _Row) -> ConversationSummary:
+def _summary(row: Row) -> ConversationSummary:
     return ConversationSummary(
         conversation_id=row["conversation_id"],
         points=tuple(row["points"]),
