@@ -527,6 +527,7 @@ class SendMessage:
                 await admission
             raise
         prefetched = self._replies.prefetch(text, admission=admission)
+        reservation: LeaseReservation | None = None
         try:
             if admission is not None:
                 await admission
@@ -534,19 +535,15 @@ class SendMessage:
             conversation = ensure_customer_side(
                 principal, await self._conversations.get(conversation_id, for_update=True)
             )
-        except BaseException:
-            if prefetched is not None:
-                prefetched.cancel()
-            raise
-        # The turn's lease is tried for while the message is inserted and committed (a Valkey round trip off
-        # the way to the first delta); only for a conversation the caller may write to.
-        reservation = self._replies.reserve(conversation.id)
-        try:
+            # The turn's lease is tried for while the message is inserted and committed (a Valkey round trip off
+            # the way to the first delta); only for a conversation the caller may write to.
+            reservation = self._replies.reserve(conversation.id)
             return await self._store(conversation, text, idempotency_key, uploads, started, prefetched, reservation)
         except BaseException:
             if prefetched is not None:
                 prefetched.cancel()
-            self._replies.forgo(reservation)
+            if reservation is not None:
+                self._replies.forgo(reservation)
             raise
 
     async def _store(
