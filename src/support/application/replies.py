@@ -321,8 +321,7 @@ class ReplyRunner:
 
         Pass the reservation to :meth:`start`, or to :meth:`forgo` when the message is not stored after all.
         """
-        holder = f"{self._holder_prefix}:{new_id()}"
-        return LeaseReservation(self._sessions, conversation_id, holder, self._settings.lease_ttl_s)
+        return LeaseReservation(self._sessions, conversation_id, self._new_holder(), self._settings.lease_ttl_s)
 
     def forgo(self, reservation: LeaseReservation) -> None:
         """Give a reservation back without a turn (the send failed): the lease, if it was got, is released."""
@@ -355,6 +354,10 @@ class ReplyRunner:
             )
         )
         return stream
+
+    def _new_holder(self) -> str:
+        """A lease holder name of this process, new for each turn."""
+        return f"{self._holder_prefix}:{new_id()}"
 
     def _track(self, task: "asyncio.Task[None]") -> None:
         self._tasks.add(task)
@@ -389,7 +392,7 @@ class ReplyRunner:
         reservation: LeaseReservation | None,
     ) -> None:
         publisher = _Publisher(self._bus, conversation.id, stream)
-        holder = reservation.holder if reservation is not None else f"{self._holder_prefix}:{new_id()}"
+        holder = reservation.holder if reservation is not None else self._new_holder()
         leased = False
         try:
             if echo:
