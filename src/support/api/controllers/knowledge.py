@@ -40,9 +40,27 @@ MAX_TAGS_FIELD_LENGTH = 50 * 101
 
 
 class CreateDocumentRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    content: Annotated[str, msgspec.Meta(description="The document's text, Markdown or HTML.")]
+    content: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            description="The document's text, Markdown or HTML; whitespace alone is refused (`invalid_input`).",
+            examples=["# Returns\n\nUnworn items can be returned within 30 days of delivery for a full refund."],
+        ),
+    ]
     content_type: ContentType = "text/markdown"
-    title: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TITLE_LENGTH)] | None = None
+    title: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=MAX_TITLE_LENGTH,
+                description="Defaults to the content's first heading; a document without either is refused.",
+                examples=["Returns and refunds"],
+            ),
+        ]
+        | None
+    ) = None
     external_id: (
         Annotated[
             str,
