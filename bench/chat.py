@@ -514,11 +514,13 @@ async def measure_floors(
 
     engine = create_engine(backends.database_url, DatabaseSettings(pool_size=2))
     search_ms: list[float] = []
+    # The search a turn makes: as many passages, each with its neighbouring chunks (the offline responder's).
+    llm = Settings().llm
     async with create_session_factory(engine)() as session:
         knowledge = PgVectorKnowledgeBase(session)
         for index, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
             started = time.perf_counter()
-            await knowledge.search(SearchQuery(text, limit=5), vector)
+            await knowledge.search(SearchQuery(text, limit=llm.passages, context=llm.context_chunks), vector)
             if index >= 10:
                 search_ms.append((time.perf_counter() - started) * 1000)
     await engine.dispose()

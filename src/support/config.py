@@ -119,6 +119,9 @@ class LLMSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     history_token_budget: PositiveInt = 3000
     # Passages retrieved before the model is called.
     passages: PositiveInt = 5
+    # Offline responder: neighbouring chunks of each passage's document (each side) it may quote from; the
+    # answer is often next to the chunk that ranked (docs/llm-offline.md). Claude gets the ranked chunks.
+    context_chunks: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3
     # Tool round trips (search_knowledge) allowed per reply.
     max_tool_rounds: Annotated[int, msgspec.Meta(ge=0)] = 2
     # Offline responder: below this evidence score it says it could not find the answer and offers a human.

@@ -44,6 +44,8 @@ MAX_TITLE_LENGTH = 500
 MAX_EXTERNAL_ID_LENGTH = 300
 MAX_QUERY_LENGTH = 2000
 MAX_SEARCH_LIMIT = 50
+# Neighbouring chunks a hit may bring along on each side (SearchQuery.context).
+MAX_SEARCH_CONTEXT = 10
 MAX_PAGE_SIZE = 200
 
 
@@ -349,12 +351,15 @@ class SearchKnowledge:
             raise InvalidInputError(f"A query has at most {MAX_QUERY_LENGTH} characters.")
         if not 1 <= query.limit <= MAX_SEARCH_LIMIT:
             raise InvalidInputError(f"limit must be between 1 and {MAX_SEARCH_LIMIT}.")
+        if not 0 <= query.context <= MAX_SEARCH_CONTEXT:
+            raise InvalidInputError(f"context must be between 0 and {MAX_SEARCH_CONTEXT}.")
         normalised = SearchQuery(
             text=text,
             limit=query.limit,
             tags=normalise_tags(query.tags),
             audiences=query.audiences,
             exclude_flagged=query.exclude_flagged,
+            context=query.context,
         )
         vector = embedding if embedding is not None else await self._embeddings.embed(text)
         return await self._knowledge.search(normalised, vector)

@@ -86,6 +86,8 @@ class ReplySettings:
     """How turns run."""
 
     passages: int = 5
+    # Neighbouring chunks each passage brings along, each side (SearchQuery.context).
+    context_chunks: int = 0
     recent_messages: int = 20
     history_messages: int = 12
     attachment_context_chars: int = 12_000
@@ -150,15 +152,18 @@ class _Draft:
 class _Tools:
     """The tools a model may call during a turn; each search opens its own short scope."""
 
-    def __init__(self, open_services: ServicesOpener, passages: int, *, exclude_flagged: bool = False) -> None:
+    def __init__(
+        self, open_services: ServicesOpener, passages: int, *, exclude_flagged: bool = False, context: int = 0
+    ) -> None:
         self._open = open_services
         self._passages = passages
         self._exclude_flagged = exclude_flagged
+        self._context = context
 
     async def search_knowledge(self, query: str) -> Sequence[SearchHit]:
         async with self._open() as services:
             return await services.search.execute(
-                SearchQuery(query, limit=self._passages, exclude_flagged=self._exclude_flagged)
+                SearchQuery(query, limit=self._passages, exclude_flagged=self._exclude_flagged, context=self._context)
             )
 
 
@@ -549,7 +554,12 @@ class ReplyRunner:
         memories: Sequence[RecalledFact] = ()
         current: Conversation | None
         if query:
-            search_query = SearchQuery(query, limit=settings.passages, exclude_flagged=settings.exclude_flagged)
+            search_query = SearchQuery(
+                query,
+                limit=settings.passages,
+                exclude_flagged=settings.exclude_flagged,
+                context=settings.context_chunks,
+            )
             if vector is None:
                 # Without a vector (no query embeddings wired) the search embeds the question: look after it.
                 passages = await services.search.execute(search_query)
@@ -659,7 +669,12 @@ class ReplyRunner:
         conversation_id: UUID,
         started: float,
     ) -> None:
-        tools = _Tools(self._open, self._settings.passages, exclude_flagged=self._settings.exclude_flagged)
+        tools = _Tools(
+            self._open,
+            self._settings.passages,
+            exclude_flagged=self._settings.exclude_flagged,
+            context=self._settings.context_chunks,
+        )
         events = self._llm.reply(request, tools)
         try:
             await self._consume(events, draft, publisher, holder, conversation_id, started)

@@ -57,12 +57,14 @@ class _Reply:
 class _Searcher:
     """The assistant's ``search_knowledge`` tool over the same use case (the offline responder never calls it)."""
 
-    def __init__(self, search: SearchKnowledge, limit: int) -> None:
+    def __init__(self, search: SearchKnowledge, limit: int, context: int) -> None:
         self._search = search
         self._limit = limit
+        self._context = context
 
     async def search_knowledge(self, query: str) -> Sequence[SearchHit]:
-        return await self._search.execute(SearchQuery(text=query[:MAX_QUERY_LENGTH], limit=self._limit))
+        query = query[:MAX_QUERY_LENGTH]
+        return await self._search.execute(SearchQuery(text=query, limit=self._limit, context=self._context))
 
 
 async def _respond(llm: ExtractiveLLM, request: ReplyRequest, tools: _Searcher) -> _Reply:
@@ -139,7 +141,7 @@ def eval_answers(
         rules: dict[str, dict[str, int]] = {}
         async with container() as request:
             search = await request.get(SearchKnowledge)
-            tools = _Searcher(search, settings.llm.passages)
+            tools = _Searcher(search, settings.llm.passages, settings.llm.context_chunks)
             for item in items:
                 screening = policy.screen(item.question, [])
                 if screening.decision.action is HandoffAction.ESCALATE:
@@ -164,6 +166,7 @@ def eval_answers(
             "chunks": report.chunks,
             "ingest_seconds": round(ingest_s, 2),
             "passages": settings.llm.passages,
+            "context_chunks": settings.llm.context_chunks,
             # Questions the escalation policy handed over before the model, by rule (answerable ones were needless).
             "policy_escalations": rules,
         }

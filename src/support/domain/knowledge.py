@@ -2,7 +2,7 @@
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
@@ -153,6 +153,20 @@ class SearchQuery:
     audiences: tuple[Audience, ...] = (Audience.PUBLIC,)
     # Leave out chunks flagged as instruction-like (the quarantine policy, for the assistant's searches).
     exclude_flagged: bool = False
+    # Neighbouring chunks of each hit's document to return with it, on each side (SearchHit.context): the
+    # answer is often in the chunk before or after the one that ranked best.
+    context: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ContextChunk:
+    """A chunk next to a hit's, from the same version of its document."""
+
+    chunk_id: UUID
+    ordinal: int
+    heading_path: tuple[str, ...]
+    text: str
+    flags: tuple[InjectionReason, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +188,20 @@ class SearchHit:
     text_rank: int | None
     # Why the chunk was flagged at ingestion (empty for ordinary content): its text is data all the same.
     flags: tuple[InjectionReason, ...] = ()
+    # Up to ``SearchQuery.context`` chunks on each side of this one, in document order (this one not included).
+    context: tuple[ContextChunk, ...] = ()
+
+    def at(self, chunk: ContextChunk) -> "SearchHit":
+        """This hit as if ``chunk``, one of its context, had ranked: what a quote from that chunk cites."""
+        return replace(
+            self,
+            chunk_id=chunk.chunk_id,
+            ordinal=chunk.ordinal,
+            heading_path=chunk.heading_path,
+            text=chunk.text,
+            flags=chunk.flags,
+            context=(),
+        )
 
 
 def text_hash(text: str) -> str:

@@ -1,5 +1,6 @@
 """The offline responder: answers only by quoting passages, cites them, and declines with a handoff on weak evidence."""
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from support.domain.assistant import (
     Turn,
 )
 from support.domain.conversations import ReasonCode
-from support.domain.knowledge import SearchHit
+from support.domain.knowledge import ContextChunk, SearchHit
 from support.domain.memory import FactKind, RecalledFact
 
 THRESHOLD = 0.47
@@ -350,3 +351,56 @@ async def test_a_decline_about_an_order_names_it_for_the_person_who_takes_over()
 
     assert "look into your order NW-48213" in text_of(events)
     assert any(isinstance(event, HandoffSignal) for event in events)
+
+
+def refunds_with_neighbours() -> SearchHit:
+    """The refunds article's second chunk ranked; the answer to "how long" is in the chunk after it."""
+    ranked = hit(
+        "Money back policy",
+        "Refunds go back to the card you paid with.",
+        similarity=0.6,
+        vector_rank=1,
+        text_rank=1,
+        score=0.2,
+    )
+    before = ContextChunk(uuid.uuid4(), 0, ("Refunds", "Eligibility"), "Unworn items can be returned within 30 days.")
+    after = ContextChunk(
+        uuid.uuid4(),
+        2,
+        ("Refunds", "Timing"),
+        # Begins with the ranked chunk's last sentence, as the chunker's overlap does.
+        "Refunds go back to the card you paid with. A refund takes 5 to 7 business days to reach your card.",
+    )
+    return dataclasses.replace(ranked, ordinal=1, context=(before, after))
+
+
+async def test_quotes_the_answer_from_a_neighbouring_chunk_and_cites_that_chunk() -> None:
+    llm = ExtractiveLLM(evidence_threshold=0.0)
+    passage = refunds_with_neighbours()
+
+    events = await collect(
+        llm, ReplyRequest(question="How many days until the refund reaches my card?", passages=[passage])
+    )
+
+    text = text_of(events)
+    assert "A refund takes 5 to 7 business days to reach your card." in text
+    assert text.count("Refunds go back to the card you paid with.") <= 1, "the chunks' overlap is quoted once"
+    [citation] = [event for event in events if isinstance(event, PassageCited)]
+    assert (citation.passage.document_id, citation.passage.ordinal) == (passage.document_id, 2)
+    assert citation.passage.chunk_id == passage.context[1].chunk_id
+    assert citation.passage.heading_path == ("Refunds", "Timing")
+    assert citation.quote in text
+
+
+async def test_whether_to_answer_is_decided_on_the_ranked_chunks_alone() -> None:
+    question = "How many days until the refund reaches my card?"
+    with_context = refunds_with_neighbours()
+    alone = dataclasses.replace(with_context, context=())
+
+    for threshold in (0.0, THRESHOLD, 0.9):
+        llm = ExtractiveLLM(evidence_threshold=threshold)
+        wide = await collect(llm, ReplyRequest(question=question, passages=[with_context]))
+        narrow = await collect(llm, ReplyRequest(question=question, passages=[alone]))
+        assert completed(wide).evidence_score == completed(narrow).evidence_score
+        handed_off = [any(isinstance(event, HandoffSignal) for event in events) for events in (wide, narrow)]
+        assert handed_off[0] == handed_off[1]

@@ -148,6 +148,7 @@ async def running_world(
     llm: ScriptedLLM | None = None,
     reply_settings: ReplySettings | None = None,
     query_embedder: Embedder | None = None,
+    knowledge: InMemoryKnowledgeBase | None = None,
 ) -> AsyncIterator[World]:
     """A fresh service with one conversation; turns and summaries are stopped on exit."""
     handoff_settings = handoff_settings or HandoffSettings(hours=ALWAYS_OPEN)
@@ -156,7 +157,7 @@ async def running_world(
     attachments = InMemoryAttachmentStore(repository)
     uow, clock, outbox = InMemoryUnitOfWork(), FixedClock(), RecordingOutbox()
     search = SearchKnowledge(
-        InMemoryKnowledgeBase(),
+        knowledge or InMemoryKnowledgeBase(),
         QueryEmbeddings(query_embedder or HashingEmbedder(64), InMemoryCache(), KnowledgeLimits()),
     )
 

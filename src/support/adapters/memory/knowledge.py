@@ -9,6 +9,7 @@ from uuid import UUID
 from support.domain.errors import InvalidInputError
 from support.domain.ids import new_id
 from support.domain.knowledge import (
+    ContextChunk,
     Document,
     DocumentDraft,
     EmbeddedChunk,
@@ -130,7 +131,19 @@ class InMemoryKnowledgeBase:
             )
             if document.id not in best or best[document.id].score < score:
                 best[document.id] = hit
-        return sorted(best.values(), key=lambda hit: (-hit.score, hit.chunk_id))[: query.limit]
+        hits = sorted(best.values(), key=lambda hit: (-hit.score, hit.chunk_id))[: query.limit]
+        if query.context <= 0:
+            return hits
+        return [dataclasses.replace(hit, context=self._context(hit, query)) for hit in hits]
+
+    def _context(self, hit: SearchHit, query: SearchQuery) -> tuple[ContextChunk, ...]:
+        return tuple(
+            ContextChunk(stored.id, chunk.ordinal, chunk.heading_path, chunk.text, stored.item.reasons)
+            for stored in self._chunks[hit.document_id]
+            if (chunk := stored.item.chunk).ordinal != hit.ordinal
+            and abs(chunk.ordinal - hit.ordinal) <= query.context
+            and not (query.exclude_flagged and stored.item.flags)
+        )
 
     async def vector_dimension(self) -> int | None:
         return None

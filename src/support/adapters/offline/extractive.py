@@ -140,6 +140,8 @@ class _Unit:
     paragraph: int
     terms: Counter[str]
     words: int
+    # Where in the passage's context (SearchHit.context) the unit is from; None: the chunk that ranked.
+    context: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +231,11 @@ class ExtractiveLLM:
         score = round(evidence.score(), 4) if selected else 0.0
         order = _known_order(request)
         if selected and score >= self._threshold:
+            if any(hit.context for hit in request.passages):
+                # Whether to answer is decided on the ranked chunks alone (the evidence model was fitted on
+                # them); what to quote is chosen from the whole neighbourhood, where the answer often is.
+                wide = [unit for index, hit in enumerate(request.passages) for unit in _split_with_context(hit, index)]
+                selected = _select(wide, _Scorer(wide, query), request.passages, self._answer_words) or selected
             return Draft(_answer_blocks(selected, request.passages, name, order), score)
         return _decline(request, units, scorer, name, score, order)
 
@@ -377,8 +384,17 @@ def _answer_blocks(
     for number, (index, group) in enumerate(by_passage.items()):
         text = _render(group)
         prefix = lead if number == 0 else "\n\n"
-        blocks.append((prefix + text, passages[index], text))
+        blocks.append((prefix + text, _cited(passages[index], group), text))
     return tuple(blocks)
+
+
+def _cited(hit: SearchHit, group: Sequence[_Unit]) -> SearchHit:
+    """The chunk most of a quote comes from (a window may run across a chunk boundary)."""
+    words: Counter[int | None] = Counter()
+    for unit in group:
+        words[unit.context] += unit.words
+    context = words.most_common(1)[0][0]
+    return hit if context is None else hit.at(hit.context[context])
 
 
 def _render(units: Sequence[_Unit]) -> str:
@@ -560,15 +576,23 @@ def _cut(word: str, suffix: str, replacement: str = "") -> str:
 
 
 def _split(hit: SearchHit, passage: int) -> list[_Unit]:
-    """The passage's units in reading order; headings, link-only lines and title repeats are marked ``skip``.
+    """The passage's units in reading order (see :func:`_chunk_units`)."""
+    return list(_chunk_units(hit.text, hit.title, bool(hit.flags), passage))
 
-    So is every unit of a flagged passage that reads as an instruction to an AI (support.domain.injection): the
+
+# Splitting is most of a reply's work, and a help center's popular chunks come back turn after turn: units depend
+# only on the text, the title, whether the chunk is flagged and the passage's rank, so they are kept (immutable).
+@functools.lru_cache(maxsize=2048)
+def _chunk_units(chunk_text: str, title: str, flagged: bool, passage: int) -> tuple[_Unit, ...]:
+    """A chunk's units in reading order; headings, link-only lines and title repeats are marked ``skip``.
+
+    So is every unit of a flagged chunk that reads as an instruction to an AI (support.domain.injection): the
     reply quotes articles to the customer, and such a sentence is never an answer (nor a code block faking a tool
     call).
     """
     units: list[_Unit] = []
-    title = _normalise(hit.title)
-    for paragraph, (texts, lines) in enumerate(_paragraphs(strip_invisible(hit.text))):
+    title = _normalise(title)
+    for paragraph, (texts, lines) in enumerate(_paragraphs(strip_invisible(chunk_text))):
         for text, kind in texts:
             terms = _terms(text)
             if (
@@ -578,10 +602,40 @@ def _split(hit: SearchHit, passage: int) -> list[_Unit]:
                     or (kind == "sentence" and (_is_heading(text, lines) or _CROSS_REFERENCE.match(text)))
                     or (title and title in _normalise(text))
                 )
-            ) or (hit.flags and is_instruction_like(text)):
+            ) or (flagged and is_instruction_like(text)):
                 kind = "skip"  # noqa: PLW2901 - the unit stays, for reading order, but is never quoted
             units.append(_Unit(passage, len(units), text, kind, paragraph, Counter(terms), _words(text)))
-    return units
+    return tuple(units)
+
+
+def _split_with_context(hit: SearchHit, passage: int) -> list[_Unit]:
+    """The units of the hit's chunk and of its neighbouring chunks in document order (see :func:`_neighbourhood`)."""
+    chunks: list[tuple[int, str, bool, int | None]] = [(hit.ordinal, hit.text, bool(hit.flags), None)]
+    chunks += [(chunk.ordinal, chunk.text, bool(chunk.flags), index) for index, chunk in enumerate(hit.context)]
+    return list(_neighbourhood(tuple(sorted(chunks, key=lambda chunk: chunk[0])), hit.title, passage))
+
+
+@functools.lru_cache(maxsize=512)
+def _neighbourhood(
+    chunks: tuple[tuple[int, str, bool, int | None], ...], title: str, passage: int
+) -> tuple[_Unit, ...]:
+    """The units of consecutive chunks (ordinal, text, flagged, context index) in reading order, each unit once.
+
+    Chunks repeat the previous chunk's last sentences (the chunker's overlap): a unit already read is skipped.
+    Positions and paragraph numbers run on across chunks, so a window can grow over a chunk boundary.
+    """
+    units: list[_Unit] = []
+    seen: set[str] = set()
+    paragraphs = 0
+    for _, text, flagged, context in chunks:
+        own = _chunk_units(text, title, flagged, passage)
+        for unit in own:
+            if unit.text in seen:
+                continue
+            seen.add(unit.text)
+            units.append(replace(unit, position=len(units), paragraph=paragraphs + unit.paragraph, context=context))
+        paragraphs += 1 + max((unit.paragraph for unit in own), default=0)
+    return tuple(units)
 
 
 def _paragraphs(text: str) -> Iterator[tuple[list[tuple[str, str]], int]]:

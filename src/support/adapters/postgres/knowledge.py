@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, REAL
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -17,6 +18,7 @@ from support.domain.ids import new_id
 from support.domain.injection import InjectionFlag, InjectionReason
 from support.domain.knowledge import (
     Audience,
+    ContextChunk,
     Document,
     DocumentDraft,
     EmbeddedChunk,
@@ -137,10 +139,39 @@ ORDER BY b.score DESC, b.id
 LIMIT :limit
 """
 
+# The hits' neighbouring chunks (SearchQuery.context), read in the same statement, after the LIMIT: a handful of
+# lookups on the document id index, no second round trip.
+_CONTEXT_TEMPLATE = """
+SELECT hits.*, (
+    SELECT jsonb_agg(
+        jsonb_build_object(
+            'chunk_id', n.id, 'ordinal', n.ordinal, 'heading_path', n.heading_path, 'text', n.text, 'flags', n.flags
+        ) ORDER BY n.ordinal
+    )::text  -- decoded by msgspec, not the connection's json codec
+    FROM kb_chunks n
+    WHERE n.document_id = hits.document_id AND n.version = hits.version AND n.ordinal <> hits.ordinal
+      AND n.ordinal BETWEEN hits.ordinal - {context} AND hits.ordinal + {context}
+      AND (NOT :exclude_flagged OR cardinality(n.flags) = 0)
+) AS context
+FROM ({search}) hits
+ORDER BY hits.score DESC, hits.chunk_id
+"""
+
+
+class _ContextChunk(msgspec.Struct, frozen=True):
+    chunk_id: UUID
+    ordinal: int
+    heading_path: list[str]
+    text: str
+    flags: list[str]
+
+
+_CONTEXT = msgspec.json.Decoder(list[_ContextChunk] | None)
+
 
 @functools.cache
-def search_statement(candidates: int) -> DriverStatement:
-    """The hybrid search as the driver runs it (``candidates`` per ranking)."""
+def search_statement(candidates: int, context: int = 0) -> DriverStatement:
+    """The hybrid search as the driver runs it (``candidates`` per ranking, ``context`` chunks each side)."""
     text = _SEARCH_TEMPLATE.format(
         filters=_FILTERS,
         candidates=candidates,
@@ -150,6 +181,8 @@ def search_statement(candidates: int) -> DriverStatement:
         b=BM25_B,
         rrf_k=RRF_K,
     )
+    if context > 0:
+        text = _CONTEXT_TEMPLATE.format(search=text.strip(), context=context)
     statement = sa.text(text).bindparams(
         sa.bindparam("embedding", type_=ARRAY(REAL)),
         sa.bindparam("audiences", type_=ARRAY(sa.Text)),
@@ -348,7 +381,7 @@ class PgVectorKnowledgeBase:
             return result.scalar_one_or_none() is not None
 
     async def search(self, query: SearchQuery, embedding: Sequence[float]) -> list[SearchHit]:
-        statement = search_statement(max(CANDIDATES, query.limit * 4))
+        statement = search_statement(max(CANDIDATES, query.limit * 4), max(query.context, 0))
         parameters = {
             "embedding": list(embedding),
             "query_text": query.text,
@@ -378,6 +411,7 @@ class PgVectorKnowledgeBase:
                 vector_rank=row["vector_rank"],
                 text_rank=row["text_rank"],
                 flags=_reasons(row["chunk_flags"] or ()),
+                context=_context(row["context"]) if query.context > 0 else (),
             )
             for row in rows
         ]
@@ -389,3 +423,11 @@ class PgVectorKnowledgeBase:
         async with storage_errors():
             dimension = (await self._session.execute(statement)).scalar_one_or_none()
         return None if dimension is None or dimension < 0 else int(dimension)
+
+
+def _context(payload: str | None) -> tuple[ContextChunk, ...]:
+    chunks = _CONTEXT.decode(payload) if payload is not None else None
+    return tuple(
+        ContextChunk(chunk.chunk_id, chunk.ordinal, tuple(chunk.heading_path), chunk.text, _reasons(chunk.flags))
+        for chunk in chunks or ()
+    )
