@@ -84,6 +84,30 @@ async def test_search_finds_the_right_document_with_citation_fields(
     assert shipping.json()["items"][0]["external_id"] == "ship"
 
 
+async def test_search_returns_each_hits_neighbouring_chunks_on_request(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    _, created = await upsert(client, admin_headers, content=PASSWORD_ARTICLE, external_id="pw")
+    chunk_count = created["document"]["chunk_count"]
+    query = {"query": "I forgot my password", "limit": 1}
+
+    plain = (await client.post("/v1/knowledge/search", json=query, headers=admin_headers)).json()["items"][0]
+    wide = (await client.post("/v1/knowledge/search", json={**query, "context": 10}, headers=admin_headers)).json()[
+        "items"
+    ][0]
+
+    assert plain["context"] == []
+    assert wide["chunk_id"] == plain["chunk_id"]
+    ordinals = [chunk["chunk"] for chunk in wide["context"]]
+    assert ordinals == sorted(set(range(chunk_count)) - {wide["chunk"]})
+    assert all(chunk["text"] and chunk["flags"] == [] for chunk in wide["context"])
+    assert_problem(
+        await client.post("/v1/knowledge/search", json={**query, "context": 11}, headers=admin_headers),
+        422,
+        "validation_failed",
+    )
+
+
 async def test_search_filters_by_tag(client: AsyncTestClient[Litestar], admin_headers: dict[str, str]) -> None:
     await upsert(client, admin_headers, content=PASSWORD_ARTICLE, external_id="pw", tags=["account"])
     await upsert(client, admin_headers, content=SHIPPING_ARTICLE, external_id="ship", tags=["shipping"])

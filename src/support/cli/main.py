@@ -12,6 +12,7 @@ from dishka import AsyncContainer, Provider
 from rich.console import Console
 
 from support.cli.answers import eval_answers
+from support.cli.chat import chat
 from support.cli.escalation import eval_escalation
 from support.cli.knowledge import eval_app, kb_app
 from support.cli.memory import eval_memory
@@ -39,6 +40,8 @@ eval_app.command("answers")(eval_answers)
 # `eval memory` plays multi-conversation scripts through customer memory (no servers needed).
 eval_app.command("memory")(eval_memory)
 eval_app.command("escalation")(eval_escalation)
+# `chat`: a customer's side of a conversation against a running server.
+app.command("chat")(chat)
 
 # soft_wrap: commands in the banner stay on one line (copyable) in logs and CI, not just in terminals.
 console = Console(stderr=True, soft_wrap=True)
@@ -122,6 +125,7 @@ def _print_banner(settings: Settings) -> None:
         "  Admin key   in another terminal: [cyan].venv/bin/support keys create --role admin --name me[/cyan]"
     )
     key = "$SUPPORT_BOOTSTRAP_ADMIN_KEY" if settings.bootstrap_admin_key else "<admin key>"
+    console.print(f"  Chat (CLI)  [cyan].venv/bin/support chat --url {base} --key {key}[/cyan]")
     console.print(
         f"  Search      curl -s {base}/v1/knowledge/search -H 'Authorization: Bearer {key}' "
         """-H 'content-type: application/json' -d '{"query": "how do I return a desk?"}'"""

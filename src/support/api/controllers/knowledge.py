@@ -18,6 +18,7 @@ from support.application.knowledge import (
     MAX_EXTERNAL_ID_LENGTH,
     MAX_PAGE_SIZE,
     MAX_QUERY_LENGTH,
+    MAX_SEARCH_CONTEXT,
     MAX_SEARCH_LIMIT,
     MAX_TITLE_LENGTH,
     DeleteDocument,
@@ -141,6 +142,22 @@ class SearchRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_SEARCH_LIMIT)] = 5
     tags: Annotated[list[Tag], msgspec.Meta(max_length=50)] = msgspec.field(default_factory=list)
     audiences: list[Audience] = msgspec.field(default_factory=lambda: [Audience.PUBLIC])
+    context: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            le=MAX_SEARCH_CONTEXT,
+            description="Chunks of each hit's document to return with it, on each side (`context` of a hit).",
+        ),
+    ] = 0
+
+
+class ContextChunkResource(msgspec.Struct, frozen=True):
+    chunk_id: UUID
+    chunk: int
+    heading_path: list[str]
+    text: str
+    flags: list[InjectionReason]
 
 
 class SearchHitResource(msgspec.Struct, frozen=True):
@@ -158,6 +175,10 @@ class SearchHitResource(msgspec.Struct, frozen=True):
     vector_rank: int | None
     text_rank: int | None
     flags: Annotated[list[InjectionReason], msgspec.Meta(description="Why this chunk was flagged, if it was.")]
+    context: Annotated[
+        list[ContextChunkResource],
+        msgspec.Meta(description="The chunks around this one in its document version, in order (see `context`)."),
+    ]
 
 
 class SearchResponse(msgspec.Struct, frozen=True):
@@ -363,7 +384,13 @@ class KnowledgeController(Controller):
     @inject
     async def search(self, data: JSONBody[SearchRequest], use_case: FromDishka[SearchKnowledge]) -> SearchResponse:
         hits = await use_case.execute(
-            SearchQuery(text=data.query, limit=data.limit, tags=tuple(data.tags), audiences=tuple(data.audiences))
+            SearchQuery(
+                text=data.query,
+                limit=data.limit,
+                tags=tuple(data.tags),
+                audiences=tuple(data.audiences),
+                context=data.context,
+            )
         )
         return SearchResponse(
             items=[
@@ -382,6 +409,16 @@ class KnowledgeController(Controller):
                     vector_rank=hit.vector_rank,
                     text_rank=hit.text_rank,
                     flags=list(hit.flags),
+                    context=[
+                        ContextChunkResource(
+                            chunk_id=chunk.chunk_id,
+                            chunk=chunk.ordinal,
+                            heading_path=list(chunk.heading_path),
+                            text=chunk.text,
+                            flags=list(chunk.flags),
+                        )
+                        for chunk in hit.context
+                    ],
                 )
                 for hit in hits
             ]
