@@ -13,8 +13,8 @@ documented examples, boundary cases, then random ones) and every response must:
 
 Each test starts from freshly seeded resources: a customer's conversation (with a message, an attachment and a
 remembered fact), one waiting for an agent, one an agent owns, a document, a webhook, an API key and a background
-job. In about half of the valid cases the path parameters name them instead of random ids, so operations get past
-"not found"; ``test_every_operation_reached_a_success`` checks that they did. The operations open to customers run
+job. In about three valid cases of four the path parameters name them instead of random ids, so operations get
+past "not found"; ``test_every_operation_reached_a_success`` checks that they did. The operations open to customers run
 again with the customer's token.
 
 docs/development.md says how to run it alone and how to reproduce a failure.
@@ -128,7 +128,11 @@ _ANSWERED: dict[str, set[int]] = defaultdict(set)
 
 @schema.hook
 def flatmap_case(context: Any, case: Case[Any]) -> st.SearchStrategy[Case[Any]]:
-    """In about half of the valid cases, path parameters name seeded resources instead of random ids."""
+    """In about three valid cases of four, path parameters name seeded resources instead of random ids.
+
+    Half of them left GetWebhook and GetDocument with 1-4 successes of 25 examples (their valid cases are few), close
+    enough to none for ``test_every_operation_reached_a_success`` to fail now and then.
+    """
     operation_id = case.operation.definition.raw.get("operationId", "")
     seeded = {**_SEEDED, **_SEEDED_FOR.get(operation_id, {})}
     names = [name for name in case.path_parameters or {} if name in seeded]
@@ -140,7 +144,7 @@ def flatmap_case(context: Any, case: Case[Any]) -> st.SearchStrategy[Case[Any]]:
             case.path_parameters = {**(case.path_parameters or {}), **{name: seeded[name] for name in names}}
         return case
 
-    return st.booleans().map(use_seeded)
+    return st.sampled_from([True, True, True, False]).map(use_seeded)
 
 
 def problem_details(ctx: CheckContext, response: Any, case: Case[Any]) -> None:
