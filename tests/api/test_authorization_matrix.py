@@ -92,6 +92,7 @@ GET    /v1/handoffs                                                             
 POST   /v1/conversations/{conversation_id:uuid}/claim                              401 403 403 403 200 200 401 401 401
 POST   /v1/conversations/{conversation_id:uuid}/release                            401 403 403 403 200 200 401 401 401
 POST   /v1/conversations/{conversation_id:uuid}/agent-messages                     401 403 403 403 201 201 401 401 401
+GET    /v1/customers/lookup                                                        401 403 403 200 403 200 401 401 401
 GET    /v1/customers/{customer_id:uuid}                                            401 403 403 200 403 200 401 401 401
 DELETE /v1/customers/{customer_id:uuid}                                            401 403 403 200 403 200 401 401 401
 GET    /v1/customers/{customer_id:uuid}/export                                     401 403 403 200 403 200 401 401 401
@@ -105,6 +106,8 @@ STATE = {
     ("POST", "/v1/conversations/{conversation_id:uuid}/agent-messages"): "waiting",
     ("POST", "/v1/conversations/{conversation_id:uuid}/release"): "owned",
 }
+# Query parameters a route needs: customer A is looked up by the external id it was started with.
+QUERY: dict[tuple[str, str], dict[str, str]] = {("GET", "/v1/customers/lookup"): {"external_id": "customer-a"}}
 UPLOAD = {"file": ("hours.md", b"# Hours\n\nNine to five.", "text/markdown")}
 BODY: dict[tuple[str, str], Any] = {
     ("POST", "/v1/keys"): {"name": "matrix", "role": "agent"},
@@ -388,12 +391,15 @@ async def test_who_may_call_what(world: World, method: str, path: str, caller: s
     url = re.sub(r"\{(\w+):\w+\}", lambda match: values[match.group(1)], path)
     headers = world.headers[caller]
 
-    answered = await _answer(world, method, url, headers, BODY.get((method, path)), upload=path.endswith("/uploads"))
+    body, query = BODY.get((method, path)), QUERY.get((method, path))
+    answered = await _answer(world, method, url, headers, body, query, upload=path.endswith("/uploads"))
 
     assert answered == status, f"{method} {url} as {caller}"
 
 
-async def _answer(world: World, method: str, url: str, headers: dict[str, str], body: Any, *, upload: bool) -> int:
+async def _answer(
+    world: World, method: str, url: str, headers: dict[str, str], body: Any, query: Any, *, upload: bool
+) -> int:
     if method == WS:
         try:
             # Accepted and working: it replays the conversation's retained events. Waiting for one also lets the
@@ -408,7 +414,7 @@ async def _answer(world: World, method: str, url: str, headers: dict[str, str], 
     if upload:
         return (await world.http.request(method, url, files=UPLOAD, headers=headers)).status_code
     # Streams (SSE) are closed as soon as their status is known.
-    async with world.http.stream(method, url, json=body, headers=headers) as response:
+    async with world.http.stream(method, url, json=body, params=query, headers=headers) as response:
         if response.status_code >= 400:
             await response.aread()
             assert response.headers["content-type"].startswith("application/problem+json") or url.startswith("/schema")

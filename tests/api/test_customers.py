@@ -122,6 +122,32 @@ async def test_profile_memories_and_forgetting(
     )
 
 
+async def test_a_customer_is_found_by_the_companys_id_for_them(
+    http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    conversation = await start(http, service_headers, "crm/4711 ü", name="Ada")
+    await start(http, service_headers, "crm/4712")
+    agent = await key_for(http, service_headers, "agent")
+
+    found = await http.get("/v1/customers/lookup", params={"external_id": "crm/4711 ü"}, headers=service_headers)
+    by_id = await http.get(f"/v1/customers/{conversation['customer_id']}", headers=service_headers)
+
+    assert found.status_code == 200, found.text
+    assert found.json() == by_id.json()
+    assert found.json()["external_id"] == "crm/4711 ü"
+    lookup = "/v1/customers/lookup"
+    assert_problem(
+        await http.get(lookup, params={"external_id": "crm/47"}, headers=service_headers), 404, "customer_not_found"
+    )
+    assert_problem(await http.get(lookup, headers=service_headers), 400, "malformed_request")
+    assert_problem(
+        await http.get(lookup, params={"external_id": ""}, headers=service_headers), 422, "validation_failed"
+    )
+    assert_problem(await http.get(lookup, params={"external_id": "crm/4711 ü"}, headers=agent), 403, "forbidden")
+    again = await http.get(lookup, params={"external_id": "crm/47"}, headers=service_headers)
+    assert_problem(again, 404, "customer_not_found")  # the first lookup created nobody
+
+
 async def test_unknown_customers_are_404(http: httpx.AsyncClient, service_headers: dict[str, str]) -> None:
     path = "/v1/customers/01890000-0000-7000-8000-000000000000"
 

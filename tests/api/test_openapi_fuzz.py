@@ -13,8 +13,8 @@ documented examples, boundary cases, then random ones) and every response must:
 
 Each test starts from freshly seeded resources: a customer's conversation (with a message, an attachment and a
 remembered fact), one waiting for an agent, one an agent owns, a document, a webhook, an API key and a background
-job. In about three valid cases of four the path parameters name them instead of random ids, so operations get
-past "not found"; ``test_every_operation_reached_a_success`` checks that they did. The operations open to customers run
+job. In about three valid cases of four the path parameters (and the customer lookup's external id) name them
+instead of random ids, so operations get past "not found"; ``test_every_operation_reached_a_success`` checks that they did. The operations open to customers run
 again with the customer's token.
 
 docs/development.md says how to run it alone and how to reproduce a failure.
@@ -122,6 +122,8 @@ schema.config.checks.allow_header_conformance.enabled = False
 # Seeded ids by path parameter name, and per operation where one needs its resource in a given state.
 _SEEDED: dict[str, str] = {}
 _SEEDED_FOR: dict[str, dict[str, str]] = {}
+# Query parameters that name a seeded resource, per operation id.
+_SEEDED_QUERY: dict[str, dict[str, str]] = {"FindCustomer": {"external_id": "fuzz-customer"}}
 # Statuses answered, per operation id; test_every_operation_reached_a_success reads them.
 _ANSWERED: dict[str, set[int]] = defaultdict(set)
 
@@ -136,12 +138,14 @@ def flatmap_case(context: Any, case: Case[Any]) -> st.SearchStrategy[Case[Any]]:
     operation_id = case.operation.definition.raw.get("operationId", "")
     seeded = {**_SEEDED, **_SEEDED_FOR.get(operation_id, {})}
     names = [name for name in case.path_parameters or {} if name in seeded]
-    if not names or case.meta is None or not case.meta.generation.mode.is_positive:
+    query = _SEEDED_QUERY.get(operation_id, {})
+    if not (names or query) or case.meta is None or not case.meta.generation.mode.is_positive:
         return st.just(case)
 
     def use_seeded(use: bool) -> Case[Any]:
         if use:
             case.path_parameters = {**(case.path_parameters or {}), **{name: seeded[name] for name in names}}
+            case.query = {**(case.query or {}), **query}
         return case
 
     return st.sampled_from([True, True, True, False]).map(use_seeded)

@@ -99,6 +99,9 @@ async def test_customers_are_created_once_per_external_id_and_updated(backend: B
     assert again.id == first.id
     assert (again.name, again.email) == ("Ada", "ada@example.com")
     assert await backend.conversations.get_customer(first.id) == again
+    assert await backend.conversations.find_customer("ext-9") == again
+    assert await backend.conversations.find_customer("ext-10") is None
+    assert await backend.conversations.find_customer("EXT-9") is None, "external ids are matched exactly"
 
 
 async def test_conversations_round_trip_and_update(backend: Backend) -> None:

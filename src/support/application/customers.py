@@ -53,10 +53,32 @@ class GetCustomerProfile:
         Raises:
             CustomerNotFoundError: no such customer.
         """
-        customer = await _existing(self._conversations, customer_id)
-        counts = await self._records.counts(customer_id)
-        memories = await self._memory.count(customer_id, now=self._clock.now())
+        return await self.of(await _existing(self._conversations, customer_id))
+
+    async def of(self, customer: Customer) -> CustomerProfile:
+        """The profile of a customer already read."""
+        counts = await self._records.counts(customer.id)
+        memories = await self._memory.count(customer.id, now=self._clock.now())
         return CustomerProfile(customer, counts, memories)
+
+
+class FindCustomer:
+    """Look a customer up by the company's own id for them (what a data-subject request names)."""
+
+    def __init__(self, conversations: ConversationRepository, profiles: GetCustomerProfile) -> None:
+        self._conversations = conversations
+        self._profiles = profiles
+
+    async def execute(self, external_id: str) -> CustomerProfile:
+        """The profile of the customer with this external id; nobody is created.
+
+        Raises:
+            CustomerNotFoundError: no customer has this external id.
+        """
+        customer = await self._conversations.find_customer(external_id)
+        if customer is None:
+            raise CustomerNotFoundError
+        return await self._profiles.of(customer)
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,7 @@ from support.application.conversations import (
 from support.application.customers import (
     EraseCustomer,
     ExportCustomer,
+    FindCustomer,
     ForgetMemory,
     GetCustomerProfile,
     ListMemories,
@@ -570,6 +571,7 @@ class UseCaseProvider(Provider):
     recall_memories = provide(RecallMemories)
     fold_conversation_history = provide(FoldConversationHistory)
     get_customer_profile = provide(GetCustomerProfile)
+    find_customer = provide(FindCustomer)
     list_memories = provide(ListMemories)
     forget_memory = provide(ForgetMemory)
     export_customer = provide(ExportCustomer)

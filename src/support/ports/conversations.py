@@ -70,6 +70,10 @@ class ConversationRepository(Protocol):
         """The customer with this id."""
         ...
 
+    async def find_customer(self, external_id: str) -> Customer | None:
+        """The customer with this external id (the company's own id for them), without creating one."""
+        ...
+
     async def add(self, conversation: Conversation) -> None:
         """Store a new conversation."""
         ...

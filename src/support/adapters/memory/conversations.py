@@ -53,6 +53,9 @@ class InMemoryConversationRepository:
     async def get_customer(self, customer_id: UUID) -> Customer | None:
         return self.customers.get(customer_id)
 
+    async def find_customer(self, external_id: str) -> Customer | None:
+        return next((customer for customer in self.customers.values() if customer.external_id == external_id), None)
+
     async def add(self, conversation: Conversation) -> None:
         self.conversations[conversation.id] = conversation
 

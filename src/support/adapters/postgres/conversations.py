@@ -359,6 +359,11 @@ class PostgresConversationRepository:
             row = await self._customers.get_one_or_none(id=customer_id)
         return None if row is None else _customer(row)
 
+    async def find_customer(self, external_id: str) -> Customer | None:
+        async with storage_errors():
+            row = await self._customers.get_one_or_none(external_id=external_id)
+        return None if row is None else _customer(row)
+
     async def add(self, conversation: Conversation) -> None:
         row = ConversationRow(
             id=conversation.id,

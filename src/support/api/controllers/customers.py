@@ -21,6 +21,7 @@ from support.application.customers import (
     MAX_MEMORY_PAGE,
     EraseCustomer,
     ExportCustomer,
+    FindCustomer,
     ForgetMemory,
     GetCustomerProfile,
     ListMemories,
@@ -34,6 +35,25 @@ class CustomersController(Controller):
     path = "/v1/customers"
     tags = ["customers"]  # noqa: RUF012
     guards = [customer_roles]  # noqa: RUF012
+
+    @get(
+        "/lookup",
+        operation_id="FindCustomer",
+        summary="Find a customer by your id for them",
+        description=(
+            "The customer whose `external_id` (the id your backend gave when starting their conversations) is the "
+            "one given, with the same profile and counts as reading them by id: the way to a data-subject request's "
+            "export or erasure. Nobody is created; 404 when there is no such customer."
+        ),
+        responses=problem_responses(401, 403, 404, 422),
+    )
+    @inject
+    async def find_customer(
+        self,
+        external_id: Annotated[str, QueryParameter(min_length=1, max_length=300, description="Your id for them.")],
+        use_case: FromDishka[FindCustomer],
+    ) -> CustomerResource:
+        return CustomerResource.of(await use_case.execute(external_id))
 
     @get(
         "/{customer_id:uuid}",
