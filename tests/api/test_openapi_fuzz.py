@@ -14,8 +14,8 @@ documented examples, boundary cases, then random ones) and every response must:
 Each test starts from freshly seeded resources: a customer's conversation (with a message, an attachment and a
 remembered fact), one waiting for an agent, one an agent owns, a document, a webhook, an API key and a background
 job. In about three valid cases of four the path parameters (and the customer lookup's external id) name them
-instead of random ids, so operations get past "not found"; ``test_every_operation_reached_a_success`` checks that they did. The operations open to customers run
-again with the customer's token.
+instead of random ids, so operations get past "not found"; ``test_every_operation_reached_a_success`` checks that
+they did. The operations open to customers run again with the customer's token.
 
 docs/development.md says how to run it alone and how to reproduce a failure.
 """
