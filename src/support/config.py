@@ -119,9 +119,11 @@ class LLMSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     history_token_budget: PositiveInt = 3000
     # Passages retrieved before the model is called.
     passages: PositiveInt = 5
-    # Offline responder: neighbouring chunks of each passage's document (each side) it may quote from; the
-    # answer is often next to the chunk that ranked (docs/llm-offline.md). Claude gets the ranked chunks.
+    # Neighbouring chunks of each passage's document (each side) the model is given with it: the answer is often
+    # next to the chunk that ranked (docs/llm-offline.md). The offline responder reads them for free; for Claude
+    # each one is input tokens on every turn, hence a narrower default.
     context_chunks: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3
+    claude_context_chunks: Annotated[int, msgspec.Meta(ge=0, le=10)] = 1
     # Tool round trips (search_knowledge) allowed per reply.
     max_tool_rounds: Annotated[int, msgspec.Meta(ge=0)] = 2
     # Offline responder: below this evidence score it says it could not find the answer and offers a human.

@@ -81,3 +81,49 @@ async def test_claude_staying_overloaded_gets_a_graceful_offer(
     reply = response.json()["reply"]
     assert reply["decision"]["reason_code"] == "llm_unavailable"
     assert reply["answer_status"] == "insufficient_evidence"
+
+
+GUIDE = """# Refund guide
+
+## Eligibility
+
+Unworn items qualify for a refund within 30 days of delivery.
+
+## Timing
+
+Refunds go back to the original card within 5 to 10 business days.
+
+## Exceptions
+
+Gift cards and final-sale items cannot be refunded.
+
+## Store credit
+
+Store credit never expires and can be used on any order.
+"""
+
+
+async def test_claude_is_given_the_ranked_chunk_with_its_neighbours(
+    claude_client: httpx.AsyncClient, admin_headers: dict[str, str], anthropic: FakeAnthropic
+) -> None:
+    added = await claude_client.post(
+        "/v1/knowledge/documents", json={"content": GUIDE, "external_id": "guide"}, headers=admin_headers
+    )
+    assert added.json()["document"]["chunk_count"] == 4
+    started = (
+        await claude_client.post("/v1/conversations", json={"customer": {"external_id": "c"}}, headers=admin_headers)
+    ).json()
+
+    await claude_client.post(
+        f"/v1/conversations/{started['id']}/messages",
+        json={"content": "How many business days until the refund reaches my card?"},
+        headers={"Authorization": f"Bearer {started['customer_token']}"},
+    )
+
+    [result] = [block for block in anthropic.requests[-1].messages[-1]["content"] if block["type"] == "search_result"]
+    paragraphs = " ".join(block["text"] for block in result["content"])
+    # SUPPORT_LLM__CLAUDE_CONTEXT_CHUNKS (1): the Timing chunk ranked, with one chunk on each side of it.
+    assert "5 to 10 business days" in paragraphs
+    assert "Unworn items qualify" in paragraphs
+    assert "Gift cards and final-sale items" in paragraphs
+    assert "Store credit never expires" not in paragraphs

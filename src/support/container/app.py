@@ -378,8 +378,11 @@ class InfrastructureProvider(Provider):
         conversations = settings.conversations
         return ReplySettings(
             passages=settings.llm.passages,
-            # Only the offline responder quotes from a passage's neighbours; Claude is given the ranked chunks.
-            context_chunks=0 if settings.llm.uses_claude(os.environ) else settings.llm.context_chunks,
+            context_chunks=(
+                settings.llm.claude_context_chunks
+                if settings.llm.uses_claude(os.environ)
+                else settings.llm.context_chunks
+            ),
             recent_messages=conversations.recent_messages,
             attachment_context_chars=conversations.attachment_context_chars,
             session_ttl_s=conversations.session_ttl_s,

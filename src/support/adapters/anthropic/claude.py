@@ -556,9 +556,15 @@ def cited_passage(citation: TextCitation, citable: Sequence[SearchHit]) -> Searc
         return None
     index = citation.search_result_index
     in_range = citable[index] if 0 <= index < len(citable) else None
-    if in_range is not None and passage_source(in_range) == citation.source:
+    if in_range is None or passage_source(in_range) != citation.source:
+        in_range = next((hit for hit in citable if passage_source(hit) == citation.source), in_range)
+    if in_range is None or not in_range.context:
         return in_range
-    return next((hit for hit in citable if passage_source(hit) == citation.source), in_range)
+    # A passage given with its neighbouring chunks: the cited paragraph says which chunk the quote is from.
+    paragraphs = passage_paragraphs(in_range)
+    block = citation.start_block_index
+    context = paragraphs[block][1] if 0 <= block < len(paragraphs) else None
+    return in_range if context is None else in_range.at(in_range.context[context])
 
 
 def handoff_signal(arguments: Mapping[str, object]) -> HandoffSignal:
@@ -882,6 +888,10 @@ def current_turn(request: ReplyRequest, citable: Sequence[SearchHit]) -> list[Co
     return blocks
 
 
+# Shorter common stretches between two chunks are coincidence, not the chunker's overlap.
+_MIN_OVERLAP = 20
+
+
 def passage_source(hit: SearchHit) -> str:
     """What a search result is called in the request and in citations: its URL, else a ``kb://`` reference."""
     return hit.url or f"kb://{hit.document_id}#{hit.chunk_id}"
@@ -889,15 +899,44 @@ def passage_source(hit: SearchHit) -> str:
 
 def search_result_block(hit: SearchHit) -> SearchResultBlockParam:
     """A passage as a citable search result; one text block per paragraph, so citations quote a paragraph."""
-    paragraphs = [part.strip() for part in re.split(r"\n\s*\n", strip_invisible(hit.text)) if part.strip()]
     title = " > ".join(part for part in (hit.title, *hit.heading_path) if part)
     return {
         "type": "search_result",
         "source": passage_source(hit),
         "title": strip_invisible(title) or "Untitled",
-        "content": [{"type": "text", "text": paragraph} for paragraph in paragraphs],
+        "content": [{"type": "text", "text": paragraph} for paragraph, _ in passage_paragraphs(hit)],
         "citations": {"enabled": True},
     }
+
+
+def passage_paragraphs(hit: SearchHit) -> list[tuple[str, int | None]]:
+    """The passage's paragraphs in article order, each with the index of the context chunk it is from.
+
+    None is the chunk that ranked. With neighbouring chunks (``hit.context``) the text the chunker repeated from
+    the end of one chunk at the start of the next is given once.
+    """
+    chunks = sorted([(hit.ordinal, hit.text, None), *((c.ordinal, c.text, i) for i, c in enumerate(hit.context))])
+    paragraphs: list[tuple[str, int | None]] = []
+    previous = ""
+    for _, text, context in chunks:
+        clean = strip_invisible(text)
+        fresh = clean[_overlap(previous, clean) :]
+        previous = clean
+        paragraphs += [(part.strip(), context) for part in re.split(r"\n\s*\n", fresh) if part.strip()]
+    return paragraphs
+
+
+def _overlap(previous: str, text: str) -> int:
+    """How much of ``text``'s start repeats ``previous``'s end (the chunker's overlap; a sentence or more)."""
+    if len(text) < _MIN_OVERLAP:
+        return 0
+    start = previous.find(text[:_MIN_OVERLAP])
+    while start != -1:
+        # The longest overlap starts earliest: the first place where the rest of ``previous`` begins ``text``.
+        if text.startswith(previous[start:]):
+            return len(previous) - start
+        start = previous.find(text[:_MIN_OVERLAP], start + 1)
+    return 0
 
 
 def attachment_block(item: AttachedText) -> DocumentBlockParam:

@@ -5,6 +5,7 @@ import base64
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
@@ -27,7 +28,7 @@ from support.domain.assistant import (
     Turn,
 )
 from support.domain.conversations import ReasonCode, TokenUsage
-from support.domain.knowledge import SearchHit
+from support.domain.knowledge import ContextChunk, SearchHit
 from support.domain.memory import FactKind, RecalledFact
 from support.ports.errors import LLMUnavailableError
 from tests.fakes.anthropic_server import (
@@ -293,6 +294,57 @@ async def test_citations_are_mapped_to_the_cited_passage(
     cited = [event for event in events if isinstance(event, PassageCited)]
     assert cited == [PassageCited(passage=hits[1], quote=quote)]
     assert texts(events) == ["According to the billing guide, ", "you can change plans anytime."]
+
+
+async def test_a_passage_with_its_neighbours_is_one_search_result_and_citations_name_the_chunk_quoted(
+    api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
+) -> None:
+    before = ContextChunk(uuid4(), 1, ("Billing", "Plans"), "Plans are billed monthly.")
+    after = ContextChunk(
+        uuid4(),
+        3,
+        ("Billing", "Refunds"),
+        # Opens with the ranked chunk's last sentence, as the chunker's overlap does.
+        "Changes apply at the next invoice.\n\nRefunds of unused days arrive within 5 business days.",
+    )
+    ranked = passage(
+        2, "You can change plans anytime. Changes apply at the next invoice.", url="https://help.acme.test/b"
+    )
+    hit = replace(ranked, context=(before, after))
+    refund = "Refunds of unused days arrive within 5 business days."
+    api.script(
+        message(
+            text(
+                "Refunds take up to 5 business days.",
+                citations=[
+                    citation(
+                        0, source="https://help.acme.test/b", title="Article 2 > Billing", cited_text=refund, start=2
+                    )
+                ],
+            ),
+            text(
+                " You can change plans anytime.",
+                citations=[
+                    citation(0, source="https://help.acme.test/b", title="Article 2 > Billing", cited_text="x", start=1)
+                ],
+            ),
+        )
+    )
+
+    events = await collect(make_llm(), ReplyRequest(question="How long do refunds take?", passages=[hit]))
+
+    [result] = api.requests[0].body["messages"][0]["content"][:1]
+    assert [block["text"] for block in result["content"]] == [
+        "Plans are billed monthly.",
+        "You can change plans anytime. Changes apply at the next invoice.",
+        "Refunds of unused days arrive within 5 business days.",
+    ]
+    cited = [event.passage for event in events if isinstance(event, PassageCited)]
+    assert [(item.chunk_id, item.ordinal, item.heading_path) for item in cited] == [
+        (after.chunk_id, 3, ("Billing", "Refunds")),
+        (ranked.chunk_id, 2, ("Billing",)),
+    ]
+    assert all(item.document_id == ranked.document_id for item in cited)
 
 
 async def test_search_tool_round_trip_returns_citable_search_results(
