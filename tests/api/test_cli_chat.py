@@ -18,7 +18,7 @@ RETURNS = "# Returns\n\nUnworn items can be returned within 30 days of delivery 
 
 def terminal() -> tuple[Console, io.StringIO]:
     screen = io.StringIO()
-    return Console(file=screen, width=200, highlight=False, color_system=None), screen
+    return Console(file=screen, width=200, highlight=False, color_system=None, soft_wrap=True), screen
 
 
 async def wait_until_shown(screen: io.StringIO, text: str, timeout_s: float = 10) -> None:
@@ -62,13 +62,15 @@ async def test_asking_for_a_person_then_the_agents_messages_arrive_live(
     secret = (await http.post("/v1/keys", json={"name": "Ana", "role": "agent"}, headers=service_headers)).json()
     agent = {"Authorization": f"Bearer {secret['secret']}"}
     base = f"/v1/conversations/{session.conversation_id}"
-    lines = iter(["/human", "I'd like a refund please"])
+    # Asked for before the chat follows the feed: the feed is read from its start, so the change is still shown.
+    await session.ask_for_person()
+    lines = iter(["I'd like a refund please"])
 
     async def ask() -> str | None:
         line = next(lines, None)
         if line is not None:
             return line
-        # Both lines were acted on: an agent takes over and answers; the chat shows it without being asked.
+        # The line was sent: an agent takes over and answers; the chat shows it without being asked.
         await wait_until_shown(screen, "waiting for a person")
         assert (await http.post(f"{base}/claim", headers=agent)).status_code == 200
         sent = await http.post(f"{base}/agent-messages", json={"content": "Hi, Ana here. Refund done."}, headers=agent)
@@ -79,7 +81,7 @@ async def test_asking_for_a_person_then_the_agents_messages_arrive_live(
     await converse(session, ask, console)
 
     shown = screen.getvalue()
-    assert "· waiting for a person from the support team" in shown
+    assert shown.count("· waiting for a person from the support team") == 1
     assert "· a person from the support team has joined" in shown
     assert "Ana Hi, Ana here. Refund done." in shown
     assert shown.count("Refund done.") == 1
@@ -115,3 +117,25 @@ def test_the_command_needs_a_key_and_says_when_no_server_answers() -> None:
     assert "SUPPORT_API_KEY" in without_key.output
     assert nobody.exit_code == 1
     assert "no answer from http://127.0.0.1:9" in nobody.output
+
+
+async def test_what_a_reply_streams_is_not_shown_again_from_the_feed(http: httpx.AsyncClient, llm: ScriptedLLM) -> None:
+    console, screen = terminal()
+    session = ChatSession(http, console)
+    await session.start(ADMIN_KEY, "chat-4", None)
+    lines = iter(["I want to talk to a human"])
+
+    async def ask() -> str | None:
+        line = next(lines, None)
+        if line is None:
+            # The turn's handoff and notice arrive in its stream and on the feed; give the feed time to deliver.
+            await wait_until_shown(screen, "waiting for a person")
+            await asyncio.sleep(0.5)
+        return line
+
+    await converse(session, ask, console)
+
+    lines_shown = screen.getvalue().splitlines()
+    assert lines_shown[0].startswith("assistant I'm passing this conversation to our support team.")
+    assert lines_shown.count("· waiting for a person from the support team") == 1, lines_shown
+    assert llm.requests == [], "asking for a person is handed over by the policy, without the model"

@@ -42,8 +42,9 @@ class ChatSession:
         self._console = console
         self._customer: dict[str, str] = {}
         self.conversation_id = ""
-        # Messages already shown, by id: a message can arrive both in a reply's stream and on the feed.
+        # Messages and events already shown: both arrive in a reply's stream and on the feed.
         self._shown: set[str] = set()
+        self._events: set[str] = set()
 
     async def start(self, service_key: str, external_id: str, name: str | None) -> None:
         """Start a conversation for the customer ``external_id`` with a service or admin key."""
@@ -77,7 +78,10 @@ class ChatSession:
                     elif event.event == "done":
                         self._shown.add(str(msgspec.json.decode(event.data, type=MessageResource).id))
                     else:
-                        self._show(event.event, event.data)
+                        if writing and event.event in {"message", "handoff", "error"}:
+                            self._console.print()  # a notice gets a line of its own
+                            writing = False
+                        self._show(event.event, event.data, event.id)
         except (httpx.HTTPError, SSEError) as error:
             raise ChatError(f"the reply could not be read: {error}") from error
         finally:
@@ -92,17 +96,26 @@ class ChatSession:
         await self._call("POST", path, self._customer, json={"reason": "asked in the chat"})
 
     async def follow(self) -> None:
-        """Print what others add to the conversation (agents' messages, notices, owner changes) until cancelled."""
+        """Print what others add to the conversation (agents' messages, notices, owner changes) until cancelled.
+
+        The feed is read from the conversation's first event, so what happened before the subscription was made
+        (a handoff asked for at once) is not missed; what a reply's stream showed already is skipped.
+        """
         path = f"/v1/conversations/{self.conversation_id}/events"
-        async with aconnect_sse(self._http, "GET", path, headers=self._customer, timeout=None) as events:
+        headers = {**self._customer, "Last-Event-ID": "0"}
+        async with aconnect_sse(self._http, "GET", path, headers=headers, timeout=None) as events:
             if events.response.is_error:
                 await events.response.aread()
                 raise ChatError(_problem(events.response))
             async for event in events.aiter_sse():
                 if event.event in {"message", "handoff"}:
-                    self._show(event.event, event.data)
+                    self._show(event.event, event.data, event.id)
 
-    def _show(self, name: str, data: str) -> None:
+    def _show(self, name: str, data: str, event_id: str) -> None:
+        if event_id and event_id != "0":
+            if event_id in self._events:
+                return
+            self._events.add(event_id)
         if name == "message":
             message = msgspec.json.decode(data, type=MessageResource)
             if message.role is MessageRole.CUSTOMER or str(message.id) in self._shown:
