@@ -34,7 +34,8 @@ async def test_a_reply_streams_with_its_sources(
 ) -> None:
     ingested = await http.post(
         "/v1/knowledge/documents",
-        json={"content": RETURNS, "url": "https://help.example/returns"},
+        # A title in brackets is text, not terminal markup.
+        json={"content": RETURNS, "title": "[beta] Returns", "url": "https://help.example/returns"},
         headers=service_headers,
     )
     assert ingested.status_code == 201, ingested.text
@@ -46,7 +47,7 @@ async def test_a_reply_streams_with_its_sources(
     await session.send("Can I return my chair?")
 
     assert screen.getvalue() == (
-        "assistant You can return unworn items within 30 days.\n  [1] Returns — https://help.example/returns\n"
+        "assistant You can return unworn items within 30 days.\n  [1] [beta] Returns — https://help.example/returns\n"
     )
     assert llm.requests[0].question == "Can I return my chair?"
     stored = (await http.get(f"/v1/conversations/{session.conversation_id}/messages", headers=service_headers)).json()

@@ -15,6 +15,7 @@ import msgspec
 import typer
 from httpx_sse import SSEError, aconnect_sse
 from rich.console import Console
+from rich.markup import escape
 
 from support.api.schemas.conversations import CitationResource, DeltaData, HandoffData, MessageResource
 from support.domain.conversations import ConversationStatus, MessageRole
@@ -88,7 +89,9 @@ class ChatSession:
             if writing:
                 self._console.print()
         for number, source in enumerate(_unique(sources), 1):
-            self._console.print(f"  [dim][{number}] {source.title}{f' — {source.url}' if source.url else ''}[/dim]")
+            where = f" — {source.url}" if source.url else ""
+            # Titles and the rest are the server's text, not markup ("[beta] Returns" stays as it is).
+            self._console.print(f"  [dim]\\[{number}] {escape(source.title + where)}[/dim]")
 
     async def ask_for_person(self) -> None:
         """Ask for a person; the feed tells when one joins."""
@@ -122,14 +125,15 @@ class ChatSession:
                 return
             self._shown.add(str(message.id))
             who = message.author or "support" if message.role is MessageRole.AGENT else message.role.value
-            self._console.print(f"[bold magenta]{who}[/bold magenta] ", end="")
+            self._console.print(f"[bold magenta]{escape(who)}[/bold magenta] ", end="")
             self._console.print(message.content, markup=False)
         elif name == "handoff":
             status = msgspec.json.decode(data, type=HandoffData).status
             self._console.print(f"[yellow]· {_STATUS_NOTES.get(status, status.value)}[/yellow]")
         elif name == "error":
             detail = _PROBLEM.decode(data)
-            self._console.print(f"[red]· {detail.get('title', 'error')}: {detail.get('detail', '')}[/red]")
+            problem = f"{detail.get('title', 'error')}: {detail.get('detail', '')}"
+            self._console.print(f"[red]· {escape(problem)}[/red]")
 
     async def _call(self, method: str, path: str, headers: dict[str, str], **kwargs: Any) -> dict[str, Any]:
         try:
@@ -164,7 +168,7 @@ async def converse(session: ChatSession, ask: Callable[[], Awaitable[str | None]
         while (line := await ask()) is not None:
             text = line.strip()
             if follower.done() and not follower.cancelled() and follower.exception() is not None:
-                console.print(f"[red]· the live feed stopped: {follower.exception()}[/red]")
+                console.print(f"[red]· the live feed stopped: {escape(str(follower.exception()))}[/red]")
             try:
                 if text in {"/quit", "/exit"}:
                     return
@@ -173,7 +177,7 @@ async def converse(session: ChatSession, ask: Callable[[], Awaitable[str | None]
                 elif text:
                     await session.send(text)
             except ChatError as error:
-                console.print(f"[red]· {error}[/red]")
+                console.print(f"[red]· {escape(str(error))}[/red]")
     finally:
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError, ChatError, httpx.HTTPError, SSEError):
@@ -209,7 +213,7 @@ def chat(
     try:
         asyncio.run(run())
     except ChatError as error:
-        console.print(f"[red]{error}[/red]")
+        console.print(f"[red]{escape(str(error))}[/red]")
         raise typer.Exit(1) from error
     except KeyboardInterrupt:
         console.print()
