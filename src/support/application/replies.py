@@ -101,6 +101,10 @@ class ReplySettings:
     # take over in any process); the model is stopped as soon as it does not.
     ownership_check_s: float = 0.5
 
+    def search_query(self, text: str) -> SearchQuery:
+        """The search a turn makes for ``text``: before the model is called, and when it searches again."""
+        return SearchQuery(text, limit=self.passages, exclude_flagged=self.exclude_flagged, context=self.context_chunks)
+
 
 _END = object()
 
@@ -152,19 +156,13 @@ class _Draft:
 class _Tools:
     """The tools a model may call during a turn; each search opens its own short scope."""
 
-    def __init__(
-        self, open_services: ServicesOpener, passages: int, *, exclude_flagged: bool = False, context: int = 0
-    ) -> None:
+    def __init__(self, open_services: ServicesOpener, settings: ReplySettings) -> None:
         self._open = open_services
-        self._passages = passages
-        self._exclude_flagged = exclude_flagged
-        self._context = context
+        self._settings = settings
 
     async def search_knowledge(self, query: str) -> Sequence[SearchHit]:
         async with self._open() as services:
-            return await services.search.execute(
-                SearchQuery(query, limit=self._passages, exclude_flagged=self._exclude_flagged, context=self._context)
-            )
+            return await services.search.execute(self._settings.search_query(query))
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,12 +552,7 @@ class ReplyRunner:
         memories: Sequence[RecalledFact] = ()
         current: Conversation | None
         if query:
-            search_query = SearchQuery(
-                query,
-                limit=settings.passages,
-                exclude_flagged=settings.exclude_flagged,
-                context=settings.context_chunks,
-            )
+            search_query = settings.search_query(query)
             if vector is None:
                 # Without a vector (no query embeddings wired) the search embeds the question: look after it.
                 passages = await services.search.execute(search_query)
@@ -669,12 +662,7 @@ class ReplyRunner:
         conversation_id: UUID,
         started: float,
     ) -> None:
-        tools = _Tools(
-            self._open,
-            self._settings.passages,
-            exclude_flagged=self._settings.exclude_flagged,
-            context=self._settings.context_chunks,
-        )
+        tools = _Tools(self._open, self._settings)
         events = self._llm.reply(request, tools)
         try:
             await self._consume(events, draft, publisher, holder, conversation_id, started)
