@@ -25,6 +25,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from support.application.limits import EnforceRateLimits
+from support.application.tasks import started_early
 from support.domain.identity import Principal
 from support.domain.limits import RateDecision, RateLimitedError
 
@@ -145,10 +146,8 @@ async def limit_request(
     found = connection.path_params.get("conversation_id")
     conversation_id = found if isinstance(found, UUID) else None
     # The Valkey round trip overlaps reading the body and the embedding-cache lookup; see send_admission.
-    verdict = asyncio.create_task(enforce_rate_limits(connection, principal, conversation_id=conversation_id))
-    # Retrieved here too, so a verdict that nobody awaited (the request failed first) is not logged as lost.
-    verdict.add_done_callback(lambda done: done.cancelled() or done.exception())
-    state[_ADMISSION_KEY] = verdict
+    # Nobody awaits it when the request fails first.
+    state[_ADMISSION_KEY] = started_early(enforce_rate_limits(connection, principal, conversation_id=conversation_id))
 
 
 def send_admission(connection: ASGIConnection[Any, Any, Any, Any]) -> "asyncio.Future[Any] | None":

@@ -19,6 +19,7 @@ from support.application.handover import HandoffSettings, HandoffSummaries, hand
 from support.application.knowledge import MAX_QUERY_LENGTH, QueryEmbeddings
 from support.application.limits import SpendTokens
 from support.application.services import ConversationServices, ServicesOpener
+from support.application.tasks import started_early
 from support.domain.assistant import (
     AttachedImage,
     AttachedText,
@@ -258,9 +259,8 @@ class LeaseReservation:
     def __init__(self, sessions: SessionStore, conversation_id: UUID, holder: str, ttl_s: float) -> None:
         self.conversation_id = conversation_id
         self.holder = holder
-        self._task = asyncio.create_task(sessions.acquire_reply_lease(conversation_id, holder, ttl_s=ttl_s))
-        # Retrieved here too: a reservation given up after a failed send is never awaited by a turn.
-        self._task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        # A reservation given up after a failed send is never awaited by a turn.
+        self._task = started_early(sessions.acquire_reply_lease(conversation_id, holder, ttl_s=ttl_s))
 
     async def taken(self) -> bool:
         """Whether the try got the lease (raises what the session store raised)."""
@@ -314,10 +314,8 @@ class ReplyRunner:
         query = search_text(text)
         if self._embeddings is None or not query:
             return None
-        task = asyncio.create_task(self._embeddings.embed(query, admission=admission))
-        # A prefetch nobody awaits (the send failed) must not log "exception never retrieved".
-        task.add_done_callback(lambda done: done.cancelled() or done.exception())
-        return task
+        # Nobody awaits it when the send fails.
+        return started_early(self._embeddings.embed(query, admission=admission))
 
     def reserve(self, conversation_id: UUID) -> LeaseReservation:
         """Try for the conversation's reply lease now, beside storing the message the turn will answer.
