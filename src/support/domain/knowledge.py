@@ -191,6 +191,14 @@ class SearchHit:
     # Up to ``SearchQuery.context`` chunks on each side of this one, in document order (this one not included).
     context: tuple[ContextChunk, ...] = ()
 
+    def in_article_order(self) -> list[tuple[int | None, str, tuple[InjectionReason, ...]]]:
+        """This chunk and its context by ordinal: (index into ``context``, None for this chunk; text; flags)."""
+        chunks: list[tuple[int, int | None, str, tuple[InjectionReason, ...]]] = [
+            (self.ordinal, None, self.text, self.flags)
+        ]
+        chunks += [(chunk.ordinal, index, chunk.text, chunk.flags) for index, chunk in enumerate(self.context)]
+        return [(index, text, flags) for _, index, text, flags in sorted(chunks, key=lambda chunk: chunk[0])]
+
     def at(self, chunk: ContextChunk) -> "SearchHit":
         """This hit as if ``chunk``, one of its context, had ranked: what a quote from that chunk cites."""
         return replace(

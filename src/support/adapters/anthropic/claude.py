@@ -915,10 +915,9 @@ def passage_paragraphs(hit: SearchHit) -> list[tuple[str, int | None]]:
     None is the chunk that ranked. With neighbouring chunks (``hit.context``) the text the chunker repeated from
     the end of one chunk at the start of the next is given once.
     """
-    chunks = sorted([(hit.ordinal, hit.text, None), *((c.ordinal, c.text, i) for i, c in enumerate(hit.context))])
     paragraphs: list[tuple[str, int | None]] = []
     previous = ""
-    for _, text, context in chunks:
+    for context, text, _ in hit.in_article_order():
         clean = strip_invisible(text)
         fresh = clean[_overlap(previous, clean) :]
         previous = clean

@@ -610,16 +610,13 @@ def _chunk_units(chunk_text: str, title: str, flagged: bool, passage: int) -> tu
 
 def _split_with_context(hit: SearchHit, passage: int) -> list[_Unit]:
     """The units of the hit's chunk and of its neighbouring chunks in document order (see :func:`_neighbourhood`)."""
-    chunks: list[tuple[int, str, bool, int | None]] = [(hit.ordinal, hit.text, bool(hit.flags), None)]
-    chunks += [(chunk.ordinal, chunk.text, bool(chunk.flags), index) for index, chunk in enumerate(hit.context)]
-    return list(_neighbourhood(tuple(sorted(chunks, key=lambda chunk: chunk[0])), hit.title, passage))
+    chunks = tuple((text, bool(flags), index) for index, text, flags in hit.in_article_order())
+    return list(_neighbourhood(chunks, hit.title, passage))
 
 
 @functools.lru_cache(maxsize=512)
-def _neighbourhood(
-    chunks: tuple[tuple[int, str, bool, int | None], ...], title: str, passage: int
-) -> tuple[_Unit, ...]:
-    """The units of consecutive chunks (ordinal, text, flagged, context index) in reading order, each unit once.
+def _neighbourhood(chunks: tuple[tuple[str, bool, int | None], ...], title: str, passage: int) -> tuple[_Unit, ...]:
+    """The units of consecutive chunks (text, flagged, context index) in reading order, each unit once.
 
     Chunks repeat the previous chunk's last sentences (the chunker's overlap): a unit already read is skipped.
     Positions and paragraph numbers run on across chunks, so a window can grow over a chunk boundary.
@@ -627,7 +624,7 @@ def _neighbourhood(
     units: list[_Unit] = []
     seen: set[str] = set()
     paragraphs = 0
-    for _, text, flagged, context in chunks:
+    for text, flagged, context in chunks:
         own = _chunk_units(text, title, flagged, passage)
         for unit in own:
             if unit.text in seen:
