@@ -864,6 +864,7 @@ def _marker(spans: list[list[Any]], label: str, which: str, edge: str) -> float 
 def analyse_trace(turns: list[dict[str, Any]]) -> dict[str, Any]:
     """Median of each critical-path segment, and per-turn totals and counts of every span label."""
     segments: dict[str, list[float]] = {name: [] for name, _ in SEGMENTS}
+    side: dict[str, list[float]] = {name: [] for name, _ in SIDE_MARKERS}
     labels: dict[str, list[tuple[int, float]]] = {}
     for turn in turns:
         spans = turn["spans"]
@@ -874,6 +875,10 @@ def analyse_trace(turns: list[dict[str, Any]]) -> dict[str, Any]:
                 continue
             segments[name].append(marker - previous)
             previous = marker
+        for name, (label, which, edge) in SIDE_MARKERS:
+            moment = _marker(spans, label, which, edge)
+            if moment is not None:
+                side[name].append(moment)
         per_label: dict[str, tuple[int, float]] = {}
         for label, start, end in spans:
             count, total = per_label.get(label, (0, 0.0))
@@ -881,12 +886,6 @@ def analyse_trace(turns: list[dict[str, Any]]) -> dict[str, Any]:
         for label, value in per_label.items():
             labels.setdefault(label, []).append(value)
     first_delta = [_marker(turn["spans"], "sse.first_delta", "first", "end") for turn in turns]
-    side: dict[str, list[float]] = {name: [] for name, _ in SIDE_MARKERS}
-    for turn in turns:
-        for name, (label, which, edge) in SIDE_MARKERS:
-            moment = _marker(turn["spans"], label, which, edge)
-            if moment is not None:
-                side[name].append(moment)
     return {
         "turns": len(turns),
         "server_first_delta_p50_ms": round(percentile([v for v in first_delta if v is not None], 0.5), 3),
