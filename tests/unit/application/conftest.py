@@ -3,7 +3,7 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import time
+from datetime import UTC, datetime, time
 
 import pytest
 
@@ -42,6 +42,7 @@ from support.application.services import ConversationServices
 from support.domain.conversations import Conversation
 from support.domain.escalation import BusinessHours, EscalationPolicy
 from support.domain.identity import Principal, Role
+from support.domain.knowledge import Chunk, DocumentDraft, EmbeddedChunk
 from support.ports.knowledge import Embedder
 from tests.fakes.llm import ScriptedLLM
 from tests.fakes.outbox import RecordingOutbox
@@ -138,6 +139,19 @@ class World:
 @pytest.fixture
 def handoff_settings() -> HandoffSettings:
     return HandoffSettings(hours=ALWAYS_OPEN)
+
+
+async def knowledge_base_of(*bodies: str) -> InMemoryKnowledgeBase:
+    """A knowledge base holding one document whose chunks are ``bodies``, in order (hashing vectors, 64 dims)."""
+    knowledge, embedder = InMemoryKnowledgeBase(), HashingEmbedder(64)
+    vectors = await embedder.embed_documents(list(bodies))
+    chunks = [
+        EmbeddedChunk(Chunk(index, (), body, len(body.split())), body, vector)
+        for index, (body, vector) in enumerate(zip(bodies, vectors, strict=True))
+    ]
+    draft = DocumentDraft(external_id="guide", title="Guide", content_type="text/plain", text_hash="h")
+    await knowledge.upsert(draft, chunks, datetime.now(UTC))
+    return knowledge
 
 
 @asynccontextmanager

@@ -2,19 +2,15 @@
 
 import asyncio
 from dataclasses import replace
-from datetime import UTC, datetime
 
 import pytest
 
-from support.adapters.embedding.hashing import HashingEmbedder
-from support.adapters.memory.knowledge import InMemoryKnowledgeBase
 from support.application.replies import ReplySettings
 from support.domain.conversations import ConversationClosedError, ConversationStatus, MessageRole
 from support.domain.feed import MessagePosted, ReplyDelta, ReplyDone
-from support.domain.knowledge import Chunk, DocumentDraft, EmbeddedChunk
 from support.domain.limits import RateLimitedError
 from tests.fakes.llm import Script
-from tests.unit.application.conftest import SERVICE, World, running_world
+from tests.unit.application.conftest import SERVICE, World, knowledge_base_of, running_world
 
 
 async def test_messages_sent_during_a_reply_are_answered_together_by_the_next_one(world: World) -> None:
@@ -140,15 +136,8 @@ async def test_a_reply_in_progress_keeps_its_lease_from_a_send_beside_it(world: 
 
 
 async def test_the_model_gets_each_passage_with_its_neighbouring_chunks_as_configured() -> None:
-    knowledge, embedder = InMemoryKnowledgeBase(), HashingEmbedder(64)
     bodies = ["Returns are free for 30 days.", "Print the prepaid label from your orders page.", "Refunds take 5 days."]
-    vectors = await embedder.embed_documents(bodies)
-    chunks = [
-        EmbeddedChunk(Chunk(index, ("Returns",), body, len(body.split())), f"Returns > {body}", vector)
-        for index, (body, vector) in enumerate(zip(bodies, vectors, strict=True))
-    ]
-    draft = DocumentDraft(external_id="returns", title="Returns", content_type="text/markdown", text_hash="h")
-    await knowledge.upsert(draft, chunks, datetime.now(UTC))
+    knowledge = await knowledge_base_of(*bodies)
 
     async with running_world(reply_settings=ReplySettings(context_chunks=1), knowledge=knowledge) as world:
         turn = await world.send("Where do I print the prepaid label?")

@@ -1,29 +1,18 @@
 """SearchKnowledge: what it refuses, and that a query's options reach the knowledge base."""
 
-from datetime import UTC, datetime
-
 import pytest
 
 from support.adapters.embedding.hashing import HashingEmbedder
 from support.adapters.memory.cache import InMemoryCache
-from support.adapters.memory.knowledge import InMemoryKnowledgeBase
 from support.application.knowledge import MAX_SEARCH_CONTEXT, KnowledgeLimits, QueryEmbeddings, SearchKnowledge
 from support.domain.errors import InvalidInputError
-from support.domain.knowledge import Chunk, DocumentDraft, EmbeddedChunk, SearchQuery
-
-EMBEDDER = HashingEmbedder(64)
+from support.domain.knowledge import SearchQuery
+from tests.unit.application.conftest import knowledge_base_of
 
 
 async def searcher_over(*bodies: str) -> SearchKnowledge:
-    knowledge = InMemoryKnowledgeBase()
-    vectors = await EMBEDDER.embed_documents(list(bodies))
-    chunks = [
-        EmbeddedChunk(Chunk(index, (), body, len(body.split())), body, vector)
-        for index, (body, vector) in enumerate(zip(bodies, vectors, strict=True))
-    ]
-    draft = DocumentDraft(external_id="guide", title="Guide", content_type="text/plain", text_hash="h")
-    await knowledge.upsert(draft, chunks, datetime.now(UTC))
-    return SearchKnowledge(knowledge, QueryEmbeddings(EMBEDDER, InMemoryCache(), KnowledgeLimits()))
+    knowledge = await knowledge_base_of(*bodies)
+    return SearchKnowledge(knowledge, QueryEmbeddings(HashingEmbedder(64), InMemoryCache(), KnowledgeLimits()))
 
 
 async def test_context_reaches_the_knowledge_base() -> None:
