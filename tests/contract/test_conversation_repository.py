@@ -4,6 +4,7 @@ import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -14,7 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from support.adapters.memory.conversations import InMemoryAttachmentStore, InMemoryConversationRepository
 from support.adapters.memory.system import InMemoryUnitOfWork
 from support.adapters.postgres.conversations import PostgresAttachmentStore, PostgresConversationRepository
+from support.adapters.postgres.engine import create_engine
 from support.adapters.postgres.uow import SqlAlchemyUnitOfWork
+from support.config import DatabaseSettings
 from support.domain.conversations import (
     AgentRef,
     AnswerStatus,
@@ -340,3 +343,33 @@ async def test_plain_reads_after_a_write_see_it_inside_the_transaction(postgres_
     assert [item.id for item in recent] == [message.id]
     await postgres_backend.uow.rollback()
     assert await postgres_backend.conversations.recent_messages(conversation.id, 5) == []
+
+
+@pytest.mark.postgres
+async def test_plain_reads_outside_a_transaction_give_their_connection_back(database_url: str) -> None:
+    # A scope that has only read holds no connection afterwards, so it can wait for another scope's connection (or
+    # a live feed's next event) without starving the pool; once a write has begun a transaction, reads join it.
+    engine = create_engine(database_url, DatabaseSettings(pool_size=1, max_overflow=0, pool_timeout_s=1.0))
+    pool: Any = engine.pool
+    try:
+        async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+            backend = Backend(
+                PostgresConversationRepository(session), PostgresAttachmentStore(session), SqlAlchemyUnitOfWork(session)
+            )
+            conversation = await new_conversation(backend)
+            await backend.uow.commit()
+            assert pool.checkedout() == 0
+
+            assert await backend.conversations.get(conversation.id) is not None
+            assert await backend.conversations.recent_messages(conversation.id, 5) == []
+            assert await backend.attachments.texts(conversation.id, limit_chars=100) == []
+            assert await backend.attachments.get(conversation.id, conversation.id) is None
+            assert pool.checkedout() == 0
+
+            await backend.conversations.add_message(customer_message(conversation, "in a transaction"))
+            assert len(await backend.conversations.recent_messages(conversation.id, 5)) == 1
+            assert pool.checkedout() == 1
+            await backend.uow.commit()
+            assert pool.checkedout() == 0
+    finally:
+        await engine.dispose()

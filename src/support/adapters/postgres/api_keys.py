@@ -1,11 +1,23 @@
+from typing import cast
 from uuid import UUID
 
+import sqlalchemy as sa
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from support.adapters.postgres.driver import Row, compile_for_driver, driver_connection
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import ApiKeyRow
 from support.domain.identity import ApiKey, Role
+
+_KEYS = cast("sa.Table", ApiKeyRow.__table__)
+# Every request made with an API key reads its key: on the driver, outside a transaction, so the lookup holds
+# no connection afterwards (an agent's live feed lasts for hours) and skips the ORM's per-statement cost.
+_DRIVER_FIND_ACTIVE = compile_for_driver(
+    sa.select(_KEYS.c.id, _KEYS.c.name, _KEYS.c.role, _KEYS.c.hint, _KEYS.c.created_at, _KEYS.c.revoked_at).where(
+        _KEYS.c.secret_hash == sa.bindparam("secret_hash"), _KEYS.c.revoked_at.is_(None)
+    )
+)
 
 
 class _ApiKeyRows(SQLAlchemyAsyncRepository[ApiKeyRow]):
@@ -23,8 +35,20 @@ def _to_domain(row: ApiKeyRow) -> ApiKey:
     )
 
 
+def _from_record(row: Row) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        role=Role(row["role"]),
+        hint=row["hint"],
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
 class PostgresApiKeyRepository:
     def __init__(self, session: AsyncSession) -> None:
+        self._session = session
         self._rows = _ApiKeyRows(session=session)
 
     async def add(self, key: ApiKey, secret_hash: str) -> None:
@@ -51,9 +75,9 @@ class PostgresApiKeyRepository:
         return [_to_domain(row) for row in rows]
 
     async def find_active_by_hash(self, secret_hash: str) -> ApiKey | None:
-        async with storage_errors():
-            row = await self._rows.get_one_or_none(ApiKeyRow.revoked_at.is_(None), secret_hash=secret_hash)
-        return None if row is None else _to_domain(row)
+        async with driver_connection(self._session, begin=False) as driver:
+            row = await driver.fetchrow(_DRIVER_FIND_ACTIVE.sql, secret_hash)
+        return None if row is None else _from_record(row)
 
     async def save(self, key: ApiKey) -> None:
         async with storage_errors():

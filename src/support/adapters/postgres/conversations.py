@@ -293,6 +293,28 @@ _DRIVER_INSERT_MESSAGE_ONCE = compile_for_driver(
 )
 _DRIVER_RECENT_MESSAGES = compile_for_driver(_RECENT_MESSAGES)
 _DRIVER_FIND_BY_KEY = compile_for_driver(_FIND_BY_KEY)
+# What a turn reads of the files attached to the messages it answers.
+_DRIVER_ATTACHMENT_TEXTS = compile_for_driver(
+    sa.select(
+        _ATTACHMENTS.c.filename,
+        sa.func.left(_ATTACHMENTS.c.text, sa.bindparam("limit_chars", type_=sa.Integer)).label("text"),
+    )
+    .where(_ATTACHMENTS.c.conversation_id == sa.bindparam("conversation_id"), _ATTACHMENTS.c.text.is_not(None))
+    .order_by(_ATTACHMENTS.c.created_at.desc(), _ATTACHMENTS.c.id.desc())
+)
+_DRIVER_GET_ATTACHMENT = compile_for_driver(
+    sa.select(
+        _ATTACHMENTS.c.id,
+        _ATTACHMENTS.c.filename,
+        _ATTACHMENTS.c.content_type,
+        _ATTACHMENTS.c.size,
+        _ATTACHMENTS.c.sha256,
+        _ATTACHMENTS.c.data,
+    ).where(
+        _ATTACHMENTS.c.conversation_id == sa.bindparam("conversation_id"),
+        _ATTACHMENTS.c.id == sa.bindparam("attachment_id"),
+    )
+)
 _json = msgspec.json.Encoder()
 
 
@@ -548,29 +570,24 @@ class PostgresAttachmentStore:
             await self._session.execute(statement)
 
     async def get(self, conversation_id: UUID, attachment_id: UUID) -> tuple[AttachmentInfo, bytes] | None:
-        statement = sa.select(AttachmentRow).where(
-            _ATTACHMENTS.c.conversation_id == conversation_id, _ATTACHMENTS.c.id == attachment_id
-        )
-        async with storage_errors():
-            row = (await self._session.execute(statement)).scalar()
+        parameters = {"conversation_id": conversation_id, "attachment_id": attachment_id}
+        async with driver_connection(self._session, begin=False) as driver:
+            row = await driver.fetchrow(_DRIVER_GET_ATTACHMENT.sql, *_DRIVER_GET_ATTACHMENT.arguments(parameters))
         if row is None:
             return None
-        return AttachmentInfo(row.id, row.filename, row.content_type, row.size, row.sha256), row.data
+        info = AttachmentInfo(row["id"], row["filename"], row["content_type"], row["size"], row["sha256"])
+        return info, row["data"]
 
     async def texts(self, conversation_id: UUID, *, limit_chars: int) -> list[AttachedText]:
-        statement = (
-            sa.select(_ATTACHMENTS.c.filename, sa.func.left(_ATTACHMENTS.c.text, limit_chars).label("text"))
-            .where(_ATTACHMENTS.c.conversation_id == conversation_id, _ATTACHMENTS.c.text.is_not(None))
-            .order_by(_ATTACHMENTS.c.created_at.desc(), _ATTACHMENTS.c.id.desc())
-        )
+        parameters = {"conversation_id": conversation_id, "limit_chars": limit_chars}
         result: list[AttachedText] = []
         remaining = limit_chars
-        async with storage_errors():
-            rows = (await self._session.execute(statement)).all()
+        async with driver_connection(self._session, begin=False) as driver:
+            rows = await driver.fetch(_DRIVER_ATTACHMENT_TEXTS.sql, *_DRIVER_ATTACHMENT_TEXTS.arguments(parameters))
         for row in rows:
             if remaining <= 0:
                 break
-            text = row.text[:remaining]
-            result.append(AttachedText(filename=row.filename, text=text))
+            text = row["text"][:remaining]
+            result.append(AttachedText(filename=row["filename"], text=text))
             remaining -= len(text)
         return result

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import asyncpg
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -58,28 +58,42 @@ def compile_for_driver(statement: ClauseElement, column_keys: Sequence[str] | No
 async def driver_connection(session: AsyncSession, *, begin: bool = True) -> AsyncIterator[asyncpg.Connection]:
     """The session's asyncpg connection, in the session's transaction (begun if need be).
 
-    ``begin=False`` is for a lone read that needs no transaction: it joins one already begun, or runs on its own.
+    ``begin=False`` is for a lone read that needs no transaction: it joins one already begun, or else borrows a
+    pooled connection for its statements alone and gives it back at once. A scope that has only read then holds
+    no connection while it waits for anything else (another scope's connection, a model, a live feed's next
+    event), so a bounded pool cannot deadlock on turns that each hold one connection and wait for a second, and a
+    feed open for hours does not keep one (tests/integration/test_connection_pool.py).
     Driver and SQLAlchemy failures become port errors; a connection that broke is invalidated, as SQLAlchemy
     does for its own statements, so it never goes back to the pool.
     """
     async with storage_errors():
-        connection = await session.connection()
-        try:
-            raw = await connection.get_raw_connection()
-            driver = raw.driver_connection
-            if driver is None:  # only after invalidation, which ends the connection's use
-                raise asyncpg.ConnectionDoesNotExistError
-            # SQLAlchemy's asyncpg adapter sends BEGIN lazily, before the first statement it runs itself, so a
-            # statement run here first would run outside the transaction (autocommitted, its row locks gone at
-            # once). Start it the way the adapter would; tests/contract/test_conversation_repository.py proves
-            # that a rollback undoes what ran here and that a lock taken here holds until the commit.
-            adapter: Any = raw.dbapi_connection
-            if begin and not adapter._started:  # noqa: SLF001 - see above; SQLAlchemy is pinned by uv.lock
-                try:
-                    await adapter._start_transaction()  # noqa: SLF001
-                except adapter.dbapi.Error as error:  # the adapter's form of a driver failure
-                    raise asyncpg.ConnectionDoesNotExistError(str(error)) from error
-            yield driver
-        except (asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError, OSError):
-            await connection.invalidate()
-            raise
+        engine = session.bind
+        if not begin and isinstance(engine, AsyncEngine) and not session.in_transaction():
+            async with engine.connect() as borrowed, _driver_of(borrowed, begin=False) as driver:
+                yield driver
+        else:
+            async with _driver_of(await session.connection(), begin=begin) as driver:
+                yield driver
+
+
+@asynccontextmanager
+async def _driver_of(connection: AsyncConnection, *, begin: bool) -> AsyncIterator[asyncpg.Connection]:
+    try:
+        raw = await connection.get_raw_connection()
+        driver = raw.driver_connection
+        if driver is None:  # only after invalidation, which ends the connection's use
+            raise asyncpg.ConnectionDoesNotExistError
+        # SQLAlchemy's asyncpg adapter sends BEGIN lazily, before the first statement it runs itself, so a
+        # statement run here first would run outside the transaction (autocommitted, its row locks gone at
+        # once). Start it the way the adapter would; tests/contract/test_conversation_repository.py proves
+        # that a rollback undoes what ran here and that a lock taken here holds until the commit.
+        adapter: Any = raw.dbapi_connection
+        if begin and not adapter._started:  # noqa: SLF001 - see above; SQLAlchemy is pinned by uv.lock
+            try:
+                await adapter._start_transaction()  # noqa: SLF001
+            except adapter.dbapi.Error as error:  # the adapter's form of a driver failure
+                raise asyncpg.ConnectionDoesNotExistError(str(error)) from error
+        yield driver
+    except (asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError, OSError):
+        await connection.invalidate()
+        raise
