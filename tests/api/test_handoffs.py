@@ -5,11 +5,25 @@ import json
 from typing import Any
 
 import httpx
+import msgspec
+import pytest
 from httpx_sse import aconnect_sse
 
+from support.adapters.embedding.onnx_minilm import OnnxMiniLMEmbedder
+from support.config import Settings
+from support.container import create_app
+from tests.api.conftest import llm_provider, serve
 from tests.api.test_conversations import bearer, start
-from tests.fakes.llm import ScriptedLLM
+from tests.conftest import shared_embedder_provider
+from tests.fakes.llm import Script, ScriptedLLM
 from tests.helpers import assert_problem
+
+
+@pytest.fixture
+def chat_settings(settings: Settings) -> Settings:
+    # One token secret for every app of a test, as for the processes of one deployment.
+    conversations = msgspec.structs.replace(settings.conversations, token_secret="handoff-tests-secret")
+    return msgspec.structs.replace(settings, conversations=conversations)
 
 
 async def agent_key(http: httpx.AsyncClient, headers: dict[str, str], name: str) -> dict[str, str]:
@@ -192,3 +206,45 @@ async def test_an_agents_websocket_sends_agent_messages_and_typing_to_the_custom
     assert frames[-1]["data"]["content"] == "Ana here, reading your messages"
     transcript = (await http.get(f"{base}/messages", headers=service_headers)).json()["items"]
     assert [item["role"] for item in transcript] == ["system", "system", "agent"]
+
+
+async def test_no_word_of_a_reply_follows_a_takeover_made_in_another_process(
+    http: httpx.AsyncClient,
+    service_headers: dict[str, str],
+    llm: ScriptedLLM,
+    chat_settings: Settings,
+    embedder: OnnxMiniLMEmbedder,
+) -> None:
+    # Two apps on the same PostgreSQL and Valkey stand for two processes: the reply is written in the first,
+    # the agent takes over through the second, whose feed the customer follows.
+    llm.script = Script(pieces=tuple(f"word{index} " for index in range(300)), delay_s=0.01)
+    other = create_app(chat_settings, shared_embedder_provider(embedder), llm_provider(ScriptedLLM()))
+    async with serve(other) as other_url, httpx.AsyncClient(base_url=other_url, timeout=30) as elsewhere:
+        ana = await agent_key(http, service_headers, "Ana")
+        conversation = await start(http, service_headers)
+        customer = bearer(conversation["customer_token"])
+        base = f"/v1/conversations/{conversation['id']}"
+        feed: list[dict[str, Any]] = []
+        stream: list[dict[str, Any]] = []
+        async with (
+            aconnect_sse(elsewhere, "GET", f"{base}/events", headers=customer) as followed,
+            aconnect_sse(http, "POST", f"{base}/messages/stream", json={"content": "hi"}, headers=customer) as sent,
+        ):
+            follower = asyncio.create_task(collect(followed.aiter_sse(), feed))
+            replying = asyncio.create_task(collect(sent.aiter_sse(), stream))
+            await wait_for(feed, lambda event: event["event"] == "delta" and event["data"]["text"] == "word4 ")
+            requested = await elsewhere.post(f"{base}/handoff", json={"reason": "a person"}, headers=customer)
+            claimed = await elsewhere.post(f"{base}/claim", headers=ana)
+            await asyncio.wait_for(replying, 10)
+            await wait_for(feed, lambda event: event["event"] == "handoff" and event["data"]["status"] == "human")
+            await asyncio.sleep(0.2)  # anything still on its way to the feed would arrive now
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+
+    assert (requested.status_code, claimed.status_code) == (200, 200)
+    takeover = next(index for index, event in enumerate(feed) if event["event"] == "handoff")
+    assert [event["event"] for event in feed[takeover:] if event["event"] in {"delta", "done"}] == []
+    assert stream[-1]["event"] == "handoff"
+    assert sum(event["event"] == "delta" for event in stream) < 100  # stopped, not run to its 300 words
+    transcript = (await http.get(f"{base}/messages", headers=service_headers)).json()["items"]
+    assert "assistant" not in {message["role"] for message in transcript}

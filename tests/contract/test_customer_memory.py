@@ -33,7 +33,7 @@ from support.adapters.valkey.rate_limits import ValkeyRateLimiter
 from support.adapters.valkey.sessions import ValkeySessionStore
 from support.domain.conversations import Conversation, ConversationStatus, Message, MessageRole
 from support.domain.errors import InvalidInputError
-from support.domain.feed import ReplyDelta
+from support.domain.feed import HandoffChanged, ReplyDelta
 from support.domain.ids import new_id
 from support.domain.limits import RatePolicy, conversation_partition
 from support.domain.memory import ConversationSummary, Fact, FactOrigin, kind_of_key
@@ -399,7 +399,9 @@ async def test_the_valkey_eraser_removes_session_state_lease_and_feed(valkey: Va
         for conversation_id in (erased, kept):
             await sessions.save(session_state(conversation_id), ttl_s=60)
             await sessions.acquire_reply_lease(conversation_id, "holder", ttl_s=60)
-            await bus.publish(conversation_id, [ReplyDelta("your order NW-1 ships Monday")])
+            # A takeover too: the bus then also keeps the id of the newest one.
+            takeover = HandoffChanged(ConversationStatus.HUMAN, None)
+            await bus.publish(conversation_id, [ReplyDelta("your order NW-1 ships Monday"), takeover])
             await limiter.acquire(conversation_partition(conversation_id), RatePolicy("conversation", 10, 60))
         # Every key the session store, the bus and the rate limiter wrote is one the eraser knows about.
         assert sorted(await keys_of(valkey, erased)) == sorted(

@@ -43,7 +43,7 @@ from support.domain.feed import (
     Typing,
 )
 from support.domain.ids import new_id
-from support.ports.conversations import EventBus
+from support.ports.conversations import EventBus, TakenOverError
 from support.ports.errors import CacheUnavailableError
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -227,6 +227,49 @@ async def test_ids_start_at_one_and_increase_per_conversation(feed: Feed) -> Non
     assert ids(await feed.bus.publish(other_id, deltas("x"))) == [1]
     assert await feed.bus.publish(conversation_id, []) == []
     assert ids(await feed.bus.publish(conversation_id, deltas("d"))) == [4]
+
+
+async def test_head_is_the_newest_id(feed: Feed) -> None:
+    conversation_id = new_id()
+    assert await feed.bus.head(conversation_id) == 0
+    await feed.bus.publish(conversation_id, deltas("a", "b", "c"))
+    assert await feed.bus.head(conversation_id) == 3
+
+
+async def test_a_takeover_after_owned_since_refuses_the_assistants_events(feed: Feed, readers: list[Reader]) -> None:
+    conversation_id = new_id()
+    await feed.bus.publish(conversation_id, deltas("before"))
+    owned_since = await feed.bus.head(conversation_id)
+    reader = await start(readers, feed.bus, conversation_id, after=0)
+    assert ids(await feed.bus.publish(conversation_id, deltas("one"), owned_since=owned_since)) == [2]
+    # An agent takes over (another publisher, unguarded): the assistant's next words are refused, not appended.
+    await feed.bus.publish(conversation_id, [HandoffChanged(ConversationStatus.HUMAN, None)])
+    with pytest.raises(TakenOverError):
+        await feed.bus.publish(conversation_id, deltas("two"), owned_since=owned_since)
+    # Refused for good: handing back does not revive a reply written under the old ownership...
+    await feed.bus.publish(conversation_id, [HandoffChanged(ConversationStatus.BOT, None)])
+    with pytest.raises(TakenOverError):
+        await feed.bus.publish(conversation_id, deltas("three"), owned_since=owned_since)
+    # ...while a turn that looked after the handback may speak.
+    later = await feed.bus.head(conversation_id)
+    assert ids(await feed.bus.publish(conversation_id, deltas("four"), owned_since=later)) == [5]
+    seen = await reader.take(5)
+    assert [event.payload for event in seen if isinstance(event.payload, ReplyDelta)] == deltas("before", "one", "four")
+
+
+async def test_ownership_changes_that_keep_the_assistant_do_not_refuse(feed: Feed) -> None:
+    conversation_id = new_id()
+    owned_since = await feed.bus.head(conversation_id)
+    await feed.bus.publish(conversation_id, [HandoffChanged(ConversationStatus.BOT, None)])
+    assert ids(await feed.bus.publish(conversation_id, deltas("still mine"), owned_since=owned_since)) == [2]
+    # A takeover within the guarded batch itself (the turn handing over) is the turn's own: published.
+    own: list[FeedPayload] = [
+        ReplyDelta("passing you on"),
+        HandoffChanged(ConversationStatus.PENDING_HUMAN, ReasonCode.FRUSTRATION),
+    ]
+    assert ids(await feed.bus.publish(conversation_id, own, owned_since=owned_since)) == [3, 4]
+    with pytest.raises(TakenOverError):
+        await feed.bus.publish(conversation_id, deltas("after it"), owned_since=owned_since)
 
 
 async def test_replay_returns_every_payload_type_as_published(feed: Feed, readers: list[Reader]) -> None:

@@ -57,13 +57,14 @@ from support.domain.feed import (
     ReplyDone,
     StreamFailed,
     ToolUsed,
+    last_takeover,
 )
 from support.domain.handoff import answer_status_for
 from support.domain.ids import new_id
 from support.domain.knowledge import SearchHit, SearchQuery
 from support.domain.memory import RecalledFact
 from support.ports.assistant import LLM
-from support.ports.conversations import EventBus, SessionState, SessionStore
+from support.ports.conversations import EventBus, SessionState, SessionStore, TakenOverError
 from support.ports.errors import CacheUnavailableError, DependencyUnavailableError, LLMUnavailableError
 from support.ports.system import Clock
 
@@ -183,6 +184,13 @@ class _Publisher:
         self._progress = asyncio.Event()
         self._task = asyncio.create_task(self._run())
         self._bus_down = False
+        # The feed id read before the turn last saw the assistant own the conversation (EventBus.publish).
+        self._owned_since: int | None = None
+        self.taken_over = False
+
+    def guard(self, owned_since: int | None) -> None:
+        """From now on publish only while no person has taken over since ``owned_since`` (None: no guard)."""
+        self._owned_since = owned_since
 
     def emit(self, payload: FeedPayload) -> None:
         self._emitted += 1
@@ -236,11 +244,19 @@ class _Publisher:
             for event in await self._publish(payloads):
                 self._stream.put(event)
             self._advance(len(payloads))
+            if last_takeover(payloads) is not None:
+                self._owned_since = None  # the turn handed over itself: what it still says is its own
 
     async def _publish(self, payloads: list[FeedPayload]) -> list[FeedEvent]:
+        if self.taken_over:
+            return []  # a person owns the conversation: nothing more of this turn reaches any feed
         if not self._bus_down:
             try:
-                return await self._bus.publish(self._conversation_id, payloads)
+                return await self._bus.publish(self._conversation_id, payloads, owned_since=self._owned_since)
+            except TakenOverError:
+                _logger.info("reply in %s stopped: a person took over", self._conversation_id)
+                self.taken_over = True
+                return []
             except CacheUnavailableError:
                 # The requester still gets the reply (without resumable ids); other feeds miss it until Valkey
                 # is back, and the stored transcript has it either way.
@@ -479,9 +495,12 @@ class ReplyRunner:
             escalates = screening.decision.action is HandoffAction.ESCALATE
             request: ReplyRequest | None = None
             if not escalates:
-                request = await self._request(
+                looked = await self._request(
                     services, conversation, message, pending, earlier, question, prefetched, stream
                 )
+                if looked is not None:
+                    request, owned_since = looked
+                    publisher.guard(owned_since)
         if escalates:
             # The customer's words alone hand over (they asked, or the topic is not a bot's): no model call.
             draft = _Draft(by_policy=True)
@@ -527,10 +546,12 @@ class ReplyRunner:
         question: str,
         prefetched: "asyncio.Task[list[float]] | None",
         stream: ReplyStream,
-    ) -> ReplyRequest | None:
-        """What the model is given: passages, recalled facts, attachments, the window and the summary before it.
+    ) -> tuple[ReplyRequest, int | None] | None:
+        """What the model is given, and the feed id read before the last look at the owner.
 
-        None when a person took over meanwhile: the model is then not called at all.
+        The request holds the passages, recalled facts, attachments, the window and the summary before it; the id
+        becomes the publisher's guard (None without the bus). None when a person took over meanwhile: the model
+        is then not called at all.
         """
         settings = self._settings
         query = search_text(question)
@@ -549,12 +570,13 @@ class ReplyRunner:
         passages: Sequence[SearchHit] = ()
         memories: Sequence[RecalledFact] = ()
         current: Conversation | None
+        owned_since: int | None
         if query:
             search_query = settings.search_query(query)
             if vector is None:
                 # Without a vector (no query embeddings wired) the search embeds the question: look after it.
                 passages = await services.search.execute(search_query)
-                memories, current = await self._recall_and_look(conversation, query, None)
+                memories, current, owned_since = await self._recall_and_look(conversation, query, None)
             else:
                 # Recall and the last look run beside the search, on a connection of their own: the search keeps
                 # PostgreSQL busy for a millisecond or two that the turn would otherwise wait out twice more. Their
@@ -562,12 +584,13 @@ class ReplyRunner:
                 beside = asyncio.create_task(self._recall_and_look(conversation, query, vector))
                 try:
                     passages = await services.search.execute(search_query, embedding=await vector)
-                    memories, current = await beside
+                    memories, current, owned_since = await beside
                 except BaseException:
                     beside.cancel()
                     await asyncio.gather(beside, return_exceptions=True)
                     raise
         else:
+            owned_since = await self._feed_head(conversation.id)
             current = await services.conversations.get(conversation.id)
         if current is None or not current.assistant_may_reply:
             if current is not None:
@@ -578,7 +601,7 @@ class ReplyRunner:
             for item in earlier[-settings.history_messages :]
             if item.role in {MessageRole.CUSTOMER, MessageRole.ASSISTANT, MessageRole.AGENT} and item.content
         ]
-        return ReplyRequest(
+        request = ReplyRequest(
             question=question,
             history=history,
             passages=passages,
@@ -587,20 +610,31 @@ class ReplyRunner:
             memories=memories,
             summary=summary,
         )
+        return request, owned_since
 
     async def _recall_and_look(
         self, conversation: Conversation, query: str, vector: Awaitable[Sequence[float]] | None
-    ) -> tuple[Sequence[RecalledFact], Conversation | None]:
+    ) -> tuple[Sequence[RecalledFact], Conversation | None, int | None]:
         """Facts for the question, then the last look at who owns the conversation before the model writes.
 
         The turn's first look is ~10 ms old by now (embedding, search), and a request for a person in between
         must not get a bot answer streamed over it. The scope is opened while the question's vector is still
-        being computed, so recall starts the moment it is there.
+        being computed, so recall starts the moment it is there. The feed's head is read before the look: a
+        takeover the look misses is published after it, and the publisher's guard then stops the reply.
         """
+        head = started_early(self._feed_head(conversation.id))
         async with self._open() as services:
             embedding = await vector if vector is not None else None
             memories = await services.recall.execute(conversation.customer_id, query, embedding=embedding)
-            return memories, await services.conversations.get(conversation.id)
+            owned_since = await head
+            return memories, await services.conversations.get(conversation.id), owned_since
+
+    async def _feed_head(self, conversation_id: UUID) -> int | None:
+        """The feed's newest id, None when the bus is down (the reply then relies on polling the owner)."""
+        try:
+            return await self._bus.head(conversation_id)
+        except CacheUnavailableError:
+            return None
 
     async def _remember(
         self,
@@ -681,6 +715,8 @@ class ReplyRunner:
         renewed = checked = time.monotonic()
         first_words = True
         async for event in events:
+            if publisher.taken_over:
+                return  # the feed refused this turn's words: a person took over (the store step drops the draft)
             self._apply(event, draft, publisher, started)
             if first_words and draft.text:
                 # The first words go out before anything else of the turn competes with them for the event loop
@@ -751,8 +787,9 @@ class ReplyRunner:
             current = await services.conversations.get(conversation.id, for_update=True)
             if current is None:
                 return None
-            if not current.assistant_may_reply:
-                # A person took over while this reply was written: it is dropped, never posted over them.
+            if not current.assistant_may_reply or publisher.taken_over:
+                # A person took over while this reply was written: it is dropped, never posted over them (also
+                # when they gave the conversation back meanwhile: the customer never saw the rest of it).
                 await services.uow.rollback()
                 stream.final_status = current.status
                 reason = current.handoff.reason_code if current.handoff else None

@@ -1,5 +1,6 @@
 """The events of a conversation's live feed (ARCHITECTURE section 6), shared by SSE, WebSocket and the bus."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -47,6 +48,11 @@ class HandoffChanged:
     status: ConversationStatus
     reason_code: ReasonCode | None
 
+    @property
+    def takes_over(self) -> bool:
+        """The assistant no longer owns the conversation: no word of a reply it was writing may follow."""
+        return self.status is not ConversationStatus.BOT
+
 
 @dataclass(frozen=True, slots=True)
 class ReplyDone:
@@ -85,3 +91,12 @@ class FeedEvent:
 
     id: int
     payload: FeedPayload
+
+
+def last_takeover(payloads: Sequence[FeedPayload]) -> int | None:
+    """The position in ``payloads`` of the last ownership change away from the assistant, if any."""
+    found = None
+    for index, payload in enumerate(payloads):
+        if isinstance(payload, HandoffChanged) and payload.takes_over:
+            found = index
+    return found

@@ -214,6 +214,10 @@ class SessionStore(Protocol):
         ...
 
 
+class TakenOverError(Exception):
+    """A person took over the conversation after ``owned_since``: the assistant's events were not published."""
+
+
 class EventBus(Protocol):
     """The per-conversation event feed: a retained, ordered log with live fan-out to every process.
 
@@ -221,8 +225,23 @@ class EventBus(Protocol):
         CacheUnavailableError: the bus cannot be reached.
     """
 
-    async def publish(self, conversation_id: UUID, payloads: Sequence[FeedPayload]) -> list[FeedEvent]:
-        """Append ``payloads`` in order; each gets the next sequence number of the conversation (from 1)."""
+    async def publish(
+        self, conversation_id: UUID, payloads: Sequence[FeedPayload], *, owned_since: int | None = None
+    ) -> list[FeedEvent]:
+        """Append ``payloads`` in order; each gets the next sequence number of the conversation (from 1).
+
+        ``owned_since`` is for the assistant's events: the feed's :meth:`head` read before the publisher last saw
+        the assistant own the conversation. If an ownership change away from the assistant (a ``handoff`` event
+        whose status is not ``bot``) was published after that id, nothing is appended, atomically with respect to
+        every other publisher, so no assistant words follow a takeover in the feed in any process.
+
+        Raises:
+            TakenOverError: refused for ``owned_since``.
+        """
+        ...
+
+    async def head(self, conversation_id: UUID) -> int:
+        """The newest event id of the conversation's feed (0 when it has none)."""
         ...
 
     async def signal(self, conversation_id: UUID, payload: FeedPayload) -> None:

@@ -247,6 +247,43 @@ async def test_a_person_taking_over_mid_reply_stops_the_model_within_the_check_i
         assert MessageRole.ASSISTANT not in {message.role for message in stored}
 
 
+async def test_no_word_of_the_reply_follows_a_takeover_in_the_feed_without_waiting_for_a_check() -> None:
+    words = tuple(f"word{index} " for index in range(200))
+    llm = ScriptedLLM(script=Script(pieces=words, delay_s=0.01))
+    # Polling the owner is off (an hour): what stops the reply is the feed refusing its words after the takeover.
+    async with running_world(llm=llm, reply_settings=ReplySettings(ownership_check_s=3600)) as world:
+        feed = world.bus.subscribe(world.conversation.id, after=None)
+        pending = await world.send("How do I change my address?")
+        seen: list[FeedEvent] = []
+        writing = asyncio.Event()
+
+        async def follow() -> None:
+            async for event in feed:
+                seen.append(event)
+                if sum(isinstance(item.payload, ReplyDelta) for item in seen) == 5:
+                    writing.set()
+
+        follower = asyncio.create_task(follow())
+        await asyncio.wait_for(writing.wait(), 5)
+        await world.request_handoff.execute(SERVICE, world.conversation.id, "prefer a person")
+        await world.claim.execute(AGENT_ANA, world.conversation.id)
+        result = await asyncio.wait_for(pending.result(), 5)
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+
+        takeover = next(
+            index
+            for index, event in enumerate(seen)
+            if isinstance(event.payload, HandoffChanged) and event.payload.takes_over
+        )
+        assert not [event for event in seen[takeover:] if isinstance(event.payload, ReplyDelta)]
+        # The model was stopped at its next words, far short of its 200 pieces, and nothing was stored.
+        assert llm.active == 0
+        assert sum(isinstance(event.payload, ReplyDelta) for event in seen) < 50
+        assert result.reply is None
+        assert result.conversation_status is S.HUMAN
+
+
 async def test_requesting_a_person_twice_changes_nothing_and_withdrawing_returns_to_the_bot(world: World) -> None:
     first = await world.request_handoff.execute(SERVICE, world.conversation.id, "billing question")
     again = await world.request_handoff.execute(SERVICE, world.conversation.id, None)

@@ -5,14 +5,16 @@ from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from uuid import UUID
 
-from support.domain.feed import FeedEvent, FeedPayload
+from support.domain.feed import FeedEvent, FeedPayload, last_takeover
+from support.ports.conversations import TakenOverError
 
 
 class _Feed:
-    __slots__ = ("inboxes", "retained", "sequence")
+    __slots__ = ("inboxes", "retained", "sequence", "taken_over")
 
     def __init__(self, retention: int) -> None:
         self.sequence = 0
+        self.taken_over = 0  # the id of the newest ownership change away from the assistant
         self.retained: deque[FeedEvent] = deque(maxlen=retention)
         self.inboxes: set[asyncio.Queue[FeedEvent]] = set()
 
@@ -35,8 +37,15 @@ class InMemoryEventBus:
         feed = self._feeds.get(conversation_id)
         return 0 if feed is None else len(feed.inboxes)
 
-    async def publish(self, conversation_id: UUID, payloads: Sequence[FeedPayload]) -> list[FeedEvent]:
+    async def publish(
+        self, conversation_id: UUID, payloads: Sequence[FeedPayload], *, owned_since: int | None = None
+    ) -> list[FeedEvent]:
         feed = self._feed(conversation_id)
+        if owned_since is not None and feed.taken_over > owned_since:
+            raise TakenOverError
+        takeover = last_takeover(payloads)
+        if takeover is not None:
+            feed.taken_over = feed.sequence + 1 + takeover
         events: list[FeedEvent] = []
         for payload in payloads:
             feed.sequence += 1
@@ -46,6 +55,9 @@ class InMemoryEventBus:
             for inbox in feed.inboxes:
                 inbox.put_nowait(event)
         return events
+
+    async def head(self, conversation_id: UUID) -> int:
+        return self._feed(conversation_id).sequence
 
     async def signal(self, conversation_id: UUID, payload: FeedPayload) -> None:
         feed = self._feed(conversation_id)

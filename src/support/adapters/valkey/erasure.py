@@ -17,6 +17,7 @@ def conversation_keys(key_prefix: str, conversation_id: UUID) -> list[str]:
         f"{key_prefix}reply-lease:{conversation_id}",
         f"{key_prefix}feed:{{{conversation_id}}}:seq",
         f"{key_prefix}feed:{{{conversation_id}}}:log",
+        f"{key_prefix}feed:{{{conversation_id}}}:takeover",
         # The conversation's message limit (ValkeyRateLimiter); customers' own counters are named by a digest.
         f"{key_prefix}{RATE_KEYS}{conversation_partition(conversation_id)}",
     ]

@@ -23,7 +23,8 @@ from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from valkey.exceptions import ValkeyError
 
 from support.adapters.valkey.errors import cache_errors
-from support.domain.feed import FeedEvent, FeedPayload
+from support.domain.feed import FeedEvent, FeedPayload, last_takeover
+from support.ports.conversations import TakenOverError
 from support.ports.errors import CacheUnavailableError
 
 _logger = logging.getLogger(__name__)
@@ -37,7 +38,11 @@ _RETRY_MAX_S = 2.0
 # Atomic, so ids are gap-free and strictly increasing per conversation whichever process publishes, and every
 # process sees the channel messages in id order. Returns the first id.
 _PUBLISH = """
-local count = #ARGV - 3
+local count = #ARGV - 5
+local owned_since = tonumber(ARGV[4])
+if owned_since >= 0 and tonumber(redis.call('GET', KEYS[3]) or '0') > owned_since then
+  return 0  -- a person took over after the publisher last saw the assistant own the conversation
+end
 local last = redis.call('INCRBY', KEYS[1], count)
 if last == count then
   -- A fresh counter: when only the counter was lost (evicted), continue after the newest retained entry.
@@ -50,11 +55,14 @@ end
 local first = last - count + 1
 for i = 1, count do
   local id = first + i - 1
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id .. '-0', 'p', ARGV[3 + i])
-  redis.call('PUBLISH', ARGV[1], id .. ' ' .. ARGV[3 + i])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id .. '-0', 'p', ARGV[5 + i])
+  redis.call('PUBLISH', ARGV[1], id .. ' ' .. ARGV[5 + i])
 end
+local takeover = tonumber(ARGV[5])
+if takeover >= 0 then redis.call('SET', KEYS[3], first + takeover) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
 return first
 """
 # The newest id of a feed, as the publish script would number from it.
@@ -437,14 +445,36 @@ class ValkeyEventBus:
         tag = f"{self._prefix}{{{conversation_id}}}"
         return tag + ":seq", tag + ":log"
 
-    async def publish(self, conversation_id: UUID, payloads: Sequence[FeedPayload]) -> list[FeedEvent]:
+    def _takeover_key(self, conversation_id: UUID) -> str:
+        # The id of the newest ownership change away from the assistant, beside the feed (same hash slot).
+        return f"{self._prefix}{{{conversation_id}}}:takeover"
+
+    async def publish(
+        self, conversation_id: UUID, payloads: Sequence[FeedPayload], *, owned_since: int | None = None
+    ) -> list[FeedEvent]:
         if not payloads:
             return []
         encoded = [encode_payload(payload) for payload in payloads]
-        args: list[bytes | int] = [self.channel(conversation_id), self._retention, self._ttl_s, *encoded]
+        takeover = last_takeover(payloads)
+        guard = -1 if owned_since is None else owned_since
+        args: list[bytes | int] = [
+            self.channel(conversation_id),
+            self._retention,
+            self._ttl_s,
+            guard,
+            -1 if takeover is None else takeover,
+            *encoded,
+        ]
+        keys = [*self._keys(conversation_id), self._takeover_key(conversation_id)]
         async with cache_errors():
-            first = int(await self._publish(keys=self._keys(conversation_id), args=args))
+            first = int(await self._publish(keys=keys, args=args))
+        if first == 0:
+            raise TakenOverError
         return [FeedEvent(first + offset, payload) for offset, payload in enumerate(payloads)]
+
+    async def head(self, conversation_id: UUID) -> int:
+        async with cache_errors():
+            return int(await self._head(keys=list(self._keys(conversation_id))))
 
     async def signal(self, conversation_id: UUID, payload: FeedPayload) -> None:
         async with cache_errors():
