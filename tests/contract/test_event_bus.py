@@ -422,6 +422,35 @@ async def test_processes_see_each_others_events(valkey: Valkey, second_client: V
         await there.close()
 
 
+@pytest.mark.valkey
+async def test_a_feed_that_lost_its_keys_since_the_head_was_read_refuses_guarded_words(valkey: Valkey) -> None:
+    bus = ValkeyEventBus(valkey, "test:", retention=RETENTION, ttl_s=60)
+    conversation_id = new_id()
+    await bus.publish(conversation_id, deltas("a", "b", "c", "d", "e"))
+    owned_since = await bus.head(conversation_id)
+    # The feed's keys expire (or are evicted) before a takeover is announced: its ids start again at 1.
+    await valkey.delete(*await valkey.keys(f"test:feed:{{{conversation_id}}}*"))
+    await bus.publish(conversation_id, [HandoffChanged(ConversationStatus.HUMAN, None)])
+    with pytest.raises(TakenOverError):
+        await bus.publish(conversation_id, deltas("after the takeover"), owned_since=owned_since)
+    await bus.close()
+
+
+@pytest.mark.valkey
+async def test_a_takeover_id_that_outlived_the_feed_does_not_refuse_later_turns(valkey: Valkey) -> None:
+    bus = ValkeyEventBus(valkey, "test:", retention=RETENTION, ttl_s=60)
+    conversation_id = new_id()
+    await bus.publish(conversation_id, [*deltas("a", "b"), HandoffChanged(ConversationStatus.HUMAN, None)])
+    await bus.publish(conversation_id, [HandoffChanged(ConversationStatus.BOT, None)])
+    # The counter and the log are evicted, the takeover's id (3) is not: ids go on after it, and a turn that
+    # reads the head now may speak.
+    await valkey.delete(f"test:feed:{{{conversation_id}}}:seq", f"test:feed:{{{conversation_id}}}:log")
+    owned_since = await bus.head(conversation_id)
+    assert owned_since == 3
+    assert ids(await bus.publish(conversation_id, deltas("hello"), owned_since=owned_since)) == [4]
+    await bus.close()
+
+
 async def pubsub_connections(client: Valkey) -> int:
     return len(await client.client_list(_type="pubsub"))
 

@@ -72,6 +72,8 @@ class _FactWriter:
     ) -> list[Fact]:
         kept: list[Fact] = []
         fresh: list[Fact] = []
+        # Reads and the embedding first, writes last: the writes begin the transaction, so no connection is held
+        # while the new facts are embedded (which may be a call to a remote embedding service).
         for candidate in candidates:
             current = await self._memory.current(customer_id, candidate.key)
             change = compare(current, candidate, now=stated_at)
@@ -80,7 +82,6 @@ class _FactWriter:
                 continue
             if change is FactChange.REPEAT and current is not None:
                 # Said again: it stays the same fact (same provenance), valid for longer.
-                await self._memory.refresh(current.id, expires_at=expires_at, confidence=candidate.confidence)
                 kept.append(
                     replace(current, expires_at=expires_at, confidence=max(current.confidence, candidate.confidence))
                 )
@@ -99,10 +100,11 @@ class _FactWriter:
                     expires_at=expires_at,
                 )
             )
-        if fresh:
-            vectors = await self._embedder.embed_documents([fact.text for fact in fresh])
-            for fact, vector in zip(fresh, vectors, strict=True):
-                await self._memory.remember(fact, vector)
+        vectors = await self._embedder.embed_documents([fact.text for fact in fresh]) if fresh else []
+        for fact in kept:
+            await self._memory.refresh(fact.id, expires_at=fact.expires_at, confidence=fact.confidence)
+        for fact, vector in zip(fresh, vectors, strict=True):
+            await self._memory.remember(fact, vector)
         return kept + fresh
 
 

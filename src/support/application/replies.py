@@ -189,8 +189,18 @@ class _Publisher:
         self.taken_over = False
 
     def guard(self, owned_since: int | None) -> None:
-        """From now on publish only while no person has taken over since ``owned_since`` (None: no guard)."""
+        """From now on publish only while no person has taken over since ``owned_since``.
+
+        None: the feed's head could not be read, so the words cannot be guarded; they go to the requester only,
+        as when Valkey is down (polling the owner still stops the model).
+        """
+        if owned_since is None:
+            self._bus_down = True
         self._owned_since = owned_since
+
+    def unguard(self) -> None:
+        """What is left to publish is the turn's own committed data, not words a takeover must stop."""
+        self._owned_since = None
 
     def emit(self, payload: FeedPayload) -> None:
         self._emitted += 1
@@ -245,7 +255,7 @@ class _Publisher:
                 self._stream.put(event)
             self._advance(len(payloads))
             if last_takeover(payloads) is not None:
-                self._owned_since = None  # the turn handed over itself: what it still says is its own
+                self.unguard()  # the turn handed over itself: what it still says is its own
 
     async def _publish(self, payloads: list[FeedPayload]) -> list[FeedEvent]:
         if self.taken_over:
@@ -783,6 +793,9 @@ class ReplyRunner:
     ) -> Message | None:
         decision = self._policy.decide(screening, draft.signals, history=recent, evidence=draft.evidence)
         now = self._clock.now()
+        # Whether the feed refused the model's words is known once they are published: settle it before the
+        # owner is read under the row lock (nothing is held while waiting).
+        await publisher.delivered()
         async with self._open() as services:
             current = await services.conversations.get(conversation.id, for_update=True)
             if current is None:
@@ -831,6 +844,9 @@ class ReplyRunner:
             if changed is not current:
                 await services.conversations.update(changed)
             await services.uow.commit()
+        # Stored under the row lock while the assistant owned the conversation: a takeover now comes after it in
+        # the transcript, so what is left to publish of it (`done` first) is committed data, not guarded words.
+        publisher.unguard()
         if self._spend is not None:
             # Before `done`: a client that sends again on `done` must find these tokens counted.
             await self._spend.execute(conversation.customer_id, reply.usage)

@@ -1,7 +1,9 @@
 """Handoff with in-memory adapters: policy decisions in turns, the queue, ownership changes, agent replies."""
 
 import asyncio
+from collections.abc import Sequence
 from datetime import timedelta
+from uuid import UUID
 
 import pytest
 
@@ -19,8 +21,9 @@ from support.domain.conversations import (
     ReasonCode,
 )
 from support.domain.errors import PermissionDeniedError
-from support.domain.feed import FeedEvent, HandoffChanged, MessagePosted, ReplyDelta, ReplyDone
+from support.domain.feed import FeedEvent, FeedPayload, HandoffChanged, MessagePosted, ReplyDelta, ReplyDone
 from support.domain.webhooks import WebhookEventType
+from support.ports.errors import CacheUnavailableError
 from tests.fakes.llm import Script, ScriptedLLM
 from tests.unit.application.conftest import AGENT_ANA, AGENT_BEN, SERVICE, World, running_world
 
@@ -282,6 +285,62 @@ async def test_no_word_of_the_reply_follows_a_takeover_in_the_feed_without_waiti
         assert sum(isinstance(event.payload, ReplyDelta) for event in seen) < 50
         assert result.reply is None
         assert result.conversation_status is S.HUMAN
+
+
+async def test_a_reply_stored_before_a_takeover_still_reaches_every_feed_with_its_done() -> None:
+    # The takeover commits right after the reply's (the row lock orders them) and is announced before the reply's
+    # `done` is published, as when it is made in another process: the stored reply must still end every stream.
+    llm = ScriptedLLM(script=Script(pieces=("Hello ", "there.")))
+    async with running_world(llm=llm) as world:
+        publish = world.bus.publish
+        taken_over = False
+
+        async def publish_after_a_takeover(
+            conversation_id: UUID, payloads: Sequence[FeedPayload], *, owned_since: int | None = None
+        ) -> list[FeedEvent]:
+            nonlocal taken_over
+            if not taken_over and any(isinstance(payload, ReplyDone) for payload in payloads):
+                taken_over = True
+                await world.request_handoff.execute(SERVICE, world.conversation.id, "a person please")
+            return await publish(conversation_id, payloads, owned_since=owned_since)
+
+        world.bus.publish = publish_after_a_takeover  # type: ignore[method-assign]
+        feed = world.bus.subscribe(world.conversation.id, after=await world.bus.head(world.conversation.id))
+        pending = await world.send("How do I change my address?")
+        requester = [event async for event in pending.events()]
+        # The customer's message, 2 deltas, done, the handoff and its notice (replayed, then live).
+        seen = [await asyncio.wait_for(anext(feed), 5) for _ in range(6)]
+        await feed.aclose()
+
+    assert taken_over
+    [done] = [event.payload for event in seen if isinstance(event.payload, ReplyDone)]
+    assert done.message.content == "Hello there."
+    assert [event.payload for event in seen if isinstance(event.payload, ReplyDelta)] == [
+        ReplyDelta("Hello "),
+        ReplyDelta("there."),
+    ]
+    assert any(isinstance(event.payload, ReplyDone) for event in requester)
+
+
+async def test_a_reply_whose_feed_head_cannot_be_read_goes_to_its_requester_only() -> None:
+    # Without the head its words could not be guarded against a takeover: none of them reaches the feed.
+    async with running_world() as world:
+
+        async def unreadable_head(conversation_id: UUID) -> int:
+            raise CacheUnavailableError
+
+        head = world.bus.head
+        before = await head(world.conversation.id)
+        world.bus.head = unreadable_head  # type: ignore[method-assign]
+        result = await (await world.send("How do I change my address?")).result()
+        after = await head(world.conversation.id)
+        retained = world.bus.subscribe(world.conversation.id, after=before)
+        published = [await asyncio.wait_for(anext(retained), 5) for _ in range(after - before)]
+        await retained.aclose()
+
+    assert result.reply is not None
+    assert result.reply.content == "Here is what I found."
+    assert [type(event.payload) for event in published] == [MessagePosted]  # the customer's message only
 
 
 async def test_requesting_a_person_twice_changes_nothing_and_withdrawing_returns_to_the_bot(world: World) -> None:

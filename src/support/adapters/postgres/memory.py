@@ -78,6 +78,13 @@ _RECALL_NEAREST = (
 )
 # Recall is a turn's read: it runs on the driver (postgres/driver.py), outside any transaction. Its constants are
 # written into the SQL (literal columns above): the driver statement passes only the named parameters.
+_DRIVER_CURRENT_FACT = compile_for_driver(
+    sa.select(*_FACT_COLUMNS).where(
+        _FACTS.c.customer_id == sa.bindparam("customer_id"),
+        _FACTS.c.key == sa.bindparam("key"),
+        _FACTS.c.superseded_by.is_(None),
+    )
+)
 _DRIVER_RECALL_NEWEST = compile_for_driver(_RECALL_NEWEST)
 _DRIVER_RECALL_NEAREST = compile_for_driver(_RECALL_NEAREST)
 _GET_SUMMARY = sa.select(_SUMMARIES).where(_SUMMARIES.c.conversation_id == sa.bindparam("conversation_id"))
@@ -103,11 +110,10 @@ class PostgresCustomerMemory:
         self._session = session
 
     async def current(self, customer_id: UUID, key: str) -> Fact | None:
-        statement = sa.select(*_FACT_COLUMNS).where(
-            _FACTS.c.customer_id == customer_id, _FACTS.c.key == key, _FACTS.c.superseded_by.is_(None)
-        )
-        async with storage_errors():
-            row = (await self._session.execute(statement)).mappings().first()
+        # A read outside a transaction holds no connection afterwards (the writer embeds new facts next).
+        parameters = {"customer_id": customer_id, "key": key}
+        async with driver_connection(self._session, begin=False) as driver:
+            row = await driver.fetchrow(_DRIVER_CURRENT_FACT.sql, *_DRIVER_CURRENT_FACT.arguments(parameters))
         return None if row is None else _fact(row)
 
     async def remember(self, fact: Fact, embedding: Sequence[float]) -> None:

@@ -35,20 +35,40 @@ _PAGE = 500
 _RETRY_MIN_S = 0.05
 _RETRY_MAX_S = 2.0
 
+# The newest id of a feed: its counter, its newest retained entry, or its newest takeover, whichever is highest
+# (any of them may have expired or been evicted alone). KEYS: counter, log, takeover.
+_HEAD_OF = """
+local function retained_or_taken()
+  local known = tonumber(redis.call('GET', KEYS[3]) or '0')
+  local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  if #newest > 0 then known = math.max(known, tonumber(string.match(newest[1][1], '^%d+'))) end
+  return known
+end
+local function head_of()
+  return math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), retained_or_taken())
+end
+"""
 # Atomic, so ids are gap-free and strictly increasing per conversation whichever process publishes, and every
-# process sees the channel messages in id order. Returns the first id.
-_PUBLISH = """
+# process sees the channel messages in id order. Returns the first id, or 0 when refused for ``owned_since``.
+# KEYS: counter, log, takeover (the id of the newest ownership change away from the assistant).
+# ARGV: channel, retention, ttl, owned_since (-1: unguarded), takeover offset in the batch (-1: none), payloads.
+_PUBLISH = (
+    _HEAD_OF
+    + """
 local count = #ARGV - 5
 local owned_since = tonumber(ARGV[4])
-if owned_since >= 0 and tonumber(redis.call('GET', KEYS[3]) or '0') > owned_since then
-  return 0  -- a person took over after the publisher last saw the assistant own the conversation
+if owned_since >= 0 then
+  -- Refused when a person took over after the publisher last saw the assistant own the conversation, or when
+  -- the feed lost its keys since (ids restarted below what the publisher saw: a takeover may hide among them).
+  if tonumber(redis.call('GET', KEYS[3]) or '0') > owned_since then return 0 end
+  if tonumber(redis.call('GET', KEYS[1]) or '0') < owned_since and head_of() < owned_since then return 0 end
 end
 local last = redis.call('INCRBY', KEYS[1], count)
 if last == count then
-  -- A fresh counter: when only the counter was lost (evicted), continue after the newest retained entry.
-  local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-  if #newest > 0 then
-    last = tonumber(string.match(newest[1][1], '^%d+')) + count
+  -- A fresh counter: when only the counter was lost (evicted), continue after the newest id still known.
+  local known = retained_or_taken()
+  if known > 0 then
+    last = known + count
     redis.call('SET', KEYS[1], last)
   end
 end
@@ -65,13 +85,8 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 return first
 """
-# The newest id of a feed, as the publish script would number from it.
-_HEAD = """
-local head = tonumber(redis.call('GET', KEYS[1]) or '0')
-local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-if #newest > 0 then head = math.max(head, tonumber(string.match(newest[1][1], '^%d+'))) end
-return head
-"""
+)
+_HEAD = _HEAD_OF + "return head_of()"
 
 
 class _Envelope(msgspec.Struct, frozen=True):
@@ -474,7 +489,7 @@ class ValkeyEventBus:
 
     async def head(self, conversation_id: UUID) -> int:
         async with cache_errors():
-            return int(await self._head(keys=list(self._keys(conversation_id))))
+            return int(await self._head(keys=[*self._keys(conversation_id), self._takeover_key(conversation_id)]))
 
     async def signal(self, conversation_id: UUID, payload: FeedPayload) -> None:
         async with cache_errors():
@@ -494,7 +509,7 @@ class ValkeyEventBus:
         subscriber = await self._listener.join(self.channel(conversation_id))
         try:
             async with self._reads, cache_errors():
-                head = int(await self._head(keys=[sequence, log]))
+                head = int(await self._head(keys=[sequence, log, self._takeover_key(conversation_id)]))
             if after is None:
                 last = head
             else:
