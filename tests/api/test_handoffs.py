@@ -208,6 +208,36 @@ async def test_an_agents_websocket_sends_agent_messages_and_typing_to_the_custom
     assert [item["role"] for item in transcript] == ["system", "system", "agent"]
 
 
+async def test_a_burst_of_typing_frames_reaches_the_other_side_once(
+    live: str, http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    import websockets
+
+    ana = await http.post("/v1/keys", json={"name": "Ana", "role": "agent"}, headers=service_headers)
+    conversation = await start(http, service_headers)
+    url = live.replace("http", "ws") + f"/v1/conversations/{conversation['id']}/ws"
+
+    async with (
+        websockets.connect(f"{url}?access_token={conversation['customer_token']}") as customer,
+        websockets.connect(f"{url}?access_token={ana.json()['secret']}") as agent,
+    ):
+        await agent.send(json.dumps({"type": "ping"}))  # the agent's socket is live before the customer types
+        assert json.loads(await asyncio.wait_for(agent.recv(), 5))["type"] == "pong"
+        for _ in range(30):  # one frame per keystroke
+            await customer.send(json.dumps({"type": "typing", "active": True}))
+        await customer.send(json.dumps({"type": "typing", "active": False}))
+        typing: list[dict[str, Any]] = []
+        while not typing or typing[-1]["data"]["active"]:
+            frame = json.loads(await asyncio.wait_for(agent.recv(), 5))
+            if frame.get("event") == "typing":
+                typing.append(frame)
+
+    assert [frame["data"] for frame in typing] == [
+        {"role": "customer", "active": True},
+        {"role": "customer", "active": False},
+    ]
+
+
 async def test_no_word_of_a_reply_follows_a_takeover_made_in_another_process(
     http: httpx.AsyncClient,
     service_headers: dict[str, str],

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Annotated, Any, get_args
@@ -477,17 +478,37 @@ class ConversationsController(Controller):
         side = "customer" if principal.role in {Role.CUSTOMER, Role.SERVICE} else "agent"
         max_frame = frame_limit(settings.conversations.max_message_chars)
         idle_s = settings.conversations.heartbeat_s * 4
+        typing = TypingRelay()
         try:
             while True:
                 try:
                     frame = await asyncio.wait_for(receive_frame(socket, max_frame), idle_s)
                 except TimeoutError:
                     continue
-                await _handle_frame(socket, container, bus, principal, conversation_id, side, frame)
+                await _handle_frame(socket, container, bus, principal, conversation_id, side, frame, typing)
         except (WebSocketDisconnect, asyncio.CancelledError):
             pass
         finally:
             await _stop(relay)
+
+
+class TypingRelay:
+    """Which of a socket's typing frames go on to the other side: every change, and a repeat once a second.
+
+    Clients often send one frame per keystroke; each relayed one is a publish to every process. A repeat of the
+    same state within ``interval_s`` says nothing new, so it is dropped (typing is best-effort, never an error).
+    """
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self._interval_s = interval_s
+        self._last: tuple[bool, float] | None = None
+
+    def due(self, active: bool, now: float) -> bool:
+        """Whether a typing frame saying ``active`` at ``now`` is relayed (and then counts as the last one)."""
+        if self._last is not None and self._last[0] == active and now - self._last[1] < self._interval_s:
+            return False
+        self._last = (active, now)
+        return True
 
 
 async def _stop(relay: "asyncio.Task[None]") -> None:
@@ -525,13 +546,16 @@ async def _handle_frame(
     conversation_id: UUID,
     side: str,
     frame: Any,
+    typing: "TypingRelay",
 ) -> None:
     """One client frame: ``{"type": "send"|"typing"|"ping", ...}``."""
     kind = frame.get("type") if isinstance(frame, dict) else None
     if kind == "ping":
         await socket.send_json({"type": "pong", "data": frame.get("data")})
     elif kind == "typing":
-        await bus.signal(conversation_id, Typing(side, bool(frame.get("active", True))))
+        active = bool(frame.get("active", True))
+        if typing.due(active, time.monotonic()):
+            await bus.signal(conversation_id, Typing(side, active))
     elif kind == "send":
         content = frame.get("content")
         key = frame.get("idempotency_key")
