@@ -112,6 +112,27 @@ async def test_openapi_documents_every_operation(client: AsyncTestClient[Litesta
     assert "ProblemDetails" in document["components"]["schemas"]
 
 
+async def test_openapi_documents_the_rate_limit_headers_of_every_limited_operation(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    limited = [
+        (path, method, operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method in {"get", "post", "put", "patch", "delete"} and operation.get("security") != []
+    ]
+    assert limited
+    for path, method, operation in limited:
+        refused = operation["responses"]["429"].get("headers", {})
+        assert {"RateLimit", "RateLimit-Policy", "Retry-After"} <= refused.keys(), (path, method)
+        assert refused["Retry-After"]["schema"]["type"] == "integer"
+        for status, response in operation["responses"].items():
+            if status.startswith("2"):
+                assert {"RateLimit", "RateLimit-Policy"} <= response.get("headers", {}).keys(), (path, method, status)
+    assert not document["paths"]["/health/ready"]["get"]["responses"]["200"].get("headers")
+
+
 async def test_docs_ui_is_served(client: AsyncTestClient[Litestar]) -> None:
     response = await client.get("/schema")
     assert response.status_code == 200

@@ -22,7 +22,16 @@ from typing import Annotated, Any, get_args, get_origin
 import msgspec
 from litestar import Litestar
 from litestar.handlers import HTTPRouteHandler
-from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Reference, Schema
+from litestar.openapi.spec import (
+    OpenAPI,
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Reference,
+    Schema,
+)
 from litestar.routes import HTTPRoute
 
 from support.api.problems import PROBLEM_MEDIA_TYPE, ProblemDetails
@@ -69,7 +78,9 @@ def complete_openapi_document(app: Litestar) -> None:
             if existing is None or (status == HTTPStatus.BAD_REQUEST and not _is_problem(existing)):
                 responses[str(status)] = _problem_response(status, problem)
         operation.responses = responses
-        if not guarded:
+        if guarded:
+            _add_rate_limit_headers(responses)
+        else:
             operation.security = []
     for struct in _request_structs(app):
         _tighten(document, struct)
@@ -95,6 +106,36 @@ def _problem_schema(document: OpenAPI) -> Reference:
         msg = f"no operation declares a {name} response: use support.api.problems.problem_responses"
         raise RuntimeError(msg)
     return Reference(ref=f"#/components/schemas/{name}")
+
+
+# Every counted response carries the caller's standing against its rate limits (docs/limits.md); absent when
+# limits are switched off.
+_RATE_LIMIT_HEADERS = {
+    "RateLimit-Policy": OpenAPIHeader(
+        schema=Schema(type=OpenAPIType.STRING),
+        description='The policies the request was counted against, e.g. `"customer";q=60;w=60, "ip";q=120;w=60`.',
+    ),
+    "RateLimit": OpenAPIHeader(
+        schema=Schema(type=OpenAPIType.STRING),
+        description="What each policy still allows now (`r`) and the seconds until one more unit accrues (`t`), "
+        'e.g. `"customer";r=57;t=1, "ip";r=118;t=1`.',
+    ),
+}
+_RETRY_AFTER = OpenAPIHeader(
+    schema=Schema(type=OpenAPIType.INTEGER, minimum=0), description="Seconds to wait before trying again."
+)
+
+
+def _add_rate_limit_headers(responses: dict[str, OpenAPIResponse | Reference]) -> None:
+    for status, response in responses.items():
+        if not isinstance(response, OpenAPIResponse):
+            continue
+        if status.startswith("2") or status == str(HTTPStatus.TOO_MANY_REQUESTS.value):
+            headers = dict(response.headers or {})
+            headers.update(_RATE_LIMIT_HEADERS)
+            if status == str(HTTPStatus.TOO_MANY_REQUESTS.value):
+                headers["Retry-After"] = _RETRY_AFTER
+            response.headers = headers
 
 
 def _problem_response(status: int, schema: Reference) -> OpenAPIResponse:
