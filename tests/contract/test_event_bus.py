@@ -43,7 +43,7 @@ from support.domain.feed import (
     Typing,
 )
 from support.domain.ids import new_id
-from support.ports.conversations import EventBus, TakenOverError
+from support.ports.conversations import EventBus, FeedLostError, TakenOverError
 from support.ports.errors import CacheUnavailableError
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -431,8 +431,21 @@ async def test_a_feed_that_lost_its_keys_since_the_head_was_read_refuses_guarded
     # The feed's keys expire (or are evicted) before a takeover is announced: its ids start again at 1.
     await valkey.delete(*await valkey.keys(f"test:feed:{{{conversation_id}}}*"))
     await bus.publish(conversation_id, [HandoffChanged(ConversationStatus.HUMAN, None)])
-    with pytest.raises(TakenOverError):
+    with pytest.raises(FeedLostError):
         await bus.publish(conversation_id, deltas("after the takeover"), owned_since=owned_since)
+    await bus.close()
+
+
+@pytest.mark.valkey
+async def test_a_feed_that_lost_its_keys_without_a_takeover_is_lost_not_taken_over(valkey: Valkey) -> None:
+    bus = ValkeyEventBus(valkey, "test:", retention=RETENTION, ttl_s=60)
+    conversation_id = new_id()
+    await bus.publish(conversation_id, deltas("a", "b", "c"))
+    owned_since = await bus.head(conversation_id)
+    await valkey.delete(*await valkey.keys(f"test:feed:{{{conversation_id}}}*"))
+    with pytest.raises(FeedLostError):
+        await bus.publish(conversation_id, deltas("d"), owned_since=owned_since)
+    assert ids(await bus.publish(conversation_id, deltas("unguarded"))) == [1]
     await bus.close()
 
 

@@ -64,7 +64,7 @@ from support.domain.ids import new_id
 from support.domain.knowledge import SearchHit, SearchQuery
 from support.domain.memory import RecalledFact
 from support.ports.assistant import LLM
-from support.ports.conversations import EventBus, SessionState, SessionStore, TakenOverError
+from support.ports.conversations import EventBus, FeedLostError, SessionState, SessionStore, TakenOverError
 from support.ports.errors import CacheUnavailableError, DependencyUnavailableError, LLMUnavailableError
 from support.ports.system import Clock
 
@@ -186,21 +186,24 @@ class _Publisher:
         self._bus_down = False
         # The feed id read before the turn last saw the assistant own the conversation (EventBus.publish).
         self._owned_since: int | None = None
+        # The words could not be guarded (the feed's head was unreadable, or the feed lost its keys): until the
+        # turn unguards, its events go to the requester only.
+        self._unguardable = False
         self.taken_over = False
 
     def guard(self, owned_since: int | None) -> None:
         """From now on publish only while no person has taken over since ``owned_since``.
 
-        None: the feed's head could not be read, so the words cannot be guarded; they go to the requester only,
-        as when Valkey is down (polling the owner still stops the model).
+        None: the feed's head could not be read, so the words cannot be guarded; they go to the requester only
+        (polling the owner still stops the model, and the store step checks the owner under the row lock).
         """
-        if owned_since is None:
-            self._bus_down = True
+        self._unguardable = owned_since is None
         self._owned_since = owned_since
 
     def unguard(self) -> None:
-        """What is left to publish is the turn's own committed data, not words a takeover must stop."""
+        """What is left to publish is the turn's own, under the row lock or committed: not words to stop."""
         self._owned_since = None
+        self._unguardable = False
 
     def emit(self, payload: FeedPayload) -> None:
         self._emitted += 1
@@ -258,15 +261,19 @@ class _Publisher:
                 self.unguard()  # the turn handed over itself: what it still says is its own
 
     async def _publish(self, payloads: list[FeedPayload]) -> list[FeedEvent]:
-        if self.taken_over:
-            return []  # a person owns the conversation: nothing more of this turn reaches any feed
-        if not self._bus_down:
+        guarded = self._owned_since is not None
+        if self.taken_over and guarded:
+            return []  # a person owns the conversation: no more of this turn's words reach any feed
+        if not self._bus_down and not self._unguardable:
             try:
                 return await self._bus.publish(self._conversation_id, payloads, owned_since=self._owned_since)
             except TakenOverError:
                 _logger.info("reply in %s stopped: a person took over", self._conversation_id)
                 self.taken_over = True
                 return []
+            except FeedLostError:
+                _logger.warning("events of %s not published: the feed lost its keys", self._conversation_id)
+                self._unguardable = True
             except CacheUnavailableError:
                 # The requester still gets the reply (without resumable ids); other feeds miss it until Valkey
                 # is back, and the stored transcript has it either way.
@@ -808,6 +815,9 @@ class ReplyRunner:
                 reason = current.handoff.reason_code if current.handoff else None
                 publisher.tell_requester(HandoffChanged(current.status, reason))
                 return None
+            # The assistant owns it under the row lock: a takeover now waits for this commit and comes after the
+            # reply, so what the turn says from here on (a handoff notice, `done`) is not guarded.
+            publisher.unguard()
             changed = current
             if decision.action is HandoffAction.ESCALATE:
                 changed, notice = await hand_over(
@@ -844,9 +854,6 @@ class ReplyRunner:
             if changed is not current:
                 await services.conversations.update(changed)
             await services.uow.commit()
-        # Stored under the row lock while the assistant owned the conversation: a takeover now comes after it in
-        # the transcript, so what is left to publish of it (`done` first) is committed data, not guarded words.
-        publisher.unguard()
         if self._spend is not None:
             # Before `done`: a client that sends again on `done` must find these tokens counted.
             await self._spend.execute(conversation.customer_id, reply.usage)

@@ -17,6 +17,7 @@ from support.domain.conversations import (
 )
 from support.domain.errors import InvalidInputError
 from support.domain.feed import FeedEvent, FeedPayload
+from support.ports.errors import CacheUnavailableError
 
 
 def encode_time_cursor(stamp: datetime, identifier: UUID) -> str:
@@ -218,6 +219,13 @@ class TakenOverError(Exception):
     """A person took over the conversation after ``owned_since``: the assistant's events were not published."""
 
 
+class FeedLostError(CacheUnavailableError):
+    """The feed lost its keys (expired or evicted) since ``owned_since`` was read: nothing was published.
+
+    A takeover cannot be ruled out among the lost ids, so the assistant's events are not appended.
+    """
+
+
 class EventBus(Protocol):
     """The per-conversation event feed: a retained, ordered log with live fan-out to every process.
 
@@ -237,6 +245,7 @@ class EventBus(Protocol):
 
         Raises:
             TakenOverError: refused for ``owned_since``.
+            FeedLostError: refused because the feed lost its keys since ``owned_since`` was read.
         """
         ...
 

@@ -16,6 +16,7 @@ from support.domain.conversations import (
     ConversationStatus,
     HandoffAction,
     InvalidTransitionError,
+    Message,
     MessageRole,
     NotClaimedError,
     ReasonCode,
@@ -340,7 +341,43 @@ async def test_a_reply_whose_feed_head_cannot_be_read_goes_to_its_requester_only
 
     assert result.reply is not None
     assert result.reply.content == "Here is what I found."
-    assert [type(event.payload) for event in published] == [MessagePosted]  # the customer's message only
+    # The customer's message, then the stored reply's `done`: none of the unguarded words in between.
+    assert [type(event.payload) for event in published] == [MessagePosted, ReplyDone]
+
+
+async def test_a_handover_notice_after_a_takeover_and_a_handback_reaches_every_stream_with_done() -> None:
+    # Between the model's last words and the store step the customer asks for a person and withdraws (another tab):
+    # the bot owns the conversation again under the row lock, so the reply, its handover notice and `done` go out.
+    llm = ScriptedLLM(script=Script(pieces=("Let me get ", "someone for you."), handoff=ReasonCode.CUSTOMER_REQUEST))
+    async with running_world(llm=llm) as world:
+        publish, add_message = world.bus.publish, world.repository.add_message
+        changed_their_mind = False
+
+        async def publish_then_change_mind(
+            conversation_id: UUID, payloads: Sequence[FeedPayload], *, owned_since: int | None = None
+        ) -> list[FeedEvent]:
+            nonlocal changed_their_mind
+            events = await publish(conversation_id, payloads, owned_since=owned_since)
+            if not changed_their_mind and ReplyDelta("someone for you.") in payloads:
+                changed_their_mind = True
+                await world.request_handoff.execute(SERVICE, world.conversation.id, "a person")
+                await world.withdraw.execute(SERVICE, world.conversation.id)
+            return events
+
+        async def add_message_in_a_round_trip(message: Message) -> Message:
+            await asyncio.sleep(0.01)  # a database round trip: the publisher runs meanwhile
+            return await add_message(message)
+
+        world.bus.publish = publish_then_change_mind  # type: ignore[method-assign]
+        world.repository.add_message = add_message_in_a_round_trip  # type: ignore[method-assign]
+        pending = await world.send("my parcel is wrong, can someone check?")
+        requester = [event.payload async for event in pending.events()]
+
+    assert changed_their_mind
+    assert (await world.current()).status is S.PENDING_HUMAN
+    [done] = [payload for payload in requester if isinstance(payload, ReplyDone)]
+    assert done.message.content.startswith("Let me get someone for you.\n\nI'm passing this conversation")
+    assert HandoffChanged(S.PENDING_HUMAN, ReasonCode.CUSTOMER_REQUEST) in requester
 
 
 async def test_requesting_a_person_twice_changes_nothing_and_withdrawing_returns_to_the_bot(world: World) -> None:

@@ -24,7 +24,7 @@ from valkey.exceptions import ValkeyError
 
 from support.adapters.valkey.errors import cache_errors
 from support.domain.feed import FeedEvent, FeedPayload, last_takeover
-from support.ports.conversations import TakenOverError
+from support.ports.conversations import FeedLostError, TakenOverError
 from support.ports.errors import CacheUnavailableError
 
 _logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ local function head_of()
 end
 """
 # Atomic, so ids are gap-free and strictly increasing per conversation whichever process publishes, and every
-# process sees the channel messages in id order. Returns the first id, or 0 when refused for ``owned_since``.
+# process sees the channel messages in id order. Returns the first id, or 0 / -1 when refused (below).
 # KEYS: counter, log, takeover (the id of the newest ownership change away from the assistant).
 # ARGV: channel, retention, ttl, owned_since (-1: unguarded), takeover offset in the batch (-1: none), payloads.
 _PUBLISH = (
@@ -58,10 +58,10 @@ _PUBLISH = (
 local count = #ARGV - 5
 local owned_since = tonumber(ARGV[4])
 if owned_since >= 0 then
-  -- Refused when a person took over after the publisher last saw the assistant own the conversation, or when
-  -- the feed lost its keys since (ids restarted below what the publisher saw: a takeover may hide among them).
+  -- Refused when a person took over after the publisher last saw the assistant own the conversation (0), or
+  -- when the feed lost its keys since (-1: ids restarted below what the publisher saw; a takeover may hide there).
   if tonumber(redis.call('GET', KEYS[3]) or '0') > owned_since then return 0 end
-  if tonumber(redis.call('GET', KEYS[1]) or '0') < owned_since and head_of() < owned_since then return 0 end
+  if tonumber(redis.call('GET', KEYS[1]) or '0') < owned_since and head_of() < owned_since then return -1 end
 end
 local last = redis.call('INCRBY', KEYS[1], count)
 if last == count then
@@ -485,6 +485,8 @@ class ValkeyEventBus:
             first = int(await self._publish(keys=keys, args=args))
         if first == 0:
             raise TakenOverError
+        if first < 0:
+            raise FeedLostError
         return [FeedEvent(first + offset, payload) for offset, payload in enumerate(payloads)]
 
     async def head(self, conversation_id: UUID) -> int:
