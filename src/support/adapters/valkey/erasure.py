@@ -6,6 +6,7 @@ from uuid import UUID
 from valkey.asyncio import Valkey
 
 from support.adapters.valkey.errors import cache_errors
+from support.adapters.valkey.events import feed_keys
 from support.adapters.valkey.rate_limits import RATE_KEYS
 from support.domain.limits import conversation_partition
 
@@ -15,9 +16,7 @@ def conversation_keys(key_prefix: str, conversation_id: UUID) -> list[str]:
     return [
         f"{key_prefix}session:{conversation_id}",
         f"{key_prefix}reply-lease:{conversation_id}",
-        f"{key_prefix}feed:{{{conversation_id}}}:seq",
-        f"{key_prefix}feed:{{{conversation_id}}}:log",
-        f"{key_prefix}feed:{{{conversation_id}}}:takeover",
+        *feed_keys(key_prefix, conversation_id),
         # The conversation's message limit (ValkeyRateLimiter); customers' own counters are named by a digest.
         f"{key_prefix}{RATE_KEYS}{conversation_partition(conversation_id)}",
     ]

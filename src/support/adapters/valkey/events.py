@@ -89,6 +89,15 @@ return first
 _HEAD = _HEAD_OF + "return head_of()"
 
 
+def feed_keys(key_prefix: str, conversation_id: UUID) -> tuple[str, str, str]:
+    """A conversation's feed keys: its id counter, its retained log, and the id of its newest takeover.
+
+    One hash tag, so a cluster keeps them in one slot (the publish script touches all three).
+    """
+    tag = f"{key_prefix}feed:{{{conversation_id}}}"
+    return tag + ":seq", tag + ":log", tag + ":takeover"
+
+
 class _Envelope(msgspec.Struct, frozen=True):
     event: str
     data: msgspec.Raw
@@ -442,7 +451,7 @@ class ValkeyEventBus:
         read_concurrency: int = 16,
     ) -> None:
         self._client = client
-        self._prefix = key_prefix + "feed:"
+        self._key_prefix = key_prefix
         self._retention = retention
         self._ttl_s = ttl_s
         self._publish = client.register_script(_PUBLISH)
@@ -454,15 +463,7 @@ class ValkeyEventBus:
 
     def channel(self, conversation_id: UUID) -> bytes:
         """The pub/sub channel of a conversation's feed."""
-        return f"{self._prefix}{{{conversation_id}}}".encode()
-
-    def _keys(self, conversation_id: UUID) -> tuple[str, str]:
-        tag = f"{self._prefix}{{{conversation_id}}}"
-        return tag + ":seq", tag + ":log"
-
-    def _takeover_key(self, conversation_id: UUID) -> str:
-        # The id of the newest ownership change away from the assistant, beside the feed (same hash slot).
-        return f"{self._prefix}{{{conversation_id}}}:takeover"
+        return f"{self._key_prefix}feed:{{{conversation_id}}}".encode()
 
     async def publish(
         self, conversation_id: UUID, payloads: Sequence[FeedPayload], *, owned_since: int | None = None
@@ -480,9 +481,8 @@ class ValkeyEventBus:
             -1 if takeover is None else takeover,
             *encoded,
         ]
-        keys = [*self._keys(conversation_id), self._takeover_key(conversation_id)]
         async with cache_errors():
-            first = int(await self._publish(keys=keys, args=args))
+            first = int(await self._publish(keys=feed_keys(self._key_prefix, conversation_id), args=args))
         if first == 0:
             raise TakenOverError
         if first < 0:
@@ -491,7 +491,7 @@ class ValkeyEventBus:
 
     async def head(self, conversation_id: UUID) -> int:
         async with cache_errors():
-            return int(await self._head(keys=[*self._keys(conversation_id), self._takeover_key(conversation_id)]))
+            return int(await self._head(keys=feed_keys(self._key_prefix, conversation_id)))
 
     async def signal(self, conversation_id: UUID, payload: FeedPayload) -> None:
         async with cache_errors():
@@ -507,11 +507,12 @@ class ValkeyEventBus:
     async def _follow(self, conversation_id: UUID, after: int | None) -> AsyncGenerator[FeedEvent, None]:
         # Live delivery first, then the stream: whatever is published meanwhile arrives live, and ids tell
         # duplicates (skipped) and gaps (read back from the stream) apart.
-        sequence, log = self._keys(conversation_id)
+        keys = feed_keys(self._key_prefix, conversation_id)
+        log = keys[1]
         subscriber = await self._listener.join(self.channel(conversation_id))
         try:
             async with self._reads, cache_errors():
-                head = int(await self._head(keys=[sequence, log, self._takeover_key(conversation_id)]))
+                head = int(await self._head(keys=keys))
             if after is None:
                 last = head
             else:
