@@ -19,7 +19,7 @@ import pytest
 from valkey.asyncio import Valkey
 
 from support.adapters.memory.events import InMemoryEventBus
-from support.adapters.valkey.events import ValkeyEventBus, encode_payload
+from support.adapters.valkey.events import ValkeyEventBus, encode_payload, feed_keys
 from support.devservers.postgres import free_port
 from support.domain.conversations import (
     AnswerStatus,
@@ -555,7 +555,7 @@ async def test_an_event_missed_live_is_read_back_from_the_stream(
     reader = await start(readers, bus, conversation_id, after=None)
     await bus.publish(conversation_id, deltas("1"))
     # Event 2 is retained but its message never arrives (as when a message is lost in transit).
-    sequence, log = bus._keys(conversation_id)
+    sequence, log, _ = feed_keys("test:", conversation_id)
     await valkey.incr(sequence)
     await valkey.xadd(log, {"p": encode_payload(ReplyDelta("2"))}, id="2-0")
     await bus.publish(conversation_id, deltas("3"))
