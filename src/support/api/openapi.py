@@ -130,10 +130,10 @@ def _add_rate_limit_headers(responses: dict[str, OpenAPIResponse | Reference]) -
     for status, response in responses.items():
         if not isinstance(response, OpenAPIResponse):
             continue
-        if status.startswith("2") or status == str(HTTPStatus.TOO_MANY_REQUESTS.value):
-            headers = dict(response.headers or {})
-            headers.update(_RATE_LIMIT_HEADERS)
-            if status == str(HTTPStatus.TOO_MANY_REQUESTS.value):
+        refused = status == str(HTTPStatus.TOO_MANY_REQUESTS.value)
+        if status.startswith("2") or refused:
+            headers = {**(response.headers or {}), **_RATE_LIMIT_HEADERS}
+            if refused:
                 headers["Retry-After"] = _RETRY_AFTER
             response.headers = headers
 

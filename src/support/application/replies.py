@@ -57,7 +57,6 @@ from support.domain.feed import (
     ReplyDone,
     StreamFailed,
     ToolUsed,
-    last_takeover,
 )
 from support.domain.handoff import answer_status_for
 from support.domain.ids import new_id
@@ -257,8 +256,6 @@ class _Publisher:
             for event in await self._publish(payloads):
                 self._stream.put(event)
             self._advance(len(payloads))
-            if last_takeover(payloads) is not None:
-                self.unguard()  # the turn handed over itself: what it still says is its own
 
     async def _publish(self, payloads: list[FeedPayload]) -> list[FeedEvent]:
         guarded = self._owned_since is not None

@@ -62,7 +62,7 @@ async def driver_connection(session: AsyncSession, *, begin: bool = True) -> Asy
     pooled connection for its statements alone and gives it back at once. A scope that has only read then holds
     no connection while it waits for anything else (another scope's connection, a model, a live feed's next
     event), so a bounded pool cannot deadlock on turns that each hold one connection and wait for a second, and a
-    feed open for hours does not keep one (tests/integration/test_connection_pool.py).
+    feed open for hours does not keep one (tests/api/test_connection_pool.py).
     Driver and SQLAlchemy failures become port errors; a connection that broke is invalidated, as SQLAlchemy
     does for its own statements, so it never goes back to the pool.
     """
