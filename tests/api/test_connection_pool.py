@@ -17,6 +17,7 @@ from valkey.asyncio import Valkey
 
 from support.config import DatabaseSettings, Settings
 from tests.api.test_conversations import add_article, bearer, read_events, start
+from tests.api.test_handoffs import agent_key
 
 
 @pytest.fixture
@@ -73,9 +74,7 @@ async def test_a_turn_with_an_attachment_and_a_folded_history_finishes_on_one_co
 async def test_open_live_feeds_leave_the_connection_to_turns(
     http: httpx.AsyncClient, service_headers: dict[str, str], valkey: Valkey
 ) -> None:
-    created = await http.post("/v1/keys", json={"name": "agent desk", "role": "agent"}, headers=service_headers)
-    assert created.status_code == 201, created.text
-    agent = bearer(created.json()["secret"])
+    agent = await agent_key(http, service_headers, "agent desk")
     conversations = [await start(http, service_headers, f"feed-{index}") for index in range(2)]
     # A cold session cache: opening each feed reads the conversation from the database.
     await valkey.flushdb()
