@@ -404,3 +404,138 @@ async def test_whether_to_answer_is_decided_on_the_ranked_chunks_alone() -> None
         assert completed(wide).evidence_score == completed(narrow).evidence_score
         handed_off = [any(isinstance(event, HandoffSignal) for event in events) for events in (wide, narrow)]
         assert handed_off[0] == handed_off[1]
+
+
+MEMBERSHIP = """Pause or cancel your membership from your account.
+
+1. Go to Account > Membership.
+2. Select Pause membership.
+3. Choose 1, 2 or 3 months and confirm."""
+
+CANCEL = """1. Go to Account > Membership.
+2. Select Cancel membership and follow the prompts.
+
+Your benefits continue until the end of the month you've already paid for."""
+
+
+def membership_with_cancel_section() -> SearchHit:
+    """The membership article's pause section ranked; the cancel section is the chunk after it."""
+    ranked = dataclasses.replace(
+        hit("Northwind Plus", MEMBERSHIP, similarity=0.6, vector_rank=1, text_rank=1, score=0.3),
+        heading_path=("Pause your membership",),
+    )
+    after = ContextChunk(uuid.uuid4(), 1, ("Cancel your membership",), CANCEL)
+    return dataclasses.replace(ranked, context=(after,))
+
+
+async def test_a_step_is_quoted_from_the_first_step_of_its_procedure() -> None:
+    llm = ExtractiveLLM(evidence_threshold=0.0)
+    setup = """Two-factor authentication protects your account with a code from your phone.
+
+1. Go to Account > Settings > Security.
+2. Under Two-factor authentication, select Turn on.
+3. Enter your password to confirm.
+4. Scan the QR code with your authenticator app."""
+    passage = hit("Two-factor authentication", setup, similarity=0.7, vector_rank=1, text_rank=1, score=0.3)
+
+    events = await collect(
+        llm, ReplyRequest(question="Where do I turn on two-factor authentication?", passages=[passage])
+    )
+
+    text = text_of(events)
+    assert "1. Go to Account > Settings > Security.\n2. Under Two-factor authentication, select Turn on." in text
+    assert text.index("1. Go to") < text.index("2. Under"), "the procedure reads from its start"
+
+
+async def test_the_same_step_opening_two_procedures_is_quoted_in_the_one_that_answers() -> None:
+    llm = ExtractiveLLM(evidence_threshold=0.0)
+
+    events = await collect(
+        llm, ReplyRequest(question="How do I cancel my membership?", passages=[membership_with_cancel_section()])
+    )
+
+    text = text_of(events)
+    assert "1. Go to Account > Membership.\n2. Select Cancel membership and follow the prompts." in text
+    assert "Pause membership" not in text, "the quote does not reach back into the section before"
+    [citation] = [event for event in events if isinstance(event, PassageCited)]
+    assert citation.passage.heading_path == ("Cancel your membership",)
+
+
+def refund_articles() -> list[SearchHit]:
+    """Two articles retrieved nearly tied: the first mentions refunds, the second says how long they take."""
+    returns = dataclasses.replace(
+        hit(
+            "Return policy",
+            "Items returned from a gift order are refunded as store credit to the gift recipient.",
+            similarity=0.63,
+            vector_rank=2,
+            text_rank=1,
+            score=0.34,
+        ),
+        heading_path=("Gift orders",),
+    )
+    timing = dataclasses.replace(
+        hit(
+            "Money back by payment method",
+            "Cards: 3 to 5 business days after we approve it. PayPal: within 24 hours.",
+            similarity=0.67,
+            vector_rank=1,
+            text_rank=2,
+            score=0.33,
+        ),
+        heading_path=("How long refunds take",),
+    )
+    return [returns, timing]
+
+
+async def test_a_heading_that_asks_the_question_brings_its_section_forward_across_a_near_tie() -> None:
+    llm = ExtractiveLLM(evidence_threshold=0.0)
+
+    events = await collect(llm, ReplyRequest(question="How long does a refund take?", passages=refund_articles()))
+
+    citations = [event for event in events if isinstance(event, PassageCited)]
+    assert citations[0].passage.title == "Money back by payment method"
+    assert text_of(events).startswith("Here is what our help center says:\n\nCards: 3 to 5 business days")
+
+
+async def test_a_distant_passage_does_not_outrank_the_best_one_on_a_single_word() -> None:
+    llm = ExtractiveLLM(evidence_threshold=0.0)
+    passages = refund_articles()
+    # Retrieval put the second article far behind; one of its sentences shares a word more with the question.
+    passages[1] = dataclasses.replace(
+        passages[1], score=0.12, heading_path=(), text="A refund can take a while to show on a statement."
+    )
+
+    events = await collect(llm, ReplyRequest(question="How long does a refund take?", passages=passages))
+
+    citations = [event for event in events if isinstance(event, PassageCited)]
+    assert citations[0].passage.title == "Return policy"
+
+
+async def test_a_sentence_that_uses_a_short_title_is_quoted_while_the_title_line_is_not() -> None:
+    llm = ExtractiveLLM(evidence_threshold=0.0)
+    text = "Northwind Plus\n\nNorthwind Plus is our paid membership: free express shipping on every order."
+    passage = hit("Northwind Plus", text, similarity=0.7, vector_rank=1, text_rank=1, score=0.3)
+
+    events = await collect(llm, ReplyRequest(question="What is Northwind Plus?", passages=[passage]))
+
+    reply = text_of(events)
+    assert reply.endswith("says:\n\nNorthwind Plus is our paid membership: free express shipping on every order.")
+
+
+async def test_a_code_the_customer_quotes_outweighs_the_common_words_around_it() -> None:
+    llm = ExtractiveLLM(evidence_threshold=0.0)
+    desk = """If the desk stops, the display shows an error code. A video of the error helps us send the right part.
+Film the display and the legs for a few seconds, with the handset in view, and attach the video to your claim.
+Keep the desk plugged in while you film, so the code stays on the display until you have it.
+
+A reset clears E03 and most other codes. Clear everything from under the desk first.
+Press and hold the down button until the desk reaches its lowest position, then keep holding for 10 seconds.
+The desk beeps, moves down a little and then up, and the display shows the height again."""
+    passage = hit("Standing desk help", desk, similarity=0.6, vector_rank=1, text_rank=1, score=0.3)
+
+    events = await collect(llm, ReplyRequest(question="My desk shows error E03, what do I do?", passages=[passage]))
+
+    reply = text_of(events)
+    assert "A reset clears E03 and most other codes." in reply
+    assert "keep holding for 10 seconds" in reply, "the quote runs on from the sentence naming the code"

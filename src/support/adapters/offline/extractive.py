@@ -76,11 +76,20 @@ _WHITESPACE = re.compile(r"\s+")
 # BM25 over units (they are short, so length normalisation matters less than for documents).
 _K1 = 1.2
 _B = 0.5
-# How much a passage's retrieval rank weighs on its units' scores: rank r (0-based) multiplies by 1 / (1 + r·this).
-_RANK_DECAY = 1.0
+# How much a passage's retrieval score weighs on its units' scores: they are multiplied by the passage's fused
+# score over the best passage's, to this power (near-ties stay near-ties; a distant fifth hit weighs little).
+_SCORE_POWER = 2.0
+# A question term in the headings above a unit counts as this many occurrences in the unit.
+_SECTION_WEIGHT = 0.5
+# A numbered list item ("3. Select Save.") and its number.
+_STEP = re.compile(r"(\d{1,2})[.)]\s")
 # Words quoted in an answer (a window around the best unit); a single longer unit is cut at the hard cap.
 _ANSWER_WORDS = 80
 _HARD_CAP_WORDS = 120
+# A line holding the title and at most this many more words ("Title:", "- United States") repeats the title.
+_TITLE_LINE_EXTRA_WORDS = 4
+# Steps from a procedure's first to the best-matching one are quoted whole up to this many words.
+_PROCEDURE_WORDS = 150
 # A second source is quoted only when its best unit scores nearly as well as the first one's.
 _SECOND_SOURCE_RATIO = 0.9
 # Units this similar (Jaccard over terms) to an already quoted one are skipped (sibling articles repeat text).
@@ -113,6 +122,8 @@ _TOPIC_WORDS = 12
 # Codes and versions: a word with a digit and a letter, or dotted numbers (E07, 8.5.5.4, CVE-2017-3156, FP3).
 _IDENTIFIER = re.compile(r"\b(?=[\w.-]*\d)(?:[A-Za-z]+[\w-]*\d[\w.-]*|\d+(?:\.\d+){1,3}[A-Za-z0-9]*)\b")
 _MISSING_IDENTIFIERS = 2
+# A question's identifier terms weigh this much in the units' scores (its other terms weigh 1).
+_IDENTIFIER_WEIGHT = 2.0
 _IDENTIFIER_CHARS = 16
 
 # Evidence model: logistic regression over the features of `_Evidence`, fitted on the even-numbered TechQA
@@ -142,6 +153,9 @@ class _Unit:
     words: int
     # Where in the passage's context (SearchHit.context) the unit is from; None: the chunk that ranked.
     context: int | None = None
+    # The headings the unit's section sits under, and their terms ("How long each payment method takes").
+    headings: tuple[str, ...] = ()
+    section: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +239,7 @@ class ExtractiveLLM:
             return Draft(((_small_talk(request.question, name), None, ""),), None)
         query = _query_weights(request)
         units = [unit for index, hit in enumerate(request.passages) for unit in _split(hit, index)]
-        scorer = _Scorer(units, query)
+        scorer = _Scorer(units, query, request.passages)
         selected = _select(units, scorer, request.passages, self._answer_words)
         evidence = _evidence(request.passages, units, selected, scorer)
         score = round(evidence.score(), 4) if selected else 0.0
@@ -235,7 +249,10 @@ class ExtractiveLLM:
                 # Whether to answer is decided on the ranked chunks alone (the evidence model was fitted on
                 # them); what to quote is chosen from the whole neighbourhood, where the answer often is.
                 wide = [unit for index, hit in enumerate(request.passages) for unit in _split_with_context(hit, index)]
-                selected = _select(wide, _Scorer(wide, query), request.passages, self._answer_words) or selected
+                selected = (
+                    _select(wide, _Scorer(wide, query, request.passages), request.passages, self._answer_words)
+                    or selected
+                )
             return Draft(_answer_blocks(selected, request.passages, name, order), score)
         return _decline(request, units, scorer, name, score, order)
 
@@ -243,8 +260,11 @@ class ExtractiveLLM:
 class _Scorer:
     """BM25 of units against the weighted question terms, with idf over the units of this turn's passages."""
 
-    def __init__(self, units: Sequence[_Unit], query: Mapping[str, float]) -> None:
+    def __init__(self, units: Sequence[_Unit], query: Mapping[str, float], passages: Sequence[SearchHit]) -> None:
         self.query = query
+        # A unit's weight from its passage's fused retrieval score (see _SCORE_POWER).
+        top = max((hit.score for hit in passages), default=0.0)
+        self.passage_weights = [(hit.score / top) ** _SCORE_POWER if top > 0 else 1.0 for hit in passages]
         counted = [unit for unit in units if unit.kind != "skip"]
         total = len(counted)
         frequency: Counter[str] = Counter()
@@ -265,7 +285,7 @@ class _Scorer:
         norm = _K1 * (1 - _B + _B * unit.words / max(self.average_words, 1.0))
         score = 0.0
         for term, weight in self.query.items():
-            count = unit.terms.get(term, 0)
+            count = unit.terms.get(term, 0) + (_SECTION_WEIGHT if term in unit.section else 0.0)
             if count:
                 score += weight * self.idf[term] * count * (_K1 + 1) / (count + norm)
         return score
@@ -299,22 +319,62 @@ def _select(units: Sequence[_Unit], scorer: _Scorer, passages: Sequence[SearchHi
 
 
 def _weighted(unit: _Unit, scorer: _Scorer) -> float:
-    return scorer.relevance(unit) / (1 + _RANK_DECAY * unit.passage)
+    return scorer.relevance(unit) * scorer.passage_weights[unit.passage]
 
 
 def _window(siblings: Sequence[_Unit], anchor: _Unit, budget: int) -> list[_Unit]:
-    """Grow from the anchor forward first (the resolution tends to follow the symptom), then backward."""
+    """Grow from the anchor forward first (the resolution tends to follow the symptom), then backward.
+
+    A step of a numbered procedure brings the steps before it, from the first one.
+    """
     index = next(i for i, unit in enumerate(siblings) if unit.position == anchor.position)
     start = end = index
     used = anchor.words
+    # A step of a procedure is quoted from the procedure's first step: nobody can start at step 3.
+    first = _first_step(siblings, index)
+    if first is not None:
+        steps = sum(_cost(unit) for unit in siblings[first:index])
+        # A procedure may run longer than an answer's budget rather than be cut at its start.
+        if used + steps <= max(budget, _PROCEDURE_WORDS):
+            start, used = first, used + steps
     while end + 1 < len(siblings) and used + _cost(siblings[end + 1]) <= budget:
         end += 1
         used += _cost(siblings[end])
-    while start > 0 and used + _cost(siblings[start - 1]) <= budget:
+    # Backward, the window stays in the anchor's section: the end of the section before is another subject.
+    while start > 0 and used + _cost(siblings[start - 1]) <= budget and siblings[start - 1].headings == anchor.headings:
         start -= 1
         used += _cost(siblings[start])
+    # Growing backward stopped inside a procedure: its last steps alone would read as a broken list.
+    while start < index and (_step_number(siblings[start]) or 0) > 1:
+        start += 1
     chosen = [unit for unit in siblings[start : end + 1] if unit.kind != "skip"]
     return [_truncated(unit) if unit is anchor else unit for unit in chosen]
+
+
+def _step_number(unit: _Unit) -> int | None:
+    """The number of a numbered list item ("3. Select Save." is 3), None for anything else."""
+    if unit.kind != "item":
+        return None
+    match = _STEP.match(unit.text)
+    return int(match.group(1)) if match else None
+
+
+def _first_step(siblings: Sequence[_Unit], index: int) -> int | None:
+    """Where the numbered procedure holding ``siblings[index]`` starts, when that is before it.
+
+    The unit is a step after the first, or a bullet under one; the list is the run of items before it, back to
+    its step 1.
+    """
+    number = _step_number(siblings[index])
+    if siblings[index].kind != "item" or number == 1:
+        return None
+    for position in range(index - 1, -1, -1):
+        unit = siblings[position]
+        if unit.kind != "item":
+            return None
+        if _step_number(unit) == 1:
+            return position
+    return None
 
 
 def _cost(unit: _Unit) -> int:
@@ -509,6 +569,10 @@ def _small_talk(question: str, name: str | None) -> str:
 
 def _query_weights(request: ReplyRequest) -> dict[str, float]:
     weights: dict[str, float] = dict.fromkeys(_terms(request.question), 1.0)
+    # A code or version the customer quotes ("E03", "8.5.5.4") names their case more closely than any word.
+    for word in _IDENTIFIER.findall(request.question):
+        for term in _terms(word):
+            weights[term] = _IDENTIFIER_WEIGHT
     if len(weights) <= _FOLLOW_UP_TERMS:
         earlier = _last_customer_turn(request.history)
         for term in _terms(earlier):
@@ -577,13 +641,15 @@ def _cut(word: str, suffix: str, replacement: str = "") -> str:
 
 def _split(hit: SearchHit, passage: int) -> list[_Unit]:
     """The passage's units in reading order (see :func:`_chunk_units`)."""
-    return list(_chunk_units(hit.text, hit.title, bool(hit.flags), passage))
+    return list(_chunk_units(hit.text, hit.title, bool(hit.flags), passage, hit.heading_path))
 
 
 # Splitting is most of a reply's work, and a help center's popular chunks come back turn after turn: units depend
 # only on the text, the title, whether the chunk is flagged and the passage's rank, so they are kept (immutable).
 @functools.lru_cache(maxsize=2048)
-def _chunk_units(chunk_text: str, title: str, flagged: bool, passage: int) -> tuple[_Unit, ...]:
+def _chunk_units(
+    chunk_text: str, title: str, flagged: bool, passage: int, headings: tuple[str, ...] = ()
+) -> tuple[_Unit, ...]:
     """A chunk's units in reading order; headings, link-only lines and title repeats are marked ``skip``.
 
     So is every unit of a flagged chunk that reads as an instruction to an AI (support.domain.injection): the
@@ -591,6 +657,7 @@ def _chunk_units(chunk_text: str, title: str, flagged: bool, passage: int) -> tu
     call).
     """
     units: list[_Unit] = []
+    section = frozenset(term for heading in headings for term in _terms(heading))
     title = _normalise(title)
     for paragraph, (texts, lines) in enumerate(_paragraphs(strip_invisible(chunk_text))):
         for text, kind in texts:
@@ -600,37 +667,70 @@ def _chunk_units(chunk_text: str, title: str, flagged: bool, passage: int) -> tu
                 and (
                     not (_terms(_URL.sub(" ", text)) if _URL.search(text) else terms)
                     or (kind == "sentence" and (_is_heading(text, lines) or _CROSS_REFERENCE.match(text)))
-                    or (title and title in _normalise(text))
+                    or _repeats_title(text, title)
                 )
             ) or (flagged and is_instruction_like(text)):
                 kind = "skip"  # noqa: PLW2901 - the unit stays, for reading order, but is never quoted
-            units.append(_Unit(passage, len(units), text, kind, paragraph, Counter(terms), _words(text)))
+            units.append(
+                _Unit(
+                    passage,
+                    len(units),
+                    text,
+                    kind,
+                    paragraph,
+                    Counter(terms),
+                    _words(text),
+                    headings=headings,
+                    section=section,
+                )
+            )
     return tuple(units)
+
+
+def _repeats_title(text: str, title: str) -> bool:
+    """The unit is the article's title again ("Title: …" at the top of an extracted page), not a sentence using it.
+
+    A short title ("Northwind Plus", "Two-factor authentication") also appears in sentences that answer.
+    """
+    if not title:
+        return False
+    normalised = _normalise(text)
+    return title in normalised and len(normalised.split()) <= len(title.split()) + _TITLE_LINE_EXTRA_WORDS
 
 
 def _split_with_context(hit: SearchHit, passage: int) -> list[_Unit]:
     """The units of the hit's chunk and of its neighbouring chunks in document order (see :func:`_neighbourhood`)."""
-    chunks = tuple((text, bool(flags), index) for index, text, flags in hit.in_article_order())
+    chunks = tuple(
+        (text, bool(flags), index, hit.heading_path if index is None else hit.context[index].heading_path)
+        for index, text, flags in hit.in_article_order()
+    )
     return list(_neighbourhood(chunks, hit.title, passage))
 
 
 @functools.lru_cache(maxsize=512)
-def _neighbourhood(chunks: tuple[tuple[str, bool, int | None], ...], title: str, passage: int) -> tuple[_Unit, ...]:
-    """The units of consecutive chunks (text, flagged, context index) in reading order, each unit once.
+def _neighbourhood(
+    chunks: tuple[tuple[str, bool, int | None, tuple[str, ...]], ...], title: str, passage: int
+) -> tuple[_Unit, ...]:
+    """The units of consecutive chunks (text, flagged, context index, headings) in reading order.
 
-    Chunks repeat the previous chunk's last sentences (the chunker's overlap): a unit already read is skipped.
+    Chunks repeat the previous chunk's last sentences (the chunker's overlap): those are read once.
     Positions and paragraph numbers run on across chunks, so a window can grow over a chunk boundary.
     """
     units: list[_Unit] = []
-    seen: set[str] = set()
+    previous: tuple[str, ...] = ()
     paragraphs = 0
-    for text, flagged, context in chunks:
-        own = _chunk_units(text, title, flagged, passage)
-        for unit in own:
-            if unit.text in seen:
-                continue
-            seen.add(unit.text)
+    for text, flagged, context, headings in chunks:
+        own = _chunk_units(text, title, flagged, passage, headings)
+        texts = tuple(unit.text for unit in own)
+        # Only the overlap is dropped: the longest run of leading units that the previous chunk ended with. The
+        # same words elsewhere in the article ("1. Go to Account > Membership." opening two procedures) are
+        # content of their own.
+        overlap = next(
+            (size for size in range(min(len(texts), len(previous)), 0, -1) if texts[:size] == previous[-size:]), 0
+        )
+        for unit in own[overlap:]:
             units.append(replace(unit, position=len(units), paragraph=paragraphs + unit.paragraph, context=context))
+        previous = texts
         paragraphs += 1 + max((unit.paragraph for unit in own), default=0)
     return tuple(units)
 
