@@ -13,6 +13,8 @@ _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 # A sentence ends at . ! ? or an ellipsis, optionally followed by a closing quote or bracket, then a space.
 _SENTENCE_BREAK = re.compile(r"(?:(?<=[.!?\u2026])|(?<=[.!?\u2026][\"'\u201d\u2019)\]]))[ \t]+")
 
+# A numbered or lettered list item's marker at the start of a line (indentation kept).
+_LIST_MARKER = re.compile(r"\s*(?:\d{1,3}|[A-Za-z])[.)]")
 _PARAGRAPH_SEPARATOR = "\n\n"
 _LINE_SEPARATOR = "\n"
 _WORD_SEPARATOR = " "
@@ -81,7 +83,7 @@ def _split_section(text: str, count_tokens: TokenCounter, max_tokens: int) -> It
             if not line.strip():
                 continue
             first_in_line = True
-            for sentence in _SENTENCE_BREAK.split(line):
+            for sentence in _sentences(line):
                 if first_in_section:
                     separator = ""
                 elif first_in_paragraph:
@@ -97,6 +99,14 @@ def _split_section(text: str, count_tokens: TokenCounter, max_tokens: int) -> It
                     continue
                 for index, (fragment, fragment_tokens) in enumerate(_split_words(sentence, count_tokens, max_tokens)):
                     yield _Piece(fragment, fragment_tokens, separator if index == 0 else _WORD_SEPARATOR)
+
+
+def _sentences(line: str) -> list[str]:
+    """The line's sentences; a list marker ("3.", "b)") stays with its text, so no chunk ends on a bare marker."""
+    pieces = _SENTENCE_BREAK.split(line)
+    if len(pieces) > 1 and _LIST_MARKER.fullmatch(pieces[0]):
+        pieces[:2] = [f"{pieces[0]} {pieces[1]}"]
+    return pieces
 
 
 def _split_words(sentence: str, count_tokens: TokenCounter, max_tokens: int) -> Iterator[tuple[str, int]]:

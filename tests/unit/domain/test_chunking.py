@@ -1,4 +1,5 @@
 import itertools
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -226,3 +227,18 @@ def test_property_chunks_fit_cover_every_word_in_order(
             previous_start, previous_end = start, start + len(chunk_words)
         assert previous_end == len(words)
     assert remaining == []
+
+
+def test_a_chunk_boundary_never_separates_a_list_marker_from_its_step() -> None:
+    steps = (
+        "1. Open the app and make sure the handset is on now.\n2. Select Pair.\n3. Wait for the light.\n"
+        "4. Release the button when the light turns blue."
+    )
+
+    chunks = chunk_document(
+        document(Section(("Pairing",), steps)), count_tokens=count_words, max_tokens=19, overlap_tokens=7
+    )
+
+    assert len(chunks) > 1
+    for chunk in chunks:
+        assert not any(re.fullmatch(r"\d+\.", line.strip()) for line in chunk.text.split("\n")), chunk.text

@@ -2,7 +2,7 @@
 
 Used when no Anthropic key is configured. Per turn it splits the passages into units (sentences; list items,
 steps and code lines kept whole), scores them against the question with BM25 over those units (idf from the
-passages themselves, light stemming) weighted by the passage's retrieval rank, and quotes a short window of
+passages themselves, light stemming) weighted by the passage's retrieval score, and quotes a short window of
 consecutive units around the best one (answers in help-center articles are contiguous: the resolution follows
 the sentence that matches the symptom). An evidence score in [0, 1] — a logistic model over retrieval
 similarity, how distinct the best hit is, and how much of the question the quoted text covers — decides
@@ -264,7 +264,7 @@ class _Scorer:
         self.query = query
         # A unit's weight from its passage's fused retrieval score (see _SCORE_POWER).
         top = max((hit.score for hit in passages), default=0.0)
-        self.passage_weights = [(hit.score / top) ** _SCORE_POWER if top > 0 else 1.0 for hit in passages]
+        self.passage_weights = [(max(hit.score, 0.0) / top) ** _SCORE_POWER if top > 0 else 1.0 for hit in passages]
         counted = [unit for unit in units if unit.kind != "skip"]
         total = len(counted)
         frequency: Counter[str] = Counter()
@@ -345,7 +345,7 @@ def _window(siblings: Sequence[_Unit], anchor: _Unit, budget: int) -> list[_Unit
         start -= 1
         used += _cost(siblings[start])
     # Growing backward stopped inside a procedure: its last steps alone would read as a broken list.
-    while start < index and (_step_number(siblings[start]) or 0) > 1:
+    while start < index and _first_step(siblings, start) is not None:
         start += 1
     chosen = [unit for unit in siblings[start : end + 1] if unit.kind != "skip"]
     return [_truncated(unit) if unit is anchor else unit for unit in chosen]
@@ -370,7 +370,8 @@ def _first_step(siblings: Sequence[_Unit], index: int) -> int | None:
         return None
     for position in range(index - 1, -1, -1):
         unit = siblings[position]
-        if unit.kind != "item":
+        # Chunk texts hold no headings, so the lists of two sections can sit next to each other here.
+        if unit.kind != "item" or unit.headings != siblings[index].headings:
             return None
         if _step_number(unit) == 1:
             return position
@@ -645,10 +646,11 @@ def _split(hit: SearchHit, passage: int) -> list[_Unit]:
 
 
 # Splitting is most of a reply's work, and a help center's popular chunks come back turn after turn: units depend
-# only on the text, the title, whether the chunk is flagged and the passage's rank, so they are kept (immutable).
+# only on the text, the title, the headings, whether the chunk is flagged and the passage's rank, so they are kept
+# (immutable).
 @functools.lru_cache(maxsize=2048)
 def _chunk_units(
-    chunk_text: str, title: str, flagged: bool, passage: int, headings: tuple[str, ...] = ()
+    chunk_text: str, title: str, flagged: bool, passage: int, headings: tuple[str, ...]
 ) -> tuple[_Unit, ...]:
     """A chunk's units in reading order; headings, link-only lines and title repeats are marked ``skip``.
 
@@ -690,12 +692,14 @@ def _chunk_units(
 def _repeats_title(text: str, title: str) -> bool:
     """The unit is the article's title again ("Title: …" at the top of an extracted page), not a sentence using it.
 
-    A short title ("Northwind Plus", "Two-factor authentication") also appears in sentences that answer.
+    A short title ("Northwind Plus", "Two-factor authentication") also appears in sentences that answer; a title
+    line has no closing punctuation.
     """
-    if not title:
+    if not title or text.rstrip().endswith((".", "!", "?")):
         return False
     normalised = _normalise(text)
-    return title in normalised and len(normalised.split()) <= len(title.split()) + _TITLE_LINE_EXTRA_WORDS
+    words = len(normalised.split())
+    return f" {title} " in f" {normalised} " and words <= len(title.split()) + _TITLE_LINE_EXTRA_WORDS
 
 
 def _split_with_context(hit: SearchHit, passage: int) -> list[_Unit]:
@@ -717,22 +721,34 @@ def _neighbourhood(
     Positions and paragraph numbers run on across chunks, so a window can grow over a chunk boundary.
     """
     units: list[_Unit] = []
-    previous: tuple[str, ...] = ()
+    previous: tuple[_Unit, ...] = ()
     paragraphs = 0
     for text, flagged, context, headings in chunks:
         own = _chunk_units(text, title, flagged, passage, headings)
-        texts = tuple(unit.text for unit in own)
-        # Only the overlap is dropped: the longest run of leading units that the previous chunk ended with. The
-        # same words elsewhere in the article ("1. Go to Account > Membership." opening two procedures) are
-        # content of their own.
-        overlap = next(
-            (size for size in range(min(len(texts), len(previous)), 0, -1) if texts[:size] == previous[-size:]), 0
-        )
+        overlap = _overlap(own, previous)
         for unit in own[overlap:]:
             units.append(replace(unit, position=len(units), paragraph=paragraphs + unit.paragraph, context=context))
-        previous = texts
+        previous = own
         paragraphs += 1 + max((unit.paragraph for unit in own), default=0)
     return tuple(units)
+
+
+def _overlap(own: Sequence[_Unit], previous: Sequence[_Unit]) -> int:
+    """How many of a chunk's leading units repeat the end of the chunk before it (the chunker's overlap).
+
+    The overlap never crosses a section, and it may start inside a unit of the previous chunk ("Select Pair."
+    from "2. Select Pair."). The same words elsewhere in an article ("1. Go to Account > Membership." opening
+    two procedures) are content of their own.
+    """
+    if not own or not previous or own[0].headings != previous[0].headings:
+        return 0
+    earlier = [unit.text for unit in previous]
+    count = 0
+    for unit in own:
+        if not any(text.endswith(unit.text) for text in earlier):
+            break
+        count += 1
+    return count
 
 
 def _paragraphs(text: str) -> Iterator[tuple[list[tuple[str, str]], int]]:
