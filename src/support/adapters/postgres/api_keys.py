@@ -11,12 +11,12 @@ from support.adapters.postgres.models import ApiKeyRow
 from support.domain.identity import ApiKey, Role
 
 _KEYS = cast("sa.Table", ApiKeyRow.__table__)
+# What an ApiKey is read from: every read maps these columns by name with _api_key (no secret hash).
+_COLUMNS = (_KEYS.c.id, _KEYS.c.name, _KEYS.c.role, _KEYS.c.hint, _KEYS.c.created_at, _KEYS.c.revoked_at)
 # Every request made with an API key reads its key: on the driver, outside a transaction, so the lookup holds
 # no connection afterwards (an agent's live feed lasts for hours) and skips the ORM's per-statement cost.
 _DRIVER_FIND_ACTIVE = compile_for_driver(
-    sa.select(_KEYS.c.id, _KEYS.c.name, _KEYS.c.role, _KEYS.c.hint, _KEYS.c.created_at, _KEYS.c.revoked_at).where(
-        _KEYS.c.secret_hash == sa.bindparam("secret_hash"), _KEYS.c.revoked_at.is_(None)
-    )
+    sa.select(*_COLUMNS).where(_KEYS.c.secret_hash == sa.bindparam("secret_hash"), _KEYS.c.revoked_at.is_(None))
 )
 
 
@@ -24,18 +24,8 @@ class _ApiKeyRows(SQLAlchemyAsyncRepository[ApiKeyRow]):
     model_type = ApiKeyRow
 
 
-def _to_domain(row: ApiKeyRow) -> ApiKey:
-    return ApiKey(
-        id=row.id,
-        name=row.name,
-        role=Role(row.role),
-        hint=row.hint,
-        created_at=row.created_at,
-        revoked_at=row.revoked_at,
-    )
-
-
-def _from_record(row: Row) -> ApiKey:
+def _api_key(row: Row) -> ApiKey:
+    """A key from a row by column name (a SQLAlchemy row's mapping or an asyncpg record)."""
     return ApiKey(
         id=row["id"],
         name=row["name"],
@@ -66,18 +56,19 @@ class PostgresApiKeyRepository:
 
     async def get(self, key_id: UUID) -> ApiKey | None:
         async with storage_errors():
-            row = await self._rows.get_one_or_none(id=key_id)
-        return None if row is None else _to_domain(row)
+            row = (await self._session.execute(sa.select(*_COLUMNS).where(_KEYS.c.id == key_id))).mappings().first()
+        return None if row is None else _api_key(row)
 
     async def list_all(self) -> list[ApiKey]:
         async with storage_errors():
-            rows = await self._rows.get_many(order_by=[(ApiKeyRow.created_at, True), (ApiKeyRow.id, True)])
-        return [_to_domain(row) for row in rows]
+            statement = sa.select(*_COLUMNS).order_by(_KEYS.c.created_at.desc(), _KEYS.c.id.desc())
+            rows = (await self._session.execute(statement)).mappings().all()
+        return [_api_key(row) for row in rows]
 
     async def find_active_by_hash(self, secret_hash: str) -> ApiKey | None:
         async with driver_connection(self._session, begin=False) as driver:
             row = await driver.fetchrow(_DRIVER_FIND_ACTIVE.sql, secret_hash)
-        return None if row is None else _from_record(row)
+        return None if row is None else _api_key(row)
 
     async def save(self, key: ApiKey) -> None:
         async with storage_errors():
