@@ -33,7 +33,7 @@ from pgvector.asyncpg import register_vector
 from support.adapters.embedding.onnx_minilm import OnnxMiniLMEmbedder
 from support.adapters.extraction.extractor import StructuredTextExtractor
 from support.adapters.postgres.engine import create_engine, create_session_factory
-from support.adapters.postgres.knowledge import CANDIDATES, PgVectorKnowledgeBase, search_statement
+from support.adapters.postgres.knowledge import PgVectorKnowledgeBase, search_statement
 from support.adapters.postgres.uow import SqlAlchemyUnitOfWork
 from support.adapters.system import SystemClock
 from support.application.knowledge import IngestDocument, IngestDocuments, IngestRequest, KnowledgeLimits
@@ -41,7 +41,7 @@ from support.cli import migrations
 from support.config import DatabaseSettings
 from support.devservers.postgres import EmbeddedPostgres
 from support.domain.ids import new_id
-from support.domain.knowledge import SearchQuery
+from support.domain.knowledge import RRF_CANDIDATES, SearchQuery
 
 TECHQA = Path(__file__).resolve().parents[2] / "shared" / "eval" / "techqa"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -176,7 +176,7 @@ async def measure_search(
     url: str, connection: asyncpg.Connection, queries: list[tuple[str, list[float]]]
 ) -> dict[str, Any]:
     # Exactly the statement the adapter runs for a 5-hit search, prepared on a plain connection.
-    search = search_statement(CANDIDATES)
+    search = search_statement(RRF_CANDIDATES)
     statement = await connection.prepare(search.sql)
 
     def parameters(text: str, embedding: list[float]) -> list[Any]:

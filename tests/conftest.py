@@ -105,6 +105,8 @@ async def _reset(engine: AsyncEngine, valkey: Valkey) -> None:
     tables = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
     async with engine.begin() as connection:
         await connection.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        # The migration seeds the BM25 corpus statistics' single row; without it the lexical ranking is empty.
+        await connection.execute(sa.text("INSERT INTO kb_corpus (id, chunks, total_tokens) VALUES (1, 0, 0)"))
     await valkey.flushdb()
 
 

@@ -1,11 +1,13 @@
 import asyncio
 import dataclasses
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 
 from support.adapters.embedding.hashing import HashingEmbedder
 from support.domain.injection import InjectionFlag, InjectionReason, scan_text
 from support.domain.knowledge import (
+    RRF_K,
     Audience,
     Chunk,
     DocumentDraft,
@@ -96,6 +98,21 @@ async def test_search_ranks_the_matching_document_first_and_deduplicates(stores:
     results = await search(stores, "password reset link", limit=5)
     assert results[0] == "pw"
     assert len(results) == len(set(results))
+
+
+async def test_scores_are_reciprocal_rank_fusion_with_the_shared_constant(stores: Stores) -> None:
+    # Both adapters fuse the same way, so a fake-backed test sees the scores (and the responder's passage
+    # weights derived from them) that PostgreSQL gives.
+    await stores.knowledge.upsert(draft("ship", "s"), await chunks_of("Express parcels travel by air courier."), NOW)
+    await stores.uow.commit()
+    query = SearchQuery(text="express parcels air courier", limit=5)
+    both = await stores.knowledge.search(query, await EMBEDDER.embed_query(query.text))
+    assert (both[0].vector_rank, both[0].text_rank) == (1, 1)
+    assert math.isclose(both[0].score, 2 / (RRF_K + 1), rel_tol=1e-6)
+    query = SearchQuery(text="zebra xylophone", limit=5)
+    vector_only = await stores.knowledge.search(query, await EMBEDDER.embed_query(query.text))
+    assert (vector_only[0].vector_rank, vector_only[0].text_rank) == (1, None)
+    assert math.isclose(vector_only[0].score, 1 / (RRF_K + 1), rel_tol=1e-6)
 
 
 async def test_search_filters_by_tags_and_audience(stores: Stores) -> None:

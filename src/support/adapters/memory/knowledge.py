@@ -9,6 +9,8 @@ from uuid import UUID
 from support.domain.errors import InvalidInputError
 from support.domain.ids import new_id
 from support.domain.knowledge import (
+    RRF_CANDIDATES,
+    RRF_K,
     ContextChunk,
     Document,
     DocumentDraft,
@@ -19,8 +21,6 @@ from support.domain.knowledge import (
 )
 from support.ports.knowledge import DocumentPage
 
-RRF_K = 60
-CANDIDATES = 40
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -99,7 +99,7 @@ class InMemoryKnowledgeBase:
             for stored in self._chunks[document.id]
             if not (query.exclude_flagged and stored.item.flags)
         ]
-        depth = max(CANDIDATES, query.limit * 4)
+        depth = max(RRF_CANDIDATES, query.limit * 4)
         similarities = {stored.id: _cosine(embedding, stored.item.embedding) for _, stored in candidates}
         by_vector = sorted(candidates, key=lambda pair: -similarities[pair[1].id])[:depth]
         terms = frozenset(_WORD.findall(query.text.lower()))

@@ -17,6 +17,8 @@ from support.domain.errors import InvalidInputError
 from support.domain.ids import new_id
 from support.domain.injection import InjectionFlag, InjectionReason
 from support.domain.knowledge import (
+    RRF_CANDIDATES,
+    RRF_K,
     Audience,
     ContextChunk,
     Document,
@@ -28,12 +30,6 @@ from support.domain.knowledge import (
 )
 from support.ports.knowledge import DocumentPage
 
-# Reciprocal rank fusion constant. Far smaller than the customary 60: it trusts the top of each ranking, so a
-# document that only one ranking puts first is not buried under documents both rank middling. On TechQA k=3..5
-# tied on the odd-numbered questions (tuning half) and beat k=10 on the even ones (docs/knowledge.md).
-RRF_K = 4
-# How many candidates each ranking contributes before fusion and per-document deduplication.
-CANDIDATES = 40
 # BM25 over chunks: term saturation and length normalisation (the usual values; tuning moved little).
 BM25_K1 = 1.2
 BM25_B = 0.75
@@ -381,7 +377,7 @@ class PgVectorKnowledgeBase:
             return result.scalar_one_or_none() is not None
 
     async def search(self, query: SearchQuery, embedding: Sequence[float]) -> list[SearchHit]:
-        statement = search_statement(max(CANDIDATES, query.limit * 4), max(query.context, 0))
+        statement = search_statement(max(RRF_CANDIDATES, query.limit * 4), max(query.context, 0))
         parameters = {
             "embedding": list(embedding),
             "query_text": query.text,
