@@ -1,5 +1,6 @@
 from typing import Any
 
+import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -137,3 +138,33 @@ async def test_docs_ui_is_served(client: AsyncTestClient[Litestar]) -> None:
     response = await client.get("/schema")
     assert response.status_code == 200
     assert "text/html" in response.headers["content-type"]
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b'{"name": "caf\xe9", "role": "service"}', "UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested"),
+    ],
+    ids=["invalid-utf8", "deeply-nested"],
+)
+@pytest.mark.parametrize("path", ["/v1/keys", "/v1/knowledge/search", "/v1/webhooks", "/v1/conversations"])
+async def test_undecodable_json_is_a_400_problem_everywhere(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str], path: str, body: bytes, detail: str
+) -> None:
+    response = await client.post(path, content=body, headers={**admin_headers, "content-type": "application/json"})
+    problem = assert_problem(response, 400, "malformed_request")
+    assert detail in problem["detail"]
+
+
+async def test_a_form_field_that_is_not_utf8_is_a_400_problem(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="title"\r\n\r\ncaf\xe9\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\nSome text.\r\n--b--\r\n"
+    )
+    headers = {**admin_headers, "content-type": "multipart/form-data; boundary=b"}
+    response = await client.post("/v1/knowledge/uploads", content=body, headers=headers)
+    assert "UTF-8" in assert_problem(response, 400, "malformed_request")["detail"]

@@ -24,7 +24,7 @@ from support.api.controllers.webhooks import WebhooksController
 from support.api.limits import rate_limit_headers
 from support.api.middleware import request_context_middleware
 from support.api.openapi import complete_openapi_document
-from support.api.problems import EXCEPTION_HANDLERS
+from support.api.problems import EXCEPTION_HANDLERS, DecodingRequest
 from support.application.knowledge import VerifyKnowledgeIndex
 from support.config import Settings
 from support.ports.errors import DependencyUnavailableError
@@ -70,6 +70,7 @@ def build_app(
             WebhooksController,
         ],
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=DecodingRequest,
         cors_config=CORSConfig(allow_origins=list(settings.http.cors_origins)) if settings.http.cors_origins else None,
         request_max_body_size=settings.http.max_body_bytes,
         on_startup=[check_knowledge_index, *on_startup],

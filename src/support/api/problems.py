@@ -164,6 +164,32 @@ def handle_http_exception(request: Request[Any, Any, Any], error: HTTPException)
     return problem_response(request, status, code, detail, headers=headers)
 
 
+class DecodingRequest(Request[Any, Any, Any]):
+    """A request whose JSON body fails to decode as a 400 problem however the client garbled it.
+
+    Litestar turns a JSON syntax error into a validation error but lets a body nested past the decoder's recursion
+    limit (``RecursionError``) escape as a 500; bytes that are not UTF-8 are caught here too, and in form fields by
+    :func:`handle_undecodable_text`.
+    """
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except UnicodeDecodeError:
+            raise ValidationException(_NOT_UTF8) from None
+        except RecursionError:
+            raise ValidationException("The request body is nested too deeply to decode.") from None
+
+
+_NOT_UTF8 = "The request body is not valid UTF-8."
+
+
+def handle_undecodable_text(request: Request[Any, Any, Any], error: UnicodeDecodeError) -> Response[ProblemDetails]:
+    """Bytes that are not UTF-8 in a form field (Litestar decodes multipart fields itself): the client's fault."""
+    _logger.info("undecodable request text on %s %s: %s", request.method, request.url.path, error)
+    return problem_response(request, 400, "malformed_request", _NOT_UTF8)
+
+
 def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[ProblemDetails]:
     _logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return problem_response(request, 500, "internal_error", "An unexpected error occurred; it has been logged.")
@@ -173,6 +199,7 @@ EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
     SupportError: handle_support_error,
     ValidationException: handle_validation_error,
     HTTPException: handle_http_exception,
+    UnicodeDecodeError: handle_undecodable_text,
     Exception: handle_unexpected,
 }
 

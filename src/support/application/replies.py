@@ -494,10 +494,11 @@ class ReplyRunner:
             pending = unanswered(recent)
             pending_ids = {item.id for item in pending}
             if message.id not in pending_ids:
-                # Answered by a turn that ran while this one waited (or the original of a retried send).
+                # Answered by a turn that ran while this one waited (or the original of a retried send). That turn
+                # published the reply to the feed: only this requester needs it again.
                 reply = await services.conversations.find_reply(conversation_id, message.id)
                 if reply is not None:
-                    publisher.emit(ReplyDone(reply))
+                    publisher.tell_requester(ReplyDone(reply))
                 return
             if not conversation.assistant_may_reply:
                 return  # a human owns it: the message reached the agent side through the feed

@@ -8,7 +8,7 @@ from advanced_alchemy.exceptions import AdvancedAlchemyError
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.exc import SQLAlchemyError
 
-from support.domain.errors import ConflictError
+from support.domain.errors import ConflictError, InvalidInputError
 from support.ports.errors import StorageUnavailableError
 
 
@@ -29,6 +29,12 @@ def _is_conflict(error: BaseException) -> bool:
     )
 
 
+def _is_unstorable_text(error: BaseException) -> bool:
+    # PostgreSQL text cannot hold NUL (U+0000): the input is at fault, and retrying it can never succeed.
+    unstorable = asyncpg.CharacterNotInRepertoireError | asyncpg.UntranslatableCharacterError
+    return any(isinstance(cause, unstorable) for cause in _chain(error))
+
+
 @asynccontextmanager
 async def storage_errors() -> AsyncIterator[None]:
     try:
@@ -36,6 +42,8 @@ async def storage_errors() -> AsyncIterator[None]:
     except (SQLAlchemyError, AdvancedAlchemyError, asyncpg.PostgresError) as error:
         if _is_conflict(error):
             raise ConflictError("The change conflicts with existing data.") from error
+        if _is_unstorable_text(error):
+            raise InvalidInputError("Text must not contain NUL characters (U+0000).") from error
         raise StorageUnavailableError from error
     except (asyncpg.InterfaceError, OSError, TimeoutError) as error:
         raise StorageUnavailableError from error
