@@ -36,7 +36,9 @@ def configure_logging(settings: Settings) -> None:
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info if settings.json_logs else _identity,
+            # Tracebacks become text before redaction, in development too: the console renderer's own (rich)
+            # tracebacks would come after it and print every frame's local variables, request headers included.
+            structlog.processors.format_exc_info,
             _redact_secrets,
             renderer,
         ],
@@ -58,8 +60,4 @@ def _redact_secrets(_logger: object, _name: str, event_dict: structlog.types.Eve
     for key, value in event_dict.items():
         if isinstance(value, str):
             event_dict[key] = redact(value)
-    return event_dict
-
-
-def _identity(_logger: object, _name: str, event_dict: structlog.types.EventDict) -> structlog.types.EventDict:
     return event_dict

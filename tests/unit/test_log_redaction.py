@@ -36,3 +36,23 @@ def test_log_lines_are_redacted(capfd: pytest.CaptureFixture[str], *, json_logs:
     if json_logs:
         events = [json.loads(line)["event"] for line in output.strip().splitlines()]
         assert events[0] == "customer wrote: card [card number], password: [password]"
+
+
+@pytest.mark.parametrize("json_logs", [True, False])
+def test_tracebacks_carry_neither_local_variables_nor_secrets(
+    capfd: pytest.CaptureFixture[str], *, json_logs: bool
+) -> None:
+    configure_logging(Settings(log_json=json_logs, log_level="info"))
+
+    def handle(authorization: str) -> None:
+        raise ValueError("refused key " + authorization)
+
+    try:
+        handle("Bearer sk-ant-api03-abcdefghijklmnop123")
+    except ValueError:
+        logging.getLogger("support.test").exception("unhandled error")
+
+    output = capfd.readouterr().err
+    assert "ValueError" in output
+    assert "sk-ant-api03" not in output
+    assert "authorization =" not in output.lower()

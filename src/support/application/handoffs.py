@@ -35,6 +35,7 @@ from support.domain.conversations import (
     ConversationStatus,
     HandoffAction,
     HandoffDecision,
+    InvalidTransitionError,
     Message,
     MessageRole,
     NotClaimedError,
@@ -338,7 +339,7 @@ class ResolveConversation(_OwnershipChange):
             ConversationNotFoundError: it does not exist or is not the caller's.
             ClaimedByAnotherAgentError: another agent owns it.
             NotClaimedError: it waits for an agent (claim it first).
-            InvalidTransitionError: it waits for an agent (customer side), or it is closed.
+            InvalidTransitionError: it waits for or is with an agent (customer side), or it is closed.
         """
         conversation = await self._locked(principal, conversation_id)
         if conversation.status is ConversationStatus.RESOLVED:
@@ -350,6 +351,9 @@ class ResolveConversation(_OwnershipChange):
             _ensure_may_act_for_owner(principal, conversation)
         else:
             ensure_customer_side(principal, conversation)
+            if conversation.status is ConversationStatus.HUMAN:
+                # The agent who has it decides when it is resolved; the customer side can close it instead.
+                raise InvalidTransitionError("An agent has this conversation; only they can resolve it.")
         now = self._clock.now()
         changed = conversation.apply(ConversationEvent.RESOLVE, now)
         return await self._commit(

@@ -127,6 +127,20 @@ async def test_agents_act_only_on_the_agent_side(world: World) -> None:
         await world.resolve.execute(AGENT_ANA, world.conversation.id)
 
 
+async def test_the_customer_side_resolves_only_while_the_assistant_has_the_conversation(world: World) -> None:
+    await turn(world, "talk to a person")
+    with pytest.raises(InvalidTransitionError):
+        await world.resolve.execute(SERVICE, world.conversation.id)  # waiting for an agent
+    await world.claim.execute(AGENT_ANA, world.conversation.id)
+    with pytest.raises(InvalidTransitionError):
+        await world.resolve.execute(SERVICE, world.conversation.id)  # with an agent
+    assert (await world.current()).status is S.HUMAN
+
+    await world.release.execute(AGENT_ANA, world.conversation.id)
+    resolved = await world.resolve.execute(SERVICE, world.conversation.id)
+    assert resolved.status is S.RESOLVED
+
+
 async def test_an_agent_replying_to_a_waiting_conversation_claims_it(world: World) -> None:
     await turn(world, "talk to a person")
 
