@@ -168,3 +168,11 @@ async def test_a_form_field_that_is_not_utf8_is_a_400_problem(
     headers = {**admin_headers, "content-type": "multipart/form-data; boundary=b"}
     response = await client.post("/v1/knowledge/uploads", content=body, headers=headers)
     assert "UTF-8" in assert_problem(response, 400, "malformed_request")["detail"]
+
+
+async def test_a_bad_query_parameter_is_located_as_query_dot_name(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    response = await client.get("/v1/conversations", params={"limit": "0"}, headers=admin_headers)
+    body = assert_problem(response, 422, "validation_failed")
+    assert [(error["location"], error["source"]) for error in body["errors"]] == [("query.limit", "query")]

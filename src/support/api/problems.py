@@ -138,7 +138,7 @@ def handle_validation_error(request: Request[Any, Any, Any], error: ValidationEx
         FieldError(
             location=_location(item),
             message=str(item.get("message", "invalid value")),
-            source=str(item["source"]) if item.get("source") else None,
+            source=_source(item) if item.get("source") else None,
         )
         for item in messages
     ]
@@ -148,10 +148,16 @@ def handle_validation_error(request: Request[Any, Any, Any], error: ValidationEx
 def _location(item: Mapping[str, Any]) -> str:
     """``$.role``-style paths for body fields; ``query.limit``-style for parameters."""
     key = str(item.get("key", "data"))
-    source = str(item.get("source", "body"))
+    source = _source(item)
     if source == "body":
         return "$" if key == "data" else f"$.{key}"
     return f"{source}.{key}"
+
+
+def _source(item: Mapping[str, Any]) -> str:
+    """Where the bad value came from (``body``, ``query``, ``path``, ``header``): Litestar gives an enum member."""
+    source = item.get("source", "body")
+    return str(getattr(source, "value", source))
 
 
 def handle_http_exception(request: Request[Any, Any, Any], error: HTTPException) -> Response[ProblemDetails]:
