@@ -1,6 +1,7 @@
 """Conversations over real HTTP: starting, sending, streaming, the live feed, guarantees, authorization."""
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -173,6 +174,23 @@ async def test_an_idempotency_key_returns_the_original_without_a_second_reply(
     transcript = (await http.get(path, headers=service_headers)).json()["items"]
     assert len(transcript) == 2
 
+    # The retry answers its caller (a stream too) and writes nothing: the feed carries the reply once.
+    async with aconnect_sse(http, "POST", f"{path}/stream", json={"content": "hello"}, headers=headers) as stream:
+        again = await read_events(stream.aiter_sse())
+    assert [(event["event"], event["data"]["id"]) for event in again] == [("done", first.json()["reply"]["id"])]
+    feed_path = f"/v1/conversations/{conversation['id']}/events"
+    replayed: list[str] = []
+
+    async def replay() -> None:
+        async with aconnect_sse(http, "GET", feed_path, headers={**service_headers, "Last-Event-ID": "0"}) as feed:
+            async for sse in feed.aiter_sse():
+                replayed.append(sse.event)  # noqa: PERF401 - kept as they arrive: the feed never ends
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(replay(), 1.0)  # the feed never ends: what is retained arrives at once
+    assert replayed[0] == "message"
+    assert replayed.count("done") == 1
+
 
 async def test_concurrent_sends_get_one_reply_at_a_time_and_none_is_lost(
     http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
@@ -343,6 +361,66 @@ async def test_attachments_are_checked_stored_listed_and_given_to_the_model(
     )
     transcript = (await http.get(f"{path}/messages", headers=token)).json()["items"]
     assert len(transcript) == 2  # rejected sends stored nothing
+
+
+async def test_attachment_names_are_cleaned_and_download_with_an_rfc_6266_header(
+    http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    conversation = await start(http, service_headers)
+    path = f"/v1/conversations/{conversation['id']}"
+    token = bearer(conversation["customer_token"])
+    files = [
+        ("files", ("日本語.txt", b"konnichiwa", "text/plain")),
+        ("files", ("notes\r\nSet-Cookie: a=1\x7f\x85.txt", b"line breaks", "text/plain")),
+    ]
+    # (httpx sends CR and LF as %0D and %0A, which the server's form parser turns back into CR and LF.)
+
+    response = await http.post(f"{path}/messages", data={"content": "see attached"}, files=files, headers=token)
+
+    assert response.status_code == 200, response.text
+    japanese, broken = response.json()["message"]["attachments"]
+    assert japanese["filename"] == "日本語.txt"
+    download = await http.get(japanese["url"], headers=token)
+    assert download.status_code == 200, download.text
+    assert download.content == b"konnichiwa"
+    assert download.headers["content-disposition"] == (
+        "attachment; filename=\"___.txt\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC%E8%AA%9E.txt"
+    )
+    assert broken["filename"] == "notesSet-Cookie: a=1.txt"  # control characters are not stored
+    download = await http.get(broken["url"], headers=token)
+    assert download.status_code == 200, download.text
+    disposition = download.headers["content-disposition"]
+    assert disposition.startswith("attachment; filename=\"notesSet-Cookie: a=1.txt\"; filename*=UTF-8''notesSet-Cookie")
+    assert all(" " <= char <= "~" for char in disposition)
+    assert "set-cookie" not in download.headers
+
+
+async def test_a_multipart_send_may_be_files_alone_and_is_documented_so(
+    http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    document = (await http.get("/schema/openapi.json")).json()
+    for path in ("/v1/conversations/{conversation_id}/messages", "/v1/conversations/{conversation_id}/messages/stream"):
+        form = document["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert "content" not in form.get("required", [])
+        assert "minLength" not in form["properties"]["content"]
+        assert sorted(tuple(branch["required"]) for branch in form["anyOf"]) == [("content",), ("files",)]
+    conversation = await start(http, service_headers)
+    path = f"/v1/conversations/{conversation['id']}"
+    token = bearer(conversation["customer_token"])
+
+    files_alone = await http.post(
+        f"{path}/messages", files=[("files", ("note.txt", b"order NW-1", "text/plain"))], headers=token
+    )
+    empty_form = b'--x\r\nContent-Disposition: form-data; name="content"\r\n\r\n \r\n--x--\r\n'
+    neither = await http.post(
+        f"{path}/messages", content=empty_form, headers={**token, "content-type": "multipart/form-data; boundary=x"}
+    )
+
+    assert files_alone.status_code == 200, files_alone.text
+    message = files_alone.json()["message"]
+    assert message["content"] == ""
+    assert [item["filename"] for item in message["attachments"]] == ["note.txt"]
+    assert_problem(neither, 422, "invalid_input")
 
 
 async def test_the_websocket_sends_and_receives_the_same_events(

@@ -283,3 +283,49 @@ async def test_bad_jsonl_is_refused_before_any_job_starts(
     body = assert_problem(response, 422, "invalid_input")
     assert "Line 2" in body["detail"]
     assert_problem(await client.get("/v1/knowledge/jobs/no-such-job", headers=admin_headers), 404, "job_not_found")
+
+
+async def test_upload_tags_are_held_to_the_json_bodys_limits(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    article = {"file": ("reset-password.md", PASSWORD_ARTICLE.encode(), "text/markdown")}
+    for tags in ("t" * 150, ",".join(f"t{n}" for n in range(60))):
+        upload = await client.post("/v1/knowledge/uploads", files=article, data={"tags": tags}, headers=admin_headers)
+        as_json = await client.post(
+            "/v1/knowledge/documents",
+            json={"content": PASSWORD_ARTICLE, "tags": tags.split(",")},
+            headers=admin_headers,
+        )
+        refused = assert_problem(upload, 422, "validation_failed")
+        assert refused["errors"] == assert_problem(as_json, 422, "validation_failed")["errors"]
+    jsonl = {"file": ("export.jsonl", b'{"id": "a", "title": "A", "text": "x"}\n', "application/jsonl")}
+    upload = await client.post("/v1/knowledge/uploads", files=jsonl, data={"tags": "t" * 150}, headers=admin_headers)
+    assert_problem(upload, 422, "validation_failed")
+    assert (await client.get("/v1/knowledge/documents", headers=admin_headers)).json()["items"] == []
+
+    at_the_limits = ",".join(f"{n:02d}" + "t" * 98 for n in range(50))
+    upload = await client.post(
+        "/v1/knowledge/uploads", files=article, data={"tags": at_the_limits}, headers=admin_headers
+    )
+    assert upload.status_code == 201, upload.text
+    assert len(upload.json()["document"]["tags"]) == 50
+
+
+async def test_jsonl_lines_are_held_to_the_single_document_rules_before_queueing(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    good = json.dumps({"id": "ok", "title": "OK", "text": "Fine."})
+    for bad, names in (
+        ({"id": "i" * 400, "title": "T", "text": "x"}, "external_id"),
+        ({"id": "a", "title": "t" * 600, "text": "x"}, "title"),
+        ({"id": "a", "title": "T", "text": " \n\t\u3000 "}, "empty"),
+    ):
+        export = f"{good}\n\n{json.dumps(bad)}\n".encode()
+        response = await client.post(
+            "/v1/knowledge/uploads",
+            files={"file": ("export.jsonl", export, "application/jsonl")},
+            headers=admin_headers,
+        )
+        detail = assert_problem(response, 422, "invalid_input")["detail"]
+        assert detail.startswith("Line 3: "), detail
+        assert names in detail

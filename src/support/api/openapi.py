@@ -7,7 +7,9 @@
 - operations without a guard say ``security: []``: the document's default is the bearer key, and Litestar omits
   an empty requirement list;
 - request bodies say what msgspec enforces and Litestar's generator leaves out: ``additionalProperties: false``
-  for structs that forbid unknown fields, and the limits of list items and of dict keys, values and sizes.
+  for structs that forbid unknown fields, and the limits of list items and of dict keys, values and sizes; and a
+  field's ``msgspec.Meta(extra_json_schema={"pattern": ...})``, for a limit the handler enforces itself (an upload
+  form's comma-separated tags).
 
 :func:`document_event_stream` describes server-sent events as they are on the wire, for the operation classes of
 streaming handlers.
@@ -186,6 +188,16 @@ def _tighten(document: OpenAPI, struct: type[msgspec.Struct]) -> None:
         prop = (component.properties or {}).get(field.encode_name)
         if isinstance(prop, Schema):
             _constrain_containers(prop, field.type)
+            _documented_pattern(prop, field.type)
+
+
+def _documented_pattern(prop: Schema, type_info: msgspec.inspect.Type) -> None:
+    """A ``pattern`` from the field's ``extra_json_schema``, beside its length limits (Litestar drops it)."""
+    if isinstance(type_info, msgspec.inspect.UnionType):
+        for member in type_info.types:
+            _documented_pattern(prop, member)
+    elif isinstance(type_info, msgspec.inspect.Metadata) and "pattern" in (type_info.extra_json_schema or {}):
+        prop.pattern = str((type_info.extra_json_schema or {})["pattern"])
 
 
 def _constrain_containers(prop: Schema, type_info: msgspec.inspect.Type) -> None:

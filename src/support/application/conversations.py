@@ -27,6 +27,7 @@ from support.domain.conversations import (
     Feedback,
     Message,
     MessageRole,
+    clean_filename,
 )
 from support.domain.errors import (
     ContentTooLargeError,
@@ -394,6 +395,7 @@ class PrepareAttachments:
             InvalidInputError: a file is empty or its content does not match its type.
         """
         limits = self._limits
+        files = [replace(file, filename=clean_filename(file.filename)) for file in files]
         if len(files) > limits.max_attachments:
             raise ContentTooLargeError(f"A message carries at most {limits.max_attachments} files.")
         for file in files:
@@ -416,7 +418,7 @@ class PrepareAttachments:
                 text = "\n\n".join(section.text for section in extracted.sections if section.text.strip())
             info = AttachmentInfo(
                 id=new_id(),
-                filename=file.filename[:255],
+                filename=file.filename,
                 content_type=content_type,
                 size=len(file.data),
                 sha256=hashlib.sha256(file.data).hexdigest(),

@@ -88,6 +88,35 @@ class IngestResult:
     status: UpsertStatus
 
 
+def check_request(request: IngestRequest, limits: KnowledgeLimits) -> None:
+    """The checks of ``IngestDocument`` that need no extraction, so a bulk file can be checked before it is queued.
+
+    Raises:
+        ContentTooLargeError: the content exceeds the configured size.
+        InvalidInputError: the content is empty or whitespace, or a given title or external_id is too long (or
+            the title is whitespace).
+    """
+    if len(request.content) > limits.max_document_bytes:
+        raise ContentTooLargeError(f"A document may have at most {limits.max_document_bytes} bytes.")
+    # Decoded leniently, so that Unicode spaces count as whitespace too; extraction reads the text properly.
+    if not request.content.strip() or not request.content.decode("utf-8", "replace").strip():
+        raise InvalidInputError("The content is empty.")
+    if request.title:
+        _checked_title(request.title)
+    if request.external_id and len(request.external_id.strip()) > MAX_EXTERNAL_ID_LENGTH:
+        raise InvalidInputError(f"An external_id has at most {MAX_EXTERNAL_ID_LENGTH} characters.")
+
+
+def _checked_title(title: str) -> str:
+    """The title, trimmed, once it is neither empty nor too long."""
+    title = title.strip()
+    if not title:
+        raise InvalidInputError("The document needs a title: none was given and none was found in the content.")
+    if len(title) > MAX_TITLE_LENGTH:
+        raise InvalidInputError(f"A title has at most {MAX_TITLE_LENGTH} characters.")
+    return title
+
+
 def full_text(document: ExtractedDocument) -> str:
     """The document as one normalised text (headings kept), which its content hash covers."""
     parts: list[str] = []
@@ -154,21 +183,12 @@ class IngestDocument:
 
     def prepare(self, request: IngestRequest) -> tuple[DocumentDraft, ExtractedDocument]:
         """Validate and extract; the draft's fingerprint tells whether the stored version is current."""
-        if len(request.content) > self._limits.max_document_bytes:
-            raise ContentTooLargeError(f"A document may have at most {self._limits.max_document_bytes} bytes.")
-        if not request.content.strip():
-            raise InvalidInputError("The content is empty.")
+        check_request(request, self._limits)
         extracted = self._extractor.extract(request.content, request.content_type)
         if extracted.is_empty:
             raise InvalidInputError("The content has no text.")
-        title = (request.title or extracted.title or "").strip()
-        if not title:
-            raise InvalidInputError("The document needs a title: none was given and none was found in the content.")
-        if len(title) > MAX_TITLE_LENGTH:
-            raise InvalidInputError(f"A title has at most {MAX_TITLE_LENGTH} characters.")
+        title = _checked_title(request.title or extracted.title or "")
         external_id = (request.external_id or "").strip() or str(new_id())
-        if len(external_id) > MAX_EXTERNAL_ID_LENGTH:
-            raise InvalidInputError(f"An external_id has at most {MAX_EXTERNAL_ID_LENGTH} characters.")
         text = full_text(extracted)
         content_type = request.content_type.split(";")[0].strip().lower()
         # Chunks are scanned when they are cut (embed_many); the source shows what readers would not see.
@@ -533,7 +553,12 @@ def parse_jsonl(data: bytes) -> list[IngestRequest]:
     Raises:
         InvalidInputError: a line is not such a record; the message names the line.
     """
-    requests: list[IngestRequest] = []
+    return [request for _, request in parse_jsonl_lines(data)]
+
+
+def parse_jsonl_lines(data: bytes) -> list[tuple[int, IngestRequest]]:
+    """``parse_jsonl``, each document with its line number (from 1; blank lines count)."""
+    requests: list[tuple[int, IngestRequest]] = []
     try:
         lines = data.decode("utf-8-sig").splitlines()
     except UnicodeDecodeError:
@@ -543,16 +568,15 @@ def parse_jsonl(data: bytes) -> list[IngestRequest]:
             continue
         try:
             record = json.loads(line)
-            requests.append(
-                IngestRequest(
-                    content=str(record["text"]).encode(),
-                    content_type=str(record.get("content_type", "text/plain")),
-                    external_id=str(record["id"]),
-                    title=str(record["title"]) if record.get("title") else None,
-                    url=str(record["url"]) if record.get("url") else None,
-                    tags=[str(tag) for tag in record.get("tags", [])],
-                )
+            request = IngestRequest(
+                content=str(record["text"]).encode(),
+                content_type=str(record.get("content_type", "text/plain")),
+                external_id=str(record["id"]),
+                title=str(record["title"]) if record.get("title") else None,
+                url=str(record["url"]) if record.get("url") else None,
+                tags=[str(tag) for tag in record.get("tags", [])],
             )
+            requests.append((number, request))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise InvalidInputError(f"Line {number} is not a JSON object with id, title and text.") from None
     if not requests:
@@ -586,11 +610,18 @@ class StartBulkIngestion:
 
         Raises:
             ContentTooLargeError: the file exceeds the document size limit.
-            InvalidInputError: a line is not a document record.
+            InvalidInputError: a line is not a document record, or breaks a rule of ``IngestDocument`` that can be
+                checked without extraction (``check_request``); the message names the line.
         """
         if len(data) > self._limits.max_document_bytes:
             raise ContentTooLargeError(f"A file may have at most {self._limits.max_document_bytes} bytes.")
-        documents = len(parse_jsonl(data))
+        requests = parse_jsonl_lines(data)
+        for number, request in requests:
+            try:
+                check_request(request, self._limits)
+            except InvalidInputError as error:
+                raise InvalidInputError(f"Line {number}: {error.message}") from None
+        documents = len(requests)
         return await self._jobs.enqueue(
             INGEST_JOB, {"records": data.decode("utf-8-sig"), "documents": documents}, timeout_s=BULK_JOB_TIMEOUT_S
         )

@@ -1,5 +1,6 @@
 """Customers, conversations and messages, and the state machine that owns a conversation's status."""
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -275,6 +276,20 @@ class HandoffDecision:
     reason_code: ReasonCode | None = None
     evidence: str | None = None
     rule: str | None = None
+
+
+MAX_FILENAME_LENGTH = 255
+
+
+def clean_filename(name: str) -> str:
+    """An attachment's file name fit to store and to send back in a header.
+
+    Control characters (CR, LF, NUL, the rest of C0 and C1) are removed: in a ``Content-Disposition`` header
+    they split it or make the server drop the connection. Trimmed, at most 255 characters, ``file`` when nothing
+    is left.
+    """
+    kept = "".join(char for char in name if unicodedata.category(char) != "Cc")
+    return kept.strip()[:MAX_FILENAME_LENGTH].strip() or "file"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Annotated, Any, get_args
@@ -57,7 +58,7 @@ from support.application.conversations import (
 )
 from support.application.handoffs import SendAgentMessage
 from support.config import Settings
-from support.domain.conversations import ConversationStatus
+from support.domain.conversations import ConversationStatus, clean_filename
 from support.domain.errors import InvalidInputError, SupportError
 from support.domain.feed import FeedEvent, MessagePosted, Typing
 from support.domain.identity import Principal, Role
@@ -86,6 +87,12 @@ class _SendMessageOperation(Operation):
 
     def __post_init__(self) -> None:
         text = Schema(type=OpenAPIType.STRING, min_length=1, max_length=8000, description="The message text.")
+        # A message may be files alone (checked_message(..., attached=True)): the form needs text or a file.
+        form_text = Schema(
+            type=OpenAPIType.STRING,
+            max_length=8000,
+            description="The message text; may be left out or empty when files are attached.",
+        )
         self.request_body = RequestBody(
             required=True,
             content={
@@ -100,9 +107,8 @@ class _SendMessageOperation(Operation):
                 "multipart/form-data": OpenAPIMediaType(
                     schema=Schema(
                         type=OpenAPIType.OBJECT,
-                        required=["content"],
                         properties={
-                            "content": text,
+                            "content": form_text,
                             "files": Schema(
                                 type=OpenAPIType.ARRAY,
                                 max_items=5,
@@ -110,6 +116,11 @@ class _SendMessageOperation(Operation):
                                 description="Up to 5 files of at most 10 MB: txt, md, html, pdf, png, jpeg.",
                             ),
                         },
+                        # Text, files, or both; a form with neither is refused (422 invalid_input).
+                        any_of=[
+                            Schema(required=["content"], properties={"content": Schema(min_length=1)}),
+                            Schema(required=["files"], properties={"files": Schema(min_items=1)}),
+                        ],
                     )
                 ),
             },
@@ -144,6 +155,19 @@ class _AttachmentOperation(Operation):
             binary = Schema(type=OpenAPIType.STRING, format="binary")  # type: ignore[arg-type]
             types = sorted(DOCUMENT_TYPES | IMAGE_TYPES.keys())
             ok.content = {media_type: OpenAPIMediaType(schema=binary) for media_type in types}
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with the file's name per RFC 6266: an ASCII ``filename`` and the exact UTF-8 ``filename*``.
+
+    Header values are Latin-1 on the wire, so a name such as ``日本語.txt`` cannot go in as it is; clients that
+    read ``filename*`` (RFC 5987) get it exactly, older ones the fallback, in which anything that is not printable
+    ASCII, and the quote, backslash and percent sign (which some clients decode), is an underscore. The name is
+    cleaned again here for files stored before names were cleaned on the way in.
+    """
+    name = clean_filename(filename)
+    fallback = "".join(char if " " <= char <= "~" and char not in '"\\%' else "_" for char in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{urllib.parse.quote(name, safe='')}"
 
 
 async def _read_send(request: Request[Any, Any, Any]) -> tuple[str, list[IncomingFile]]:
@@ -294,7 +318,8 @@ class ConversationsController(Controller):
         operation_id="SendMessage",
         summary="Send a message and get the reply",
         description=(
-            "JSON `{content}`, or multipart with `content` and up to 5 `files`. The customer message is stored "
+            "JSON `{content}`, or multipart with `content` and up to 5 `files` (text, files or both: a message "
+            "may be files alone, with empty `content`). The customer message is stored "
             "before the reply is written. Send an `Idempotency-Key` header to make retries safe: a repeated key "
             "returns the original message and reply (`duplicate: true`). While a human owns the conversation "
             "`reply` is null."
@@ -451,12 +476,11 @@ class ConversationsController(Controller):
         use_case: FromDishka[GetAttachment],
     ) -> Response[bytes]:
         info, data = await use_case.execute(await authenticate(request), conversation_id, attachment_id)
-        safe_name = info.filename.replace('"', "").replace("\\", "")
         return Response(
             data,
             media_type=info.content_type,
             headers={
-                "Content-Disposition": f'attachment; filename="{safe_name}"',
+                "Content-Disposition": content_disposition(info.filename),
                 "X-Content-Type-Options": "nosniff",
                 "ETag": f'"{info.sha256}"',
             },
