@@ -171,29 +171,24 @@ def handle_http_exception(request: Request[Any, Any, Any], error: HTTPException)
 
 
 class DecodingRequest(Request[Any, Any, Any]):
-    """A request whose JSON body fails to decode as a 400 problem however the client garbled it.
+    """A request whose JSON body nested past the decoder's recursion limit is a 400 problem, not a 500.
 
-    Litestar turns a JSON syntax error into a validation error but lets a body nested past the decoder's recursion
-    limit (``RecursionError``) escape as a 500; bytes that are not UTF-8 are caught here too, and in form fields by
-    :func:`handle_undecodable_text`.
+    Litestar turns a JSON syntax error into a validation error but lets ``RecursionError`` escape. It is caught
+    here, where it can only come from the client's body; bytes that are not UTF-8, in a JSON body or a form field,
+    reach :func:`handle_undecodable_text`.
     """
 
     async def json(self) -> Any:
         try:
             return await super().json()
-        except UnicodeDecodeError:
-            raise ValidationException(_NOT_UTF8) from None
         except RecursionError:
             raise ValidationException("The request body is nested too deeply to decode.") from None
 
 
-_NOT_UTF8 = "The request body is not valid UTF-8."
-
-
 def handle_undecodable_text(request: Request[Any, Any, Any], error: UnicodeDecodeError) -> Response[ProblemDetails]:
-    """Bytes that are not UTF-8 in a form field (Litestar decodes multipart fields itself): the client's fault."""
+    """Request bytes that are not UTF-8 (Litestar decodes JSON bodies and multipart fields itself)."""
     _logger.info("undecodable request text on %s %s: %s", request.method, request.url.path, error)
-    return problem_response(request, 400, "malformed_request", _NOT_UTF8)
+    return problem_response(request, 400, "malformed_request", "The request body is not valid UTF-8.")
 
 
 def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[ProblemDetails]:

@@ -99,7 +99,7 @@ def check_request(request: IngestRequest, limits: KnowledgeLimits) -> None:
     if len(request.content) > limits.max_document_bytes:
         raise ContentTooLargeError(f"A document may have at most {limits.max_document_bytes} bytes.")
     # Decoded leniently, so that Unicode spaces count as whitespace too; extraction reads the text properly.
-    if not request.content.strip() or not request.content.decode("utf-8", "replace").strip():
+    if not request.content.decode("utf-8", "replace").strip():
         raise InvalidInputError("The content is empty.")
     if request.title:
         _checked_title(request.title)
