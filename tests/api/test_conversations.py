@@ -192,6 +192,28 @@ async def test_an_idempotency_key_returns_the_original_without_a_second_reply(
     assert replayed.count("done") == 1
 
 
+async def test_an_idempotency_key_reused_for_another_message_is_refused_and_nothing_is_stored(
+    http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    conversation = await start(http, service_headers)
+    path = f"/v1/conversations/{conversation['id']}/messages"
+    headers = {**service_headers, "Idempotency-Key": "send-1"}
+    first = await http.post(path, json={"content": "hello"}, headers=headers)
+    assert first.status_code == 200, first.text
+
+    reused = await http.post(path, json={"content": "where is my order?"}, headers=headers)
+    with_a_file = await http.post(
+        path, data={"content": "hello"}, files={"files": ("note.txt", b"order 42", "text/plain")}, headers=headers
+    )
+
+    assert_problem(reused, 422, "idempotency_key_reused")
+    assert_problem(with_a_file, 422, "idempotency_key_reused")
+    assert len(llm.requests) == 1
+    transcript = (await http.get(path, headers=service_headers)).json()["items"]
+    assert [item["content"] for item in transcript] == ["hello", transcript[1]["content"]]
+    assert transcript[0]["attachments"] == []
+
+
 async def test_concurrent_sends_get_one_reply_at_a_time_and_none_is_lost(
     http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
 ) -> None:

@@ -105,6 +105,13 @@ async def test_handoff_queue_claim_and_agent_replies_reach_the_customer_live(  #
             assert retried.json()["duplicate"] is True
             assert retried.json()["message"]["id"] == reply.json()["message"]["id"]
             assert_problem(
+                await http.post(
+                    f"{base}/agent-messages", json={"content": "Hi again."}, headers={**owner, "Idempotency-Key": "a1"}
+                ),
+                422,
+                "idempotency_key_reused",
+            )
+            assert_problem(
                 await http.post(f"{base}/agent-messages", json={"content": "me too"}, headers=other),
                 409,
                 "claimed_by_another_agent",

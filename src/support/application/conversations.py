@@ -518,6 +518,7 @@ class SendMessage:
             ConversationNotFoundError: it does not exist or is not the caller's.
             ConversationClosedError: the conversation is closed.
             InvalidInputError: the content is empty or too long, or the idempotency key is too long.
+            IdempotencyKeyReusedError: the idempotency key names a different message of the conversation.
             TokenBudgetExhaustedError: the assistant would answer, but the customer's tokens for the day are spent.
             RateLimitedError: from ``admission``, before any other problem.
         """
@@ -572,6 +573,7 @@ class SendMessage:
         duplicate = stored.id != message.id
         if duplicate:
             await self._uow.rollback()
+            stored.ensure_repeated_by(message)
             return Turn(
                 stored,
                 True,

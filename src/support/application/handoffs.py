@@ -392,6 +392,7 @@ class SendAgentMessage(_OwnershipChange):
             NotClaimedError: the bot owns it (a handoff comes first), or it is resolved.
             ConversationClosedError: it is closed.
             InvalidInputError: the content is empty or too long.
+            IdempotencyKeyReusedError: the idempotency key names a different message of the conversation.
         """
         ensure_agent(principal)
         text = checked_message(content, idempotency_key, self._limits, attached=False)
@@ -425,6 +426,7 @@ class SendAgentMessage(_OwnershipChange):
         if stored.id != message.id:
             # A retry: the original is returned and nothing of this attempt is kept.
             await self._uow.rollback()
+            stored.ensure_repeated_by(message)
             return stored, conversation, True
         await self._commit(conversation, changed, notice, [*events, message_event(message)], [message], stored=True)
         return message, changed, False

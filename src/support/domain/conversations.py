@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
 
-from support.domain.errors import ConflictError, NotFoundError
+from support.domain.errors import ConflictError, InvalidInputError, NotFoundError
 
 # Activity timestamps serve the idle sweep only: rewriting the row at most this often saves a write per turn.
 ACTIVITY_GRANULARITY = timedelta(seconds=60)
@@ -113,6 +113,16 @@ class NotClaimedError(ConflictError):
 
     code = "not_claimed"
     default_message = "Claim the conversation before acting on it."
+
+
+class IdempotencyKeyReusedError(InvalidInputError):
+    """An ``Idempotency-Key`` already names a different message of the conversation."""
+
+    code = "idempotency_key_reused"
+    default_message = (
+        "This Idempotency-Key was already used for a different message in this conversation; "
+        "use a new key for a new message."
+    )
 
 
 class ConversationNotFoundError(NotFoundError):
@@ -326,6 +336,28 @@ class Message:
     idempotency_key: str | None = None
     attachments: tuple[AttachmentInfo, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def ensure_repeated_by(self, attempt: "Message") -> None:
+        """Check that ``attempt``, sent with this stored message's idempotency key, is the same message again.
+
+        A retry carries the same text and files from the same sender; anything else is a client reusing a key,
+        which must not be answered with an unrelated message (or another sender's).
+
+        Raises:
+            IdempotencyKeyReusedError: the attempt differs from the stored message.
+        """
+        if (
+            attempt.role is not self.role
+            or attempt.author != self.author
+            or attempt.content != self.content
+            or _file_identities(attempt.attachments) != _file_identities(self.attachments)
+        ):
+            raise IdempotencyKeyReusedError
+
+
+def _file_identities(attachments: Sequence[AttachmentInfo]) -> list[tuple[str, str, str]]:
+    # Each attempt's files get new ids; a file is the same file by its name, type and bytes, in any order.
+    return sorted((info.filename, info.content_type, info.sha256) for info in attachments)
 
 
 @dataclass(frozen=True, slots=True)

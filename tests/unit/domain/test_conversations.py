@@ -1,13 +1,16 @@
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from support.domain.conversations import (
     AnswerStatus,
+    AttachmentInfo,
     Conversation,
     ConversationClosedError,
     ConversationEvent,
     ConversationStatus,
+    IdempotencyKeyReusedError,
     InvalidTransitionError,
     Message,
     MessageRole,
@@ -86,6 +89,28 @@ def test_unanswered_messages_are_those_no_reply_covered() -> None:
 
     assert unanswered([first, second, reply, third]) == [second, third]
     assert unanswered([first, second, message(MessageRole.AGENT), third]) == [third]
+
+
+def file(name: str, sha256: str) -> AttachmentInfo:
+    return AttachmentInfo(new_id(), name, "text/plain", 3, sha256)
+
+
+def test_a_retry_is_the_same_sender_text_and_files_under_the_key() -> None:
+    stored = dataclasses.replace(
+        message(MessageRole.CUSTOMER), idempotency_key="k1", attachments=(file("a.txt", "aa"), file("b.txt", "bb"))
+    )
+    # A retry's files get new ids and may come in another order: still the same message.
+    retry = dataclasses.replace(stored, id=new_id(), attachments=(file("b.txt", "bb"), file("a.txt", "aa")))
+    stored.ensure_repeated_by(retry)
+
+    for changed in (
+        dataclasses.replace(retry, content="other text"),
+        dataclasses.replace(retry, role=MessageRole.AGENT, author="Ana"),
+        dataclasses.replace(retry, attachments=(file("a.txt", "aa"),)),
+        dataclasses.replace(retry, attachments=(file("a.txt", "aa"), file("b.txt", "cc"))),
+    ):
+        with pytest.raises(IdempotencyKeyReusedError):
+            stored.ensure_repeated_by(changed)
 
 
 def test_customer_tokens_are_signed_and_expire() -> None:
