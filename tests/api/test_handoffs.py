@@ -122,6 +122,7 @@ async def test_handoff_queue_claim_and_agent_replies_reach_the_customer_live(  #
 
             resolved = await http.post(f"{base}/resolve", headers=owner)
             assert resolved.json()["status"] == "resolved"
+            assert resolved.json()["agent_name"] == winner["agent_name"]
             await wait_for(seen, lambda e: e["event"] == "handoff" and e["data"]["status"] == "resolved")
         finally:
             follower.cancel()
@@ -129,7 +130,9 @@ async def test_handoff_queue_claim_and_agent_replies_reach_the_customer_live(  #
     again = await http.post(f"{base}/messages", json={"content": "One more question"}, headers=customer)
     assert again.json()["conversation_status"] == "bot"
     assert again.json()["reply"] is not None
-    assert (await http.get(base, headers=customer)).json()["reopened_count"] == 1
+    reopened = (await http.get(base, headers=customer)).json()
+    assert reopened["reopened_count"] == 1
+    assert reopened["agent_name"] is None  # the bot owns it again
     ids = [int(event["id"]) for event in seen]
     assert ids == sorted(ids)
 

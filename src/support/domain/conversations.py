@@ -235,7 +235,11 @@ class Conversation:
         return replace(self, updated_at=now, last_activity_at=now)
 
     def apply(self, event: ConversationEvent, now: datetime) -> "Conversation":
-        """This conversation after ``event`` (see :func:`next_status`)."""
+        """This conversation after ``event`` (see :func:`next_status`).
+
+        A resolved conversation keeps the agent who resolved it; reopening it gives it to the bot, so the agent
+        no longer owns it.
+        """
         status = next_status(self.status, event)
         reopened = self.status is ConversationStatus.RESOLVED and status is ConversationStatus.BOT
         return replace(
@@ -245,6 +249,8 @@ class Conversation:
             last_activity_at=now,
             reopened_count=self.reopened_count + reopened,
             closed_at=now if status is ConversationStatus.CLOSED and self.closed_at is None else self.closed_at,
+            agent=None if reopened else self.agent,
+            claimed_at=None if reopened else self.claimed_at,
         )
 
 
@@ -295,10 +301,11 @@ def clean_filename(name: str) -> str:
     """An attachment's file name fit to store and to send back in a header.
 
     Control characters (CR, LF, NUL, the rest of C0 and C1) are removed: in a ``Content-Disposition`` header
-    they split it or make the server drop the connection. Trimmed, at most 255 characters, ``file`` when nothing
-    is left.
+    they split it or make the server drop the connection. So are invisible format characters (bidi overrides,
+    zero-width characters): ``invoice\u202efdp.exe`` would show an agent ``invoiceexe.pdf``. Trimmed, at most
+    255 characters, ``file`` when nothing is left.
     """
-    kept = "".join(char for char in name if unicodedata.category(char) != "Cc")
+    kept = "".join(char for char in name if unicodedata.category(char) not in {"Cc", "Cf"})
     return kept.strip()[:MAX_FILENAME_LENGTH].strip() or "file"
 
 

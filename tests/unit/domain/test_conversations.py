@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from support.domain.conversations import (
+    AgentRef,
     AnswerStatus,
     AttachmentInfo,
     Conversation,
@@ -64,9 +65,14 @@ def conversation(status: S) -> Conversation:
 
 
 def test_reopening_a_resolved_conversation_is_counted_and_only_the_bot_may_reply() -> None:
-    reopened = conversation(S.RESOLVED).apply(E.CUSTOMER_WRITES, NOW + timedelta(hours=1))
+    ana = AgentRef(new_id(), "Ana")
+    resolved = conversation(S.PENDING_HUMAN).claim(ana, NOW).apply(E.RESOLVE, NOW)
+    assert resolved.agent == ana  # who resolved it
+    reopened = resolved.apply(E.CUSTOMER_WRITES, NOW + timedelta(hours=1))
 
     assert (reopened.status, reopened.reopened_count) == (S.BOT, 1)
+    # The bot owns it again: the agent who resolved it no longer does.
+    assert (reopened.agent, reopened.claimed_at) == (None, None)
     assert reopened.last_activity_at == NOW + timedelta(hours=1)
     assert reopened.assistant_may_reply
     assert not conversation(S.HUMAN).assistant_may_reply
