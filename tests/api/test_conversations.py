@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+import re
 import time
 from typing import Any
 
@@ -512,3 +513,52 @@ async def test_a_refused_websocket_send_answers_an_error_frame_and_does_not_hold
     assert time.monotonic() - stopping < 10
     assert frame["type"] == "error"
     assert frame["data"]["code"] == "invalid_input"
+
+
+async def test_page_cursors_go_into_a_url_as_they_are(http: httpx.AsyncClient, service_headers: dict[str, str]) -> None:
+    made = {(await start(http, service_headers, f"pager-{n}"))["id"] for n in range(3)}
+    first = (await http.get("/v1/conversations?limit=2", headers=service_headers)).json()
+    cursor = first["next_cursor"]
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", cursor)
+
+    # Pasted into the query string as it is: no percent-encoding on the way.
+    response = await http.get(f"/v1/conversations?limit=2&cursor={cursor}", headers=service_headers)
+
+    assert response.request.url.raw_path.decode().endswith(f"&cursor={cursor}")
+    second = response.json()
+    assert second["next_cursor"] is None
+    listed = [item["id"] for item in first["items"] + second["items"]]
+    assert len(listed) == 3
+    assert set(listed) == made
+
+    conversation = next(iter(made))
+    sent = await http.post(
+        f"/v1/conversations/{conversation}/messages", json={"content": "hi"}, headers=service_headers
+    )
+    assert sent.status_code == 200, sent.text
+    messages = f"/v1/conversations/{conversation}/messages"
+    page = (await http.get(f"{messages}?limit=1", headers=service_headers)).json()
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", page["next_cursor"])
+    rest = (await http.get(f"{messages}?limit=1&cursor={page['next_cursor']}", headers=service_headers)).json()
+    assert [item["role"] for item in page["items"] + rest["items"]] == ["customer", "assistant"]
+    assert rest["next_cursor"] is None
+
+
+async def test_a_cursor_the_service_did_not_issue_is_an_invalid_input_problem(
+    http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    for n in range(2):
+        await start(http, service_headers, f"pager-{n}")
+    conversations_cursor = (await http.get("/v1/conversations?limit=1", headers=service_headers)).json()["next_cursor"]
+    conversation = (await start(http, service_headers))["id"]
+    old_form = "2026-12-07T10:00:00.123456+00:00_01890a5d-ac96-774b-bcce-b302099a8057"  # '+' arrives as ' '
+
+    for path in (
+        f"/v1/conversations?cursor={old_form}",
+        "/v1/conversations?cursor=garbage",
+        "/v1/conversations?cursor=%00%FF",
+        f"/v1/conversations?cursor={conversations_cursor}x",
+        f"/v1/conversations/{conversation}/messages?cursor={conversations_cursor}",  # another list's kind
+    ):
+        body = assert_problem(await http.get(path, headers=service_headers), 422, "invalid_input")
+        assert body["detail"] == "The cursor is not valid.", path

@@ -173,15 +173,16 @@ async def test_customer_messages_are_limited_per_conversation_on_every_way_of_se
                 break
     refused = await http.post(f"{path}/messages", json={"content": "Hello??"}, headers=token)
     assert_limited(refused, refused_by="conversation", wait_at_most=30)
-    # The service sending for the customer counts against the same conversation.
+    # API keys sending into the conversation have a count of their own (the customer's is not theirs to spend).
     on_behalf = await http.post(f"{path}/messages", json={"content": "Hello??"}, headers=service_headers)
-    assert_limited(on_behalf, refused_by="conversation", wait_at_most=30)
+    assert on_behalf.status_code == 200, on_behalf.text
+    assert remaining(on_behalf)["conversation"] == 1
     # Reading is not sending.
     transcript = await http.get(f"{path}/messages", headers=token)
     assert transcript.status_code == 200
     assert "conversation" not in remaining(transcript)
     contents = [item["content"] for item in transcript.json()["items"] if item["role"] == "customer"]
-    assert contents == ["Where is my parcel?", "Any news?"]
+    assert contents == ["Where is my parcel?", "Any news?", "Hello??"]
 
     url = live.replace("http", "ws") + f"{path}/ws?access_token={conversation['customer_token']}"
     async with websockets.connect(url) as socket:
@@ -280,6 +281,26 @@ async def test_limits_fail_open_without_headers_while_their_store_is_down(
         assert sent.status_code == 200, sent.text
         assert "ratelimit" not in sent.headers
         assert "ratelimit-policy" not in sent.headers
+
+
+@pytest.mark.parametrize("limits", [limits_of(per_conversation=2)], ids=["per_conversation=2"])
+async def test_a_customer_refused_a_conversation_does_not_spend_its_owners_limit(
+    http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    theirs = await start(http, service_headers, "cust-1")
+    path = f"/v1/conversations/{theirs['id']}/messages"
+    intruder = bearer((await start(http, service_headers, "cust-2"))["customer_token"])
+
+    attempts = [await http.post(path, json={"content": "let me in"}, headers=intruder) for _ in range(3)]
+
+    # The intruder spends a count of their own: 404 while it lasts, then 429 ...
+    assert [attempt.status_code for attempt in attempts] == [404, 404, 429]
+    assert_limited(attempts[-1], refused_by="conversation", wait_at_most=60)
+
+    # ... and the owner still has the whole limit.
+    sent = await http.post(path, json={"content": "Where is my parcel?"}, headers=bearer(theirs["customer_token"]))
+    assert sent.status_code == 200, sent.text
+    assert remaining(sent)["conversation"] == 1
 
 
 @pytest.mark.parametrize("limits", [limits_of(per_conversation=1)], ids=["per_conversation=1"])

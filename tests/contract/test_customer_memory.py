@@ -394,7 +394,9 @@ async def test_the_valkey_eraser_removes_session_state_lease_and_feed(valkey: Va
     bus = ValkeyEventBus(valkey, "test:", retention=100, ttl_s=60)
     eraser = ValkeyHotStateEraser(valkey, "test:")
     limiter = ValkeyRateLimiter(valkey, "test:", SystemClock())
+    owner = new_id()
     erased, kept = new_id(), new_id()
+    policy = RatePolicy("conversation", 10, 60)
     try:
         for conversation_id in (erased, kept):
             await sessions.save(session_state(conversation_id), ttl_s=60)
@@ -402,18 +404,20 @@ async def test_the_valkey_eraser_removes_session_state_lease_and_feed(valkey: Va
             # A takeover too: the bus then also keeps the id of the newest one.
             takeover = HandoffChanged(ConversationStatus.HUMAN, None)
             await bus.publish(conversation_id, [ReplyDelta("your order NW-1 ships Monday"), takeover])
-            await limiter.acquire(conversation_partition(conversation_id), RatePolicy("conversation", 10, 60))
+            # Messages sent with API keys, and with the owner's token.
+            await limiter.acquire(conversation_partition(conversation_id), policy)
+            await limiter.acquire(conversation_partition(conversation_id, owner), policy)
         # Every key the session store, the bus and the rate limiter wrote is one the eraser knows about.
         assert sorted(await keys_of(valkey, erased)) == sorted(
-            key.encode() for key in conversation_keys("test:", erased)
+            key.encode() for key in conversation_keys("test:", owner, erased)
         )
 
-        await eraser.erase([erased])
-        await eraser.erase([])
+        await eraser.erase(owner, [erased])
+        await eraser.erase(owner, [])
 
         assert await keys_of(valkey, erased) == []
         assert await sessions.load(erased) is None
-        assert len(await keys_of(valkey, kept)) == len(conversation_keys("test:", kept))
+        assert len(await keys_of(valkey, kept)) == len(conversation_keys("test:", owner, kept))
         assert await sessions.load(kept) is not None
     finally:
         await bus.close()
@@ -426,7 +430,7 @@ async def test_the_in_memory_eraser_drops_session_state() -> None:
     for conversation_id in (erased, kept):
         await sessions.save(session_state(conversation_id), ttl_s=60)
 
-    await eraser.erase([erased])
+    await eraser.erase(new_id(), [erased])
 
     assert await sessions.load(erased) is None
     assert await sessions.load(kept) is not None

@@ -262,14 +262,14 @@ class EraseCustomer:
         counts = await self._records.counts(customer_id)
         # Valkey first: if it is down the request fails before anything is deleted, and a retry still finds
         # the customer (after PostgreSQL, a retry would answer 404 and leave the hot keys behind).
-        await self._hot_state.erase(conversation_ids)
+        await self._hot_state.erase(customer_id, conversation_ids)
         memories = await self._memory.forget_customer(customer_id)
         summaries = await self._summaries.delete(conversation_ids)
         await self._records.delete(customer_id)
         await self._uow.commit()
         try:
             # Again: a reply that was being written meanwhile may have cached state or published events.
-            await self._hot_state.erase(conversation_ids)
+            await self._hot_state.erase(customer_id, conversation_ids)
         except CacheUnavailableError:
             _logger.warning("hot state of an erased customer's conversations is left to expire: Valkey is down")
         return ErasureReport(len(conversation_ids), counts.messages, memories, summaries)

@@ -74,7 +74,8 @@ class EnforceRateLimits:
     - an API key (admin, agent, service) is limited per key;
     - a customer token per customer and per client address (anonymous visitors get a customer each, so the
       address is what ties one abuser's many tokens together);
-    - a customer message also per conversation, whoever sends it.
+    - a customer message also per conversation: one count for the API keys that send into it, one for each
+      customer's tokens (so a customer refused the conversation cannot spend its owner's).
 
     All or nothing: a refused request costs no limit anything. Fails open while the limiter's store is unavailable.
     """
@@ -99,7 +100,8 @@ class EnforceRateLimits:
             if policies.per_ip is not None and client:
                 checks.append(RateCheck(f"ip:{client}", policies.per_ip))
         if conversation_id is not None and policies.per_conversation is not None:
-            checks.append(RateCheck(conversation_partition(conversation_id), policies.per_conversation))
+            sender = principal.customer_id if principal.is_customer else None
+            checks.append(RateCheck(conversation_partition(conversation_id, sender), policies.per_conversation))
         return checks
 
     async def execute(

@@ -35,9 +35,15 @@ def customer_partition(customer_id: UUID) -> str:
     return f"customer:{pseudonym(customer_id)}"
 
 
-def conversation_partition(conversation_id: UUID) -> str:
-    """The rate-limit key of a conversation's messages (erasing the conversation deletes it)."""
-    return f"conversation:{conversation_id}"
+def conversation_partition(conversation_id: UUID, customer_id: UUID | None = None) -> str:
+    """The rate-limit key of the messages sent to a conversation by API keys, or by one customer's tokens.
+
+    A customer's sends count apart from the keys': the verdict is reached before the conversation is read, so a
+    customer who is refused the conversation (it is another's: 404) must spend only a counter of their own, never
+    its owner's. Erasing the owner deletes both of the conversation's counters.
+    """
+    base = f"conversation:{conversation_id}"
+    return base if customer_id is None else f"{base}:{pseudonym(customer_id)}"
 
 
 def microseconds(moment: datetime) -> int:

@@ -18,7 +18,7 @@ from enum import StrEnum
 from uuid import UUID
 
 from support.domain.conversations import Message, MessageRole
-from support.domain.errors import InvalidInputError, NotFoundError
+from support.domain.errors import NotFoundError
 from support.domain.privacy import PLACEHOLDERS, contains_secret, redact
 
 
@@ -154,24 +154,6 @@ class RecalledFact:
     def text(self) -> str:
         """``Label: value``."""
         return f"{label_for(self.key)}: {self.value}"
-
-
-def fact_cursor(fact: Fact) -> str:
-    """The cursor of the page after ``fact`` (listings run newest first by ``created_at``, then id)."""
-    return f"{fact.created_at.isoformat()}_{fact.id}"
-
-
-def parse_fact_cursor(cursor: str) -> tuple[datetime, UUID]:
-    """The position a cursor stands for.
-
-    Raises:
-        InvalidInputError: it is not a cursor :func:`fact_cursor` made.
-    """
-    stamp, _, identifier = cursor.partition("_")
-    try:
-        return datetime.fromisoformat(stamp), UUID(identifier)
-    except ValueError:
-        raise InvalidInputError("The cursor is not valid.") from None
 
 
 def fact_key(kind: FactKind, topic: str | None = None) -> str:

@@ -15,27 +15,8 @@ from support.domain.conversations import (
     Customer,
     Message,
 )
-from support.domain.errors import InvalidInputError
 from support.domain.feed import FeedEvent, FeedPayload
 from support.ports.errors import CacheUnavailableError
-
-
-def encode_time_cursor(stamp: datetime, identifier: UUID) -> str:
-    """A page cursor for lists ordered by (time, id): every conversation store issues and reads the same form."""
-    return f"{stamp.isoformat()}_{identifier}"
-
-
-def decode_time_cursor(cursor: str) -> tuple[datetime, UUID]:
-    """The (time, id) position of a cursor from :func:`encode_time_cursor`.
-
-    Raises:
-        InvalidInputError: the cursor is not one this service issued.
-    """
-    stamp, _, identifier = cursor.partition("_")
-    try:
-        return datetime.fromisoformat(stamp), UUID(identifier)
-    except ValueError:
-        raise InvalidInputError("The cursor is not valid.") from None
 
 
 @dataclass(frozen=True, slots=True)

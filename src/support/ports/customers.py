@@ -48,6 +48,6 @@ class HotStateEraser(Protocol):
         CacheUnavailableError: the store cannot be reached.
     """
 
-    async def erase(self, conversation_ids: Sequence[UUID]) -> None:
-        """Delete every key of these conversations (keys that do not exist are fine)."""
+    async def erase(self, customer_id: UUID, conversation_ids: Sequence[UUID]) -> None:
+        """Delete every key of these conversations of the customer (keys that do not exist are fine)."""
         ...

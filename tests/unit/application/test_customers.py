@@ -39,11 +39,11 @@ class FlakyEraser(InMemoryHotStateEraser):
         self.calls = 0
         self.failing = set(failing)
 
-    async def erase(self, conversation_ids: Sequence[UUID]) -> None:
+    async def erase(self, customer_id: UUID, conversation_ids: Sequence[UUID]) -> None:
         call, self.calls = self.calls, self.calls + 1
         if call in self.failing:
             raise CacheUnavailableError
-        await super().erase(conversation_ids)
+        await super().erase(customer_id, conversation_ids)
 
 
 class World:

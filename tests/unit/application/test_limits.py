@@ -79,7 +79,12 @@ def test_each_kind_of_caller_is_counted_against_its_own_partitions() -> None:
     # Customers are keyed by a digest: Valkey never holds their id (erasure deletes what names them).
     assert keys(CUSTOMER, client="10.0.0.1") == [f"customer:{pseudonym(CUSTOMER.customer_id)}", "ip:10.0.0.1"]
     assert str(CUSTOMER.customer_id) not in keys(CUSTOMER)[0]
-    assert keys(CUSTOMER, client="10.0.0.1", conversation_id=conversation)[-1] == f"conversation:{conversation}"
+    # A customer's sends to a conversation count apart from the API keys': a customer refused the conversation
+    # (another's) spends only their own count.
+    assert (
+        keys(CUSTOMER, client="10.0.0.1", conversation_id=conversation)[-1]
+        == f"conversation:{conversation}:{pseudonym(CUSTOMER.customer_id)}"
+    )
     assert keys(KEY, conversation_id=conversation) == [f"key:{KEY.key_id}", f"conversation:{conversation}"]
     off = EnforceRateLimits(InMemoryRateLimiter(FixedClock(NOON)), RateLimitPolicies(), FixedClock(NOON))
     assert off.checks(CUSTOMER, client="10.0.0.1", conversation_id=conversation) == []

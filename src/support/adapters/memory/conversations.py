@@ -15,9 +15,9 @@ from support.domain.conversations import (
     Message,
     MessageRole,
 )
-from support.domain.errors import InvalidInputError
 from support.domain.ids import new_id
-from support.ports.conversations import ConversationPage, MessagePage, decode_time_cursor, encode_time_cursor
+from support.domain.paging import SEQ_CURSOR, TIME_ID_CURSOR
+from support.ports.conversations import ConversationPage, MessagePage
 
 
 def _queue_key(conversation: Conversation) -> tuple[datetime, UUID]:
@@ -84,10 +84,10 @@ class InMemoryConversationRepository:
             reverse=True,
         )
         if cursor:
-            after = decode_time_cursor(cursor)
+            after = TIME_ID_CURSOR.decode(cursor)
             items = [item for item in items if (item.last_activity_at, item.id) < after]
         page = items[:limit]
-        next_cursor = encode_time_cursor(page[-1].last_activity_at, page[-1].id) if len(items) > limit else None
+        next_cursor = TIME_ID_CURSOR.encode((page[-1].last_activity_at, page[-1].id)) if len(items) > limit else None
         return ConversationPage(items=page, next_cursor=next_cursor)
 
     async def add_message(self, message: Message) -> Message:
@@ -112,17 +112,12 @@ class InMemoryConversationRepository:
 
     async def list_messages(self, conversation_id: UUID, *, limit: int, cursor: str | None) -> MessagePage:
         messages = self._of(conversation_id)
-        start = 0
-        if cursor:
-            try:
-                start = int(cursor)
-            except ValueError:
-                raise InvalidInputError("The cursor is not valid.") from None
+        start = SEQ_CURSOR.decode(cursor) if cursor else 0
         page = messages[start : start + limit]
         more = len(messages) > start + limit
         return MessagePage(
             items=[self._with_attachments(message) for message in page],
-            next_cursor=str(start + limit) if more else None,
+            next_cursor=SEQ_CURSOR.encode(start + limit) if more else None,
         )
 
     async def recent_messages(self, conversation_id: UUID, limit: int) -> list[Message]:
@@ -149,12 +144,12 @@ class InMemoryConversationRepository:
             key=_queue_key,
         )
         if cursor:
-            after = decode_time_cursor(cursor)
+            after = TIME_ID_CURSOR.decode(cursor)
             queued = [item for item in queued if _queue_key(item) > after]
         page = queued[:limit]
         next_cursor = None
         if len(queued) > limit:
-            next_cursor = encode_time_cursor(*_queue_key(page[-1]))
+            next_cursor = TIME_ID_CURSOR.encode(_queue_key(page[-1]))
         return ConversationPage(items=page, next_cursor=next_cursor)
 
     async def count_waiting(self, *, requested_before: datetime) -> int:

@@ -7,7 +7,8 @@ from uuid import UUID
 
 from support.adapters.memory.conversations import InMemoryConversationRepository
 from support.adapters.memory.sessions import InMemorySessionStore
-from support.domain.memory import ConversationSummary, Fact, fact_cursor, parse_fact_cursor, similarity
+from support.domain.memory import ConversationSummary, Fact, similarity
+from support.domain.paging import TIME_ID_CURSOR
 from support.ports.customers import CustomerCounts
 from support.ports.memory import FactCounts, FactPage, ScoredFact
 
@@ -62,10 +63,11 @@ class InMemoryCustomerMemory:
             reverse=True,
         )
         if cursor:
-            after = parse_fact_cursor(cursor)
+            after = TIME_ID_CURSOR.decode(cursor)
             facts = [fact for fact in facts if (fact.created_at, fact.id) < after]
         page = facts[:limit]
-        return FactPage(items=page, next_cursor=fact_cursor(page[-1]) if len(facts) > limit else None)
+        next_cursor = TIME_ID_CURSOR.encode((page[-1].created_at, page[-1].id)) if len(facts) > limit else None
+        return FactPage(items=page, next_cursor=next_cursor)
 
     async def get(self, customer_id: UUID, fact_id: UUID) -> Fact | None:
         fact = self.facts.get(fact_id)
@@ -160,7 +162,7 @@ class InMemoryHotStateEraser:
         self._sessions = sessions
         self.erased: list[UUID] = []
 
-    async def erase(self, conversation_ids: Sequence[UUID]) -> None:
+    async def erase(self, customer_id: UUID, conversation_ids: Sequence[UUID]) -> None:  # noqa: ARG002 - no rate counters here
         for conversation_id in conversation_ids:
             if self._sessions is not None:
                 await self._sessions.drop(conversation_id)

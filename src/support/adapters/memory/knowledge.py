@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
-from support.domain.errors import InvalidInputError
 from support.domain.ids import new_id
 from support.domain.knowledge import (
     RRF_CANDIDATES,
@@ -19,6 +18,7 @@ from support.domain.knowledge import (
     SearchQuery,
     UpsertStatus,
 )
+from support.domain.paging import ID_CURSOR
 from support.ports.knowledge import DocumentPage
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -50,13 +50,10 @@ class InMemoryKnowledgeBase:
         if tag:
             documents = [doc for doc in documents if tag in doc.tags]
         if cursor:
-            try:
-                after = UUID(cursor)
-            except ValueError:
-                raise InvalidInputError("The cursor is not valid.") from None
+            after = ID_CURSOR.decode(cursor)
             documents = [doc for doc in documents if doc.id < after]
         items = documents[:limit]
-        return DocumentPage(items=items, next_cursor=str(items[-1].id) if len(documents) > limit else None)
+        return DocumentPage(items=items, next_cursor=ID_CURSOR.encode(items[-1].id) if len(documents) > limit else None)
 
     async def upsert(
         self, draft: DocumentDraft, chunks: Sequence[EmbeddedChunk], now: datetime

@@ -5,8 +5,9 @@ from dataclasses import replace
 from datetime import datetime
 from uuid import UUID
 
-from support.domain.errors import ConflictError, InvalidInputError
+from support.domain.errors import ConflictError
 from support.domain.ids import new_id
+from support.domain.paging import ID_CURSOR
 from support.domain.webhooks import DeliveryStatus, OutboundEvent, Webhook, WebhookDelivery, encode_event
 from support.ports.webhooks import DeliveryPage, DueDelivery
 
@@ -46,13 +47,10 @@ class InMemoryWebhookRepository:
             reverse=True,
         )
         if cursor:
-            try:
-                after = UUID(cursor)
-            except ValueError:
-                raise InvalidInputError("The cursor is not valid.") from None
+            after = ID_CURSOR.decode(cursor)
             items = [item for item in items if item.id < after]
         page = items[:limit]
-        return DeliveryPage(items=page, next_cursor=str(page[-1].id) if len(items) > limit else None)
+        return DeliveryPage(items=page, next_cursor=ID_CURSOR.encode(page[-1].id) if len(items) > limit else None)
 
 
 class InMemoryWebhookOutbox:

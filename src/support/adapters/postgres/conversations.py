@@ -33,9 +33,9 @@ from support.domain.conversations import (
     ReasonCode,
     TokenUsage,
 )
-from support.domain.errors import InvalidInputError
 from support.domain.ids import new_id
-from support.ports.conversations import ConversationPage, MessagePage, decode_time_cursor, encode_time_cursor
+from support.domain.paging import SEQ_CURSOR, TIME_ID_CURSOR
+from support.ports.conversations import ConversationPage, MessagePage
 
 _OPEN_STATUSES = (
     ConversationStatus.BOT.value,
@@ -329,18 +329,9 @@ def _driver_message_values(message: Message) -> dict[str, Any]:
     return values
 
 
-def _parse_seq_cursor(cursor: str | None) -> int | None:
-    if not cursor:
-        return None
-    try:
-        return int(cursor)
-    except ValueError:
-        raise InvalidInputError("The cursor is not valid.") from None
-
-
 def _queue_cursor(conversation: Conversation) -> str:
     assert conversation.handoff_requested_at is not None  # noqa: S101 - queued conversations have one
-    return encode_time_cursor(conversation.handoff_requested_at, conversation.id)
+    return TIME_ID_CURSOR.encode((conversation.handoff_requested_at, conversation.id))
 
 
 class PostgresConversationRepository:
@@ -426,7 +417,7 @@ class PostgresConversationRepository:
         if customer_id is not None:
             statement = statement.where(_CONVERSATIONS.c.customer_id == customer_id)
         if cursor:
-            after = decode_time_cursor(cursor)
+            after = TIME_ID_CURSOR.decode(cursor)
             statement = statement.where(
                 sa.tuple_(_CONVERSATIONS.c.last_activity_at, _CONVERSATIONS.c.id)
                 < sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
@@ -440,7 +431,7 @@ class PostgresConversationRepository:
         next_cursor = None
         if len(rows) > limit:
             last = items[-1]
-            next_cursor = encode_time_cursor(last.last_activity_at, last.id)
+            next_cursor = TIME_ID_CURSOR.encode((last.last_activity_at, last.id))
         return ConversationPage(items=items, next_cursor=next_cursor)
 
     async def add_message(self, message: Message) -> Message:
@@ -481,15 +472,15 @@ class PostgresConversationRepository:
         return None if row is None else _message(row)
 
     async def list_messages(self, conversation_id: UUID, *, limit: int, cursor: str | None) -> MessagePage:
-        after = _parse_seq_cursor(cursor)
         statement = sa.select(*_MESSAGE_COLUMNS).where(_MESSAGES.c.conversation_id == conversation_id)
-        if after is not None:
-            statement = statement.where(_MESSAGES.c.seq > after)
+        if cursor:
+            statement = statement.where(_MESSAGES.c.seq > SEQ_CURSOR.decode(cursor))
         statement = statement.order_by(_MESSAGES.c.seq).limit(limit + 1)
         async with storage_errors():
             rows = list((await self._session.execute(statement)).mappings().all())
             items = _messages(rows[:limit])
-        return MessagePage(items=items, next_cursor=str(rows[limit - 1]["seq"]) if len(rows) > limit else None)
+        next_cursor = SEQ_CURSOR.encode(rows[limit - 1]["seq"]) if len(rows) > limit else None
+        return MessagePage(items=items, next_cursor=next_cursor)
 
     async def recent_messages(self, conversation_id: UUID, limit: int) -> list[Message]:
         parameters = {"conversation_id": conversation_id, "limit": limit}
@@ -516,7 +507,7 @@ class PostgresConversationRepository:
             _CONVERSATIONS.c.status.in_([status.value for status in statuses]),
         )
         if cursor:
-            after = decode_time_cursor(cursor)
+            after = TIME_ID_CURSOR.decode(cursor)
             statement = statement.where(
                 sa.tuple_(_CONVERSATIONS.c.handoff_requested_at, _CONVERSATIONS.c.id)
                 > sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))

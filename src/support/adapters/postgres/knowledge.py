@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from support.adapters.postgres.driver import DriverStatement, compile_for_driver, driver_connection
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import ChunkRow, DocumentRow
-from support.domain.errors import InvalidInputError
 from support.domain.ids import new_id
 from support.domain.injection import InjectionFlag, InjectionReason
 from support.domain.knowledge import (
@@ -28,6 +27,7 @@ from support.domain.knowledge import (
     SearchQuery,
     UpsertStatus,
 )
+from support.domain.paging import ID_CURSOR
 from support.ports.knowledge import DocumentPage
 
 # BM25 over chunks: term saturation and length normalisation (the usual values; tuning moved little).
@@ -277,14 +277,11 @@ class PgVectorKnowledgeBase:
         if tag:
             statement = statement.where(DocumentRow.tags.contains([tag]))
         if cursor:
-            try:
-                statement = statement.where(DocumentRow.id < UUID(cursor))
-            except ValueError:
-                raise InvalidInputError("The cursor is not valid.") from None
+            statement = statement.where(DocumentRow.id < ID_CURSOR.decode(cursor))
         async with storage_errors():
             rows = (await self._session.execute(statement.limit(limit + 1))).scalars().all()
         items = [_to_domain(row) for row in rows[:limit]]
-        return DocumentPage(items=items, next_cursor=str(items[-1].id) if len(rows) > limit else None)
+        return DocumentPage(items=items, next_cursor=ID_CURSOR.encode(items[-1].id) if len(rows) > limit else None)
 
     async def upsert(
         self, draft: DocumentDraft, chunks: Sequence[EmbeddedChunk], now: datetime

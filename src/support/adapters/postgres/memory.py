@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from support.adapters.postgres.driver import Row, compile_for_driver, driver_connection
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import ConversationRow, CustomerRow, MemoryRow, MessageRow, SummaryRow
-from support.domain.memory import ConversationSummary, Fact, FactKind, FactOrigin, fact_cursor, parse_fact_cursor
+from support.domain.memory import ConversationSummary, Fact, FactKind, FactOrigin
+from support.domain.paging import TIME_ID_CURSOR
 from support.ports.customers import CustomerCounts
 from support.ports.memory import FactCounts, FactPage, ScoredFact
 
@@ -181,7 +182,7 @@ class PostgresCustomerMemory:
     async def list_facts(self, customer_id: UUID, *, limit: int, cursor: str | None) -> FactPage:
         statement = sa.select(*_FACT_COLUMNS).where(_FACTS.c.customer_id == customer_id)
         if cursor:
-            stamp, identifier = parse_fact_cursor(cursor)
+            stamp, identifier = TIME_ID_CURSOR.decode(cursor)
             statement = statement.where(
                 sa.tuple_(_FACTS.c.created_at, _FACTS.c.id) < sa.tuple_(sa.literal(stamp), sa.literal(identifier))
             )
@@ -189,7 +190,8 @@ class PostgresCustomerMemory:
         async with storage_errors():
             rows = (await self._session.execute(statement)).mappings().all()
         items = [_fact(row) for row in rows[:limit]]
-        return FactPage(items=items, next_cursor=fact_cursor(items[-1]) if len(rows) > limit else None)
+        next_cursor = TIME_ID_CURSOR.encode((items[-1].created_at, items[-1].id)) if len(rows) > limit else None
+        return FactPage(items=items, next_cursor=next_cursor)
 
     async def get(self, customer_id: UUID, fact_id: UUID) -> Fact | None:
         statement = sa.select(*_FACT_COLUMNS).where(_FACTS.c.customer_id == customer_id, _FACTS.c.id == fact_id)

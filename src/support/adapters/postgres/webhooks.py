@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import WebhookDeliveryRow, WebhookEventRow, WebhookRow
-from support.domain.errors import InvalidInputError
 from support.domain.ids import new_id
+from support.domain.paging import ID_CURSOR
 from support.domain.webhooks import (
     DeliveryStatus,
     OutboundEvent,
@@ -110,16 +110,12 @@ class PostgresWebhookRepository:
     async def list_deliveries(self, webhook_id: UUID, *, limit: int, cursor: str | None) -> DeliveryPage:
         statement = sa.select(*_DELIVERY_COLUMNS).where(WebhookDeliveryRow.webhook_id == webhook_id)
         if cursor:
-            try:
-                after = UUID(cursor)
-            except ValueError:
-                raise InvalidInputError("The cursor is not valid.") from None
-            statement = statement.where(WebhookDeliveryRow.id < after)
+            statement = statement.where(WebhookDeliveryRow.id < ID_CURSOR.decode(cursor))
         statement = statement.order_by(WebhookDeliveryRow.id.desc()).limit(limit + 1)
         async with storage_errors():
             rows = (await self._session.execute(statement)).all()
         items = [_delivery(row) for row in rows[:limit]]
-        return DeliveryPage(items=items, next_cursor=str(items[-1].id) if len(rows) > limit else None)
+        return DeliveryPage(items=items, next_cursor=ID_CURSOR.encode(items[-1].id) if len(rows) > limit else None)
 
 
 class PostgresWebhookOutbox:
