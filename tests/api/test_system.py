@@ -110,6 +110,15 @@ async def test_openapi_documents_every_operation(client: AsyncTestClient[Litesta
         assert operation.get("summary"), (path, method)
     keys_post = document["paths"]["/v1/keys"]["post"]
     assert "application/problem+json" in keys_post["responses"]["422"]["content"]
+    # Every paged list says what its cursor is (opaque, passed back unchanged).
+    cursors = [
+        parameter
+        for _, _, operation in operations
+        for parameter in operation.get("parameters", [])
+        if parameter["name"] == "cursor"
+    ]
+    assert len(cursors) >= 6
+    assert all("opaque" in parameter.get("description", "") for parameter in cursors), cursors
     assert "ProblemDetails" in document["components"]["schemas"]
 
 

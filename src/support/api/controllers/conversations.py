@@ -25,6 +25,7 @@ from support.api.auth import authenticate, require_roles
 from support.api.limits import COUNTS_AS_MESSAGE, enforce_rate_limits, frame_limit, receive_frame, send_admission
 from support.api.openapi import document_event_stream
 from support.api.problems import problem_responses
+from support.api.schemas.common import PageCursor
 from support.api.schemas.conversations import (
     ConversationList,
     ConversationResource,
@@ -249,7 +250,7 @@ class ConversationsController(Controller):
         status: FromQuery[ConversationStatus | None] = None,
         customer_id: FromQuery[UUID | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 20,
-        cursor: FromQuery[str | None] = None,
+        cursor: PageCursor = None,
     ) -> ConversationList:
         page = await use_case.execute(
             await authenticate(request), status=status, customer_id=customer_id, limit=limit, cursor=cursor
@@ -284,7 +285,7 @@ class ConversationsController(Controller):
         conversation_id: FromPath[UUID],
         use_case: FromDishka[ListMessages],
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
-        cursor: FromQuery[str | None] = None,
+        cursor: PageCursor = None,
     ) -> MessageList:
         page = await use_case.execute(await authenticate(request), conversation_id, limit=limit, cursor=cursor)
         return MessageList(items=[MessageResource.of(item) for item in page.items], next_cursor=page.next_cursor)

@@ -6,10 +6,11 @@ from uuid import UUID
 from dishka import FromDishka
 from dishka.integrations.litestar import inject
 from litestar import Controller, delete, get
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromPath, QueryParameter
 
 from support.api.auth import require_roles
 from support.api.problems import problem_responses
+from support.api.schemas.common import PageCursor
 from support.api.schemas.customers import (
     CustomerExportResource,
     CustomerResource,
@@ -84,7 +85,7 @@ class CustomersController(Controller):
         customer_id: FromPath[UUID],
         use_case: FromDishka[ListMemories],
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_MEMORY_PAGE)] = 50,
-        cursor: FromQuery[str | None] = None,
+        cursor: PageCursor = None,
     ) -> MemoryList:
         listing = await use_case.execute(customer_id, limit=limit, cursor=cursor)
         return MemoryList(

@@ -11,6 +11,7 @@ from litestar.params import Body, FromPath, FromQuery, QueryParameter
 from support.api.auth import authenticate, require_roles
 from support.api.controllers.conversations import IDEMPOTENCY_HEADER, conversation_roles
 from support.api.problems import problem_responses
+from support.api.schemas.common import PageCursor
 from support.api.schemas.conversations import ConversationResource, MessageResource
 from support.api.schemas.handoffs import (
     AgentMessageRequest,
@@ -59,7 +60,7 @@ class HandoffQueueController(Controller):
         use_case: FromDishka[ListHandoffs],
         status: FromQuery[QueueStatus | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
-        cursor: FromQuery[str | None] = None,
+        cursor: PageCursor = None,
     ) -> HandoffList:
         page = await use_case.execute(
             await authenticate(request),

@@ -14,7 +14,7 @@ from litestar.params import Body, FromPath, FromQuery, JSONBody, QueryParameter
 
 from support.api.auth import admin_only
 from support.api.problems import problem_responses
-from support.api.schemas.common import Metadata
+from support.api.schemas.common import Metadata, PageCursor
 from support.application.knowledge import (
     MAX_EXTERNAL_ID_LENGTH,
     MAX_PAGE_SIZE,
@@ -32,7 +32,15 @@ from support.application.knowledge import (
     StartBulkIngestion,
 )
 from support.domain.injection import InjectionReason
-from support.domain.knowledge import Audience, Document, SearchQuery, UpsertStatus, uploaded_content_type
+from support.domain.knowledge import (
+    DOCUMENT_URL_PATTERN,
+    MAX_DOCUMENT_URL_LENGTH,
+    Audience,
+    Document,
+    SearchQuery,
+    UpsertStatus,
+    uploaded_content_type,
+)
 from support.ports.jobs import JobState
 
 ContentType = Literal["text/plain", "text/markdown", "text/html"]
@@ -41,7 +49,19 @@ MAX_TAG_LENGTH = 100
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TAG_LENGTH)]
 # One rule for every way tags come in: a JSON body's list, and an upload form's comma-separated field (form_tags).
 Tags = Annotated[list[Tag], msgspec.Meta(max_length=MAX_TAGS)]
-MAX_URL_LENGTH = 2000
+# Customers see it as a citation link: only absolute http(s) URLs (validate_document_url checks the rest).
+DocumentUrl = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=MAX_DOCUMENT_URL_LENGTH,
+        pattern=DOCUMENT_URL_PATTERN,
+        description=(
+            "Where customers can read the document, shown as the link of its citations: an absolute `http://` or "
+            "`https://` URL without credentials, or empty for none."
+        ),
+        examples=["https://help.example.com/articles/returns"],
+    ),
+]
 MAX_TAGS_FIELD_LENGTH = MAX_TAGS * (MAX_TAG_LENGTH + 1)
 # The upload form's field as the OpenAPI document states it, from the same numbers, so that a field the document
 # calls valid is never refused. Documented only: what is enforced is Tags, once the field is split.
@@ -81,7 +101,7 @@ class CreateDocumentRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=T
         ]
         | None
     ) = None
-    url: Annotated[str, msgspec.Meta(max_length=MAX_URL_LENGTH)] | None = None
+    url: DocumentUrl | None = None
     tags: Tags = msgspec.field(default_factory=list)
     audience: Audience = Audience.PUBLIC
     metadata: Metadata = msgspec.field(default_factory=dict)
@@ -217,7 +237,7 @@ class UploadForm(msgspec.Struct):
     file: UploadFile
     external_id: Annotated[str, msgspec.Meta(max_length=MAX_EXTERNAL_ID_LENGTH)] | None = None
     title: Annotated[str, msgspec.Meta(max_length=MAX_TITLE_LENGTH)] | None = None
-    url: Annotated[str, msgspec.Meta(max_length=MAX_URL_LENGTH)] | None = None
+    url: DocumentUrl | None = None
     # Held to the JSON body's rule (Tags) once split, by form_tags.
     tags: (
         Annotated[
@@ -381,7 +401,7 @@ class KnowledgeController(Controller):
         use_case: FromDishka[ListDocuments],
         tag: FromQuery[str | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
-        cursor: FromQuery[str | None] = None,
+        cursor: PageCursor = None,
     ) -> DocumentList:
         page = await use_case.execute(tag=tag, limit=limit, cursor=cursor)
         return DocumentList(items=[document_resource(doc) for doc in page.items], next_cursor=page.next_cursor)

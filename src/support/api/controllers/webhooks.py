@@ -6,10 +6,11 @@ from uuid import UUID
 from dishka import FromDishka
 from dishka.integrations.litestar import inject
 from litestar import Controller, delete, get, post
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from support.api.auth import admin_only
 from support.api.problems import problem_responses
+from support.api.schemas.common import PageCursor
 from support.api.schemas.webhooks import (
     CreatedWebhook,
     CreateWebhookRequest,
@@ -109,7 +110,7 @@ class WebhooksController(Controller):
         webhook_id: FromPath[UUID],
         use_case: FromDishka[ListWebhookDeliveries],
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
-        cursor: FromQuery[str | None] = None,
+        cursor: PageCursor = None,
     ) -> WebhookDeliveryList:
         page = await use_case.execute(webhook_id, limit=limit, cursor=cursor)
         return WebhookDeliveryList(

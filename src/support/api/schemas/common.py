@@ -3,6 +3,7 @@
 from typing import Annotated
 
 import msgspec
+from litestar.params import QueryParameter
 
 MAX_METADATA_ENTRIES = 50
 MAX_METADATA_KEY_LENGTH = 100
@@ -19,5 +20,16 @@ Metadata = Annotated[
             f"Up to {MAX_METADATA_ENTRIES} string pairs; keys of 1 to {MAX_METADATA_KEY_LENGTH} characters, "
             f"values of at most {MAX_METADATA_VALUE_LENGTH}."
         ),
+    ),
+]
+
+# The `cursor` query parameter of every paged list.
+PageCursor = Annotated[
+    str | None,
+    QueryParameter(
+        description=(
+            "The `next_cursor` of the previous page, passed unchanged: an opaque URL-safe string (do not parse or "
+            "build one). Left out for the first page."
+        )
     ),
 ]
