@@ -160,7 +160,10 @@ def test_markdown_headings_become_section_paths_and_the_first_h1_the_title() -> 
         "  - it expires after 30 minutes\n\n"
         "curl -X POST https://example.com/reset"
     )
-    assert sections["Resetting", "When the email does not arrive"] == "Cause | Fix\nSpam filter | Check the spam folder"
+    assert (
+        sections["Resetting", "When the email does not arrive"]
+        == "Cause | Fix\n--- | ---\nSpam filter | Check the spam folder"
+    )
     assert sections["Single sign-on",] == "SSO accounts have no password."
 
 
@@ -245,7 +248,7 @@ def test_html_headings_lists_and_tables_become_readable_sections() -> None:
     assert section_texts(document) == {
         (): "To reset your password, open the sign-in page and choose Forgot password.",
         ("If the email does not arrive",): "- Check your spam folder\n  - including Promotions\n- Wait five minutes",
-        ("If the email does not arrive", "Limits"): "Plan | Resets per day\nFree | 3",
+        ("If the email does not arrive", "Limits"): "Plan | Resets per day\n--- | ---\nFree | 3",
     }
 
 

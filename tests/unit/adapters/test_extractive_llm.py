@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from support.adapters.extraction.extractor import StructuredTextExtractor
 from support.adapters.offline.extractive import ExtractiveLLM
 from support.domain.assistant import (
     AttachedText,
@@ -620,3 +621,24 @@ async def test_the_overlap_of_real_chunks_is_read_once() -> None:
     reply = text_of(events)
     for line in ("Select Pair.", "3. Wait for the light.", "4. Release the button when the light turns blue."):
         assert reply.count(line) == 1, f"{line!r} once in {reply!r}"
+
+
+async def test_a_table_row_is_quoted_under_its_header_and_the_header_never_alone() -> None:
+    markdown = (
+        "# Refund timing\n\n## How long each payment method takes\n\n"
+        "| Payment method | Time after we issue the refund |\n|---|---|\n"
+        "| Credit or debit card | 5 to 10 business days |\n| PayPal | 3 to 5 business days |\n"
+    )
+    section = StructuredTextExtractor().extract(markdown.encode(), "text/markdown").sections[-1]
+    passage = dataclasses.replace(
+        hit("Refund timing", section.text, similarity=0.7, vector_rank=1, text_rank=1, score=0.2),
+        heading_path=section.heading_path,
+    )
+    llm = ExtractiveLLM(evidence_threshold=0.0)
+
+    events = await collect(llm, ReplyRequest(question="How long does a PayPal refund take?", passages=[passage]))
+
+    text = text_of(events)
+    assert "Payment method: PayPal; Time after we issue the refund: 3 to 5 business days" in text
+    assert "Payment method | Time after we issue the refund" not in text
+    assert "---" not in text

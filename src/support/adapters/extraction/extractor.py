@@ -241,6 +241,7 @@ class _MarkdownRenderer:
         self._list_depth = 0
         self._pending_marker: str | None = None
         self._table_cells: list[str] | None = None
+        self._row_width = 0
 
     def render(self, tokens: Iterable[Token]) -> None:
         for token in tokens:
@@ -301,7 +302,14 @@ class _MarkdownRenderer:
     def _row_close(self, _token: Token) -> None:
         if self._table_cells is not None and any(self._table_cells):
             self._builder.line(" | ".join(self._table_cells))
+            self._row_width = len(self._table_cells)
         self._table_cells = None
+
+    def _header_close(self, _token: Token) -> None:
+        # The header's separator stays, so a reader of the text can tell the header from a row and quote a row
+        # as "header: cell; …" (the offline responder does); without it a header row reads as data.
+        if self._row_width:
+            self._builder.line(_table_separator(self._row_width))
 
     def _list_prefix(self) -> str:
         indent = "  " * (self._list_depth - 1)
@@ -324,6 +332,7 @@ class _MarkdownRenderer:
         "table_close": _table_open,
         "tr_open": _row_open,
         "tr_close": _row_close,
+        "thead_close": _header_close,
     }
 
 
@@ -525,15 +534,26 @@ def _list_lines(list_element: LexborNode, depth: int) -> list[str]:
     return lines
 
 
+def _table_separator(columns: int) -> str:
+    """The Markdown line under a table's header row, in the ``a | b`` form tables are extracted to."""
+    return " | ".join(["---"] * columns)
+
+
 def _table_lines(table: LexborNode) -> list[str]:
     lines = []
     caption = table.css_first("caption")
     if caption is not None and (caption_text := _flatten_text(caption)):
         lines.append(caption_text)
+    rows = 0
     for row in table.css("tr"):
-        cells = [_flatten_text(cell) for cell in row.iter() if cell.tag in {"td", "th"}]
-        if any(cells):
-            lines.append(" | ".join(cells))
+        cells = [cell for cell in row.iter() if cell.tag in {"td", "th"}]
+        texts = [_flatten_text(cell) for cell in cells]
+        if not any(texts):
+            continue
+        lines.append(" | ".join(texts))
+        rows += 1
+        if rows == 1 and all(cell.tag == "th" for cell in cells):
+            lines.append(_table_separator(len(cells)))  # a header row, marked as Markdown marks one
     return lines
 
 
