@@ -235,6 +235,10 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     # Deliveries claimed and sent (concurrently) per round.
     batch_size: PositiveInt = 50
+    # Whether endpoints may be loopback, private, link-local or otherwise non-public addresses (or names that
+    # resolve to them). Unset: allowed in dev and test (a local receiver), refused in prod (SSRF); see
+    # Settings.private_webhook_targets_allowed.
+    allow_private_targets: bool | None = None
 
     def __post_init__(self) -> None:
         if self.backoff_cap_s < self.backoff_base_s:
@@ -329,6 +333,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def json_logs(self) -> bool:
         """Whether logs are rendered as JSON lines."""
         return self.env == "prod" if self.log_json is None else self.log_json
+
+    @property
+    def private_webhook_targets_allowed(self) -> bool:
+        """Whether webhooks may target non-public addresses; by default only outside prod."""
+        allowed = self.webhooks.allow_private_targets
+        return self.env != "prod" if allowed is None else allowed
 
     @property
     def data_path(self) -> Path:

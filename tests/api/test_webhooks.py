@@ -16,12 +16,17 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from support.adapters.embedding.onnx_minilm import OnnxMiniLMEmbedder
 from support.config import Settings, WebhookSettings
+from support.container import create_app
 from support.domain.ids import new_id
-from support.domain.webhooks import OutboundEvent, WebhookEventType
+from support.domain.webhooks import OutboundEvent, Webhook, WebhookEventType, generate_webhook_secret
 from support.ports.system import UnitOfWork
-from support.ports.webhooks import WebhookOutbox
+from support.ports.webhooks import WebhookOutbox, WebhookRepository
+from tests.api.conftest import llm_provider, serve
 from tests.api.test_keys import bearer, create_key
+from tests.conftest import shared_embedder_provider
+from tests.fakes.llm import ScriptedLLM
 from tests.fakes.webhooks import WebhookReceiver
 from tests.helpers import assert_problem
 
@@ -291,3 +296,75 @@ async def test_the_handoff_use_cases_emit_their_events_through_the_outbox(
         body = msgspec.json.decode(request.body)
         assert body["conversation_id"] == conversation_id
         assert verify_webhook(secret, httpx.Headers(request.headers), request.body)
+
+
+def private_targets(settings: Settings, *, allowed: bool, **webhooks: Any) -> Settings:
+    """``settings`` with SUPPORT_WEBHOOKS__ALLOW_PRIVATE_TARGETS set (the test environment allows them by default)."""
+    return msgspec.structs.replace(settings, webhooks=WebhookSettings(allow_private_targets=allowed, **webhooks))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9000/hooks",
+        "http://localhost:8000/hooks",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.5/hooks",
+        "http://[::1]/hooks",
+        "http://[::ffff:127.0.0.1]/hooks",
+        "http://2130706433/hooks",
+    ],
+)
+async def test_private_targets_are_refused_at_registration_when_not_allowed(
+    settings: Settings, embedder: OnnxMiniLMEmbedder, admin_headers: dict[str, str], url: str
+) -> None:
+    refusing = create_app(private_targets(settings, allowed=False), shared_embedder_provider(embedder))
+    async with AsyncTestClient(refusing) as client:
+        response = await client.post("/v1/webhooks", json=HOOK | {"url": url}, headers=admin_headers)
+        problem = assert_problem(response, 422, "invalid_webhook_url")
+        assert "only sent to public hosts" in problem["detail"]
+        # A public host is still fine.
+        assert (await client.post("/v1/webhooks", json=HOOK, headers=admin_headers)).status_code == 201
+        assert [item["url"] for item in (await client.get("/v1/webhooks", headers=admin_headers)).json()["items"]] == [
+            HOOK["url"]
+        ]
+    allowing = create_app(private_targets(settings, allowed=True), shared_embedder_provider(embedder))
+    async with AsyncTestClient(allowing) as client:
+        response = await client.post("/v1/webhooks", json=HOOK | {"url": url}, headers=admin_headers)
+        assert response.status_code == 201, response.text
+        assert response.json()["url"] == url
+
+
+async def test_a_private_target_is_not_sent_to_when_not_allowed(
+    settings: Settings, embedder: OnnxMiniLMEmbedder, llm: ScriptedLLM, admin_headers: dict[str, str]
+) -> None:
+    """An endpoint whose name resolves to a loopback address gets nothing; the attempt fails with the reason.
+
+    It was stored before private targets were refused (or its name pointed elsewhere then): the check at delivery
+    is what stops it, whatever the registration saw.
+    """
+    guarded = private_targets(settings, allowed=False, timeout_s=5, poll_interval_s=0.05, max_attempts=1)
+    app = create_app(guarded, shared_embedder_provider(embedder), llm_provider(llm))
+    async with WebhookReceiver() as receiver, serve(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+        container: AsyncContainer = app.state.dishka_container
+        webhook = Webhook(
+            id=new_id(),
+            url=f"http://localhost:{receiver.port}/hooks",
+            description="registered while private targets were allowed",
+            event_types=(WebhookEventType.HANDOFF_REQUESTED,),
+            secret_hint="whsec_test",
+            active=True,
+            created_at=datetime.now(UTC),
+        )
+        async with container() as request:
+            await (await request.get(WebhookRepository)).add(webhook, generate_webhook_secret())
+            await (await request.get(UnitOfWork)).commit()
+        await emit(app, event(WebhookEventType.HANDOFF_REQUESTED))
+
+        [failed] = await wait_for_deliveries(
+            http, str(webhook.id), admin_headers, lambda items: bool(items) and items[0]["status"] == "failed"
+        )
+    assert (failed["attempts"], failed["last_status_code"], failed["delivered_at"]) == (1, None, None)
+    assert failed["last_error"].startswith("not sent: localhost resolves to ")
+    assert failed["last_error"].endswith("which is not a public address (private targets are not allowed)")
+    assert receiver.requests == []

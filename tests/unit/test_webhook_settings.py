@@ -31,3 +31,24 @@ def test_bad_webhook_settings_are_refused_naming_the_variable(environment: dict[
     with pytest.raises(SettingsError) as raised:
         load_settings(environment)
     assert str(raised.value).startswith(f"{named}:")
+
+
+@pytest.mark.parametrize(
+    ("environment", "allowed"),
+    [
+        ({}, True),
+        ({"SUPPORT_ENV": "test"}, True),
+        ({"SUPPORT_ENV": "prod"}, False),
+        ({"SUPPORT_ENV": "prod", "SUPPORT_WEBHOOKS__ALLOW_PRIVATE_TARGETS": "true"}, True),
+        ({"SUPPORT_ENV": "dev", "SUPPORT_WEBHOOKS__ALLOW_PRIVATE_TARGETS": "false"}, False),
+    ],
+)
+def test_private_webhook_targets_are_allowed_outside_prod_unless_set(
+    environment: dict[str, str], *, allowed: bool
+) -> None:
+    assert load_settings(environment).private_webhook_targets_allowed is allowed
+
+
+def test_a_bad_private_targets_value_is_refused_naming_the_variable() -> None:
+    with pytest.raises(SettingsError, match=r"^SUPPORT_WEBHOOKS__ALLOW_PRIVATE_TARGETS:"):
+        load_settings({"SUPPORT_WEBHOOKS__ALLOW_PRIVATE_TARGETS": "sometimes"})

@@ -32,6 +32,7 @@ from support.domain.knowledge import (
     UpsertStatus,
     normalise_tags,
     text_hash,
+    validate_document_url,
 )
 from support.ports.errors import CacheUnavailableError
 from support.ports.jobs import JobQueue, JobState, ProgressReporter
@@ -93,8 +94,8 @@ def check_request(request: IngestRequest, limits: KnowledgeLimits) -> None:
 
     Raises:
         ContentTooLargeError: the content exceeds the configured size.
-        InvalidInputError: the content is empty or whitespace, or a given title or external_id is too long (or
-            the title is whitespace).
+        InvalidInputError: the content is empty or whitespace, a given title or external_id is too long (or
+            the title is whitespace), or the url is not an absolute http(s) URL.
     """
     if len(request.content) > limits.max_document_bytes:
         raise ContentTooLargeError(f"A document may have at most {limits.max_document_bytes} bytes.")
@@ -105,6 +106,8 @@ def check_request(request: IngestRequest, limits: KnowledgeLimits) -> None:
         _checked_title(request.title)
     if request.external_id and len(request.external_id.strip()) > MAX_EXTERNAL_ID_LENGTH:
         raise InvalidInputError(f"An external_id has at most {MAX_EXTERNAL_ID_LENGTH} characters.")
+    # Shown to customers as a citation link: a javascript: URL in a bulk file is refused like one in the API.
+    validate_document_url(request.url)
 
 
 def _checked_title(title: str) -> str:
@@ -198,7 +201,7 @@ class IngestDocument:
             title=title,
             content_type=content_type,
             text_hash=text_hash(text),
-            url=request.url,
+            url=validate_document_url(request.url),
             tags=normalise_tags(request.tags),
             audience=request.audience,
             metadata=dict(request.metadata),

@@ -56,22 +56,38 @@ class WebhookDeliveryPolicy:
     lease_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookTargetPolicy:
+    """Which endpoints may be registered.
+
+    ``allow_private``: loopback, private, link-local and other non-public addresses too (development, a receiver
+    on the same machine). Off in production, so that an admin key cannot point signed requests at the service's
+    own network (the cloud metadata service, databases, admin ports).
+    """
+
+    allow_private: bool
+
+
 class CreateWebhook:
     """Register an endpoint for some event types; its signing secret is returned once."""
 
-    def __init__(self, webhooks: WebhookRepository, uow: UnitOfWork, clock: Clock) -> None:
+    def __init__(
+        self, webhooks: WebhookRepository, uow: UnitOfWork, clock: Clock, targets: WebhookTargetPolicy
+    ) -> None:
         self._webhooks = webhooks
         self._uow = uow
         self._clock = clock
+        self._targets = targets
 
     async def execute(self, url: str, event_types: Iterable[WebhookEventType], description: str = "") -> IssuedWebhook:
         """Create and commit the endpoint; return it with its one-time secret.
 
         Raises:
-            InvalidWebhookUrlError: the URL is not an absolute http(s) URL.
+            InvalidWebhookUrlError: the URL is not an absolute http(s) URL, or (unless the policy allows private
+                targets) its host is ``localhost`` or an address that is not public.
             InvalidInputError: no event type, or the description is too long.
         """
-        url = validate_webhook_url(url)
+        url = validate_webhook_url(url, allow_private_targets=self._targets.allow_private)
         wanted = set(event_types)
         if not wanted:
             raise InvalidInputError("A webhook subscribes to at least one event type.")

@@ -125,6 +125,7 @@ from support.application.webhooks import (
     ListWebhookDeliveries,
     ListWebhooks,
     WebhookDeliveryPolicy,
+    WebhookTargetPolicy,
 )
 from support.config import Settings, SettingsError, WebhookSettings, load_settings
 from support.container.limits import LimitsProvider, trusted_proxies
@@ -492,9 +493,15 @@ class InfrastructureProvider(Provider):
 
     @provide
     async def webhook_sender(self, settings: Settings) -> AsyncIterator[WebhookSender]:
-        sender = HttpxWebhookSender(timeout_s=settings.webhooks.timeout_s)
+        sender = HttpxWebhookSender(
+            timeout_s=settings.webhooks.timeout_s, allow_private_targets=settings.private_webhook_targets_allowed
+        )
         yield sender
         await sender.aclose()
+
+    @provide
+    def webhook_target_policy(self, settings: Settings) -> WebhookTargetPolicy:
+        return WebhookTargetPolicy(allow_private=settings.private_webhook_targets_allowed)
 
     @provide
     def webhook_delivery_policy(self, settings: Settings) -> WebhookDeliveryPolicy:

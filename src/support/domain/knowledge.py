@@ -1,13 +1,15 @@
 """Knowledge-base entities: extracted documents, their sections and the chunks that get indexed."""
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
+from urllib.parse import urlsplit
 from uuid import UUID
 
-from support.domain.errors import UnsupportedContentTypeError
+from support.domain.errors import InvalidInputError, UnsupportedContentTypeError
 from support.domain.injection import InjectionFlag, InjectionReason
 
 # Hybrid retrieval fuses a vector ranking and a lexical ranking of chunks by reciprocal rank fusion; every
@@ -18,6 +20,44 @@ from support.domain.injection import InjectionFlag, InjectionReason
 RRF_K = 4
 # How many candidates each ranking contributes before fusion and per-document deduplication.
 RRF_CANDIDATES = 40
+
+
+MAX_DOCUMENT_URL_LENGTH = 2000
+# What a document's url may be, as the API states it (OpenAPI ``pattern``, ECMAScript and Python alike): empty, or
+# http(s)://, a host part without spaces, control characters, "@" or "\\", then anything without spaces or control
+# characters. validate_document_url checks the same, and that the host part holds a host.
+DOCUMENT_URL_PATTERN = r"^(?:[Hh][Tt][Tt][Pp][Ss]?://[^\s\x00-\x1f\x7f/?#@\\]+(?:[/?#][^\s\x00-\x1f\x7f]*)?)?$"
+_DOCUMENT_URL = re.compile(DOCUMENT_URL_PATTERN)
+
+
+def validate_document_url(url: str | None) -> str | None:
+    """The URL a document is cited by; None when there is none (absent or empty).
+
+    Customers see it as the link of a citation, so it must be an absolute ``http://`` or ``https://`` URL with a
+    host: a ``javascript:`` or ``data:`` URL would run script in the page that shows the link, and a relative one
+    would point into that page's own site. Credentials (``https://help.example.com@evil.example/``, which reads as
+    one host and goes to another), spaces and control characters are refused too. Nothing is trimmed, so a URL
+    is accepted or refused alike through the API and in a JSON-lines file.
+
+    Raises:
+        InvalidInputError: it is anything else; the message names the field.
+    """
+    if not url:
+        return None
+    problem = "url: must be an absolute http:// or https:// URL (or empty)"
+    if len(url) > MAX_DOCUMENT_URL_LENGTH:
+        raise InvalidInputError(f"url: at most {MAX_DOCUMENT_URL_LENGTH} characters")
+    # fullmatch: the pattern's "$" would also match before a final newline.
+    if not _DOCUMENT_URL.fullmatch(url):
+        raise InvalidInputError(f"{problem}, without spaces, control characters or credentials")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise InvalidInputError(f"{problem}; this one is malformed") from None
+    if not parts.hostname:
+        raise InvalidInputError(f"{problem}; this one has no host")
+    return url
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,10 @@
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -56,6 +58,15 @@ class InvalidWebhookUrlError(InvalidInputError):
 
     code = "invalid_webhook_url"
     default_message = "A webhook URL is an absolute http:// or https:// URL."
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Ranges Python's ``is_global`` does not refuse on every supported version but no webhook endpoint lives in:
+# IPv4-compatible IPv6 (deprecated, ::a.b.c.d) and the local-use NAT64 prefix (RFC 8215).
+_NOT_PUBLIC_NETWORKS = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+# The well-known NAT64 prefix (RFC 6052): its last 32 bits are the IPv4 address a NAT64 gateway connects to.
+_NAT64_NETWORK = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 class DeliveryStatus(StrEnum):
@@ -165,8 +176,77 @@ def webhook_secret_hint(secret: str) -> str:
     return secret[: len(WEBHOOK_SECRET_PREFIX) + 4]
 
 
-def validate_webhook_url(url: str) -> str:
+def is_public_address(address: IPAddress) -> bool:
+    """Whether ``address`` is a public unicast address, one a webhook may be delivered to by default.
+
+    Not public: loopback, private (10/8, 172.16/12, 192.168/16, fc00::/7), link-local (169.254/16 with the cloud
+    metadata service, fe80::/10), shared (100.64/10), unspecified (0.0.0.0, ::), documentation, benchmarking,
+    reserved and multicast ranges, and IPv6 addresses that embed one of those IPv4 addresses (IPv4-mapped
+    ``::ffff:127.0.0.1``, 6to4 ``2002:7f00:1::``, NAT64 ``64:ff9b::7f00:1``).
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            # Sockets connect to the IPv4 address itself; Python versions differ on is_global for these.
+            return is_public_address(address.ipv4_mapped)
+        embedded = [address.sixtofour, *(address.teredo or ())]
+        if address in _NAT64_NETWORK:
+            embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF))
+        if any(inner is not None and not is_public_address(inner) for inner in embedded):
+            return False
+        if any(address in network for network in _NOT_PUBLIC_NETWORKS):
+            return False
+    return address.is_global and not address.is_multicast
+
+
+def host_address(host: str) -> IPAddress | None:
+    """The address a URL's host names literally, or None when it is a name to resolve.
+
+    Besides ``127.0.0.1`` and IPv6 literals (without brackets, as ``urlsplit`` gives them), this reads the
+    numeric forms the C resolver takes for IPv4 addresses (``inet_aton``, which ``getaddrinfo`` tries before the
+    DNS): ``2130706433``, ``0x7f.1``, ``0177.0.0.1``, ``127.1``, with or without a trailing dot.
+
+    Raises:
+        ValueError: the host ends in a number (so it is never looked up in the DNS) but is no address.
+    """
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    name = host.removesuffix(".")
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(name))
+    except OSError:
+        last = name.rpartition(".")[2].lower()
+        if last.isdigit() or last.startswith("0x"):
+            raise ValueError(host) from None
+        return None
+
+
+def private_target_problem(host: str) -> str | None:
+    """Why a webhook may not target ``host`` when private targets are not allowed; None when it may.
+
+    ``host`` is a URL's host as ``urlsplit`` gives it (lower case, IPv6 without brackets). Only what the host
+    says literally is judged here: a name is resolved, and its addresses checked, when a delivery is sent.
+    """
+    name = host.rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        # RFC 6761: such names always mean this machine, whatever the DNS says.
+        return f"{host} is this machine"
+    try:
+        address = host_address(host)
+    except ValueError:
+        return f"{host} is neither a host name nor a valid IP address"
+    if address is not None and not is_public_address(address):
+        named = host if host == str(address) else f"{host} (that is {address})"
+        return f"{named} is not a public address (loopback, private, link-local, reserved or multicast)"
+    return None
+
+
+def validate_webhook_url(url: str, *, allow_private_targets: bool = False) -> str:
     """The URL, stripped, when it is an absolute http(s) URL without credentials or fragment.
+
+    Unless ``allow_private_targets``, its host may not be ``localhost`` or a literal address that is not public
+    (:func:`is_public_address`): the service would otherwise send signed requests into its own network.
 
     Raises:
         InvalidWebhookUrlError: it is not.
@@ -188,6 +268,8 @@ def validate_webhook_url(url: str) -> str:
         raise InvalidWebhookUrlError("A webhook URL may not contain a #fragment.")
     if port == 0:
         raise InvalidWebhookUrlError("The webhook URL's port is not valid.")
+    if not allow_private_targets and (problem := private_target_problem(parts.hostname)) is not None:
+        raise InvalidWebhookUrlError(f"Webhooks are only sent to public hosts: {problem}.")
     return url
 
 

@@ -20,6 +20,7 @@ from support.application.webhooks import (
     ListWebhookDeliveries,
     ListWebhooks,
     WebhookDeliveryPolicy,
+    WebhookTargetPolicy,
 )
 from support.domain.errors import InvalidInputError
 from support.domain.ids import new_id
@@ -39,6 +40,7 @@ from tests.fakes.webhooks import ScriptedSender
 
 URL = "https://crm.example.com/hooks/support"
 POLICY = WebhookDeliveryPolicy(schedule=RetrySchedule(base_s=10, cap_s=60, max_attempts=3), batch_size=10, lease_s=30)
+PUBLIC_ONLY = WebhookTargetPolicy(allow_private=False)
 
 
 class World:
@@ -55,7 +57,9 @@ class World:
         )
 
     async def create(self, *types: WebhookEventType, url: str = URL) -> tuple[UUID, str]:
-        issued = await CreateWebhook(self.store, self.uow, self.clock).execute(url, types or list(WebhookEventType))
+        issued = await CreateWebhook(self.store, self.uow, self.clock, PUBLIC_ONLY).execute(
+            url, types or list(WebhookEventType)
+        )
         return issued.webhook.id, issued.secret
 
     async def emit(self, event_type: WebhookEventType = WebhookEventType.HANDOFF_REQUESTED) -> OutboundEvent:
@@ -79,7 +83,7 @@ def world() -> World:
 
 
 async def test_a_created_webhook_shows_its_secret_once_and_lists_only_the_hint(world: World) -> None:
-    created = await CreateWebhook(world.store, world.uow, world.clock).execute(
+    created = await CreateWebhook(world.store, world.uow, world.clock, PUBLIC_ONLY).execute(
         f"  {URL}  ",
         [WebhookEventType.MESSAGE_CREATED, WebhookEventType.HANDOFF_REQUESTED, WebhookEventType.MESSAGE_CREATED],
         "  CRM  ",
@@ -106,8 +110,19 @@ async def test_bad_webhooks_are_refused(
     world: World, url: str, types: list[WebhookEventType], description: str, error: type[Exception]
 ) -> None:
     with pytest.raises(error):
-        await CreateWebhook(world.store, world.uow, world.clock).execute(url, types, description)
+        await CreateWebhook(world.store, world.uow, world.clock, PUBLIC_ONLY).execute(url, types, description)
     assert world.uow.commits == 0
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/hooks", "http://localhost/hooks", "http://[::1]/hooks"])
+async def test_private_targets_are_refused_unless_the_policy_allows_them(world: World, url: str) -> None:
+    types = [WebhookEventType.HANDOFF_REQUESTED]
+    with pytest.raises(InvalidWebhookUrlError, match="only sent to public hosts"):
+        await CreateWebhook(world.store, world.uow, world.clock, PUBLIC_ONLY).execute(url, types)
+    assert world.uow.commits == 0
+    allowed = WebhookTargetPolicy(allow_private=True)
+    created = await CreateWebhook(world.store, world.uow, world.clock, allowed).execute(url, types)
+    assert created.webhook.url == url
 
 
 async def test_unknown_webhooks_are_not_found(world: World) -> None:

@@ -1,3 +1,4 @@
+import ipaddress
 import json
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -15,6 +16,8 @@ from support.domain.webhooks import (
     delivery_headers,
     encode_event,
     generate_webhook_secret,
+    host_address,
+    is_public_address,
     sign,
     validate_webhook_url,
     verify_signature,
@@ -99,10 +102,157 @@ def test_data_that_is_not_json_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["https://hooks.example.com/support", "http://127.0.0.1:9000/in?token=abc", "  https://x.example/  "]
+    "url", ["https://hooks.example.com/support", "http://203.0.113.9:9000/in?token=abc", "  https://x.example/  "]
 )
 def test_absolute_http_urls_are_accepted(url: str) -> None:
-    assert validate_webhook_url(url) == url.strip()
+    assert validate_webhook_url(url, allow_private_targets=True) == url.strip()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.example.com/support",
+        "https://crm.example.com:8443/in?token=abc",
+        "http://8.8.8.8/hooks",
+        "http://134744072/hooks",  # 8.8.8.8 written as one number
+        "https://[2606:4700:4700::1111]/hooks",
+        "https://[::ffff:8.8.8.8]/hooks",
+        "https://1e100.net/",  # ends in a letter: a name, resolved (and checked) when a delivery is sent
+        "https://127.0.0.1.nip.io/",  # a name too; the delivery-time check sees where it resolves
+        "https://localhost.example.com/",
+    ],
+)
+def test_public_targets_are_accepted_when_private_ones_are_not(url: str) -> None:
+    assert validate_webhook_url(url) == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9000/in",
+        "http://127.8.9.10/",
+        "http://localhost:8000/hooks",
+        "http://LOCALHOST./hooks",
+        "http://api.localhost/hooks",
+        "http://0.0.0.0:8000/",
+        "http://0/",
+        "http://10.0.0.5/",
+        "http://172.16.0.1/",
+        "http://172.31.255.255/",
+        "http://192.168.1.20/",
+        "http://100.64.0.1/",  # shared address space (carrier-grade NAT)
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+        "http://198.18.0.1/",
+        "http://192.0.2.1/",
+        "http://224.0.0.1/",
+        "http://239.255.255.250/",
+        "http://240.0.0.1/",
+        "http://255.255.255.255/",
+        "http://[::1]/",
+        "http://[::]/",
+        "http://[fe80::1]/",
+        "http://[fe80::1%25eth0]/",
+        "http://[fc00::1]/",
+        "http://[fd12:3456::1]/",
+        "http://[ff02::1]/",
+        "http://[2001:db8::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[::ffff:7f00:1]/",
+        "http://[::ffff:169.254.169.254]/",
+        "http://[::ffff:10.0.0.1]/",
+        "http://[::127.0.0.1]/",  # IPv4-compatible (deprecated)
+        "http://[2002:7f00:1::1]/",  # 6to4 of 127.0.0.1
+        "http://[2002:a9fe:a9fe::]/",  # 6to4 of 169.254.169.254
+        "http://[64:ff9b::a9fe:a9fe]/",  # NAT64 of 169.254.169.254
+        "http://[64:ff9b:1::1]/",  # local-use NAT64
+        "http://[2001::1]/",  # Teredo
+        "http://2130706433/",  # 127.0.0.1 as one decimal number
+        "http://0x7f000001/",
+        "http://0X7F.0.0.1/",
+        "http://0177.0.0.1/",  # octal
+        "http://127.1/",
+        "http://127.0.1/",
+        "http://127.0.0.1./",
+        "http://0xa9fea9fe/",  # 169.254.169.254
+        "http://3232235777/",  # 192.168.1.1
+    ],
+)
+def test_private_targets_are_refused_unless_allowed(url: str) -> None:
+    with pytest.raises(InvalidWebhookUrlError, match="only sent to public hosts") as raised:
+        validate_webhook_url(url)
+    assert raised.value.code == "invalid_webhook_url"
+    assert validate_webhook_url(url, allow_private_targets=True) == url
+
+
+@pytest.mark.parametrize(
+    "url", ["http://1.2.3.4.5/", "http://256.0.0.1/", "http://09/", "http://0x1g.0.0.1/", "http://0x/"]
+)
+def test_hosts_that_are_numbers_but_no_address_are_refused(url: str) -> None:
+    with pytest.raises(InvalidWebhookUrlError, match="neither a host name nor a valid IP address"):
+        validate_webhook_url(url)
+
+
+def test_the_refusal_says_which_address_a_numeric_host_means() -> None:
+    with pytest.raises(InvalidWebhookUrlError) as raised:
+        validate_webhook_url("http://2130706433/hooks")
+    assert "2130706433 (that is 127.0.0.1) is not a public address" in str(raised.value)
+    with pytest.raises(InvalidWebhookUrlError) as raised:
+        validate_webhook_url("http://localhost/hooks")
+    assert "localhost is this machine" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("0177.0.0.01", "127.0.0.1"),
+        ("10.1", "10.0.0.1"),
+        ("192.168.257", "192.168.1.1"),
+        ("0", "0.0.0.0"),  # noqa: S104 - an address to classify, not to bind
+        ("8.8.8.8.", "8.8.8.8"),
+        ("::1", "::1"),
+        ("example.com", None),
+        ("1e100.net", None),
+        ("123.example", None),
+        ("xn--bcher-kva.example", None),
+    ],
+)
+def test_hosts_are_read_as_addresses_the_way_the_resolver_reads_them(host: str, address: str | None) -> None:
+    expected = None if address is None else ipaddress.ip_address(address)
+    assert host_address(host) == expected
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("1.1.1.1", True),
+        ("2606:4700:4700::1111", True),
+        ("::ffff:8.8.8.8", True),
+        ("2002:808:808::", True),  # 6to4 of a public address
+        ("64:ff9b::808:808", True),  # NAT64 of a public address
+        ("127.0.0.1", False),
+        ("10.255.255.255", False),
+        ("169.254.0.1", False),
+        ("100.127.255.254", False),
+        ("0.0.0.0", False),  # noqa: S104
+        ("224.0.0.251", False),
+        ("::1", False),
+        ("::", False),
+        ("fe80::abcd", False),
+        ("fd00::1", False),
+        ("::ffff:192.168.0.1", False),
+        ("::ffff:0.0.0.0", False),
+        ("::10.0.0.1", False),
+        ("2002:c0a8:1::", False),
+        ("64:ff9b::7f00:1", False),
+        ("ff0e::1", False),
+    ],
+)
+def test_addresses_are_classified_as_public_or_not(address: str, public: bool) -> None:
+    assert is_public_address(ipaddress.ip_address(address)) is public
 
 
 @pytest.mark.parametrize(

@@ -237,7 +237,8 @@ class UploadForm(msgspec.Struct):
     file: UploadFile
     external_id: Annotated[str, msgspec.Meta(max_length=MAX_EXTERNAL_ID_LENGTH)] | None = None
     title: Annotated[str, msgspec.Meta(max_length=MAX_TITLE_LENGTH)] | None = None
-    url: DocumentUrl | None = None
+    # A form has no null: an empty field is no url (a nullable one would be documented as accepting "null").
+    url: DocumentUrl = ""
     # Held to the JSON body's rule (Tags) once split, by form_tags.
     tags: (
         Annotated[

@@ -32,8 +32,9 @@ _CREATE_DESCRIPTION = """\
 Events are POSTed as JSON `{id, type, created_at, conversation_id, data}` with the headers `Webhook-Id` (the event
 id), `Webhook-Timestamp` (Unix seconds) and `Webhook-Signature: v1=<hex>`, the HMAC-SHA256 of
 `"{timestamp}.{body}"` keyed with the secret. The secret is in this response only. Delivery is at least once:
-deduplicate by `Webhook-Id`. A 2xx answer within the timeout counts as delivered; anything else is retried with
-exponential backoff."""
+deduplicate by `Webhook-Id`. A 2xx answer within the timeout counts as delivered; anything else (a redirect
+included: redirects are not followed) is retried with exponential backoff. Unless private targets are allowed
+(outside production by default), an endpoint whose name resolves to a non-public address is not sent to."""
 
 
 class WebhooksController(Controller):

@@ -26,7 +26,11 @@ class CreateWebhookRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
         msgspec.Meta(
             min_length=1,
             max_length=MAX_WEBHOOK_URL_LENGTH,
-            description="An absolute http:// or https:// URL, without credentials or a #fragment.",
+            description=(
+                "An absolute http:// or https:// URL, without credentials or a #fragment. In production its host "
+                "must be public: `localhost` and loopback, private or link-local addresses are refused "
+                "(`invalid_webhook_url`; SUPPORT_WEBHOOKS__ALLOW_PRIVATE_TARGETS)."
+            ),
             examples=["https://hooks.example.com/support"],
         ),
     ]
