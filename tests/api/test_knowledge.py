@@ -321,6 +321,9 @@ async def test_jsonl_lines_are_held_to_the_single_document_rules_before_queueing
         ({"id": "a", "title": "t" * 600, "text": "x"}, "title"),
         ({"id": "a", "title": "T", "text": " \n\t\u3000 "}, "empty"),
         ({"id": "a", "title": "T", "text": "x", "url": "javascript:alert(1)"}, "url: must be an absolute http"),
+        ({"id": "a", "title": "T", "text": "x", "tags": ["t" * 101]}, "tags of 1 to 100 characters"),
+        ({"id": "a", "title": "T", "text": "x", "tags": [f"t{n}" for n in range(51)]}, "at most 50 tags"),
+        ({"id": "a", "title": "T", "text": "x", "tags": [""]}, "tags of 1 to 100"),
     ):
         export = f"{good}\n\n{json.dumps(bad)}\n".encode()
         response = await client.post(

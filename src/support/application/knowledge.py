@@ -21,6 +21,8 @@ from support.domain.errors import (
 from support.domain.ids import new_id
 from support.domain.injection import scan_source, scan_text, unique
 from support.domain.knowledge import (
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
     Audience,
     Chunk,
     Document,
@@ -95,7 +97,7 @@ def check_request(request: IngestRequest, limits: KnowledgeLimits) -> None:
     Raises:
         ContentTooLargeError: the content exceeds the configured size.
         InvalidInputError: the content is empty or whitespace, a given title or external_id is too long (or
-            the title is whitespace), or the url is not an absolute http(s) URL.
+            the title is whitespace), the url is not an absolute http(s) URL, or the tags break their limits.
     """
     if len(request.content) > limits.max_document_bytes:
         raise ContentTooLargeError(f"A document may have at most {limits.max_document_bytes} bytes.")
@@ -108,6 +110,9 @@ def check_request(request: IngestRequest, limits: KnowledgeLimits) -> None:
         raise InvalidInputError(f"An external_id has at most {MAX_EXTERNAL_ID_LENGTH} characters.")
     # Shown to customers as a citation link: a javascript: URL in a bulk file is refused like one in the API.
     validate_document_url(request.url)
+    # The API's body rule (Tags), for the ways in that skip it: JSON-lines files and Markdown front matter.
+    if len(request.tags) > MAX_TAGS or not all(0 < len(tag) <= MAX_TAG_LENGTH for tag in request.tags):
+        raise InvalidInputError(f"A document has at most {MAX_TAGS} tags of 1 to {MAX_TAG_LENGTH} characters each.")
 
 
 def _checked_title(title: str) -> str:
@@ -551,7 +556,9 @@ class JobNotFoundError(NotFoundError):
 
 
 def parse_jsonl(data: bytes) -> list[IngestRequest]:
-    """Documents from JSON lines of ``{id, title, text, url?, tags?, content_type?}``.
+    """Documents from JSON lines of ``{id, text, title?, url?, tags?, content_type?}``.
+
+    Without a title, the document's is the one found in its content (a first heading), as for any document.
 
     Raises:
         InvalidInputError: a line is not such a record; the message names the line.
@@ -581,7 +588,7 @@ def parse_jsonl_lines(data: bytes) -> list[tuple[int, IngestRequest]]:
             )
             requests.append((number, request))
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise InvalidInputError(f"Line {number} is not a JSON object with id, title and text.") from None
+            raise InvalidInputError(f"Line {number} is not a JSON object with id and text.") from None
     if not requests:
         raise InvalidInputError("The file holds no documents.")
     return requests

@@ -28,7 +28,7 @@ def count_sources(paths: list[Path]) -> int:
 
 
 def iter_sources(paths: list[Path]) -> Iterator[IngestRequest]:
-    """One request per file, or per line of a ``.jsonl`` file (``{id, title, text, url?, tags?}``)."""
+    """One request per file, or per line of a ``.jsonl`` file (``{id, text, title?, url?, tags?}``)."""
     for path in _files(paths):
         if path.suffix.lower() == ".jsonl":
             yield from _jsonl(path)

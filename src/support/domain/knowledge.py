@@ -21,6 +21,9 @@ RRF_K = 4
 # How many candidates each ranking contributes before fusion and per-document deduplication.
 RRF_CANDIDATES = 40
 
+# A document's tags, however they come in (a JSON body, an upload form, a JSON-lines file, front matter).
+MAX_TAGS = 50
+MAX_TAG_LENGTH = 100
 
 MAX_DOCUMENT_URL_LENGTH = 2000
 # What a document's url may be, as the API states it (OpenAPI ``pattern``, ECMAScript and Python alike): empty, or

@@ -91,6 +91,22 @@ def test_jsonl_lines_are_checked_for_their_url_and_the_line_is_named() -> None:
         check_request(bad, KnowledgeLimits())
 
 
+async def test_a_jsonl_line_without_a_title_takes_the_one_in_its_text() -> None:
+    line = {
+        "id": "faq-1",
+        "text": "# Refund times\n\nCards take 5 to 10 business days.",
+        "content_type": "text/markdown",
+    }
+    [(_, request)] = parse_jsonl_lines(json.dumps(line).encode())
+    check_request(request, KnowledgeLimits())
+
+    result = await ingestion(InMemoryKnowledgeBase(), HashingEmbedder()).execute(request)
+
+    assert result.document.title == "Refund times"
+    with pytest.raises(InvalidInputError, match="with id and text"):
+        parse_jsonl_lines(json.dumps({"title": "No id or text"}).encode())
+
+
 async def test_bulk_ingestion_reports_a_bad_url_and_ingests_the_rest() -> None:
     """What `support kb ingest` and the background job run: the bad document fails, naming the field."""
     knowledge = InMemoryKnowledgeBase()

@@ -35,6 +35,8 @@ from support.domain.injection import InjectionReason
 from support.domain.knowledge import (
     DOCUMENT_URL_PATTERN,
     MAX_DOCUMENT_URL_LENGTH,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
     Audience,
     Document,
     SearchQuery,
@@ -44,8 +46,6 @@ from support.domain.knowledge import (
 from support.ports.jobs import JobState
 
 ContentType = Literal["text/plain", "text/markdown", "text/html"]
-MAX_TAGS = 50
-MAX_TAG_LENGTH = 100
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TAG_LENGTH)]
 # One rule for every way tags come in: a JSON body's list, and an upload form's comma-separated field (form_tags).
 Tags = Annotated[list[Tag], msgspec.Meta(max_length=MAX_TAGS)]
@@ -343,7 +343,7 @@ class KnowledgeController(Controller):
         summary="Upload a file as a document",
         description=(
             "Multipart upload of a .txt, .md, .html or .pdf file (the file name gives the type): 201/200 with the "
-            "document. A .jsonl file of `{id, title, text, url?, tags?}` lines is ingested in the background: "
+            "document. A .jsonl file of `{id, text, title?, url?, tags?}` lines is ingested in the background: "
             "202 with a job to follow at `GET /v1/knowledge/jobs/{id}`."
         ),
         responses={
