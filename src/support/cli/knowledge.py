@@ -68,7 +68,9 @@ def in_memory_cache() -> Provider:
 
 @kb_app.command("ingest")
 def kb_ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Files, folders, or .jsonl files of {id, text, title?, url?, tags?}.")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Files, folders, or .jsonl files of {id, text, title?, url?, tags?}.")
+    ],
 ) -> None:
     """Ingest documents (txt, md, html, pdf, jsonl); unchanged documents are skipped."""
     from support.cli.main import with_container
