@@ -288,3 +288,26 @@ async def test_no_word_of_a_reply_follows_a_takeover_made_in_another_process(
     assert sum(event["event"] == "delta" for event in stream) < 100  # stopped, not run to its 300 words
     transcript = (await http.get(f"{base}/messages", headers=service_headers)).json()["items"]
     assert "assistant" not in {message["role"] for message in transcript}
+
+
+async def test_an_agent_lists_only_the_conversations_they_claimed(
+    http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    ana = await agent_key(http, service_headers, "Ana")
+    ben = await agent_key(http, service_headers, "Ben")
+    waiting: list[str] = []
+    for n in range(3):
+        conversation = await start(http, service_headers, f"cust-mine-{n}")
+        path = f"/v1/conversations/{conversation['id']}"
+        assert (await http.post(f"{path}/handoff", headers=bearer(conversation["customer_token"]))).status_code == 200
+        waiting.append(conversation["id"])
+    assert (await http.post(f"/v1/conversations/{waiting[1]}/claim", headers=ana)).status_code == 200
+
+    def ids(response: httpx.Response) -> list[str]:
+        assert response.status_code == 200, response.text
+        return [item["conversation_id"] for item in response.json()["items"]]
+
+    assert ids(await http.get("/v1/handoffs", params={"mine": "true"}, headers=ana)) == [waiting[1]]
+    assert ids(await http.get("/v1/handoffs", params={"mine": "true"}, headers=ben)) == []
+    assert ids(await http.get("/v1/handoffs", headers=ben)) == waiting
+    assert_problem(await http.get("/v1/handoffs", params={"mine": "maybe"}, headers=ana), 422, "validation_failed")

@@ -282,6 +282,30 @@ async def test_the_handoff_queue_lists_waiting_and_claimed_oldest_request_first(
         await backend.conversations.handoff_queue(statuses=both, limit=2, cursor="not-a-cursor")
 
 
+async def test_the_handoff_queue_lists_what_one_agent_has_claimed(backend: Backend) -> None:
+    decision = HandoffDecision(HandoffAction.ESCALATE, ReasonCode.CUSTOMER_REQUEST)
+    ana, ben, bootstrap = AgentRef(new_id(), "Ana"), AgentRef(new_id(), "Ben"), AgentRef(None, "bootstrap admin")
+    owners = (ana, ben, bootstrap, ana, None)
+    made = [await new_conversation(backend, f"mine-{n}") for n in range(len(owners))]
+    for minute, (conversation, owner) in enumerate(zip(made, owners, strict=True)):
+        queued = conversation.request_handoff(decision, NOW + timedelta(minutes=minute))
+        await backend.conversations.update(queued if owner is None else queued.claim(owner, NOW + timedelta(hours=1)))
+    await backend.uow.commit()
+    both = (ConversationStatus.PENDING_HUMAN, ConversationStatus.HUMAN)
+
+    async def claimed_by(agent: AgentRef) -> list[UUID]:
+        page = await backend.conversations.handoff_queue(statuses=both, limit=10, cursor=None, claimed_by=agent)
+        return [item.id for item in page.items]
+
+    assert await claimed_by(ana) == [made[0].id, made[3].id]
+    assert await claimed_by(AgentRef(ana.id, "Ana, renamed")) == [made[0].id, made[3].id]  # the key decides
+    assert await claimed_by(ben) == [made[1].id]
+    # A key without an id (the bootstrap admin) is known by its name.
+    assert await claimed_by(bootstrap) == [made[2].id]
+    assert await claimed_by(AgentRef(None, "someone else")) == []
+    assert await claimed_by(AgentRef(new_id(), "bootstrap admin")) == []
+
+
 async def test_a_summary_is_stored_only_for_the_handoff_it_was_written_for(backend: Backend) -> None:
     decision = HandoffDecision(HandoffAction.ESCALATE, ReasonCode.SENSITIVE_TOPIC)
     conversation = (await new_conversation(backend)).request_handoff(decision, NOW)

@@ -133,10 +133,11 @@ class ListHandoffs:
         principal: Principal,
         *,
         status: ConversationStatus | None = None,
+        mine: bool = False,
         limit: int = 50,
         cursor: str | None = None,
     ) -> HandoffQueuePage:
-        """Return one page.
+        """Return one page; with ``mine``, only the conversations the caller has claimed (an agent's own queue).
 
         Raises:
             PermissionDeniedError: the caller is not an agent.
@@ -147,7 +148,10 @@ class ListHandoffs:
         if status is not None and status not in queue_statuses:
             raise InvalidInputError("The queue holds conversations in status pending_human or human.")
         page = await self._conversations.handoff_queue(
-            statuses=(status,) if status else queue_statuses, limit=min(max(limit, 1), MAX_PAGE_SIZE), cursor=cursor
+            statuses=(status,) if status else queue_statuses,
+            limit=min(max(limit, 1), MAX_PAGE_SIZE),
+            cursor=cursor,
+            claimed_by=_agent(principal) if mine else None,
         )
         now = self._clock.now()
         items: list[QueuedHandoff] = []

@@ -8,6 +8,7 @@ from uuid import UUID
 
 from support.domain.assistant import AttachedText
 from support.domain.conversations import (
+    AgentRef,
     AttachmentInfo,
     AttachmentUpload,
     Conversation,
@@ -115,9 +116,17 @@ class ConversationRepository(Protocol):
         ...
 
     async def handoff_queue(
-        self, *, statuses: Sequence[ConversationStatus], limit: int, cursor: str | None
+        self,
+        *,
+        statuses: Sequence[ConversationStatus],
+        limit: int,
+        cursor: str | None,
+        claimed_by: AgentRef | None = None,
     ) -> ConversationPage:
         """Conversations in ``statuses`` (pending_human, human), oldest handoff request first.
+
+        With ``claimed_by``, only those that agent owns: the same key id, or for an agent without one (the bootstrap
+        admin key) no id and the same name.
 
         Raises:
             InvalidInputError: the cursor is not one this store issued.

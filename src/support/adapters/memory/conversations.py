@@ -7,6 +7,7 @@ from uuid import UUID
 
 from support.domain.assistant import AttachedText
 from support.domain.conversations import (
+    AgentRef,
     AttachmentInfo,
     AttachmentUpload,
     Conversation,
@@ -18,6 +19,13 @@ from support.domain.conversations import (
 from support.domain.ids import new_id
 from support.domain.paging import SEQ_CURSOR, TIME_ID_CURSOR
 from support.ports.conversations import ConversationPage, MessagePage
+
+
+def _owned_by(conversation: Conversation, agent: AgentRef) -> bool:
+    owner = conversation.agent
+    if owner is None:
+        return False
+    return owner.id == agent.id if agent.id is not None else owner.id is None and owner.name == agent.name
 
 
 def _queue_key(conversation: Conversation) -> tuple[datetime, UUID]:
@@ -136,11 +144,22 @@ class InMemoryConversationRepository:
         return [conversation.id for conversation in idle[:limit]]
 
     async def handoff_queue(
-        self, *, statuses: Sequence[ConversationStatus], limit: int, cursor: str | None
+        self,
+        *,
+        statuses: Sequence[ConversationStatus],
+        limit: int,
+        cursor: str | None,
+        claimed_by: AgentRef | None = None,
     ) -> ConversationPage:
         wanted = set(statuses) & {ConversationStatus.PENDING_HUMAN, ConversationStatus.HUMAN}
         queued = sorted(
-            (item for item in self.conversations.values() if item.status in wanted and item.handoff_requested_at),
+            (
+                item
+                for item in self.conversations.values()
+                if item.status in wanted
+                and item.handoff_requested_at
+                and (claimed_by is None or _owned_by(item, claimed_by))
+            ),
             key=_queue_key,
         )
         if cursor:

@@ -499,13 +499,24 @@ class PostgresConversationRepository:
             return list((await self._session.execute(statement)).scalars())
 
     async def handoff_queue(
-        self, *, statuses: Sequence[ConversationStatus], limit: int, cursor: str | None
+        self,
+        *,
+        statuses: Sequence[ConversationStatus],
+        limit: int,
+        cursor: str | None,
+        claimed_by: AgentRef | None = None,
     ) -> ConversationPage:
         statement = sa.select(*_CONVERSATION_COLUMNS).where(
             # The same predicate as the partial index, so the planner can use it.
             _CONVERSATIONS.c.status.in_(["pending_human", "human"]),
             _CONVERSATIONS.c.status.in_([status.value for status in statuses]),
         )
+        if claimed_by is not None:
+            statement = statement.where(
+                _CONVERSATIONS.c.agent_id == claimed_by.id
+                if claimed_by.id is not None
+                else sa.and_(_CONVERSATIONS.c.agent_id.is_(None), _CONVERSATIONS.c.agent_name == claimed_by.name)
+            )
         if cursor:
             after = TIME_ID_CURSOR.decode(cursor)
             statement = statement.where(

@@ -49,7 +49,8 @@ class HandoffQueueController(Controller):
         summary="The agents' queue",
         description=(
             "Conversations waiting for an agent (`pending_human`) and claimed ones (`human`), oldest request first, "
-            "each with the handoff decision, the wait so far and a short summary for the agent."
+            "each with the handoff decision, the wait so far and a short summary for the agent. `mine=true` lists "
+            "only the conversations the caller has claimed."
         ),
         responses=problem_responses(401, 403, 422),
     )
@@ -59,12 +60,16 @@ class HandoffQueueController(Controller):
         request: Request[Any, Any, Any],
         use_case: FromDishka[ListHandoffs],
         status: FromQuery[QueueStatus | None] = None,
+        mine: Annotated[
+            bool, QueryParameter(description="Only the conversations the caller has claimed (their own queue).")
+        ] = False,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
         cursor: PageCursor = None,
     ) -> HandoffList:
         page = await use_case.execute(
             await authenticate(request),
             status=ConversationStatus(status) if status else None,
+            mine=mine,
             limit=limit,
             cursor=cursor,
         )
