@@ -151,6 +151,9 @@ class ConversationSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     sweep_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     # A comment line goes out on idle SSE streams this often.
     heartbeat_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+    # Open feeds and sockets check this often that their credentials still reach the conversation (a revoked key,
+    # an expired token, an erased customer end them); a socket also checks before each message it sends.
+    access_recheck_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     # Hot state (status, recent turns) kept in Valkey this long after the last activity.
     session_ttl_s: PositiveInt = 6 * 3600
     recent_messages: PositiveInt = 20
@@ -235,6 +238,9 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     # Deliveries claimed and sent (concurrently) per round.
     batch_size: PositiveInt = 50
+    # Delivered and failed deliveries are deleted this many days after their last attempt (and their events once
+    # no delivery needs them); pending ones never are. 0 keeps them forever.
+    retention_days: Annotated[int, msgspec.Meta(ge=0)] = 30
     # Whether endpoints may be loopback, private, link-local or otherwise non-public addresses (or names that
     # resolve to them). Unset: allowed in dev and test (a local receiver), refused in prod (SSRF); see
     # Settings.private_webhook_targets_allowed.

@@ -12,10 +12,10 @@ documented examples, boundary cases, then random ones) and every response must:
 - not be answered without credentials when the operation requires them.
 
 Each test starts from freshly seeded resources: a customer's conversation (with a message, an attachment and a
-remembered fact), one waiting for an agent, one an agent owns, a document, a webhook, an API key and a background
-job. In about three valid cases of four the path parameters (and the customer lookup's external id) name them
-instead of random ids, so operations get past "not found"; ``test_every_operation_reached_a_success`` checks that
-they did. The operations open to customers run again with the customer's token.
+remembered fact), one waiting for an agent, one an agent owns, a document, a webhook with a delivery, an API key
+and a background job. In about three valid cases of four the path parameters (and the customer lookup's external
+id) name them instead of random ids, so operations get past "not found"; ``test_every_operation_reached_a_success``
+checks that they did. The operations open to customers run again with the customer's token.
 
 docs/development.md says how to run it alone and how to reproduce a failure.
 """
@@ -272,6 +272,10 @@ def customer_token(fuzz_app: Litestar) -> Iterator[str]:
             ),
             201,
         )
+        # A delivery to redeliver: the webhook hears of an agent's message.
+        reply = {"content": "Let me check on that order."}
+        _body(client.post(f"/v1/conversations/{owned['id']}/agent-messages", json=reply, headers=ADMIN), 201)
+        delivery, *_ = _body(client.get(f"/v1/webhooks/{webhook['id']}/deliveries", headers=ADMIN), 200)["items"]
         key = _body(client.post("/v1/keys", json={"name": "fuzz", "role": "agent"}, headers=ADMIN), 201)
         job = _body(
             client.post(
@@ -289,6 +293,7 @@ def customer_token(fuzz_app: Litestar) -> Iterator[str]:
         memory_id=memory_id,
         document_id=document["document"]["id"],
         webhook_id=webhook["id"],
+        delivery_id=delivery["id"],
         key_id=key["id"],
         job_id=job["id"],
     )

@@ -3,7 +3,8 @@
 import re
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,25 @@ import sqlalchemy as sa
 from dishka import AsyncContainer
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from support.adapters.embedding.onnx_minilm import OnnxMiniLMEmbedder
+from support.adapters.postgres.uow import SqlAlchemyUnitOfWork
+from support.adapters.postgres.webhooks import (
+    PostgresWebhookDeliveryQueue,
+    PostgresWebhookOutbox,
+    PostgresWebhookRepository,
+)
 from support.config import Settings, WebhookSettings
 from support.container import create_app
 from support.domain.ids import new_id
-from support.domain.webhooks import OutboundEvent, Webhook, WebhookEventType, generate_webhook_secret
+from support.domain.webhooks import (
+    DeliveryStatus,
+    OutboundEvent,
+    Webhook,
+    WebhookEventType,
+    generate_webhook_secret,
+)
 from support.ports.system import UnitOfWork
 from support.ports.webhooks import WebhookOutbox, WebhookRepository
 from tests.api.conftest import llm_provider, serve
@@ -153,6 +166,8 @@ async def test_only_admins_manage_webhooks(client: AsyncTestClient[Litestar], ad
         assert_problem(await client.get("/v1/webhooks", headers=headers), 403, "forbidden")
         assert_problem(await client.get(f"/v1/webhooks/{webhook_id}/deliveries", headers=headers), 403, "forbidden")
         assert_problem(await client.delete(f"/v1/webhooks/{webhook_id}", headers=headers), 403, "forbidden")
+        redeliver = f"/v1/webhooks/{webhook_id}/deliveries/{new_id()}/redeliver"
+        assert_problem(await client.post(redeliver, headers=headers), 403, "forbidden")
     assert_problem(await client.get("/v1/webhooks"), 401, "unauthenticated")
 
 
@@ -181,9 +196,11 @@ async def test_openapi_documents_the_webhook_operations(client: AsyncTestClient[
         "GetWebhook",
         "DeleteWebhook",
         "ListWebhookDeliveries",
+        "RedeliverWebhookDelivery",
     }
     assert "Webhook-Signature" in operations["CreateWebhook"]["description"]
     assert {"401", "403", "404"} <= set(operations["ListWebhookDeliveries"]["responses"])
+    assert {"202", "401", "403", "404"} <= set(operations["RedeliverWebhookDelivery"]["responses"])
 
 
 async def test_subscribed_events_arrive_signed_and_show_as_delivered(
@@ -296,6 +313,128 @@ async def test_the_handoff_use_cases_emit_their_events_through_the_outbox(
         body = msgspec.json.decode(request.body)
         assert body["conversation_id"] == conversation_id
         assert verify_webhook(secret, httpx.Headers(request.headers), request.body)
+
+
+async def test_a_failed_delivery_redelivered_arrives_at_the_fixed_receiver(
+    settings: Settings,
+    embedder: OnnxMiniLMEmbedder,
+    llm: ScriptedLLM,
+    admin_headers: dict[str, str],
+    verify_webhook: Verifier,
+) -> None:
+    """The receiver answers 500 (one attempt allowed: failed for good), is fixed, and the admin redelivers."""
+    once = WebhookSettings(timeout_s=5, poll_interval_s=0.05, max_attempts=1)
+    app = create_app(
+        msgspec.structs.replace(settings, webhooks=once), shared_embedder_provider(embedder), llm_provider(llm)
+    )
+    async with WebhookReceiver(500) as receiver, serve(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+        created = await http.post("/v1/webhooks", json=HOOK | {"url": receiver.url}, headers=admin_headers)
+        webhook_id, secret = created.json()["id"], created.json()["secret"]
+        requested = event(WebhookEventType.HANDOFF_REQUESTED, reason_code="customer_request")
+        await emit(app, requested)
+        [failed] = await wait_for_deliveries(
+            http, webhook_id, admin_headers, lambda items: bool(items) and items[0]["status"] == "failed"
+        )
+
+        before = datetime.now(UTC)
+        response = await http.post(
+            f"/v1/webhooks/{webhook_id}/deliveries/{failed['id']}/redeliver", headers=admin_headers
+        )
+        assert response.status_code == 202, response.text
+        redelivered = response.json()
+        assert redelivered["status"] == "pending"
+        assert {key: redelivered[key] for key in ("id", "event_id", "attempts", "last_status_code")} == {
+            key: failed[key] for key in ("id", "event_id", "attempts", "last_status_code")
+        }
+        due = datetime.fromisoformat(redelivered["next_attempt_at"])
+        assert before - timedelta(seconds=1) <= due <= datetime.now(UTC)
+        [delivered] = await wait_for_deliveries(
+            http, webhook_id, admin_headers, lambda items: items[0]["status"] == "delivered"
+        )
+
+    assert (delivered["attempts"], delivered["last_status_code"], delivered["last_error"]) == (2, 200, None)
+    first, second = receiver.requests
+    assert (first.status, second.status) == (500, 200)
+    # The original event, so the receiver can deduplicate it; signed anew like any attempt.
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == str(requested.id)
+    assert first.body == second.body
+    assert verify_webhook(secret, httpx.Headers(second.headers), second.body)
+
+
+async def test_redelivering_what_does_not_exist_is_a_404(
+    http: httpx.AsyncClient, chat_app: Litestar, admin_headers: dict[str, str]
+) -> None:
+    async with WebhookReceiver() as receiver:
+        hook = HOOK | {"url": receiver.url}
+        mine = (await http.post("/v1/webhooks", json=hook, headers=admin_headers)).json()["id"]
+        theirs = (await http.post("/v1/webhooks", json=hook, headers=admin_headers)).json()["id"]
+        await emit(chat_app, event(WebhookEventType.HANDOFF_REQUESTED))
+        deliveries = await http.get(f"/v1/webhooks/{theirs}/deliveries", headers=admin_headers)
+        [their_delivery] = deliveries.json()["items"]
+        for webhook_id, delivery_id, code in (
+            (mine, their_delivery["id"], "webhook_delivery_not_found"),
+            (mine, new_id(), "webhook_delivery_not_found"),
+            (new_id(), their_delivery["id"], "webhook_not_found"),
+        ):
+            response = await http.post(
+                f"/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", headers=admin_headers
+            )
+            assert_problem(response, 404, code)
+
+
+async def test_the_worker_deletes_finished_deliveries_past_their_retention(
+    settings: Settings,
+    embedder: OnnxMiniLMEmbedder,
+    llm: ScriptedLLM,
+    admin_headers: dict[str, str],
+    engine: AsyncEngine,
+) -> None:
+    """Old delivered and failed deliveries (and their events) go at the worker's first sweep; the rest stay."""
+    now = datetime.now(UTC)
+    old, recent = now - timedelta(days=3), now - timedelta(hours=1)
+    webhook = Webhook(
+        id=new_id(),
+        url="https://crm.example.com/hooks/support",
+        description="",
+        event_types=(WebhookEventType.HANDOFF_REQUESTED,),
+        secret_hint="whsec_test",
+        active=True,
+        created_at=old,
+    )
+    async with async_sessionmaker(engine, expire_on_commit=False)() as session:
+        webhooks, queue, uow = (
+            PostgresWebhookRepository(session),
+            PostgresWebhookDeliveryQueue(session),
+            SqlAlchemyUnitOfWork(session),
+        )
+        await webhooks.add(webhook, generate_webhook_secret())
+        outbox = PostgresWebhookOutbox(session)
+        kept: set[str] = set()
+        for attempted_at, outcome in ((old, "delivered"), (old, "failed"), (old, "retry"), (recent, "delivered")):
+            sent = OutboundEvent(
+                id=new_id(), type=webhook.event_types[0], conversation_id=None, occurred_at=attempted_at
+            )
+            await outbox.enqueue(sent)
+            [due] = await queue.claim_due(now=attempted_at, limit=1, lease_until=attempted_at)
+            if outcome == "delivered":
+                await queue.save(due.delivery.succeeded(200, attempted_at))
+            elif outcome == "failed":
+                await queue.save(replace(due.delivery, status=DeliveryStatus.FAILED, last_error="HTTP 500"))
+            else:  # pending: its next attempt is due tomorrow
+                await queue.save(replace(due.delivery, next_attempt_at=now + timedelta(days=1), last_error="HTTP 500"))
+            if attempted_at == recent or outcome == "retry":
+                kept.add(str(due.delivery.id))
+        await uow.commit()
+
+    retaining = WebhookSettings(retention_days=1, poll_interval_s=0.05)
+    app = create_app(
+        msgspec.structs.replace(settings, webhooks=retaining), shared_embedder_provider(embedder), llm_provider(llm)
+    )
+    async with serve(app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+        items = await wait_for_deliveries(http, str(webhook.id), admin_headers, lambda items: len(items) == 2)
+    assert {item["id"] for item in items} == kept
+    async with engine.connect() as connection:
+        assert await connection.scalar(sa.text("SELECT count(*) FROM webhook_events")) == 2
 
 
 def private_targets(settings: Settings, *, allowed: bool, **webhooks: Any) -> Settings:

@@ -1,9 +1,10 @@
 """The webhook repository, outbox and delivery queue contracts, checked against PostgreSQL and the fakes."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -17,6 +18,7 @@ from support.adapters.memory.webhooks import (
     InMemoryWebhookRepository,
 )
 from support.adapters.postgres.conversations import PostgresConversationRepository
+from support.adapters.postgres.models import WebhookEventRow
 from support.adapters.postgres.uow import SqlAlchemyUnitOfWork
 from support.adapters.postgres.webhooks import (
     PostgresWebhookDeliveryQueue,
@@ -26,7 +28,7 @@ from support.adapters.postgres.webhooks import (
 from support.domain.conversations import Conversation, ConversationStatus
 from support.domain.errors import InvalidInputError
 from support.domain.ids import new_id
-from support.domain.webhooks import DeliveryStatus, OutboundEvent, Webhook, WebhookEventType
+from support.domain.webhooks import DeliveryStatus, OutboundEvent, Webhook, WebhookDelivery, WebhookEventType
 from support.ports.system import UnitOfWork
 from support.ports.webhooks import WebhookDeliveryQueue, WebhookOutbox, WebhookRepository
 
@@ -45,23 +47,36 @@ class Backend:
     outbox: WebhookOutbox
     queue: WebhookDeliveryQueue
     uow: UnitOfWork
+    # The ids of the stored events (no port reads them: only deliveries carry them out).
+    event_ids: Callable[[], Awaitable[set[UUID]]]
 
 
 @pytest.fixture
 async def postgres_backend(engine: AsyncEngine) -> AsyncIterator[Backend]:
+    async def event_ids() -> set[UUID]:
+        async with engine.connect() as connection:
+            return set((await connection.execute(sa.select(WebhookEventRow.id))).scalars())
+
     async with async_sessionmaker(engine, expire_on_commit=False)() as session:
         yield Backend(
             PostgresWebhookRepository(session),
             PostgresWebhookOutbox(session),
             PostgresWebhookDeliveryQueue(session),
             SqlAlchemyUnitOfWork(session),
+            event_ids,
         )
 
 
 @pytest.fixture
 def memory_backend() -> Backend:
     store = InMemoryWebhookRepository()
-    return Backend(store, InMemoryWebhookOutbox(store), InMemoryWebhookDeliveryQueue(store), InMemoryUnitOfWork())
+
+    async def event_ids() -> set[UUID]:
+        return set(store.events)
+
+    return Backend(
+        store, InMemoryWebhookOutbox(store), InMemoryWebhookDeliveryQueue(store), InMemoryUnitOfWork(), event_ids
+    )
 
 
 @pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -273,6 +288,160 @@ async def test_data_that_is_not_json_is_refused_even_without_subscribers(backend
         await backend.outbox.enqueue(event(data_id=new_id()))
 
 
+async def listed(backend: Backend, webhook_id: UUID) -> dict[UUID, WebhookDelivery]:
+    """The endpoint's deliveries by id, as the listing shows them."""
+    page = await backend.webhooks.list_deliveries(webhook_id, limit=100, cursor=None)
+    return {item.id: item for item in page.items}
+
+
+async def finish(backend: Backend, *, at: datetime, status: DeliveryStatus, count: int = 1) -> list[WebhookDelivery]:
+    """Claim ``count`` due deliveries at ``at`` and record them delivered or failed, committed."""
+    claimed = await backend.queue.claim_due(now=at, limit=count, lease_until=at + LEASE)
+    assert len(claimed) == count
+    finished = [
+        due.delivery.succeeded(200, at)
+        if status is DeliveryStatus.DELIVERED
+        else replace(due.delivery, status=DeliveryStatus.FAILED, last_status_code=500, last_error="HTTP 500")
+        for due in claimed
+    ]
+    for delivery in finished:
+        await backend.queue.save(delivery)
+    await backend.uow.commit()
+    return finished
+
+
+@pytest.mark.parametrize("status", [DeliveryStatus.FAILED, DeliveryStatus.DELIVERED])
+async def test_a_redelivered_delivery_is_due_at_once_with_a_fresh_retry_budget(
+    backend: Backend, status: DeliveryStatus
+) -> None:
+    webhook = await add_webhook(backend, REQUESTED)
+    sent = event()
+    await enqueue(backend, sent)
+    [done] = await finish(backend, at=NOW, status=status)
+    later = NOW + timedelta(hours=3)
+
+    requeued = await backend.queue.requeue(webhook.id, done.id, now=later)
+    await backend.uow.commit()
+
+    assert requeued is not None
+    assert (requeued.status, requeued.next_attempt_at, requeued.delivered_at) == (DeliveryStatus.PENDING, later, None)
+    # Every attempt stays counted; the budget counts from here.
+    assert (requeued.attempts, requeued.attempts_before_redelivery, requeued.attempts_since_redelivery) == (1, 1, 0)
+    # The last answer describes the last attempt made until the next one replaces it.
+    assert (requeued.last_attempt_at, requeued.last_status_code) == (NOW, done.last_status_code)
+    assert (await listed(backend, webhook.id))[done.id] == requeued
+    assert await claim(backend, later - timedelta(seconds=1)) == []
+    [again] = await backend.queue.claim_due(now=later, limit=10, lease_until=later + LEASE)
+    assert (again.event, again.delivery.attempts, again.delivery.attempts_since_redelivery) == (sent, 2, 1)
+    await backend.queue.save(again.delivery.succeeded(204, later))
+    await backend.uow.commit()
+    delivered = (await listed(backend, webhook.id))[done.id]
+    assert (delivered.status, delivered.attempts, delivered.delivered_at) == (DeliveryStatus.DELIVERED, 2, later)
+
+
+async def test_a_pending_delivery_redelivered_is_due_at_once(backend: Backend) -> None:
+    webhook = await add_webhook(backend, REQUESTED)
+    await enqueue(backend, event())
+    [due] = await backend.queue.claim_due(now=NOW, limit=10, lease_until=NOW + LEASE)
+    await backend.queue.save(replace(due.delivery, next_attempt_at=NOW + timedelta(hours=1), last_error="HTTP 503"))
+    await backend.uow.commit()
+    requeued = await backend.queue.requeue(webhook.id, due.delivery.id, now=NOW + timedelta(seconds=1))
+    await backend.uow.commit()
+    assert requeued is not None
+    assert (requeued.status, requeued.next_attempt_at) == (DeliveryStatus.PENDING, NOW + timedelta(seconds=1))
+    assert len(await claim(backend, NOW + timedelta(seconds=1))) == 1
+
+
+async def test_the_outcome_of_an_attempt_claimed_before_a_redelivery_is_ignored(backend: Backend) -> None:
+    """An attempt in flight when the admin redelivers reports late: the redelivery's state stays."""
+    webhook = await add_webhook(backend, REQUESTED)
+    await enqueue(backend, event())
+    [in_flight] = await backend.queue.claim_due(now=NOW, limit=10, lease_until=NOW + LEASE)
+    await backend.uow.commit()
+    requeued = await backend.queue.requeue(webhook.id, in_flight.delivery.id, now=NOW + timedelta(seconds=1))
+    await backend.uow.commit()
+    stale = in_flight.delivery
+    for outcome in (
+        replace(stale, status=DeliveryStatus.FAILED, last_error="HTTP 500"),
+        replace(stale, next_attempt_at=NOW + timedelta(hours=1), last_error="HTTP 500"),
+        stale.succeeded(200, NOW + timedelta(seconds=2)),
+    ):
+        await backend.queue.save(outcome)
+        await backend.uow.commit()
+        assert (await listed(backend, webhook.id))[stale.id] == requeued
+
+
+async def test_only_the_endpoints_own_deliveries_are_redelivered(backend: Backend) -> None:
+    webhook = await add_webhook(backend, REQUESTED)
+    other = await add_webhook(backend, REQUESTED)
+    await enqueue(backend, event())
+    theirs = next(iter(await listed(backend, other.id)))
+    assert await backend.queue.requeue(webhook.id, theirs, now=NOW) is None
+    assert await backend.queue.requeue(webhook.id, new_id(), now=NOW) is None
+    assert await backend.queue.requeue(new_id(), theirs, now=NOW) is None
+    await backend.uow.commit()
+    [untouched] = (await listed(backend, other.id)).values()
+    assert untouched.attempts_before_redelivery == 0
+
+
+async def test_finished_deliveries_older_than_the_cutoff_are_deleted_oldest_first(backend: Backend) -> None:
+    webhook = await add_webhook(backend, REQUESTED)
+    await enqueue(backend, *(event(at=NOW - timedelta(days=40)) for _ in range(4)))
+    oldest = await finish(backend, at=NOW - timedelta(days=40), status=DeliveryStatus.DELIVERED)
+    old = await finish(backend, at=NOW - timedelta(days=35), status=DeliveryStatus.FAILED)
+    recent = await finish(backend, at=NOW - timedelta(days=1), status=DeliveryStatus.DELIVERED)
+    # Pending however old: a retry is still due, and never-claimed ones have no last attempt.
+    [retrying] = await backend.queue.claim_due(
+        now=NOW - timedelta(days=40), limit=1, lease_until=NOW - timedelta(days=39)
+    )
+    await backend.uow.commit()
+    cutoff = NOW - timedelta(days=30)
+
+    assert await backend.webhooks.delete_finished_deliveries(before=cutoff, limit=1) == 1
+    await backend.uow.commit()
+    assert set(await listed(backend, webhook.id)) == {old[0].id, recent[0].id, retrying.delivery.id}
+    assert await backend.webhooks.delete_finished_deliveries(before=cutoff, limit=10) == 1
+    await backend.uow.commit()
+    assert await backend.webhooks.delete_finished_deliveries(before=cutoff, limit=10) == 0
+    await backend.uow.commit()
+    assert set(await listed(backend, webhook.id)) == {recent[0].id, retrying.delivery.id}
+    assert oldest[0].event_id not in await backend.event_ids()
+
+
+async def test_an_event_is_kept_while_a_delivery_still_needs_it(backend: Backend) -> None:
+    first = await add_webhook(backend, REQUESTED)
+    second = await add_webhook(backend, REQUESTED)
+    shared, alone = event(at=NOW - timedelta(days=40)), event(at=NOW - timedelta(days=40))
+    await enqueue(backend, shared, alone)
+    # Both deliveries of ``alone`` and the first endpoint's of ``shared`` finish; the second's stays pending.
+    claimed = await backend.queue.claim_due(now=NOW - timedelta(days=40), limit=10, lease_until=NOW)
+    for due in claimed:
+        if due.event.id == alone.id or due.delivery.webhook_id == first.id:
+            await backend.queue.save(due.delivery.succeeded(200, NOW - timedelta(days=40)))
+    await backend.uow.commit()
+
+    assert await backend.webhooks.delete_finished_deliveries(before=NOW, limit=10) == 3
+    await backend.uow.commit()
+
+    assert await backend.event_ids() == {shared.id}
+    assert await listed(backend, first.id) == {}
+    [waiting] = (await listed(backend, second.id)).values()
+    assert waiting.event_id == shared.id
+    [due] = await backend.queue.claim_due(now=NOW, limit=10, lease_until=NOW + LEASE)
+    assert due.event.id == shared.id
+
+
+async def test_a_redelivered_delivery_is_not_deleted_until_it_finishes_again(backend: Backend) -> None:
+    webhook = await add_webhook(backend, REQUESTED)
+    await enqueue(backend, event(at=NOW - timedelta(days=40)))
+    [failed] = await finish(backend, at=NOW - timedelta(days=40), status=DeliveryStatus.FAILED)
+    await backend.queue.requeue(webhook.id, failed.id, now=NOW)
+    await backend.uow.commit()
+    assert await backend.webhooks.delete_finished_deliveries(before=NOW - timedelta(days=30), limit=10) == 0
+    await backend.uow.commit()
+    assert set(await listed(backend, webhook.id)) == {failed.id}
+
+
 # PostgreSQL only: transactions, row locks and foreign keys, which the fakes do not model.
 
 
@@ -285,6 +454,56 @@ async def test_an_event_rolled_back_with_its_change_is_never_delivered(
     async with engine.connect() as connection:
         assert await connection.scalar(sa.text("SELECT count(*) FROM webhook_events")) == 0
         assert await connection.scalar(sa.text("SELECT count(*) FROM webhook_deliveries")) == 0
+
+
+async def test_concurrent_sweeps_delete_different_rows_and_leave_no_event_behind(
+    postgres_backend: Backend, engine: AsyncEngine
+) -> None:
+    """Two sweeps that each delete one of an event's two deliveries: the event goes too, whichever commits last."""
+    await add_webhook(postgres_backend, REQUESTED)
+    await add_webhook(postgres_backend, REQUESTED)
+    await enqueue(postgres_backend, event(at=NOW - timedelta(days=40)))
+    await finish(postgres_backend, at=NOW - timedelta(days=40), status=DeliveryStatus.DELIVERED, count=2)
+    factory = async_sessionmaker(engine, expire_on_commit=False)
+    async with factory() as first_session, factory() as second_session:
+        first, second = PostgresWebhookRepository(first_session), PostgresWebhookRepository(second_session)
+        assert await first.delete_finished_deliveries(before=NOW, limit=1) == 1
+        # The second sweep skips the first one's delivery and waits for the event it locked.
+        second_sweep = asyncio.create_task(second.delete_finished_deliveries(before=NOW, limit=10))
+        await asyncio.sleep(0.2)
+        assert not second_sweep.done()
+        await first_session.commit()
+        assert await asyncio.wait_for(second_sweep, timeout=5) == 1
+        await second_session.commit()
+    assert await postgres_backend.event_ids() == set()
+
+
+async def test_the_sweep_uses_the_index_of_finished_deliveries(postgres_backend: Backend, engine: AsyncEngine) -> None:
+    """The sweep's own statement, as sent with its parameters, can be served by ix_webhook_deliveries_finished.
+
+    The test table is tiny, so sequential scans are switched off: the question is whether the index fits the
+    statement (its predicate implied by the query's), not which plan a tiny table gets.
+    """
+    sent: list[tuple[str, Any]] = []
+
+    def record(_conn: object, _cursor: object, statement: str, parameters: Any, *_: object) -> None:
+        if "SKIP LOCKED" in statement and "last_attempt_at" in statement:
+            sent.append((statement, parameters))
+
+    await add_webhook(postgres_backend, REQUESTED)
+    await enqueue(postgres_backend, event(at=NOW - timedelta(days=40)))
+    await finish(postgres_backend, at=NOW - timedelta(days=40), status=DeliveryStatus.DELIVERED)
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        assert await postgres_backend.webhooks.delete_finished_deliveries(before=NOW, limit=10) == 1
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", record)
+    await postgres_backend.uow.rollback()
+    [(statement, parameters)] = sent
+    async with engine.connect() as connection:
+        await connection.exec_driver_sql("SET enable_seqscan = off")
+        plan = "\n".join((await connection.exec_driver_sql(f"EXPLAIN {statement}", parameters)).scalars())
+    assert "ix_webhook_deliveries_finished" in plan, plan
 
 
 async def test_concurrent_claims_skip_each_others_rows_without_waiting(

@@ -12,11 +12,19 @@ def test_webhook_settings_are_read_from_their_group() -> None:
             "SUPPORT_WEBHOOKS__BACKOFF_CAP_S": "8",
             "SUPPORT_WEBHOOKS__POLL_INTERVAL_S": "0.1",
             "SUPPORT_WEBHOOKS__BATCH_SIZE": "7",
+            "SUPPORT_WEBHOOKS__RETENTION_DAYS": "0",
         }
     )
     assert settings.webhooks == WebhookSettings(
-        timeout_s=2.5, max_attempts=4, backoff_base_s=0.5, backoff_cap_s=8, poll_interval_s=0.1, batch_size=7
+        timeout_s=2.5,
+        max_attempts=4,
+        backoff_base_s=0.5,
+        backoff_cap_s=8,
+        poll_interval_s=0.1,
+        batch_size=7,
+        retention_days=0,
     )
+    assert load_settings({}).webhooks.retention_days == 30
 
 
 @pytest.mark.parametrize(
@@ -24,6 +32,7 @@ def test_webhook_settings_are_read_from_their_group() -> None:
     [
         ({"SUPPORT_WEBHOOKS__MAX_ATTEMPTS": "0"}, "SUPPORT_WEBHOOKS__MAX_ATTEMPTS"),
         ({"SUPPORT_WEBHOOKS__TIMEOUT_S": "0"}, "SUPPORT_WEBHOOKS__TIMEOUT_S"),
+        ({"SUPPORT_WEBHOOKS__RETENTION_DAYS": "-1"}, "SUPPORT_WEBHOOKS__RETENTION_DAYS"),
         ({"SUPPORT_WEBHOOKS__BACKOFF_BASE_S": "10", "SUPPORT_WEBHOOKS__BACKOFF_CAP_S": "5"}, "SUPPORT_WEBHOOKS"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from collections.abc import Awaitable, Callable
 from typing import Any
+from uuid import UUID
 
 from dishka import AsyncContainer
 from litestar.connection import ASGIConnection
@@ -9,6 +10,7 @@ from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
 
 from support.api.limits import limit_request
+from support.application.access import ConfirmFollowerAccess
 from support.application.keys import AuthenticateApiKey
 from support.domain.errors import AuthenticationError, PermissionDeniedError
 from support.domain.identity import Principal, Role
@@ -50,6 +52,26 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Princi
         principal = await (await container.get(AuthenticateApiKey)).execute(token)
     connection.state[PRINCIPAL_STATE_KEY] = principal
     return principal
+
+
+def access_check(
+    connection: ASGIConnection[Any, Any, Any, Any], conversation_id: UUID
+) -> Callable[[], Awaitable[Principal]]:
+    """Asks again whether the connection's credentials still reach the conversation (:class:`ConfirmFollowerAccess`).
+
+    For feeds and sockets, which outlive the request that authorized them. Each check runs in a request scope of
+    its own on the application's container: the connection's scope holds no database connection while it follows.
+    """
+    token = bearer_token(connection)
+    container: AsyncContainer = connection.app.state.dishka_container
+
+    async def recheck() -> Principal:
+        if token is None:
+            raise AuthenticationError
+        async with container() as scope:
+            return await (await scope.get(ConfirmFollowerAccess)).execute(token, conversation_id)
+
+    return recheck
 
 
 def require_roles(*roles: Role) -> Guard:

@@ -3,13 +3,13 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from support.api.problems import status_for
 from support.api.schemas.conversations import encode_data
-from support.domain.errors import SupportError
+from support.domain.errors import AuthenticationError, NotFoundError, PermissionDeniedError, SupportError
 from support.domain.feed import FeedEvent, StreamFailed
 
 _logger = logging.getLogger(__name__)
@@ -24,6 +24,57 @@ SSE_HEADERS = {
 def stream_failure(error: SupportError) -> FeedEvent:
     """The ``error`` event that ends a stream which failed after it began (status from the one table)."""
     return FeedEvent(0, StreamFailed(status_for(error), error.code, "The stream failed", error.message))
+
+
+# What ends a feed when its caller is asked again: the credentials no longer reach the conversation. Anything else
+# (PostgreSQL down, say) leaves it open: feeds run on Valkey and keep working through a database outage.
+_REFUSALS = (AuthenticationError, NotFoundError, PermissionDeniedError)
+
+
+async def until_refused(
+    events: AsyncGenerator[FeedEvent, None], recheck: Callable[[], Awaitable[object]], every_s: float
+) -> AsyncGenerator[FeedEvent, None]:
+    """``events``, asking ``recheck`` every ``every_s`` whether the caller may still follow them.
+
+    When it refuses (a revoked key, an expired token, an erased customer), one ``error`` event with its code ends
+    the feed.
+    """
+    refused: asyncio.Future[FeedEvent] = asyncio.get_running_loop().create_future()
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await recheck()
+            except _REFUSALS as error:
+                refused.set_result(stream_failure(error))
+                return
+            except Exception:
+                # The check failed, not the caller (the database is down, say): keep following, ask again later.
+                _logger.warning("could not check a feed's access; it stays open", exc_info=True)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(events))
+            await asyncio.wait({step, refused}, return_when=asyncio.FIRST_COMPLETED)
+            if refused.done():
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
+                yield refused.result()
+                return
+            try:
+                event = step.result()
+            except StopAsyncIteration:
+                return
+            yield event
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        with contextlib.suppress(Exception):
+            await events.aclose()
 
 
 def sse_message(event: FeedEvent) -> ServerSentEventMessage:

@@ -1,4 +1,4 @@
-"""Use cases for webhooks: endpoints and their delivery history (admin), and the delivery worker's step."""
+"""Use cases for webhooks: endpoints, their delivery history and redeliveries (admin), and the worker's steps."""
 
 import asyncio
 import logging
@@ -15,6 +15,7 @@ from support.domain.webhooks import (
     RetrySchedule,
     Webhook,
     WebhookDelivery,
+    WebhookDeliveryNotFoundError,
     WebhookEventType,
     WebhookNotFoundError,
     delivery_headers,
@@ -54,6 +55,18 @@ class WebhookDeliveryPolicy:
     batch_size: int
     # Longer than a send may take (the sender's timeout): a claim held past it is taken to be a dead worker's.
     lease_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRetentionPolicy:
+    """How long finished deliveries are kept, and how many one step of the sweep deletes.
+
+    ``retention``: delivered and failed deliveries whose last attempt is older are deleted; None keeps them forever.
+    ``batch_size`` bounds each step's transaction, so a large backlog never holds locks for long.
+    """
+
+    retention: timedelta | None
+    batch_size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +186,64 @@ class ListWebhookDeliveries:
         if await self._webhooks.get(webhook_id) is None:
             raise WebhookNotFoundError
         return await self._webhooks.list_deliveries(webhook_id, limit=min(max(limit, 1), MAX_PAGE_SIZE), cursor=cursor)
+
+
+class RedeliverWebhookDelivery:
+    """Put one delivery back in the queue, whatever its status, to be sent when the worker next runs.
+
+    For a receiver that lost a delivered event, or one fixed after its deliveries failed. The event is sent as it
+    was (same id and body, so receivers deduplicate it), signed with a fresh timestamp like every attempt. The
+    delivery gets a fresh retry budget; ``attempts`` keeps counting every attempt.
+    """
+
+    def __init__(self, webhooks: WebhookRepository, queue: WebhookDeliveryQueue, uow: UnitOfWork, clock: Clock) -> None:
+        self._webhooks = webhooks
+        self._queue = queue
+        self._uow = uow
+        self._clock = clock
+
+    async def execute(self, webhook_id: UUID, delivery_id: UUID) -> WebhookDelivery:
+        """Requeue and commit; return the delivery as the deliveries listing now shows it (pending, due now).
+
+        Raises:
+            WebhookNotFoundError: no endpoint has this id.
+            WebhookDeliveryNotFoundError: the endpoint has no delivery with this id (another's included).
+        """
+        if await self._webhooks.get(webhook_id) is None:
+            raise WebhookNotFoundError
+        delivery = await self._queue.requeue(webhook_id, delivery_id, now=self._clock.now())
+        if delivery is None:
+            raise WebhookDeliveryNotFoundError
+        await self._uow.commit()
+        return delivery
+
+
+class PurgeWebhookDeliveries:
+    """One step of the retention sweep: delete a batch of finished deliveries older than the retention period.
+
+    Delivered and failed deliveries go once their last attempt is older than the retention, with the events no
+    delivery needs any more; pending ones stay, however old. The worker calls it every few minutes, and again
+    after each full batch until one comes back short.
+    """
+
+    def __init__(
+        self, webhooks: WebhookRepository, uow: UnitOfWork, clock: Clock, policy: WebhookRetentionPolicy
+    ) -> None:
+        self._webhooks = webhooks
+        self._uow = uow
+        self._clock = clock
+        self._policy = policy
+
+    async def execute(self) -> int:
+        """Delete and commit one batch; return how many deliveries were deleted (0 when retention is off)."""
+        if self._policy.retention is None:
+            return 0
+        deleted = await self._webhooks.delete_finished_deliveries(
+            before=self._clock.now() - self._policy.retention, limit=self._policy.batch_size
+        )
+        if deleted:
+            await self._uow.commit()
+        return deleted
 
 
 class DeliverWebhooks:

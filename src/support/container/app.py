@@ -8,7 +8,7 @@ import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import time
+from datetime import time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from support.adapters.valkey.health import ValkeyHealthProbe
 from support.adapters.valkey.jobs import SaqJobQueue
 from support.adapters.valkey.sessions import ValkeySessionStore
 from support.api.app import build_app
+from support.application.access import ConfirmFollowerAccess
 from support.application.conversations import (
     CachedConversationState,
     CloseConversation,
@@ -124,7 +125,10 @@ from support.application.webhooks import (
     GetWebhook,
     ListWebhookDeliveries,
     ListWebhooks,
+    PurgeWebhookDeliveries,
+    RedeliverWebhookDelivery,
     WebhookDeliveryPolicy,
+    WebhookRetentionPolicy,
     WebhookTargetPolicy,
 )
 from support.config import Settings, SettingsError, WebhookSettings, load_settings
@@ -146,6 +150,11 @@ from support.ports.webhooks import WebhookDeliveryQueue, WebhookOutbox, WebhookR
 
 _logger = logging.getLogger(__name__)
 _FAILED_ROUND_PAUSE_S = 5.0
+# The webhook retention sweep runs this often, not every poll: finished deliveries only age by the day.
+_RETENTION_SWEEP_INTERVAL_S = 300.0
+# Deliveries deleted per step of the sweep (one short transaction); a full step is followed by another after the
+# next delivery round, so a backlog drains without holding up deliveries.
+_RETENTION_BATCH_SIZE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,6 +524,13 @@ class InfrastructureProvider(Provider):
             lease_s=2 * webhooks.timeout_s,
         )
 
+    @provide
+    def webhook_retention_policy(self, settings: Settings) -> WebhookRetentionPolicy:
+        days = settings.webhooks.retention_days
+        return WebhookRetentionPolicy(
+            retention=timedelta(days=days) if days else None, batch_size=_RETENTION_BATCH_SIZE
+        )
+
 
 class PersistenceProvider(Provider):
     """One session per request, shared by its repositories and unit of work."""
@@ -576,6 +592,7 @@ class UseCaseProvider(Provider):
     prepare_attachments = provide(PrepareAttachments)
     send_message = provide(SendMessage)
     cached_conversation_state = provide(CachedConversationState)
+    confirm_follower_access = provide(ConfirmFollowerAccess)
     remember_facts = provide(RememberFacts)
     remember_proposed_fact = provide(RememberProposedFact)
     recall_memories = provide(RecallMemories)
@@ -600,6 +617,8 @@ class UseCaseProvider(Provider):
     delete_webhook = provide(DeleteWebhook)
     list_webhook_deliveries = provide(ListWebhookDeliveries)
     deliver_webhooks = provide(DeliverWebhooks)
+    redeliver_webhook_delivery = provide(RedeliverWebhookDelivery)
+    purge_webhook_deliveries = provide(PurgeWebhookDeliveries)
 
     @provide
     def check_readiness(self, probes: Sequence[HealthProbe]) -> CheckReadiness:
@@ -688,7 +707,12 @@ async def _sweep_idle(container: AsyncContainer, interval_s: float) -> None:
 
 
 async def _deliver_webhooks(container: AsyncContainer, settings: WebhookSettings) -> None:
-    """Deliver due webhooks, a round at a time; after a full batch the next round starts at once."""
+    """Deliver due webhooks, a round at a time; after a full batch the next round starts at once.
+
+    Between rounds, every few minutes, old finished deliveries are deleted (when retention is on).
+    """
+    loop = asyncio.get_running_loop()
+    next_sweep = loop.time()
     while True:
         attempted = 0
         pause = settings.poll_interval_s
@@ -702,5 +726,24 @@ async def _deliver_webhooks(container: AsyncContainer, settings: WebhookSettings
         except Exception:
             _logger.exception("webhook delivery round failed")
             pause = max(pause, _FAILED_ROUND_PAUSE_S)
+        if settings.retention_days and loop.time() >= next_sweep:
+            more = await _purge_webhook_deliveries(container)
+            next_sweep = loop.time() + (0 if more else _RETENTION_SWEEP_INTERVAL_S)
         if attempted < settings.batch_size:
             await asyncio.sleep(pause)
+
+
+async def _purge_webhook_deliveries(container: AsyncContainer) -> bool:
+    """One step of the retention sweep; whether a full batch was deleted (so more may be left)."""
+    try:
+        async with container() as request:
+            deleted = await (await request.get(PurgeWebhookDeliveries)).execute()
+    except DependencyUnavailableError:
+        _logger.warning("webhook retention sweep skipped: a dependency is unavailable")
+        return False
+    except Exception:
+        _logger.exception("webhook retention sweep failed")
+        return False
+    if deleted:
+        _logger.info("deleted %d webhook deliveries past their retention", deleted)
+    return deleted >= _RETENTION_BATCH_SIZE

@@ -53,6 +53,13 @@ class WebhookNotFoundError(NotFoundError):
     default_message = "The webhook was not found."
 
 
+class WebhookDeliveryNotFoundError(NotFoundError):
+    """The endpoint has no delivery with this id."""
+
+    code = "webhook_delivery_not_found"
+    default_message = "The webhook delivery was not found."
+
+
 class InvalidWebhookUrlError(InvalidInputError):
     """The endpoint URL is not an absolute http(s) URL the service can POST to."""
 
@@ -136,7 +143,8 @@ class WebhookDelivery:
     webhook_id: UUID
     event_type: WebhookEventType
     status: DeliveryStatus
-    # Attempts started so far; an attempt counts when it is claimed, so one cut short by a crash counts too.
+    # Attempts started so far, redeliveries included; an attempt counts when it is claimed, so one cut short by a
+    # crash counts too.
     attempts: int
     # When the next attempt may start (pending), or until when a claimed attempt is leased to its worker.
     next_attempt_at: datetime
@@ -145,6 +153,15 @@ class WebhookDelivery:
     last_status_code: int | None = None
     last_error: str | None = None
     delivered_at: datetime | None = None
+    # ``attempts`` when an admin last asked for a redelivery (0: never). The retry budget and the backoff count
+    # only the attempts after it, so a redelivery gets every attempt a new event gets while ``attempts`` stays the
+    # total the endpoint was sent.
+    attempts_before_redelivery: int = 0
+
+    @property
+    def attempts_since_redelivery(self) -> int:
+        """Attempts of the current run: since the latest redelivery, or since the event when there was none."""
+        return self.attempts - self.attempts_before_redelivery
 
     def succeeded(self, status_code: int, now: datetime) -> Self:
         """The delivery after the endpoint accepted the latest attempt."""
@@ -156,13 +173,27 @@ class WebhookDelivery:
         self, status_code: int | None, error: str, now: datetime, schedule: RetrySchedule, jitter: float
     ) -> Self:
         """The delivery after the latest attempt failed: retried later, or given up after the last attempt."""
-        if schedule.exhausted(self.attempts):
+        if schedule.exhausted(self.attempts_since_redelivery):
             return replace(self, status=DeliveryStatus.FAILED, last_status_code=status_code, last_error=error)
         return replace(
             self,
-            next_attempt_at=now + schedule.delay(self.attempts, jitter),
+            next_attempt_at=now + schedule.delay(self.attempts_since_redelivery, jitter),
             last_status_code=status_code,
             last_error=error,
+        )
+
+    def redelivered(self, now: datetime) -> Self:
+        """The delivery put back in the queue by an admin, whatever its status: due at ``now``, a fresh retry budget.
+
+        The last status code and error stay until the next attempt replaces them (they describe the last attempt
+        made); ``delivered_at`` is cleared, since the delivery is under way again.
+        """
+        return replace(
+            self,
+            status=DeliveryStatus.PENDING,
+            next_attempt_at=now,
+            delivered_at=None,
+            attempts_before_redelivery=self.attempts,
         )
 
 

@@ -66,6 +66,17 @@ class WebhookRepository(Protocol):
         """
         ...
 
+    async def delete_finished_deliveries(self, *, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` delivered or failed deliveries whose last attempt began before ``before``.
+
+        The oldest go first, and events no delivery refers to any more after that go with them. Pending deliveries
+        (a redelivered one included) are never deleted. Return how many deliveries were deleted: fewer than
+        ``limit`` means none was left to delete. Concurrent calls skip each other's deliveries instead of waiting
+        for them (they wait only for an event both touch), and an event is deleted even when they split its last
+        deliveries.
+        """
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class DueDelivery:
@@ -78,7 +89,7 @@ class DueDelivery:
 
 
 class WebhookDeliveryQueue(Protocol):
-    """Pending deliveries, claimed by workers in any number of processes.
+    """Pending deliveries, claimed by workers in any number of processes, and put back by redeliveries.
 
     Raises (every method):
         StorageUnavailableError: the store cannot be reached.
@@ -97,7 +108,17 @@ class WebhookDeliveryQueue(Protocol):
     async def save(self, delivery: WebhookDelivery) -> None:
         """Record the outcome of an attempt: status, next attempt, last status code and error, delivery time.
 
-        A delivery already recorded as delivered stays delivered (a late report of a slower attempt loses).
+        A delivery already recorded as delivered stays delivered (a late report of a slower attempt loses), and the
+        outcome of an attempt claimed before the delivery was redelivered is ignored (the redelivery wins).
+        """
+        ...
+
+    async def requeue(self, webhook_id: UUID, delivery_id: UUID, *, now: datetime) -> WebhookDelivery | None:
+        """Put the endpoint's delivery back in the queue, whatever its status (:meth:`WebhookDelivery.redelivered`).
+
+        It is due at ``now`` (the next claim may take it, even while an earlier attempt is still in flight) and its
+        retry budget starts again; ``attempts`` keeps counting. Return the delivery as it now is, or None when the
+        endpoint has no delivery with this id.
         """
         ...
 

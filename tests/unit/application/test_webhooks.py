@@ -19,7 +19,10 @@ from support.application.webhooks import (
     GetWebhook,
     ListWebhookDeliveries,
     ListWebhooks,
+    PurgeWebhookDeliveries,
+    RedeliverWebhookDelivery,
     WebhookDeliveryPolicy,
+    WebhookRetentionPolicy,
     WebhookTargetPolicy,
 )
 from support.domain.errors import InvalidInputError
@@ -30,6 +33,7 @@ from support.domain.webhooks import (
     OutboundEvent,
     RetrySchedule,
     WebhookDelivery,
+    WebhookDeliveryNotFoundError,
     WebhookEventType,
     WebhookNotFoundError,
     encode_event,
@@ -75,6 +79,21 @@ class World:
 
     async def deliveries(self, webhook_id: UUID) -> list[WebhookDelivery]:
         return (await ListWebhookDeliveries(self.store).execute(webhook_id)).items
+
+    def redeliver(self) -> RedeliverWebhookDelivery:
+        return RedeliverWebhookDelivery(self.store, InMemoryWebhookDeliveryQueue(self.store), self.uow, self.clock)
+
+    def purge(self, retention: timedelta | None = timedelta(days=30), batch_size: int = 10) -> PurgeWebhookDeliveries:
+        return PurgeWebhookDeliveries(self.store, self.uow, self.clock, WebhookRetentionPolicy(retention, batch_size))
+
+    async def fail_for_good(self, webhook_id: UUID) -> WebhookDelivery:
+        """Deliver the only pending delivery with every attempt answered 500 until it has failed."""
+        self.sender.script(*(SendResult(500) for _ in range(POLICY.schedule.max_attempts)))
+        for _ in range(POLICY.schedule.max_attempts):
+            assert await self.deliver().execute() == 1
+            self.clock.advance(timedelta(minutes=5))
+        [delivery] = [item for item in await self.deliveries(webhook_id) if item.status is DeliveryStatus.FAILED]
+        return delivery
 
 
 @pytest.fixture
@@ -133,6 +152,8 @@ async def test_unknown_webhooks_are_not_found(world: World) -> None:
     ):
         with pytest.raises(WebhookNotFoundError):
             await use_case.execute(new_id())
+    with pytest.raises(WebhookNotFoundError):
+        await world.redeliver().execute(new_id(), new_id())
 
 
 async def test_an_event_is_posted_signed_and_marked_delivered(world: World) -> None:
@@ -248,3 +269,101 @@ async def test_each_outcome_is_recorded_as_soon_as_it_is_known(world: World) -> 
     sender.gate.set()
     assert await round_ == 2
     assert (await world.deliveries(slow_id))[0].status is DeliveryStatus.DELIVERED
+
+
+async def test_a_failed_delivery_redelivered_is_sent_again_with_a_fresh_retry_budget(world: World) -> None:
+    webhook_id, secret = await world.create()
+    event = await world.emit()
+    failed = await world.fail_for_good(webhook_id)
+    world.clock.advance(timedelta(hours=1))
+    commits = world.uow.commits
+
+    redelivered = await world.redeliver().execute(webhook_id, failed.id)
+
+    assert world.uow.commits == commits + 1
+    assert (redelivered.status, redelivered.next_attempt_at) == (DeliveryStatus.PENDING, world.clock.now())
+    assert (redelivered.attempts, redelivered.last_status_code) == (3, 500)
+    assert await world.deliveries(webhook_id) == [redelivered]
+    # The redelivery fails too: it is retried like a new event's first attempt, not given up at once.
+    world.sender.script(SendResult(503))
+    assert await world.deliver().execute() == 1
+    [retrying] = await world.deliveries(webhook_id)
+    assert (retrying.status, retrying.attempts, retrying.last_error) == (DeliveryStatus.PENDING, 4, "HTTP 503")
+    assert timedelta(seconds=5) <= retrying.next_attempt_at - world.clock.now() <= timedelta(seconds=10)
+    world.clock.advance(timedelta(seconds=10))
+    assert await world.deliver().execute() == 1
+    [delivered] = await world.deliveries(webhook_id)
+    assert (delivered.status, delivered.attempts, delivered.last_status_code) == (DeliveryStatus.DELIVERED, 5, 200)
+
+    # The same event, body and id; signed anew with the time of its own attempt.
+    first, *_, last = world.sender.sent
+    assert last.body == first.body == encode_event(event)
+    assert last.headers["Webhook-Id"] == str(event.id)
+    assert last.headers["Webhook-Timestamp"] == str(int(world.clock.now().timestamp()))
+    assert last.headers["Webhook-Timestamp"] != first.headers["Webhook-Timestamp"]
+    assert verify_signature(secret, int(world.clock.now().timestamp()), last.body, last.headers["Webhook-Signature"])
+
+
+async def test_a_delivered_delivery_can_be_redelivered(world: World) -> None:
+    webhook_id, _ = await world.create()
+    await world.emit()
+    await world.deliver().execute()
+    [delivered] = await world.deliveries(webhook_id)
+    redelivered = await world.redeliver().execute(webhook_id, delivered.id)
+    assert (redelivered.status, redelivered.delivered_at, redelivered.attempts) == (DeliveryStatus.PENDING, None, 1)
+    assert await world.deliver().execute() == 1
+    assert len(world.sender.sent) == 2
+    [again] = await world.deliveries(webhook_id)
+    assert (again.status, again.attempts) == (DeliveryStatus.DELIVERED, 2)
+
+
+async def test_a_delivery_of_another_endpoint_or_none_is_not_found(world: World) -> None:
+    webhook_id, _ = await world.create()
+    other_id, _ = await world.create()
+    await world.emit()
+    [theirs] = await world.deliveries(other_id)
+    commits = world.uow.commits
+    for delivery_id in (theirs.id, new_id()):
+        with pytest.raises(WebhookDeliveryNotFoundError) as raised:
+            await world.redeliver().execute(webhook_id, delivery_id)
+        assert raised.value.code == "webhook_delivery_not_found"
+    assert world.uow.commits == commits
+    assert await world.deliveries(other_id) == [theirs]
+
+
+async def test_the_retention_sweep_deletes_finished_deliveries_past_the_retention_a_batch_at_a_time(
+    world: World,
+) -> None:
+    webhook_id, _ = await world.create()
+    start = world.clock.now()
+    for _ in range(3):
+        await world.emit()
+    await world.deliver().execute()  # three delivered
+    failed_event = await world.emit()
+    await world.fail_for_good(webhook_id)
+    retrying = await world.emit()
+    world.sender.script(SendResult(500))
+    await world.deliver().execute()  # pending, its retry due later
+    [waiting] = [item for item in await world.deliveries(webhook_id) if item.event_id == retrying.id]
+    world.clock.current = start + timedelta(days=30)
+    assert await world.purge().execute() == 0  # no last attempt is older than 30 days yet
+
+    world.clock.advance(timedelta(hours=1))
+    commits = world.uow.commits
+    assert await world.purge(batch_size=2).execute() == 2
+    assert await world.purge(batch_size=2).execute() == 2
+    assert await world.purge(batch_size=2).execute() == 0
+    assert world.uow.commits == commits + 2
+    # Pending deliveries stay, whatever their age, and so does the event they need.
+    assert await world.deliveries(webhook_id) == [waiting]
+    assert set(world.store.events) == {retrying.id}
+    assert failed_event.id not in world.store.events
+
+
+async def test_without_retention_nothing_is_deleted(world: World) -> None:
+    webhook_id, _ = await world.create()
+    await world.emit()
+    await world.deliver().execute()
+    world.clock.advance(timedelta(days=10_000))
+    assert await world.purge(retention=None).execute() == 0
+    assert len(await world.deliveries(webhook_id)) == 1

@@ -1,5 +1,6 @@
 import ipaddress
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -327,3 +328,26 @@ def test_a_successful_attempt_clears_the_last_error() -> None:
     assert delivered.status is DeliveryStatus.DELIVERED
     assert (delivered.last_status_code, delivered.last_error) == (204, None)
     assert delivered.delivered_at == NOW + timedelta(seconds=3)
+
+
+def test_a_redelivery_is_due_at_once_and_its_retry_budget_starts_again() -> None:
+    schedule = RetrySchedule(base_s=4, cap_s=100, max_attempts=3)
+    given_up = _delivery(attempts=3).failed(500, "HTTP 500", NOW, schedule, jitter=0.0)
+    later = NOW + timedelta(days=1)
+    redelivered = given_up.redelivered(later)
+    assert (redelivered.status, redelivered.next_attempt_at) == (DeliveryStatus.PENDING, later)
+    assert (redelivered.attempts, redelivered.attempts_since_redelivery) == (3, 0)
+    assert (redelivered.last_status_code, redelivered.last_error) == (500, "HTTP 500")
+    # Its first attempt (the 4th in all) fails: retried after the first backoff, not given up.
+    first = replace(redelivered, attempts=4).failed(503, "HTTP 503", later, schedule, jitter=0.0)
+    assert (first.status, first.next_attempt_at) == (DeliveryStatus.PENDING, later + timedelta(seconds=2))
+    assert (
+        replace(redelivered, attempts=6).failed(503, "HTTP 503", later, schedule, 0.0).status is DeliveryStatus.FAILED
+    )
+
+
+def test_a_delivered_delivery_redelivered_is_no_longer_delivered() -> None:
+    delivered = _delivery(attempts=1).succeeded(200, NOW)
+    redelivered = delivered.redelivered(NOW + timedelta(hours=1))
+    assert (redelivered.status, redelivered.delivered_at) == (DeliveryStatus.PENDING, None)
+    assert redelivered.attempts_before_redelivery == 1

@@ -52,6 +52,24 @@ class InMemoryWebhookRepository:
         page = items[:limit]
         return DeliveryPage(items=page, next_cursor=ID_CURSOR.encode(page[-1].id) if len(items) > limit else None)
 
+    async def delete_finished_deliveries(self, *, before: datetime, limit: int) -> int:
+        doomed = sorted(
+            (
+                item
+                for item in self.deliveries.values()
+                if item.status is not DeliveryStatus.PENDING
+                and item.last_attempt_at is not None
+                and item.last_attempt_at < before
+            ),
+            key=lambda item: (item.last_attempt_at or before, item.id),
+        )[:limit]
+        for item in doomed:
+            del self.deliveries[item.id]
+        referenced = {item.event_id for item in self.deliveries.values()}
+        for event_id in {item.event_id for item in doomed} - referenced:
+            self.events.pop(event_id, None)
+        return len(doomed)
+
 
 class InMemoryWebhookOutbox:
     def __init__(self, store: InMemoryWebhookRepository) -> None:
@@ -114,7 +132,11 @@ class InMemoryWebhookDeliveryQueue:
 
     async def save(self, delivery: WebhookDelivery) -> None:
         current = self._store.deliveries.get(delivery.id)
-        if current is None or current.status is DeliveryStatus.DELIVERED:
+        if (
+            current is None
+            or current.status is DeliveryStatus.DELIVERED
+            or current.attempts_before_redelivery != delivery.attempts_before_redelivery
+        ):
             return
         self._store.deliveries[delivery.id] = replace(
             current,
@@ -124,3 +146,11 @@ class InMemoryWebhookDeliveryQueue:
             last_error=delivery.last_error,
             delivered_at=delivery.delivered_at,
         )
+
+    async def requeue(self, webhook_id: UUID, delivery_id: UUID, *, now: datetime) -> WebhookDelivery | None:
+        current = self._store.deliveries.get(delivery_id)
+        if current is None or current.webhook_id != webhook_id:
+            return None
+        requeued = current.redelivered(now)
+        self._store.deliveries[delivery_id] = requeued
+        return requeued

@@ -258,6 +258,8 @@ class WebhookDeliveryRow(DefaultBase):
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     delivered_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    # Attempts made before the latest redelivery: the retry budget counts the ones after it.
+    attempts_before_redelivery: Mapped[int] = mapped_column(sa.Integer, server_default="0")
 
     __table_args__ = (
         sa.CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status_known"),
@@ -266,6 +268,8 @@ class WebhookDeliveryRow(DefaultBase):
         sa.Index("ix_webhook_deliveries_webhook", "webhook_id", "id"),
         # What the worker scans: pending deliveries by due time.
         sa.Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=sa.text("status = 'pending'")),
+        # What the retention sweep deletes: finished deliveries by their last attempt, oldest first.
+        sa.Index("ix_webhook_deliveries_finished", "last_attempt_at", postgresql_where=sa.text("status <> 'pending'")),
     )
 
 

@@ -36,6 +36,7 @@ _DELIVERY_COLUMNS = (
     WebhookDeliveryRow.last_status_code,
     WebhookDeliveryRow.last_error,
     WebhookDeliveryRow.delivered_at,
+    WebhookDeliveryRow.attempts_before_redelivery,
 )
 
 
@@ -69,6 +70,7 @@ def _delivery(row: sa.Row[Any]) -> WebhookDelivery:
         last_status_code=row.last_status_code,
         last_error=row.last_error,
         delivered_at=row.delivered_at,
+        attempts_before_redelivery=row.attempts_before_redelivery,
     )
 
 
@@ -116,6 +118,35 @@ class PostgresWebhookRepository:
             rows = (await self._session.execute(statement)).all()
         items = [_delivery(row) for row in rows[:limit]]
         return DeliveryPage(items=items, next_cursor=ID_CURSOR.encode(items[-1].id) if len(rows) > limit else None)
+
+    async def delete_finished_deliveries(self, *, before: datetime, limit: int) -> int:
+        delivery, event = WebhookDeliveryRow, WebhookEventRow
+        # Served by ix_webhook_deliveries_finished: the status is written into the SQL, so that even a generic
+        # plan of the prepared statement sees the index's predicate. SKIP LOCKED so that the sweeps of several
+        # processes take different rows and never wait for each other.
+        pending = sa.literal(DeliveryStatus.PENDING.value, literal_execute=True)
+        doomed = (
+            sa.select(delivery.id, delivery.event_id)
+            .where(delivery.status != pending, delivery.last_attempt_at < before)
+            .order_by(delivery.last_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        async with storage_errors():
+            rows = (await self._session.execute(doomed)).all()
+            if not rows:
+                return 0
+            event_ids = sorted({row.event_id for row in rows})
+            # Two sweeps deleting the last deliveries of one event would each still see the other's and keep the
+            # event forever: locking the events first (in id order, no deadlock) makes the second one wait, then
+            # see the first one's deletions.
+            await self._session.execute(
+                sa.select(event.id).where(event.id.in_(event_ids)).order_by(event.id).with_for_update()
+            )
+            await self._session.execute(sa.delete(delivery).where(delivery.id.in_([row.id for row in rows])))
+            unreferenced = ~sa.exists().where(delivery.event_id == event.id)
+            await self._session.execute(sa.delete(event).where(event.id.in_(event_ids), unreferenced))
+        return len(rows)
 
 
 class PostgresWebhookOutbox:
@@ -224,6 +255,8 @@ class PostgresWebhookDeliveryQueue:
             .where(
                 WebhookDeliveryRow.id == delivery.id,
                 WebhookDeliveryRow.status != DeliveryStatus.DELIVERED.value,
+                # Redelivered since this attempt was claimed: the redelivery's own attempts decide.
+                WebhookDeliveryRow.attempts_before_redelivery == delivery.attempts_before_redelivery,
             )
             .values(
                 status=delivery.status.value,
@@ -235,3 +268,20 @@ class PostgresWebhookDeliveryQueue:
         )
         async with storage_errors():
             await self._session.execute(statement)
+
+    async def requeue(self, webhook_id: UUID, delivery_id: UUID, *, now: datetime) -> WebhookDelivery | None:
+        # One statement, so a claim or an outcome saved meanwhile is never overwritten with stale values.
+        statement = (
+            sa.update(WebhookDeliveryRow)
+            .where(WebhookDeliveryRow.id == delivery_id, WebhookDeliveryRow.webhook_id == webhook_id)
+            .values(
+                status=DeliveryStatus.PENDING.value,
+                next_attempt_at=now,
+                delivered_at=None,
+                attempts_before_redelivery=WebhookDeliveryRow.attempts,
+            )
+            .returning(*_DELIVERY_COLUMNS)
+        )
+        async with storage_errors():
+            row = (await self._session.execute(statement)).one_or_none()
+        return None if row is None else _delivery(row)

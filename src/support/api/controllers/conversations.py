@@ -5,7 +5,7 @@ import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, get_args
 from uuid import UUID
@@ -21,7 +21,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent
 
-from support.api.auth import authenticate, require_roles
+from support.api.auth import access_check, authenticate, require_roles
 from support.api.limits import COUNTS_AS_MESSAGE, enforce_rate_limits, frame_limit, receive_frame, send_admission
 from support.api.openapi import document_event_stream
 from support.api.problems import problem_responses
@@ -39,7 +39,7 @@ from support.api.schemas.conversations import (
     TurnResource,
     encode_ws,
 )
-from support.api.streaming import event_stream, stream_failure
+from support.api.streaming import event_stream, stream_failure, until_refused
 from support.application.conversations import (
     DOCUMENT_TYPES,
     IMAGE_TYPES,
@@ -60,8 +60,8 @@ from support.application.conversations import (
 from support.application.handoffs import SendAgentMessage
 from support.config import Settings
 from support.domain.conversations import ConversationStatus, clean_filename
-from support.domain.errors import InvalidInputError, SupportError
-from support.domain.feed import FeedEvent, MessagePosted, Typing
+from support.domain.errors import AuthenticationError, InvalidInputError, NotFoundError, SupportError
+from support.domain.feed import FeedEvent, MessagePosted, StreamFailed, Typing
 from support.domain.identity import Principal, Role
 from support.domain.limits import TooManyRequestsError
 from support.ports.conversations import EventBus
@@ -72,6 +72,8 @@ conversation_roles = require_roles(Role.ADMIN, Role.SERVICE, Role.AGENT, Role.CU
 # Five attachments of 10 MB plus the form's own overhead; the use case enforces the per-file limits (413).
 SEND_MAX_BODY_BYTES = 52 * 1024 * 1024
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# RFC 6455: the socket's credentials no longer reach the conversation (a revoked key, an erased customer).
+WS_POLICY_VIOLATION = 1008
 _DECODER = msgspec.json.Decoder(SendMessageRequest)
 
 _STREAM_DESCRIPTION = """\
@@ -203,10 +205,11 @@ class ConversationsController(Controller):
         summary="Start a conversation",
         description=(
             "A service key names the customer by `external_id` (created on first sight); the response carries a "
-            "customer token for that customer's browser, valid for that customer's conversations only."
+            "customer token for that customer's browser, valid for that customer's conversations only. A customer "
+            "token of an erased customer gets 404 `customer_not_found`."
         ),
         status_code=201,
-        responses=problem_responses(400, 401, 403, 422),
+        responses=problem_responses(400, 401, 403, 404, 422),
     )
     @inject
     async def start(
@@ -421,7 +424,12 @@ class ConversationsController(Controller):
                 after = max(int(header), 0)
             except ValueError:
                 raise InvalidInputError("Last-Event-ID is the id of an event (a whole number).") from None
-        return event_stream(bus.subscribe(conversation_id, after=after), settings.conversations.heartbeat_s)
+        events = until_refused(
+            bus.subscribe(conversation_id, after=after),
+            access_check(request, conversation_id),
+            settings.conversations.access_recheck_s,
+        )
+        return event_stream(events, settings.conversations.heartbeat_s)
 
     @post(
         "/{conversation_id:uuid}/feedback",
@@ -497,9 +505,15 @@ class ConversationsController(Controller):
         bus = await container.get(EventBus)
         settings = await container.get(Settings)
         after_text = socket.query_params.get("last_event_id")
-        after = int(after_text) if after_text and after_text.isdigit() else None
+        if after_text is not None and not (after_text.isascii() and after_text.isdigit()):
+            raise InvalidInputError("last_event_id is the id of an event (a whole number).")
+        after = int(after_text) if after_text else None
+        recheck = access_check(socket, conversation_id)
         await socket.accept()
-        relay = asyncio.create_task(_relay(socket, bus.subscribe(conversation_id, after=after)))
+        events = until_refused(
+            bus.subscribe(conversation_id, after=after), recheck, settings.conversations.access_recheck_s
+        )
+        relay = asyncio.create_task(_relay(socket, events))
         side = "customer" if principal.role in {Role.CUSTOMER, Role.SERVICE} else "agent"
         max_frame = frame_limit(settings.conversations.max_message_chars)
         idle_s = settings.conversations.heartbeat_s * 4
@@ -510,7 +524,7 @@ class ConversationsController(Controller):
                     frame = await asyncio.wait_for(receive_frame(socket, max_frame), idle_s)
                 except TimeoutError:
                     continue
-                await _handle_frame(socket, container, bus, principal, conversation_id, side, frame, typing)
+                await _handle_frame(socket, container, bus, recheck, conversation_id, side, frame, typing)
         except (WebSocketDisconnect, asyncio.CancelledError):
             pass
         finally:
@@ -554,6 +568,10 @@ async def _relay(socket: WebSocket[Any, Any, Any], events: AsyncGenerator[FeedEv
     try:
         async for event in events:
             await socket.send_text(encode_ws(event))
+            if isinstance(event.payload, StreamFailed):
+                # The caller's access was withdrawn (until_refused): the error frame says why, the close ends it.
+                await _close_refused(socket, event.payload.code)
+                return
     except SupportError as error:
         with contextlib.suppress(Exception):
             await socket.send_text(encode_ws(stream_failure(error)))
@@ -563,11 +581,16 @@ async def _relay(socket: WebSocket[Any, Any, Any], events: AsyncGenerator[FeedEv
             await events.aclose()
 
 
+async def _close_refused(socket: WebSocket[Any, Any, Any], code: str) -> None:
+    with contextlib.suppress(Exception):
+        await socket.close(code=WS_POLICY_VIOLATION, reason=code)
+
+
 async def _handle_frame(
     socket: WebSocket[Any, Any, Any],
     container: AsyncContainer,
     bus: EventBus,
-    principal: Principal,
+    recheck: Callable[[], Awaitable[Principal]],
     conversation_id: UUID,
     side: str,
     frame: Any,
@@ -578,36 +601,57 @@ async def _handle_frame(
     if kind == "ping":
         await socket.send_json({"type": "pong", "data": frame.get("data")})
     elif kind == "typing":
-        active = bool(frame.get("active", True))
-        if typing.due(active, time.monotonic()):
+        active = frame.get("active", True)
+        if not isinstance(active, bool):
+            await _send_error(socket, "invalid_frame", "`active` is true or false.")
+        elif typing.due(active, time.monotonic()):
             await bus.signal(conversation_id, Typing(side, active))
     elif kind == "send":
-        content = frame.get("content")
-        key = frame.get("idempotency_key")
         try:
-            if not isinstance(content, str):
-                raise InvalidInputError("A send frame carries the message text in `content`.")
-            idempotency_key = key if isinstance(key, str) else None
-            if principal.role is Role.AGENT:
-                # An agent's socket sends agent messages; they reach every feed through the bus.
-                async with container() as scope:
-                    agent_message = await scope.get(SendAgentMessage)
-                    await agent_message.execute(principal, conversation_id, content, idempotency_key=idempotency_key)
-                return
-            # A send frame counts like a send request: the caller's limits and the conversation's.
-            await enforce_rate_limits(socket, principal, conversation_id=conversation_id)
-            async with container() as scope:
-                use_case = await scope.get(SendMessage)
-                turn = await use_case.execute(principal, conversation_id, content, idempotency_key=idempotency_key)
-            # The reply reaches this socket through the feed; the echo confirms the send with its id.
-            if turn.duplicate:
-                await socket.send_text(encode_ws(FeedEvent(0, MessagePosted(turn.message))))
+            await _send_frame(socket, container, recheck, conversation_id, frame)
         except SupportError as error:
-            data: dict[str, Any] = {"code": error.code, "detail": error.message}
-            if isinstance(error, TooManyRequestsError):
-                data["retry_after_s"] = error.retry_after_s
-            await socket.send_json({"type": "error", "data": data})
+            retry = {"retry_after_s": error.retry_after_s} if isinstance(error, TooManyRequestsError) else {}
+            await _send_error(socket, error.code, error.message, **retry)
     else:
-        await socket.send_json(
-            {"type": "error", "data": {"code": "invalid_frame", "detail": "Send frames of type send, typing or ping."}}
-        )
+        await _send_error(socket, "invalid_frame", "Send frames of type send, typing or ping.")
+
+
+async def _send_error(socket: WebSocket[Any, Any, Any], code: str, detail: str, **extra: Any) -> None:
+    await socket.send_json({"type": "error", "data": {"code": code, "detail": detail, **extra}})
+
+
+async def _send_frame(
+    socket: WebSocket[Any, Any, Any],
+    container: AsyncContainer,
+    recheck: Callable[[], Awaitable[Principal]],
+    conversation_id: UUID,
+    frame: dict[str, Any],
+) -> None:
+    """A ``send`` frame: a customer message (with its turn) or, from an agent's socket, an agent message."""
+    content = frame.get("content")
+    idempotency_key = frame.get("idempotency_key")
+    if not isinstance(content, str):
+        raise InvalidInputError("A send frame carries the message text in `content`.")
+    if idempotency_key is not None and not isinstance(idempotency_key, str):
+        raise InvalidInputError("A send frame's `idempotency_key` is a string.")
+    try:
+        # Asked again before every message: the key may have been revoked since the socket opened.
+        principal = await recheck()
+    except (AuthenticationError, NotFoundError) as error:
+        await _send_error(socket, error.code, error.message)
+        await _close_refused(socket, error.code)
+        return
+    if principal.role is Role.AGENT:
+        # An agent's socket sends agent messages; they reach every feed through the bus.
+        async with container() as scope:
+            agent_message = await scope.get(SendAgentMessage)
+            await agent_message.execute(principal, conversation_id, content, idempotency_key=idempotency_key)
+        return
+    # A send frame counts like a send request: the caller's limits and the conversation's.
+    await enforce_rate_limits(socket, principal, conversation_id=conversation_id)
+    async with container() as scope:
+        use_case = await scope.get(SendMessage)
+        turn = await use_case.execute(principal, conversation_id, content, idempotency_key=idempotency_key)
+    # The reply reaches this socket through the feed; the echo confirms the send with its id.
+    if turn.duplicate:
+        await socket.send_text(encode_ws(FeedEvent(0, MessagePosted(turn.message))))

@@ -1,4 +1,4 @@
-"""Webhook endpoints (admin): register, list, read, delete, and each endpoint's deliveries."""
+"""Webhook endpoints (admin): register, list, read, delete, and each endpoint's deliveries and redeliveries."""
 
 from typing import Annotated
 from uuid import UUID
@@ -26,7 +26,15 @@ from support.application.webhooks import (
     GetWebhook,
     ListWebhookDeliveries,
     ListWebhooks,
+    RedeliverWebhookDelivery,
 )
+
+_REDELIVER_DESCRIPTION = """\
+Puts the delivery back in the queue, whatever its status, to be sent when the delivery worker next runs: for a
+receiver that lost a delivered event, or one fixed after its deliveries failed. The event is sent as it was (same
+`Webhook-Id` and body: receivers deduplicate it) with a fresh `Webhook-Timestamp` and signature. The delivery gets
+a fresh retry budget (`SUPPORT_WEBHOOKS__MAX_ATTEMPTS` more attempts); `attempts` keeps counting every attempt.
+Answers with the delivery as the deliveries listing shows it: `pending`, next attempt now."""
 
 _CREATE_DESCRIPTION = """\
 Events are POSTed as JSON `{id, type, created_at, conversation_id, data}` with the headers `Webhook-Id` (the event
@@ -117,3 +125,17 @@ class WebhooksController(Controller):
         return WebhookDeliveryList(
             items=[WebhookDeliveryResource.of(item) for item in page.items], next_cursor=page.next_cursor
         )
+
+    @post(
+        "/{webhook_id:uuid}/deliveries/{delivery_id:uuid}/redeliver",
+        operation_id="RedeliverWebhookDelivery",
+        summary="Redeliver a webhook delivery",
+        description=_REDELIVER_DESCRIPTION,
+        status_code=202,
+        responses=problem_responses(401, 403, 404),
+    )
+    @inject
+    async def redeliver(
+        self, webhook_id: FromPath[UUID], delivery_id: FromPath[UUID], use_case: FromDishka[RedeliverWebhookDelivery]
+    ) -> WebhookDeliveryResource:
+        return WebhookDeliveryResource.of(await use_case.execute(webhook_id, delivery_id))

@@ -1,0 +1,117 @@
+"""Open feeds and sockets outlive the request that authorized them: a revoked key or an erased customer ends them."""
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import websockets
+from httpx_sse import aconnect_sse
+
+from support.config import Settings
+from tests.api.test_conversations import bearer, read_events, start
+
+RECHECK_S = 0.3
+
+
+@pytest.fixture
+def chat_settings(settings: Settings) -> Settings:
+    conversations = msgspec.structs.replace(settings.conversations, access_recheck_s=RECHECK_S)
+    return msgspec.structs.replace(settings, conversations=conversations)
+
+
+async def agent(http: httpx.AsyncClient, headers: dict[str, str], name: str) -> tuple[str, str]:
+    created = await http.post("/v1/keys", json={"name": name, "role": "agent"}, headers=headers)
+    assert created.status_code == 201, created.text
+    return created.json()["id"], created.json()["secret"]
+
+
+async def next_frame(socket: Any) -> dict[str, Any]:
+    while True:
+        frame = json.loads(await asyncio.wait_for(socket.recv(), 5))
+        if frame.get("event") != "typing":
+            return frame  # type: ignore[no-any-return]
+
+
+async def test_a_revoked_key_ends_the_feeds_and_sockets_it_opened(
+    live: str, http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    key_id, secret = await agent(http, service_headers, "Temp")
+    conversation = await start(http, service_headers)
+    path = f"/v1/conversations/{conversation['id']}"
+    ws_url = live.replace("http", "ws") + f"{path}/ws?access_token={secret}"
+
+    async with (
+        aconnect_sse(http, "GET", f"{path}/events", headers=bearer(secret)) as feed,
+        websockets.connect(ws_url) as sending,
+        websockets.connect(ws_url) as quiet,
+    ):
+        reader = asyncio.create_task(read_events(feed.aiter_sse(), until="error"))
+        await sending.send(json.dumps({"type": "ping"}))
+        assert await next_frame(sending) == {"type": "pong", "data": None}
+        assert not reader.done()
+
+        revoked = await http.delete(f"/v1/keys/{key_id}", headers=service_headers)
+        assert revoked.status_code == 204
+
+        # The socket asks again before the message it sends: refused and closed, nothing stored.
+        await sending.send(json.dumps({"type": "send", "content": "after the revocation"}))
+        refusal = await next_frame(sending)
+        assert refusal == {"type": "error", "data": {"code": "unauthenticated", "detail": refusal["data"]["detail"]}}
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+            await next_frame(sending)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1008
+
+        # The feed and the quiet socket find out at their next check.
+        events = await asyncio.wait_for(reader, 5)
+        assert events[-1]["event"] == "error"
+        assert events[-1]["data"]["code"] == "unauthenticated"
+        frame = await next_frame(quiet)
+        assert frame["event"] == "error"
+        assert frame["data"]["code"] == "unauthenticated"
+        with pytest.raises(websockets.exceptions.ConnectionClosed):
+            await next_frame(quiet)
+
+    transcript = await http.get(f"{path}/messages", headers=service_headers)
+    assert all(item["content"] != "after the revocation" for item in transcript.json()["items"])
+
+
+async def test_an_erased_customers_open_feed_ends(http: httpx.AsyncClient, service_headers: dict[str, str]) -> None:
+    conversation = await start(http, service_headers, "to-be-erased")
+    path = f"/v1/conversations/{conversation['id']}"
+    token = conversation["customer_token"]
+
+    async with aconnect_sse(http, "GET", f"{path}/events", params={"access_token": token}) as feed:
+        reader = asyncio.create_task(read_events(feed.aiter_sse(), until="error"))
+        await asyncio.sleep(RECHECK_S * 2)
+        assert not reader.done()  # still allowed: the checks so far said yes
+        erased = await http.delete(f"/v1/customers/{conversation['customer_id']}", headers=service_headers)
+        assert erased.status_code == 200, erased.text
+        events = await asyncio.wait_for(reader, 5)
+
+    assert events[-1]["event"] == "error"
+    assert events[-1]["data"]["code"] == "conversation_not_found"
+
+
+async def test_socket_frames_and_resume_points_of_the_wrong_type_are_refused(
+    live: str, http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    conversation = await start(http, service_headers)
+    ws_url = live.replace("http", "ws") + f"/v1/conversations/{conversation['id']}/ws"
+    token = conversation["customer_token"]
+
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        async with websockets.connect(f"{ws_url}?access_token={token}&last_event_id=abc"):
+            pass
+    async with websockets.connect(f"{ws_url}?access_token={token}&last_event_id=0") as socket:
+        await socket.send(json.dumps({"type": "typing", "active": "false"}))
+        assert (await next_frame(socket))["data"]["code"] == "invalid_frame"
+        # A retry key that is not a string would be dropped, and a retried send stored twice: refused instead.
+        await socket.send(json.dumps({"type": "send", "content": "hello", "idempotency_key": 12345}))
+        assert (await next_frame(socket))["data"]["code"] == "invalid_input"
+
+    transcript = await http.get(f"/v1/conversations/{conversation['id']}/messages", headers=service_headers)
+    assert transcript.json()["items"] == []
