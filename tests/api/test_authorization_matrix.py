@@ -74,6 +74,7 @@ POST   /v1/webhooks                                                             
 GET    /v1/webhooks/{webhook_id:uuid}                                              401 403 403 403 403 200 401 401 401
 DELETE /v1/webhooks/{webhook_id:uuid}                                              401 403 403 403 403 204 401 401 401
 GET    /v1/webhooks/{webhook_id:uuid}/deliveries                                   401 403 403 403 403 200 401 401 401
+POST   /v1/webhooks/{webhook_id:uuid}/deliveries/{delivery_id:uuid}/redeliver      401 403 403 403 403 202 401 401 401
 POST   /v1/conversations                                                           401 201 201 201 403 201 401 401 401
 GET    /v1/conversations                                                           401 200 200 200 200 200 401 401 401
 GET    /v1/conversations/{conversation_id:uuid}                                    401 200 404 200 200 200 401 401 401
@@ -87,7 +88,7 @@ POST   /v1/conversations/{conversation_id:uuid}/close                           
 GET    /v1/conversations/{conversation_id:uuid}/attachments/{attachment_id:uuid}   401 200 404 200 200 200 401 401 401
 POST   /v1/conversations/{conversation_id:uuid}/handoff                            401 200 404 200 403 200 401 401 401
 DELETE /v1/conversations/{conversation_id:uuid}/handoff                            401 200 404 200 403 200 401 401 401
-POST   /v1/conversations/{conversation_id:uuid}/resolve                            401 200 404 200 200 200 401 401 401
+POST   /v1/conversations/{conversation_id:uuid}/resolve                            401 200 404 200 409 200 401 401 401
 GET    /v1/handoffs                                                                401 403 403 403 200 200 401 401 401
 POST   /v1/conversations/{conversation_id:uuid}/claim                              401 403 403 403 200 200 401 401 401
 POST   /v1/conversations/{conversation_id:uuid}/release                            401 403 403 403 200 200 401 401 401
@@ -106,6 +107,9 @@ STATE = {
     ("POST", "/v1/conversations/{conversation_id:uuid}/agent-messages"): "waiting",
     ("POST", "/v1/conversations/{conversation_id:uuid}/release"): "owned",
 }
+# Succeeding cases that change nothing another case sees act on the shared resources: a redelivery is sent by the
+# scripted sender and leaves the delivery as other cases need it (it exists, under its endpoint).
+SHARED = {("POST", "/v1/webhooks/{webhook_id:uuid}/deliveries/{delivery_id:uuid}/redeliver")}
 # Query parameters a route needs: customer A is looked up by the external id it was started with.
 QUERY: dict[tuple[str, str], dict[str, str]] = {("GET", "/v1/customers/lookup"): {"external_id": "customer-a"}}
 UPLOAD = {"file": ("hours.md", b"# Hours\n\nNine to five.", "text/markdown")}
@@ -272,11 +276,15 @@ async def _build_world(http: httpx.AsyncClient, ws_url: str) -> World:
     webhook = await _ok(
         http.post(
             "/v1/webhooks",
-            json={"url": "https://hooks.example.com/m", "events": ["message.created"]},
+            json={"url": "https://hooks.example.com/m", "events": ["message.created", "handoff.requested"]},
             headers=bootstrap,
         ),
         201,
     )
+    # A delivery to redeliver: the webhook hears of a handoff (and of the notice it posts).
+    handed = await start("customer-a")
+    await _ok(http.post(f"/v1/conversations/{handed['id']}/handoff", json={}, headers=as_a))
+    delivery, *_ = (await _ok(http.get(f"/v1/webhooks/{webhook['id']}/deliveries", headers=bootstrap)))["items"]
     job = await _ok(
         http.post(
             "/v1/knowledge/uploads",
@@ -292,6 +300,7 @@ async def _build_world(http: httpx.AsyncClient, ws_url: str) -> World:
         "memory_id": await _memory(http, a["customer_id"], as_service),
         "document_id": document["document"]["id"],
         "webhook_id": webhook["id"],
+        "delivery_id": delivery["id"],
         "key_id": revoked_id,
         "job_id": job["id"],
         "path": "unknown",
@@ -385,7 +394,7 @@ CASES = [
 async def test_who_may_call_what(world: World, method: str, path: str, caller: str, status: int) -> None:
     names = re.findall(r"\{(\w+):\w+\}", path)
     values = dict(world.shared)
-    if 200 <= status < 300 and method not in {"GET", WS}:
+    if 200 <= status < 300 and method not in {"GET", WS} and (method, path) not in SHARED:
         for name in names:
             values.update(await world.fresh(name, STATE.get((method, path), "bot")))
     url = re.sub(r"\{(\w+):\w+\}", lambda match: values[match.group(1)], path)

@@ -562,3 +562,17 @@ async def test_a_cursor_the_service_did_not_issue_is_an_invalid_input_problem(
     ):
         body = assert_problem(await http.get(path, headers=service_headers), 422, "invalid_input")
         assert body["detail"] == "The cursor is not valid.", path
+
+
+async def test_an_erased_customers_token_starts_nothing_and_is_told_the_customer_is_gone(
+    http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    started = await start(http, service_headers, "cust-erased")
+    customer = bearer(started["customer_token"])
+    erased = await http.delete(f"/v1/customers/{started['customer_id']}", headers=service_headers)
+    assert erased.status_code == 200, erased.text
+
+    refused = await http.post("/v1/conversations", json={"customer": {"external_id": "cust-erased"}}, headers=customer)
+
+    assert_problem(refused, 404, "customer_not_found")
+    assert (await http.get("/v1/conversations", headers=customer)).json()["items"] == []

@@ -311,3 +311,85 @@ async def test_an_agent_lists_only_the_conversations_they_claimed(
     assert ids(await http.get("/v1/handoffs", params={"mine": "true"}, headers=ben)) == []
     assert ids(await http.get("/v1/handoffs", headers=ben)) == waiting
     assert_problem(await http.get("/v1/handoffs", params={"mine": "maybe"}, headers=ana), 422, "validation_failed")
+
+
+async def test_an_agent_resolves_only_what_it_claimed_while_an_admin_resolves_any(
+    http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    ana = await agent_key(http, service_headers, "Ana")
+    ben = await agent_key(http, service_headers, "Ben")
+    admin = service_headers  # the bootstrap admin key
+
+    # The assistant's conversation: not an agent's to resolve; the customer side (an admin too) may.
+    bots = await start(http, service_headers, "cust-resolve-bot")
+    path = f"/v1/conversations/{bots['id']}"
+    assert_problem(await http.post(f"{path}/resolve", headers=ana), 409, "not_claimed")
+    assert (await http.get(path, headers=admin)).json()["status"] == "bot"
+    resolved = await http.post(f"{path}/resolve", headers=admin)
+    assert resolved.status_code == 200, resolved.text
+    assert (resolved.json()["status"], resolved.json()["agent_name"]) == ("resolved", None)
+
+    # Waiting for an agent: claim it first, whoever asks on the agent side.
+    waiting = await start(http, service_headers, "cust-resolve-waiting")
+    path = f"/v1/conversations/{waiting['id']}"
+    customer = bearer(waiting["customer_token"])
+    assert (await http.post(f"{path}/handoff", headers=customer)).status_code == 200
+    assert_problem(await http.post(f"{path}/resolve", headers=ana), 409, "not_claimed")
+    assert_problem(await http.post(f"{path}/resolve", headers=admin), 409, "not_claimed")
+    assert_problem(await http.post(f"{path}/resolve", headers=customer), 409, "invalid_transition")
+
+    # Ana's conversation: hers (or an admin's) to resolve, not Ben's nor the customer's.
+    assert (await http.post(f"{path}/claim", headers=ana)).status_code == 200
+    assert_problem(await http.post(f"{path}/resolve", headers=ben), 409, "claimed_by_another_agent")
+    assert_problem(await http.post(f"{path}/resolve", headers=customer), 409, "invalid_transition")
+    resolved = await http.post(f"{path}/resolve", headers=admin)
+    assert resolved.status_code == 200, resolved.text
+    assert (resolved.json()["status"], resolved.json()["agent_name"]) == ("resolved", "Ana")
+
+
+async def test_after_a_release_the_bot_answers_the_newest_message_and_sees_the_earlier_ones(
+    http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    ana = await agent_key(http, service_headers, "Ana")
+    conversation = await start(http, service_headers)
+    customer = bearer(conversation["customer_token"])
+    base = f"/v1/conversations/{conversation['id']}"
+    assert (await http.post(f"{base}/handoff", headers=customer)).status_code == 200
+    assert (await http.post(f"{base}/claim", headers=ana)).status_code == 200
+    said = await http.post(f"{base}/agent-messages", json={"content": "Hi, Ana here."}, headers=ana)
+    assert said.status_code == 201, said.text
+    # Written to the person, who gives the conversation back without answering them.
+    for text in ("How long do refunds take?", "Thanks! And shipping times?"):
+        sent = await http.post(f"{base}/messages", json={"content": text}, headers=customer)
+        assert sent.json()["reply"] is None
+    assert (await http.post(f"{base}/release", headers=ana)).status_code == 200
+
+    sent = await http.post(f"{base}/messages", json={"content": "What is the warranty on desks?"}, headers=customer)
+
+    body = sent.json()
+    assert body["conversation_status"] == "bot"
+    assert body["reply"]["reply_to"] == [body["message"]["id"]]
+    [request] = llm.requests
+    assert request.question == "What is the warranty on desks?"
+    history = [turn.text for turn in request.history]
+    assert "How long do refunds take?" in history
+    assert "Thanks! And shipping times?" in history
+
+
+async def test_a_streamed_send_while_a_person_is_due_ends_after_its_echo(
+    http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    conversation = await start(http, service_headers)
+    customer = bearer(conversation["customer_token"])
+    base = f"/v1/conversations/{conversation['id']}"
+    assert (await http.post(f"{base}/handoff", headers=customer)).status_code == 200
+
+    events: list[dict[str, Any]] = []
+    async with aconnect_sse(
+        http, "POST", f"{base}/messages/stream", json={"content": "Anyone there?"}, headers=customer
+    ) as source:
+        await collect(source.aiter_sse(), events)  # the server ends the stream
+
+    assert [event["event"] for event in events] == ["message"]
+    assert events[0]["data"]["content"] == "Anyone there?"
+    assert llm.requests == []

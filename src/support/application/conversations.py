@@ -41,6 +41,7 @@ from support.domain.identity import Principal, Role, issue_customer_token
 from support.domain.ids import new_id
 from support.domain.knowledge import content_type_for_filename
 from support.domain.limits import TokenBudgetExhaustedError
+from support.domain.memory import CustomerNotFoundError
 from support.ports.conversations import (
     AttachmentStore,
     ConversationPage,
@@ -153,6 +154,7 @@ class StartConversation:
         Raises:
             InvalidInputError: no customer was named (service keys must name one).
             PermissionDeniedError: agents do not start conversations.
+            CustomerNotFoundError: a customer token's customer no longer exists (it was erased).
         """
         now = self._clock.now()
         if principal.role is Role.AGENT:
@@ -161,7 +163,8 @@ class StartConversation:
             # A customer's browser starts conversations for that customer only, whatever it names.
             customer = await self._conversations.get_customer(principal.customer_id)
             if customer is None:
-                raise ConversationNotFoundError("The customer no longer exists.")
+                # The token is genuine, but its customer was erased (or never stored): say what is missing.
+                raise CustomerNotFoundError("The customer of this token no longer exists.")
         else:
             external_id = (external_id or "").strip()
             if not external_id:

@@ -334,25 +334,33 @@ class ReleaseConversation(_OwnershipChange):
 
 
 class ResolveConversation(_OwnershipChange):
-    """Mark the conversation resolved: by its agent, or by the customer while the bot has it."""
+    """Mark the conversation resolved: by the agent who has it, or by the customer side while the bot has it.
+
+    An admin is both: it may resolve any agent's conversation, and a bot's as the customer side (like a service
+    key). An agent acts on the conversations it has claimed only: the bot's are not its to close.
+    """
 
     async def execute(self, principal: Principal, conversation_id: UUID) -> Conversation:
         """Resolve it (resolving twice is harmless); the customer writing again reopens it with the bot.
 
         Raises:
             ConversationNotFoundError: it does not exist or is not the caller's.
-            ClaimedByAnotherAgentError: another agent owns it.
-            NotClaimedError: it waits for an agent (claim it first).
-            InvalidTransitionError: it waits for or is with an agent (customer side), or it is closed.
+            ClaimedByAnotherAgentError: another agent owns it (an agent caller).
+            NotClaimedError: it waits for an agent (claim it first), or, for an agent, the bot has it.
+            InvalidTransitionError: it waits for or is with an agent (customer side).
+            ConversationClosedError: it is closed.
         """
         conversation = await self._locked(principal, conversation_id)
         if conversation.status is ConversationStatus.RESOLVED:
             await self._uow.rollback()
             return conversation
-        if principal.role in AGENT_ROLES:
-            if conversation.status is ConversationStatus.PENDING_HUMAN:
-                raise NotClaimedError
+        if principal.role in AGENT_ROLES and conversation.status is ConversationStatus.PENDING_HUMAN:
+            raise NotClaimedError
+        if principal.role in AGENT_ROLES and conversation.status is ConversationStatus.HUMAN:
             _ensure_may_act_for_owner(principal, conversation)
+        elif principal.role is Role.AGENT:
+            if conversation.status is ConversationStatus.BOT:
+                raise NotClaimedError("The assistant has this conversation; agents resolve the ones they claimed.")
         else:
             ensure_customer_side(principal, conversation)
             if conversation.status is ConversationStatus.HUMAN:

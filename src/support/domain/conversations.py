@@ -378,16 +378,20 @@ class AttachmentUpload:
 
 
 def unanswered(messages: Sequence[Message]) -> list[Message]:
-    """Customer messages no reply has covered yet, oldest first.
+    """Customer messages no reply has covered yet, oldest first: what the assistant's next reply answers.
 
     An assistant reply covers the messages it names in ``reply_to`` (a message that arrived while a reply was
-    being written is not among them); a human agent's message covers everything the customer said before it.
+    being written is not among them); a human agent's message covers everything the customer said before it, and
+    so does a system notice of an ownership change (a handoff, claim, release, withdrawal, expiry, resolution).
+    What the customer wrote to the people, or before the conversation changed hands, was theirs to answer: when
+    the bot has it again, it answers what the customer writes from then on, and sees the earlier messages as
+    history, not as the question.
     """
     covered = {answered for message in messages for answered in message.reply_to}
     pending: list[Message] = []
     for message in messages:
         if message.role is MessageRole.CUSTOMER and message.id not in covered:
             pending.append(message)
-        elif message.role is MessageRole.AGENT:
+        elif message.role in {MessageRole.AGENT, MessageRole.SYSTEM}:
             pending.clear()
     return pending

@@ -23,6 +23,7 @@ from support.domain.conversations import (
 )
 from support.domain.errors import PermissionDeniedError
 from support.domain.feed import FeedEvent, FeedPayload, HandoffChanged, MessagePosted, ReplyDelta, ReplyDone
+from support.domain.identity import Principal, Role
 from support.domain.webhooks import WebhookEventType
 from support.ports.errors import CacheUnavailableError
 from tests.fakes.llm import Script, ScriptedLLM
@@ -471,3 +472,31 @@ async def test_a_person_asked_for_while_the_question_is_embedded_gets_no_bot_wor
         assert result.reply is None
         assert result.conversation_status is ConversationStatus.PENDING_HUMAN
         assert MessageRole.ASSISTANT not in {m.role for m in world.repository.messages}
+
+
+async def test_what_the_customer_wrote_while_waiting_is_history_for_the_bot_once_it_is_back(world: World) -> None:
+    await world.request_handoff.execute(SERVICE, world.conversation.id, None)
+    waiting = await turn(world, "How long do refunds take?")
+    assert waiting.reply is None
+    await world.withdraw.execute(SERVICE, world.conversation.id)
+
+    result = await turn(world, "What is the warranty on desks?")
+
+    assert result.reply is not None
+    assert result.reply.reply_to == (result.message.id,)
+    [request] = world.llm.requests
+    assert request.question == "What is the warranty on desks?"
+    assert "How long do refunds take?" in [item.text for item in request.history]
+
+
+async def test_an_agent_may_not_resolve_the_assistants_conversation_but_an_admin_may(world: World) -> None:
+    admin = Principal(role=Role.ADMIN, key_id=None, name="admin")
+
+    with pytest.raises(NotClaimedError):
+        await world.resolve.execute(AGENT_ANA, world.conversation.id)
+    assert (await world.current()).status is S.BOT
+    resolved = await world.resolve.execute(admin, world.conversation.id)
+
+    assert (resolved.status, resolved.agent) == (S.RESOLVED, None)
+    [event] = world.outbox.of_type(W.CONVERSATION_RESOLVED)
+    assert event.data["resolved_by"] == "admin"

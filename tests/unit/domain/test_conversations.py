@@ -131,3 +131,15 @@ def test_customer_tokens_are_signed_and_expire() -> None:
     assert read_customer_token(f"{forged}.{signature}", "secret-a", NOW) is None
     assert read_customer_token("ct_garbage", "secret-a", NOW) is None
     assert read_customer_token("sk_not_a_token", "secret-a", NOW) is None
+
+
+def test_an_ownership_notice_covers_what_the_customer_wrote_before_it() -> None:
+    # Written to the people (or before the conversation changed hands), and handed back unanswered: the bot's
+    # next reply answers what the customer writes from then on.
+    to_the_agent = message(MessageRole.CUSTOMER)
+    also_to_the_agent = message(MessageRole.CUSTOMER)
+    released = message(MessageRole.SYSTEM)
+    new_question = message(MessageRole.CUSTOMER)
+
+    assert unanswered([to_the_agent, also_to_the_agent, released]) == []
+    assert unanswered([to_the_agent, also_to_the_agent, released, new_question]) == [new_question]

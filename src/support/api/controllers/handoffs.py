@@ -155,8 +155,10 @@ class ConversationHandoffController(Controller):
         operation_id="ResolveConversation",
         summary="Mark the conversation resolved",
         description=(
-            "By the agent who owns it, or by the customer side while the assistant has it. The customer writing "
-            "again reopens it with the assistant."
+            "By the agent who owns it (an admin: any agent's), or by the customer side (the customer, a service or "
+            "admin key) while the assistant has it. An agent gets 409 `not_claimed` for a conversation it has not "
+            "claimed (the assistant's, or one waiting for an agent). The customer writing again reopens it with the "
+            "assistant."
         ),
         status_code=200,
         responses=problem_responses(401, 403, 404, 409),
