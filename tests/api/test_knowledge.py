@@ -260,15 +260,19 @@ async def test_jsonl_upload_runs_as_a_background_job_with_progress(
     assert response.status_code == 202, response.text
     job = response.json()
     assert job["status"] in {"queued", "active", "complete"}
+    assert job["detail"]["total"] == 5, job
 
     deadline = asyncio.get_running_loop().time() + 60
     while job["status"] not in {"complete", "failed"}:
         assert asyncio.get_running_loop().time() < deadline, job
         await asyncio.sleep(0.1)
         job = (await client.get(f"/v1/knowledge/jobs/{job['id']}", headers=admin_headers)).json()
+        if job["detail"]:  # empty while queued: the queue holds no counts before the worker reports
+            assert job["detail"]["total"] == 5, job
+            assert job["progress"] == job["detail"]["done"] / 5, job
     assert job["status"] == "complete", job
     assert job["progress"] == 1.0
-    assert job["detail"]["created"] == 5
+    assert (job["detail"]["total"], job["detail"]["done"], job["detail"]["created"]) == (5, 5, 5)
     listed = (await client.get("/v1/knowledge/documents", headers=admin_headers)).json()["items"]
     assert sorted(item["external_id"] for item in listed) == [f"tn-{index}" for index in range(5)]
 
@@ -393,3 +397,106 @@ async def test_openapi_states_the_document_url_rule(client: AsyncTestClient[Lite
         assert url["pattern"].startswith("^(?:[Hh][Tt][Tt][Pp][Ss]?://"), name
         assert url["maxLength"] == 2000
         assert "http" in url["description"]
+
+
+async def wait_for_job(client: AsyncTestClient[Litestar], headers: dict[str, str], job: dict) -> dict:  # type: ignore[type-arg]
+    deadline = asyncio.get_running_loop().time() + 60
+    while job["status"] not in {"complete", "failed"}:
+        assert asyncio.get_running_loop().time() < deadline, job
+        await asyncio.sleep(0.1)
+        job = (await client.get(f"/v1/knowledge/jobs/{job['id']}", headers=headers)).json()
+    return job
+
+
+async def test_jsonl_lines_are_held_to_their_types_before_queueing(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    good = {"id": "ok", "title": "OK", "text": "Fine."}
+    for bad, names in (
+        ({**good, "tags": "notalist"}, 'tags must be a list of strings, not a string ("notalist")'),
+        ({**good, "tags": ["a", 1]}, "tags[1] must be a string"),
+        ({**good, "id": 123}, "id must be a string, not a number (123)"),
+        ({**good, "text": {"body": "x"}}, "text must be a string, not an object"),
+        ({**good, "title": ["T"]}, "title must be a string, not an array"),
+        ({**good, "content_type": "application/pdf"}, "content_type must be one of"),
+        ({**good, "audience": "staff"}, 'audience must be "public" or "internal"'),
+        ({**good, "metadata": {"k": 1}}, 'metadata["k"] must be a string'),
+        ({**good, "metadata": {"k": "v" * 1001}}, 'metadata["k"]: at most 1000 characters'),
+        ({**good, "metadata": {f"k{n}": "v" for n in range(51)}}, "metadata: at most 50 entries"),
+        ({**good, "lang": "en"}, 'unknown field "lang"'),
+        (["ok", "Fine."], "a line is a JSON object with id and text, not an array"),
+        ("ok", "a line is a JSON object with id and text, not a string"),
+        # Plain text (the default type) has no heading to take a title from: refused now, not inside the job.
+        ({"id": "a", "text": "No heading here."}, "title: plain text (text/plain) needs one"),
+    ):
+        export = f"{json.dumps(good)}\n\n{json.dumps(bad)}\n".encode()
+        response = await client.post(
+            "/v1/knowledge/uploads",
+            files={"file": ("export.jsonl", export, "application/jsonl")},
+            headers=admin_headers,
+        )
+        detail = assert_problem(response, 422, "invalid_input")["detail"]
+        assert detail.startswith("Line 3: "), detail
+        assert names in detail, detail
+    assert (await client.get("/v1/knowledge/documents", headers=admin_headers)).json()["items"] == []
+
+
+async def test_jsonl_lines_carry_audience_metadata_and_null_optional_fields(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    lines = [
+        {"id": "internal", "title": "Escalations", "text": "Page the on-call lead.", "audience": "internal",
+         "metadata": {"source": "wiki", "owner": "ops"}},
+        {"id": "public", "text": "# Returns\n\nThirty days.", "content_type": "text/markdown", "title": None,
+         "url": None, "tags": None, "audience": None, "metadata": None},
+    ]  # fmt: skip
+    response = await client.post(
+        "/v1/knowledge/uploads",
+        files={"file": ("export.jsonl", "\n".join(json.dumps(line) for line in lines).encode(), "application/jsonl")},
+        headers=admin_headers,
+    )
+    assert response.status_code == 202, response.text
+    job = await wait_for_job(client, admin_headers, response.json())
+    assert (job["status"], job["detail"]["created"]) == ("complete", 2), job
+
+    listed = {
+        item["external_id"]: item
+        for item in (await client.get("/v1/knowledge/documents", headers=admin_headers)).json()["items"]
+    }
+    assert (listed["internal"]["audience"], listed["internal"]["metadata"]) == (
+        "internal",
+        {"source": "wiki", "owner": "ops"},
+    )
+    assert (listed["public"]["audience"], listed["public"]["metadata"], listed["public"]["title"]) == (
+        "public",
+        {},
+        "Returns",
+    )
+
+
+async def test_a_jsonl_upload_refuses_the_forms_per_document_fields(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    """They were ignored for a .jsonl file; each of its lines gives its own."""
+    export = {"file": ("export.jsonl", b'{"id": "a", "title": "A", "text": "x"}\n', "application/jsonl")}
+    given = {
+        "external_id": "export",
+        "title": "Export",
+        "url": "https://help.example.com/",
+        "tags": "billing",
+        "audience": "internal",
+    }
+    response = await client.post("/v1/knowledge/uploads", files=export, data=given, headers=admin_headers)
+    assert assert_problem(response, 422, "invalid_input")["detail"] == (
+        "For a .jsonl file, give id (the form's external_id), title, url, tags, audience on each line, not in the form."
+    )
+    # The default audience, sent, is given all the same: the lines' audiences would not be what it says.
+    for field, value in (*given.items(), ("audience", "public")):
+        response = await client.post("/v1/knowledge/uploads", files=export, data={field: value}, headers=admin_headers)
+        detail = assert_problem(response, 422, "invalid_input")["detail"]
+        assert detail.startswith(f"For a .jsonl file, give {'id' if field == 'external_id' else field} "), detail
+    assert (await client.get("/v1/knowledge/documents", headers=admin_headers)).json()["items"] == []
+    # Empty fields, as a browser form sends them, are no fields.
+    blank = dict.fromkeys(("external_id", "title", "url", "tags"), "")
+    response = await client.post("/v1/knowledge/uploads", files=export, data=blank, headers=admin_headers)
+    assert response.status_code == 202, response.text

@@ -5,7 +5,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
@@ -21,6 +21,9 @@ from support.domain.errors import (
 from support.domain.ids import new_id
 from support.domain.injection import scan_source, scan_text, unique
 from support.domain.knowledge import (
+    MAX_METADATA_ENTRIES,
+    MAX_METADATA_KEY_LENGTH,
+    MAX_METADATA_VALUE_LENGTH,
     MAX_TAG_LENGTH,
     MAX_TAGS,
     Audience,
@@ -91,13 +94,18 @@ class IngestResult:
     status: UpsertStatus
 
 
+# Plain text has no markup for a heading: the extractor never finds a title in it (adapters/extraction).
+PLAIN_TEXT = "text/plain"
+
+
 def check_request(request: IngestRequest, limits: KnowledgeLimits) -> None:
     """The checks of ``IngestDocument`` that need no extraction, so a bulk file can be checked before it is queued.
 
     Raises:
         ContentTooLargeError: the content exceeds the configured size.
         InvalidInputError: the content is empty or whitespace, a given title or external_id is too long (or
-            the title is whitespace), the url is not an absolute http(s) URL, or the tags break their limits.
+            the title is whitespace), plain text comes without a title, the url is not an absolute http(s) URL,
+            or the tags or metadata break their limits.
     """
     if len(request.content) > limits.max_document_bytes:
         raise ContentTooLargeError(f"A document may have at most {limits.max_document_bytes} bytes.")
@@ -106,6 +114,13 @@ def check_request(request: IngestRequest, limits: KnowledgeLimits) -> None:
         raise InvalidInputError("The content is empty.")
     if request.title:
         _checked_title(request.title)
+    elif request.content_type.split(";")[0].strip().lower() == PLAIN_TEXT:
+        # Known now, without extracting: extraction would find no title and refuse the document (a bulk job's
+        # line would pass the check before queueing and fail inside the job).
+        raise InvalidInputError(
+            "title: plain text (text/plain) needs one, as it has no heading to take one from; give a title, "
+            "or send the text as text/markdown with a '# Heading'."
+        )
     if request.external_id and len(request.external_id.strip()) > MAX_EXTERNAL_ID_LENGTH:
         raise InvalidInputError(f"An external_id has at most {MAX_EXTERNAL_ID_LENGTH} characters.")
     # Shown to customers as a citation link: a javascript: URL in a bulk file is refused like one in the API.
@@ -113,6 +128,14 @@ def check_request(request: IngestRequest, limits: KnowledgeLimits) -> None:
     # The API's body rule (Tags), for the ways in that skip it: JSON-lines files and Markdown front matter.
     if len(request.tags) > MAX_TAGS or not all(0 < len(tag) <= MAX_TAG_LENGTH for tag in request.tags):
         raise InvalidInputError(f"A document has at most {MAX_TAGS} tags of 1 to {MAX_TAG_LENGTH} characters each.")
+    # The API's body rule (Metadata), for JSON-lines files.
+    if len(request.metadata) > MAX_METADATA_ENTRIES:
+        raise InvalidInputError(f"metadata: at most {MAX_METADATA_ENTRIES} entries")
+    for key, value in request.metadata.items():
+        if not 0 < len(key) <= MAX_METADATA_KEY_LENGTH:
+            raise InvalidInputError(f"metadata: keys have 1 to {MAX_METADATA_KEY_LENGTH} characters")
+        if len(value) > MAX_METADATA_VALUE_LENGTH:
+            raise InvalidInputError(f"metadata[{_shown(key)}]: at most {MAX_METADATA_VALUE_LENGTH} characters")
 
 
 def _checked_title(title: str) -> str:
@@ -424,7 +447,12 @@ class VerifyKnowledgeIndex:
 
 @dataclass(slots=True)
 class BulkIngestReport:
-    """Counts of a bulk ingestion, and the reason each failed item failed (by its position and id)."""
+    """Counts of a bulk ingestion, and the reason each failed item failed (by its position and id).
+
+    ``total`` is the number of documents, known from the start when the requests are a sized collection (a bulk
+    job's); ``created + updated + unchanged + failed`` is ``done``; ``chunks`` counts the chunks stored for the
+    created and updated documents (a document has one or more), not documents.
+    """
 
     total: int = 0
     created: int = 0
@@ -471,10 +499,15 @@ class IngestDocuments:
     async def execute(
         self, requests: Iterable[IngestRequest], on_progress: ProgressCallback | None = None
     ) -> BulkIngestReport:
-        """Ingest every request; never raises for a single bad item."""
-        report = BulkIngestReport()
+        """Ingest every request; never raises for a single bad item.
+
+        The report's ``total`` is the number of requests from the first progress report on when ``requests`` is
+        sized (a list); an iterator's requests are counted as they are read, so its ``total`` is final at the end.
+        """
+        total = len(requests) if isinstance(requests, Sized) else None
+        report = BulkIngestReport(total=total or 0)
         previous: tuple[list[_Checked], asyncio.Task[list[list[EmbeddedChunk]]]] | None = None
-        for group in self._groups(requests, report):
+        for group in self._groups(requests, report, count=total is None):
             checked = await self._check(group)
             # The model works in its own thread on this group while the previous group is written.
             embedding = asyncio.create_task(
@@ -487,10 +520,15 @@ class IngestDocuments:
             await self._write_group(previous[0], await previous[1], report, on_progress)
         return report
 
-    def _groups(self, requests: Iterable[IngestRequest], report: BulkIngestReport) -> Iterator[list[_Checked]]:
+    def _groups(
+        self, requests: Iterable[IngestRequest], report: BulkIngestReport, *, count: bool
+    ) -> Iterator[list[_Checked]]:
+        # The next group is read (and prepared) while the previous one is written: counted here, the total would
+        # run a group ahead of what has been reported done, growing as the job goes.
         group: list[_Checked] = []
         for position, request in enumerate(requests):
-            report.total += 1
+            if count:
+                report.total += 1
             try:
                 draft, extracted = self._single.prepare(request)
             except SupportError as error:
@@ -555,43 +593,147 @@ class JobNotFoundError(NotFoundError):
     default_message = "The job was not found."
 
 
+# The fields of a JSON-lines record; any other key is refused, so that a misspelt field ("tag") is not lost.
+JSONL_FIELDS = ("id", "text", "title", "url", "tags", "content_type", "audience", "metadata")
+# A line's content types: the JSON body's (POST /v1/knowledge/documents); text in a JSON string is never a PDF.
+JSONL_CONTENT_TYPES = (PLAIN_TEXT, "text/markdown", "text/html")
+
+
 def parse_jsonl(data: bytes) -> list[IngestRequest]:
-    """Documents from JSON lines of ``{id, text, title?, url?, tags?, content_type?}``.
+    """Documents from JSON lines of ``{id, text, title?, url?, tags?, content_type?, audience?, metadata?}``.
 
     Without a title, the document's is the one found in its content (a first heading), as for any document.
 
     Raises:
-        InvalidInputError: a line is not such a record; the message names the line.
+        InvalidInputError: a line is not such a record; the message names the line and the field.
     """
     return [request for _, request in parse_jsonl_lines(data)]
 
 
 def parse_jsonl_lines(data: bytes) -> list[tuple[int, IngestRequest]]:
-    """``parse_jsonl``, each document with its line number (from 1; blank lines count)."""
+    """``parse_jsonl``, each document with its line number (from 1; blank lines count).
+
+    Lines end at a line feed (LF or CRLF) and nowhere else: a JSON string may hold U+2028 and other characters
+    that ``str.splitlines`` would break a line at. Each record is held to its types: ``id`` a
+    non-empty string, ``text`` a string, ``title``/``url``/``content_type`` strings, ``tags`` a list of strings,
+    ``audience`` ``public`` or ``internal``, ``metadata`` an object of strings; an optional field that is null
+    counts as absent, and so does an empty title or url. Limits (lengths, counts, the url's form) are
+    ``check_request``'s.
+
+    Raises:
+        InvalidInputError: the file is not UTF-8, holds no record, or a line is not a valid record.
+    """
     requests: list[tuple[int, IngestRequest]] = []
     try:
-        lines = data.decode("utf-8-sig").splitlines()
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidInputError("The file is not UTF-8 text.") from None
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-            request = IngestRequest(
-                content=str(record["text"]).encode(),
-                content_type=str(record.get("content_type", "text/plain")),
-                external_id=str(record["id"]),
-                title=str(record["title"]) if record.get("title") else None,
-                url=str(record["url"]) if record.get("url") else None,
-                tags=[str(tag) for tag in record.get("tags", [])],
-            )
-            requests.append((number, request))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise InvalidInputError(f"Line {number} is not a JSON object with id and text.") from None
+            requests.append((number, _jsonl_request(line)))
+        except InvalidInputError as error:
+            raise InvalidInputError(f"Line {number}: {error.message}") from None
     if not requests:
         raise InvalidInputError("The file holds no documents.")
     return requests
+
+
+def _jsonl_request(line: str) -> IngestRequest:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise InvalidInputError(f"not valid JSON ({error.msg}, column {error.colno}).") from None
+    except (ValueError, RecursionError):  # an integer of more than 4,300 digits; arrays nested too deep
+        raise InvalidInputError("not valid JSON.") from None
+    if not isinstance(record, dict):
+        raise InvalidInputError(f"a line is a JSON object with id and text, not {_json_kind(record)}.")
+    unknown = [key for key in record if key not in JSONL_FIELDS]
+    if unknown:
+        raise InvalidInputError(f"unknown field {_shown(unknown[0])}; a line has {', '.join(JSONL_FIELDS)}.")
+    for required in ("id", "text"):
+        if required not in record:
+            raise InvalidInputError(f"{required} is missing; a line is a JSON object with id and text.")
+    external_id = _string(record["id"], "id")
+    if not external_id.strip():
+        raise InvalidInputError("id must not be empty.")
+    content_type = _optional_string(record, "content_type")
+    if content_type is None:
+        content_type = PLAIN_TEXT
+    elif content_type not in JSONL_CONTENT_TYPES:
+        choices = ", ".join(JSONL_CONTENT_TYPES)
+        raise InvalidInputError(f"content_type must be one of {choices}, not {_json_kind(content_type)}.")
+    audience = record.get("audience")
+    if audience is not None and audience not in tuple(Audience):
+        choices = " or ".join(f'"{member}"' for member in Audience)
+        raise InvalidInputError(f"audience must be {choices}, not {_json_kind(audience)}.")
+    return IngestRequest(
+        content=_string(record["text"], "text").encode(),
+        content_type=content_type,
+        external_id=external_id,
+        title=_optional_string(record, "title") or None,
+        url=_optional_string(record, "url") or None,
+        tags=_string_list(record, "tags"),
+        audience=Audience.PUBLIC if audience is None else Audience(audience),
+        metadata=_string_map(record, "metadata"),
+    )
+
+
+def _string(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be a string, not {_json_kind(value)}.")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        # JSON can spell one ("\ud800"); no text holds one, and the database would refuse it.
+        raise InvalidInputError(f"{name} holds an unpaired surrogate (a lone \\uD800-\\uDFFF escape).") from None
+    return value
+
+
+def _optional_string(record: Mapping[str, Any], name: str) -> str | None:
+    value = record.get(name)
+    return None if value is None else _string(value, name)
+
+
+def _string_list(record: Mapping[str, Any], name: str) -> list[str]:
+    value = record.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidInputError(f"{name} must be a list of strings, not {_json_kind(value)}.")
+    return [_string(item, f"{name}[{index}]") for index, item in enumerate(value)]
+
+
+def _string_map(record: Mapping[str, Any], name: str) -> dict[str, str]:
+    value = record.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{name} must be an object of strings, not {_json_kind(value)}.")
+    return {_string(key, f"a key of {name}"): _string(item, f"{name}[{_shown(key)}]") for key, item in value.items()}
+
+
+def _json_kind(value: object) -> str:
+    """How a JSON value is named in a message: its type, and the value itself when that is short."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({json.dumps(value)})"
+    if isinstance(value, int | float):
+        return f"a number ({json.dumps(value)[:_SHOWN_CHARACTERS]})"
+    if isinstance(value, str):
+        return f"a string ({_shown(value)})" if value.strip() else "an empty string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+_SHOWN_CHARACTERS = 30
+
+
+def _shown(text: str) -> str:
+    """A string quoted for a message: cut short, and escaped where it is not printable text."""
+    shown = text if len(text) <= _SHOWN_CHARACTERS else text[:_SHOWN_CHARACTERS] + "..."
+    return json.dumps(shown, ensure_ascii=False).encode("utf-8", "backslashreplace").decode()
 
 
 def report_detail(report: BulkIngestReport) -> dict[str, Any]:
@@ -616,12 +758,13 @@ class StartBulkIngestion:
         self._limits = limits
 
     async def execute(self, data: bytes) -> JobState:
-        """Queue the job and return its initial state.
+        """Queue the job and return its initial state, whose detail already counts the file's documents.
 
         Raises:
             ContentTooLargeError: the file exceeds the document size limit.
-            InvalidInputError: a line is not a document record, or breaks a rule of ``IngestDocument`` that can be
-                checked without extraction (``check_request``); the message names the line.
+            InvalidInputError: a line is not a document record (``parse_jsonl_lines``), or breaks a rule of
+                ``IngestDocument`` that can be checked without extraction (``check_request``); the message names
+                the line and the field.
         """
         if len(data) > self._limits.max_document_bytes:
             raise ContentTooLargeError(f"A file may have at most {self._limits.max_document_bytes} bytes.")
@@ -632,9 +775,11 @@ class StartBulkIngestion:
             except InvalidInputError as error:
                 raise InvalidInputError(f"Line {number}: {error.message}") from None
         documents = len(requests)
-        return await self._jobs.enqueue(
+        state = await self._jobs.enqueue(
             INGEST_JOB, {"records": data.decode("utf-8-sig"), "documents": documents}, timeout_s=BULK_JOB_TIMEOUT_S
         )
+        # The queue has no counts before its worker reports; the submitter can have the total now.
+        return state if state.detail else replace(state, detail=report_detail(BulkIngestReport(total=documents)))
 
 
 class RunBulkIngestion:
@@ -644,12 +789,17 @@ class RunBulkIngestion:
         self._ingest = ingest
 
     async def execute(self, payload: Mapping[str, Any], report: ProgressReporter) -> dict[str, Any]:
-        """Ingest the job's records; returns the final counts."""
+        """Ingest the job's records; returns the final counts.
+
+        Every report's ``total`` is the file's number of documents (the payload's ``documents``, counted when the
+        file was checked) and its progress is ``done / total``; the first comes before any document is read.
+        """
         requests = parse_jsonl(str(payload["records"]).encode())
 
         async def progress(state: BulkIngestReport) -> None:
-            await report(state.done / max(len(requests), 1), report_detail(state))
+            await report(state.done / max(state.total, 1), report_detail(state))
 
+        await progress(BulkIngestReport(total=len(requests)))
         return report_detail(await self._ingest.execute(requests, on_progress=progress))
 
 

@@ -20,15 +20,20 @@ def count_sources(paths: list[Path]) -> int:
     total = 0
     for path in _files(paths):
         if path.suffix.lower() == ".jsonl":
-            with path.open("rb") as handle:
-                total += sum(1 for line in handle if line.strip())
+            # Lines as parse_jsonl reads them (split at "\n" only; blank, Unicode spaces included, skipped).
+            text = path.read_bytes().decode("utf-8-sig", "replace")
+            total += sum(1 for line in text.split("\n") if line.strip())
         else:
             total += 1
     return total
 
 
 def iter_sources(paths: list[Path]) -> Iterator[IngestRequest]:
-    """One request per file, or per line of a ``.jsonl`` file (``{id, text, title?, url?, tags?}``)."""
+    """One request per file, or per line of a ``.jsonl`` file.
+
+    A line is ``{id, text, title?, url?, tags?, content_type?, audience?, metadata?}`` (``parse_jsonl``); a line
+    that is not such a record stops the run, naming the file and the line.
+    """
     for path in _files(paths):
         if path.suffix.lower() == ".jsonl":
             yield from _jsonl(path)

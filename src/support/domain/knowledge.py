@@ -25,6 +25,12 @@ RRF_CANDIDATES = 40
 MAX_TAGS = 50
 MAX_TAG_LENGTH = 100
 
+# Free-form string pairs kept with a document (and, through the API's shared ``Metadata`` type, a conversation):
+# bounded, so no request can make a stored row arbitrarily large. The API's body type states the same numbers.
+MAX_METADATA_ENTRIES = 50
+MAX_METADATA_KEY_LENGTH = 100
+MAX_METADATA_VALUE_LENGTH = 1000
+
 MAX_DOCUMENT_URL_LENGTH = 2000
 # What a document's url may be, as the API states it (OpenAPI ``pattern``, ECMAScript and Python alike): empty, or
 # http(s)://, a host part without spaces, control characters, "@" or "\\", then anything without spaces or control

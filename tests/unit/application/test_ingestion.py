@@ -1,7 +1,10 @@
 """Ingestion skips unchanged documents, unless the model their vectors came from has changed; it checks urls."""
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,15 +13,18 @@ from support.adapters.extraction.extractor import StructuredTextExtractor
 from support.adapters.memory.knowledge import InMemoryKnowledgeBase
 from support.adapters.memory.system import FixedClock, InMemoryUnitOfWork
 from support.application.knowledge import (
+    BULK_GROUP_DOCUMENTS,
     IngestDocument,
     IngestDocuments,
     IngestRequest,
     KnowledgeLimits,
+    RunBulkIngestion,
     check_request,
     parse_jsonl_lines,
 )
+from support.cli.sources import count_sources, iter_sources
 from support.domain.errors import InvalidInputError
-from support.domain.knowledge import UpsertStatus
+from support.domain.knowledge import Audience, UpsertStatus
 
 
 class RenamedModel(HashingEmbedder):
@@ -123,3 +129,179 @@ async def test_bulk_ingestion_reports_a_bad_url_and_ingests_the_rest() -> None:
     assert external_id == "bad"
     assert message.startswith("url: ")
     assert await knowledge.get_by_external_id("bad") is None
+
+
+def jsonl(*records: object) -> bytes:
+    return "\n".join(json.dumps(record) for record in records).encode()
+
+
+GOOD = {"id": "ok", "title": "OK", "text": "Fine."}
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ({**GOOD, "tags": "notalist"}, 'tags must be a list of strings, not a string ("notalist")'),
+        ({**GOOD, "tags": ["a", 7]}, "tags[1] must be a string, not a number (7)"),
+        ({**GOOD, "tags": {"a": "b"}}, "tags must be a list of strings, not an object"),
+        ({**GOOD, "id": 123}, "id must be a string, not a number (123)"),
+        ({**GOOD, "id": True}, "id must be a string, not a boolean (true)"),
+        ({**GOOD, "id": "  "}, "id must not be empty"),
+        ({**GOOD, "text": ["a"]}, "text must be a string, not an array"),
+        ({**GOOD, "text": None}, "text must be a string, not null"),
+        ({**GOOD, "title": 5}, "title must be a string, not a number (5)"),
+        ({**GOOD, "url": {"href": "https://a.example"}}, "url must be a string, not an object"),
+        ({**GOOD, "content_type": 1}, "content_type must be a string, not a number (1)"),
+        ({**GOOD, "content_type": "application/pdf"}, "content_type must be one of text/plain, text/markdown"),
+        ({**GOOD, "content_type": ""}, "content_type must be one of"),
+        ({**GOOD, "audience": "everyone"}, 'audience must be "public" or "internal", not a string ("everyone")'),
+        ({**GOOD, "audience": 1}, 'audience must be "public" or "internal", not a number (1)'),
+        ({**GOOD, "metadata": ["a"]}, "metadata must be an object of strings, not an array"),
+        ({**GOOD, "metadata": {"source": 3}}, 'metadata["source"] must be a string, not a number (3)'),
+        ({**GOOD, "tag": ["typo"]}, 'unknown field "tag"; a line has id, text, title, url, tags, content_type'),
+        ({"title": "T", "text": "x"}, "id is missing"),
+        ({"id": "a", "title": "T"}, "text is missing"),
+        (["a", "b"], "a line is a JSON object with id and text, not an array"),
+        ("a string", 'a line is a JSON object with id and text, not a string ("a string")'),
+        (42, "a line is a JSON object with id and text, not a number (42)"),
+        (None, "a line is a JSON object with id and text, not null"),
+    ],
+)
+def test_a_jsonl_line_is_held_to_its_types_and_the_error_names_the_line_and_field(line: object, message: str) -> None:
+    with pytest.raises(InvalidInputError) as refused:
+        parse_jsonl_lines(jsonl(GOOD) + b"\n\n" + json.dumps(line).encode())
+    assert refused.value.message.startswith("Line 3: "), refused.value.message
+    assert message in refused.value.message
+
+
+def test_a_jsonl_line_that_is_not_json_or_holds_a_lone_surrogate_is_refused() -> None:
+    with pytest.raises(InvalidInputError, match=r"^Line 2: not valid JSON \(Expecting value, column 1\)"):
+        parse_jsonl_lines(jsonl(GOOD) + b"\nnot json")
+    with pytest.raises(InvalidInputError, match=r"^Line 1: text holds an unpaired surrogate"):
+        parse_jsonl_lines(b'{"id": "a", "title": "T", "text": "broken \\ud800 text"}')
+    with pytest.raises(InvalidInputError, match=r"^Line 1: not valid JSON\.$"):
+        parse_jsonl_lines(b"[" * 100_000)
+
+
+def test_a_jsonl_line_reads_every_field_and_null_is_absent() -> None:
+    full = {
+        "id": "faq-1",
+        "text": "<h1>Refunds</h1><p>Five days.</p>",
+        "title": "Refunds",
+        "url": "https://help.example/refunds",
+        "tags": ["Billing", "refunds"],
+        "content_type": "text/html",
+        "audience": "internal",
+        "metadata": {"source": "zendesk", "locale": "en"},
+    }
+    nulls: dict[str, object] = {"id": "faq-2", "text": "# Heading\n\nBody.", "content_type": "text/markdown"}
+    nulls |= dict.fromkeys(("title", "url", "tags", "audience", "metadata"), None)
+    [(_, first), (_, second)] = parse_jsonl_lines(jsonl(full, nulls))
+
+    assert first == IngestRequest(
+        content=full["text"].encode(),  # type: ignore[attr-defined]
+        content_type="text/html",
+        external_id="faq-1",
+        title="Refunds",
+        url="https://help.example/refunds",
+        tags=["Billing", "refunds"],
+        audience=Audience.INTERNAL,
+        metadata={"source": "zendesk", "locale": "en"},
+    )
+    assert second == IngestRequest(
+        content=b"# Heading\n\nBody.", content_type="text/markdown", external_id="faq-2", tags=[], metadata={}
+    )
+    [(_, plain)] = parse_jsonl_lines(jsonl(GOOD))
+    assert plain.content_type == "text/plain"
+
+
+def test_jsonl_lines_end_at_line_feeds_only() -> None:
+    """A JSON string may hold U+2028 (JavaScript exports do): ``str.splitlines`` broke such a line in two."""
+    raw = json.dumps({**GOOD, "text": "First\u2028second\u2029third\x85fourth"}, ensure_ascii=False)
+    data = f"{raw}\r\n{json.dumps({**GOOD, 'id': 'b'})}\r\n".encode()
+    [(first, request), (second, _)] = parse_jsonl_lines(data)
+    assert (first, second) == (1, 2)
+    assert request.content == "First\u2028second\u2029third\x85fourth".encode()
+
+
+async def test_audience_and_metadata_of_a_jsonl_line_are_stored() -> None:
+    line = {**GOOD, "audience": "internal", "metadata": {"source": "zendesk"}}
+    [(_, request)] = parse_jsonl_lines(jsonl(line))
+    check_request(request, KnowledgeLimits())
+
+    result = await ingestion(InMemoryKnowledgeBase(), HashingEmbedder()).execute(request)
+
+    assert result.document.audience is Audience.INTERNAL
+    assert dict(result.document.metadata) == {"source": "zendesk"}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({f"k{n}": "v" for n in range(51)}, "metadata: at most 50 entries"),
+        ({"": "v"}, "metadata: keys have 1 to 100 characters"),
+        ({"k" * 101: "v"}, "metadata: keys have 1 to 100 characters"),
+        ({"k": "v" * 1001}, 'metadata["k"]: at most 1000 characters'),
+    ],
+)
+def test_metadata_is_held_to_the_api_bodys_limits(metadata: dict[str, str], message: str) -> None:
+    with pytest.raises(InvalidInputError) as refused:
+        check_request(replace(ARTICLE, metadata=metadata), KnowledgeLimits())
+    assert refused.value.message == message
+    check_request(replace(ARTICLE, metadata={f"{n:02d}" + "k" * 98: "v" * 1000 for n in range(50)}), KnowledgeLimits())
+
+
+async def test_plain_text_without_a_title_is_refused_before_extraction() -> None:
+    """Plain text has no heading to take a title from: a bulk line without one is refused before it is queued."""
+    untitled = IngestRequest(content=b"Cards take five days.", content_type="text/plain", external_id="p")
+    for content_type in ("text/plain", "Text/Plain; charset=utf-8"):
+        with pytest.raises(InvalidInputError, match=r"^title: plain text \(text/plain\) needs one"):
+            check_request(replace(untitled, content_type=content_type), KnowledgeLimits())
+    # What extraction gives is what the check assumes: no title from plain text, even one shaped like a heading.
+    assert StructuredTextExtractor().extract(b"# Refunds\n\nCards take five days.", "text/plain").title is None
+    check_request(replace(untitled, title="Refunds"), KnowledgeLimits())
+    check_request(replace(untitled, content_type="text/markdown"), KnowledgeLimits())
+    [(_, line)] = parse_jsonl_lines(jsonl({"id": "p", "text": "Cards take five days."}))
+    with pytest.raises(InvalidInputError, match=r"^title: "):
+        check_request(line, KnowledgeLimits())
+
+
+class RecordingReporter:
+    def __init__(self) -> None:
+        self.reports: list[tuple[float, dict[str, Any]]] = []
+
+    async def __call__(self, progress: float, detail: Mapping[str, Any]) -> None:
+        self.reports.append((progress, dict(detail)))
+
+
+async def test_a_bulk_jobs_total_is_its_document_count_from_the_start_and_progress_is_done_over_total() -> None:
+    documents = 2 * BULK_GROUP_DOCUMENTS + 36  # three groups, the last one short
+    lines = [{"id": f"d{n}", "title": f"D{n}", "text": f"Document {n} says something."} for n in range(documents)]
+    lines[40]["url"] = "javascript:alert(1)"  # fails inside the job (as if checked by an older version)
+    knowledge = InMemoryKnowledgeBase()
+    bulk = IngestDocuments(ingestion(knowledge, HashingEmbedder()), knowledge, InMemoryUnitOfWork(), FixedClock())
+    reporter = RecordingReporter()
+
+    result = await RunBulkIngestion(bulk).execute({"records": jsonl(*lines).decode(), "documents": documents}, reporter)
+
+    # Reported before any document is read, then after each group is written (99 good documents: 4 groups).
+    assert reporter.reports[0] == (0.0, {**result, "done": 0, "created": 0, "failed": 0, "chunks": 0, "errors": []})
+    assert len(reporter.reports) == 1 + 4
+    for progress, detail in reporter.reports:
+        assert detail["total"] == documents
+        assert progress == detail["done"] / documents
+        assert detail["done"] == detail["created"] + detail["updated"] + detail["unchanged"] + detail["failed"]
+    done = [detail["done"] for _, detail in reporter.reports]
+    assert done == sorted(set(done))
+    assert reporter.reports[-1] == (1.0, result)
+    assert (result["total"], result["created"], result["failed"]) == (documents, documents - 1, 1)
+
+
+def test_the_cli_counts_a_jsonl_files_documents_as_the_reader_reads_them(tmp_path: Path) -> None:
+    """The progress bar's total: lines split at line feeds only, blank ones (Unicode spaces too) skipped."""
+    export = tmp_path / "export.jsonl"
+    raw = json.dumps({**GOOD, "text": "One\u2028line"}, ensure_ascii=False)
+    export.write_text(f"\ufeff{raw}\n\u3000\n\n{json.dumps({**GOOD, 'id': 'b'})}\r\n", encoding="utf-8")
+
+    assert count_sources([export]) == len(parse_jsonl_lines(export.read_bytes())) == 2
+    assert [request.external_id for request in iter_sources([export])] == ["ok", "b"]

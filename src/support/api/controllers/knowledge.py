@@ -5,7 +5,7 @@ from uuid import UUID
 import msgspec
 from dishka import FromDishka
 from dishka.integrations.litestar import inject
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import ValidationException
@@ -31,6 +31,7 @@ from support.application.knowledge import (
     SearchKnowledge,
     StartBulkIngestion,
 )
+from support.domain.errors import InvalidInputError
 from support.domain.injection import InjectionReason
 from support.domain.knowledge import (
     DOCUMENT_URL_PATTERN,
@@ -254,6 +255,30 @@ class UploadForm(msgspec.Struct):
     audience: Audience = Audience.PUBLIC
 
 
+# The form's fields for one document, and what each is called on a line of a .jsonl file, which holds many.
+_DOCUMENT_FORM_FIELDS = {"external_id": "id", "title": "title", "url": "url", "tags": "tags", "audience": "audience"}
+
+
+async def refuse_document_fields(request: Request[Any, Any, Any]) -> None:
+    """Refuse the form's per-document fields for a .jsonl upload: its documents take theirs from their lines.
+
+    A field counts as given when it is sent with a value (an empty field, as a browser form sends it, is none);
+    ``audience=public`` is given too, though it is the default. Not a shape error (``validation_failed``): the
+    form is valid by the document, and only the file's name makes the fields meaningless.
+
+    Raises:
+        InvalidInputError: one or more were given; the message names each.
+    """
+    form = await request.form()  # parsed once for the body, and kept
+    given = [
+        line if name == line else f"{line} (the form's {name})"
+        for name, line in _DOCUMENT_FORM_FIELDS.items()
+        if any(str(value).strip() for value in form.getall(name, []))
+    ]
+    if given:
+        raise InvalidInputError(f"For a .jsonl file, give {', '.join(given)} on each line, not in the form.")
+
+
 def form_tags(field: str | None) -> list[str]:
     """An upload form's comma-separated tags, held to the JSON body's rule (``Tags``).
 
@@ -343,8 +368,11 @@ class KnowledgeController(Controller):
         summary="Upload a file as a document",
         description=(
             "Multipart upload of a .txt, .md, .html or .pdf file (the file name gives the type): 201/200 with the "
-            "document. A .jsonl file of `{id, text, title?, url?, tags?}` lines is ingested in the background: "
-            "202 with a job to follow at `GET /v1/knowledge/jobs/{id}`."
+            "document. A .jsonl file of `{id, text, title?, url?, tags?, content_type?, audience?, metadata?}` "
+            "lines is checked line by line (`invalid_input` naming the line and field) and ingested in the "
+            "background: 202 with a job to follow at `GET /v1/knowledge/jobs/{id}`. With a .jsonl file the form's "
+            "`external_id`, `title`, `url`, `tags` and `audience` are refused (`invalid_input`): each line gives "
+            "its own."
         ),
         responses={
             200: ResponseSpec(IngestResponse, description="Updated, or unchanged", generate_examples=False),
@@ -357,6 +385,7 @@ class KnowledgeController(Controller):
     @inject
     async def upload(
         self,
+        request: Request[Any, Any, Any],
         data: Annotated[UploadForm, Body(media_type=RequestEncodingType.MULTI_PART)],
         use_case: FromDishka[IngestDocument],
         bulk: FromDishka[StartBulkIngestion],
@@ -364,6 +393,7 @@ class KnowledgeController(Controller):
         tags = form_tags(data.tags)
         content = await data.file.read()
         if (data.file.filename or "").lower().endswith(".jsonl"):
+            await refuse_document_fields(request)
             return Response(job_resource(await bulk.execute(content)), status_code=202)
         content_type = uploaded_content_type(data.file.filename or "", data.file.content_type)
         result = await use_case.execute(

@@ -5,9 +5,7 @@ from typing import Annotated
 import msgspec
 from litestar.params import QueryParameter
 
-MAX_METADATA_ENTRIES = 50
-MAX_METADATA_KEY_LENGTH = 100
-MAX_METADATA_VALUE_LENGTH = 1000
+from support.domain.knowledge import MAX_METADATA_ENTRIES, MAX_METADATA_KEY_LENGTH, MAX_METADATA_VALUE_LENGTH
 
 MetadataKey = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_METADATA_KEY_LENGTH)]
 MetadataValue = Annotated[str, msgspec.Meta(max_length=MAX_METADATA_VALUE_LENGTH)]
