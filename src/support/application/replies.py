@@ -616,8 +616,10 @@ class ReplyRunner:
             for item in earlier[-settings.history_messages :]
             if item.role in {MessageRole.CUSTOMER, MessageRole.ASSISTANT, MessageRole.AGENT} and item.content
         ]
+        said = [item.content for item in pending if item.content]
         request = ReplyRequest(
             question=question,
+            newest=said[-1] if len(said) > 1 else None,
             history=history,
             passages=passages,
             attachments=attached,

@@ -53,6 +53,8 @@ class ReplyRequest:
     memories: Sequence[RecalledFact] = ()
     # The rolling summary of the conversation's turns older than ``history`` (redacted, extractive).
     summary: str | None = None
+    # When ``question`` joins several messages: the newest of them, which a reply that cannot answer names.
+    newest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -642,3 +642,17 @@ async def test_a_table_row_is_quoted_under_its_header_and_the_header_never_alone
     assert "Payment method: PayPal; Time after we issue the refund: 3 to 5 business days" in text
     assert "Payment method | Time after we issue the refund" not in text
     assert "---" not in text
+
+
+async def test_a_decline_for_messages_answered_together_names_the_newest() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+    request = ReplyRequest(
+        question="How do I reset my password?\n\nDo you sell gaming laptops?",
+        newest="Do you sell gaming laptops?",
+        passages=unrelated(),
+    )
+
+    text = text_of(await collect(llm, request))
+
+    assert "“Do you sell gaming laptops”" in text
+    assert "reset my password" not in text

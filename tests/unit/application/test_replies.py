@@ -31,6 +31,8 @@ async def test_messages_sent_during_a_reply_are_answered_together_by_the_next_on
     assert world.llm.max_active == 1
     assert len(world.llm.requests) == 2
     assert world.llm.requests[1].question == "And for opened items?\n\nAlso, do you ship to Canada?"
+    assert world.llm.requests[1].newest == "Also, do you ship to Canada?"
+    assert world.llm.requests[0].newest is None  # one message: the question itself
     assert [turn.text for turn in world.llm.requests[1].history] == [
         "What is your return window?",
         "Here is what I found.",

@@ -481,7 +481,7 @@ def _decline(
 ) -> Draft:
     """Say plainly that the help center does not answer this, name what came closest, and offer a human."""
     opening = f"Sorry, {name} — I" if name else "I"
-    topic = _topic(request.question)
+    topic = _topic(request.newest or request.question)
     if request.passages:
         about = f" about “{topic}”" if topic else " to your question"
         first = f"{opening} couldn't find a clear answer{about} in our help center, so I'd rather not guess."
