@@ -12,7 +12,7 @@ from support.domain.conversations import Conversation, HandoffDecision, Message
 from support.domain.escalation import BusinessHours, estimate_wait, handoff_notice
 from support.domain.feed import FeedPayload
 from support.domain.ids import new_id
-from support.domain.webhooks import OutboundEvent, WebhookEventType
+from support.domain.webhooks import OutboundEvent, WebhookEventType, event_time
 from support.ports.assistant import Summarizer
 from support.ports.conversations import ConversationRepository, EventBus, SessionStore
 from support.ports.errors import CacheUnavailableError, DependencyUnavailableError
@@ -44,7 +44,7 @@ def message_event(message: Message) -> OutboundEvent:
                 "role": message.role.value,
                 "content": message.content,
                 "author": message.author,
-                "created_at": message.created_at.isoformat(),
+                "created_at": event_time(message.created_at),
             }
         },
     )
@@ -65,7 +65,7 @@ def status_event(kind: WebhookEventType, conversation: Conversation, **extra: ob
             "reason_code": decision.reason_code.value if decision and decision.reason_code else None,
             "rule": decision.rule if decision else None,
             "evidence": decision.evidence if decision else None,
-            "requested_at": conversation.handoff_requested_at.isoformat()
+            "requested_at": event_time(conversation.handoff_requested_at)
             if conversation.handoff_requested_at
             else None,
             "agent": conversation.agent.name if conversation.agent else None,
@@ -99,7 +99,7 @@ async def hand_over(
             WebhookEventType.HANDOFF_REQUESTED,
             changed,
             queue_position=ahead + 1,
-            expected_at=estimate.expected_at.isoformat(),
+            expected_at=event_time(estimate.expected_at),
         )
     )
     return changed, handoff_notice(estimate, settings.hours)

@@ -304,13 +304,17 @@ def validate_webhook_url(url: str, *, allow_private_targets: bool = False) -> st
     return url
 
 
+def event_time(moment: datetime) -> str:
+    """A time as webhook payloads write it, envelope and ``data`` alike: RFC 3339 in UTC with ``Z``."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def encode_event(event: OutboundEvent) -> bytes:
     """The JSON body delivered for ``event``: ``{id, type, created_at, conversation_id, data}``."""
-    stamp = event.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
     document = {
         "id": str(event.id),
         "type": event.type.value,
-        "created_at": stamp,
+        "created_at": event_time(event.occurred_at),
         "conversation_id": None if event.conversation_id is None else str(event.conversation_id),
         "data": event.data,
     }

@@ -74,6 +74,9 @@ async def test_asking_for_a_person_hands_over_without_calling_the_model(world: W
     [requested] = world.outbox.of_type(W.HANDOFF_REQUESTED)
     assert requested.data["reason_code"] == "customer_request"
     assert requested.data["queue_position"] == 1
+    # Times in data are written as the envelope's created_at is: UTC with Z.
+    assert str(requested.data["requested_at"]).endswith("Z")
+    assert str(requested.data["expected_at"]).endswith("Z")
     names = [event.payload.name for event in await feed(world)]
     assert names[-2:] == ["done", "handoff"]
 
@@ -89,6 +92,7 @@ async def test_while_a_person_is_due_the_assistant_stays_silent_and_agents_hear_
     assert result.conversation_status is S.PENDING_HUMAN
     [created] = world.outbox.of_type(W.MESSAGE_CREATED)
     assert created.data["message"]["content"] == "My order number is 12345"  # type: ignore[index]
+    assert created.data["message"]["created_at"].endswith("Z")  # type: ignore[index]
 
 
 async def test_claiming_is_exclusive_and_the_agents_reply_reaches_the_feed(world: World) -> None:
