@@ -775,11 +775,13 @@ class StartBulkIngestion:
             except InvalidInputError as error:
                 raise InvalidInputError(f"Line {number}: {error.message}") from None
         documents = len(requests)
-        state = await self._jobs.enqueue(
-            INGEST_JOB, {"records": data.decode("utf-8-sig"), "documents": documents}, timeout_s=BULK_JOB_TIMEOUT_S
+        # The counts show from the start: a job still waiting for a worker says how many documents it holds.
+        return await self._jobs.enqueue(
+            INGEST_JOB,
+            {"records": data.decode("utf-8-sig"), "documents": documents},
+            timeout_s=BULK_JOB_TIMEOUT_S,
+            detail=report_detail(BulkIngestReport(total=documents)),
         )
-        # The queue has no counts before its worker reports; the submitter can have the total now.
-        return state if state.detail else replace(state, detail=report_detail(BulkIngestReport(total=documents)))
 
 
 class RunBulkIngestion:

@@ -27,8 +27,14 @@ class JobQueue(Protocol):
         CacheUnavailableError: the queue's store cannot be reached.
     """
 
-    async def enqueue(self, kind: str, payload: Mapping[str, Any], *, timeout_s: int) -> JobState:
-        """Queue a job; a worker runs the handler registered for ``kind``."""
+    async def enqueue(
+        self, kind: str, payload: Mapping[str, Any], *, timeout_s: int, detail: Mapping[str, Any] | None = None
+    ) -> JobState:
+        """Queue a job; a worker runs the handler registered for ``kind``.
+
+        ``detail`` is what the job's state shows until the handler first reports progress (the counts a caller
+        polling a queued job sees).
+        """
         ...
 
     async def get(self, job_id: str) -> JobState | None:

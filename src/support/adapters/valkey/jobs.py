@@ -113,9 +113,12 @@ class SaqJobQueue:
         run.__qualname__ = kind
         return run
 
-    async def enqueue(self, kind: str, payload: Mapping[str, Any], *, timeout_s: int) -> JobState:
+    async def enqueue(
+        self, kind: str, payload: Mapping[str, Any], *, timeout_s: int, detail: Mapping[str, Any] | None = None
+    ) -> JobState:
+        meta = {"detail": dict(detail)} if detail else {}
         async with cache_errors():
-            job = await self._queue.enqueue(kind, timeout=timeout_s, ttl=RESULT_TTL_S, retries=1, **payload)
+            job = await self._queue.enqueue(kind, timeout=timeout_s, ttl=RESULT_TTL_S, retries=1, meta=meta, **payload)
         if job is None:
             msg = "the queue refused the job"
             raise RuntimeError(msg)
