@@ -32,10 +32,14 @@ MAX_METADATA_KEY_LENGTH = 100
 MAX_METADATA_VALUE_LENGTH = 1000
 
 MAX_DOCUMENT_URL_LENGTH = 2000
+# Characters no url holds: C0 and C1 controls, spaces and DEL, and every other Unicode space. Spelt out rather
+# than "\s", whose meaning differs between Python (U+0085 is a space) and ECMAScript (U+FEFF is), so that the
+# OpenAPI document, its fuzzers and the service refuse the same urls.
+_NOT_IN_URL = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 # What a document's url may be, as the API states it (OpenAPI ``pattern``, ECMAScript and Python alike): empty, or
 # http(s)://, a host part without spaces, control characters, "@" or "\\", then anything without spaces or control
 # characters. validate_document_url checks the same, and that the host part holds a host.
-DOCUMENT_URL_PATTERN = r"^(?:[Hh][Tt][Tt][Pp][Ss]?://[^\s\x00-\x1f\x7f/?#@\\]+(?:[/?#][^\s\x00-\x1f\x7f]*)?)?$"
+DOCUMENT_URL_PATTERN = rf"^(?:[Hh][Tt][Tt][Pp][Ss]?://[^{_NOT_IN_URL}/?#@\\]+(?:[/?#][^{_NOT_IN_URL}]*)?)?$"
 _DOCUMENT_URL = re.compile(DOCUMENT_URL_PATTERN)
 
 

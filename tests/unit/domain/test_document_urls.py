@@ -75,3 +75,13 @@ def test_a_url_the_pattern_lets_through_is_still_checked_for_a_host(url: str) ->
 def test_a_url_that_is_too_long_is_refused() -> None:
     with pytest.raises(InvalidInputError, match=r"^url: at most 2000 characters"):
         validate_document_url("https://help.example.com/" + "a" * MAX_DOCUMENT_URL_LENGTH)
+
+
+@pytest.mark.parametrize("space", ["\x85", "\xa0", "\u2028", "\u3000", "\ufeff", "\x9f"])
+def test_spaces_either_regex_engine_knows_are_refused_by_the_pattern_itself(space: str) -> None:
+    # The OpenAPI pattern is read by ECMAScript engines and by fuzzers as well as by Python: it names every space
+    # it refuses instead of relying on "\s", which is U+0085 in Python and U+FEFF in ECMAScript.
+    url = f"https://help.example.com/a{space}b"
+    assert re.search(DOCUMENT_URL_PATTERN, url) is None
+    with pytest.raises(InvalidInputError):
+        validate_document_url(url)
