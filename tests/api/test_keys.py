@@ -43,6 +43,32 @@ async def test_created_key_shows_its_secret_once_and_stores_only_a_hash(
     assert secret not in dump
 
 
+async def test_keys_are_listed_a_page_at_a_time_newest_first(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    created = [await create_key(client, admin_headers, role) for role in ("agent", "service", "admin")]
+
+    first = (await client.get("/v1/keys?limit=2", headers=admin_headers)).json()
+    assert [item["id"] for item in first["items"]] == [created[2]["id"], created[1]["id"]]
+    assert first["next_cursor"]
+    second = (await client.get(f"/v1/keys?limit=2&cursor={first['next_cursor']}", headers=admin_headers)).json()
+    assert [item["id"] for item in second["items"]] == [created[0]["id"]]
+    assert second["next_cursor"] is None
+    everything = (await client.get("/v1/keys", headers=admin_headers)).json()
+    assert [item["id"] for item in everything["items"]] == [key["id"] for key in reversed(created)]
+    assert everything["next_cursor"] is None
+
+
+async def test_the_key_listing_checks_its_parameters(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    for limit in (0, 101):
+        assert_problem(await client.get(f"/v1/keys?limit={limit}", headers=admin_headers), 422, "validation_failed")
+    body = assert_problem(await client.get("/v1/keys?cursor=nope", headers=admin_headers), 422, "invalid_input")
+    assert body["detail"] == "The cursor is not valid."
+    assert (await client.get("/v1/keys?limit=100", headers=admin_headers)).status_code == 200
+
+
 async def test_a_created_key_authenticates_with_its_role(
     client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
 ) -> None:

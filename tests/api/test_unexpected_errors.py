@@ -8,7 +8,7 @@ from litestar.testing import AsyncTestClient
 from support.application.keys import ListApiKeys
 from support.config import Settings
 from support.container import create_app
-from support.domain.identity import ApiKey
+from support.ports.identity import ApiKeyPage
 from tests.helpers import assert_problem
 
 
@@ -16,7 +16,7 @@ class ExplodingListApiKeys(ListApiKeys):
     def __init__(self) -> None:
         pass
 
-    async def execute(self) -> list[ApiKey]:
+    async def execute(self, **_: object) -> ApiKeyPage:
         raise RuntimeError("secret internal detail: password=hunter2")
 
 

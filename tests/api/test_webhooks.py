@@ -119,6 +119,30 @@ async def test_a_created_webhook_shows_its_secret_once(
         assert await connection.scalar(sa.text("SELECT secret FROM webhooks")) == secret
 
 
+async def test_webhooks_are_listed_a_page_at_a_time_newest_first(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    created = []
+    for index in range(3):
+        response = await client.post(
+            "/v1/webhooks", json=HOOK | {"description": f"hook {index}"}, headers=admin_headers
+        )
+        assert response.status_code == 201, response.text
+        created.append(response.json()["id"])
+
+    first = (await client.get("/v1/webhooks?limit=2", headers=admin_headers)).json()
+    assert [item["id"] for item in first["items"]] == [created[2], created[1]]
+    assert first["next_cursor"]
+    second = (await client.get(f"/v1/webhooks?limit=2&cursor={first['next_cursor']}", headers=admin_headers)).json()
+    assert [item["id"] for item in second["items"]] == [created[0]]
+    assert second["next_cursor"] is None
+    for limit in (0, 101):
+        response = await client.get(f"/v1/webhooks?limit={limit}", headers=admin_headers)
+        assert_problem(response, 422, "validation_failed")
+    body = assert_problem(await client.get("/v1/webhooks?cursor=nope", headers=admin_headers), 422, "invalid_input")
+    assert body["detail"] == "The cursor is not valid."
+
+
 async def test_a_deleted_webhook_is_gone(client: AsyncTestClient[Litestar], admin_headers: dict[str, str]) -> None:
     webhook_id = (await client.post("/v1/webhooks", json=HOOK, headers=admin_headers)).json()["id"]
     assert (await client.delete(f"/v1/webhooks/{webhook_id}", headers=admin_headers)).status_code == 204

@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from support.domain.errors import ConflictError
+from support.domain.errors import ConflictError, InvalidInputError
 from support.domain.identity import Role
 from tests.contract.conftest import Stores
 from tests.factories import ApiKeyFactory
@@ -27,7 +27,39 @@ async def test_keys_are_listed_newest_first(stores: Stores) -> None:
     await stores.api_keys.add(older, "h-old")
     await stores.api_keys.add(newer, "h-new")
     await stores.uow.commit()
-    assert [key.name for key in await stores.api_keys.list_all()] == ["newer", "older"]
+    page = await stores.api_keys.list_keys(limit=10, cursor=None)
+    assert [key.name for key in page.items] == ["newer", "older"]
+    assert page.next_cursor is None
+
+
+async def test_keys_are_paged_newest_first_and_the_last_page_has_no_cursor(stores: Stores) -> None:
+    # Two share a creation time (the id breaks the tie, across a page boundary); microseconds survive the cursor.
+    stamps = [CREATED, CREATED, CREATED + timedelta(microseconds=1), CREATED + timedelta(seconds=1), CREATED]
+    stored = [
+        ApiKeyFactory.build(created_at=stamp, name=f"key {index}", hint=f"sk_{index:06d}")
+        for index, stamp in enumerate(stamps)
+    ]
+    for index, key in enumerate(stored):
+        await stores.api_keys.add(key, f"hash-{index}")
+    await stores.uow.commit()
+
+    first = await stores.api_keys.list_keys(limit=2, cursor=None)
+    second = await stores.api_keys.list_keys(limit=2, cursor=first.next_cursor)
+    third = await stores.api_keys.list_keys(limit=2, cursor=second.next_cursor)
+
+    newest_first = sorted(stored, key=lambda key: (key.created_at, key.id), reverse=True)
+    assert [key.id for key in first.items + second.items + third.items] == [key.id for key in newest_first]
+    assert (len(first.items), len(second.items), len(third.items)) == (2, 2, 1)
+    assert first.next_cursor is not None
+    assert second.next_cursor is not None
+    assert third.next_cursor is None
+    exact = await stores.api_keys.list_keys(limit=5, cursor=None)
+    assert (len(exact.items), exact.next_cursor) == (5, None)
+
+
+async def test_a_bad_key_cursor_is_invalid_input(stores: Stores) -> None:
+    with pytest.raises(InvalidInputError):
+        await stores.api_keys.list_keys(limit=2, cursor="not-a-cursor")
 
 
 async def test_revoked_key_is_no_longer_found_by_hash(stores: Stores) -> None:

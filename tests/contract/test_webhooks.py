@@ -28,6 +28,7 @@ from support.adapters.postgres.webhooks import (
 from support.domain.conversations import Conversation, ConversationStatus
 from support.domain.errors import InvalidInputError
 from support.domain.ids import new_id
+from support.domain.paging import ID_CURSOR
 from support.domain.webhooks import DeliveryStatus, OutboundEvent, Webhook, WebhookDelivery, WebhookEventType
 from support.ports.system import UnitOfWork
 from support.ports.webhooks import WebhookDeliveryQueue, WebhookOutbox, WebhookRepository
@@ -130,11 +131,42 @@ async def test_endpoints_are_stored_listed_newest_first_and_deleted(backend: Bac
     )
     assert await backend.webhooks.get(older.id) == older
     assert await backend.webhooks.get(new_id()) is None
-    assert [webhook.id for webhook in await backend.webhooks.list_all()] == [newer.id, older.id]
+    listed = await backend.webhooks.list_webhooks(limit=10, cursor=None)
+    assert [webhook.id for webhook in listed.items] == [newer.id, older.id]
+    assert listed.next_cursor is None
     assert await backend.webhooks.delete(older.id) is True
     assert await backend.webhooks.delete(older.id) is False
     await backend.uow.commit()
-    assert await backend.webhooks.list_all() == [newer]
+    assert (await backend.webhooks.list_webhooks(limit=10, cursor=None)).items == [newer]
+
+
+async def test_endpoints_are_paged_newest_first_and_the_last_page_has_no_cursor(backend: Backend) -> None:
+    # Two share a creation time (the id breaks the tie, across a page boundary); microseconds survive the cursor.
+    stamps = [NOW, NOW, NOW + timedelta(microseconds=1), NOW + timedelta(seconds=1), NOW - timedelta(days=1)]
+    stored = [await add_webhook(backend, created_at=stamp) for stamp in stamps]
+
+    first = await backend.webhooks.list_webhooks(limit=2, cursor=None)
+    second = await backend.webhooks.list_webhooks(limit=2, cursor=first.next_cursor)
+    third = await backend.webhooks.list_webhooks(limit=2, cursor=second.next_cursor)
+
+    newest_first = sorted(stored, key=lambda webhook: (webhook.created_at, webhook.id), reverse=True)
+    assert first.items + second.items + third.items == newest_first
+    assert (len(first.items), len(second.items), len(third.items)) == (2, 2, 1)
+    assert first.next_cursor is not None
+    assert second.next_cursor is not None
+    assert third.next_cursor is None
+    exact = await backend.webhooks.list_webhooks(limit=5, cursor=None)
+    assert (len(exact.items), exact.next_cursor) == (5, None)
+
+
+async def test_a_bad_endpoint_cursor_is_invalid_input(backend: Backend) -> None:
+    await add_webhook(backend)
+    with pytest.raises(InvalidInputError):
+        await backend.webhooks.list_webhooks(limit=2, cursor="not-a-cursor")
+    # A cursor of another kind of list is refused too.
+    delivery_cursor = ID_CURSOR.encode(new_id())
+    with pytest.raises(InvalidInputError):
+        await backend.webhooks.list_webhooks(limit=2, cursor=delivery_cursor)
 
 
 async def test_an_event_fans_out_to_every_active_endpoint_subscribed_to_its_type(backend: Backend) -> None:

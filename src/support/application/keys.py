@@ -19,7 +19,7 @@ from support.domain.identity import (
     secrets_match,
 )
 from support.domain.ids import new_id
-from support.ports.identity import ApiKeyRepository
+from support.ports.identity import ApiKeyPage, ApiKeyRepository
 from support.ports.system import Clock, UnitOfWork
 
 # The configured bootstrap admin secret, or None; a distinct type so the container can inject it.
@@ -28,6 +28,7 @@ BootstrapAdminKey = NewType("BootstrapAdminKey", str)
 CustomerTokenSecret = NewType("CustomerTokenSecret", str)
 
 MAX_KEY_NAME_LENGTH = 200
+MAX_PAGE_SIZE = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +64,18 @@ class CreateApiKey:
 
 
 class ListApiKeys:
-    """List every key, revoked ones included, newest first (secrets are never listed)."""
+    """List the keys, revoked ones included, newest first, a page at a time (secrets are never listed)."""
 
     def __init__(self, keys: ApiKeyRepository) -> None:
         self._keys = keys
 
-    async def execute(self) -> list[ApiKey]:
-        """Return the keys."""
-        return await self._keys.list_all()
+    async def execute(self, *, limit: int = 50, cursor: str | None = None) -> ApiKeyPage:
+        """Return one page.
+
+        Raises:
+            InvalidInputError: the cursor is not valid.
+        """
+        return await self._keys.list_keys(limit=min(max(limit, 1), MAX_PAGE_SIZE), cursor=cursor)
 
 
 class RevokeApiKey:

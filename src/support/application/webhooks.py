@@ -30,6 +30,7 @@ from support.ports.webhooks import (
     DueDelivery,
     SendResult,
     WebhookDeliveryQueue,
+    WebhookPage,
     WebhookRepository,
     WebhookSender,
 )
@@ -124,14 +125,18 @@ class CreateWebhook:
 
 
 class ListWebhooks:
-    """List every endpoint, newest first (secrets are never listed)."""
+    """List the endpoints, newest first, a page at a time (secrets are never listed)."""
 
     def __init__(self, webhooks: WebhookRepository) -> None:
         self._webhooks = webhooks
 
-    async def execute(self) -> list[Webhook]:
-        """Return the endpoints."""
-        return await self._webhooks.list_all()
+    async def execute(self, *, limit: int = 50, cursor: str | None = None) -> WebhookPage:
+        """Return one page.
+
+        Raises:
+            InvalidInputError: the cursor is not valid.
+        """
+        return await self._webhooks.list_webhooks(limit=min(max(limit, 1), MAX_PAGE_SIZE), cursor=cursor)
 
 
 class GetWebhook:

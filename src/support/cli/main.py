@@ -17,7 +17,7 @@ from support.cli.escalation import eval_escalation
 from support.cli.knowledge import eval_app, kb_app
 from support.cli.memory import eval_memory
 from support.config import Settings, SettingsError, load_settings
-from support.domain.identity import Role
+from support.domain.identity import ApiKey, Role
 from support.observability import configure_logging
 
 app = typer.Typer(
@@ -197,9 +197,19 @@ def keys_list() -> None:
     """List API keys (secrets are never shown)."""
     from rich.table import Table
 
-    from support.application.keys import ListApiKeys
+    from support.application.keys import MAX_PAGE_SIZE, ListApiKeys
 
-    keys = _run_use_case(ListApiKeys, lambda use_case: use_case.execute())
+    async def every_key(use_case: ListApiKeys) -> list[ApiKey]:
+        keys: list[ApiKey] = []
+        cursor = None
+        while True:
+            page = await use_case.execute(limit=MAX_PAGE_SIZE, cursor=cursor)
+            keys.extend(page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                return keys
+
+    keys = _run_use_case(ListApiKeys, every_key)
     table = Table("id", "name", "role", "hint", "created", "state")
     for key in keys:
         table.add_row(

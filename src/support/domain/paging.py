@@ -82,7 +82,7 @@ TIME_ID_CURSOR: CursorCodec[tuple[datetime, UUID]] = CursorCodec(
     lambda position: (_micros(position[0]), position[1].bytes),
     lambda micros, raw: (_stamp(micros), UUID(bytes=raw)),
 )
-"""Lists ordered by (time, id): conversations, the handoff queue, customer memory."""
+"""Lists ordered by (time, id): conversations, the handoff queue, customer memory, API keys, webhook endpoints."""
 
 ID_CURSOR: CursorCodec[UUID] = CursorCodec(
     2, struct.Struct(">B16s"), lambda identifier: (identifier.bytes,), lambda raw: UUID(bytes=raw)

@@ -1,9 +1,18 @@
 """Ports for API keys."""
 
+from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
 from support.domain.identity import ApiKey
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyPage:
+    """One page of keys, newest first, and the cursor of the next (None on the last)."""
+
+    items: list[ApiKey]
+    next_cursor: str | None
 
 
 class ApiKeyRepository(Protocol):
@@ -21,8 +30,12 @@ class ApiKeyRepository(Protocol):
         """The key with this id, revoked or not."""
         ...
 
-    async def list_all(self) -> list[ApiKey]:
-        """Every key, newest first."""
+    async def list_keys(self, *, limit: int, cursor: str | None) -> ApiKeyPage:
+        """Keys, revoked ones included, newest first (by creation time, then id).
+
+        Raises:
+            InvalidInputError: the cursor is not one this store issued.
+        """
         ...
 
     async def find_active_by_hash(self, secret_hash: str) -> ApiKey | None:

@@ -28,6 +28,14 @@ class WebhookOutbox(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookPage:
+    """One page of endpoints, newest first, and the cursor of the next (None on the last)."""
+
+    items: list[Webhook]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryPage:
     """One page of an endpoint's deliveries, newest first, and the cursor of the next (None on the last)."""
 
@@ -50,8 +58,12 @@ class WebhookRepository(Protocol):
         """The endpoint with this id."""
         ...
 
-    async def list_all(self) -> list[Webhook]:
-        """Every endpoint, newest first."""
+    async def list_webhooks(self, *, limit: int, cursor: str | None) -> WebhookPage:
+        """Endpoints, newest first (by creation time, then id).
+
+        Raises:
+            InvalidInputError: the cursor is not one this store issued.
+        """
         ...
 
     async def delete(self, webhook_id: UUID) -> bool:

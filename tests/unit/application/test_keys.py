@@ -42,7 +42,7 @@ async def test_revoked_key_fails_authentication(keys: InMemoryApiKeyRepository) 
     assert revoked.revoked_at == clock.now()
     with pytest.raises(AuthenticationError):
         await AuthenticateApiKey(keys, None, SECRET, FixedClock()).execute(issued.secret)
-    assert [key.is_active for key in await ListApiKeys(keys).execute()] == [False]
+    assert [key.is_active for key in (await ListApiKeys(keys).execute()).items] == [False]
 
 
 async def test_revoking_twice_keeps_the_first_revocation_time(keys: InMemoryApiKeyRepository) -> None:

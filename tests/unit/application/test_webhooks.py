@@ -112,7 +112,7 @@ async def test_a_created_webhook_shows_its_secret_once_and_lists_only_the_hint(w
     assert (webhook.url, webhook.description, webhook.active) == (URL, "CRM", True)
     assert webhook.event_types == (WebhookEventType.HANDOFF_REQUESTED, WebhookEventType.MESSAGE_CREATED)
     assert created.secret.startswith(webhook.secret_hint)
-    assert await ListWebhooks(world.store).execute() == [webhook]
+    assert (await ListWebhooks(world.store).execute()).items == [webhook]
     assert await GetWebhook(world.store).execute(webhook.id) == webhook
     assert created.secret not in repr(webhook)
 

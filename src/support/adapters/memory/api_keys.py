@@ -2,6 +2,8 @@ from uuid import UUID
 
 from support.domain.errors import ConflictError
 from support.domain.identity import ApiKey
+from support.domain.paging import TIME_ID_CURSOR
+from support.ports.identity import ApiKeyPage
 
 
 class InMemoryApiKeyRepository:
@@ -18,8 +20,14 @@ class InMemoryApiKeyRepository:
     async def get(self, key_id: UUID) -> ApiKey | None:
         return self._keys.get(key_id)
 
-    async def list_all(self) -> list[ApiKey]:
-        return sorted(self._keys.values(), key=lambda key: (key.created_at, key.id), reverse=True)
+    async def list_keys(self, *, limit: int, cursor: str | None) -> ApiKeyPage:
+        keys = sorted(self._keys.values(), key=lambda key: (key.created_at, key.id), reverse=True)
+        if cursor:
+            after = TIME_ID_CURSOR.decode(cursor)
+            keys = [key for key in keys if (key.created_at, key.id) < after]
+        page = keys[:limit]
+        next_cursor = TIME_ID_CURSOR.encode((page[-1].created_at, page[-1].id)) if len(keys) > limit else None
+        return ApiKeyPage(items=page, next_cursor=next_cursor)
 
     async def find_active_by_hash(self, secret_hash: str) -> ApiKey | None:
         key_id = self._hashes.get(secret_hash)

@@ -7,9 +7,9 @@ from uuid import UUID
 
 from support.domain.errors import ConflictError
 from support.domain.ids import new_id
-from support.domain.paging import ID_CURSOR
+from support.domain.paging import ID_CURSOR, TIME_ID_CURSOR
 from support.domain.webhooks import DeliveryStatus, OutboundEvent, Webhook, WebhookDelivery, encode_event
-from support.ports.webhooks import DeliveryPage, DueDelivery
+from support.ports.webhooks import DeliveryPage, DueDelivery, WebhookPage
 
 
 class InMemoryWebhookRepository:
@@ -30,8 +30,14 @@ class InMemoryWebhookRepository:
     async def get(self, webhook_id: UUID) -> Webhook | None:
         return self.webhooks.get(webhook_id)
 
-    async def list_all(self) -> list[Webhook]:
-        return sorted(self.webhooks.values(), key=lambda webhook: (webhook.created_at, webhook.id), reverse=True)
+    async def list_webhooks(self, *, limit: int, cursor: str | None) -> WebhookPage:
+        items = sorted(self.webhooks.values(), key=lambda webhook: (webhook.created_at, webhook.id), reverse=True)
+        if cursor:
+            after = TIME_ID_CURSOR.decode(cursor)
+            items = [item for item in items if (item.created_at, item.id) < after]
+        page = items[:limit]
+        next_cursor = TIME_ID_CURSOR.encode((page[-1].created_at, page[-1].id)) if len(items) > limit else None
+        return WebhookPage(items=page, next_cursor=next_cursor)
 
     async def delete(self, webhook_id: UUID) -> bool:
         if self.webhooks.pop(webhook_id, None) is None:

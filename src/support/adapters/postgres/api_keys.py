@@ -9,6 +9,8 @@ from support.adapters.postgres.driver import Row, compile_for_driver, driver_con
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import ApiKeyRow
 from support.domain.identity import ApiKey, Role
+from support.domain.paging import TIME_ID_CURSOR
+from support.ports.identity import ApiKeyPage
 
 _KEYS = cast("sa.Table", ApiKeyRow.__table__)
 # What an ApiKey is read from: every read maps these columns by name with _api_key (no secret hash).
@@ -59,11 +61,19 @@ class PostgresApiKeyRepository:
             row = (await self._session.execute(sa.select(*_COLUMNS).where(_KEYS.c.id == key_id))).mappings().first()
         return None if row is None else _api_key(row)
 
-    async def list_all(self) -> list[ApiKey]:
+    async def list_keys(self, *, limit: int, cursor: str | None) -> ApiKeyPage:
+        statement = sa.select(*_COLUMNS)
+        if cursor:
+            stamp, identifier = TIME_ID_CURSOR.decode(cursor)
+            statement = statement.where(
+                sa.tuple_(_KEYS.c.created_at, _KEYS.c.id) < sa.tuple_(sa.literal(stamp), sa.literal(identifier))
+            )
+        statement = statement.order_by(_KEYS.c.created_at.desc(), _KEYS.c.id.desc()).limit(limit + 1)
         async with storage_errors():
-            statement = sa.select(*_COLUMNS).order_by(_KEYS.c.created_at.desc(), _KEYS.c.id.desc())
             rows = (await self._session.execute(statement)).mappings().all()
-        return [_api_key(row) for row in rows]
+        items = [_api_key(row) for row in rows[:limit]]
+        next_cursor = TIME_ID_CURSOR.encode((items[-1].created_at, items[-1].id)) if len(rows) > limit else None
+        return ApiKeyPage(items=items, next_cursor=next_cursor)
 
     async def find_active_by_hash(self, secret_hash: str) -> ApiKey | None:
         async with driver_connection(self._session, begin=False) as driver:

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import WebhookDeliveryRow, WebhookEventRow, WebhookRow
 from support.domain.ids import new_id
-from support.domain.paging import ID_CURSOR
+from support.domain.paging import ID_CURSOR, TIME_ID_CURSOR
 from support.domain.webhooks import (
     DeliveryStatus,
     OutboundEvent,
@@ -21,7 +21,7 @@ from support.domain.webhooks import (
     WebhookEventType,
     encode_event,
 )
-from support.ports.webhooks import DeliveryPage, DueDelivery
+from support.ports.webhooks import DeliveryPage, DueDelivery, WebhookPage
 
 _DELIVERY_COLUMNS = (
     WebhookDeliveryRow.id,
@@ -98,10 +98,19 @@ class PostgresWebhookRepository:
             row = await self._rows.get_one_or_none(id=webhook_id)
         return None if row is None else _webhook(row)
 
-    async def list_all(self) -> list[Webhook]:
+    async def list_webhooks(self, *, limit: int, cursor: str | None) -> WebhookPage:
+        statement = sa.select(WebhookRow)
+        if cursor:
+            stamp, identifier = TIME_ID_CURSOR.decode(cursor)
+            statement = statement.where(
+                sa.tuple_(WebhookRow.created_at, WebhookRow.id) < sa.tuple_(sa.literal(stamp), sa.literal(identifier))
+            )
+        statement = statement.order_by(WebhookRow.created_at.desc(), WebhookRow.id.desc()).limit(limit + 1)
         async with storage_errors():
-            rows = await self._rows.get_many(order_by=[(WebhookRow.created_at, True), (WebhookRow.id, True)])
-        return [_webhook(row) for row in rows]
+            rows = (await self._session.execute(statement)).scalars().all()
+        items = [_webhook(row) for row in rows[:limit]]
+        next_cursor = TIME_ID_CURSOR.encode((items[-1].created_at, items[-1].id)) if len(rows) > limit else None
+        return WebhookPage(items=items, next_cursor=next_cursor)
 
     async def delete(self, webhook_id: UUID) -> bool:
         statement = sa.delete(WebhookRow).where(WebhookRow.id == webhook_id).returning(WebhookRow.id)

@@ -6,11 +6,12 @@ import msgspec
 from dishka import FromDishka
 from dishka.integrations.litestar import inject
 from litestar import Controller, delete, get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from support.api.auth import admin_only
 from support.api.problems import problem_responses
-from support.application.keys import MAX_KEY_NAME_LENGTH, CreateApiKey, ListApiKeys, RevokeApiKey
+from support.api.schemas.common import PageCursor
+from support.application.keys import MAX_KEY_NAME_LENGTH, MAX_PAGE_SIZE, CreateApiKey, ListApiKeys, RevokeApiKey
 from support.domain.identity import ApiKey, Role
 
 KeyRole = Literal["admin", "agent", "service"]
@@ -42,7 +43,7 @@ class CreatedApiKey(msgspec.Struct, frozen=True):
 
 class ApiKeyList(msgspec.Struct, frozen=True):
     items: list[ApiKeyResource]
-    next_cursor: str | None = None
+    next_cursor: str | None
 
 
 def _resource(key: ApiKey) -> ApiKeyResource:
@@ -76,10 +77,21 @@ class ApiKeysController(Controller):
             id=key.id, name=key.name, role=key.role, hint=key.hint, created_at=key.created_at, secret=issued.secret
         )
 
-    @get(operation_id="ListApiKeys", summary="List API keys", responses=problem_responses(401, 403))
+    @get(
+        operation_id="ListApiKeys",
+        summary="List API keys",
+        description="Newest first, revoked keys included, cursor-paginated; secrets are never listed.",
+        responses=problem_responses(401, 403, 422),
+    )
     @inject
-    async def list_keys(self, use_case: FromDishka[ListApiKeys]) -> ApiKeyList:
-        return ApiKeyList(items=[_resource(key) for key in await use_case.execute()])
+    async def list_keys(
+        self,
+        use_case: FromDishka[ListApiKeys],
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
+        cursor: PageCursor = None,
+    ) -> ApiKeyList:
+        page = await use_case.execute(limit=limit, cursor=cursor)
+        return ApiKeyList(items=[_resource(key) for key in page.items], next_cursor=page.next_cursor)
 
     @delete(
         "/{key_id:uuid}",

@@ -74,12 +74,18 @@ class WebhooksController(Controller):
     @get(
         operation_id="ListWebhooks",
         summary="List webhook endpoints",
-        description="Newest first; secrets are never listed.",
-        responses=problem_responses(401, 403),
+        description="Newest first, cursor-paginated; secrets are never listed.",
+        responses=problem_responses(401, 403, 422),
     )
     @inject
-    async def list_webhooks(self, use_case: FromDishka[ListWebhooks]) -> WebhookList:
-        return WebhookList(items=[WebhookResource.of(webhook) for webhook in await use_case.execute()])
+    async def list_webhooks(
+        self,
+        use_case: FromDishka[ListWebhooks],
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
+        cursor: PageCursor = None,
+    ) -> WebhookList:
+        page = await use_case.execute(limit=limit, cursor=cursor)
+        return WebhookList(items=[WebhookResource.of(item) for item in page.items], next_cursor=page.next_cursor)
 
     @get(
         "/{webhook_id:uuid}",

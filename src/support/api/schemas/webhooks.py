@@ -75,7 +75,7 @@ class CreatedWebhook(msgspec.Struct, frozen=True):
 
 class WebhookList(msgspec.Struct, frozen=True):
     items: list[WebhookResource]
-    next_cursor: str | None = None
+    next_cursor: str | None
 
 
 class WebhookDeliveryResource(msgspec.Struct, frozen=True):
