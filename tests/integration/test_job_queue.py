@@ -51,3 +51,21 @@ async def test_a_queued_job_shows_its_initial_detail_until_the_worker_reports(va
     finally:
         release.set()
         await queue.close()
+
+
+async def test_the_sweep_as_a_worker_starts_leaves_a_job_being_dequeued_alone(valkey_url: str) -> None:
+    queue = SaqJobQueue(valkey_url, name=f"jobs-{uuid4()}")
+    await queue.connect()
+    try:
+        queued = await queue.enqueue("early", {}, timeout_s=30)
+        # What a starting worker does, step by step: its first dequeue moves the job to the active list (it is
+        # marked active a moment later), and its first sweep runs beside it. That sweep aborted the job as "swept".
+        dequeued = await queue._queue.dequeue()
+        assert dequeued is not None
+        assert dequeued.key == queued.id
+        assert await queue._queue.sweep(abort=0.1) == []
+        state = await queue.get(queued.id)
+        assert state is not None
+        assert state.error is None
+    finally:
+        await queue.close()

@@ -45,13 +45,25 @@ def _state(job: Job) -> JobState:
 
 
 class _PacedQueue(RedisQueue):
-    """SAQ's Valkey queue, pausing after a failed dequeue.
+    """SAQ's Valkey queue, pausing after a failed dequeue, and not sweeping as its worker starts.
 
     SAQ's worker starts the next dequeue as soon as one fails, so without a pause it spins a core for as long as
     Valkey is unreachable.
+
+    SAQ's worker also sweeps the queue the moment it starts, beside its first dequeue. A dequeue moves a job to the
+    active list before marking it active, and the sweep aborts any job in that list not marked active: a job that
+    was queued before the process started was aborted as "swept" in two of three tries. The first sweep is skipped;
+    the next, a sweep interval later, still clears jobs a crashed process left behind.
     """
 
     _pause_s = _DEQUEUE_RETRY_MIN_S
+    _started_sweeping = False
+
+    async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
+        if not self._started_sweeping:
+            self._started_sweeping = True
+            return []
+        return await super().sweep(lock, abort)
 
     async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:  # noqa: ASYNC109 - SAQ's signature
         try:
