@@ -254,6 +254,11 @@ class Conversation:
         )
 
 
+def activity_position(conversation: Conversation) -> tuple[datetime, UUID]:
+    """A conversation's place in listings, most recently active first (as a page cursor encodes it)."""
+    return conversation.last_activity_at, conversation.id
+
+
 @dataclass(frozen=True, slots=True)
 class Citation:
     """Where a statement of an assistant message comes from."""

@@ -10,7 +10,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 from uuid import UUID
 
 from support.domain.errors import InvalidInputError
@@ -91,3 +91,22 @@ ID_CURSOR: CursorCodec[UUID] = CursorCodec(
 
 SEQ_CURSOR: CursorCodec[int] = CursorCodec(3, struct.Struct(">Bq"), lambda number: (number,), _natural)
 """Lists ordered by a non-negative sequence number: a conversation's messages."""
+
+
+class Created(Protocol):
+    """Anything listed by when it was created: API keys, webhook endpoints, memory facts."""
+
+    @property
+    def created_at(self) -> datetime:
+        """When it was created."""
+        ...
+
+    @property
+    def id(self) -> UUID:
+        """Its id, which orders items created at the same time."""
+        ...
+
+
+def creation_position(item: Created) -> tuple[datetime, UUID]:
+    """An item's place in a list ordered by creation, as ``TIME_ID_CURSOR`` encodes it."""
+    return item.created_at, item.id

@@ -1,8 +1,9 @@
 from uuid import UUID
 
+from support.adapters.memory.paging import newest_first_page
 from support.domain.errors import ConflictError
 from support.domain.identity import ApiKey
-from support.domain.paging import TIME_ID_CURSOR
+from support.domain.paging import creation_position
 from support.ports.identity import ApiKeyPage
 
 
@@ -21,12 +22,7 @@ class InMemoryApiKeyRepository:
         return self._keys.get(key_id)
 
     async def list_keys(self, *, limit: int, cursor: str | None) -> ApiKeyPage:
-        keys = sorted(self._keys.values(), key=lambda key: (key.created_at, key.id), reverse=True)
-        if cursor:
-            after = TIME_ID_CURSOR.decode(cursor)
-            keys = [key for key in keys if (key.created_at, key.id) < after]
-        page = keys[:limit]
-        next_cursor = TIME_ID_CURSOR.encode((page[-1].created_at, page[-1].id)) if len(keys) > limit else None
+        page, next_cursor = newest_first_page(self._keys.values(), creation_position, limit=limit, cursor=cursor)
         return ApiKeyPage(items=page, next_cursor=next_cursor)
 
     async def find_active_by_hash(self, secret_hash: str) -> ApiKey | None:

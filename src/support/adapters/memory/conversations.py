@@ -5,6 +5,7 @@ from dataclasses import replace
 from datetime import datetime
 from uuid import UUID
 
+from support.adapters.memory.paging import newest_first_page
 from support.domain.assistant import AttachedText
 from support.domain.conversations import (
     AgentRef,
@@ -15,6 +16,7 @@ from support.domain.conversations import (
     Customer,
     Message,
     MessageRole,
+    activity_position,
 )
 from support.domain.ids import new_id
 from support.domain.paging import SEQ_CURSOR, TIME_ID_CURSOR
@@ -81,21 +83,13 @@ class InMemoryConversationRepository:
         limit: int,
         cursor: str | None,
     ) -> ConversationPage:
-        items = sorted(
-            (
-                conversation
-                for conversation in self.conversations.values()
-                if (status is None or conversation.status is status)
-                and (customer_id is None or conversation.customer_id == customer_id)
-            ),
-            key=lambda conversation: (conversation.last_activity_at, conversation.id),
-            reverse=True,
+        matching = (
+            conversation
+            for conversation in self.conversations.values()
+            if (status is None or conversation.status is status)
+            and (customer_id is None or conversation.customer_id == customer_id)
         )
-        if cursor:
-            after = TIME_ID_CURSOR.decode(cursor)
-            items = [item for item in items if (item.last_activity_at, item.id) < after]
-        page = items[:limit]
-        next_cursor = TIME_ID_CURSOR.encode((page[-1].last_activity_at, page[-1].id)) if len(items) > limit else None
+        page, next_cursor = newest_first_page(matching, activity_position, limit=limit, cursor=cursor)
         return ConversationPage(items=page, next_cursor=next_cursor)
 
     async def add_message(self, message: Message) -> Message:

@@ -6,9 +6,10 @@ from datetime import datetime
 from uuid import UUID
 
 from support.adapters.memory.conversations import InMemoryConversationRepository
+from support.adapters.memory.paging import newest_first_page
 from support.adapters.memory.sessions import InMemorySessionStore
 from support.domain.memory import ConversationSummary, Fact, similarity
-from support.domain.paging import TIME_ID_CURSOR
+from support.domain.paging import creation_position
 from support.ports.customers import CustomerCounts
 from support.ports.memory import FactCounts, FactPage, ScoredFact
 
@@ -57,16 +58,8 @@ class InMemoryCustomerMemory:
         return scored[:limit]
 
     async def list_facts(self, customer_id: UUID, *, limit: int, cursor: str | None) -> FactPage:
-        facts = sorted(
-            (fact for fact in self.facts.values() if fact.customer_id == customer_id),
-            key=lambda fact: (fact.created_at, fact.id),
-            reverse=True,
-        )
-        if cursor:
-            after = TIME_ID_CURSOR.decode(cursor)
-            facts = [fact for fact in facts if (fact.created_at, fact.id) < after]
-        page = facts[:limit]
-        next_cursor = TIME_ID_CURSOR.encode((page[-1].created_at, page[-1].id)) if len(facts) > limit else None
+        owned = (fact for fact in self.facts.values() if fact.customer_id == customer_id)
+        page, next_cursor = newest_first_page(owned, creation_position, limit=limit, cursor=cursor)
         return FactPage(items=page, next_cursor=next_cursor)
 
     async def get(self, customer_id: UUID, fact_id: UUID) -> Fact | None:

@@ -5,9 +5,10 @@ from dataclasses import replace
 from datetime import datetime
 from uuid import UUID
 
+from support.adapters.memory.paging import newest_first_page
 from support.domain.errors import ConflictError
 from support.domain.ids import new_id
-from support.domain.paging import ID_CURSOR, TIME_ID_CURSOR
+from support.domain.paging import ID_CURSOR, creation_position
 from support.domain.webhooks import DeliveryStatus, OutboundEvent, Webhook, WebhookDelivery, encode_event
 from support.ports.webhooks import DeliveryPage, DueDelivery, WebhookPage
 
@@ -31,12 +32,7 @@ class InMemoryWebhookRepository:
         return self.webhooks.get(webhook_id)
 
     async def list_webhooks(self, *, limit: int, cursor: str | None) -> WebhookPage:
-        items = sorted(self.webhooks.values(), key=lambda webhook: (webhook.created_at, webhook.id), reverse=True)
-        if cursor:
-            after = TIME_ID_CURSOR.decode(cursor)
-            items = [item for item in items if (item.created_at, item.id) < after]
-        page = items[:limit]
-        next_cursor = TIME_ID_CURSOR.encode((page[-1].created_at, page[-1].id)) if len(items) > limit else None
+        page, next_cursor = newest_first_page(self.webhooks.values(), creation_position, limit=limit, cursor=cursor)
         return WebhookPage(items=page, next_cursor=next_cursor)
 
     async def delete(self, webhook_id: UUID) -> bool:

@@ -8,8 +8,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from support.adapters.postgres.driver import Row, compile_for_driver, driver_connection
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import ApiKeyRow
+from support.adapters.postgres.paging import newest_first, page_cursor
 from support.domain.identity import ApiKey, Role
-from support.domain.paging import TIME_ID_CURSOR
+from support.domain.paging import creation_position
 from support.ports.identity import ApiKeyPage
 
 _KEYS = cast("sa.Table", ApiKeyRow.__table__)
@@ -62,18 +63,11 @@ class PostgresApiKeyRepository:
         return None if row is None else _api_key(row)
 
     async def list_keys(self, *, limit: int, cursor: str | None) -> ApiKeyPage:
-        statement = sa.select(*_COLUMNS)
-        if cursor:
-            stamp, identifier = TIME_ID_CURSOR.decode(cursor)
-            statement = statement.where(
-                sa.tuple_(_KEYS.c.created_at, _KEYS.c.id) < sa.tuple_(sa.literal(stamp), sa.literal(identifier))
-            )
-        statement = statement.order_by(_KEYS.c.created_at.desc(), _KEYS.c.id.desc()).limit(limit + 1)
+        statement = newest_first(sa.select(*_COLUMNS), _KEYS.c.created_at, _KEYS.c.id, limit=limit, cursor=cursor)
         async with storage_errors():
             rows = (await self._session.execute(statement)).mappings().all()
         items = [_api_key(row) for row in rows[:limit]]
-        next_cursor = TIME_ID_CURSOR.encode((items[-1].created_at, items[-1].id)) if len(rows) > limit else None
-        return ApiKeyPage(items=items, next_cursor=next_cursor)
+        return ApiKeyPage(items=items, next_cursor=page_cursor(items, creation_position, more=len(rows) > limit))
 
     async def find_active_by_hash(self, secret_hash: str) -> ApiKey | None:
         async with driver_connection(self._session, begin=False) as driver:

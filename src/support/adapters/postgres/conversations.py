@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from support.adapters.postgres.driver import Row, compile_for_driver, driver_connection
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import AttachmentRow, ConversationRow, CustomerRow, MessageRow
+from support.adapters.postgres.paging import newest_first, page_cursor
 from support.domain.assistant import AttachedText
 from support.domain.conversations import (
     AgentRef,
@@ -32,6 +33,7 @@ from support.domain.conversations import (
     MessageRole,
     ReasonCode,
     TokenUsage,
+    activity_position,
 )
 from support.domain.ids import new_id
 from support.domain.paging import SEQ_CURSOR, TIME_ID_CURSOR
@@ -416,23 +418,13 @@ class PostgresConversationRepository:
             statement = statement.where(_CONVERSATIONS.c.status == status.value)
         if customer_id is not None:
             statement = statement.where(_CONVERSATIONS.c.customer_id == customer_id)
-        if cursor:
-            after = TIME_ID_CURSOR.decode(cursor)
-            statement = statement.where(
-                sa.tuple_(_CONVERSATIONS.c.last_activity_at, _CONVERSATIONS.c.id)
-                < sa.tuple_(sa.literal(after[0]), sa.literal(after[1]))
-            )
-        statement = statement.order_by(_CONVERSATIONS.c.last_activity_at.desc(), _CONVERSATIONS.c.id.desc()).limit(
-            limit + 1
+        statement = newest_first(
+            statement, _CONVERSATIONS.c.last_activity_at, _CONVERSATIONS.c.id, limit=limit, cursor=cursor
         )
         async with storage_errors():
             rows = list((await self._session.execute(statement)).mappings().all())
         items = [_conversation(row) for row in rows[:limit]]
-        next_cursor = None
-        if len(rows) > limit:
-            last = items[-1]
-            next_cursor = TIME_ID_CURSOR.encode((last.last_activity_at, last.id))
-        return ConversationPage(items=items, next_cursor=next_cursor)
+        return ConversationPage(items=items, next_cursor=page_cursor(items, activity_position, more=len(rows) > limit))
 
     async def add_message(self, message: Message) -> Message:
         statement = _DRIVER_INSERT_MESSAGE if message.idempotency_key is None else _DRIVER_INSERT_MESSAGE_ONCE

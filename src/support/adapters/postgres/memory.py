@@ -13,8 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from support.adapters.postgres.driver import Row, compile_for_driver, driver_connection
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import ConversationRow, CustomerRow, MemoryRow, MessageRow, SummaryRow
+from support.adapters.postgres.paging import newest_first, page_cursor
 from support.domain.memory import ConversationSummary, Fact, FactKind, FactOrigin
-from support.domain.paging import TIME_ID_CURSOR
+from support.domain.paging import creation_position
 from support.ports.customers import CustomerCounts
 from support.ports.memory import FactCounts, FactPage, ScoredFact
 
@@ -180,18 +181,17 @@ class PostgresCustomerMemory:
         return [ScoredFact(_fact(row), float(row["similarity"])) for row in rows]
 
     async def list_facts(self, customer_id: UUID, *, limit: int, cursor: str | None) -> FactPage:
-        statement = sa.select(*_FACT_COLUMNS).where(_FACTS.c.customer_id == customer_id)
-        if cursor:
-            stamp, identifier = TIME_ID_CURSOR.decode(cursor)
-            statement = statement.where(
-                sa.tuple_(_FACTS.c.created_at, _FACTS.c.id) < sa.tuple_(sa.literal(stamp), sa.literal(identifier))
-            )
-        statement = statement.order_by(_FACTS.c.created_at.desc(), _FACTS.c.id.desc()).limit(limit + 1)
+        statement = newest_first(
+            sa.select(*_FACT_COLUMNS).where(_FACTS.c.customer_id == customer_id),
+            _FACTS.c.created_at,
+            _FACTS.c.id,
+            limit=limit,
+            cursor=cursor,
+        )
         async with storage_errors():
             rows = (await self._session.execute(statement)).mappings().all()
         items = [_fact(row) for row in rows[:limit]]
-        next_cursor = TIME_ID_CURSOR.encode((items[-1].created_at, items[-1].id)) if len(rows) > limit else None
-        return FactPage(items=items, next_cursor=next_cursor)
+        return FactPage(items=items, next_cursor=page_cursor(items, creation_position, more=len(rows) > limit))
 
     async def get(self, customer_id: UUID, fact_id: UUID) -> Fact | None:
         statement = sa.select(*_FACT_COLUMNS).where(_FACTS.c.customer_id == customer_id, _FACTS.c.id == fact_id)

@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import WebhookDeliveryRow, WebhookEventRow, WebhookRow
+from support.adapters.postgres.paging import newest_first, page_cursor
 from support.domain.ids import new_id
-from support.domain.paging import ID_CURSOR, TIME_ID_CURSOR
+from support.domain.paging import ID_CURSOR, creation_position
 from support.domain.webhooks import (
     DeliveryStatus,
     OutboundEvent,
@@ -99,18 +100,13 @@ class PostgresWebhookRepository:
         return None if row is None else _webhook(row)
 
     async def list_webhooks(self, *, limit: int, cursor: str | None) -> WebhookPage:
-        statement = sa.select(WebhookRow)
-        if cursor:
-            stamp, identifier = TIME_ID_CURSOR.decode(cursor)
-            statement = statement.where(
-                sa.tuple_(WebhookRow.created_at, WebhookRow.id) < sa.tuple_(sa.literal(stamp), sa.literal(identifier))
-            )
-        statement = statement.order_by(WebhookRow.created_at.desc(), WebhookRow.id.desc()).limit(limit + 1)
+        statement = newest_first(
+            sa.select(WebhookRow), WebhookRow.created_at, WebhookRow.id, limit=limit, cursor=cursor
+        )
         async with storage_errors():
             rows = (await self._session.execute(statement)).scalars().all()
         items = [_webhook(row) for row in rows[:limit]]
-        next_cursor = TIME_ID_CURSOR.encode((items[-1].created_at, items[-1].id)) if len(rows) > limit else None
-        return WebhookPage(items=items, next_cursor=next_cursor)
+        return WebhookPage(items=items, next_cursor=page_cursor(items, creation_position, more=len(rows) > limit))
 
     async def delete(self, webhook_id: UUID) -> bool:
         statement = sa.delete(WebhookRow).where(WebhookRow.id == webhook_id).returning(WebhookRow.id)
