@@ -28,7 +28,7 @@ def stream_failure(error: SupportError) -> FeedEvent:
 
 # What ends a feed when its caller is asked again: the credentials no longer reach the conversation. Anything else
 # (PostgreSQL down, say) leaves it open: feeds run on Valkey and keep working through a database outage.
-_REFUSALS = (AuthenticationError, NotFoundError, PermissionDeniedError)
+ACCESS_REFUSALS = (AuthenticationError, NotFoundError, PermissionDeniedError)
 
 
 async def until_refused(
@@ -46,7 +46,7 @@ async def until_refused(
             await asyncio.sleep(every_s)
             try:
                 await recheck()
-            except _REFUSALS as error:
+            except ACCESS_REFUSALS as error:
                 refused.set_result(stream_failure(error))
                 return
             except Exception:

@@ -229,7 +229,7 @@ class IngestDocument:
             title=title,
             content_type=content_type,
             text_hash=text_hash(text),
-            url=validate_document_url(request.url),
+            url=request.url or None,  # checked by check_request
             tags=normalise_tags(request.tags),
             audience=request.audience,
             metadata=dict(request.metadata),

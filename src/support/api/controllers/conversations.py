@@ -39,7 +39,7 @@ from support.api.schemas.conversations import (
     TurnResource,
     encode_ws,
 )
-from support.api.streaming import event_stream, stream_failure, until_refused
+from support.api.streaming import ACCESS_REFUSALS, event_stream, stream_failure, until_refused
 from support.application.conversations import (
     DOCUMENT_TYPES,
     IMAGE_TYPES,
@@ -60,7 +60,7 @@ from support.application.conversations import (
 from support.application.handoffs import SendAgentMessage
 from support.config import Settings
 from support.domain.conversations import ConversationStatus, clean_filename
-from support.domain.errors import AuthenticationError, InvalidInputError, NotFoundError, SupportError
+from support.domain.errors import InvalidInputError, SupportError
 from support.domain.feed import FeedEvent, MessagePosted, StreamFailed, Typing
 from support.domain.identity import Principal, Role
 from support.domain.limits import TooManyRequestsError
@@ -637,7 +637,7 @@ async def _send_frame(
     try:
         # Asked again before every message: the key may have been revoked since the socket opened.
         principal = await recheck()
-    except (AuthenticationError, NotFoundError) as error:
+    except ACCESS_REFUSALS as error:
         await _send_error(socket, error.code, error.message)
         await _close_refused(socket, error.code)
         return
