@@ -14,6 +14,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from uuid import UUID
 
 from support.domain.errors import InvalidInputError
+from support.domain.limits import microseconds
 
 P = TypeVar("P")
 
@@ -62,11 +63,8 @@ def _text(record: bytes) -> str:
     return base64.urlsafe_b64encode(record).rstrip(b"=").decode("ascii")
 
 
-def _micros(stamp: datetime) -> int:
-    return (stamp - _EPOCH) // _MICROSECOND
-
-
 def _stamp(micros: int) -> datetime:
+    """The inverse of :func:`support.domain.limits.microseconds`."""
     return _EPOCH + micros * _MICROSECOND
 
 
@@ -79,7 +77,7 @@ def _natural(value: int) -> int:
 TIME_ID_CURSOR: CursorCodec[tuple[datetime, UUID]] = CursorCodec(
     1,
     struct.Struct(">Bq16s"),
-    lambda position: (_micros(position[0]), position[1].bytes),
+    lambda position: (microseconds(position[0]), position[1].bytes),
     lambda micros, raw: (_stamp(micros), UUID(bytes=raw)),
 )
 """Lists ordered by (time, id): conversations, the handoff queue, customer memory, API keys, webhook endpoints."""
