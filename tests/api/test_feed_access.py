@@ -103,9 +103,17 @@ async def test_socket_frames_and_resume_points_of_the_wrong_type_are_refused(
     ws_url = live.replace("http", "ws") + f"/v1/conversations/{conversation['id']}/ws"
     token = conversation["customer_token"]
 
-    with pytest.raises(websockets.exceptions.InvalidStatus):
-        async with websockets.connect(f"{ws_url}?access_token={token}&last_event_id=abc"):
-            pass
+    for bad in ("abc", "-1", "1_0"):
+        with pytest.raises(websockets.exceptions.InvalidStatus):
+            async with websockets.connect(f"{ws_url}?access_token={token}&last_event_id={bad}"):
+                pass
+    # The feed reads its Last-Event-ID header the same way (it took "-1" as 0 and "1_0" as 10).
+    for bad in ("-1", "1_0", "abc"):
+        refused = await http.get(
+            f"/v1/conversations/{conversation['id']}/events", headers={**service_headers, "Last-Event-ID": bad}
+        )
+        assert refused.status_code == 422
+        assert refused.json()["detail"] == "Last-Event-ID is the id of an event (a whole number)."
     async with websockets.connect(f"{ws_url}?access_token={token}&last_event_id=0") as socket:
         await socket.send(json.dumps({"type": "typing", "active": "false"}))
         assert (await next_frame(socket))["data"]["code"] == "invalid_frame"

@@ -9,7 +9,13 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from support.api.problems import status_for
 from support.api.schemas.conversations import encode_data
-from support.domain.errors import AuthenticationError, NotFoundError, PermissionDeniedError, SupportError
+from support.domain.errors import (
+    AuthenticationError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    SupportError,
+)
 from support.domain.feed import FeedEvent, StreamFailed
 
 _logger = logging.getLogger(__name__)
@@ -19,6 +25,22 @@ SSE_HEADERS = {
     # Proxies (nginx) must not buffer the stream, or the first delta arrives late.
     "X-Accel-Buffering": "no",
 }
+
+
+def resume_after(text: str, name: str) -> int:
+    """The event id a client resumes after (``Last-Event-ID``, ``last_event_id``): ASCII digits only.
+
+    One reading for the SSE header and query and the socket's query, so a value one of them takes the others take
+    too; a header's surrounding spaces are allowed (HTTP strips them). Python's ``int`` would also take signs,
+    underscores and other scripts' digits.
+
+    Raises:
+        InvalidInputError: anything else; the message names ``name``.
+    """
+    value = text.strip(" \t")
+    if not (value.isascii() and value.isdigit()):
+        raise InvalidInputError(f"{name} is the id of an event (a whole number).")
+    return int(value)
 
 
 def stream_failure(error: SupportError) -> FeedEvent:

@@ -39,7 +39,7 @@ from support.api.schemas.conversations import (
     TurnResource,
     encode_ws,
 )
-from support.api.streaming import ACCESS_REFUSALS, event_stream, stream_failure, until_refused
+from support.api.streaming import ACCESS_REFUSALS, event_stream, resume_after, stream_failure, until_refused
 from support.application.conversations import (
     DOCUMENT_TYPES,
     IMAGE_TYPES,
@@ -418,12 +418,7 @@ class ConversationsController(Controller):
     ) -> ServerSentEvent:
         await state.execute(await authenticate(request), conversation_id)
         header = request.headers.get("last-event-id")
-        after = last_event_id
-        if header is not None:
-            try:
-                after = max(int(header), 0)
-            except ValueError:
-                raise InvalidInputError("Last-Event-ID is the id of an event (a whole number).") from None
+        after = last_event_id if header is None else resume_after(header, "Last-Event-ID")
         events = until_refused(
             bus.subscribe(conversation_id, after=after),
             access_check(request, conversation_id),
@@ -505,9 +500,7 @@ class ConversationsController(Controller):
         bus = await container.get(EventBus)
         settings = await container.get(Settings)
         after_text = socket.query_params.get("last_event_id")
-        if after_text is not None and not (after_text.isascii() and after_text.isdigit()):
-            raise InvalidInputError("last_event_id is the id of an event (a whole number).")
-        after = int(after_text) if after_text else None
+        after = None if after_text is None else resume_after(after_text, "last_event_id")
         recheck = access_check(socket, conversation_id)
         await socket.accept()
         events = until_refused(
