@@ -14,5 +14,5 @@ def test_whole_numbers_are_read(text: str, expected: int) -> None:
 # Python's int() takes all of these; a client sending them has a bug worth hearing about.
 @pytest.mark.parametrize("text", ["", " ", "-1", "+3", "1_000", "1.0", "٣", "abc", "0x10"])
 def test_anything_else_is_invalid_input_naming_the_field(text: str) -> None:
-    with pytest.raises(InvalidInputError, match="^last_event_id is the id of an event"):
+    with pytest.raises(InvalidInputError, match=r"^last_event_id is the id of an event"):
         resume_after(text, "last_event_id")
