@@ -8,10 +8,11 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 BIN := $(VENV)/bin
+SDK := $(TOOLS)/sdk
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: help install run test lint fmt pytest test-fast bench eval clean
+.PHONY: help install sdk-tools run test lint fmt pytest test-fast bench eval clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,6 +30,15 @@ $(VENV)/.installed: $(UV) pyproject.toml uv.lock
 
 install: $(VENV)/.installed ## Create the environment from the lock file
 
+# The OpenAPI client generator, apart from the project's environment (tests/api/test_generated_client.py).
+$(SDK)/.installed: $(UV) .ci/sdk-requirements.txt
+	@echo "==> creating $(SDK)/ (openapi-python-client, pinned and hash-checked)"
+	@$(UV) venv --quiet --allow-existing $(SDK)
+	@$(UV) pip install --quiet --require-hashes --python $(SDK)/bin/python -r .ci/sdk-requirements.txt
+	@touch $@
+
+sdk-tools: $(SDK)/.installed ## Install the OpenAPI client generator into .tools/sdk (docs/api.md)
+
 run: install ## Start PostgreSQL, Valkey and the API on http://127.0.0.1:8000 (Ctrl-C stops everything)
 	@$(BIN)/support serve --sample-data
 
@@ -43,9 +53,9 @@ lint: install ## ruff, mypy --strict, import-linter
 	@echo "==> import-linter"
 	@$(BIN)/lint-imports --no-cache | tail -n 2
 
-pytest: install ## The test suite (embedded servers start automatically)
+pytest: install sdk-tools ## The test suite (embedded servers start automatically)
 	@echo "==> pytest"
-	@$(BIN)/pytest
+	@SUPPORT_TEST_SDK_REQUIRED=1 $(BIN)/pytest
 
 test-fast: install ## Tests that need no server
 	@$(BIN)/pytest -m "not postgres and not valkey and not slow"

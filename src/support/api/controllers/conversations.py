@@ -97,7 +97,11 @@ class _SendMessageOperation(Operation):
             description="The message text; may be left out or empty when files are attached.",
         )
         self.request_body = RequestBody(
-            required=True,
+            # A send needs a body (without one it is a 422), but the document says optional: openapi-python-client
+            # (0.29) generates a required body of several media types with a type it does not import, so the
+            # generated send_message and stream_message would not import at all (its issue #1451).
+            required=False,
+            description="The message as JSON, or as a multipart form with files.",
             content={
                 "application/json": OpenAPIMediaType(
                     schema=Schema(
@@ -110,6 +114,10 @@ class _SendMessageOperation(Operation):
                 "multipart/form-data": OpenAPIMediaType(
                     schema=Schema(
                         type=OpenAPIType.OBJECT,
+                        # Text, files, or both: a form with neither is refused (422 invalid_input). Said in words,
+                        # not as an anyOf of the two, which client generators read as a union of field-less
+                        # variants and then send an empty form.
+                        description="The message text, files, or both; a form with neither is refused.",
                         properties={
                             "content": form_text,
                             "files": Schema(
@@ -119,11 +127,6 @@ class _SendMessageOperation(Operation):
                                 description="Up to 5 files of at most 10 MB: txt, md, html, pdf, png, jpeg.",
                             ),
                         },
-                        # Text, files, or both; a form with neither is refused (422 invalid_input).
-                        any_of=[
-                            Schema(required=["content"], properties={"content": Schema(min_length=1)}),
-                            Schema(required=["files"], properties={"files": Schema(min_items=1)}),
-                        ],
                     )
                 ),
             },
@@ -156,7 +159,9 @@ class _AttachmentOperation(Operation):
         ok = self.responses.get("200") if self.responses else None
         if isinstance(ok, OpenAPIResponse):
             binary = Schema(type=OpenAPIType.STRING, format="binary")  # type: ignore[arg-type]
-            types = sorted(DOCUMENT_TYPES | IMAGE_TYPES.keys())
+            # application/octet-stream first: client generators read a body by the first media type they know,
+            # and would otherwise pick text/html and decode every file, images included, as text.
+            types = ["application/octet-stream", *sorted(DOCUMENT_TYPES | IMAGE_TYPES.keys())]
             ok.content = {media_type: OpenAPIMediaType(schema=binary) for media_type in types}
 
 
@@ -185,6 +190,10 @@ async def _read_send(request: Request[Any, Any, Any]) -> tuple[str, list[Incomin
         files = [IncomingFile(value.filename or "file", value.content_type, await value.read()) for value in uploads]
         return (content if isinstance(content, str) else ""), files
     body = await request.body()
+    if not body:
+        # No body says nothing, like a form without text or files: the message is empty (422), as the document,
+        # which calls the body optional, leads a client to expect.
+        return "", []
     try:
         data = _DECODER.decode(body)
     except msgspec.ValidationError as error:

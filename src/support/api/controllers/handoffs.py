@@ -1,11 +1,14 @@
 """Human handoff: the customer's request, the agents' queue, claim/release/resolve and agent replies."""
 
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any
 from uuid import UUID
 
 from dishka import FromDishka
 from dishka.integrations.litestar import inject
 from litestar import Controller, Request, delete, get, post
+from litestar.openapi.spec import Operation, RequestBody, Schema
 from litestar.params import Body, FromPath, FromQuery, QueryParameter
 
 from support.api.auth import authenticate, require_roles
@@ -34,8 +37,39 @@ from support.domain.conversations import ConversationStatus
 from support.domain.identity import Role
 
 agent_roles = require_roles(Role.AGENT, Role.ADMIN)
-# The statuses the queue holds; the document lists only these.
-QueueStatus = Literal["pending_human", "human"]
+
+
+class QueueStatus(StrEnum):
+    """The statuses the agents' queue holds; the document lists only these.
+
+    An enum rather than a ``Literal``: Litestar documents an optional ``Literal`` as a ``type: [null, string]``
+    enum that client generators turn into three copies of one enum type.
+    """
+
+    PENDING_HUMAN = ConversationStatus.PENDING_HUMAN.value
+    HUMAN = ConversationStatus.HUMAN.value
+
+
+# A dataclass of its own, so that its generated __init__ calls __post_init__.
+@dataclass
+class _OptionalBodyOperation(Operation):
+    """An operation whose body may be left out.
+
+    Litestar marks a declared body required even when it has a default, and documents ``X | None`` as ``oneOf [X,
+    null]``. Left out is what ``required: false`` says; a ``null`` alternative beside it made openapi-python-client
+    send its own "unset" marker as the JSON body.
+    """
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.request_body, RequestBody):
+            return
+        self.request_body.required = False
+        for media in self.request_body.content.values():
+            schema = media.schema
+            if isinstance(schema, Schema) and schema.one_of:
+                present = [item for item in schema.one_of if not (isinstance(item, Schema) and item.type == "null")]
+                if len(present) == 1:
+                    media.schema = present[0]
 
 
 class HandoffQueueController(Controller):
@@ -92,6 +126,7 @@ class ConversationHandoffController(Controller):
         ),
         status_code=200,
         responses=problem_responses(400, 401, 403, 404, 409, 422),
+        operation_class=_OptionalBodyOperation,
     )
     @inject
     async def request_handoff(
