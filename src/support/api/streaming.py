@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
@@ -76,6 +76,7 @@ async def until_refused(
                 _logger.warning("could not check a feed's access; it stays open", exc_info=True)
 
     watcher = asyncio.create_task(watch())
+    step: asyncio.Future[FeedEvent] | None = None
     try:
         while True:
             step = asyncio.ensure_future(anext(events))
@@ -95,6 +96,13 @@ async def until_refused(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        # A client that leaves while the feed waits for its next event stops this generator inside the wait: the
+        # pending step must be stopped first, or closing the source fails ("already running") and its
+        # subscription stays until the conversation's next event.
+        if step is not None and not step.done():
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await step
         with contextlib.suppress(Exception):
             await events.aclose()
 
@@ -106,7 +114,7 @@ def sse_message(event: FeedEvent) -> ServerSentEventMessage:
 
 async def with_heartbeats(
     events: AsyncGenerator[FeedEvent, None], heartbeat_s: float
-) -> AsyncIterator[ServerSentEventMessage]:
+) -> AsyncGenerator[ServerSentEventMessage, None]:
     """Relay ``events`` as SSE messages; a comment goes out after ``heartbeat_s`` without one.
 
     A failure while iterating becomes an ``error`` event that ends the stream (headers are long gone).
@@ -135,7 +143,9 @@ async def with_heartbeats(
                     async with asyncio.timeout(heartbeat_s):
                         item = await queue.get()
                 except TimeoutError:
-                    yield ServerSentEventMessage(comment="keepalive")
+                    # data=None: a comment alone. Litestar otherwise adds an empty "data:" line, and an
+                    # EventSource then fires an empty `message` event, the name stored messages arrive under.
+                    yield ServerSentEventMessage(comment="keepalive", data=None)
                     continue
             else:
                 item = queue.get_nowait()
