@@ -493,15 +493,8 @@ class ReplyRunner:
             stream.final_status = conversation.status
             pending = unanswered(recent)
             pending_ids = {item.id for item in pending}
-            if message.id not in pending_ids:
-                # Answered by a turn that ran while this one waited (or the original of a retried send). That turn
-                # published the reply to the feed: only this requester needs it again.
-                reply = await services.conversations.find_reply(conversation_id, message.id)
-                if reply is not None:
-                    publisher.tell_requester(ReplyDone(reply))
+            if await self._not_for_the_bot(services, conversation, message, pending_ids, publisher):
                 return
-            if not conversation.assistant_may_reply:
-                return  # a human owns it: the message reached the agent side through the feed
             question = "\n\n".join(item.content for item in pending if item.content)
             earlier = [item for item in recent if item.id not in pending_ids]
             screening = self._policy.screen(question, earlier)
@@ -550,6 +543,30 @@ class ReplyRunner:
             conversation, pending, recent, draft, screening, publisher, stream, started, interrupted=interrupted
         )
         await self._remember(conversation, pending, draft, recent, reply)
+
+    async def _not_for_the_bot(
+        self,
+        services: ConversationServices,
+        conversation: Conversation,
+        message: Message,
+        pending_ids: set[UUID],
+        publisher: _Publisher,
+    ) -> bool:
+        """Whether the bot has nothing to write for ``message``; what the customer said is remembered all the same."""
+        if message.id not in pending_ids:
+            # Answered by a turn that ran while this one waited (or the original of a retried send). That turn
+            # published the reply to the feed: only this requester needs it again.
+            reply = await services.conversations.find_reply(conversation.id, message.id)
+            if reply is not None:
+                publisher.tell_requester(ReplyDone(reply))
+                return True
+            # Covered by an ownership notice before its turn began: no turn answers it, and none would keep it.
+        elif conversation.assistant_may_reply:
+            return False
+        # A person has it (or is being asked for): the message reached the agent side through the feed. What the
+        # customer tells a person, a new email or the order number, is remembered as what they tell the bot.
+        await self._remember(conversation, [message], _Draft(), (), None)
+        return True
 
     async def _request(
         self,

@@ -4,7 +4,7 @@ from support.application.conversations import StartConversation
 from support.application.keys import CustomerTokenSecret
 from support.domain.assistant import FactRemembered
 from tests.fakes.llm import Script
-from tests.unit.application.conftest import SERVICE, World
+from tests.unit.application.conftest import AGENT_ANA, SERVICE, World
 
 
 async def test_a_new_conversation_starts_with_what_the_customer_told_before(world: World) -> None:
@@ -48,3 +48,19 @@ async def test_turns_beyond_the_window_are_folded_into_a_summary(world: World) -
     assert request.summary is not None
     assert "order 500" in request.summary or "500" in request.summary
     assert len(request.history) <= 12
+
+
+async def test_what_the_customer_tells_a_person_is_remembered_for_the_bot(world: World) -> None:
+    await (await world.send("talk to a person")).result()  # waiting for an agent from here
+    await (await world.send("My name is Ada Lovelace and my order number is 48213.")).result()
+    await world.claim.execute(AGENT_ANA, world.conversation.id)
+    await (await world.send("Also, my order number is actually 48290.")).result()
+    await world.release.execute(AGENT_ANA, world.conversation.id)
+    requests_before = len(world.llm.requests)
+
+    await (await world.send("Where is my order?")).result()
+
+    assert len(world.llm.requests) == requests_before + 1  # the bot answers again, with what was told meanwhile
+    recalled = {fact.key: fact.value for fact in world.llm.requests[-1].memories}
+    assert recalled.get("order_number") == "48290"  # the correction told to Ana supersedes the earlier number
+    assert "Ada" in recalled.get("name", "")
