@@ -236,8 +236,13 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     backoff_cap_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
     # How often the worker looks for due deliveries when it found none last time.
     poll_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
-    # Deliveries claimed and sent (concurrently) per round.
+    # Deliveries claimed and sent (concurrently) per round, and of those at most per_endpoint to one endpoint: the
+    # backlog of a slow or dead receiver cannot fill a round while other endpoints wait.
     batch_size: PositiveInt = 50
+    per_endpoint: PositiveInt = 10
+    # Rounds in flight at once: a new round starts every poll interval (or at once after a full one) while earlier
+    # rounds still wait for slow receivers, up to this many.
+    rounds: PositiveInt = 4
     # Delivered and failed deliveries are deleted this many days after their last attempt (and their events once
     # no delivery needs them); pending ones never are. 0 keeps them forever.
     retention_days: Annotated[int, msgspec.Meta(ge=0)] = 30

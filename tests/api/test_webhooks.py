@@ -40,7 +40,7 @@ from tests.api.conftest import llm_provider, serve
 from tests.api.test_keys import bearer, create_key
 from tests.conftest import shared_embedder_provider
 from tests.fakes.llm import ScriptedLLM
-from tests.fakes.webhooks import WebhookReceiver
+from tests.fakes.webhooks import HOLD, WebhookReceiver
 from tests.helpers import assert_problem
 
 DOCS = Path(__file__).parents[2] / "docs" / "webhooks.md"
@@ -385,6 +385,41 @@ async def test_a_failed_delivery_redelivered_arrives_at_the_fixed_receiver(
     assert verify_webhook(secret, httpx.Headers(second.headers), second.body)
 
 
+async def test_a_receiver_that_holds_its_request_does_not_hold_up_other_endpoints(
+    settings: Settings, embedder: OnnxMiniLMEmbedder, llm: ScriptedLLM, admin_headers: dict[str, str]
+) -> None:
+    """A round lasts as long as its slowest receiver; the next starts on time beside it (found by a tester).
+
+    The send timeout is far longer than the test, so the held request is still in flight when the other endpoint's
+    event arrives; before rounds overlapped, that event waited for the held request to end.
+    """
+    patient = WebhookSettings(timeout_s=120, poll_interval_s=0.05, max_attempts=1)
+    app = create_app(
+        msgspec.structs.replace(settings, webhooks=patient), shared_embedder_provider(embedder), llm_provider(llm)
+    )
+    async with (
+        WebhookReceiver(HOLD) as slow,
+        WebhookReceiver() as healthy,
+        serve(app) as base_url,
+        httpx.AsyncClient(base_url=base_url) as http,
+    ):
+        for receiver, types in ((slow, ["handoff.requested"]), (healthy, ["message.created"])):
+            created = await http.post(
+                "/v1/webhooks", json={"url": receiver.url, "events": types}, headers=admin_headers
+            )
+            assert created.status_code == 201, created.text
+        await emit(app, event(WebhookEventType.HANDOFF_REQUESTED))
+        await slow.wait_until(lambda: len(slow.requests) == 1)  # held, unanswered
+
+        message = event(WebhookEventType.MESSAGE_CREATED, message={"role": "customer", "content": "Hello?"})
+        await emit(app, message)
+        await healthy.wait_until(lambda: len(healthy.requests) == 1)
+
+        # It arrived while the held request was still open (it is released only now, and times out after 120 s).
+        assert healthy.event_ids() == {str(message.id): 1}
+        slow.release()
+
+
 async def test_redelivering_what_does_not_exist_is_a_404(
     http: httpx.AsyncClient, chat_app: Litestar, admin_headers: dict[str, str]
 ) -> None:
@@ -439,7 +474,7 @@ async def test_the_worker_deletes_finished_deliveries_past_their_retention(
                 id=new_id(), type=webhook.event_types[0], conversation_id=None, occurred_at=attempted_at
             )
             await outbox.enqueue(sent)
-            [due] = await queue.claim_due(now=attempted_at, limit=1, lease_until=attempted_at)
+            [due] = await queue.claim_due(now=attempted_at, limit=1, per_endpoint=100, lease_until=attempted_at)
             if outcome == "delivered":
                 await queue.save(due.delivery.succeeded(200, attempted_at))
             elif outcome == "failed":

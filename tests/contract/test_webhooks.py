@@ -1,6 +1,7 @@
 """The webhook repository, outbox and delivery queue contracts, checked against PostgreSQL and the fakes."""
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -119,7 +120,7 @@ async def enqueue(backend: Backend, *events: OutboundEvent) -> None:
 
 async def claim(backend: Backend, now: datetime = NOW, limit: int = 10) -> list[tuple[UUID, UUID]]:
     """(event id, webhook id) of what a claim at ``now`` returns, committed."""
-    claimed = await backend.queue.claim_due(now=now, limit=limit, lease_until=now + LEASE)
+    claimed = await backend.queue.claim_due(now=now, limit=limit, per_endpoint=100, lease_until=now + LEASE)
     await backend.uow.commit()
     return [(due.event.id, due.delivery.webhook_id) for due in claimed]
 
@@ -197,7 +198,7 @@ async def test_a_claim_carries_the_event_the_url_and_the_secret_and_counts_an_at
     webhook = await add_webhook(backend, MESSAGE)
     sent = event(MESSAGE, at=NOW - timedelta(seconds=1), message_id="m-1", roles=("customer", "agent"), n=3)
     await enqueue(backend, sent)
-    [due] = await backend.queue.claim_due(now=NOW, limit=10, lease_until=NOW + LEASE)
+    [due] = await backend.queue.claim_due(now=NOW, limit=10, per_endpoint=100, lease_until=NOW + LEASE)
     await backend.uow.commit()
     assert due.url == webhook.url
     assert due.secret == f"whsec_secret-of-{webhook.id}"
@@ -217,7 +218,7 @@ async def test_a_claimed_delivery_is_hidden_until_its_lease_runs_out(backend: Ba
     await enqueue(backend, event())
     assert len(await claim(backend)) == 1
     assert await claim(backend, NOW + LEASE - timedelta(milliseconds=1)) == []
-    [again] = await backend.queue.claim_due(now=NOW + LEASE, limit=10, lease_until=NOW + 2 * LEASE)
+    [again] = await backend.queue.claim_due(now=NOW + LEASE, limit=10, per_endpoint=100, lease_until=NOW + 2 * LEASE)
     assert again.delivery.attempts == 2
 
 
@@ -235,7 +236,7 @@ async def test_claims_take_the_earliest_due_first_up_to_the_limit(backend: Backe
 async def test_a_retry_waits_for_its_time_and_shows_the_last_answer(backend: Backend) -> None:
     webhook = await add_webhook(backend, REQUESTED)
     await enqueue(backend, event())
-    [due] = await backend.queue.claim_due(now=NOW, limit=10, lease_until=NOW + LEASE)
+    [due] = await backend.queue.claim_due(now=NOW, limit=10, per_endpoint=100, lease_until=NOW + LEASE)
     retry_at = NOW + timedelta(seconds=7)
     await backend.queue.save(
         replace(due.delivery, next_attempt_at=retry_at, last_status_code=503, last_error="HTTP 503")
@@ -256,7 +257,7 @@ async def test_a_retry_waits_for_its_time_and_shows_the_last_answer(backend: Bac
 async def test_delivered_and_failed_deliveries_are_never_claimed_again(backend: Backend) -> None:
     webhook = await add_webhook(backend, REQUESTED)
     await enqueue(backend, event(), event())
-    ok, bad = await backend.queue.claim_due(now=NOW, limit=10, lease_until=NOW + LEASE)
+    ok, bad = await backend.queue.claim_due(now=NOW, limit=10, per_endpoint=100, lease_until=NOW + LEASE)
     delivered = ok.delivery.succeeded(200, NOW + timedelta(seconds=1))
     await backend.queue.save(delivered)
     await backend.queue.save(replace(bad.delivery, status=DeliveryStatus.FAILED, last_error="HTTP 410"))
@@ -275,7 +276,7 @@ async def test_delivered_and_failed_deliveries_are_never_claimed_again(backend: 
 async def test_a_late_failure_report_does_not_reopen_a_delivered_delivery(backend: Backend) -> None:
     webhook = await add_webhook(backend, REQUESTED)
     await enqueue(backend, event())
-    [due] = await backend.queue.claim_due(now=NOW, limit=10, lease_until=NOW + LEASE)
+    [due] = await backend.queue.claim_due(now=NOW, limit=10, per_endpoint=100, lease_until=NOW + LEASE)
     await backend.queue.save(due.delivery.succeeded(200, NOW))
     await backend.queue.save(replace(due.delivery, last_error="no answer", next_attempt_at=NOW))
     await backend.uow.commit()
@@ -328,7 +329,7 @@ async def listed(backend: Backend, webhook_id: UUID) -> dict[UUID, WebhookDelive
 
 async def finish(backend: Backend, *, at: datetime, status: DeliveryStatus, count: int = 1) -> list[WebhookDelivery]:
     """Claim ``count`` due deliveries at ``at`` and record them delivered or failed, committed."""
-    claimed = await backend.queue.claim_due(now=at, limit=count, lease_until=at + LEASE)
+    claimed = await backend.queue.claim_due(now=at, limit=count, per_endpoint=100, lease_until=at + LEASE)
     assert len(claimed) == count
     finished = [
         due.delivery.succeeded(200, at)
@@ -363,7 +364,7 @@ async def test_a_redelivered_delivery_is_due_at_once_with_a_fresh_retry_budget(
     assert (requeued.last_attempt_at, requeued.last_status_code) == (NOW, done.last_status_code)
     assert (await listed(backend, webhook.id))[done.id] == requeued
     assert await claim(backend, later - timedelta(seconds=1)) == []
-    [again] = await backend.queue.claim_due(now=later, limit=10, lease_until=later + LEASE)
+    [again] = await backend.queue.claim_due(now=later, limit=10, per_endpoint=100, lease_until=later + LEASE)
     assert (again.event, again.delivery.attempts, again.delivery.attempts_since_redelivery) == (sent, 2, 1)
     await backend.queue.save(again.delivery.succeeded(204, later))
     await backend.uow.commit()
@@ -374,7 +375,7 @@ async def test_a_redelivered_delivery_is_due_at_once_with_a_fresh_retry_budget(
 async def test_a_pending_delivery_redelivered_is_due_at_once(backend: Backend) -> None:
     webhook = await add_webhook(backend, REQUESTED)
     await enqueue(backend, event())
-    [due] = await backend.queue.claim_due(now=NOW, limit=10, lease_until=NOW + LEASE)
+    [due] = await backend.queue.claim_due(now=NOW, limit=10, per_endpoint=100, lease_until=NOW + LEASE)
     await backend.queue.save(replace(due.delivery, next_attempt_at=NOW + timedelta(hours=1), last_error="HTTP 503"))
     await backend.uow.commit()
     requeued = await backend.queue.requeue(webhook.id, due.delivery.id, now=NOW + timedelta(seconds=1))
@@ -388,7 +389,7 @@ async def test_the_outcome_of_an_attempt_claimed_before_a_redelivery_is_ignored(
     """An attempt in flight when the admin redelivers reports late: the redelivery's state stays."""
     webhook = await add_webhook(backend, REQUESTED)
     await enqueue(backend, event())
-    [in_flight] = await backend.queue.claim_due(now=NOW, limit=10, lease_until=NOW + LEASE)
+    [in_flight] = await backend.queue.claim_due(now=NOW, limit=10, per_endpoint=100, lease_until=NOW + LEASE)
     await backend.uow.commit()
     requeued = await backend.queue.requeue(webhook.id, in_flight.delivery.id, now=NOW + timedelta(seconds=1))
     await backend.uow.commit()
@@ -424,7 +425,7 @@ async def test_finished_deliveries_older_than_the_cutoff_are_deleted_oldest_firs
     recent = await finish(backend, at=NOW - timedelta(days=1), status=DeliveryStatus.DELIVERED)
     # Pending however old: a retry is still due, and never-claimed ones have no last attempt.
     [retrying] = await backend.queue.claim_due(
-        now=NOW - timedelta(days=40), limit=1, lease_until=NOW - timedelta(days=39)
+        now=NOW - timedelta(days=40), limit=1, per_endpoint=100, lease_until=NOW - timedelta(days=39)
     )
     await backend.uow.commit()
     cutoff = NOW - timedelta(days=30)
@@ -446,7 +447,7 @@ async def test_an_event_is_kept_while_a_delivery_still_needs_it(backend: Backend
     shared, alone = event(at=NOW - timedelta(days=40)), event(at=NOW - timedelta(days=40))
     await enqueue(backend, shared, alone)
     # Both deliveries of ``alone`` and the first endpoint's of ``shared`` finish; the second's stays pending.
-    claimed = await backend.queue.claim_due(now=NOW - timedelta(days=40), limit=10, lease_until=NOW)
+    claimed = await backend.queue.claim_due(now=NOW - timedelta(days=40), limit=10, per_endpoint=100, lease_until=NOW)
     for due in claimed:
         if due.event.id == alone.id or due.delivery.webhook_id == first.id:
             await backend.queue.save(due.delivery.succeeded(200, NOW - timedelta(days=40)))
@@ -459,7 +460,7 @@ async def test_an_event_is_kept_while_a_delivery_still_needs_it(backend: Backend
     assert await listed(backend, first.id) == {}
     [waiting] = (await listed(backend, second.id)).values()
     assert waiting.event_id == shared.id
-    [due] = await backend.queue.claim_due(now=NOW, limit=10, lease_until=NOW + LEASE)
+    [due] = await backend.queue.claim_due(now=NOW, limit=10, per_endpoint=100, lease_until=NOW + LEASE)
     assert due.event.id == shared.id
 
 
@@ -547,8 +548,10 @@ async def test_concurrent_claims_skip_each_others_rows_without_waiting(
     async with factory() as first_session, factory() as second_session:
         first, second = PostgresWebhookDeliveryQueue(first_session), PostgresWebhookDeliveryQueue(second_session)
         # The first claim's transaction stays open, holding its row locks, while the second one claims.
-        mine = await first.claim_due(now=NOW, limit=2, lease_until=NOW + LEASE)
-        theirs = await asyncio.wait_for(second.claim_due(now=NOW, limit=10, lease_until=NOW + LEASE), timeout=5)
+        mine = await first.claim_due(now=NOW, limit=2, per_endpoint=100, lease_until=NOW + LEASE)
+        theirs = await asyncio.wait_for(
+            second.claim_due(now=NOW, limit=10, per_endpoint=100, lease_until=NOW + LEASE), timeout=5
+        )
         assert len(mine) == 2
         assert len(theirs) == 2
         assert {due.delivery.id for due in mine}.isdisjoint(due.delivery.id for due in theirs)
@@ -583,3 +586,23 @@ async def test_erasing_a_conversation_erases_its_events_and_deliveries(
     assert page.items[0].event_id != about_it.id
     async with engine.connect() as connection:
         assert await connection.scalar(sa.text("SELECT count(*) FROM webhook_events")) == 1
+
+
+async def test_a_claim_takes_at_most_so_many_deliveries_of_one_endpoint(backend: Backend) -> None:
+    # A receiver with a backlog (slow, or down) must not fill a round while another endpoint's deliveries wait.
+    stuck = await add_webhook(backend, REQUESTED)
+    healthy = await add_webhook(backend, MESSAGE)
+    backlog = [event(REQUESTED, at=NOW - timedelta(minutes=10, seconds=index)) for index in range(6)]
+    await enqueue(backend, *backlog, event(MESSAGE, at=NOW))
+
+    claimed = await backend.queue.claim_due(now=NOW, limit=4, per_endpoint=2, lease_until=NOW + LEASE)
+    await backend.uow.commit()
+
+    by_endpoint = Counter(due.delivery.webhook_id for due in claimed)
+    assert by_endpoint == {stuck.id: 2, healthy.id: 1}
+    # The two of the backlog that were due first.
+    assert {due.event.id for due in claimed if due.delivery.webhook_id == stuck.id} == {
+        backlog[5].id,
+        backlog[4].id,
+    }
+    assert len(await claim(backend, limit=10)) == 4  # the rest of the backlog, in the next claim

@@ -54,6 +54,8 @@ class WebhookDeliveryPolicy:
 
     schedule: RetrySchedule
     batch_size: int
+    # Of a round's deliveries, at most this many go to one endpoint.
+    per_endpoint: int
     # Longer than a send may take (the sender's timeout): a claim held past it is taken to be a dead worker's.
     lease_s: float
 
@@ -277,7 +279,10 @@ class DeliverWebhooks:
         """Deliver one batch; return how many deliveries were attempted."""
         now = self._clock.now()
         claimed = await self._queue.claim_due(
-            now=now, limit=self._policy.batch_size, lease_until=now + timedelta(seconds=self._policy.lease_s)
+            now=now,
+            limit=self._policy.batch_size,
+            per_endpoint=self._policy.per_endpoint,
+            lease_until=now + timedelta(seconds=self._policy.lease_s),
         )
         if not claimed:
             return 0

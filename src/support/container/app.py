@@ -520,6 +520,7 @@ class InfrastructureProvider(Provider):
                 base_s=webhooks.backoff_base_s, cap_s=webhooks.backoff_cap_s, max_attempts=webhooks.max_attempts
             ),
             batch_size=webhooks.batch_size,
+            per_endpoint=webhooks.per_endpoint,
             # Every send of a round ends within the timeout; twice that leaves room to record the outcomes.
             lease_s=2 * webhooks.timeout_s,
         )
@@ -707,30 +708,51 @@ async def _sweep_idle(container: AsyncContainer, interval_s: float) -> None:
 
 
 async def _deliver_webhooks(container: AsyncContainer, settings: WebhookSettings) -> None:
-    """Deliver due webhooks, a round at a time; after a full batch the next round starts at once.
+    """Deliver due webhooks a round at a time, a new round every poll interval (at once after a full one).
 
-    Between rounds, every few minutes, old finished deliveries are deleted (when retention is on).
+    A round lasts as long as its slowest receiver (up to the send timeout), so rounds overlap: while one waits
+    for a slow endpoint the next starts on time, up to ``settings.rounds`` at once, and other endpoints' events
+    are not held up. Between rounds, every few minutes, old finished deliveries are deleted (when retention is on).
     """
     loop = asyncio.get_running_loop()
     next_sweep = loop.time()
-    while True:
-        attempted = 0
-        pause = settings.poll_interval_s
-        try:
-            async with container() as request:
-                attempted = await (await request.get(DeliverWebhooks)).execute()
-        except DependencyUnavailableError:
-            # Claims of a failed round stay leased and are retried; don't spin on a database that is down.
-            _logger.warning("webhook delivery paused: a dependency is unavailable")
-            pause = max(pause, _FAILED_ROUND_PAUSE_S)
-        except Exception:
-            _logger.exception("webhook delivery round failed")
-            pause = max(pause, _FAILED_ROUND_PAUSE_S)
-        if settings.retention_days and loop.time() >= next_sweep:
-            more = await _purge_webhook_deliveries(container)
-            next_sweep = loop.time() + (0 if more else _RETENTION_SWEEP_INTERVAL_S)
-        if attempted < settings.batch_size:
-            await asyncio.sleep(pause)
+    running: set[asyncio.Task[int | None]] = set()
+    try:
+        while True:
+            if len(running) >= settings.rounds:
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            current = asyncio.create_task(_delivery_round(container))
+            running.add(current)
+            current.add_done_callback(running.discard)
+            done, _ = await asyncio.wait({current}, timeout=settings.poll_interval_s)
+            if current in done:
+                attempted = current.result()
+                if attempted is None:
+                    # Claims of a failed round stay leased and are retried; don't spin on a database that is down.
+                    await asyncio.sleep(_FAILED_ROUND_PAUSE_S)
+                elif attempted < settings.batch_size:
+                    await asyncio.sleep(settings.poll_interval_s)
+            if settings.retention_days and loop.time() >= next_sweep:
+                more = await _purge_webhook_deliveries(container)
+                next_sweep = loop.time() + (0 if more else _RETENTION_SWEEP_INTERVAL_S)
+    finally:
+        # Sends cut short here are sent again when their claims' leases run out (at least once).
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
+async def _delivery_round(container: AsyncContainer) -> int | None:
+    """One round of deliveries in its own scope: how many were attempted, None when the round failed."""
+    try:
+        async with container() as request:
+            return await (await request.get(DeliverWebhooks)).execute()
+    except DependencyUnavailableError:
+        _logger.warning("webhook delivery paused: a dependency is unavailable")
+    except Exception:
+        _logger.exception("webhook delivery round failed")
+    return None
 
 
 async def _purge_webhook_deliveries(container: AsyncContainer) -> bool:

@@ -107,8 +107,13 @@ class WebhookDeliveryQueue(Protocol):
         StorageUnavailableError: the store cannot be reached.
     """
 
-    async def claim_due(self, *, now: datetime, limit: int, lease_until: datetime) -> list[DueDelivery]:
+    async def claim_due(
+        self, *, now: datetime, limit: int, per_endpoint: int, lease_until: datetime
+    ) -> list[DueDelivery]:
         """Claim up to ``limit`` pending deliveries to active endpoints that are due at ``now``, earliest first.
+
+        At most ``per_endpoint`` of them go to one endpoint, so the backlog of a slow or dead receiver cannot fill
+        the claim while other endpoints' deliveries wait.
 
         Each claimed delivery counts an attempt (``attempts + 1``, ``last_attempt_at = now``) and is leased until
         ``lease_until`` (its ``next_attempt_at``): no other claim returns it before then, and if the worker dies

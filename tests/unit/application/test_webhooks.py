@@ -43,7 +43,9 @@ from support.ports.webhooks import SendResult, WebhookSender
 from tests.fakes.webhooks import ScriptedSender
 
 URL = "https://crm.example.com/hooks/support"
-POLICY = WebhookDeliveryPolicy(schedule=RetrySchedule(base_s=10, cap_s=60, max_attempts=3), batch_size=10, lease_s=30)
+POLICY = WebhookDeliveryPolicy(
+    schedule=RetrySchedule(base_s=10, cap_s=60, max_attempts=3), batch_size=10, per_endpoint=10, lease_s=30
+)
 PUBLIC_ONLY = WebhookTargetPolicy(allow_private=False)
 
 

@@ -1,6 +1,7 @@
 """In-memory webhooks: endpoints, outbox and delivery queue over one shared state; same contract as PostgreSQL's."""
 
 import json
+from collections import Counter
 from dataclasses import replace
 from datetime import datetime
 from uuid import UUID
@@ -105,9 +106,11 @@ class InMemoryWebhookDeliveryQueue:
     def __init__(self, store: InMemoryWebhookRepository) -> None:
         self._store = store
 
-    async def claim_due(self, *, now: datetime, limit: int, lease_until: datetime) -> list[DueDelivery]:
+    async def claim_due(
+        self, *, now: datetime, limit: int, per_endpoint: int, lease_until: datetime
+    ) -> list[DueDelivery]:
         store = self._store
-        due = sorted(
+        candidates = sorted(
             (
                 item
                 for item in store.deliveries.values()
@@ -116,7 +119,14 @@ class InMemoryWebhookDeliveryQueue:
                 and store.webhooks[item.webhook_id].active
             ),
             key=lambda item: (item.next_attempt_at, item.id),
-        )[:limit]
+        )
+        taken: Counter[UUID] = Counter()
+        due = []
+        for item in candidates:
+            if taken[item.webhook_id] < per_endpoint:
+                taken[item.webhook_id] += 1
+                due.append(item)
+        due = due[:limit]
         claimed = []
         for item in due:
             leased = replace(item, attempts=item.attempts + 1, last_attempt_at=now, next_attempt_at=lease_until)

@@ -270,6 +270,13 @@ class WebhookDeliveryRow(DefaultBase):
         sa.Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=sa.text("status = 'pending'")),
         # What the retention sweep deletes: finished deliveries by their last attempt, oldest first.
         sa.Index("ix_webhook_deliveries_finished", "last_attempt_at", postgresql_where=sa.text("status <> 'pending'")),
+        # What a claim reads per endpoint: its earliest pending deliveries (a few per endpoint and round).
+        sa.Index(
+            "ix_webhook_deliveries_pending_per_webhook",
+            "webhook_id",
+            "next_attempt_at",
+            postgresql_where=sa.text("status = 'pending'"),
+        ),
     )
 
 

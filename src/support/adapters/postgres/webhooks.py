@@ -211,15 +211,29 @@ class PostgresWebhookDeliveryQueue:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def claim_due(self, *, now: datetime, limit: int, lease_until: datetime) -> list[DueDelivery]:
+    async def claim_due(
+        self, *, now: datetime, limit: int, per_endpoint: int, lease_until: datetime
+    ) -> list[DueDelivery]:
         delivery, event, webhook = WebhookDeliveryRow, WebhookEventRow, WebhookRow
+        due_now = (delivery.status == DeliveryStatus.PENDING.value, delivery.next_attempt_at <= now)
+        # Each active endpoint's earliest due deliveries, at most per_endpoint of them (read, not locked: locking
+        # here would hold rows this claim does not take, hiding them from a concurrent claim)...
+        of_endpoint = (
+            sa.select(delivery.id)
+            .where(delivery.webhook_id == webhook.id, *due_now)
+            .order_by(delivery.next_attempt_at)
+            .limit(per_endpoint)
+            .lateral("of_endpoint")
+        )
+        candidates = sa.select(of_endpoint.c.id).select_from(webhook).join(of_endpoint, sa.true()).where(webhook.active)
+        # ...then the earliest of them, locked (another claim's rows skipped), the conditions checked again on the
+        # locked rows.
         due = (
             sa.select(delivery.id)
-            .join(webhook, webhook.id == delivery.webhook_id)
-            .where(delivery.status == DeliveryStatus.PENDING.value, delivery.next_attempt_at <= now, webhook.active)
+            .where(delivery.id.in_(candidates), *due_now)
             .order_by(delivery.next_attempt_at)
             .limit(limit)
-            .with_for_update(of=delivery, skip_locked=True)
+            .with_for_update(skip_locked=True)
             .cte("due")
         )
         statement = (
