@@ -31,6 +31,7 @@ from support.domain.conversations import (
     AgentRef,
     ClaimedByAnotherAgentError,
     Conversation,
+    ConversationClosedError,
     ConversationEvent,
     ConversationStatus,
     HandoffAction,
@@ -410,19 +411,6 @@ class SendAgentMessage(_OwnershipChange):
         text = checked_message(content, idempotency_key, self._limits, attached=False)
         conversation = await self._locked(principal, conversation_id)
         now = self._clock.now()
-        if conversation.status is ConversationStatus.CLOSED:
-            conversation.apply(ConversationEvent.CUSTOMER_WRITES, now)  # raises ConversationClosedError
-        notice: Message | None = None
-        events: list[OutboundEvent] = []
-        if conversation.status is ConversationStatus.PENDING_HUMAN:
-            changed = conversation.claim(_agent(principal), now)
-            notice = _system_notice(changed, CLAIM_NOTICE.format(agent=principal.name), now)
-            events.append(status_event(WebhookEventType.HANDOFF_CLAIMED, changed))
-        elif conversation.status is ConversationStatus.HUMAN:
-            _ensure_may_act_for_owner(principal, conversation)
-            changed = conversation.touch(now)
-        else:
-            raise NotClaimedError("The assistant owns this conversation; agents reply after a handoff.")
         message = Message(
             id=new_id(),
             conversation_id=conversation.id,
@@ -432,6 +420,28 @@ class SendAgentMessage(_OwnershipChange):
             author=principal.name,
             idempotency_key=idempotency_key,
         )
+        notice: Message | None = None
+        events: list[OutboundEvent] = []
+        try:
+            if conversation.status is ConversationStatus.CLOSED:
+                conversation.apply(ConversationEvent.CUSTOMER_WRITES, now)  # raises ConversationClosedError
+            if conversation.status is ConversationStatus.PENDING_HUMAN:
+                changed = conversation.claim(_agent(principal), now)
+                notice = _system_notice(changed, CLAIM_NOTICE.format(agent=principal.name), now)
+                events.append(status_event(WebhookEventType.HANDOFF_CLAIMED, changed))
+            elif conversation.status is ConversationStatus.HUMAN:
+                _ensure_may_act_for_owner(principal, conversation)
+                changed = conversation.touch(now)
+            else:
+                raise NotClaimedError("The assistant owns this conversation; agents reply after a handoff.")
+        except (ConversationClosedError, NotClaimedError, ClaimedByAnotherAgentError):
+            # A retry of a message stored before the conversation moved on (resolved, closed, another agent's)
+            # returns the original, as any retry does; only a new message is refused.
+            earlier = await self._earlier_send(message)
+            if earlier is None:
+                raise
+            earlier.ensure_repeated_by(message)
+            return earlier, conversation, True
         if notice is not None:
             await self._conversations.add_message(notice)
         stored = await self._conversations.add_message(message)
@@ -442,6 +452,17 @@ class SendAgentMessage(_OwnershipChange):
             return stored, conversation, True
         await self._commit(conversation, changed, notice, [*events, message_event(message)], [message], stored=True)
         return message, changed, False
+
+    async def _earlier_send(self, message: Message) -> Message | None:
+        """The message stored under ``message``'s idempotency key, when this send repeats one.
+
+        Asked by inserting it, as every send is deduplicated, and rolled back either way: nothing of it is kept.
+        """
+        if message.idempotency_key is None:
+            return None
+        stored = await self._conversations.add_message(message)
+        await self._uow.rollback()
+        return None if stored.id == message.id else stored
 
 
 class ExpireHandoffs:

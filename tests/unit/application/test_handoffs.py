@@ -15,6 +15,7 @@ from support.domain.conversations import (
     ClaimedByAnotherAgentError,
     ConversationStatus,
     HandoffAction,
+    IdempotencyKeyReusedError,
     InvalidTransitionError,
     Message,
     MessageRole,
@@ -504,3 +505,27 @@ async def test_an_agent_may_not_resolve_the_assistants_conversation_but_an_admin
     assert (resolved.status, resolved.agent) == (S.RESOLVED, None)
     [event] = world.outbox.of_type(W.CONVERSATION_RESOLVED)
     assert event.data["resolved_by"] == "admin"
+
+
+async def test_an_agents_retry_after_the_conversation_moved_on_returns_the_original(world: World) -> None:
+    await turn(world, "talk to a person")
+    await world.claim.execute(AGENT_ANA, world.conversation.id)
+    sent, _, _ = await world.agent_message.execute(
+        AGENT_ANA, world.conversation.id, "Refund issued, all done.", idempotency_key="final-1"
+    )
+    await world.resolve.execute(AGENT_ANA, world.conversation.id)
+
+    # The network dropped the first answer: the retry gets the stored message, not a 409.
+    again, _, duplicate = await world.agent_message.execute(
+        AGENT_ANA, world.conversation.id, "Refund issued, all done.", idempotency_key="final-1"
+    )
+    assert duplicate
+    assert again.id == sent.id
+    with pytest.raises(NotClaimedError):  # a new message still needs the conversation
+        await world.agent_message.execute(AGENT_ANA, world.conversation.id, "One more thing.", idempotency_key="k2")
+    with pytest.raises(NotClaimedError):
+        await world.agent_message.execute(AGENT_ANA, world.conversation.id, "Refund issued, all done.")
+    with pytest.raises(IdempotencyKeyReusedError):  # the key names another message
+        await world.agent_message.execute(AGENT_ANA, world.conversation.id, "Different text", idempotency_key="final-1")
+    transcript = [message.content for message in await world.repository.recent_messages(world.conversation.id, 50)]
+    assert transcript.count("Refund issued, all done.") == 1
