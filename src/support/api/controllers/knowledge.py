@@ -368,7 +368,9 @@ class KnowledgeController(Controller):
         summary="Upload a file as a document",
         description=(
             "Multipart upload of a .txt, .md, .html or .pdf file (the file name gives the type): 201/200 with the "
-            "document. A .jsonl file of `{id, text, title?, url?, tags?, content_type?, audience?, metadata?}` "
+            "document. Without `external_id` the file name is the document's id, so a later upload of a file of the "
+            "same name updates that document (give distinct ids to distinct files that share a name). A .jsonl file "
+            "of `{id, text, title?, url?, tags?, content_type?, audience?, metadata?}` "
             "lines is checked line by line (`invalid_input` naming the line and field) and ingested in the "
             "background: 202 with a job to follow at `GET /v1/knowledge/jobs/{id}`. With a .jsonl file the form's "
             "`external_id`, `title`, `url`, `tags` and `audience` are refused (`invalid_input`): each line gives "
