@@ -120,6 +120,13 @@ async def test_socket_frames_and_resume_points_of_the_wrong_type_are_refused(
         # A retry key that is not a string would be dropped, and a retried send stored twice: refused instead.
         await socket.send(json.dumps({"type": "send", "content": "hello", "idempotency_key": 12345}))
         assert (await next_frame(socket))["data"]["code"] == "invalid_input"
+        # A field the socket would drop is refused, as REST refuses it.
+        await socket.send(json.dumps({"type": "send", "content": "hello", "metadata": {"order": "1"}}))
+        refused = (await next_frame(socket))["data"]
+        assert (refused["code"], refused["detail"]) == (
+            "invalid_input",
+            "A send frame: Object contains unknown field `metadata`.",
+        )
 
     transcript = await http.get(f"/v1/conversations/{conversation['id']}/messages", headers=service_headers)
     assert transcript.json()["items"] == []

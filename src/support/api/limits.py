@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import msgspec
 from dishka import AsyncContainer
 from litestar import WebSocket
 from litestar.connection import ASGIConnection
@@ -40,7 +39,6 @@ _ADMISSION_KEY = "rate_limit_admission"
 _FORWARDED_FOR = b"x-forwarded-for"
 # IPv6 hosts usually get a /64 each: keying on the whole address would give one host 2**64 quotas.
 _IPV6_PREFIX = 64
-_JSON = msgspec.json.Decoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +207,8 @@ def frame_limit(max_message_chars: int) -> int:
     return 12 * max_message_chars + 4096
 
 
-async def receive_frame(socket: WebSocket[Any, Any, Any], limit: int) -> Any:
-    """The next client frame decoded as JSON (None when it is not JSON, so the caller answers ``invalid_frame``).
+async def receive_frame(socket: WebSocket[Any, Any, Any], limit: int) -> str | bytes:
+    """The next client frame's data, for the caller to decode.
 
     Raises:
         WebSocketDisconnect: the client went away, or sent a frame over ``limit`` and the socket was closed with
@@ -224,7 +222,4 @@ async def receive_frame(socket: WebSocket[Any, Any, Any], limit: int) -> Any:
     if len(data) > limit:
         await socket.close(code=WS_MESSAGE_TOO_BIG, reason=f"A frame has at most {limit} characters.")
         raise WebSocketDisconnect(detail="frame too large", code=WS_MESSAGE_TOO_BIG)
-    try:
-        return _JSON.decode(data)
-    except msgspec.DecodeError:
-        return None
+    return data

@@ -588,6 +588,74 @@ async def _close_refused(socket: WebSocket[Any, Any, Any], code: str) -> None:
         await socket.close(code=WS_POLICY_VIOLATION, reason=code)
 
 
+class PingFrame(msgspec.Struct, frozen=True, tag_field="type", tag="ping", forbid_unknown_fields=True):
+    """Answered with a pong carrying the same ``data``."""
+
+    data: Any = None
+
+
+class TypingFrame(msgspec.Struct, frozen=True, tag_field="type", tag="typing", forbid_unknown_fields=True):
+    """The sender started (or stopped) typing."""
+
+    active: bool = True
+
+
+class SendFrame(msgspec.Struct, frozen=True, tag_field="type", tag="send", forbid_unknown_fields=True):
+    """A message, as ``POST …/messages`` sends one."""
+
+    content: str
+    idempotency_key: str | None = None
+
+
+ClientFrame = PingFrame | TypingFrame | SendFrame
+# Frames are held to their shape as request bodies are: a field of the wrong type or an unknown one (a `metadata`
+# the socket would silently drop) is refused, not guessed at.
+_FRAME: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
+
+
+class _FrameKind(msgspec.Struct, frozen=True):
+    type: Any = None
+
+
+_FRAME_KIND = msgspec.json.Decoder(_FrameKind)
+
+
+class FrameError(Exception):
+    """A client frame that is not one of the frames (``invalid_frame``), or a send frame's field (``invalid_input``)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def decode_frame(data: str | bytes) -> ClientFrame:
+    """The frame ``data`` holds.
+
+    Raises:
+        FrameError: it is not JSON text, not one of the frames, or a frame with a field of the wrong type or an
+            unknown one; the detail names the field.
+    """
+    try:
+        return _FRAME.decode(data)
+    except msgspec.ValidationError as error:  # first: it is a kind of DecodeError
+        try:
+            kind = _FRAME_KIND.decode(data).type
+        except msgspec.ValidationError:
+            kind = None
+        if kind == "send":
+            # As a send request's body would be (422 invalid_input).
+            raise FrameError("invalid_input", f"A send frame: {error}.") from None
+        if kind in {"typing", "ping"}:
+            raise FrameError("invalid_frame", f"A {kind} frame: {error}.") from None
+        raise FrameError("invalid_frame", "Send frames of type send, typing or ping.") from None
+    except msgspec.DecodeError:
+        # msgspec also says "truncated" of a lone surrogate escape (\ud800): not text, whatever it says.
+        raise FrameError(
+            "invalid_frame", "A frame is a JSON object in UTF-8 text, with no lone surrogates (\\ud800)."
+        ) from None
+
+
 async def _handle_frame(
     socket: WebSocket[Any, Any, Any],
     container: AsyncContainer,
@@ -595,27 +663,26 @@ async def _handle_frame(
     recheck: Callable[[], Awaitable[Principal]],
     conversation_id: UUID,
     side: str,
-    frame: Any,
+    data: str | bytes,
     typing: "TypingRelay",
 ) -> None:
     """One client frame: ``{"type": "send"|"typing"|"ping", ...}``."""
-    kind = frame.get("type") if isinstance(frame, dict) else None
-    if kind == "ping":
-        await socket.send_json({"type": "pong", "data": frame.get("data")})
-    elif kind == "typing":
-        active = frame.get("active", True)
-        if not isinstance(active, bool):
-            await _send_error(socket, "invalid_frame", "`active` is true or false.")
-        elif typing.due(active, time.monotonic()):
-            await bus.signal(conversation_id, Typing(side, active))
-    elif kind == "send":
+    try:
+        frame = decode_frame(data)
+    except FrameError as error:
+        await _send_error(socket, error.code, error.detail)
+        return
+    if isinstance(frame, PingFrame):
+        await socket.send_json({"type": "pong", "data": frame.data})
+    elif isinstance(frame, TypingFrame):
+        if typing.due(frame.active, time.monotonic()):
+            await bus.signal(conversation_id, Typing(side, frame.active))
+    else:
         try:
             await _send_frame(socket, container, recheck, conversation_id, frame)
         except SupportError as error:
             retry = {"retry_after_s": error.retry_after_s} if isinstance(error, TooManyRequestsError) else {}
             await _send_error(socket, error.code, error.message, **retry)
-    else:
-        await _send_error(socket, "invalid_frame", "Send frames of type send, typing or ping.")
 
 
 async def _send_error(socket: WebSocket[Any, Any, Any], code: str, detail: str, **extra: Any) -> None:
@@ -627,15 +694,10 @@ async def _send_frame(
     container: AsyncContainer,
     recheck: Callable[[], Awaitable[Principal]],
     conversation_id: UUID,
-    frame: dict[str, Any],
+    frame: SendFrame,
 ) -> None:
     """A ``send`` frame: a customer message (with its turn) or, from an agent's socket, an agent message."""
-    content = frame.get("content")
-    idempotency_key = frame.get("idempotency_key")
-    if not isinstance(content, str):
-        raise InvalidInputError("A send frame carries the message text in `content`.")
-    if idempotency_key is not None and not isinstance(idempotency_key, str):
-        raise InvalidInputError("A send frame's `idempotency_key` is a string.")
+    content, idempotency_key = frame.content, frame.idempotency_key
     try:
         # Asked again before every message: the key may have been revoked since the socket opened.
         principal = await recheck()

@@ -1,0 +1,34 @@
+"""WebSocket client frames are held to their shape, as request bodies are (api.controllers.conversations)."""
+
+import pytest
+
+from support.api.controllers.conversations import FrameError, PingFrame, SendFrame, TypingFrame, decode_frame
+
+
+def test_the_three_frames_decode() -> None:
+    assert decode_frame('{"type": "ping", "data": {"t": 1}}') == PingFrame(data={"t": 1})
+    assert decode_frame(b'{"type": "typing"}') == TypingFrame(active=True)
+    assert decode_frame('{"type": "send", "content": "hi", "idempotency_key": "k"}') == SendFrame("hi", "k")
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "detail"),
+    [
+        # An unknown field would be dropped silently (REST refuses it): refused here too.
+        ('{"type": "send", "content": "hi", "metadata": {"a": "b"}}', "invalid_input", "unknown field `metadata`"),
+        ('{"type": "send", "content": "hi", "idempotency_key": 5}', "invalid_input", "$.idempotency_key"),
+        ('{"type": "send"}', "invalid_input", "missing required field `content`"),
+        ('{"type": "typing", "active": "false"}', "invalid_frame", "$.active"),
+        ('{"type": "ping", "ts": 1}', "invalid_frame", "unknown field `ts`"),
+        ('{"type": "shout"}', "invalid_frame", "Send frames of type send, typing or ping."),
+        ("[1, 2]", "invalid_frame", "Send frames of type send, typing or ping."),
+        # msgspec calls a lone surrogate "truncated" input; the frame's problem is said plainly instead.
+        ('{"type": "send", "content": "\\ud800"}', "invalid_frame", "no lone surrogates"),
+        ("not json", "invalid_frame", "a JSON object in UTF-8 text"),
+    ],
+)
+def test_a_frame_of_the_wrong_shape_is_refused_naming_the_problem(data: str, code: str, detail: str) -> None:
+    with pytest.raises(FrameError) as refused:
+        decode_frame(data)
+    assert refused.value.code == code
+    assert detail in refused.value.detail
