@@ -37,6 +37,7 @@ from support.domain.conversations import (
     ACTIVITY_GRANULARITY,
     Citation,
     Conversation,
+    ConversationNotFoundError,
     ConversationStatus,
     HandoffAction,
     Message,
@@ -108,6 +109,7 @@ class ReplySettings:
 
 
 _END = object()
+ERASED_DURING_TURN = "The conversation was deleted (or its customer erased) while it was being answered."
 
 
 class ReplyStream:
@@ -443,6 +445,10 @@ class ReplyRunner:
                 )
                 return
             await self._turn(conversation.id, message, publisher, stream, holder, started, prefetched)
+        except ConversationNotFoundError as error:
+            # Deleted, or its customer erased, while the turn ran: the requester hears so (its feed is gone, and
+            # publishing would only bring the feed's keys back).
+            publisher.tell_requester(StreamFailed(404, error.code, "The conversation is gone", error.message))
         except DependencyUnavailableError as error:
             _logger.warning("turn in %s failed: %s", conversation.id, error)
             publisher.emit(StreamFailed(503, error.code, "A backing service is unavailable", error.message))
@@ -489,7 +495,7 @@ class ReplyRunner:
             conversation = await services.conversations.get(conversation_id)
             recent = await services.conversations.recent_messages(conversation_id, settings.recent_messages)
             if conversation is None:
-                return
+                raise ConversationNotFoundError(ERASED_DURING_TURN)
             stream.final_status = conversation.status
             pending = unanswered(recent)
             pending_ids = {item.id for item in pending}
@@ -624,9 +630,10 @@ class ReplyRunner:
         else:
             owned_since = await self._feed_head(conversation.id)
             current = await services.conversations.get(conversation.id)
-        if current is None or not current.assistant_may_reply:
-            if current is not None:
-                stream.final_status = current.status
+        if current is None:
+            raise ConversationNotFoundError(ERASED_DURING_TURN)
+        if not current.assistant_may_reply:
+            stream.final_status = current.status
             return None
         history = [
             Turn("customer" if item.role is MessageRole.CUSTOMER else "assistant", item.content)

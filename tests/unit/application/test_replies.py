@@ -7,7 +7,7 @@ import pytest
 
 from support.application.replies import ReplySettings
 from support.domain.conversations import ConversationClosedError, ConversationStatus, MessageRole
-from support.domain.feed import MessagePosted, ReplyDelta, ReplyDone
+from support.domain.feed import MessagePosted, ReplyDelta, ReplyDone, StreamFailed
 from support.domain.limits import RateLimitedError
 from tests.fakes.llm import Script
 from tests.unit.application.conftest import SERVICE, World, knowledge_base_of, running_world
@@ -148,3 +148,15 @@ async def test_the_model_gets_each_passage_with_its_neighbouring_chunks_as_confi
     [passage] = world.llm.requests[0].passages
     assert passage.text == bodies[1]
     assert [(chunk.ordinal, chunk.text) for chunk in passage.context] == [(0, bodies[0]), (2, bodies[2])]
+
+
+async def test_a_conversation_erased_while_it_is_answered_ends_the_stream_with_an_error(world: World) -> None:
+    turn = await world.send("Where is my order?")
+    # Erased before the turn reads its context (the turn runs as a task of its own).
+    del world.repository.conversations[world.conversation.id]
+
+    events = [event async for event in turn.events()]
+
+    assert isinstance(events[-1].payload, StreamFailed)
+    assert (events[-1].payload.status, events[-1].payload.code) == (404, "conversation_not_found")
+    assert world.llm.requests == []
