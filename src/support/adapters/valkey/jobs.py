@@ -5,7 +5,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from saq import Worker
-from saq.job import Job
+from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 from saq.types import Context
 
@@ -40,8 +40,13 @@ def _state(job: Job) -> JobState:
         status=job.status.value if job.status.value != "new" else "queued",
         progress=float(job.progress or 0.0),
         detail=detail,
-        error=(job.error or "").strip().splitlines()[-1] if job.error else None,
+        # A retried job keeps the error of the attempt before (a worker cancelled by a restart): shown only when
+        # the job ended by it, not beside "active" while the retry runs.
+        error=(job.error or "").strip().splitlines()[-1] if job.error and job.status in _ENDED_BADLY else None,
     )
+
+
+_ENDED_BADLY = frozenset({Status.FAILED, Status.ABORTED})
 
 
 class _PacedQueue(RedisQueue):
