@@ -644,6 +644,7 @@ class ReplyRunner:
         request = ReplyRequest(
             question=question,
             newest=said[-1] if len(said) > 1 else None,
+            hands_over_if_unanswered=self._policy.hands_over_if_unanswered(earlier),
             history=history,
             passages=passages,
             attachments=attached,

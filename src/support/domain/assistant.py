@@ -55,6 +55,9 @@ class ReplyRequest:
     summary: str | None = None
     # When ``question`` joins several messages: the newest of them, which a reply that cannot answer names.
     newest: str | None = None
+    # A reply that cannot answer hands the conversation to a person (the escalation policy's repeated-failure
+    # rule): the reply should not offer one, since the handover notice follows it.
+    hands_over_if_unanswered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

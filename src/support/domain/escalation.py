@@ -298,7 +298,7 @@ class EscalationPolicy:
                 return HandoffDecision(HandoffAction.OFFER_HUMAN, reason, evidence, "frustration.assistant")
         if ReasonCode.INSUFFICIENT_EVIDENCE in signals or ReasonCode.LLM_UNAVAILABLE in signals:
             limit = self.rules.repeated_failure_limit
-            if _unanswered_streak(_current_episode(history)) + 1 >= limit:
+            if self.hands_over_if_unanswered(history):
                 return _escalate(ReasonCode.REPEATED_FAILURE, f"repeated_failure.{limit}_in_a_row", evidence)
             reason = (
                 ReasonCode.LLM_UNAVAILABLE
@@ -309,6 +309,14 @@ class EscalationPolicy:
         if screening.frustration is not None:
             return screening.frustration
         return HandoffDecision(HandoffAction.ANSWER, None, evidence, None)
+
+    def hands_over_if_unanswered(self, history: Sequence[Message]) -> bool:
+        """Whether a reply that cannot answer, written now after ``history``, hands the conversation to a person.
+
+        The repeated-failure rule, asked before the reply is written: the assistant then says a person is coming
+        instead of offering one, which the handover notice would follow at once.
+        """
+        return _unanswered_streak(_current_episode(history)) + 1 >= self.rules.repeated_failure_limit
 
     def _refund_over_limit(self, text: str) -> HandoffDecision | None:
         limit = self.rules.refund_amount_limit

@@ -354,6 +354,20 @@ async def test_a_decline_about_an_order_names_it_for_the_person_who_takes_over()
     assert any(isinstance(event, HandoffSignal) for event in events)
 
 
+async def test_a_decline_that_hands_over_says_so_instead_of_offering_a_person() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+    question = "Where is my parcel? It's a week late."
+
+    offering = text_of(await collect(llm, ReplyRequest(question, memories=[ORDER])))
+    handing = await collect(llm, ReplyRequest(question, memories=[ORDER], hands_over_if_unanswered=True))
+
+    assert "Would you like me to connect you" in offering
+    # The handover notice follows this reply: asking whether to connect would ask what is decided.
+    assert "Would you like" not in text_of(handing)
+    assert "Someone from our support team can look into your order NW-48213 directly." in text_of(handing)
+    assert any(isinstance(event, HandoffSignal) for event in handing)  # still a reply that could not answer
+
+
 def refunds_with_neighbours() -> SearchHit:
     """The refunds article's second chunk ranked; the answer to "how long" is in the chunk after it."""
     ranked = hit(

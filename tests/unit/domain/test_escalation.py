@@ -247,6 +247,11 @@ def test_repeated_failure_hands_over_after_the_configured_number_in_a_row() -> N
     assert patient.decide(plain, [R.INSUFFICIENT_EVIDENCE], history=history).action is A.OFFER_HUMAN
     answered_since = [*history, said(MessageRole.ASSISTANT), said(MessageRole.CUSTOMER)]
     assert POLICY.decide(plain, [R.INSUFFICIENT_EVIDENCE], history=answered_since).action is A.OFFER_HUMAN
+    # Asked before the reply is written, so that it says a person is coming rather than offering one.
+    assert POLICY.hands_over_if_unanswered(history)
+    assert not patient.hands_over_if_unanswered(history)
+    assert not POLICY.hands_over_if_unanswered(answered_since)
+    assert not POLICY.hands_over_if_unanswered([said(MessageRole.CUSTOMER)])
 
 
 def test_a_screening_that_hands_over_wins_over_what_the_assistant_says() -> None:

@@ -501,9 +501,14 @@ def _decline(
         missing = _missing_identifiers(request.question, scorer)
         verb = "they don't" if len(suggestions) > 1 else "it doesn't"
         blocks.append((f"; {verb} mention {missing}." if missing else ".", None, ""))
-    blocks.append((f" Would you like me to {_OFFER}?", None, ""))
-    if order:
-        blocks.append((f" They can look into your order {order} directly.", None, ""))
+    if request.hands_over_if_unanswered:
+        # A person is brought in now (the handover notice follows): an offer would ask what is already decided.
+        if order:
+            blocks.append((f" Someone from our support team can look into your order {order} directly.", None, ""))
+    else:
+        blocks.append((f" Would you like me to {_OFFER}?", None, ""))
+        if order:
+            blocks.append((f" They can look into your order {order} directly.", None, ""))
     detail = f"evidence score {score:.2f}" + (f"; closest: {suggestions[0][0].title}" if suggestions else "")
     return Draft(tuple(blocks), score, ReasonCode.INSUFFICIENT_EVIDENCE, detail)
 
