@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import NewType
 from uuid import UUID
 
-from support.application.handover import announce, message_event
+from support.application.handover import announce, message_event, status_event
 from support.application.keys import CustomerTokenSecret
 from support.application.limits import CheckTokenBudget
 from support.application.replies import LeaseReservation, ReplyRunner, ReplyStream
@@ -42,6 +42,7 @@ from support.domain.ids import new_id
 from support.domain.knowledge import content_type_for_filename
 from support.domain.limits import TokenBudgetExhaustedError
 from support.domain.memory import CustomerNotFoundError
+from support.domain.webhooks import WebhookEventType
 from support.ports.conversations import (
     AttachmentStore,
     ConversationPage,
@@ -289,15 +290,17 @@ class CloseConversation:
         clock: Clock,
         bus: EventBus,
         sessions: SessionStore,
+        outbox: WebhookOutbox,
     ) -> None:
         self._conversations = conversations
         self._uow = uow
         self._clock = clock
         self._bus = bus
         self._sessions = sessions
+        self._outbox = outbox
 
     async def execute(self, principal: Principal, conversation_id: UUID) -> Conversation:
-        """Close it (closing twice is harmless) and announce the change on the feed.
+        """Close it (closing twice is harmless), announce the change on the feed and to webhooks.
 
         Raises:
             ConversationNotFoundError: it does not exist or is not the caller's.
@@ -307,6 +310,9 @@ class CloseConversation:
             return conversation
         closed = conversation.apply(ConversationEvent.CLOSE, self._clock.now())
         await self._conversations.update(closed)
+        await self._outbox.enqueue(
+            status_event(WebhookEventType.CONVERSATION_CLOSED, closed, closed_by=principal.role.value)
+        )
         await self._uow.commit()
         await announce(self._bus, self._sessions, closed.id, [HandoffChanged(closed.status, None)])
         return closed
@@ -323,6 +329,7 @@ class SweepIdleConversations:
         bus: EventBus,
         sessions: SessionStore,
         limits: ConversationLimits,
+        outbox: WebhookOutbox,
     ) -> None:
         self._conversations = conversations
         self._uow = uow
@@ -330,9 +337,10 @@ class SweepIdleConversations:
         self._bus = bus
         self._sessions = sessions
         self._limits = limits
+        self._outbox = outbox
 
     async def execute(self, batch: int = 200) -> int:
-        """Close one batch; return how many were closed."""
+        """Close one batch; return how many were closed (each announced on its feed and to webhooks)."""
         now = self._clock.now()
         idle = await self._conversations.idle_conversations(
             inactive_since=now - timedelta(seconds=self._limits.idle_close_after_s), limit=batch
@@ -344,6 +352,8 @@ class SweepIdleConversations:
                 continue
             closed.append(conversation.apply(ConversationEvent.CLOSE, now))
             await self._conversations.update(closed[-1])
+            # An agent's systems hear of it too: a claimed conversation closes like any other.
+            await self._outbox.enqueue(status_event(WebhookEventType.CONVERSATION_CLOSED, closed[-1], closed_by="idle"))
         await self._uow.commit()
         for conversation in closed:
             await announce(self._bus, self._sessions, conversation.id, [HandoffChanged(conversation.status, None)])

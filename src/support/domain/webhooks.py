@@ -23,6 +23,8 @@ class WebhookEventType(StrEnum):
     HANDOFF_REQUESTED = "handoff.requested"
     HANDOFF_CLAIMED = "handoff.claimed"
     CONVERSATION_RESOLVED = "conversation.resolved"
+    # Closed by its customer, the company's backend, or the idle sweep (a conversation an agent had, included).
+    CONVERSATION_CLOSED = "conversation.closed"
     # Messages an agent should see: the customer's, an agent's, system notices (not every reply delta).
     MESSAGE_CREATED = "message.created"
 

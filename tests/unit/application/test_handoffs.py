@@ -8,7 +8,13 @@ from uuid import UUID
 import pytest
 
 from support.adapters.embedding.hashing import HashingEmbedder
-from support.application.conversations import TurnResult
+from support.application.conversations import (
+    CloseConversation,
+    StartConversation,
+    SweepIdleConversations,
+    TurnResult,
+)
+from support.application.keys import CustomerTokenSecret
 from support.application.replies import ReplySettings
 from support.domain.conversations import (
     AnswerStatus,
@@ -529,3 +535,32 @@ async def test_an_agents_retry_after_the_conversation_moved_on_returns_the_origi
         await world.agent_message.execute(AGENT_ANA, world.conversation.id, "Different text", idempotency_key="final-1")
     transcript = [message.content for message in await world.repository.recent_messages(world.conversation.id, 50)]
     assert transcript.count("Refund issued, all done.") == 1
+
+
+async def test_a_closed_conversation_is_told_to_webhooks_with_who_closed_it(world: World) -> None:
+    await turn(world, "talk to a person")
+    await world.claim.execute(AGENT_ANA, world.conversation.id)
+    sweep = SweepIdleConversations(
+        world.repository, world.uow, world.clock, world.bus, world.sessions, world.limits, world.outbox
+    )
+    world.clock.advance(timedelta(seconds=world.limits.idle_close_after_s + 1))
+
+    assert await sweep.execute() == 1  # Ana's conversation went quiet for a day
+
+    [idle] = world.outbox.of_type(W.CONVERSATION_CLOSED)
+    assert idle.conversation_id == world.conversation.id
+    assert (idle.data["status"], idle.data["closed_by"], idle.data["agent"]) == ("closed", "idle", "Ana")
+
+    started = await StartConversation(
+        world.repository, world.uow, world.clock, CustomerTokenSecret("s"), world.limits
+    ).execute(SERVICE, external_id="customer-2")
+    close = CloseConversation(world.repository, world.uow, world.clock, world.bus, world.sessions, world.outbox)
+    await close.execute(SERVICE, started.conversation.id)
+    await close.execute(SERVICE, started.conversation.id)  # closing again changes nothing and says nothing
+
+    assert [
+        (event.conversation_id, event.data["closed_by"]) for event in world.outbox.of_type(W.CONVERSATION_CLOSED)
+    ] == [
+        (world.conversation.id, "idle"),
+        (started.conversation.id, "service"),
+    ]
