@@ -588,8 +588,8 @@ async def _close_refused(socket: WebSocket[Any, Any, Any], code: str) -> None:
         await socket.close(code=WS_POLICY_VIOLATION, reason=code)
 
 
-class PingFrame(msgspec.Struct, frozen=True, tag_field="type", tag="ping", forbid_unknown_fields=True):
-    """Answered with a pong carrying the same ``data``."""
+class PingFrame(msgspec.Struct, frozen=True, tag_field="type", tag="ping"):
+    """Answered with a pong carrying the same ``data``; other fields are ignored (keepalives often stamp a time)."""
 
     data: Any = None
 
@@ -641,7 +641,11 @@ def decode_frame(data: str | bytes) -> ClientFrame:
     except msgspec.ValidationError as error:  # first: it is a kind of DecodeError
         try:
             kind = _FRAME_KIND.decode(data).type
-        except msgspec.ValidationError:
+        except msgspec.ValidationError:  # not an object
+            kind = None
+        except msgspec.DecodeError:  # not text after all: a lone surrogate past the field that failed first
+            raise _not_text() from None
+        if not isinstance(kind, str):
             kind = None
         if kind == "send":
             # As a send request's body would be (422 invalid_input).
@@ -650,10 +654,12 @@ def decode_frame(data: str | bytes) -> ClientFrame:
             raise FrameError("invalid_frame", f"A {kind} frame: {error}.") from None
         raise FrameError("invalid_frame", "Send frames of type send, typing or ping.") from None
     except msgspec.DecodeError:
-        # msgspec also says "truncated" of a lone surrogate escape (\ud800): not text, whatever it says.
-        raise FrameError(
-            "invalid_frame", "A frame is a JSON object in UTF-8 text, with no lone surrogates (\\ud800)."
-        ) from None
+        raise _not_text() from None
+
+
+def _not_text() -> FrameError:
+    # msgspec also says "truncated" of a lone surrogate escape (\ud800): not text, whatever it says.
+    return FrameError("invalid_frame", "A frame is a JSON object in UTF-8 text, with no lone surrogates (\\ud800).")
 
 
 async def _handle_frame(
