@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from uuid import UUID
 
 from support.application.handover import HandoffSettings, HandoffSummaries, hand_over
@@ -109,6 +110,21 @@ class ReplySettings:
 
 
 _END = object()
+
+
+async def _unless_erased(storing: Awaitable[object]) -> None:
+    """Store what a stopped turn wrote, shielded from the stop; a conversation erased meanwhile keeps nothing."""
+    with contextlib.suppress(ConversationNotFoundError):
+        await asyncio.shield(storing)
+
+
+class _NotForTheBot(Enum):
+    """Why a turn writes nothing for its message."""
+
+    ANSWERED = "answered"  # by an earlier turn: the requester gets that reply again
+    TOLD_A_PERSON = "told_a_person"  # a person has it: what it says is only remembered
+
+
 ERASED_DURING_TURN = "The conversation was deleted (or its customer erased) while it was being answered."
 
 
@@ -491,7 +507,8 @@ class ReplyRunner:
         prefetched: "asyncio.Task[list[float]] | None",
     ) -> None:
         settings = self._settings
-        async with self._open() as services:
+        async with contextlib.AsyncExitStack() as scope:
+            services = await scope.enter_async_context(self._open())
             conversation = await services.conversations.get(conversation_id)
             recent = await services.conversations.recent_messages(conversation_id, settings.recent_messages)
             if conversation is None:
@@ -499,7 +516,10 @@ class ReplyRunner:
             stream.final_status = conversation.status
             pending = unanswered(recent)
             pending_ids = {item.id for item in pending}
-            if await self._not_for_the_bot(services, conversation, message, pending_ids, publisher):
+            skip = await self._not_for_the_bot(services, conversation, message, pending_ids, publisher)
+            if skip is not None:
+                if skip is _NotForTheBot.TOLD_A_PERSON:
+                    await self._remember_after(scope, conversation, message)
                 return
             question = "\n\n".join(item.content for item in pending if item.content)
             earlier = [item for item in recent if item.id not in pending_ids]
@@ -539,7 +559,7 @@ class ReplyRunner:
                 self._first_delta(draft, started)
                 publisher.emit(ReplyDelta(UNAVAILABLE_REPLY))
         except asyncio.CancelledError:
-            await asyncio.shield(
+            await _unless_erased(
                 self._store(
                     conversation, pending, recent, draft, screening, publisher, stream, started, interrupted=True
                 )
@@ -550,6 +570,13 @@ class ReplyRunner:
         )
         await self._remember(conversation, pending, draft, recent, reply)
 
+    async def _remember_after(
+        self, scope: contextlib.AsyncExitStack, conversation: Conversation, message: Message
+    ) -> None:
+        """Remember what ``message`` says once ``scope`` is closed: no connection is held while facts are embedded."""
+        await scope.aclose()
+        await self._remember(conversation, [message], _Draft(), (), None)
+
     async def _not_for_the_bot(
         self,
         services: ConversationServices,
@@ -557,22 +584,21 @@ class ReplyRunner:
         message: Message,
         pending_ids: set[UUID],
         publisher: _Publisher,
-    ) -> bool:
-        """Whether the bot has nothing to write for ``message``; what the customer said is remembered all the same."""
+    ) -> "_NotForTheBot | None":
+        """Why the bot has nothing to write for ``message``; None when it answers it."""
         if message.id not in pending_ids:
             # Answered by a turn that ran while this one waited (or the original of a retried send). That turn
             # published the reply to the feed: only this requester needs it again.
             reply = await services.conversations.find_reply(conversation.id, message.id)
             if reply is not None:
                 publisher.tell_requester(ReplyDone(reply))
-                return True
+                return _NotForTheBot.ANSWERED
             # Covered by an ownership notice before its turn began: no turn answers it, and none would keep it.
         elif conversation.assistant_may_reply:
-            return False
+            return None
         # A person has it (or is being asked for): the message reached the agent side through the feed. What the
         # customer tells a person, a new email or the order number, is remembered as what they tell the bot.
-        await self._remember(conversation, [message], _Draft(), (), None)
-        return True
+        return _NotForTheBot.TOLD_A_PERSON
 
     async def _request(
         self,
@@ -831,7 +857,7 @@ class ReplyRunner:
         async with self._open() as services:
             current = await services.conversations.get(conversation.id, for_update=True)
             if current is None:
-                return None
+                raise ConversationNotFoundError(ERASED_DURING_TURN)
             if not current.assistant_may_reply or publisher.taken_over:
                 # A person took over while this reply was written: it is dropped, never posted over them (also
                 # when they gave the conversation back meanwhile: the customer never saw the rest of it).

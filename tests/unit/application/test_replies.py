@@ -160,3 +160,17 @@ async def test_a_conversation_erased_while_it_is_answered_ends_the_stream_with_a
     assert isinstance(events[-1].payload, StreamFailed)
     assert (events[-1].payload.status, events[-1].payload.code) == (404, "conversation_not_found")
     assert world.llm.requests == []
+
+
+async def test_a_conversation_erased_while_the_model_writes_ends_the_stream_with_an_error(world: World) -> None:
+    world.llm.gate = asyncio.Event()
+    turn = await world.send("Where is my order?")
+    await asyncio.sleep(0.05)  # the model waits at the gate
+    del world.repository.conversations[world.conversation.id]
+    world.llm.gate.set()
+
+    events = [event async for event in turn.events()]
+
+    assert isinstance(events[-1].payload, StreamFailed)
+    assert (events[-1].payload.status, events[-1].payload.code) == (404, "conversation_not_found")
+    assert not any(isinstance(event.payload, ReplyDone) for event in events)
