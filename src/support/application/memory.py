@@ -80,6 +80,9 @@ class _FactWriter:
             expires_at = self._policy.expiry.expires_at(candidate.kind, stated_at)
             if change is FactChange.IGNORE:
                 continue
+            if change is not FactChange.REPEAT and current is not None and stated_at < current.created_at:
+                # Said before what is known now (a retried message read late): it never replaces the newer value.
+                continue
             if change is FactChange.REPEAT and current is not None:
                 # Said again: it stays the same fact (same provenance), valid for longer.
                 kept.append(

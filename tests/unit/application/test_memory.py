@@ -74,6 +74,18 @@ async def test_a_newer_value_supersedes_and_only_it_is_recalled() -> None:
     assert [(fact.value, fact.superseded_by is not None) for fact in listed] == [("NW-1117", False), ("NW-1111", True)]
 
 
+async def test_an_older_statement_read_late_never_replaces_a_newer_value() -> None:
+    world = World()
+    older = world.message("My order number is NW-1111.")  # said first...
+    world.clock.advance(timedelta(minutes=1))
+    await world.say("Sorry, the order number is actually NW-1117.")
+
+    await world.remember().execute(world.customer, older)  # ...read again later (a retried send)
+
+    recalled = await world.recall().execute(world.customer, "Where is my order?")
+    assert [fact.value for fact in recalled] == ["NW-1117"]
+
+
 async def test_saying_the_same_again_renews_the_fact_instead_of_adding_one() -> None:
     world = World()
     await world.say("Call me on +31 6 1234 5678 please.")
