@@ -114,6 +114,12 @@ async def test_socket_frames_and_resume_points_of_the_wrong_type_are_refused(
         )
         assert refused.status_code == 422
         assert refused.json()["detail"] == "Last-Event-ID is the id of an event (a whole number)."
+    # The query is read the same way: Litestar's int would have taken 1e3 as 1000 and refused 007.
+    for bad in ("1e3", "-1", "3.0"):
+        refused = await http.get(
+            f"/v1/conversations/{conversation['id']}/events?last_event_id={bad}", headers=service_headers
+        )
+        assert refused.status_code in {400, 422}, refused.text
     async with websockets.connect(f"{ws_url}?access_token={token}&last_event_id=0") as socket:
         await socket.send(json.dumps({"type": "typing", "active": "false"}))
         assert (await next_frame(socket))["data"]["code"] == "invalid_frame"

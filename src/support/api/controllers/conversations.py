@@ -419,15 +419,22 @@ class ConversationsController(Controller):
         state: FromDishka[CachedConversationState],
         bus: FromDishka[EventBus],
         settings: FromDishka[Settings],
-        # Litestar leaves the bound out of an optional parameter's schema; it is stated here (absent: live only).
+        # Read by resume_after, as the header and the socket's query are (Litestar's int would take "1e3" and
+        # refuse "007"); stated as digits here (absent: live only).
         last_event_id: Annotated[
-            int | None,
-            QueryParameter(ge=0, schema_extra={"one_of": None, "type": OpenAPIType.INTEGER, "minimum": 0}),
+            str | None,
+            QueryParameter(
+                schema_extra={"one_of": None, "type": OpenAPIType.STRING, "pattern": "^[0-9]+$"},
+                description="Resume after this event id (as `Last-Event-ID`, which wins when both are sent).",
+            ),
         ] = None,
     ) -> ServerSentEvent:
         await state.execute(await authenticate(request), conversation_id)
         header = request.headers.get("last-event-id")
-        after = last_event_id if header is None else resume_after(header, "Last-Event-ID")
+        if header is not None:
+            after: int | None = resume_after(header, "Last-Event-ID")
+        else:
+            after = None if last_event_id is None else resume_after(last_event_id, "last_event_id")
         events = until_refused(
             bus.subscribe(conversation_id, after=after),
             access_check(request, conversation_id),
