@@ -635,12 +635,13 @@ class ReplyRunner:
         memories: Sequence[RecalledFact] = ()
         current: Conversation | None
         owned_since: int | None
+        name: str | None
         if query:
             search_query = settings.search_query(query)
             if vector is None:
                 # Without a vector (no query embeddings wired) the search embeds the question: look after it.
                 passages = await services.search.execute(search_query)
-                memories, current, owned_since = await self._recall_and_look(conversation, query, None)
+                memories, current, owned_since, name = await self._recall_and_look(conversation, query, None)
             else:
                 # Recall and the last look run beside the search, on a connection of their own: the search keeps
                 # PostgreSQL busy for a millisecond or two that the turn would otherwise wait out twice more. Their
@@ -648,7 +649,7 @@ class ReplyRunner:
                 beside = asyncio.create_task(self._recall_and_look(conversation, query, vector))
                 try:
                     passages = await services.search.execute(search_query, embedding=await vector)
-                    memories, current, owned_since = await beside
+                    memories, current, owned_since, name = await beside
                 except BaseException:
                     beside.cancel()
                     await asyncio.gather(beside, return_exceptions=True)
@@ -656,6 +657,7 @@ class ReplyRunner:
         else:
             owned_since = await self._feed_head(conversation.id)
             current = await services.conversations.get(conversation.id)
+            name = await self._customer_name(services, conversation)
         if current is None:
             raise ConversationNotFoundError(ERASED_DURING_TURN)
         if not current.assistant_may_reply:
@@ -677,13 +679,16 @@ class ReplyRunner:
             images=images,
             memories=memories,
             summary=summary,
+            customer_name=name,
         )
         return request, owned_since
 
     async def _recall_and_look(
         self, conversation: Conversation, query: str, vector: Awaitable[Sequence[float]] | None
-    ) -> tuple[Sequence[RecalledFact], Conversation | None, int | None]:
+    ) -> tuple[Sequence[RecalledFact], Conversation | None, int | None, str | None]:
         """Facts for the question, then the last look at who owns the conversation before the model writes.
+
+        Also the customer's name, read while the vector is still being computed, so the reply can greet them.
 
         The turn's first look is ~10 ms old by now (embedding, search), and a request for a person in between
         must not get a bot answer streamed over it. The scope is opened while the question's vector is still
@@ -692,10 +697,17 @@ class ReplyRunner:
         """
         head = started_early(self._feed_head(conversation.id))
         async with self._open() as services:
+            name = await self._customer_name(services, conversation)
             embedding = await vector if vector is not None else None
             memories = await services.recall.execute(conversation.customer_id, query, embedding=embedding)
             owned_since = await head
-            return memories, await services.conversations.get(conversation.id), owned_since
+            return memories, await services.conversations.get(conversation.id), owned_since, name
+
+    @staticmethod
+    async def _customer_name(services: ConversationServices, conversation: Conversation) -> str | None:
+        """The name the company's backend gave for the customer (None when it gave none)."""
+        customer = await services.conversations.get_customer(conversation.customer_id)
+        return customer.name if customer is not None else None
 
     async def _feed_head(self, conversation_id: UUID) -> int | None:
         """The feed's newest id, None when the bus is down (the reply then relies on polling the owner)."""

@@ -64,3 +64,13 @@ async def test_what_the_customer_tells_a_person_is_remembered_for_the_bot(world:
     recalled = {fact.key: fact.value for fact in world.llm.requests[-1].memories}
     assert recalled.get("order_number") == "48290"  # the correction told to Ana supersedes the earlier number
     assert "Ada" in recalled.get("name", "")
+
+
+async def test_the_model_is_given_the_name_the_backend_gave_for_the_customer(world: World) -> None:
+    start = StartConversation(world.repository, world.uow, world.clock, CustomerTokenSecret("s"), world.limits)
+    named = await start.execute(SERVICE, external_id="ada-1", name="Ada Lovelace")
+
+    await (await world.send_message.execute(SERVICE, named.conversation.id, "Where is my order?")).result()
+    await (await world.send("Where is my order?")).result()  # customer-1 was started without a name
+
+    assert [request.customer_name for request in world.llm.requests] == ["Ada Lovelace", None]
