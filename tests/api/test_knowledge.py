@@ -213,6 +213,33 @@ async def test_upload_accepts_supported_files_and_rejects_others(
     listed = (await client.get("/v1/knowledge/documents", headers=admin_headers)).json()["items"]
     assert [item["external_id"] for item in listed] == ["reset-password.md"]
 
+
+async def test_a_file_without_a_title_of_its_own_is_titled_by_its_name(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    # Plain text has no heading to take a title from (a PDF may have none in its metadata either).
+    plain = await client.post(
+        "/v1/knowledge/uploads",
+        files={"file": ("store-hours.txt", b"We are open 9 to 5 on weekdays.", "text/plain")},
+        headers=admin_headers,
+    )
+    assert plain.status_code == 201, plain.text
+    assert plain.json()["document"]["title"] == "store-hours"
+    # A title in the content, or one given, still wins over the file's name.
+    headed = await client.post(
+        "/v1/knowledge/uploads",
+        files={"file": ("reset.md", PASSWORD_ARTICLE.encode(), "text/markdown")},
+        headers=admin_headers,
+    )
+    given = await client.post(
+        "/v1/knowledge/uploads",
+        files={"file": ("hours.txt", b"Open on Saturdays too.", "text/plain")},
+        data={"title": "Weekend hours"},
+        headers=admin_headers,
+    )
+    assert headed.json()["document"]["title"] != "reset"
+    assert given.json()["document"]["title"] == "Weekend hours"
+
     corrupt = await client.post(
         "/v1/knowledge/uploads",
         files={"file": ("broken.pdf", b"%PDF-1.4 this is not really a pdf", "application/pdf")},

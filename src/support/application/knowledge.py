@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field, replace
+from pathlib import PurePath
 from typing import Any
 from uuid import UUID
 
@@ -84,6 +85,8 @@ class IngestRequest:
     tags: Sequence[str] = ()
     audience: Audience = Audience.PUBLIC
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # The title when none is given and the content has none (a file's name: a .txt file, a PDF without one).
+    fallback_title: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,8 @@ def check_request(request: IngestRequest, limits: KnowledgeLimits) -> None:
         raise InvalidInputError("The content is empty.")
     if request.title:
         _checked_title(request.title)
+    elif request.fallback_title:
+        _checked_title(request.fallback_title)
     elif request.content_type.split(";")[0].strip().lower() == PLAIN_TEXT:
         # Known now, without extracting: extraction would find no title and refuse the document (a bulk job's
         # line would pass the check before queueing and fail inside the job).
@@ -136,6 +141,12 @@ def check_request(request: IngestRequest, limits: KnowledgeLimits) -> None:
             raise InvalidInputError(f"metadata: keys have 1 to {MAX_METADATA_KEY_LENGTH} characters")
         if len(value) > MAX_METADATA_VALUE_LENGTH:
             raise InvalidInputError(f"metadata[{_shown(key)}]: at most {MAX_METADATA_VALUE_LENGTH} characters")
+
+
+def file_title(filename: str) -> str | None:
+    """The title a file's name gives: the name without its folder and extension (``store-hours.txt``: store-hours)."""
+    stem = PurePath(filename.replace("\\", "/")).stem.strip()
+    return stem[:MAX_TITLE_LENGTH] or None
 
 
 def _checked_title(title: str) -> str:
@@ -218,7 +229,7 @@ class IngestDocument:
         extracted = self._extractor.extract(request.content, request.content_type)
         if extracted.is_empty:
             raise InvalidInputError("The content has no text.")
-        title = _checked_title(request.title or extracted.title or "")
+        title = _checked_title(request.title or extracted.title or request.fallback_title or "")
         external_id = (request.external_id or "").strip() or str(new_id())
         text = full_text(extracted)
         content_type = request.content_type.split(";")[0].strip().lower()

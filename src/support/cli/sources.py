@@ -1,10 +1,11 @@
 """Knowledge sources on disk: files, folders, Markdown with front matter, and JSONL exports."""
 
 from collections.abc import Iterator
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
-from support.application.knowledge import IngestRequest, parse_jsonl
+from support.application.knowledge import IngestRequest, file_title, parse_jsonl
 from support.domain.errors import InvalidInputError
 from support.domain.knowledge import content_type_for_filename
 
@@ -66,9 +67,10 @@ def _file(path: Path, *, external_id: str) -> IngestRequest:
     if content_type is None:
         raise SourceError(f"{path}: unsupported file type (use .txt, .md, .html, .pdf or .jsonl)")
     data = path.read_bytes()
+    fallback = file_title(path.name)
     if content_type == "text/markdown":
-        return markdown_request(data, external_id=external_id)
-    return IngestRequest(content=data, content_type=content_type, external_id=external_id)
+        return replace(markdown_request(data, external_id=external_id), fallback_title=fallback)
+    return IngestRequest(content=data, content_type=content_type, external_id=external_id, fallback_title=fallback)
 
 
 def markdown_request(data: bytes, *, external_id: str) -> IngestRequest:

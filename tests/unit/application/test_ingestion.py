@@ -3,7 +3,7 @@
 import json
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import pytest
@@ -305,3 +305,16 @@ def test_the_cli_counts_a_jsonl_files_documents_as_the_reader_reads_them(tmp_pat
 
     assert count_sources([export]) == len(parse_jsonl_lines(export.read_bytes())) == 2
     assert [request.external_id for request in iter_sources([export])] == ["ok", "b"]
+
+
+async def test_the_cli_titles_a_file_without_one_by_its_name(tmp_path: Path) -> None:
+    (tmp_path / "store-hours.txt").write_text("We are open 9 to 5 on weekdays.")
+    (tmp_path / "returns.md").write_text("# Returns policy\n\nReturn unused items within 30 days.")
+    ingest = ingestion(InMemoryKnowledgeBase(), HashingEmbedder())
+
+    titles = {}
+    for request in iter_sources([tmp_path]):
+        result = await ingest.execute(request)
+        titles[PurePath(result.document.external_id).name] = result.document.title
+
+    assert titles == {"store-hours.txt": "store-hours", "returns.md": "Returns policy"}

@@ -30,6 +30,7 @@ from support.application.knowledge import (
     ListDocuments,
     SearchKnowledge,
     StartBulkIngestion,
+    file_title,
 )
 from support.domain.errors import InvalidInputError
 from support.domain.injection import InjectionReason
@@ -404,6 +405,7 @@ class KnowledgeController(Controller):
                 content_type=content_type,
                 external_id=data.external_id or data.file.filename,
                 title=data.title,
+                fallback_title=file_title(data.file.filename or ""),
                 url=data.url,
                 tags=tags,
                 audience=data.audience,
