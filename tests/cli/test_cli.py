@@ -93,6 +93,22 @@ async def test_created_key_authenticates_against_the_app_with_its_role(
     assert_problem(garbage, 401, "unauthenticated")
 
 
+def test_a_key_the_service_refuses_is_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    monkeypatch.setenv("SUPPORT_DATABASE_URL", database_url)
+
+    too_long = _invoke("keys", "create", "--role", "agent", "--name", "x" * 500)
+    customer = _invoke("keys", "create", "--role", "customer", "--name", "c")
+
+    assert too_long.exit_code == 1
+    assert "Traceback" not in too_long.output
+    assert "name" in too_long.stderr
+    assert too_long.stdout == ""  # nothing a script would take for a secret
+    assert customer.exit_code == 2  # not a role a key may have: refused by the option itself
+    assert "Traceback" not in customer.output
+
+
 async def test_keys_list_shows_created_keys_without_their_secrets(
     monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:

@@ -3,6 +3,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -17,6 +18,7 @@ from support.cli.escalation import eval_escalation
 from support.cli.knowledge import eval_app, kb_app
 from support.cli.memory import eval_memory
 from support.config import Settings, SettingsError, load_settings
+from support.domain.errors import InvalidInputError
 from support.domain.identity import ApiKey, Role
 from support.observability import configure_logging
 
@@ -178,15 +180,23 @@ def _with_database(action: Callable[[str], None]) -> None:
         action(ready.require_database_url())
 
 
+class KeyRole(StrEnum):
+    """The roles an API key may have (customers get tokens, not keys)."""
+
+    ADMIN = Role.ADMIN.value
+    AGENT = Role.AGENT.value
+    SERVICE = Role.SERVICE.value
+
+
 @keys_app.command("create")
 def keys_create(
-    role: Annotated[Role, typer.Option(help="What the key may do.")],
+    role: Annotated[KeyRole, typer.Option(help="What the key may do.")],
     name: Annotated[str, typer.Option(help="Who or what the key is for.")],
 ) -> None:
     """Create an API key and print its secret (shown once; only a hash is stored)."""
     from support.application.keys import CreateApiKey
 
-    issued = _run_use_case(CreateApiKey, lambda use_case: use_case.execute(name, role))
+    issued = _run_use_case(CreateApiKey, lambda use_case: use_case.execute(name, Role(role.value)))
     console.print(f"Created {issued.key.role} key [bold]{issued.key.name}[/bold] ({issued.key.id}).")
     console.print("The secret is shown only this once:", style="yellow")
     typer.echo(issued.secret)
@@ -228,7 +238,12 @@ def _run_use_case(use_case_type: type[T], call: Callable[[T], Awaitable[R]]) -> 
         async with container() as request:
             return await call(await request.get(use_case_type))
 
-    return with_container(run, valkey=False)
+    try:
+        return with_container(run, valkey=False)
+    except InvalidInputError as error:
+        # What the use case refused (a name too long, say): one line, as the API's 422 would say it.
+        console.print(f"[red]{error.message}[/red]")
+        raise typer.Exit(1) from None
 
 
 def with_container(
