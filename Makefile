@@ -12,7 +12,7 @@ SDK := $(TOOLS)/sdk
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: help install sdk-tools run test lint fmt pytest test-fast bench eval clean
+.PHONY: help install sdk-tools run test lint fmt pytest test-fast clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)

@@ -85,7 +85,7 @@ class KnowledgeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     chunk_tokens: PositiveInt = 200
     chunk_overlap_tokens: Annotated[int, msgspec.Meta(ge=0)] = 30
     query_cache_ttl_s: PositiveInt = 24 * 3600
-    # Load the sample help center at start when the knowledge base is empty (`make run`).
+    # Load the sample help center at start (`make run`); articles already stored unchanged are skipped.
     load_sample_data: bool = False
     # Chunks flagged as instruction-like at ingestion: "flag" records them (they still reach the assistant, as
     # data); "quarantine" also leaves them out of the assistant's searches (docs/security.md).

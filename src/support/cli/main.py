@@ -64,9 +64,9 @@ def _settings(**overrides: object) -> Settings:
 @app.command()
 def serve(
     host: Annotated[
-        str | None, typer.Option(help="Interface to listen on [default: SUPPORT_HOST or 127.0.0.1].")
+        str | None, typer.Option(help="Interface to listen on (default: SUPPORT_HOST, else 127.0.0.1).")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port [default: SUPPORT_PORT or 8000].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: SUPPORT_PORT, else 8000).")] = None,
     migrate: Annotated[bool, typer.Option(help="Apply database migrations before serving.")] = True,
     sample_data: Annotated[
         bool, typer.Option(help="Load the sample help center (Northwind Supply) before serving; unchanged is skipped.")
