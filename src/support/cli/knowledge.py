@@ -53,7 +53,8 @@ async def ingest_with_progress(
 
 def print_report(report: BulkIngestReport) -> None:
     console.print(
-        f"{report.total} document{'' if report.total == 1 else 's'}: {report.created} created, {report.updated} updated, "
+        f"{report.total} document{'' if report.total == 1 else 's'}: {report.created} created, "
+        f"{report.updated} updated, "
         f"{report.unchanged} unchanged, {report.failed} failed; {report.chunks} chunks embedded."
     )
     for position, external_id, message in report.errors[:20]:
