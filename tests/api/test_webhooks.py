@@ -420,6 +420,41 @@ async def test_a_receiver_that_holds_its_request_does_not_hold_up_other_endpoint
         slow.release()
 
 
+async def test_a_dead_receivers_backlog_does_not_fill_the_rounds(
+    settings: Settings, embedder: OnnxMiniLMEmbedder, llm: ScriptedLLM, admin_headers: dict[str, str]
+) -> None:
+    """Found by review: with rounds overlapping, each new round took another share of the backlog and waited on it.
+
+    More held deliveries than rounds times per endpoint: only one share goes out at a time, so rounds stay free for
+    other endpoints.
+    """
+    patient = WebhookSettings(timeout_s=120, poll_interval_s=0.05, max_attempts=1, per_endpoint=5, rounds=3)
+    app = create_app(
+        msgspec.structs.replace(settings, webhooks=patient), shared_embedder_provider(embedder), llm_provider(llm)
+    )
+    async with (
+        WebhookReceiver(default=HOLD) as dead,
+        WebhookReceiver() as healthy,
+        serve(app) as base_url,
+        httpx.AsyncClient(base_url=base_url) as http,
+    ):
+        for receiver, types in ((dead, ["handoff.requested"]), (healthy, ["message.created"])):
+            created = await http.post(
+                "/v1/webhooks", json={"url": receiver.url, "events": types}, headers=admin_headers
+            )
+            assert created.status_code == 201, created.text
+        await emit(app, *(event(WebhookEventType.HANDOFF_REQUESTED) for _ in range(4 * 5 * 3)))
+        await dead.wait_until(lambda: len(dead.requests) >= 5)
+
+        message = event(WebhookEventType.MESSAGE_CREATED, message={"role": "customer", "content": "Hello?"})
+        await emit(app, message)
+        await healthy.wait_until(lambda: len(healthy.requests) == 1)
+
+        assert healthy.event_ids() == {str(message.id): 1}
+        assert len(dead.requests) == 5  # one share in flight, however long it waits
+        dead.release()
+
+
 async def test_redelivering_what_does_not_exist_is_a_404(
     http: httpx.AsyncClient, chat_app: Litestar, admin_headers: dict[str, str]
 ) -> None:

@@ -606,3 +606,17 @@ async def test_a_claim_takes_at_most_so_many_deliveries_of_one_endpoint(backend:
         backlog[4].id,
     }
     assert len(await claim(backend, limit=10)) == 4  # the rest of the backlog, in the next claim
+
+
+async def test_a_claim_leaves_out_the_endpoints_it_is_told_are_busy(backend: Backend) -> None:
+    busy = await add_webhook(backend, REQUESTED)
+    free = await add_webhook(backend, MESSAGE)
+    await enqueue(backend, event(REQUESTED), event(MESSAGE))
+
+    claimed = await backend.queue.claim_due(
+        now=NOW, limit=10, per_endpoint=10, lease_until=NOW + LEASE, busy=frozenset({busy.id})
+    )
+    await backend.uow.commit()
+
+    assert [due.delivery.webhook_id for due in claimed] == [free.id]
+    assert [webhook for _, webhook in await claim(backend)] == [busy.id]  # not busy any more: it is claimed

@@ -1,9 +1,11 @@
 """Use cases for webhooks: endpoints, their delivery history and redeliveries (admin), and the worker's steps."""
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from uuid import UUID
@@ -58,6 +60,43 @@ class WebhookDeliveryPolicy:
     per_endpoint: int
     # Longer than a send may take (the sender's timeout): a claim held past it is taken to be a dead worker's.
     lease_s: float
+
+
+class DeliveriesInFlight:
+    """The deliveries this process is sending, per endpoint; one instance per process, shared by its rounds.
+
+    A round lasts as long as its slowest send, and rounds overlap: without this, each new round would claim another
+    share of a dead receiver's backlog until every round in flight waited on it.
+    """
+
+    def __init__(self) -> None:
+        self._sending: Counter[UUID] = Counter()
+
+    def busy(self, per_endpoint: int) -> frozenset[UUID]:
+        """Endpoints with ``per_endpoint`` or more deliveries in flight: the next claim leaves them out."""
+        return frozenset(webhook for webhook, count in self._sending.items() if count >= per_endpoint)
+
+    @contextlib.contextmanager
+    def sending(self, webhook_ids: Sequence[UUID]) -> Iterator[Callable[[UUID], None]]:
+        """Count ``webhook_ids`` (one per claimed delivery) in flight; call the yielded function as each ends."""
+        self._sending.update(webhook_ids)
+        left = Counter(webhook_ids)
+
+        def done(webhook_id: UUID) -> None:
+            if left[webhook_id] > 0:
+                left[webhook_id] -= 1
+                self._release(webhook_id, 1)
+
+        try:
+            yield done
+        finally:
+            for webhook_id, count in left.items():
+                self._release(webhook_id, count)
+
+    def _release(self, webhook_id: UUID, count: int) -> None:
+        self._sending[webhook_id] -= count
+        if self._sending[webhook_id] <= 0:
+            del self._sending[webhook_id]
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,36 +307,42 @@ class DeliverWebhooks:
         uow: UnitOfWork,
         clock: Clock,
         policy: WebhookDeliveryPolicy,
+        in_flight: DeliveriesInFlight,
     ) -> None:
         self._queue = queue
         self._sender = sender
         self._uow = uow
         self._clock = clock
         self._policy = policy
+        self._in_flight = in_flight
 
     async def execute(self) -> int:
         """Deliver one batch; return how many deliveries were attempted."""
         now = self._clock.now()
+        per_endpoint = self._policy.per_endpoint
         claimed = await self._queue.claim_due(
             now=now,
             limit=self._policy.batch_size,
-            per_endpoint=self._policy.per_endpoint,
+            per_endpoint=per_endpoint,
             lease_until=now + timedelta(seconds=self._policy.lease_s),
+            busy=self._in_flight.busy(per_endpoint),
         )
         if not claimed:
             return 0
-        await self._uow.commit()
-        attempts = [asyncio.create_task(self._attempt(due)) for due in claimed]
-        try:
-            # One session serves the round, so outcomes are saved one after the other, in the order they arrive.
-            for finished in asyncio.as_completed(attempts):
-                delivery, result = await finished
-                await self._queue.save(self._outcome(delivery, result))
-                await self._uow.commit()
-        finally:
-            for attempt in attempts:
-                attempt.cancel()
-            await asyncio.gather(*attempts, return_exceptions=True)
+        with self._in_flight.sending([due.delivery.webhook_id for due in claimed]) as done:
+            await self._uow.commit()
+            attempts = [asyncio.create_task(self._attempt(due)) for due in claimed]
+            try:
+                # One session serves the round, so outcomes are saved one after the other, as they arrive.
+                for finished in asyncio.as_completed(attempts):
+                    delivery, result = await finished
+                    done(delivery.webhook_id)
+                    await self._queue.save(self._outcome(delivery, result))
+                    await self._uow.commit()
+            finally:
+                for attempt in attempts:
+                    attempt.cancel()
+                await asyncio.gather(*attempts, return_exceptions=True)
         return len(claimed)
 
     async def _attempt(self, due: DueDelivery) -> tuple[WebhookDelivery, SendResult]:

@@ -121,6 +121,7 @@ from support.application.services import ConversationServices, ServicesOpener
 from support.application.webhooks import (
     CreateWebhook,
     DeleteWebhook,
+    DeliveriesInFlight,
     DeliverWebhooks,
     GetWebhook,
     ListWebhookDeliveries,
@@ -508,6 +509,9 @@ class InfrastructureProvider(Provider):
         yield sender
         await sender.aclose()
 
+    # One per process: the delivery rounds share what is in flight (DeliverWebhooks).
+    deliveries_in_flight = provide(DeliveriesInFlight)
+
     @provide
     def webhook_target_policy(self, settings: Settings) -> WebhookTargetPolicy:
         return WebhookTargetPolicy(allow_private=settings.private_webhook_targets_allowed)
@@ -712,35 +716,45 @@ async def _deliver_webhooks(container: AsyncContainer, settings: WebhookSettings
 
     A round lasts as long as its slowest receiver (up to the send timeout), so rounds overlap: while one waits
     for a slow endpoint the next starts on time, up to ``settings.rounds`` at once, and other endpoints' events
-    are not held up. Between rounds, every few minutes, old finished deliveries are deleted (when retention is on).
+    are not held up (what an endpoint has in flight is capped across rounds: DeliveriesInFlight). A round that
+    fails pauses the worker, whenever it ends. Between rounds, every few minutes, old finished deliveries are
+    deleted (when retention is on).
     """
     loop = asyncio.get_running_loop()
     next_sweep = loop.time()
+    paused_until = loop.time()
     running: set[asyncio.Task[int | None]] = set()
+
+    def ended(task: "asyncio.Task[int | None]") -> None:
+        nonlocal paused_until
+        running.discard(task)
+        if not task.cancelled() and task.result() is None:
+            # Claims of a failed round stay leased and are retried; don't spin on a database that is down.
+            paused_until = max(paused_until, loop.time() + _FAILED_ROUND_PAUSE_S)
+
     try:
         while True:
             if len(running) >= settings.rounds:
                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 continue
+            if loop.time() < paused_until:
+                await asyncio.sleep(paused_until - loop.time())
+                continue
             current = asyncio.create_task(_delivery_round(container))
             running.add(current)
-            current.add_done_callback(running.discard)
+            current.add_done_callback(ended)
             done, _ = await asyncio.wait({current}, timeout=settings.poll_interval_s)
-            if current in done:
-                attempted = current.result()
-                if attempted is None:
-                    # Claims of a failed round stay leased and are retried; don't spin on a database that is down.
-                    await asyncio.sleep(_FAILED_ROUND_PAUSE_S)
-                elif attempted < settings.batch_size:
-                    await asyncio.sleep(settings.poll_interval_s)
+            if current in done and (current.result() or 0) < settings.batch_size:
+                await asyncio.sleep(settings.poll_interval_s)
             if settings.retention_days and loop.time() >= next_sweep:
                 more = await _purge_webhook_deliveries(container)
                 next_sweep = loop.time() + (0 if more else _RETENTION_SWEEP_INTERVAL_S)
     finally:
         # Sends cut short here are sent again when their claims' leases run out (at least once).
-        for task in running:
+        rounds = list(running)
+        for task in rounds:
             task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        await asyncio.gather(*rounds, return_exceptions=True)
 
 
 async def _delivery_round(container: AsyncContainer) -> int | None:

@@ -1,6 +1,6 @@
 """Ports for webhooks: the outbox use cases write events to, endpoints, the delivery queue, the HTTP sender."""
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -108,12 +108,19 @@ class WebhookDeliveryQueue(Protocol):
     """
 
     async def claim_due(
-        self, *, now: datetime, limit: int, per_endpoint: int, lease_until: datetime
+        self,
+        *,
+        now: datetime,
+        limit: int,
+        per_endpoint: int,
+        lease_until: datetime,
+        busy: Collection[UUID] = (),
     ) -> list[DueDelivery]:
         """Claim up to ``limit`` pending deliveries to active endpoints that are due at ``now``, earliest first.
 
-        At most ``per_endpoint`` of them go to one endpoint, so the backlog of a slow or dead receiver cannot fill
-        the claim while other endpoints' deliveries wait.
+        At most ``per_endpoint`` of them go to one endpoint, and none to the endpoints in ``busy`` (those with
+        their share in flight already), so the backlog of a slow or dead receiver cannot fill the claim while
+        other endpoints' deliveries wait.
 
         Each claimed delivery counts an attempt (``attempts + 1``, ``last_attempt_at = now``) and is leased until
         ``lease_until`` (its ``next_attempt_at``): no other claim returns it before then, and if the worker dies

@@ -15,6 +15,7 @@ from support.adapters.memory.webhooks import (
 from support.application.webhooks import (
     CreateWebhook,
     DeleteWebhook,
+    DeliveriesInFlight,
     DeliverWebhooks,
     GetWebhook,
     ListWebhookDeliveries,
@@ -56,10 +57,16 @@ class World:
         self.uow = InMemoryUnitOfWork()
         self.clock = FixedClock()
         self.sender = ScriptedSender()
+        self.in_flight = DeliveriesInFlight()
 
     def deliver(self, sender: WebhookSender | None = None) -> DeliverWebhooks:
         return DeliverWebhooks(
-            InMemoryWebhookDeliveryQueue(self.store), sender or self.sender, self.uow, self.clock, POLICY
+            InMemoryWebhookDeliveryQueue(self.store),
+            sender or self.sender,
+            self.uow,
+            self.clock,
+            POLICY,
+            self.in_flight,
         )
 
     async def create(self, *types: WebhookEventType, url: str = URL) -> tuple[UUID, str]:
@@ -369,3 +376,49 @@ async def test_without_retention_nothing_is_deleted(world: World) -> None:
     world.clock.advance(timedelta(days=10_000))
     assert await world.purge(retention=None).execute() == 0
     assert len(await world.deliveries(webhook_id)) == 1
+
+
+class _HeldSender:
+    """A receiver that answers only when released: its deliveries stay in flight meanwhile."""
+
+    def __init__(self, expected: int) -> None:
+        self.release = asyncio.Event()
+        self.all_sent = asyncio.Event()
+        self._expected = expected
+        self.sent = 0
+
+    async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> SendResult:  # noqa: ARG002
+        self.sent += 1
+        if self.sent >= self._expected:
+            self.all_sent.set()
+        await self.release.wait()
+        return SendResult(200)
+
+
+async def test_rounds_leave_out_an_endpoint_with_its_share_in_flight() -> None:
+    # A dead receiver's backlog: every new round would claim another share of it and wait the timeout out.
+    world = World()
+    await world.create(WebhookEventType.HANDOFF_REQUESTED)
+    for _ in range(3 * POLICY.per_endpoint):
+        await world.emit(WebhookEventType.HANDOFF_REQUESTED)
+    held = _HeldSender(expected=POLICY.per_endpoint)
+    first = asyncio.create_task(world.deliver(held).execute())
+    await asyncio.wait_for(held.all_sent.wait(), 5)
+
+    # Its share is in flight: nothing more of it this round (a round that took more would wait on them too).
+    assert await asyncio.wait_for(world.deliver(held).execute(), 5) == 0
+
+    held.release.set()
+    assert await first == POLICY.per_endpoint
+    assert await world.deliver().execute() == POLICY.per_endpoint  # free again: the next share goes
+
+
+def test_what_is_in_flight_is_counted_until_each_delivery_ends() -> None:
+    in_flight = DeliveriesInFlight()
+    endpoint, other = new_id(), new_id()
+    with in_flight.sending([endpoint, endpoint, other]) as done:
+        assert in_flight.busy(2) == {endpoint}
+        done(endpoint)
+        assert in_flight.busy(2) == frozenset()
+        assert in_flight.busy(1) == {endpoint, other}
+    assert in_flight.busy(1) == frozenset()  # whatever a round left unfinished is released with it

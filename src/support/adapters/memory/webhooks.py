@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import datetime
 from uuid import UUID
@@ -107,7 +108,13 @@ class InMemoryWebhookDeliveryQueue:
         self._store = store
 
     async def claim_due(
-        self, *, now: datetime, limit: int, per_endpoint: int, lease_until: datetime
+        self,
+        *,
+        now: datetime,
+        limit: int,
+        per_endpoint: int,
+        lease_until: datetime,
+        busy: Collection[UUID] = (),
     ) -> list[DueDelivery]:
         store = self._store
         candidates = sorted(
@@ -117,6 +124,7 @@ class InMemoryWebhookDeliveryQueue:
                 if item.status is DeliveryStatus.PENDING
                 and item.next_attempt_at <= now
                 and store.webhooks[item.webhook_id].active
+                and item.webhook_id not in busy
             ),
             key=lambda item: (item.next_attempt_at, item.id),
         )

@@ -1,5 +1,6 @@
 """Webhook endpoints, the outbox and the delivery queue in PostgreSQL."""
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -212,12 +213,19 @@ class PostgresWebhookDeliveryQueue:
         self._session = session
 
     async def claim_due(
-        self, *, now: datetime, limit: int, per_endpoint: int, lease_until: datetime
+        self,
+        *,
+        now: datetime,
+        limit: int,
+        per_endpoint: int,
+        lease_until: datetime,
+        busy: Collection[UUID] = (),
     ) -> list[DueDelivery]:
         delivery, event, webhook = WebhookDeliveryRow, WebhookEventRow, WebhookRow
         due_now = (delivery.status == DeliveryStatus.PENDING.value, delivery.next_attempt_at <= now)
-        # Each active endpoint's earliest due deliveries, at most per_endpoint of them (read, not locked: locking
-        # here would hold rows this claim does not take, hiding them from a concurrent claim)...
+        # Each active endpoint's earliest due deliveries, at most per_endpoint of them, read without locks. A claim
+        # running at the same moment reads the same ones, finds them locked below, and gets none of that endpoint
+        # this time (they are leased by the next round anyway): no delivery goes out twice...
         of_endpoint = (
             sa.select(delivery.id)
             .where(delivery.webhook_id == webhook.id, *due_now)
@@ -225,9 +233,13 @@ class PostgresWebhookDeliveryQueue:
             .limit(per_endpoint)
             .lateral("of_endpoint")
         )
-        candidates = sa.select(of_endpoint.c.id).select_from(webhook).join(of_endpoint, sa.true()).where(webhook.active)
-        # ...then the earliest of them, locked (another claim's rows skipped), the conditions checked again on the
-        # locked rows.
+        candidates = (
+            sa.select(of_endpoint.c.id)
+            .select_from(webhook)
+            .join(of_endpoint, sa.true())
+            .where(webhook.active, webhook.id.not_in(list(busy)))
+        )
+        # ...then the earliest of them, the conditions checked again on the locked rows.
         due = (
             sa.select(delivery.id)
             .where(delivery.id.in_(candidates), *due_now)
