@@ -222,24 +222,29 @@ class PostgresWebhookDeliveryQueue:
         busy: Collection[UUID] = (),
     ) -> list[DueDelivery]:
         delivery, event, webhook = WebhookDeliveryRow, WebhookEventRow, WebhookRow
-        due_now = (delivery.status == DeliveryStatus.PENDING.value, delivery.next_attempt_at <= now)
+        deliveries, webhooks = WebhookDeliveryRow.__table__, WebhookRow.__table__
         # Each active endpoint's earliest due deliveries, at most per_endpoint of them, read without locks. A claim
         # running at the same moment reads the same ones, finds them locked below, and gets none of that endpoint
         # this time (they are leased by the next round anyway): no delivery goes out twice...
         of_endpoint = (
-            sa.select(delivery.id)
-            .where(delivery.webhook_id == webhook.id, *due_now)
-            .order_by(delivery.next_attempt_at)
+            sa.select(deliveries.c.id)
+            .where(
+                deliveries.c.webhook_id == webhooks.c.id,
+                deliveries.c.status == DeliveryStatus.PENDING.value,
+                deliveries.c.next_attempt_at <= now,
+            )
+            .order_by(deliveries.c.next_attempt_at)
             .limit(per_endpoint)
             .lateral("of_endpoint")
         )
         candidates = (
             sa.select(of_endpoint.c.id)
-            .select_from(webhook)
+            .select_from(webhooks)
             .join(of_endpoint, sa.true())
-            .where(webhook.active, webhook.id.not_in(list(busy)))
+            .where(webhooks.c.active, webhooks.c.id.not_in(list(busy)))
         )
         # ...then the earliest of them, the conditions checked again on the locked rows.
+        due_now = (delivery.status == DeliveryStatus.PENDING.value, delivery.next_attempt_at <= now)
         due = (
             sa.select(delivery.id)
             .where(delivery.id.in_(candidates), *due_now)
@@ -252,6 +257,10 @@ class PostgresWebhookDeliveryQueue:
             sa.update(delivery)
             .where(delivery.id == due.c.id, event.id == delivery.event_id, webhook.id == delivery.webhook_id)
             .values(attempts=delivery.attempts + 1, last_attempt_at=now, next_attempt_at=lease_until)
+            # The claimed rows come back as rows; objects of the session need no update. (SQLAlchemy's default
+            # tries to apply the WHERE clause to them in Python, which fails on this one when the session holds
+            # some: KeyError 'parentmapper', seen now and then in a test whose session had added rows.)
+            .execution_options(synchronize_session=False)
             .returning(
                 *_DELIVERY_COLUMNS,
                 event.conversation_id,
