@@ -620,4 +620,3 @@ async def test_a_claim_leaves_out_the_endpoints_it_is_told_are_busy(backend: Bac
 
     assert [due.delivery.webhook_id for due in claimed] == [free.id]
     assert [webhook for _, webhook in await claim(backend)] == [busy.id]  # not busy any more: it is claimed
-
