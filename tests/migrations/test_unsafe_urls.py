@@ -22,6 +22,11 @@ UNSAFE = [
     "/relative/path",
     "https://help.example.com@evil.example/",
     "https:// spaced.example.com/",
+    # Spaces beyond ASCII, which PostgreSQL's [:space:] class does not know in a C locale.
+    "https://help.example.com/a\u00a0b",
+    "https://help\u3000example.com/",
+    "https://help.example.com/\ufeff",
+    "https://help.example.com/" + "a" * 2000,  # over the length limit
 ]
 
 
