@@ -221,6 +221,10 @@ async def test_a_reused_idempotency_key_returns_the_original_message(backend: Ba
     assert elsewhere.content == "same key, other chat"
     page = await backend.conversations.list_messages(conversation.id, limit=10, cursor=None)
     assert [message.content for message in page.items] == ["first"]
+    # Looked up without writing (a refused retry must not store anything).
+    assert await backend.conversations.find_by_idempotency_key(conversation.id, "k-1") == original
+    assert await backend.conversations.find_by_idempotency_key(conversation.id, "k-2") is None
+    assert (await backend.conversations.find_by_idempotency_key(other.id, "k-1")) == elsewhere
 
 
 async def test_idle_conversations_are_open_ones_inactive_since(backend: Backend) -> None:

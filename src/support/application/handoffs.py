@@ -454,15 +454,10 @@ class SendAgentMessage(_OwnershipChange):
         return message, changed, False
 
     async def _earlier_send(self, message: Message) -> Message | None:
-        """The message stored under ``message``'s idempotency key, when this send repeats one.
-
-        Asked by inserting it, as every send is deduplicated, and rolled back either way: nothing of it is kept.
-        """
+        """The message stored under ``message``'s idempotency key, when this send repeats one."""
         if message.idempotency_key is None:
             return None
-        stored = await self._conversations.add_message(message)
-        await self._uow.rollback()
-        return None if stored.id == message.id else stored
+        return await self._conversations.find_by_idempotency_key(message.conversation_id, message.idempotency_key)
 
 
 class ExpireHandoffs:

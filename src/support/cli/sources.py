@@ -39,7 +39,8 @@ def iter_sources(paths: list[Path]) -> Iterator[IngestRequest]:
         if path.suffix.lower() == ".jsonl":
             yield from _jsonl(path)
         else:
-            yield _file(path, external_id=str(path))
+            # The resolved path: the same file is the same document however its path was typed.
+            yield _file(path, external_id=str(path.resolve()))
 
 
 def sample_sources() -> Iterator[IngestRequest]:

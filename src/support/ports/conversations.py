@@ -95,6 +95,10 @@ class ConversationRepository(Protocol):
         """The message with this id in this conversation."""
         ...
 
+    async def find_by_idempotency_key(self, conversation_id: UUID, idempotency_key: str) -> Message | None:
+        """The message stored in this conversation under ``idempotency_key``, if any."""
+        ...
+
     async def find_reply(self, conversation_id: UUID, message_id: UUID) -> Message | None:
         """The assistant or agent message that answered customer message ``message_id``, if any."""
         ...

@@ -535,6 +535,7 @@ async def test_an_agents_retry_after_the_conversation_moved_on_returns_the_origi
         await world.agent_message.execute(AGENT_ANA, world.conversation.id, "Different text", idempotency_key="final-1")
     transcript = [message.content for message in await world.repository.recent_messages(world.conversation.id, 50)]
     assert transcript.count("Refund issued, all done.") == 1
+    assert "One more thing." not in transcript  # a refused message is not kept
 
 
 async def test_a_closed_conversation_is_told_to_webhooks_with_who_closed_it(world: World) -> None:

@@ -318,3 +318,16 @@ async def test_the_cli_titles_a_file_without_one_by_its_name(tmp_path: Path) -> 
         titles[PurePath(result.document.external_id).name] = result.document.title
 
     assert titles == {"store-hours.txt": "store-hours", "returns.md": "Returns policy"}
+
+
+def test_a_file_is_the_same_document_however_its_path_is_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "gift-cards.md").write_text("# Gift cards\n\nThey never expire.")
+    monkeypatch.chdir(tmp_path)
+
+    typed = [
+        [request.external_id for request in iter_sources([path])]
+        for path in (Path("docs/gift-cards.md"), tmp_path / "docs" / "gift-cards.md", Path("docs"), Path("./docs/"))
+    ]
+
+    assert typed == [[str((tmp_path / "docs" / "gift-cards.md").resolve())]] * 4

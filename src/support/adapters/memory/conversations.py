@@ -100,6 +100,12 @@ class InMemoryConversationRepository:
         self.messages.append(message)
         return message
 
+    async def find_by_idempotency_key(self, conversation_id: UUID, idempotency_key: str) -> Message | None:
+        for stored in self._of(conversation_id):
+            if stored.idempotency_key == idempotency_key:
+                return self._with_attachments(stored)
+        return None
+
     async def get_message(self, conversation_id: UUID, message_id: UUID) -> Message | None:
         for message in self._of(conversation_id):
             if message.id == message_id:

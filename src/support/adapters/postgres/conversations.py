@@ -441,6 +441,12 @@ class PostgresConversationRepository:
                     return _message(original)
         return message
 
+    async def find_by_idempotency_key(self, conversation_id: UUID, idempotency_key: str) -> Message | None:
+        parameters = {"conversation_id": conversation_id, "idempotency_key": idempotency_key}
+        async with driver_connection(self._session, begin=False) as driver:
+            row = await driver.fetchrow(_DRIVER_FIND_BY_KEY.sql, *_DRIVER_FIND_BY_KEY.arguments(parameters))
+        return None if row is None else _message(row)
+
     async def get_message(self, conversation_id: UUID, message_id: UUID) -> Message | None:
         statement = sa.select(*_MESSAGE_COLUMNS).where(
             _MESSAGES.c.conversation_id == conversation_id, _MESSAGES.c.id == message_id
