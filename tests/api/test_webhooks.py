@@ -80,6 +80,14 @@ def event(event_type: WebhookEventType, **data: object) -> OutboundEvent:
     return OutboundEvent(id=new_id(), type=event_type, conversation_id=None, occurred_at=datetime.now(UTC), data=data)
 
 
+async def register(http: httpx.AsyncClient, headers: dict[str, str], receiver: WebhookReceiver, event_type: str) -> str:
+    """Register ``receiver`` for ``event_type``; its webhook id."""
+    created = await http.post("/v1/webhooks", json={"url": receiver.url, "events": [event_type]}, headers=headers)
+    assert created.status_code == 201, created.text
+    webhook_id: str = created.json()["id"]
+    return webhook_id
+
+
 async def wait_for_deliveries(
     http: httpx.AsyncClient, webhook_id: str, headers: dict[str, str], done: Callable[[list[dict[str, Any]]], bool]
 ) -> list[dict[str, Any]]:
@@ -403,11 +411,8 @@ async def test_a_receiver_that_holds_its_request_does_not_hold_up_other_endpoint
         serve(app) as base_url,
         httpx.AsyncClient(base_url=base_url) as http,
     ):
-        for receiver, types in ((slow, ["handoff.requested"]), (healthy, ["message.created"])):
-            created = await http.post(
-                "/v1/webhooks", json={"url": receiver.url, "events": types}, headers=admin_headers
-            )
-            assert created.status_code == 201, created.text
+        slow_id = await register(http, admin_headers, slow, "handoff.requested")
+        await register(http, admin_headers, healthy, "message.created")
         await emit(app, event(WebhookEventType.HANDOFF_REQUESTED))
         await slow.wait_until(lambda: len(slow.requests) == 1)  # held, unanswered
 
@@ -418,6 +423,8 @@ async def test_a_receiver_that_holds_its_request_does_not_hold_up_other_endpoint
         # It arrived while the held request was still open (it is released only now, and times out after 120 s).
         assert healthy.event_ids() == {str(message.id): 1}
         slow.release()
+        # Nothing left in flight when the app stops (a send cut short there would leave its socket to the GC).
+        await wait_for_deliveries(http, slow_id, admin_headers, lambda items: items[0]["status"] != "pending")
 
 
 async def test_a_dead_receivers_backlog_does_not_fill_the_rounds(
@@ -433,17 +440,15 @@ async def test_a_dead_receivers_backlog_does_not_fill_the_rounds(
         msgspec.structs.replace(settings, webhooks=patient), shared_embedder_provider(embedder), llm_provider(llm)
     )
     async with (
-        WebhookReceiver(default=HOLD) as dead,
+        WebhookReceiver(*[HOLD] * 40) as dead,
         WebhookReceiver() as healthy,
         serve(app) as base_url,
         httpx.AsyncClient(base_url=base_url) as http,
     ):
-        for receiver, types in ((dead, ["handoff.requested"]), (healthy, ["message.created"])):
-            created = await http.post(
-                "/v1/webhooks", json={"url": receiver.url, "events": types}, headers=admin_headers
-            )
-            assert created.status_code == 201, created.text
-        await emit(app, *(event(WebhookEventType.HANDOFF_REQUESTED) for _ in range(4 * 5 * 3)))
+        dead_id = await register(http, admin_headers, dead, "handoff.requested")
+        await register(http, admin_headers, healthy, "message.created")
+        # 40: more than the rounds can hold (3 times 5), and one page of the deliveries list (50) shows them all.
+        await emit(app, *(event(WebhookEventType.HANDOFF_REQUESTED) for _ in range(40)))
         await dead.wait_until(lambda: len(dead.requests) >= 5)
 
         message = event(WebhookEventType.MESSAGE_CREATED, message={"role": "customer", "content": "Hello?"})
@@ -453,6 +458,10 @@ async def test_a_dead_receivers_backlog_does_not_fill_the_rounds(
         assert healthy.event_ids() == {str(message.id): 1}
         assert len(dead.requests) == 5  # one share in flight, however long it waits
         dead.release()
+        # Nothing left in flight when the app stops (a send cut short there would leave its socket to the GC).
+        await wait_for_deliveries(
+            http, dead_id, admin_headers, lambda items: all(item["status"] != "pending" for item in items)
+        )
 
 
 async def test_redelivering_what_does_not_exist_is_a_404(
