@@ -110,6 +110,13 @@ _LAST_SEARCH_NOTE: Final = (
     "That was the last search available for this reply. Answer from the search results you have; if they do not "
     f'contain the answer, say so plainly and call {HANDOFF_TOOL} with reason_code "insufficient_evidence".'
 )
+# The escalation policy's repeated-failure rule: an unanswered reply now hands over, so the model must not ask
+# whether the customer wants a person (the handover notice follows its reply at once).
+_HANDS_OVER_NOTE: Final = (
+    "This customer's earlier questions went unanswered too. If the search results do not answer this message "
+    "either, a member of the team takes the conversation over: say so in one short sentence instead of asking "
+    f'whether they would like to talk to a person, and call {HANDOFF_TOOL} with reason_code "insufficient_evidence".'
+)
 _HANDOFF_ACK: Final = (
     "The conversation is being handed to a member of the support team. Tell the customer so in one short "
     "sentence. Do not promise a response time and do not answer anything else."
@@ -879,6 +886,8 @@ def current_turn(request: ReplyRequest, citable: Sequence[SearchHit]) -> list[Co
     blocks += [attachment_block(item) for item in request.attachments if item.text.strip()]
     flagged = flagged_note(citable, "Search result")
     notes: list[str] = [flagged] if flagged else []
+    if request.hands_over_if_unanswered:
+        notes.append(_HANDS_OVER_NOTE)
     for image in request.images:
         if image.media_type in _IMAGE_TYPES:
             blocks.append(image_block(image))
