@@ -658,6 +658,58 @@ async def test_a_table_row_is_quoted_under_its_header_and_the_header_never_alone
     assert "---" not in text
 
 
+def pointer_articles(pointer: str) -> list[SearchHit]:
+    """A policy that sends the reader elsewhere for the timing, ranked first, and the article it points to."""
+    markdown = (
+        "# Refund timing by payment method\n\n## The timeline\n\nWe refund within 3 days of approving it.\n\n"
+        "## How long each payment method takes\n\n"
+        "| Payment method | Time after we issue the refund |\n|---|---|\n"
+        "| Credit or debit card | 5 to 10 business days |\n| PayPal | 3 to 5 business days |\n"
+    )
+    section = StructuredTextExtractor().extract(markdown.encode(), "text/markdown").sections[-1]
+    policy = hit(
+        "Return policy",
+        f"We inspect returns within 3 business days. How long the money takes to reach you depends on your payment "
+        f"method — {pointer}.",
+        similarity=0.66,
+        vector_rank=1,
+        text_rank=1,
+        score=0.34,
+    )
+    timing = dataclasses.replace(
+        hit("Refund timing by payment method", section.text, similarity=0.6, vector_rank=2, text_rank=2, score=0.30),
+        heading_path=section.heading_path,
+    )
+    return [policy, timing]
+
+
+async def test_a_quote_that_points_to_another_retrieved_article_goes_on_with_it() -> None:
+    llm = ExtractiveLLM(evidence_threshold=0.0)
+    question = "When do you inspect returns?"
+
+    events = await collect(
+        llm, ReplyRequest(question=question, passages=pointer_articles("see Refund timing by payment method"))
+    )
+
+    text = text_of(events)
+    assert text.index("see Refund timing by payment method") < text.index("Credit or debit card")
+    # The table the pointer names is quoted from its first row.
+    assert "Payment method: Credit or debit card; Time after we issue the refund: 5 to 10 business days" in text
+    assert "Payment method: PayPal; Time after we issue the refund: 3 to 5 business days" in text
+    citations = [event.passage.title for event in events if isinstance(event, PassageCited)]
+    assert citations == ["Return policy", "Refund timing by payment method"]
+
+
+async def test_a_quote_without_a_pointer_stays_with_its_own_article() -> None:
+    llm = ExtractiveLLM(evidence_threshold=0.0)
+    question = "When do you inspect returns?"
+
+    events = await collect(llm, ReplyRequest(question=question, passages=pointer_articles("ask us for details")))
+
+    assert "Credit or debit card" not in text_of(events)
+    assert [event.passage.title for event in events if isinstance(event, PassageCited)] == ["Return policy"]
+
+
 async def test_a_decline_for_messages_answered_together_names_the_newest() -> None:
     llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
     request = ReplyRequest(

@@ -92,6 +92,10 @@ _TITLE_LINE_EXTRA_WORDS = 4
 _PROCEDURE_WORDS = 150
 # A second source is quoted only when its best unit scores nearly as well as the first one's.
 _SECOND_SOURCE_RATIO = 0.9
+# A quoted "see <title of another retrieved article>" brings that article's best units, up to this many words;
+# titles shorter than this many characters ("FAQ") are too common to be a reference.
+_REFERENCE_WORDS = 80
+_REFERENCE_TITLE_CHARS = 8
 # Units this similar (Jaccard over terms) to an already quoted one are skipped (sibling articles repeat text).
 _DUPLICATE_JACCARD = 0.8
 # The question is short (a follow-up like "and for Plus?"): the previous customer turn joins it at this weight.
@@ -249,10 +253,11 @@ class ExtractiveLLM:
                 # Whether to answer is decided on the ranked chunks alone (the evidence model was fitted on
                 # them); what to quote is chosen from the whole neighbourhood, where the answer often is.
                 wide = [unit for index, hit in enumerate(request.passages) for unit in _split_with_context(hit, index)]
-                selected = (
-                    _select(wide, _Scorer(wide, query, request.passages), request.passages, self._answer_words)
-                    or selected
-                )
+                wide_scorer = _Scorer(wide, query, request.passages)
+                chosen = _select(wide, wide_scorer, request.passages, self._answer_words)
+                if chosen:
+                    units, scorer, selected = wide, wide_scorer, chosen
+            selected = _with_reference(selected, units, scorer, request.passages)
             return Draft(_answer_blocks(selected, request.passages, name, order), score)
         return _decline(request, units, scorer, name, score, order)
 
@@ -316,6 +321,49 @@ def _select(units: Sequence[_Unit], scorer: _Scorer, passages: Sequence[SearchHi
             chosen.append(unit)
             break
     return chosen
+
+
+def _with_reference(
+    selected: Sequence[_Unit], units: Sequence[_Unit], scorer: _Scorer, passages: Sequence[SearchHit]
+) -> list[_Unit]:
+    """The quote, followed by the article it sends the reader to when that article was retrieved too.
+
+    Help centers answer in one article and point to another for the details ("How long the money takes to reach
+    you depends on your payment method — see Refund timing by payment method."): the quote then goes on with the
+    best units of that article, so the customer gets the details rather than a pointer.
+    """
+    quoted = {passages[unit.passage].document_id for unit in selected}
+    for index, hit in enumerate(passages):
+        title = _normalise(hit.title)
+        if hit.document_id in quoted or len(title) < _REFERENCE_TITLE_CHARS:
+            continue
+        pointer = re.compile(rf"\bsee (?:our |the )?{re.escape(title)}\b")
+        referring = next((unit for unit in selected if pointer.search(_normalise(unit.text))), None)
+        siblings = [unit for unit in units if unit.passage == index]
+        candidates = [unit for unit in siblings if unit.kind != "skip"]
+        if referring is None or not candidates:
+            continue
+        # What the pointer says is there ("how long the money takes … depends on your payment method") finds
+        # the part of the article to quote, with the question's own terms.
+        query = dict.fromkeys(referring.terms, 1.0) | dict(scorer.query)
+        by_reference = _Scorer(units, query, passages)
+        anchor = max(candidates, key=lambda unit: (by_reference.relevance(unit), -unit.position))
+        return [*selected, *_window(siblings, _section_start(siblings, anchor), _REFERENCE_WORDS)]
+    return list(selected)
+
+
+def _section_start(siblings: Sequence[_Unit], anchor: _Unit) -> _Unit:
+    """The first quotable unit of the anchor's section when the section up to the anchor fits a reference.
+
+    A pointer to another article names a subject, not a sentence: its table is read from the first row.
+    """
+    start = siblings.index(anchor)
+    while start > 0 and siblings[start - 1].headings == anchor.headings:
+        start -= 1
+    section = siblings[start : siblings.index(anchor) + 1]
+    if sum(_cost(unit) for unit in section) > _REFERENCE_WORDS:
+        return anchor
+    return next(unit for unit in section if unit.kind != "skip")
 
 
 def _weighted(unit: _Unit, scorer: _Scorer) -> float:
