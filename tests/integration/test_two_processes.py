@@ -5,6 +5,7 @@ from the other, and so does every status change (the feed fans out through Valke
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 from httpx_sse import aconnect_sse
 
 from support.devservers.postgres import free_port
@@ -61,7 +63,12 @@ class ApiProcess:
             time.sleep(0.2)
         pytest.fail(f"support serve was not ready within {READY_WITHIN_S} s:\n{self._log.read_text()}")
 
+    def log(self) -> str:
+        return self._log.read_text()
+
     def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
         self.process.terminate()
         try:
             self.process.wait(15)
@@ -135,3 +142,61 @@ async def test_an_agent_reply_posted_to_one_process_reaches_a_customer_streaming
             follower.cancel()
         ids = [event["id"] for event in seen]
         assert ids == sorted(set(ids))
+
+
+async def test_a_stopping_process_ends_its_feeds_and_sockets_and_their_clients_resume_on_another(
+    two_processes: tuple[ApiProcess, ApiProcess],
+) -> None:
+    stopping, staying = two_processes
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    async with (
+        httpx.AsyncClient(base_url=stopping.base_url, timeout=30) as api_stopping,
+        httpx.AsyncClient(base_url=staying.base_url, timeout=30) as api_staying,
+    ):
+        started = await api_staying.post("/v1/conversations", json={"customer": {"external_id": "c-2"}}, headers=admin)
+        conversation = started.json()
+        customer = {"Authorization": f"Bearer {conversation['customer_token']}"}
+        path = f"/v1/conversations/{conversation['id']}"
+        ws_url = stopping.base_url.replace("http", "ws") + f"{path}/ws?access_token={conversation['customer_token']}"
+        seen: list[int] = []
+        first_seen = asyncio.Event()
+
+        async def follow() -> None:
+            async with aconnect_sse(api_stopping, "GET", f"{path}/events", headers=customer) as source:
+                async for sse in source.aiter_sse():
+                    seen.append(int(sse.id))
+                    first_seen.set()
+
+        async def read_until_closed(socket: websockets.ClientConnection) -> None:
+            while True:
+                await socket.recv()
+
+        async with websockets.connect(ws_url) as socket:
+            follower = asyncio.create_task(follow())
+            await asyncio.sleep(0.5)  # the subscription is in place
+            assert (await api_staying.post(f"{path}/handoff", headers=customer)).status_code == 200
+            await asyncio.wait_for(first_seen.wait(), 15)
+
+            stopping.process.send_signal(signal.SIGTERM)
+            # The feed ends as a finished response (no error, no cut connection): an EventSource reconnects.
+            await asyncio.wait_for(follower, 15)
+            # The socket is closed by the server, as a restart.
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                await asyncio.wait_for(read_until_closed(socket), 15)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1012
+        # It stops (uvicorn then re-raises the signal, so the exit status says SIGTERM, as for any process).
+        assert stopping.process.wait(15) == -signal.SIGTERM
+        log = stopping.log()
+        assert "timeout graceful shutdown exceeded" not in log
+        assert "Exception in ASGI application" not in log
+
+        # The client resumes on the process that stayed, from the last event it saw.
+        assert (await api_staying.post(f"{path}/close", headers=customer)).status_code == 200
+        async with aconnect_sse(
+            api_staying, "GET", f"{path}/events", headers=customer | {"Last-Event-ID": str(seen[-1])}
+        ) as source:
+            resumed = await anext(source.aiter_sse())
+        assert int(resumed.id) > seen[-1]
+        assert resumed.event == "handoff"
+        assert json.loads(resumed.data)["status"] == "closed"

@@ -5,6 +5,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
+from litestar import Litestar
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from support.api.problems import status_for
@@ -25,6 +26,46 @@ SSE_HEADERS = {
     # Proxies (nginx) must not buffer the stream, or the first delta arrives late.
     "X-Accel-Buffering": "no",
 }
+
+
+# Where the application's LiveFeeds are kept in its state (see live_feeds).
+LIVE_FEEDS_STATE = "live_feeds"
+
+
+class LiveFeeds:
+    """The live feeds (``GET …/events``) a process is serving, so that shutting down can end them.
+
+    A server stops once its open responses have finished, and a feed never finishes on its own: each open one held
+    the shutdown for the whole grace period and was then cancelled, with a traceback in the log. Ended cleanly
+    instead, a browser's EventSource reconnects at once, with ``Last-Event-ID``, to a process that is still up.
+    Reply streams are not feeds: they end with their reply, within the grace period.
+    """
+
+    def __init__(self) -> None:
+        self._ends: set[Callable[[], None]] = set()
+        self.ended = False
+
+    def end_all(self) -> None:
+        """End every open feed, and any opened from now on (the process is going away)."""
+        self.ended = True
+        for end in list(self._ends):
+            end()
+
+    def add(self, end: Callable[[], None]) -> None:
+        """A feed opens: :meth:`end_all` will call ``end`` (at once when it already has)."""
+        self._ends.add(end)
+        if self.ended:
+            end()
+
+    def discard(self, end: Callable[[], None]) -> None:
+        """The feed has ended."""
+        self._ends.discard(end)
+
+
+def live_feeds(app: Litestar) -> LiveFeeds:
+    """The live feeds of an application built by ``build_app`` (the server ends them when it begins to stop)."""
+    feeds: LiveFeeds = app.state[LIVE_FEEDS_STATE]
+    return feeds
 
 
 def resume_after(text: str, name: str) -> int:
@@ -113,12 +154,13 @@ def sse_message(event: FeedEvent) -> ServerSentEventMessage:
 
 
 async def with_heartbeats(
-    events: AsyncGenerator[FeedEvent, None], heartbeat_s: float
+    events: AsyncGenerator[FeedEvent, None], heartbeat_s: float, feeds: LiveFeeds | None = None
 ) -> AsyncGenerator[ServerSentEventMessage, None]:
     """Relay ``events`` as SSE messages; a comment goes out after ``heartbeat_s`` without one.
 
     A failure while iterating becomes an ``error`` event that ends the stream (headers are long gone).
-    When the client goes away the relay stops; the source is closed, not the work behind it.
+    When the client goes away the relay stops; the source is closed, not the work behind it. A live feed is
+    listed in ``feeds``, and ends (without an event) when they are ended.
     """
     queue: asyncio.Queue[FeedEvent | object] = asyncio.Queue()
 
@@ -135,6 +177,13 @@ async def with_heartbeats(
             queue.put_nowait(_END)
 
     task = asyncio.create_task(pump())
+
+    def end() -> None:
+        queue.put_nowait(_END)
+
+    # A reply stream is listed nowhere that is ever ended.
+    listed = feeds if feeds is not None else LiveFeeds()
+    listed.add(end)
     try:
         while True:
             if queue.empty():
@@ -156,6 +205,7 @@ async def with_heartbeats(
             if isinstance(item.payload, StreamFailed):
                 return
     finally:
+        listed.discard(end)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -163,6 +213,8 @@ async def with_heartbeats(
             await events.aclose()
 
 
-def event_stream(events: AsyncGenerator[FeedEvent, None], heartbeat_s: float) -> ServerSentEvent:
-    """The SSE response for ``events``."""
-    return ServerSentEvent(with_heartbeats(events, heartbeat_s), headers=SSE_HEADERS)
+def event_stream(
+    events: AsyncGenerator[FeedEvent, None], heartbeat_s: float, feeds: LiveFeeds | None = None
+) -> ServerSentEvent:
+    """The SSE response for ``events``; pass ``feeds`` for a live feed (ended when the process shuts down)."""
+    return ServerSentEvent(with_heartbeats(events, heartbeat_s, feeds), headers=SSE_HEADERS)

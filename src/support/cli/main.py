@@ -75,7 +75,9 @@ def serve(
     """Serve the API; starts embedded PostgreSQL and Valkey when no SUPPORT_DATABASE_URL / SUPPORT_VALKEY_URL is set."""
     import uvicorn
 
+    from support.api.streaming import live_feeds
     from support.cli import migrations
+    from support.cli.server import FeedEndingServer
     from support.container import create_app
     from support.devservers.runtime import running_servers
 
@@ -87,7 +89,7 @@ def serve(
             _load_sample_data(ready)
         application = create_app(ready)
         _print_banner(ready)
-        uvicorn.run(
+        config = uvicorn.Config(
             application,
             host=ready.host,
             port=ready.port,
@@ -96,6 +98,7 @@ def serve(
             timeout_graceful_shutdown=5,
             ws="websockets-sansio",
         )
+        FeedEndingServer(config, live_feeds(application)).run()
 
 
 def _load_sample_data(settings: Settings) -> None:

@@ -4,8 +4,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
 
-from support.api.streaming import until_refused, with_heartbeats
-from support.domain.feed import FeedEvent
+import pytest
+
+from support.api.streaming import LiveFeeds, until_refused, with_heartbeats
+from support.domain.feed import FeedEvent, Typing
 
 
 class Source:
@@ -62,3 +64,41 @@ async def test_a_keepalive_is_a_comment_alone_not_an_empty_message_event() -> No
     # A "data:" line would make a browser's EventSource fire an empty `message` event.
     assert keepalive.encode() == b": keepalive\r\n\r\n"
     assert source.closed.is_set()
+
+
+async def test_ended_live_feeds_finish_after_what_they_hold_and_close_their_sources() -> None:
+    feeds = LiveFeeds()
+    waiting, late = Source(), Source()
+
+    async def one_event_then_wait() -> AsyncGenerator[FeedEvent, None]:
+        yield FeedEvent(7, Typing("agent", active=True))
+        async for event in waiting.events():
+            yield event
+
+    relay = with_heartbeats(one_event_then_wait(), heartbeat_s=60, feeds=feeds)
+    first = await anext(relay)
+    pending = asyncio.ensure_future(anext(relay))
+    await asyncio.sleep(0.05)
+    assert not pending.done()
+
+    feeds.end_all()
+
+    assert first.id == 7
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(pending, 1)
+    await asyncio.wait_for(waiting.closed.wait(), 1)
+    # A feed opened while the process is stopping ends at once.
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(with_heartbeats(late.events(), heartbeat_s=60, feeds=feeds)), 1)
+
+
+async def test_a_reply_stream_is_not_ended_with_the_live_feeds() -> None:
+    feeds = LiveFeeds()
+    source = Source()
+    reply = with_heartbeats(source.events(), heartbeat_s=0.01)
+
+    feeds.end_all()
+
+    keepalive = await asyncio.wait_for(anext(reply), 1)
+    assert keepalive.comment == "keepalive"
+    await reply.aclose()

@@ -39,7 +39,14 @@ from support.api.schemas.conversations import (
     TurnResource,
     encode_ws,
 )
-from support.api.streaming import ACCESS_REFUSALS, event_stream, resume_after, stream_failure, until_refused
+from support.api.streaming import (
+    ACCESS_REFUSALS,
+    event_stream,
+    live_feeds,
+    resume_after,
+    stream_failure,
+    until_refused,
+)
 from support.application.conversations import (
     DOCUMENT_TYPES,
     IMAGE_TYPES,
@@ -440,7 +447,7 @@ class ConversationsController(Controller):
             access_check(request, conversation_id),
             settings.conversations.access_recheck_s,
         )
-        return event_stream(events, settings.conversations.heartbeat_s)
+        return event_stream(events, settings.conversations.heartbeat_s, live_feeds(request.app))
 
     @post(
         "/{conversation_id:uuid}/feedback",
