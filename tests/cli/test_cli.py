@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -175,3 +176,21 @@ def test_unknown_support_variable_is_refused_by_name(monkeypatch: pytest.MonkeyP
     assert "\n" not in message, message
     assert "SUPPORT_SOMETHING" in message
     assert "unknown" in message
+
+
+def test_serve_on_a_taken_port_stops_before_starting_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_servers(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("servers were started for an address that is taken")
+
+    monkeypatch.setattr("support.devservers.runtime.running_servers", no_servers)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = _invoke("serve", "--port", str(port))
+
+    assert result.exit_code == 1, result.output
+    assert f"Cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "--port" in result.stderr
+    assert "Traceback" not in result.output

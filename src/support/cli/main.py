@@ -1,5 +1,6 @@
 import asyncio
 import logging
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import ExitStack
@@ -82,6 +83,7 @@ def serve(
     from support.devservers.runtime import running_servers
 
     settings = _settings(host=host, port=port)
+    _ensure_address_free(settings.host, settings.port)
     with running_servers(settings) as ready:
         if migrate:
             migrations.upgrade(ready.require_database_url())
@@ -99,6 +101,26 @@ def serve(
             ws="websockets-sansio",
         )
         FeedEndingServer(config, live_feeds(application)).run()
+
+
+def _ensure_address_free(host: str, port: int) -> None:
+    """Stop before starting anything when the API's address is taken (a second ``make run``, another program).
+
+    uvicorn would find out only after the servers, the migrations, the sample data and the banner.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As uvicorn binds: a port whose old connections linger in TIME_WAIT is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            console.print(
+                f"[red]Cannot listen on {host}:{port}[/red] ({error.strerror}): another [cyan]support serve[/cyan] "
+                "(a second [cyan]make run[/cyan]?) or another program has it. Stop it, or choose another port with "
+                "--port or SUPPORT_PORT."
+            )
+            raise typer.Exit(1) from None
 
 
 def _load_sample_data(settings: Settings) -> None:

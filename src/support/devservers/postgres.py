@@ -92,6 +92,7 @@ class EmbeddedPostgres:
             self._port = running_port
             _logger.info("reusing PostgreSQL already running on port %s (%s)", running_port, self.data_dir)
         else:
+            _logger.info("starting embedded PostgreSQL in %s", self.data_dir)
             if not (self.data_dir / "PG_VERSION").exists():
                 self._initdb()
             self._port = free_port()

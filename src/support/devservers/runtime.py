@@ -1,6 +1,5 @@
 """Resolve the servers a process needs: configured URLs, or embedded servers under the data folder."""
 
-import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -9,8 +8,6 @@ import msgspec
 from support.config import Settings
 from support.devservers.postgres import EmbeddedPostgres
 from support.devservers.valkey import EmbeddedValkey
-
-_logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -23,12 +20,10 @@ def running_servers(settings: Settings, *, valkey: bool = True) -> Iterator[Sett
     with ExitStack() as stack:
         if not settings.database_url:
             postgres = EmbeddedPostgres(settings.data_path / "postgres")
-            _logger.info("starting embedded PostgreSQL in %s", postgres.data_dir)
             updates["database_url"] = postgres.start()
             stack.callback(postgres.stop)
         if valkey and not settings.valkey_url:
             server = EmbeddedValkey(settings.data_path / "valkey")
-            _logger.info("starting embedded Valkey in %s", server.data_dir)
             updates["valkey_url"] = server.start()
             stack.callback(server.stop)
         yield msgspec.structs.replace(settings, **updates)

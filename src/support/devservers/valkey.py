@@ -2,6 +2,7 @@
 
 import contextlib
 import importlib.util
+import logging
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 from support.devservers.postgres import EmbeddedServerError, free_port, wait_for_port
 
 STOP_TIMEOUT_S = 10
+_logger = logging.getLogger(__name__)
 
 
 def _binary() -> Path:
@@ -52,7 +54,9 @@ class EmbeddedValkey:
         running = self._running_port()
         if running is not None:
             self._port = running
+            _logger.info("reusing Valkey already running on port %s (%s)", running, self.data_dir)
             return self.url
+        _logger.info("starting embedded Valkey in %s", self.data_dir)
         self._port = free_port()
         self._spawn()
         return self.url
