@@ -174,3 +174,19 @@ def test_two_instances_with_their_own_data_folders_run_side_by_side(tmp_path: Pa
         assert two.interrupt() == 0, two.output
     for folder in folders:
         _assert_no_server_left(folder)
+
+
+def test_sigterm_stops_serve_and_the_servers_it_started(data_dir: Path) -> None:
+    with Serve(data_dir, bootstrap_key=BOOTSTRAP_KEY) as serve:
+        serve.wait_ready()
+        assert _server_processes(data_dir)
+
+        # What systemd, a container runtime or a process manager sends to stop it.
+        serve.process.send_signal(signal.SIGTERM)
+        try:
+            code = serve.process.wait(EXIT_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {EXIT_WITHIN_S:g} s after SIGTERM:\n{serve.output}")
+
+        assert code == 0, serve.output
+        _assert_no_server_left(data_dir)

@@ -21,6 +21,7 @@ from support.domain.feed import FeedEvent, StreamFailed
 
 _logger = logging.getLogger(__name__)
 _END = object()
+_MAX_EVENT_ID_DIGITS = 20
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
     # Proxies (nginx) must not buffer the stream, or the first delta arrives late.
@@ -79,7 +80,9 @@ def resume_after(text: str, name: str) -> int:
         InvalidInputError: anything else; the message names ``name``.
     """
     value = text.strip(" \t")
-    if not (value.isascii() and value.isdigit()):
+    # Event ids are 64-bit counters (at most 20 digits): a longer run of digits is no id, and Python refuses to
+    # convert more than 4,300 of them (a ValueError, which was a 500).
+    if not (value.isascii() and value.isdigit() and len(value) <= _MAX_EVENT_ID_DIGITS):
         raise InvalidInputError(f"{name} is the id of an event (a whole number).")
     return int(value)
 

@@ -1,6 +1,8 @@
 """The HTTP server of ``support serve``: uvicorn, ending the live feeds as soon as it begins to stop."""
 
+import contextlib
 import socket
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -19,6 +21,15 @@ class FeedEndingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, feeds: LiveFeeds) -> None:
         super().__init__(config)
         self._feeds = feeds
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn raises the signal again once it has stopped, and SIGTERM's default action ends the process on
+        # the spot: the embedded PostgreSQL and Valkey that `support serve` started outlived it. Stopped by a
+        # signal, the server returns instead, and `serve` stops them on its way out.
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._feeds.end_all()
