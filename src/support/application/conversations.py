@@ -501,6 +501,8 @@ class SendMessage:
         replies: ReplyRunner,
         limits: ConversationLimits,
         outbox: WebhookOutbox,
+        bus: EventBus,
+        sessions: SessionStore,
         budget: CheckTokenBudget | None = None,
     ) -> None:
         self._conversations = conversations
@@ -510,6 +512,8 @@ class SendMessage:
         self._replies = replies
         self._limits = limits
         self._outbox = outbox
+        self._bus = bus
+        self._sessions = sessions
         self._budget = budget
 
     async def execute(
@@ -610,6 +614,10 @@ class SendMessage:
             # A person has (or is about to get) the conversation: their systems hear about the message.
             await self._outbox.enqueue(message_event(message))
         await self._uow.commit()
+        if updated.status is ConversationStatus.BOT and conversation.status is ConversationStatus.RESOLVED:
+            # Reopened: followers still show it resolved, and every ownership change is a handoff event (before
+            # the message's echo, which the turn publishes).
+            await announce(self._bus, self._sessions, updated.id, [HandoffChanged(updated.status, None)])
         return Turn(
             message,
             False,

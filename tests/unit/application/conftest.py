@@ -220,7 +220,7 @@ async def running_world(
             bus,
             llm,
             runner,
-            SendMessage(repository, attachments, uow, clock, runner, limits, outbox),
+            SendMessage(repository, attachments, uow, clock, runner, limits, outbox, bus, sessions),
             started.conversation,
             clock,
             outbox,

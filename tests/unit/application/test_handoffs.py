@@ -198,6 +198,25 @@ async def test_a_resolved_conversation_reopens_with_the_assistant_and_does_not_l
     assert result.reply is not None
     assert result.reply.decision is not None
     assert result.reply.decision.action is HandoffAction.OFFER_HUMAN
+    # Followers hear of the reopening (every ownership change is a handoff event), before the message.
+    events = await feed(world)
+    changes = [(index, event.payload.status) for index, event in enumerate(events) if event.payload.name == "handoff"]
+    assert [status for _, status in changes][-2:] == [S.RESOLVED, S.BOT]
+    message = next(i for i, e in enumerate(events) if e.payload.name == "message" and "green gizmo" in str(e.payload))
+    assert changes[-1][0] < message
+
+
+async def test_the_reply_stream_of_a_reopening_message_has_no_handoff_event(world: World) -> None:
+    await turn(world, "How long do refunds take?")
+    await world.resolve.execute(SERVICE, world.conversation.id)
+
+    streamed = [event async for event in (await world.send("One more thing")).events()]
+
+    # On a reply stream a handoff event means a person took the reply over; the reopening is for the feed.
+    assert [event.payload.name for event in streamed][:1] == ["message"]
+    assert "handoff" not in [event.payload.name for event in streamed]
+    assert "done" in [event.payload.name for event in streamed]
+    assert [event.payload.name for event in await feed(world)].count("handoff") == 2  # resolved, then bot
 
 
 async def test_the_models_request_for_a_person_hands_over_after_its_words(world: World) -> None:

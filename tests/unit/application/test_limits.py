@@ -158,7 +158,16 @@ def budgeted_send(world: World, budget: InMemoryTokenBudget, daily_tokens: int) 
     check = CheckTokenBudget(budget, TokenBudgetPolicy(daily_tokens=daily_tokens), world.clock)
     attachments = InMemoryAttachmentStore(world.repository)
     return SendMessage(
-        world.repository, attachments, world.uow, world.clock, world.runner, world.limits, world.outbox, check
+        world.repository,
+        attachments,
+        world.uow,
+        world.clock,
+        world.runner,
+        world.limits,
+        world.outbox,
+        world.bus,
+        world.sessions,
+        check,
     )
 
 
