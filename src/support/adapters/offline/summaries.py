@@ -3,7 +3,7 @@
 import re
 from collections.abc import Sequence
 
-from support.domain.conversations import AnswerStatus, HandoffDecision, Message, MessageRole
+from support.domain.conversations import AnswerStatus, HandoffDecision, Message, MessageRole, ReasonCode
 
 _CLIP = 220
 _SPACE = re.compile(r"\s+")
@@ -14,13 +14,26 @@ def _clip(text: str, limit: int = _CLIP) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
+# A reply that handed over for one of these had no answer; for the others (the customer asked for a person, a
+# sensitive topic, frustration) it was the handover notice, not a failure to answer.
+_FAILURES = frozenset({ReasonCode.INSUFFICIENT_EVIDENCE, ReasonCode.REPEATED_FAILURE, ReasonCode.LLM_UNAVAILABLE})
+
+
+def _unanswered(reply: Message) -> bool:
+    if reply.answer_status is AnswerStatus.INSUFFICIENT_EVIDENCE:
+        return True
+    if reply.answer_status is AnswerStatus.HANDED_OFF:
+        return reply.decision is None or reply.decision.reason_code in _FAILURES
+    return False
+
+
 class ExtractiveSummarizer:
     """Quotes the customer's first and latest requests and counts what the assistant managed (deterministic)."""
 
     async def summarize(self, messages: Sequence[Message], *, reason: HandoffDecision | None) -> str:
         asked = [message for message in messages if message.role is MessageRole.CUSTOMER and message.content]
         replies = [message for message in messages if message.role is MessageRole.ASSISTANT]
-        unanswered = sum(1 for reply in replies if reply.answer_status is not AnswerStatus.ANSWERED)
+        unanswered = sum(1 for reply in replies if _unanswered(reply))
         parts: list[str] = []
         if asked:
             parts.append(f"Customer asked: “{_clip(asked[0].content)}”")

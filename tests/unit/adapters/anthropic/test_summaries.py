@@ -75,3 +75,23 @@ async def test_the_extractive_summary_names_the_request_what_failed_and_why() ->
     assert "Assistant replied 1 time, 1 without an answer" in summary
     assert "Handed over: sensitive topic (“charged twice”)" in summary
     assert await ExtractiveSummarizer().summarize([], reason=None) == "The customer has not written anything yet."
+
+
+@pytest.mark.parametrize(
+    ("reason", "counted"),
+    [(ReasonCode.CUSTOMER_REQUEST, False), (ReasonCode.SENSITIVE_TOPIC, False), (ReasonCode.REPEATED_FAILURE, True)],
+)
+async def test_a_handover_notice_counts_as_unanswered_only_when_the_assistant_had_no_answer(
+    reason: ReasonCode, counted: bool
+) -> None:
+    decision = HandoffDecision(HandoffAction.ESCALATE, reason, None, f"{reason.value}.x")
+    notice = Message(
+        new_id(), new_id(), MessageRole.ASSISTANT, "I'm passing this on.", NOW,
+        answer_status=AnswerStatus.HANDED_OFF, decision=decision,
+    )  # fmt: skip
+    transcript = [said(MessageRole.CUSTOMER, "Can I talk to a person?"), notice]
+
+    summary = await ExtractiveSummarizer().summarize(transcript, reason=decision)
+
+    assert "Assistant replied 1 time" in summary
+    assert ("1 without an answer" in summary) is counted
