@@ -194,3 +194,24 @@ def test_serve_on_a_taken_port_stops_before_starting_anything(monkeypatch: pytes
     assert f"Cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "--port" in result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("SUPPORT_HANDOFF__OPENS", "25:99"), ("SUPPORT_HANDOFF__TIMEZONE", "Mars/Olympus")]
+)
+def test_serve_names_a_bad_hours_setting_in_one_line_before_starting_anything(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    def no_servers(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("servers were started with a bad setting")
+
+    monkeypatch.setattr("support.devservers.runtime.running_servers", no_servers)
+    monkeypatch.setenv(variable, value)
+
+    result = _invoke("serve")
+
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert "\n" not in message, message
+    assert variable in message
+    assert "Traceback" not in result.output

@@ -76,3 +76,9 @@ def test_agents_hours_come_from_the_settings() -> None:
     assert not hours.is_open(datetime(2026, 5, 6, 15, 0, tzinfo=UTC))  # a Wednesday
     with pytest.raises(SettingsError, match="Mars/Olympus"):
         handoff_settings(load_settings({"SUPPORT_HANDOFF__TIMEZONE": "Mars/Olympus"}))
+
+
+@pytest.mark.parametrize(("variable", "value"), [("OPENS", "25:99"), ("CLOSES", "24:00")])
+def test_a_time_of_day_out_of_range_is_named(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=rf"^SUPPORT_HANDOFF__{variable}: '{value}' is not a time of day"):
+        handoff_settings(load_settings({f"SUPPORT_HANDOFF__{variable}": value}))

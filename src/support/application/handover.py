@@ -91,7 +91,11 @@ async def hand_over(
     """
     ahead = await conversations.count_waiting(requested_before=now)
     estimate = estimate_wait(
-        now, queue_ahead=ahead, hours=settings.hours, minutes_per_conversation=settings.minutes_per_conversation
+        now,
+        queue_ahead=ahead,
+        hours=settings.hours,
+        minutes_per_conversation=settings.minutes_per_conversation,
+        max_wait_minutes=settings.max_wait_s / 60,
     )
     changed = conversation.request_handoff(decision, now)
     await outbox.enqueue(

@@ -79,10 +79,15 @@ def serve(
     from support.api.streaming import live_feeds
     from support.cli import migrations
     from support.cli.server import FeedEndingServer
-    from support.container import create_app
+    from support.container import check_settings, create_app
     from support.devservers.runtime import running_servers
 
     settings = _settings(host=host, port=port)
+    try:
+        check_settings(settings)
+    except SettingsError as error:
+        console.print(f"[red]Invalid setting[/red] {error}")
+        raise typer.Exit(2) from None
     _ensure_address_free(settings.host, settings.port)
     with running_servers(settings) as ready:
         if migrate:

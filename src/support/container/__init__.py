@@ -12,6 +12,6 @@
 | WebhookSender | httpx |
 """
 
-from support.container.app import build_container, create_app
+from support.container.app import build_container, check_settings, create_app
 
-__all__ = ("build_container", "create_app")
+__all__ = ("build_container", "check_settings", "create_app")

@@ -208,6 +208,25 @@ def escalation_policy(settings: Settings) -> EscalationPolicy:
         raise SettingsError(msg) from error
 
 
+def _clock_time(variable: str, text: str) -> time:
+    try:
+        return time.fromisoformat(text)
+    except ValueError:
+        msg = f"{variable}: {text!r} is not a time of day (HH:MM, 00:00 to 23:59)"
+        raise SettingsError(msg) from None
+
+
+def check_settings(settings: Settings) -> None:
+    """What create_app would refuse, checked before anything starts (a bad policy file, hours, time zone, proxies).
+
+    Raises:
+        SettingsError: naming the setting.
+    """
+    escalation_policy(settings)
+    handoff_settings(settings)
+    trusted_proxies(settings.limits)
+
+
 def handoff_settings(settings: Settings) -> HandoffSettings:
     """Agents' hours and queue pace from the settings."""
     handoff = settings.handoff
@@ -219,8 +238,8 @@ def handoff_settings(settings: Settings) -> HandoffSettings:
     hours = BusinessHours(
         timezone=handoff.timezone,
         days=frozenset(handoff.days),
-        opens=time.fromisoformat(handoff.opens),
-        closes=time.fromisoformat(handoff.closes),
+        opens=_clock_time("SUPPORT_HANDOFF__OPENS", handoff.opens),
+        closes=_clock_time("SUPPORT_HANDOFF__CLOSES", handoff.closes),
     )
     return HandoffSettings(
         hours=hours, minutes_per_conversation=handoff.minutes_per_conversation, max_wait_s=handoff.max_wait_s
@@ -647,9 +666,7 @@ def create_app(settings: Settings | None = None, *overrides: Provider) -> Litest
     settings = settings or load_settings()
     configure_logging(settings)
     # A bad policy file or time zone stops the start, not the first handoff.
-    escalation_policy(settings)
-    handoff_settings(settings)
-    trusted_proxies(settings.limits)
+    check_settings(settings)
     container = build_container(settings, *overrides)
 
     async def start_job_worker() -> None:

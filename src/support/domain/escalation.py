@@ -436,9 +436,17 @@ class BusinessHours:
     closes: time = time(17)
 
     def is_open(self, now: datetime) -> bool:
-        """Agents are working at ``now``."""
+        """Agents are working at ``now``.
+
+        ``closes`` at or before ``opens`` is a night shift (22:00-06:00): it starts on a working day and ends the
+        next morning; 00:00-00:00 is the whole of each working day.
+        """
         local = now.astimezone(ZoneInfo(self.timezone))
-        return local.weekday() in self.days and self.opens <= local.time() < self.closes
+        if self.opens < self.closes:
+            return local.weekday() in self.days and self.opens <= local.time() < self.closes
+        if local.time() >= self.opens:
+            return local.weekday() in self.days
+        return local.time() < self.closes and (local.weekday() - 1) % 7 in self.days
 
     def next_opening(self, now: datetime) -> datetime:
         """``now`` when open, otherwise when agents start next (aware, in the business timezone)."""
@@ -461,31 +469,57 @@ class WaitEstimate:
     open_now: bool
     expected_at: datetime
     minutes: int
+    # The queue's pace says nobody gets to it before the handoff's maximum wait runs out (the conversation then
+    # goes back to the assistant): minutes of that limit, else None.
+    over_limit_minutes: int | None = None
 
 
 def estimate_wait(
-    now: datetime, *, queue_ahead: int, hours: BusinessHours, minutes_per_conversation: float
+    now: datetime,
+    *,
+    queue_ahead: int,
+    hours: BusinessHours,
+    minutes_per_conversation: float,
+    max_wait_minutes: float | None = None,
 ) -> WaitEstimate:
     """The expected wait: the conversations ahead in the queue at a configured pace, from the next opening."""
     start = hours.next_opening(now)
-    minutes = max(1, round((queue_ahead + 1) * minutes_per_conversation))
+    paced = (queue_ahead + 1) * minutes_per_conversation
+    minutes = max(1, round(paced))
     expected = start + timedelta(minutes=minutes)
-    return WaitEstimate(hours.is_open(now), expected, max(1, round((expected - now).total_seconds() / 60)))
+    over = max(1, round(max_wait_minutes)) if max_wait_minutes is not None and paced > max_wait_minutes else None
+    return WaitEstimate(hours.is_open(now), expected, max(1, round((expected - now).total_seconds() / 60)), over)
 
 
 def handoff_notice(estimate: WaitEstimate, hours: BusinessHours) -> str:
-    """The customer-facing message when the conversation goes to the human queue."""
+    """The customer-facing message when the conversation goes to the human queue.
+
+    It never promises a wait past the handoff's limit: when the queue is longer than that, it says so instead.
+    """
+    busy = ""
+    if estimate.over_limit_minutes is not None:
+        limit = estimate.over_limit_minutes
+        busy = (
+            f"Our team is busy: if nobody can take over within {limit} minute{'s' if limit != 1 else ''}"
+            f"{'' if estimate.open_now else ' of opening'}, I'll tell you here and keep helping myself."
+        )
     if estimate.open_now:
+        if busy:
+            return (
+                "I'm passing this conversation to a member of our support team; they can see everything you've "
+                f"written. {busy}"
+            )
         wait = "about a minute" if estimate.minutes <= 1 else f"about {estimate.minutes} minutes"
         return (
             "I'm passing this conversation to a member of our support team; they will take over from here and "
             f"can see everything you've written. Expected wait: {wait}."
         )
     opening = hours.next_opening(estimate.expected_at - timedelta(minutes=estimate.minutes))
+    later = f" {busy}" if busy else ""
     return (
         "I'm passing this conversation to our support team. They're not working right now "
         f"(hours: {_describe_hours(hours)}); someone will answer from {opening:%A %H:%M} ({hours.timezone}). "
-        "You can close this window: the answer will be waiting here."
+        f"You can close this window: the answer will be waiting here.{later}"
     )
 
 

@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -293,6 +294,43 @@ def test_the_notice_gives_the_expected_wait_or_when_someone_will_answer() -> Non
     assert "Monday 09:00" in notice
     assert "Monday to Friday, 09:00-17:00 Europe/Berlin" in notice
     assert closed_estimate.expected_at - saturday > timedelta(days=1)
+
+
+def test_a_night_shift_runs_from_a_working_day_into_the_next_morning() -> None:
+    nights = BusinessHours(timezone="UTC", days=frozenset({0, 1, 2, 3, 4}), opens=time(22), closes=time(6))
+
+    assert nights.is_open(datetime(2026, 5, 4, 23, 0, tzinfo=UTC))  # Monday 23:00
+    assert nights.is_open(datetime(2026, 5, 5, 3, 0, tzinfo=UTC))  # Tuesday 03:00, Monday's shift
+    assert nights.is_open(datetime(2026, 5, 9, 5, 59, tzinfo=UTC))  # Saturday 05:59, Friday's shift
+    assert not nights.is_open(datetime(2026, 5, 5, 12, 0, tzinfo=UTC))  # Tuesday noon
+    assert not nights.is_open(datetime(2026, 5, 4, 3, 0, tzinfo=UTC))  # Monday 03:00: Sunday has no shift
+    assert not nights.is_open(datetime(2026, 5, 9, 23, 0, tzinfo=UTC))  # Saturday night
+    opening = nights.next_opening(datetime(2026, 5, 5, 12, 0, tzinfo=UTC))
+    assert opening == datetime(2026, 5, 5, 22, 0, tzinfo=ZoneInfo("UTC"))
+    all_day = BusinessHours(timezone="UTC", days=frozenset({0}), opens=time(0), closes=time(0))
+    assert all_day.is_open(datetime(2026, 5, 4, 0, 0, tzinfo=UTC))
+    assert all_day.is_open(datetime(2026, 5, 4, 23, 59, tzinfo=UTC))
+    assert not all_day.is_open(datetime(2026, 5, 5, 12, 0, tzinfo=UTC))
+
+
+def test_the_notice_never_promises_a_wait_past_the_handoffs_limit() -> None:
+    hours = BusinessHours(timezone="Europe/Berlin")
+    within = estimate_wait(NOW, queue_ahead=4, hours=hours, minutes_per_conversation=5, max_wait_minutes=30)
+    assert within.over_limit_minutes is None
+    assert "Expected wait: about 25 minutes" in handoff_notice(within, hours)
+
+    # 22 conversations ahead at 5 minutes each: nobody gets to it before the handoff goes back to the assistant.
+    beyond = estimate_wait(NOW, queue_ahead=22, hours=hours, minutes_per_conversation=5, max_wait_minutes=30)
+    notice = handoff_notice(beyond, hours)
+    assert beyond.over_limit_minutes == 30
+    assert "115" not in notice
+    assert "Expected wait" not in notice
+    assert "if nobody can take over within 30 minutes, I'll tell you here" in notice
+
+    saturday = datetime(2026, 5, 9, 12, 0, tzinfo=UTC)
+    closed = estimate_wait(saturday, queue_ahead=22, hours=hours, minutes_per_conversation=5, max_wait_minutes=30)
+    assert "Monday 09:00" in handoff_notice(closed, hours)
+    assert "within 30 minutes of opening" in handoff_notice(closed, hours)
 
 
 def conversation(status: ConversationStatus) -> Conversation:
