@@ -30,26 +30,50 @@ from support.domain.conversations import (
 )
 
 # Phrases that ask for a person, in the languages customers most often write in (lower case, regex).
+# Whom a customer asks for: a person, or the team that has people.
+_PEOPLE = (
+    r"(?:human|person|agent|representative|rep|operator|someone|somebody|manager|supervisor|staff(?:\s+member)?|"
+    r"(?:a\s+)?member\s+of\s+(?:your\s+|the\s+)?(?:staff|team)|customer\s+(?:service|support|care)|"
+    r"(?:the\s+|your\s+)?support\s+team|(?:your\s+|the\s+)?(?:billing|sales)\s+(?:team|department))"
+)
 DEFAULT_HUMAN_REQUEST_PATTERNS: tuple[str, ...] = (
     # English
     (
-        r"\b(?:speak|talk|chat)\s+(?:to|with)\s+(?:a\s+|an\s+|some\s+|your\s+)?(?:real\s+|live\s+)?"
-        r"(?:human|person|agent|representative|operator|someone|somebody|manager|supervisor)\b"
+        r"\b(?:speak|talk|chat)\s+(?:to|with)\s+(?:a\s+|an\s+|some\s+|your\s+|the\s+)?(?:real\s+|live\s+)?"
+        + _PEOPLE
+        + r"\b"
     ),
-    r"\b(?:real|live|actual)\s+(?:human|person|agent)\b",
+    # "a real person" as what is wanted, not a description ("written by a real person" is a question)
+    (
+        r"\b(?:want|need|get|give\s+me|prefer|is\s+there|there\s+is|with|to)\s+(?:a\s+|an\s+|some\s+)?"
+        r"(?:real|live|actual)\s+(?:human|person|agent|people)\b"
+    ),
     r"\b(?:human|live)\s+(?:agent|support|help)\b",
-    r"\b(?:connect|transfer|put)\s+me\s+(?:to|through\s+to|with)\b",
+    (
+        r"\b(?:connect|transfer|put)\s+me\s+(?:to|through\s+to|with)\s+(?:a\s+|an\s+|the\s+|your\s+)?"
+        r"(?:real\s+|live\s+)?" + _PEOPLE + r"\b"
+    ),
     r"\b(?:i\s+)?(?:want|need|would\s+like)\s+(?:a|an|to\s+talk\s+to\s+a)\s+(?:human|person|agent|representative)\b",
-    r"\bescalate\s+(?:this|my)\b",
+    r"\bescalate\s+(?:this|my|it)\b",
     # Getting a human, a person (but not a human-readable invoice)
-    r"\bget\s+(?:me\s+)?(?:a|an)\s+(?:real\s+|live\s+)?(?:human|person|representative|operator)\b(?![-\w])",
+    r"\b(?:get|give)\s+(?:me\s+)?(?:a|an)\s+(?:real\s+|live\s+)?(?:human|person|representative|operator)\b(?![-\w])",
+    # Not the bot
+    (
+        r"\b(?:do\s*n[o']?t|do\s+not)\s+want\s+(?:to\s+(?:talk|speak|chat)\s+(?:to|with)\s+)?(?:a|an|the|this|your)\s+"
+        r"(?:bot|robot|chatbot|machine|ai)\b"
+    ),
+    r"\b(?:stop|enough\s+of|tired\s+of|no\s+more)\s+(?:the\s+|this\s+|your\s+)?(?:bot|robot|chatbot)s?\b",
     # The whole message is the request, as typed to phone menus: "human please", "agent", "a real person!"
     (
-        r"^\W*(?:please\s+)?(?:(?:a|an)\s+)?(?:real\s+|live\s+)?(?:human|person|agent|representative|operator)"
-        r"(?:\s+(?:please|pls|now))?\W*$"
+        r"^\W*(?:please\s+)?(?:(?:a|an)\s+)?(?:real\s+|live\s+)?(?:human|person|agent|representative|operator|"
+        r"customer\s+(?:service|support)|escalate)(?:\s+(?:please|pls|now))?\W*$"
     ),
     # German
-    r"\b(?:mit\s+)?(?:einem|einer)\s+(?:menschen|mitarbeiter(?:in)?|person|berater(?:in)?)\s+(?:sprechen|reden)\b",
+    (
+        r"\b(?:einen|einem|einer|eine)\s+(?:echten\s+|richtigen\s+)?(?:menschen|mitarbeiter(?:in)?|person|"
+        r"berater(?:in)?)\s+(?:sprechen|reden)\b"
+    ),
+    r"\bmit\s+(?:einem|einer)\s+(?:echten\s+|richtigen\s+)?(?:menschen|mitarbeiter(?:in)?|berater(?:in)?)\b",
     r"\b(?:echten|richtigen)\s+(?:menschen|mitarbeiter)\b",
     # French
     (
@@ -57,22 +81,33 @@ DEFAULT_HUMAN_REQUEST_PATTERNS: tuple[str, ...] = (
         r"agent|personne)?\b"
     ),
     r"\b(?:un|une)\s+(?:vrai|vraie)\s+(?:personne|humain)\b",
+    r"\b(?:je\s+veux|je\s+voudrais|j'aimerais|il\s+me\s+faut)\s+(?:un|une)\s+(?:humain|conseill(?:er|ère)|agent)\b",
+    r"^\W*(?:un|une)\s+(?:humain|conseill(?:er|ère))(?:\s+(?:svp|stp|s'il\s+vous\s+pla[iî]t))?\W*$",
     # Spanish
     r"\bhablar\s+con\s+(?:un|una|alguien|una\s+persona|un\s+humano|un\s+agente)\b",
     r"\b(?:persona|agente)\s+real\b",
+    r"\b(?:quiero|necesito)\s+(?:un|una)\s+(?:agente|persona|humano|operador(?:a)?)\b",
+    r"\bagente\s+humano\b",
     # Italian
     r"\bparlare\s+con\s+(?:un|una|qualcuno|un\s+operatore|una\s+persona)\b",
     # Portuguese
     r"\bfalar\s+com\s+(?:um|uma|algu[eé]m|atendente)\b",
     # Dutch
     r"\b(?:spreken|praten)\s+met\s+(?:een|iemand)\s*(?:medewerker|mens|persoon)?\b",
-    r"\bmet\s+(?:een\s+)?(?:medewerker|mens|persoon|iemand)\s+(?:spreken|praten)\b",
+    r"\b(?:met\s+)?(?:een\s+)?(?:medewerker|mens|persoon|iemand)\s+(?:spreken|praten)\b",
 )
-# A short "yes" right after the assistant offered a human accepts the offer ("ok thanks" does not: it often
-# closes the topic instead).
+# A short "yes" right after the assistant offered a human accepts the offer, in the customer's language and with a
+# few words of courtesy ("oui merci", "sí, por favor", "yes, connect me"). "ok thanks" does not: after "ok" or
+# "sure" a thank-you often closes the topic instead.
+_COURTESY = (
+    r"please(?:\s+do)?|bitte(?:\s+sehr|schön)?|merci|s'il\s+vous\s+pla[iî]t|svp|stp|por\s+favor|per\s+favore|"
+    r"graag|alsjeblieft|alstublieft|gerne|volontiers|i'd\s+like\s+that|i\s+would(?:\s+like\s+that)?|"
+    r"that\s+would\s+be\s+great|go\s+ahead|do\s+it|connect\s+me|yes"
+)
 DEFAULT_ACCEPTANCE_PATTERN = (
-    r"(?:yes|yeah|yep|sure|ok|okay|please|please do|yes please|ja|oui|s[ií]|sim|graag)"
-    r"(?:[\s,!.]+(?:please(?:\s+do)?|i'd\s+like\s+that|i\s+would\s+like\s+that|that\s+would\s+be\s+great|go\s+ahead))?"
+    r"(?:(?:yes|yeah|yep|yup|please|ja|jawohl|oui|s[ií]|sim|graag|claro|d'accord|da)"
+    r"(?:[\s,!.]+(?:" + _COURTESY + r"|thanks?|thank\s+you))*"
+    r"|(?:sure|ok|okay)(?:[\s,!.]+(?:" + _COURTESY + r"))*)"
     r"[\s!.]*"
 )
 DEFAULT_FRUSTRATION_TERMS: tuple[str, ...] = (

@@ -82,6 +82,69 @@ def test_ordinary_questions_are_answered(text: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        # Found by an exploratory test (12-07, ninth session): each of these was answered by the bot.
+        "Ik wil een medewerker spreken",
+        "Kan ik iemand spreken?",
+        "Mag ik een mens spreken?",
+        "Ich möchte einen Mitarbeiter sprechen",
+        "Kann ich einen Menschen sprechen?",
+        "Bitte verbinden Sie mich mit einem Mitarbeiter",
+        "Je veux un humain",
+        "un humain svp",
+        "Quiero un agente humano",
+        "I want to speak to customer service",
+        "give me a human",
+        "I don't want to talk to a bot",
+        "stop the bot, give me a person",
+        "customer service please",
+        "escalate",
+        "Is there a real person I can talk to?",
+        "transfer me to the billing team",
+    ],
+)
+def test_more_ways_of_asking_for_a_person_hand_over(text: str) -> None:
+    assert screened(text) == (A.ESCALATE, R.CUSTOMER_REQUEST, "customer_request.phrase")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Is the review written by a real person?",
+        "Which search filter should I use? Please put me with the right article",
+        "How do I connect my desk to the app?",
+        "Does customer service work on weekends?",
+        "I'm not a robot but the captcha keeps failing",
+    ],
+)
+def test_questions_about_people_and_bots_are_not_requests(text: str) -> None:
+    assert screened(text) == (A.ANSWER, None, None)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "yes",
+        "ja bitte",
+        "oui merci",
+        "oui s'il vous plaît",
+        "sí, por favor",
+        "ja graag",
+        "yes, connect me",
+        "yes I would",
+        "yes please, thanks",
+        "sim, por favor",
+        "Sure, go ahead",
+    ],
+)
+def test_yes_to_an_offer_in_the_customers_language_accepts_it(text: str) -> None:
+    offer = said(MessageRole.ASSISTANT, decision=HandoffDecision(A.OFFER_HUMAN, R.FRUSTRATION))
+
+    assert screened(text, [said(MessageRole.CUSTOMER), offer])[2] == "customer_request.accepted_offer"
+
+
+@pytest.mark.parametrize(
     "text", ["human please", "Agent", "a real person!", "Can I get a human? My orders are mixed up", "get me a person"]
 )
 def test_terse_requests_and_getting_a_human_hand_over(text: str) -> None:
