@@ -323,3 +323,35 @@ async def test_a_spent_send_limit_answers_429_before_any_problem_with_the_body(
     assert unknown.status_code == 401  # no caller, nothing counted: authentication still comes first
     transcript = (await http.get(f"{path}/messages", headers=token)).json()["items"]
     assert [item["content"] for item in transcript if item["role"] == "customer"] == ["Hi"]
+
+
+@pytest.mark.parametrize("limits", [limits_of(per_conversation=1)], ids=["per_conversation=1"])
+async def test_a_retry_over_the_limit_gets_its_original_but_nothing_new_gets_through(
+    http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    conversation = await start(http, service_headers, "cust-1")
+    path = f"/v1/conversations/{conversation['id']}"
+    token = bearer(conversation["customer_token"])
+    first = await http.post(
+        f"{path}/messages", json={"content": "Where is my parcel?"}, headers={**token, "Idempotency-Key": "k-1"}
+    )
+    assert first.status_code == 200, first.text
+
+    # The response was lost; the client retries with the same key once the limit is spent: the retry writes
+    # nothing, so it gets the original (it got a 429, and a client could think its message was dropped).
+    retried = await http.post(
+        f"{path}/messages", json={"content": "Where is my parcel?"}, headers={**token, "Idempotency-Key": "k-1"}
+    )
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["duplicate"] is True
+    assert retried.json()["message"]["id"] == first.json()["message"]["id"]
+    assert retried.json()["reply"]["id"] == first.json()["reply"]["id"]
+    # A new key or no key: still refused.
+    for headers in ({"Idempotency-Key": "k-2"}, {}):
+        refused = await http.post(f"{path}/messages", json={"content": "Hello?"}, headers={**token, **headers})
+        assert_limited(refused, refused_by="conversation", wait_at_most=60)
+    # The key with another message is the client's mistake, said as it would be under the limit.
+    reused = await http.post(f"{path}/messages", json={"content": "x"}, headers={**token, "Idempotency-Key": "k-1"})
+    assert_problem(reused, 422, "idempotency_key_reused")
+    transcript = (await http.get(f"{path}/messages", headers=token)).json()["items"]
+    assert [item["content"] for item in transcript if item["role"] == "customer"] == ["Where is my parcel?"]

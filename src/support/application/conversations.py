@@ -40,7 +40,7 @@ from support.domain.feed import FeedEvent, HandoffChanged, ReplyDone
 from support.domain.identity import Principal, Role, issue_customer_token
 from support.domain.ids import new_id
 from support.domain.knowledge import content_type_for_filename
-from support.domain.limits import TokenBudgetExhaustedError
+from support.domain.limits import RateLimitedError, TokenBudgetExhaustedError
 from support.domain.memory import CustomerNotFoundError
 from support.domain.webhooks import WebhookEventType
 from support.ports.conversations import (
@@ -484,6 +484,19 @@ class Turn:
         return TurnResult(self.message, reply, self._stream.final_status)
 
 
+async def _refusal(admission: Awaitable[object] | None, *, retry: bool) -> RateLimitedError | None:
+    """Wait for a send's rate-limit verdict; a refusal is returned (not raised) for a send that may be a retry."""
+    if admission is None:
+        return None
+    try:
+        await admission
+    except RateLimitedError as error:
+        if not retry:
+            raise
+        return error
+    return None
+
+
 class SendMessage:
     """Store a customer message, then reply to it (two-phase: ``execute`` persists, the turn streams).
 
@@ -537,7 +550,8 @@ class SendMessage:
             InvalidInputError: the content is empty or too long, or the idempotency key is too long.
             IdempotencyKeyReusedError: the idempotency key names a different message of the conversation.
             TokenBudgetExhaustedError: the assistant would answer, but the customer's tokens for the day are spent.
-            RateLimitedError: from ``admission``, before any other problem.
+            RateLimitedError: from ``admission``, before any other problem; with an idempotency key, unless the
+                send is a retry of a stored message (the original is returned: it writes nothing).
         """
         started = time.perf_counter()
         try:
@@ -549,12 +563,16 @@ class SendMessage:
         prefetched = self._replies.prefetch(text, admission=admission)
         reservation: LeaseReservation | None = None
         try:
-            if admission is not None:
-                await admission
+            refused = await _refusal(admission, retry=idempotency_key is not None)
             # The row lock orders this message against status changes (a handoff, an agent's claim).
             conversation = ensure_customer_side(
                 principal, await self._conversations.get(conversation_id, for_update=True)
             )
+            if refused is not None:
+                # Over the rate limit, only a retry of a stored message gets through: it writes nothing.
+                if prefetched is not None:
+                    prefetched.cancel()
+                return await self._retried(conversation, text, idempotency_key, uploads, started, refused)
             # The turn's lease is tried for while the message is inserted and committed (a Valkey round trip off
             # the way to the first delta); only for a conversation the caller may write to.
             reservation = self._replies.reserve(conversation.id)
@@ -565,6 +583,36 @@ class SendMessage:
             if reservation is not None:
                 self._replies.forgo(reservation)
             raise
+
+    async def _retried(
+        self,
+        conversation: Conversation,
+        text: str,
+        idempotency_key: str | None,
+        uploads: Sequence[AttachmentUpload],
+        started: float,
+        refused: RateLimitedError,
+    ) -> Turn:
+        """The original of a retry sent over the rate limit, or the refusal when there is none to return."""
+        stored = (
+            await self._conversations.find_by_idempotency_key(conversation.id, idempotency_key)
+            if idempotency_key is not None
+            else None
+        )
+        await self._uow.rollback()
+        if stored is None:
+            raise refused
+        attempt = Message(
+            id=new_id(),
+            conversation_id=conversation.id,
+            role=MessageRole.CUSTOMER,
+            content=text,
+            created_at=self._clock.now(),
+            idempotency_key=idempotency_key,
+            attachments=tuple(upload.info for upload in uploads),
+        )
+        stored.ensure_repeated_by(attempt)
+        return Turn(stored, True, self._replies.start(conversation, stored, started=started, echo=False))
 
     async def _store(
         self,
