@@ -247,19 +247,25 @@ class RequestHandoff(_OwnershipChange):
         Raises:
             ConversationNotFoundError: it does not exist or is not the caller's.
             ConversationClosedError: it is closed.
-            InvalidTransitionError: it is resolved (write a message to reopen it first).
         """
         conversation = ensure_customer_side(principal, await self._conversations.get(conversation_id, for_update=True))
         if conversation.status in {ConversationStatus.PENDING_HUMAN, ConversationStatus.HUMAN}:
             await self._uow.rollback()
             return conversation
         now = self._clock.now()
+        # A resolved conversation is reopened first, as a message would reopen it (a widget's "talk to a person"
+        # button stays on after a resolution; it answered 409 until 12-07).
+        reopened = (
+            conversation.apply(ConversationEvent.CUSTOMER_WRITES, now)
+            if conversation.status is ConversationStatus.RESOLVED
+            else conversation
+        )
         evidence = (reason or "").strip()[:500] or None
         decision = HandoffDecision(
             HandoffAction.ESCALATE, ReasonCode.CUSTOMER_REQUEST, evidence, "customer_request.endpoint"
         )
         changed, text = await hand_over(
-            conversation,
+            reopened,
             decision,
             now,
             conversations=self._conversations,

@@ -440,6 +440,19 @@ async def test_requesting_a_person_twice_changes_nothing_and_withdrawing_returns
         await world.withdraw.execute(SERVICE, world.conversation.id)
 
 
+async def test_asking_for_a_person_on_a_resolved_conversation_reopens_and_queues_it(world: World) -> None:
+    await turn(world, "How long do refunds take?")
+    await world.resolve.execute(SERVICE, world.conversation.id)
+
+    requested = await world.request_handoff.execute(SERVICE, world.conversation.id, "one more question")
+
+    assert requested.status is S.PENDING_HUMAN
+    assert requested.reopened_count == 1
+    assert len(world.outbox.of_type(W.HANDOFF_REQUESTED)) == 1
+    statuses = [event.payload.status for event in await feed(world) if isinstance(event.payload, HandoffChanged)]
+    assert statuses[-2:] == [S.RESOLVED, S.PENDING_HUMAN]
+
+
 async def test_unclaimed_handoffs_go_back_to_the_assistant_after_the_wait(world: World) -> None:
     await world.request_handoff.execute(SERVICE, world.conversation.id, None)
     world.clock.advance(timedelta(seconds=world.handoff_settings.max_wait_s - 1))
