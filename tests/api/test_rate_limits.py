@@ -327,8 +327,10 @@ async def test_a_spent_send_limit_answers_429_before_any_problem_with_the_body(
 
 @pytest.mark.parametrize("limits", [limits_of(per_conversation=1)], ids=["per_conversation=1"])
 async def test_a_retry_over_the_limit_gets_its_original_but_nothing_new_gets_through(
-    http: httpx.AsyncClient, service_headers: dict[str, str]
+    live: str, http: httpx.AsyncClient, service_headers: dict[str, str]
 ) -> None:
+    import websockets
+
     conversation = await start(http, service_headers, "cust-1")
     path = f"/v1/conversations/{conversation['id']}"
     token = bearer(conversation["customer_token"])
@@ -346,12 +348,18 @@ async def test_a_retry_over_the_limit_gets_its_original_but_nothing_new_gets_thr
     assert retried.json()["duplicate"] is True
     assert retried.json()["message"]["id"] == first.json()["message"]["id"]
     assert retried.json()["reply"]["id"] == first.json()["reply"]["id"]
-    # A new key or no key: still refused.
-    for headers in ({"Idempotency-Key": "k-2"}, {}):
-        refused = await http.post(f"{path}/messages", json={"content": "Hello?"}, headers={**token, **headers})
+    # A new key, no key, or the key with another message: still refused, as any send over the limit.
+    for headers, content in (({"Idempotency-Key": "k-2"}, "Hello?"), ({}, "Hello?"), ({"Idempotency-Key": "k-1"}, "x")):
+        refused = await http.post(f"{path}/messages", json={"content": content}, headers={**token, **headers})
         assert_limited(refused, refused_by="conversation", wait_at_most=60)
-    # The key with another message is the client's mistake, said as it would be under the limit.
-    reused = await http.post(f"{path}/messages", json={"content": "x"}, headers={**token, "Idempotency-Key": "k-1"})
-    assert_problem(reused, 422, "idempotency_key_reused")
+    # The socket the same: a retried send frame is echoed (its reply is in the feed), a new one refused.
+    url = live.replace("http", "ws") + f"{path}/ws?access_token={conversation['customer_token']}"
+    async with websockets.connect(url) as socket:
+        await socket.send(json.dumps({"type": "send", "content": "Where is my parcel?", "idempotency_key": "k-1"}))
+        echo = json.loads(await socket.recv())
+        assert (echo["event"], echo["data"]["id"]) == ("message", first.json()["message"]["id"])
+        await socket.send(json.dumps({"type": "send", "content": "Hello?", "idempotency_key": "k-3"}))
+        frame = json.loads(await socket.recv())
+        assert (frame["type"], frame["data"]["code"]) == ("error", "rate_limited")
     transcript = (await http.get(f"{path}/messages", headers=token)).json()["items"]
     assert [item["content"] for item in transcript if item["role"] == "customer"] == ["Where is my parcel?"]

@@ -564,15 +564,15 @@ class SendMessage:
         reservation: LeaseReservation | None = None
         try:
             refused = await _refusal(admission, retry=idempotency_key is not None)
-            # The row lock orders this message against status changes (a handoff, an agent's claim).
-            conversation = ensure_customer_side(
-                principal, await self._conversations.get(conversation_id, for_update=True)
-            )
             if refused is not None:
                 # Over the rate limit, only a retry of a stored message gets through: it writes nothing.
                 if prefetched is not None:
                     prefetched.cancel()
-                return await self._retried(conversation, text, idempotency_key, uploads, started, refused)
+                return await self._retried(principal, conversation_id, text, idempotency_key, uploads, refused)
+            # The row lock orders this message against status changes (a handoff, an agent's claim).
+            conversation = ensure_customer_side(
+                principal, await self._conversations.get(conversation_id, for_update=True)
+            )
             # The turn's lease is tried for while the message is inserted and committed (a Valkey round trip off
             # the way to the first delta); only for a conversation the caller may write to.
             reservation = self._replies.reserve(conversation.id)
@@ -586,33 +586,62 @@ class SendMessage:
 
     async def _retried(
         self,
-        conversation: Conversation,
+        principal: Principal,
+        conversation_id: UUID,
         text: str,
         idempotency_key: str | None,
         uploads: Sequence[AttachmentUpload],
-        started: float,
         refused: RateLimitedError,
     ) -> Turn:
-        """The original of a retry sent over the rate limit, or the refusal when there is none to return."""
-        stored = (
-            await self._conversations.find_by_idempotency_key(conversation.id, idempotency_key)
-            if idempotency_key is not None
-            else None
-        )
-        await self._uow.rollback()
-        if stored is None:
+        """The original of a retry sent over the rate limit, with its reply; else the refusal.
+
+        Reads only (no row lock, no turn): a refused send must not compete with real turns. Anything but a repeat
+        of a stored message that has its reply (or that a person has: then there is none) is the 429, as any send
+        over the limit is.
+        """
+        try:
+            found = await self._original(principal, conversation_id, text, idempotency_key, uploads)
+        except SupportError:
+            found = None
+        finally:
+            await self._uow.rollback()
+        if found is None:
             raise refused
+        conversation, stored, reply = found
+        if reply is None and conversation.assistant_may_reply:
+            raise refused  # still to be answered: that would take a turn, which the limit refuses
+        return Turn(stored, True, ReplyStream.finished(conversation.status, reply))
+
+    async def _original(
+        self,
+        principal: Principal,
+        conversation_id: UUID,
+        text: str,
+        idempotency_key: str | None,
+        uploads: Sequence[AttachmentUpload],
+    ) -> tuple[Conversation, Message, Message | None] | None:
+        """The conversation, the stored message this send repeats and its reply; None when it repeats none.
+
+        Raises:
+            SupportError: the conversation is not the caller's, or the key names another message.
+        """
+        conversation = ensure_customer_side(principal, await self._conversations.get(conversation_id))
+        if idempotency_key is None:
+            return None
+        stored = await self._conversations.find_by_idempotency_key(conversation.id, idempotency_key)
+        if stored is None:
+            return None
         attempt = Message(
             id=new_id(),
             conversation_id=conversation.id,
             role=MessageRole.CUSTOMER,
             content=text,
-            created_at=self._clock.now(),
+            created_at=stored.created_at,
             idempotency_key=idempotency_key,
             attachments=tuple(upload.info for upload in uploads),
         )
         stored.ensure_repeated_by(attempt)
-        return Turn(stored, True, self._replies.start(conversation, stored, started=started, echo=False))
+        return conversation, stored, await self._conversations.find_reply(conversation.id, stored.id)
 
     async def _store(
         self,

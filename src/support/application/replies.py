@@ -136,6 +136,16 @@ class ReplyStream:
         self._consumed = False
         self.final_status = ConversationStatus.BOT
 
+    @classmethod
+    def finished(cls, status: ConversationStatus, reply: Message | None) -> "ReplyStream":
+        """The stream of a turn that already happened: its stored reply (if any) and the end."""
+        stream = cls()
+        stream.final_status = status
+        if reply is not None:
+            stream.put(FeedEvent(0, ReplyDone(reply)))
+        stream.finish()
+        return stream
+
     def put(self, event: FeedEvent) -> None:
         """Deliver an event (never blocks: the task must not wait for a slow or gone client)."""
         self._queue.put_nowait(event)

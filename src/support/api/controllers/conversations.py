@@ -65,6 +65,7 @@ from support.application.conversations import (
     Turn,
 )
 from support.application.handoffs import SendAgentMessage
+from support.application.tasks import started_early
 from support.config import Settings
 from support.domain.conversations import ConversationStatus, clean_filename
 from support.domain.errors import InvalidInputError, SupportError
@@ -731,11 +732,14 @@ async def _send_frame(
             agent_message = await scope.get(SendAgentMessage)
             await agent_message.execute(principal, conversation_id, content, idempotency_key=idempotency_key)
         return
-    # A send frame counts like a send request: the caller's limits and the conversation's.
-    await enforce_rate_limits(socket, principal, conversation_id=conversation_id)
+    # A send frame counts like a send request: the caller's limits and the conversation's (a retry of a stored
+    # message gets its original over the limit, as on HTTP).
+    admission = started_early(enforce_rate_limits(socket, principal, conversation_id=conversation_id))
     async with container() as scope:
         use_case = await scope.get(SendMessage)
-        turn = await use_case.execute(principal, conversation_id, content, idempotency_key=idempotency_key)
+        turn = await use_case.execute(
+            principal, conversation_id, content, idempotency_key=idempotency_key, admission=admission
+        )
     # The reply reaches this socket through the feed; the echo confirms the send with its id.
     if turn.duplicate:
         await socket.send_text(encode_ws(FeedEvent(0, MessagePosted(turn.message))))
