@@ -266,7 +266,8 @@ class IngestDocument:
         self, documents: Sequence[tuple[DocumentDraft, ExtractedDocument]]
     ) -> list[list[EmbeddedChunk]]:
         """Chunk several documents, flag instruction-like chunks, and embed all chunks in shared batches."""
-        chunked = [(draft, self.chunk(extracted)) for draft, extracted in documents]
+        # Cutting is CPU work proportional to the text (a 4 MB upload takes seconds): off the event loop.
+        chunked = await asyncio.to_thread(lambda: [(draft, self.chunk(extracted)) for draft, extracted in documents])
         # What is embedded, and scanned, is what is indexed and shown to the model: title and headings, then the body.
         contexts = [[chunk.context_text(draft.title) for chunk in chunks] for draft, chunks in chunked]
         texts = [text for document_texts in contexts for text in document_texts]
@@ -518,7 +519,9 @@ class IngestDocuments:
         total = len(requests) if isinstance(requests, Sized) else None
         report = BulkIngestReport(total=total or 0)
         previous: tuple[list[_Checked], asyncio.Task[list[list[EmbeddedChunk]]]] | None = None
-        for group in self._groups(requests, report, count=total is None):
+        groups = self._groups(requests, report, count=total is None)
+        # Reading and extracting a group is CPU work (PDFs, HTML): in a worker thread, as for one document.
+        while (group := await asyncio.to_thread(next, groups, None)) is not None:
             checked = await self._check(group)
             # The model works in its own thread on this group while the previous group is written.
             embedding = asyncio.create_task(
@@ -545,6 +548,12 @@ class IngestDocuments:
             except SupportError as error:
                 report.failed += 1
                 report.errors.append((position, request.external_id or "", error.message))
+                continue
+            except Exception:
+                # A document no reader copes with is a bug to fix, but it fails alone: the rest go on.
+                _logger.exception("could not read document %s of a bulk ingestion", position)
+                report.failed += 1
+                report.errors.append((position, request.external_id or "", "The document could not be read."))
                 continue
             group.append(_Checked(position, draft, extracted))
             if len(group) >= BULK_GROUP_DOCUMENTS:

@@ -15,6 +15,10 @@ _SENTENCE_BREAK = re.compile(r"(?:(?<=[.!?\u2026])|(?<=[.!?\u2026][\"'\u201d\u20
 
 # A numbered or lettered list item's marker at the start of a line (indentation kept).
 _LIST_MARKER = re.compile(r"\s*(?:\d{1,3}|[A-Za-z])[.)]")
+# A chunk's characters are bounded as well as its tokens: the embedder's WordPiece tokenizer counts a "word" of more
+# than 100 characters as one unknown token, so a run of one letter or a long blob would otherwise be one chunk of
+# any length (a 200,000-character line was one 200 KB chunk).
+CHARACTERS_PER_TOKEN = 12
 _PARAGRAPH_SEPARATOR = "\n\n"
 _LINE_SEPARATOR = "\n"
 _WORD_SEPARATOR = " "
@@ -62,17 +66,30 @@ def chunk_document(
     if not 0 <= overlap_tokens < max_tokens:
         msg = f"overlap_tokens must be in [0, max_tokens), got {overlap_tokens}"
         raise ValueError(msg)
+    budget = _Budget(count_tokens, max_tokens, max_tokens * CHARACTERS_PER_TOKEN)
     chunks: list[Chunk] = []
     for section in document.sections:
         if not section.text.strip():
             continue
-        pieces = _split_section(section.text, count_tokens, max_tokens)
-        for text, tokens in _pack(pieces, count_tokens, max_tokens, overlap_tokens):
+        pieces = _split_section(section.text, budget)
+        for text, tokens in _pack(pieces, budget, overlap_tokens):
             chunks.append(Chunk(ordinal=len(chunks), heading_path=section.heading_path, text=text, token_count=tokens))
     return chunks
 
 
-def _split_section(text: str, count_tokens: TokenCounter, max_tokens: int) -> Iterator[_Piece]:
+@dataclass(frozen=True, slots=True)
+class _Budget:
+    """What one chunk may hold: ``max_tokens`` as counted by ``count_tokens``, and ``max_chars`` characters."""
+
+    count_tokens: TokenCounter
+    max_tokens: int
+    max_chars: int
+
+    def fits(self, text: str, tokens: int) -> bool:
+        return tokens <= self.max_tokens and len(text) <= self.max_chars
+
+
+def _split_section(text: str, budget: _Budget) -> Iterator[_Piece]:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     first_in_section = True
     for paragraph in _PARAGRAPH_BREAK.split(text):
@@ -93,11 +110,12 @@ def _split_section(text: str, count_tokens: TokenCounter, max_tokens: int) -> It
                 else:
                     separator = _WORD_SEPARATOR
                 first_in_section = first_in_paragraph = first_in_line = False
-                tokens = count_tokens(sentence)
-                if tokens <= max_tokens:
+                # Longer than a chunk may be: not worth counting (a megabyte-long line takes a while).
+                tokens = budget.count_tokens(sentence) if len(sentence) <= budget.max_chars else budget.max_tokens + 1
+                if budget.fits(sentence, tokens):
                     yield _Piece(sentence, tokens, separator)
                     continue
-                for index, (fragment, fragment_tokens) in enumerate(_split_words(sentence, count_tokens, max_tokens)):
+                for index, (fragment, fragment_tokens) in enumerate(_split_words(sentence, budget)):
                     yield _Piece(fragment, fragment_tokens, separator if index == 0 else _WORD_SEPARATOR)
 
 
@@ -109,79 +127,134 @@ def _sentences(line: str) -> list[str]:
     return pieces
 
 
-def _split_words(sentence: str, count_tokens: TokenCounter, max_tokens: int) -> Iterator[tuple[str, int]]:
+def _split_words(sentence: str, budget: _Budget) -> Iterator[tuple[str, int]]:
     """Cut an over-long sentence into runs of whole words, each within the budget."""
     run: list[str] = []
-    run_tokens = 0
+    run_tokens = run_chars = 0
     for word in sentence.split():
-        word_tokens = count_tokens(word)
-        if word_tokens > max_tokens:
+        word_tokens = budget.count_tokens(word) if len(word) <= budget.max_chars else budget.max_tokens + 1
+        if not budget.fits(word, word_tokens):
             if run:
-                yield from _fitting(run, count_tokens, max_tokens)
-                run, run_tokens = [], 0
-            yield from _split_characters(word, count_tokens, max_tokens)
+                yield from _fitting(run, budget)
+                run, run_tokens, run_chars = [], 0, 0
+            yield from _split_characters(word, budget)
             continue
-        if run and run_tokens + word_tokens > max_tokens:
-            yield from _fitting(run, count_tokens, max_tokens)
-            run, run_tokens = [], 0
+        if run and not budget.fits(" " * (run_chars + 1 + len(word)), run_tokens + word_tokens):
+            yield from _fitting(run, budget)
+            run, run_tokens, run_chars = [], 0, 0
         run.append(word)
         run_tokens += word_tokens
+        run_chars += len(word) + (1 if len(run) > 1 else 0)
     if run:
-        yield from _fitting(run, count_tokens, max_tokens)
+        yield from _fitting(run, budget)
 
 
-def _fitting(words: list[str], count_tokens: TokenCounter, max_tokens: int) -> Iterator[tuple[str, int]]:
+def _fitting(words: list[str], budget: _Budget) -> Iterator[tuple[str, int]]:
     """Join words, halving the run if the counter is not additive over words and the whole is too long."""
     text = _WORD_SEPARATOR.join(words)
-    tokens = count_tokens(text)
-    if tokens <= max_tokens or len(words) == 1:
+    tokens = budget.count_tokens(text)
+    if budget.fits(text, tokens) or len(words) == 1:
         yield text, tokens
         return
     middle = len(words) // 2
-    yield from _fitting(words[:middle], count_tokens, max_tokens)
-    yield from _fitting(words[middle:], count_tokens, max_tokens)
+    yield from _fitting(words[:middle], budget)
+    yield from _fitting(words[middle:], budget)
 
 
-def _split_characters(word: str, count_tokens: TokenCounter, max_tokens: int) -> Iterator[tuple[str, int]]:
-    """Cut a single word longer than the budget (a long URL, a hash) into the longest fitting prefixes."""
-    rest = word
-    while rest:
-        tokens = count_tokens(rest)
-        if tokens <= max_tokens:
-            yield rest, tokens
-            return
-        low, high = 1, len(rest)  # invariant: rest[:low] fits (assumed for one character), rest[:high] does not
-        while high - low > 1:
-            middle = (low + high) // 2
-            if count_tokens(rest[:middle]) <= max_tokens:
-                low = middle
-            else:
-                high = middle
-        yield rest[:low], count_tokens(rest[:low])
-        rest = rest[low:]
+def _split_characters(word: str, budget: _Budget) -> Iterator[tuple[str, int]]:
+    """Cut a single word longer than the budget (a long URL, a hash) into the longest fitting prefixes.
+
+    Each cut is searched for within the next ``max_chars`` characters only, so a megabyte-long "word" costs time in
+    proportion to its length (searching the whole rest for every cut was quadratic: minutes of a blocked server).
+    """
+    start = 0
+    previous = 0  # the length of the previous cut: the next one is about as long
+    while start < len(word):
+        window = word[start : start + budget.max_chars]
+        if previous == 0 or previous >= len(window):
+            tokens = budget.count_tokens(window)
+            guess = len(window) if tokens <= budget.max_tokens else len(window) * budget.max_tokens // tokens
+        else:
+            guess = previous
+        length, tokens = _longest_fitting(window, guess, budget)
+        previous = length
+        yield window[:length], tokens
+        start += length
 
 
-def _pack(
-    pieces: Iterator[_Piece], count_tokens: TokenCounter, max_tokens: int, overlap_tokens: int
-) -> Iterator[tuple[str, int]]:
+def _longest_fitting(window: str, guess: int, budget: _Budget) -> tuple[int, int]:
+    """The length of the longest prefix of ``window`` within the budget, searched from ``guess`` outward.
+
+    Tokens are spread about evenly over such a "word", so the guess (the previous cut's length, or the proportional
+    one) is close: doubling steps bracket the answer and a binary search finds it, a few counts of short prefixes
+    per cut. A window that fits whole is returned whole. Returns the length and its token count.
+    """
+    counted: dict[int, int] = {}
+
+    def fits(length: int) -> bool:
+        counted[length] = budget.count_tokens(window[:length])
+        return counted[length] <= budget.max_tokens
+
+    guess = min(len(window), max(1, guess))
+    step = max(1, guess // 16)
+    if fits(guess):
+        if guess == len(window):
+            return guess, counted[guess]
+        low, high = guess, min(len(window), guess + step)
+        while fits(high):
+            if high == len(window):
+                return high, counted[high]
+            low, high, step = high, min(len(window), high + 2 * step), 2 * step
+    else:
+        low, high = max(1, guess - step), guess
+        while low > 1 and not fits(low):
+            low, high, step = max(1, low - 2 * step), low, 2 * step
+    # Invariant: window[:low] fits (assumed for one character), window[:high] does not.
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return low, counted[low] if low in counted else budget.count_tokens(window[:low])
+
+
+def _pack(pieces: Iterator[_Piece], budget: _Budget, overlap_tokens: int) -> Iterator[tuple[str, int]]:
     current: list[_Piece] = []
-    current_tokens = 0
+    current_tokens = current_chars = 0
     has_new_text = False  # False while ``current`` holds only overlap carried from the previous chunk
+
+    def too_full(piece: _Piece) -> bool:
+        return (
+            current_tokens + piece.tokens > budget.max_tokens
+            or current_chars + len(piece.separator) + len(piece.text) > budget.max_chars
+        )
+
     for piece in pieces:
-        if current and current_tokens + piece.tokens > max_tokens:
+        if current and too_full(piece):
             if has_new_text:
-                yield from _emit(current, count_tokens, max_tokens)
+                yield from _emit(current, budget)
                 current = _trailing_overlap(current, overlap_tokens)
                 current_tokens = sum(carried.tokens for carried in current)
+                current_chars = _length(current)
                 has_new_text = False
             # Overlap is a nicety: give it up, oldest first, rather than let it push the new piece out.
-            while current and current_tokens + piece.tokens > max_tokens:
+            while current and too_full(piece):
                 current_tokens -= current.pop(0).tokens
+                current_chars = _length(current)
         current.append(piece)
         current_tokens += piece.tokens
+        current_chars = _length(current)
         has_new_text = True
     if has_new_text:
-        yield from _emit(current, count_tokens, max_tokens)
+        yield from _emit(current, budget)
+
+
+def _length(pieces: list[_Piece]) -> int:
+    """Characters of the pieces joined (the first one's separator is dropped)."""
+    if not pieces:
+        return 0
+    return sum(len(piece.separator) + len(piece.text) for piece in pieces) - len(pieces[0].separator)
 
 
 def _trailing_overlap(emitted: list[_Piece], overlap_tokens: int) -> list[_Piece]:
@@ -194,13 +267,13 @@ def _trailing_overlap(emitted: list[_Piece], overlap_tokens: int) -> list[_Piece
     return emitted[len(emitted) - carried :]
 
 
-def _emit(pieces: list[_Piece], count_tokens: TokenCounter, max_tokens: int) -> Iterator[tuple[str, int]]:
+def _emit(pieces: list[_Piece], budget: _Budget) -> Iterator[tuple[str, int]]:
     """Join pieces into one chunk; split it in two if the counter is not additive and the whole is too long."""
     text = pieces[0].text + "".join(piece.separator + piece.text for piece in pieces[1:])
-    tokens = count_tokens(text)
-    if tokens <= max_tokens or len(pieces) == 1:
+    tokens = budget.count_tokens(text)
+    if budget.fits(text, tokens) or len(pieces) == 1:
         yield text, tokens
         return
     middle = len(pieces) // 2
-    yield from _emit(pieces[:middle], count_tokens, max_tokens)
-    yield from _emit(pieces[middle:], count_tokens, max_tokens)
+    yield from _emit(pieces[:middle], budget)
+    yield from _emit(pieces[middle:], budget)

@@ -1,5 +1,6 @@
 """Ingestion skips unchanged documents, unless the model their vectors came from has changed; it checks urls."""
 
+import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import replace
@@ -12,6 +13,7 @@ from support.adapters.embedding.hashing import HashingEmbedder
 from support.adapters.extraction.extractor import StructuredTextExtractor
 from support.adapters.memory.knowledge import InMemoryKnowledgeBase
 from support.adapters.memory.system import FixedClock, InMemoryUnitOfWork
+from support.application import knowledge as knowledge_module
 from support.application.knowledge import (
     BULK_GROUP_DOCUMENTS,
     IngestDocument,
@@ -23,6 +25,7 @@ from support.application.knowledge import (
     parse_jsonl_lines,
 )
 from support.cli.sources import count_sources, iter_sources
+from support.domain.chunking import chunk_document
 from support.domain.errors import InvalidInputError
 from support.domain.knowledge import Audience, UpsertStatus
 
@@ -331,3 +334,63 @@ def test_a_file_is_the_same_document_however_its_path_is_typed(tmp_path: Path, m
     ]
 
     assert typed == [[str((tmp_path / "docs" / "gift-cards.md").resolve())]] * 4
+
+
+class LoopWatchingExtractor(StructuredTextExtractor):
+    """Extraction as usual, noting whether it ran on the event loop's thread; a document marked BROKEN raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_loop: list[bool] = []
+
+    def extract(self, content: bytes, content_type: str) -> Any:
+        self.on_loop.append(_on_event_loop())
+        if b"BROKEN" in content:
+            raise RecursionError("maximum recursion depth exceeded")
+        return super().extract(content, content_type)
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def test_bulk_ingestion_reads_and_cuts_off_the_event_loop_and_a_document_no_reader_copes_with_fails_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Extraction and chunking are CPU work proportional to the text: on the event loop, one big upload held every
+    # request (and the health check) for seconds to minutes.
+    knowledge = InMemoryKnowledgeBase()
+    extractor = LoopWatchingExtractor()
+    cut_on_loop: list[bool] = []
+    real_chunk = chunk_document
+
+    def watched_chunk(*args: Any, **kwargs: Any) -> Any:
+        cut_on_loop.append(_on_event_loop())
+        return real_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(knowledge_module, "chunk_document", watched_chunk)
+    single = IngestDocument(
+        knowledge, extractor, HashingEmbedder(), InMemoryUnitOfWork(), FixedClock(), KnowledgeLimits()
+    )
+    bulk = IngestDocuments(single, knowledge, InMemoryUnitOfWork(), FixedClock())
+
+    report = await bulk.execute(
+        [
+            replace(ARTICLE, external_id="broken", content=b"# BROKEN\n\nDeep."),
+            replace(ARTICLE, external_id="good"),
+        ]
+    )
+
+    assert (report.created, report.failed) == (1, 1)
+    assert report.errors == [(0, "broken", "The document could not be read.")]
+    assert await knowledge.get_by_external_id("good") is not None
+    assert extractor.on_loop == [False, False]
+    assert cut_on_loop
+    assert not any(cut_on_loop)
+    await single.execute(replace(ARTICLE, external_id="one"))
+    assert extractor.on_loop[-1] is False
+    assert cut_on_loop[-1] is False

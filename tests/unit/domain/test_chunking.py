@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from support.domain.chunking import chunk_document
+from support.domain.chunking import CHARACTERS_PER_TOKEN, chunk_document
 from support.domain.knowledge import Chunk, ExtractedDocument, Section
 
 
@@ -122,6 +122,39 @@ def test_single_word_longer_than_the_budget_is_cut_by_characters() -> None:
 
     assert all(chunk.token_count <= 25 for chunk in chunks)
     assert url in "".join(chunk.text for chunk in chunks)
+
+
+def test_a_word_the_counter_calls_one_token_is_still_cut_by_characters() -> None:
+    # WordPiece counts a "word" of more than 100 characters as one unknown token: a run of one letter was one chunk
+    # of any length (200,000 characters in one chunk).
+    def wordpiece_like(text: str) -> int:
+        return sum(1 if len(word) > 100 else len(word) // 4 + 1 for word in text.split())
+
+    run = "a" * 200_000
+
+    chunks = chunk_document(document(Section((), f"Start. {run} End.")), count_tokens=wordpiece_like)
+
+    assert all(len(chunk.text) <= 200 * CHARACTERS_PER_TOKEN for chunk in chunks)
+    assert all(chunk.token_count <= 200 for chunk in chunks)
+    assert "".join(chunk.text for chunk in chunks).replace(" ", "") == f"Start.{run}End."
+
+
+def test_cutting_a_long_word_asks_the_counter_about_each_character_a_bounded_number_of_times() -> None:
+    # Each cut used to count the whole rest of the word (and binary-search its prefixes): quadratic, so one
+    # 2 MB upload of a base64 blob held the server's event loop for minutes.
+    asked: list[int] = []
+
+    def count(text: str) -> int:
+        asked.append(len(text))
+        return len(re.findall(r"[a-z]+|\d+|[^a-z\d]", text))
+
+    blob = "/".join(f"tok{index:07d}x" for index in range(5_000))  # 60,000 characters, ~20,000 tokens
+
+    chunks = chunk_document(document(Section((), blob)), count_tokens=count, max_tokens=200, overlap_tokens=0)
+
+    assert "".join(chunk.text for chunk in chunks) == blob
+    assert all(chunk.token_count <= 200 for chunk in chunks)
+    assert sum(asked) <= 20 * len(blob)
 
 
 def test_counter_that_is_not_additive_over_words_still_respects_the_budget() -> None:
