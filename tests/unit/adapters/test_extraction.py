@@ -101,6 +101,18 @@ def test_text_that_is_not_utf8_falls_back_to_a_single_byte_encoding() -> None:
     assert document.sections[0].text == "Crème brûlée costs 5 €"
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32", "utf-16-le", "utf-16-be"])
+def test_utf16_and_utf32_text_is_read_as_such(encoding: str) -> None:
+    # Windows editors save "Unicode" text as UTF-16 with a byte-order mark; it was read as Windows-1252 and stored
+    # as "ÿþ#\x00 \x00…", the heading (and so the title) lost. Without a mark, the zero bytes give it away.
+    text = "# 返品について\n\n返品は30日以内に可能です。Grüße"
+
+    document = extractor.extract(text.encode(encoding), "text/markdown")
+
+    assert document.title == "返品について"
+    assert document.sections[-1].text == "返品は30日以内に可能です。Grüße"
+
+
 def test_declared_charset_is_used_when_the_bytes_are_not_utf8() -> None:
     document = extractor.extract("Привет, мир".encode("koi8-r"), "text/plain; charset=koi8-r")
 
@@ -250,6 +262,33 @@ def test_html_headings_lists_and_tables_become_readable_sections() -> None:
         ("If the email does not arrive",): "- Check your spam folder\n  - including Promotions\n- Wait five minutes",
         ("If the email does not arrive", "Limits"): "Plan | Resets per day\n--- | ---\nFree | 3",
     }
+
+
+def test_html_nested_thousands_deep_is_read_without_recursion() -> None:
+    # Old pages leave <font> tags unclosed: a thousand levels went past Python's recursion limit (a 500, and a
+    # failed bulk job).
+    page = "<html><body><h1>Old page</h1>" + "<font size=2>word " * 1200 + "<ul><li>a<ul><li>b</ul></ul></body></html>"
+    deep_list = "<h1>Lists</h1>" + "<ul><li>level" * 1500
+
+    document = extractor.extract(page.encode(), "text/html")
+    lists = extractor.extract(deep_list.encode(), "text/html")
+
+    [(path, text)] = section_texts(document).items()
+    assert path == ()
+    assert text.startswith("word word")
+    assert text.endswith("word\n\n- a\n  - b")
+    lines = section_texts(lists)[()].split("\n")
+    assert len(lines) == 1500
+    assert lines[2] == "    - level"
+
+
+@pytest.mark.parametrize("content_type", ["text/html", "text/markdown"])
+def test_html_nested_past_the_limit_is_refused_naming_the_depth(content_type: str) -> None:
+    # Parsing time grows with the square of the nesting: 200,000 unclosed tags took minutes of a worker thread.
+    page = "<div>\n" + "<div>" * 200_000 + "deep\n"
+
+    with pytest.raises(InvalidInputError, match=r"nests elements 200,001 deep"):
+        extractor.extract(("# Title\n\n" + page if content_type == "text/markdown" else page).encode(), content_type)
 
 
 def test_html_title_falls_back_to_the_title_element() -> None:

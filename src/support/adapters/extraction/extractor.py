@@ -4,7 +4,8 @@ import codecs
 import io
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Final
 
 import pypdf
@@ -85,13 +86,21 @@ _BLANK_LINE_RUN = re.compile(r"\n{3,}")
 
 
 def decode_text(data: bytes, declared_charset: str | None = None) -> str:
-    """Decode bytes as UTF-8 (BOM allowed); if that fails, the declared charset, then Windows-1252 / Latin-1.
+    r"""Decode bytes as UTF-8 (BOM allowed); if that fails, the declared charset, then Windows-1252 / Latin-1.
 
     UTF-8 is tried first even when another charset is declared: valid UTF-8 is almost never anything
     else, and a wrong ``charset=iso-8859-1`` on UTF-8 content is a common server misconfiguration.
     Windows-1252 is what "Latin-1" text from the web and from Word actually is (its smart quotes live
-    in 0x80-0x9F); Latin-1 takes the few bytes it leaves undefined.
+    in 0x80-0x9F); Latin-1 takes the few bytes it leaves undefined. UTF-16 and UTF-32 come first when a byte-order
+    mark says so, or when every other byte is zero (Windows editors save "Unicode" text as UTF-16; decoded as
+    Windows-1252 it was stored as "ÿþ#\x00 \x00…").
     """
+    wide = _wide_encoding(data)
+    if wide is not None:
+        try:
+            return data.decode(wide)
+        except UnicodeDecodeError:
+            pass
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -103,6 +112,35 @@ def decode_text(data: bytes, declared_charset: str | None = None) -> str:
         except UnicodeDecodeError:
             continue
     return data.decode("latin-1")
+
+
+# Byte-order marks of the wide encodings, UTF-32 first (its little-endian mark begins with UTF-16's).
+_WIDE_BOMS: Final = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+# Without a mark: text files never hold zero bytes, UTF-16 ones do (the high byte of every ASCII character), and
+# on one side of each pair: odd positions in little-endian, even ones in big-endian.
+_WIDE_SAMPLE_BYTES: Final = 4096
+_WIDE_SIDE_RATIO: Final = 4
+
+
+def _wide_encoding(data: bytes) -> str | None:
+    """``utf-32``/``utf-16`` (BOM-led), ``utf-16-le``/``utf-16-be`` (zero bytes on one side of each pair), else None."""
+    for bom, encoding in _WIDE_BOMS:
+        if data.startswith(bom):
+            return encoding
+    sample = data[:_WIDE_SAMPLE_BYTES]
+    if len(data) % 2 or 0 not in sample:
+        return None
+    even, odd = sample[0::2].count(0), sample[1::2].count(0)
+    if odd > _WIDE_SIDE_RATIO * even:
+        return "utf-16-le"
+    if even > _WIDE_SIDE_RATIO * odd:
+        return "utf-16-be"
+    return None
 
 
 def _is_known_codec(name: str) -> bool:
@@ -288,6 +326,9 @@ class _MarkdownRenderer:
             self._builder.block(code)
 
     def _html_block(self, token: Token) -> None:
+        if (deepest := _nesting(token.content)) > MAX_HTML_NESTING:
+            msg = f"An HTML block nests elements {deepest:,} deep; at most {MAX_HTML_NESTING:,} can be read."
+            raise InvalidInputError(msg)
         fragment = LexborHTMLParser(token.content)
         for node in _outermost(fragment.css(_NEVER_CONTENT)):
             node.decompose()
@@ -361,7 +402,40 @@ _BLOCK_TAGS: Final = frozenset({
 })  # fmt: skip
 
 
+# HTML parsing checks the stack of open elements for every tag, so its time grows with the square of the nesting:
+# 60,000 unclosed <div>s took 5 s and 200,000 two minutes, in a worker thread that a customer's attachment could
+# hold for hours. Real pages nest tens deep; old ones with unclosed <font> tags, a few thousand.
+MAX_HTML_NESTING: Final = 5_000
+_TAG_START = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)")
+# Elements that are never open afterwards: void ones, and those whose end tag the parser implies.
+_NOT_NESTING: Final = frozenset({
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr",
+    "p", "li", "dt", "dd", "tr", "td", "th", "option", "optgroup", "thead", "tbody", "tfoot", "colgroup",
+    "caption", "rb", "rt", "rtc", "rp", "html", "head", "body",
+})  # fmt: skip
+
+
+def _nesting(text: str) -> int:
+    """How deep the tags of ``text`` nest at most, counting start and end tags (an upper bound on the DOM's)."""
+    depth = deepest = 0
+    for closing, name in _TAG_START.findall(text):
+        if name.lower() in _NOT_NESTING:
+            continue
+        if closing:
+            depth = max(0, depth - 1)
+        else:
+            depth += 1
+            deepest = max(deepest, depth)
+    return deepest
+
+
 def _extract_html(text: str) -> ExtractedDocument:
+    if (deepest := _nesting(text)) > MAX_HTML_NESTING:
+        msg = (
+            f"The HTML nests elements {deepest:,} deep (unclosed tags); at most {MAX_HTML_NESTING:,} can be read. "
+            "Close its tags, or send it as text."
+        )
+        raise InvalidInputError(msg)
     tree = LexborHTMLParser(text)
     title_element = tree.css_first("title")
     page_title = _collapse_whitespace(title_element.text()) if title_element is not None else ""
@@ -443,23 +517,29 @@ def _outermost(nodes: Iterable[LexborNode]) -> list[LexborNode]:
 
 
 def _flatten_text(node: LexborNode, nested_lists: list[LexborNode] | None = None) -> str:
-    """The text of an element on one line; nested lists are set aside in ``nested_lists`` when given."""
+    """The text of an element on one line; nested lists are set aside in ``nested_lists`` when given.
+
+    Iterative, like every walk here: old pages nest unclosed ``<font>`` tags thousands deep, past Python's
+    recursion limit (a RecursionError was a 500, and failed a whole bulk job).
+    """
     parts: list[str] = []
-
-    def visit(element: LexborNode) -> None:
-        for child in element.iter(include_text=True):
-            if child.is_text_node:
-                parts.append(child.text_content or "")
-            elif nested_lists is not None and child.tag in {"ul", "ol"}:
-                nested_lists.append(child)
-            elif child.tag in _BLOCK_TAGS or child.tag == "br":
-                parts.append(" ")
-                visit(child)
-                parts.append(" ")
-            elif child.is_element_node:
-                visit(child)
-
-    visit(node)
+    # Each frame: the children still to visit, and what to append once they are done.
+    stack: list[tuple[Iterator[LexborNode], str]] = [(node.iter(include_text=True), "")]
+    while stack:
+        children, closing = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            parts.append(closing)
+        elif child.is_text_node:
+            parts.append(child.text_content or "")
+        elif nested_lists is not None and child.tag in {"ul", "ol"}:
+            nested_lists.append(child)
+        elif child.tag in _BLOCK_TAGS or child.tag == "br":
+            parts.append(" ")
+            stack.append((child.iter(include_text=True), " "))
+        elif child.is_element_node:
+            stack.append((child.iter(include_text=True), ""))
     return _collapse_whitespace("".join(parts))
 
 
@@ -471,7 +551,16 @@ class _HtmlWalker:
         self._inline: list[str] = []
 
     def walk(self, element: LexborNode) -> None:
-        for child in element.iter(include_text=True):
+        # Each frame: the children still to visit, and whether the element is a block (flushed when done).
+        stack: list[tuple[Iterator[LexborNode], bool]] = [(element.iter(include_text=True), False)]
+        while stack:
+            children, block = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                if block:
+                    self.flush()
+                continue
             tag = child.tag
             if child.is_text_node:
                 self._inline.append(_collapse_inline(child.text_content or ""))
@@ -484,7 +573,7 @@ class _HtmlWalker:
                 self._inline.append("\n")
             elif tag in {"ul", "ol"}:
                 self.flush()
-                self._lines(_list_lines(child, depth=0))
+                self._lines(_list_lines(child))
             elif tag == "table" and not _has_descendant(child, "table, h1, h2, h3, h4, h5, h6"):
                 self.flush()
                 self._lines(_table_lines(child))
@@ -493,10 +582,9 @@ class _HtmlWalker:
                 self._builder.block(child.text(deep=True))
             elif tag in _BLOCK_TAGS or tag == "table":  # a table holding headings is page layout
                 self.flush()
-                self.walk(child)
-                self.flush()
+                stack.append((child.iter(include_text=True), True))
             else:
-                self.walk(child)
+                stack.append((child.iter(include_text=True), False))
 
     def flush(self) -> None:
         lines = (line.strip() for line in "".join(self._inline).split("\n"))
@@ -515,22 +603,42 @@ def _collapse_inline(text: str) -> str:
     return re.sub(r"\s+", " ", text)
 
 
-def _list_lines(list_element: LexborNode, depth: int) -> list[str]:
-    ordered = list_element.tag == "ol"
-    start = list_element.attributes.get("start") or "1"
-    number = int(start) if start.strip().lstrip("-").isdigit() else 1
+@dataclass(slots=True)
+class _ListFrame:
+    """A list being turned into lines: its items still to read, and the nested lists of the item just read."""
+
+    items: Iterator[LexborNode]
+    depth: int
+    ordered: bool
+    number: int
+    nested: list[LexborNode] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, list_element: LexborNode, depth: int) -> "_ListFrame":
+        start = list_element.attributes.get("start") or "1"
+        number = int(start) if start.strip().lstrip("-").isdigit() else 1
+        items = (item for item in list_element.iter() if item.tag == "li")
+        return cls(items, depth, list_element.tag == "ol", number)
+
+
+def _list_lines(root: LexborNode) -> list[str]:
+    """A list's items as lines, each item's nested lists indented under it (depth first, without recursion)."""
     lines: list[str] = []
-    for item in list_element.iter():
-        if item.tag != "li":
+    stack = [_ListFrame.of(root, 0)]
+    while stack:
+        frame = stack[-1]
+        if frame.nested:
+            stack.append(_ListFrame.of(frame.nested.pop(0), frame.depth + 1))
             continue
-        nested: list[LexborNode] = []
-        text = _flatten_text(item, nested_lists=nested)
-        marker = f"{number}." if ordered else "-"
-        number += 1
+        item = next(frame.items, None)
+        if item is None:
+            stack.pop()
+            continue
+        text = _flatten_text(item, nested_lists=frame.nested)
+        marker = f"{frame.number}." if frame.ordered else "-"
+        frame.number += 1
         if text:
-            lines.append(f"{'  ' * depth}{marker} {text}")
-        for nested_list in nested:
-            lines.extend(_list_lines(nested_list, depth + 1))
+            lines.append(f"{'  ' * frame.depth}{marker} {text}")
     return lines
 
 
