@@ -36,33 +36,49 @@ _PEOPLE = (
     r"(?:a\s+)?member\s+of\s+(?:your\s+|the\s+)?(?:staff|team)|customer\s+(?:service|support|care)|"
     r"(?:the\s+|your\s+)?support\s+team|(?:your\s+|the\s+)?(?:billing|sales)\s+(?:team|department))"
 )
+# A request in French or Spanish ends its clause with the person ("je voudrais un agent" asks for one, "je voudrais
+# un agent nettoyant" for a cleaner; "necesito una persona más en mi cuenta" for an account seat).
+_CLAUSE_END_FR = r"(?=\s*(?:$|[.!?,;]|svp\b|stp\b|s'il\b|merci\b|pour\s+(?:m'aider|parler)))"
+_CLAUSE_END_ES = r"(?=\s*(?:$|[.!?,;]|por\s+favor\b|que\s+me\s+ayude\b|ya\b|ahora\b))"
+# "human readable" is not a human.
+_NOT_READABLE = r"(?![-\w]|\s+readable)"
 DEFAULT_HUMAN_REQUEST_PATTERNS: tuple[str, ...] = (
     # English
     (
-        r"\b(?:speak|talk|chat)\s+(?:to|with)\s+(?:a\s+|an\s+|some\s+|your\s+|the\s+)?(?:real\s+|live\s+)?"
+        r"\b(?:speak|talk|chat)\s+(?:to|with)\s+(?:a\s+|an\s+|some\s+|your\s+)?(?:real\s+|live\s+|actual\s+)?"
         + _PEOPLE
         + r"\b"
     ),
     # "a real person" as what is wanted, not a description ("written by a real person" is a question)
     (
-        r"\b(?:want|need|get|give\s+me|prefer|is\s+there|there\s+is|with|to)\s+(?:a\s+|an\s+|some\s+)?"
-        r"(?:real|live|actual)\s+(?:human|person|agent|people)\b"
+        r"\b(?:want|need|get|give\s+me|prefer)\s+(?:a\s+|an\s+|some\s+)?(?:real|live|actual)\s+"
+        r"(?:human|person|agent|people)\b(?!\s+(?:to\s+(?:sign|receive|collect|accept|pick)|signing|instead))"
     ),
+    r"\bis\s+there\s+(?:a|an)\s+(?:real|live|actual)\s+(?:human|person|agent)(?=\s*(?:$|[.!?,]|here\b|available\b))",
     r"\b(?:human|live)\s+(?:agent|support|help)\b",
+    # Whom "connect me to" names is a person or a desk; not a page ("put me with the right article")
     (
-        r"\b(?:connect|transfer|put)\s+me\s+(?:to|through\s+to|with)\s+(?:a\s+|an\s+|the\s+|your\s+)?"
-        r"(?:real\s+|live\s+)?" + _PEOPLE + r"\b"
+        r"\b(?:connect|transfer)\s+me\s+(?:to|through\s+to|with)\b(?!\s+(?:the\s+|a\s+|an\s+|my\s+|your\s+)?"
+        r"(?:right\s+)?(?:article|page|link|app|website|site|wi-?fi|network|internet|bluetooth|printer|desk\s+app)\b)"
     ),
-    r"\b(?:i\s+)?(?:want|need|would\s+like)\s+(?:a|an|to\s+talk\s+to\s+a)\s+(?:human|person|agent|representative)\b",
-    r"\bescalate\s+(?:this|my|it)\b",
+    r"\bput\s+me\s+(?:through(?:\s+to)?|in\s+touch\s+with)\b",
+    r"\bput\s+me\s+with\s+(?:a\s+|an\s+|the\s+|your\s+)?(?:real\s+|live\s+)?" + _PEOPLE + r"\b",
+    r"\b(?:i\s+)?(?:want|need|would\s+like)\s+(?:a|an|to\s+talk\s+to\s+a)\s+(?:human|person|agent|representative)\b"
+    + _NOT_READABLE,
+    r"\bescalate\s+(?:this|my)\b",
+    r"\bescalate\s+it(?=\s*(?:$|[.!?,]|please\b|now\b))",
+    r"\bis\s+there\s+(?:a|an)\s+(?:real\s+|live\s+)?(?:human|person|agent)\s+(?:i|we)\s+(?:can|could)\s+(?:talk|speak|chat)\b",
+    r"\bcan\s+(?:a|an)\s+(?:real\s+|live\s+)?(?:human|person|agent)\s+help\s+me\b",
     # Getting a human, a person (but not a human-readable invoice)
-    r"\b(?:get|give)\s+(?:me\s+)?(?:a|an)\s+(?:real\s+|live\s+)?(?:human|person|representative|operator)\b(?![-\w])",
-    # Not the bot
+    r"\b(?:get\s+(?:me\s+)?|give\s+me\s+)(?:a|an)\s+(?:real\s+|live\s+)?(?:human|person|representative|operator)\b"
+    + _NOT_READABLE,
+    # Not the bot ("stop the bot from emailing me" is about notifications)
     (
-        r"\b(?:do\s*n[o']?t|do\s+not)\s+want\s+(?:to\s+(?:talk|speak|chat)\s+(?:to|with)\s+)?(?:a|an|the|this|your)\s+"
+        r"\b(?:do\s*n[o']?t|do\s+not)\s+want\s+to\s+(?:talk|speak|chat)\s+(?:to|with)\s+(?:a|an|the|this|your)\s+"
         r"(?:bot|robot|chatbot|machine|ai)\b"
     ),
-    r"\b(?:stop|enough\s+of|tired\s+of|no\s+more)\s+(?:the\s+|this\s+|your\s+)?(?:bot|robot|chatbot)s?\b",
+    r"\b(?:stop|enough\s+of|tired\s+of|no\s+more)\s+(?:the\s+|this\s+|your\s+)?(?:bot|chatbot)s?(?=\s*(?:$|[.,!;]))",
+    r"\bdo\s*n[o']?t\s+want\s+(?:a|an|the|this|your)\s+(?:bot|chatbot|ai|robot)(?=\s*(?:$|[.,!;]))",
     # The whole message is the request, as typed to phone menus: "human please", "agent", "a real person!"
     (
         r"^\W*(?:please\s+)?(?:(?:a|an)\s+)?(?:real\s+|live\s+)?(?:human|person|agent|representative|operator|"
@@ -71,22 +87,29 @@ DEFAULT_HUMAN_REQUEST_PATTERNS: tuple[str, ...] = (
     # German
     (
         r"\b(?:einen|einem|einer|eine)\s+(?:echten\s+|richtigen\s+)?(?:menschen|mitarbeiter(?:in)?|person|"
-        r"berater(?:in)?)\s+(?:sprechen|reden)\b"
+        r"berater(?:in)?)\s+(?:sprechen|reden|chatten)\b"
     ),
-    r"\bmit\s+(?:einem|einer)\s+(?:echten\s+|richtigen\s+)?(?:menschen|mitarbeiter(?:in)?|berater(?:in)?)\b",
+    r"\bverbinden?\s+(?:sie\s+)?mich\s+(?:bitte\s+)?mit\b",
     r"\b(?:echten|richtigen)\s+(?:menschen|mitarbeiter)\b",
+    r"^\W*(?:bitte\s+)?(?:einen?\s+)?(?:menschen|mitarbeiter(?:in)?)(?:\s+bitte)?\W*$",
     # French
     (
         r"\b(?:parler|discuter)\s+(?:à|a|avec)\s+(?:un|une|quelqu'un|un\s+vrai)\s*(?:humain|conseiller|conseillère|"
         r"agent|personne)?\b"
     ),
     r"\b(?:un|une)\s+(?:vrai|vraie)\s+(?:personne|humain)\b",
-    r"\b(?:je\s+veux|je\s+voudrais|j'aimerais|il\s+me\s+faut)\s+(?:un|une)\s+(?:humain|conseill(?:er|ère)|agent)\b",
+    (
+        r"\b(?:je\s+veux|je\s+voudrais|j'aimerais|il\s+me\s+faut)\s+(?:un|une)\s+(?:humain|conseill(?:er|ère)|agent)"
+        r"(?:\s+humain)?" + _CLAUSE_END_FR
+    ),
     r"^\W*(?:un|une)\s+(?:humain|conseill(?:er|ère))(?:\s+(?:svp|stp|s'il\s+vous\s+pla[iî]t))?\W*$",
     # Spanish
     r"\bhablar\s+con\s+(?:un|una|alguien|una\s+persona|un\s+humano|un\s+agente)\b",
     r"\b(?:persona|agente)\s+real\b",
-    r"\b(?:quiero|necesito)\s+(?:un|una)\s+(?:agente|persona|humano|operador(?:a)?)\b",
+    (
+        r"\b(?:quiero|necesito)\s+(?:un|una)\s+(?:agente|persona|humano|operador(?:a)?)(?:\s+(?:humano|real))?"
+        + _CLAUSE_END_ES
+    ),
     r"\bagente\s+humano\b",
     # Italian
     r"\bparlare\s+con\s+(?:un|una|qualcuno|un\s+operatore|una\s+persona)\b",
@@ -94,21 +117,29 @@ DEFAULT_HUMAN_REQUEST_PATTERNS: tuple[str, ...] = (
     r"\bfalar\s+com\s+(?:um|uma|algu[eé]m|atendente)\b",
     # Dutch
     r"\b(?:spreken|praten)\s+met\s+(?:een|iemand)\s*(?:medewerker|mens|persoon)?\b",
-    r"\b(?:met\s+)?(?:een\s+)?(?:medewerker|mens|persoon|iemand)\s+(?:spreken|praten)\b",
+    r"\bmet\s+(?:een\s+)?(?:medewerker|mens|persoon|iemand)\s+(?:spreken|praten)\b",
+    # Without "met", only as the speaker's own wish ("kan iemand spreken namens mij" is someone else speaking)
+    (
+        r"\b(?:ik\s+(?:wil|zou\s+graag)|(?:kan|mag|wil)\s+(?:ik|je|u))\s+(?:graag\s+)?(?:een\s+)?"
+        r"(?:medewerker|mens|persoon|iemand)\s+(?:spreken|praten)\b"
+    ),
+    r"\bdoorverbinden\b",
 )
-# A short "yes" right after the assistant offered a human accepts the offer, in the customer's language and with a
-# few words of courtesy ("oui merci", "sí, por favor", "yes, connect me"). "ok thanks" does not: after "ok" or
-# "sure" a thank-you often closes the topic instead.
+# A short "yes" right after the assistant offered a human accepts the offer, in the customer's language, with a few
+# words of courtesy and thanks ("oui merci", "sí, por favor", "yes, connect me"). An "ok" or "sure" takes no
+# thanks: "ok thanks" ("ok merci", "d'accord, merci") often closes the topic instead.
 _COURTESY = (
-    r"please(?:\s+do)?|bitte(?:\s+sehr|schön)?|merci|s'il\s+vous\s+pla[iî]t|svp|stp|por\s+favor|per\s+favore|"
+    r"please(?:\s+do)?|bitte(?:\s+sehr|schön)?|s'il\s+(?:vous|te)\s+pla[iî]t|svp|stp|por\s+favor|per\s+favore|"
     r"graag|alsjeblieft|alstublieft|gerne|volontiers|i'd\s+like\s+that|i\s+would(?:\s+like\s+that)?|"
-    r"that\s+would\s+be\s+great|go\s+ahead|do\s+it|connect\s+me|yes"
+    r"that\s+would\s+be\s+great|go\s+ahead|do\s+it|connect\s+me|yes|pls|gern|sure"
 )
+_THANKS = r"thanks?|thank\s+you|merci|gracias|danke|grazie|obrigad[oa]|bedankt"
 DEFAULT_ACCEPTANCE_PATTERN = (
-    r"(?:(?:yes|yeah|yep|yup|please|ja|jawohl|oui|s[ií]|sim|graag|claro|d'accord|da)"
-    r"(?:[\s,!.]+(?:" + _COURTESY + r"|thanks?|thank\s+you))*"
-    r"|(?:sure|ok|okay)(?:[\s,!.]+(?:" + _COURTESY + r"))*)"
-    r"[\s!.]*"
+    r"(?:(?:yes|yeah|yep|yup|please\s+do|please|of\s+course|absolutely|that\s+would\s+be\s+great|ja|jawohl|oui|"
+    r"s[iíì]|sim|graag|claro|da)"
+    r"(?:[\s,!.]+(?:" + _COURTESY + r"|" + _THANKS + r"))*"
+    r"|(?:sure(?:\s+thing)?|ok|okay|d'accord)(?:[\s,!.]+(?:" + _COURTESY + r"))*)"
+    r"\W*"
 )
 DEFAULT_FRUSTRATION_TERMS: tuple[str, ...] = (
     "useless",

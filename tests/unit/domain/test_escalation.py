@@ -102,6 +102,18 @@ def test_ordinary_questions_are_answered(text: str) -> None:
         "escalate",
         "Is there a real person I can talk to?",
         "transfer me to the billing team",
+        # Open "connect me to" requests that handed over before the widening and must still (found by review)
+        "connect me to support",
+        "Please transfer me to support",
+        "put me through to billing",
+        "connect me with sales",
+        "transfer me to a specialist",
+        "connect me to your team",
+        "transfer me to the returns department",
+        "Can you connect me to an expert?",
+        "Ich möchte einen Mitarbeiter sprechen, bitte",
+        "Je voudrais un conseiller, merci",
+        "Necesito un agente humano por favor",
     ],
 )
 def test_more_ways_of_asking_for_a_person_hand_over(text: str) -> None:
@@ -116,6 +128,23 @@ def test_more_ways_of_asking_for_a_person_hand_over(text: str) -> None:
         "How do I connect my desk to the app?",
         "Does customer service work on weekends?",
         "I'm not a robot but the captcha keeps failing",
+        # Ordinary questions the first widening handed over (found by review)
+        "How do I give a person access to our company account?",
+        "Can you give me a human readable export of my invoices?",
+        "I need to speak with the person who placed the order, can you give me their email?",
+        "I don't want the machine anymore, can I return it?",
+        "I don't want this machine, it arrived damaged",
+        "I don't want a chatbot widget on my site",
+        "How can I stop the robot vacuum from beeping?",
+        "I want to stop the bot from sending me emails",
+        "Ich habe gestern mit einem Mitarbeiter telefoniert, wann kommt meine Erstattung?",
+        "Kann ich die Bestellung mit einer Mitarbeiterin teilen?",
+        "Je voudrais un agent nettoyant pour écran",
+        "Necesito una persona más en mi cuenta, ¿cómo la agrego?",
+        "Quiero una persona adicional en mi plan",
+        "I want to escalate it to my manager, can you send me a PDF of the invoice?",
+        "How do I connect my desk to the app?",
+        "connect me to the right article please",
     ],
 )
 def test_questions_about_people_and_bots_are_not_requests(text: str) -> None:
@@ -136,12 +165,26 @@ def test_questions_about_people_and_bots_are_not_requests(text: str) -> None:
         "yes please, thanks",
         "sim, por favor",
         "Sure, go ahead",
+        "please do",
+        "Please do!",
+        "sí, gracias",
+        "ja danke",
+        "sì grazie",
+        "sim, obrigado",
+        "ja bedankt",
     ],
 )
 def test_yes_to_an_offer_in_the_customers_language_accepts_it(text: str) -> None:
     offer = said(MessageRole.ASSISTANT, decision=HandoffDecision(A.OFFER_HUMAN, R.FRUSTRATION))
 
     assert screened(text, [said(MessageRole.CUSTOMER), offer])[2] == "customer_request.accepted_offer"
+
+
+@pytest.mark.parametrize("text", ["ok thanks", "ok merci", "okay merci", "d'accord, merci", "sure, thanks"])
+def test_ok_thanks_in_any_language_does_not_accept_an_offer(text: str) -> None:
+    offer = said(MessageRole.ASSISTANT, decision=HandoffDecision(A.OFFER_HUMAN, R.FRUSTRATION))
+
+    assert screened(text, [said(MessageRole.CUSTOMER), offer])[0] is A.ANSWER
 
 
 @pytest.mark.parametrize(
