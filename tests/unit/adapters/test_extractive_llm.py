@@ -700,6 +700,35 @@ async def test_a_quote_that_points_to_another_retrieved_article_goes_on_with_it(
     assert citations == ["Return policy", "Refund timing by payment method"]
 
 
+async def test_a_title_inside_a_sentence_is_no_pointer() -> None:
+    # "you will see the Northwind Plus badge" names the Plus article's title, but points nowhere (found by review).
+    llm = ExtractiveLLM(evidence_threshold=0.0)
+    badge = hit(
+        "Member badges",
+        "Your badge appears on your profile after your first order. Once you join, you will see the Northwind Plus "
+        "badge next to your name on every review.",
+        similarity=0.7,
+        vector_rank=1,
+        text_rank=1,
+        score=0.4,
+    )
+    plus = hit(
+        "Northwind Plus",
+        "Northwind Plus costs 49 a year. Cancel anytime from Account > Membership.",
+        similarity=0.5,
+        vector_rank=2,
+        text_rank=2,
+        score=0.3,
+    )
+
+    events = await collect(
+        llm, ReplyRequest(question="When does the badge appear next to my name on reviews?", passages=[badge, plus])
+    )
+
+    assert "costs 49 a year" not in text_of(events)
+    assert [event.passage.title for event in events if isinstance(event, PassageCited)] == ["Member badges"]
+
+
 async def test_a_quote_without_a_pointer_stays_with_its_own_article() -> None:
     llm = ExtractiveLLM(evidence_threshold=0.0)
     question = "When do you inspect returns?"

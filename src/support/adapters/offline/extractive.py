@@ -96,6 +96,8 @@ _SECOND_SOURCE_RATIO = 0.9
 # titles shorter than this many characters ("FAQ") are too common to be a reference.
 _REFERENCE_WORDS = 80
 _REFERENCE_TITLE_CHARS = 8
+# What may follow a title that ends a pointer: the end of the clause, or "article" / "for details".
+_POINTER_END = r"(?:\s+(?:article|page|guide))?(?=\s*(?:$|[.;,:)!?]|\s(?:for|to|on|about)\b))"
 # Units this similar (Jaccard over terms) to an already quoted one are skipped (sibling articles repeat text).
 _DUPLICATE_JACCARD = 0.8
 # The question is short (a follow-up like "and for Plus?"): the previous customer turn joins it at this weight.
@@ -333,23 +335,31 @@ def _with_reference(
     best units of that article, so the customer gets the details rather than a pointer.
     """
     quoted = {passages[unit.passage].document_id for unit in selected}
+    pointed: list[tuple[int, int, _Unit]] = []  # (title length, passage, the unit pointing to it)
     for index, hit in enumerate(passages):
-        title = _normalise(hit.title)
+        title = _WHITESPACE.sub(" ", hit.title.strip().lower())
         if hit.document_id in quoted or len(title) < _REFERENCE_TITLE_CHARS:
             continue
-        pointer = re.compile(rf"\bsee (?:our |the )?{re.escape(title)}\b")
-        referring = next((unit for unit in selected if pointer.search(_normalise(unit.text))), None)
-        siblings = [unit for unit in units if unit.passage == index]
-        candidates = [unit for unit in siblings if unit.kind != "skip"]
-        if referring is None or not candidates:
-            continue
-        # What the pointer says is there ("how long the money takes … depends on your payment method") finds
-        # the part of the article to quote, with the question's own terms.
-        query = dict.fromkeys(referring.terms, 1.0) | dict(scorer.query)
-        by_reference = _Scorer(units, query, passages)
-        anchor = max(candidates, key=lambda unit: (by_reference.relevance(unit), -unit.position))
-        return [*selected, *_window(siblings, _section_start(siblings, anchor), _REFERENCE_WORDS)]
-    return list(selected)
+        # The title names the target only when it ends the pointer: "you will see the Northwind Plus badge" is
+        # no reference to the "Northwind Plus" article.
+        pointer = re.compile(rf"\bsee\s+(?:our\s+|the\s+)?[\"“']?{re.escape(title)}[\"”']?{_POINTER_END}")
+        referring = next((unit for unit in selected if pointer.search(_WHITESPACE.sub(" ", unit.text.lower()))), None)
+        if referring is not None:
+            pointed.append((len(title), index, referring))
+    if not pointed:
+        return list(selected)
+    # The longest title that matches ("Shipping options and delivery times" rather than "Shipping").
+    _, index, referring = max(pointed, key=lambda item: (item[0], -item[1]))
+    siblings = [unit for unit in units if unit.passage == index]
+    candidates = [unit for unit in siblings if unit.kind != "skip"]
+    if not candidates:
+        return list(selected)
+    # What the pointer says is there ("how long the money takes … depends on your payment method") finds the part
+    # of the article to quote, with the question's own terms.
+    query = dict.fromkeys(referring.terms, 1.0) | dict(scorer.query)
+    by_reference = _Scorer(units, query, passages)
+    anchor = max(candidates, key=lambda unit: (by_reference.relevance(unit), -unit.position))
+    return [*selected, *_window(siblings, _section_start(siblings, anchor), _REFERENCE_WORDS)]
 
 
 def _section_start(siblings: Sequence[_Unit], anchor: _Unit) -> _Unit:
