@@ -215,3 +215,19 @@ def test_serve_names_a_bad_hours_setting_in_one_line_before_starting_anything(
     assert "\n" not in message, message
     assert variable in message
     assert "Traceback" not in result.output
+
+
+def test_serve_on_an_address_this_machine_does_not_have_says_so_without_blaming_another_serve(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_servers(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("servers were started for an address that cannot be used")
+
+    monkeypatch.setattr("support.devservers.runtime.running_servers", no_servers)
+
+    result = _invoke("serve", "--host", "192.0.2.1", "--port", "8000")  # TEST-NET-1: never this machine's
+
+    assert result.exit_code == 1, result.output
+    assert "Cannot listen on 192.0.2.1:8000" in result.stderr
+    assert "support serve" not in result.stderr
+    assert "Traceback" not in result.output

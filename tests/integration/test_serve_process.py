@@ -51,7 +51,7 @@ def _server_processes(data_dir: Path) -> list[str]:
 class Serve:
     """One ``support serve`` process with its output in files (no pipe to fill up and block it)."""
 
-    def __init__(self, data_dir: Path, *, bootstrap_key: str | None = None) -> None:
+    def __init__(self, data_dir: Path, *, bootstrap_key: str | None = None, sample_data: bool = False) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -63,7 +63,11 @@ class Serve:
             env["SUPPORT_BOOTSTRAP_ADMIN_KEY"] = bootstrap_key
         with self._stdout.open("wb") as stdout, self._stderr.open("wb") as stderr:
             self.process = subprocess.Popen(  # noqa: S603 - the project's own console script
-                [str(SUPPORT), "serve"], stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env
+                [str(SUPPORT), "serve", *(["--sample-data"] if sample_data else [])],
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                env=env,
             )
 
     @property
@@ -189,4 +193,23 @@ def test_sigterm_stops_serve_and_the_servers_it_started(data_dir: Path) -> None:
             pytest.fail(f"still running {EXIT_WITHIN_S:g} s after SIGTERM:\n{serve.output}")
 
         assert code == 0, serve.output
+        _assert_no_server_left(data_dir)
+
+
+def test_sigterm_while_starting_stops_the_servers_already_started(data_dir: Path) -> None:
+    with Serve(data_dir, bootstrap_key=BOOTSTRAP_KEY, sample_data=True) as serve:
+        # PostgreSQL is serving (initdb's bootstrap has no checkpointer); migrations, the sample help center and the
+        # app are still to come.
+        deadline = time.monotonic() + READY_WITHIN_S
+        while not any("checkpointer" in line for line in _server_processes(data_dir)):
+            assert time.monotonic() < deadline, serve.output
+            time.sleep(0.02)
+        assert not serve.is_ready()
+
+        serve.process.send_signal(signal.SIGTERM)
+        try:
+            serve.process.wait(EXIT_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {EXIT_WITHIN_S:g} s after SIGTERM:\n{serve.output}")
+
         _assert_no_server_left(data_dir)

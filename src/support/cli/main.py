@@ -1,9 +1,12 @@
 import asyncio
+import errno
 import logging
+import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import ExitStack
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -89,7 +92,13 @@ def serve(
         console.print(f"[red]Invalid setting[/red] {error}")
         raise typer.Exit(2) from None
     _ensure_address_free(settings.host, settings.port)
-    with running_servers(settings) as ready:
+    # SIGTERM's default action ends the process on the spot, leaving the servers started below running: while they
+    # start (and the app migrates, loads samples, derives the model) it unwinds instead. uvicorn has its own
+    # handlers while it serves; after it, nothing interrupts stopping them.
+    main_thread = threading.current_thread() is threading.main_thread()  # signals are the main thread's
+    if main_thread:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with running_servers(settings) as ready, _uninterrupted_exit() if main_thread else nullcontext():
         if migrate:
             migrations.upgrade(ready.require_database_url())
         if sample_data:
@@ -108,6 +117,20 @@ def serve(
         FeedEndingServer(config, live_feeds(application)).run()
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def _uninterrupted_exit() -> Iterator[None]:
+    """On the way out of the block (served, failed or signalled), ignore SIGINT and SIGTERM while servers stop."""
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _ensure_address_free(host: str, port: int) -> None:
     """Stop before starting anything when the API's address is taken (a second ``make run``, another program).
 
@@ -120,11 +143,18 @@ def _ensure_address_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as error:
-            console.print(
-                f"[red]Cannot listen on {host}:{port}[/red] ({error.strerror}): another [cyan]support serve[/cyan] "
-                "(a second [cyan]make run[/cyan]?) or another program has it. Stop it, or choose another port with "
-                "--port or SUPPORT_PORT."
-            )
+            reason = error.strerror or str(error)
+            if error.errno == errno.EADDRINUSE:
+                console.print(
+                    f"[red]Cannot listen on {host}:{port}[/red] ({reason}): another [cyan]support serve[/cyan] "
+                    "(a second [cyan]make run[/cyan]?) or another program has it. Stop it, or choose another port "
+                    "with --port or SUPPORT_PORT."
+                )
+            else:  # a privileged port, an address this machine does not have, a host name that does not resolve
+                console.print(
+                    f"[red]Cannot listen on {host}:{port}[/red] ({reason}). Check --host / SUPPORT_HOST and "
+                    "--port / SUPPORT_PORT."
+                )
             raise typer.Exit(1) from None
 
 

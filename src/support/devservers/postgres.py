@@ -96,8 +96,9 @@ class EmbeddedPostgres:
             if not (self.data_dir / "PG_VERSION").exists():
                 self._initdb()
             self._port = free_port()
-            self._pg_ctl_start(self._port)
+            # Set first: stop() must stop a server whose start was interrupted (SIGTERM while pg_ctl waits).
             self._started_here = True
+            self._pg_ctl_start(self._port)
         self._create_database()
         return self.url
 

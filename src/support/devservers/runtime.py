@@ -20,10 +20,11 @@ def running_servers(settings: Settings, *, valkey: bool = True) -> Iterator[Sett
     with ExitStack() as stack:
         if not settings.database_url:
             postgres = EmbeddedPostgres(settings.data_path / "postgres")
-            updates["database_url"] = postgres.start()
+            # Registered before starting: a start cut short (SIGTERM) still stops what it started.
             stack.callback(postgres.stop)
+            updates["database_url"] = postgres.start()
         if valkey and not settings.valkey_url:
             server = EmbeddedValkey(settings.data_path / "valkey")
-            updates["valkey_url"] = server.start()
             stack.callback(server.stop)
+            updates["valkey_url"] = server.start()
         yield msgspec.structs.replace(settings, **updates)

@@ -143,7 +143,6 @@ def test_more_ways_of_asking_for_a_person_hand_over(text: str) -> None:
         "Necesito una persona más en mi cuenta, ¿cómo la agrego?",
         "Quiero una persona adicional en mi plan",
         "I want to escalate it to my manager, can you send me a PDF of the invoice?",
-        "How do I connect my desk to the app?",
         "connect me to the right article please",
     ],
 )
