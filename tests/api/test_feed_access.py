@@ -9,9 +9,12 @@ import msgspec
 import pytest
 import websockets
 from httpx_sse import aconnect_sse
+from litestar import Litestar
 
+from support.api.streaming import live_feeds
 from support.config import Settings
 from tests.api.test_conversations import bearer, read_events, start
+from tests.fakes.llm import ScriptedLLM
 
 RECHECK_S = 0.3
 
@@ -137,3 +140,38 @@ async def test_socket_frames_and_resume_points_of_the_wrong_type_are_refused(
 
     transcript = await http.get(f"/v1/conversations/{conversation['id']}/messages", headers=service_headers)
     assert transcript.json()["items"] == []
+
+
+async def test_ending_the_live_feeds_ends_feeds_but_not_a_reply_being_streamed(
+    chat_app: Litestar, llm: ScriptedLLM, http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    # What a stopping server does first (support.cli.server): feeds end so their clients reconnect elsewhere; a
+    # reply being written is finished and streamed to its requester.
+    conversation = await start(http, service_headers)
+    path = f"/v1/conversations/{conversation['id']}"
+    llm.gate = asyncio.Event()
+
+    async with (
+        aconnect_sse(http, "GET", f"{path}/events", headers=service_headers) as feed,
+        aconnect_sse(
+            http,
+            "POST",
+            f"{path}/messages/stream",
+            json={"content": "How long do refunds take?"},
+            headers=service_headers,
+        ) as reply,
+    ):
+        following = asyncio.create_task(read_events(feed.aiter_sse(), until="never"))
+        replying = asyncio.create_task(read_events(reply.aiter_sse()))
+        async with asyncio.timeout(10):
+            while not llm.requests:  # noqa: ASYNC110 - the scripted model has no event for "called"; it waits at the gate
+                await asyncio.sleep(0.01)
+
+        live_feeds(chat_app).end_all()
+
+        followed = await asyncio.wait_for(following, 5)  # ended as a finished response, no error event
+        assert [event["event"] for event in followed] == ["message"]
+        assert not replying.done()
+        llm.gate.set()
+        streamed = await asyncio.wait_for(replying, 10)
+        assert streamed[-1]["event"] == "done"

@@ -90,15 +90,3 @@ async def test_ended_live_feeds_finish_after_what_they_hold_and_close_their_sour
     # A feed opened while the process is stopping ends at once.
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(anext(with_heartbeats(late.events(), heartbeat_s=60, feeds=feeds)), 1)
-
-
-async def test_a_reply_stream_is_not_ended_with_the_live_feeds() -> None:
-    feeds = LiveFeeds()
-    source = Source()
-    reply = with_heartbeats(source.events(), heartbeat_s=0.01)
-
-    feeds.end_all()
-
-    keepalive = await asyncio.wait_for(anext(reply), 1)
-    assert keepalive.comment == "keepalive"
-    await reply.aclose()

@@ -113,8 +113,8 @@ _LAST_SEARCH_NOTE: Final = (
 # The escalation policy's repeated-failure rule: an unanswered reply now hands over, so the model must not ask
 # whether the customer wants a person (the handover notice follows its reply at once).
 _HANDS_OVER_NOTE: Final = (
-    "This customer's earlier questions went unanswered too. If the search results do not answer this message "
-    "either, a member of the team takes the conversation over: say so in one short sentence instead of asking "
+    "If the search results do not answer this message, a member of the team takes this conversation over (it has "
+    "reached the limit of unanswered questions): say so in one short sentence instead of asking "
     f'whether they would like to talk to a person, and call {HANDOFF_TOOL} with reason_code "insufficient_evidence".'
 )
 _HANDOFF_ACK: Final = (
