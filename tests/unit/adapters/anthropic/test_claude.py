@@ -218,9 +218,9 @@ async def test_a_reply_that_would_hand_over_if_unanswered_is_told_not_to_offer_a
     await collect(make_llm(), ReplyRequest(question=question, passages=[passage(1)], hands_over_if_unanswered=True))
 
     first, second = (request.body["messages"][-1]["content"][-1]["text"] for request in api.requests)
-    assert "takes the conversation over" not in first
-    assert "takes the conversation over" in second
-    assert second.index("takes the conversation over") < second.index("<customer_message>")
+    assert "takes this conversation over" not in first
+    assert "takes this conversation over" in second
+    assert second.index("takes this conversation over") < second.index("<customer_message>")
     # A per-turn note: the cached system prompt stays the same.
     assert api.requests[0].body["system"] == api.requests[1].body["system"]
 
