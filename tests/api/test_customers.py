@@ -143,6 +143,12 @@ async def test_a_customer_is_found_by_the_companys_id_for_them(
     assert_problem(
         await http.get(lookup, params={"external_id": ""}, headers=service_headers), 422, "validation_failed"
     )
+    # Read as the conversation's start read it: surrounding spaces dropped (a data-subject request that names the
+    # id the backend sent found nobody), a blank id refused.
+    padded = await http.get(lookup, params={"external_id": " crm/4711 ü "}, headers=service_headers)
+    assert padded.status_code == 200, padded.text
+    assert padded.json()["id"] == conversation["customer_id"]
+    assert_problem(await http.get(lookup, params={"external_id": "   "}, headers=service_headers), 422, "invalid_input")
     assert_problem(await http.get(lookup, params={"external_id": "crm/4711 ü"}, headers=agent), 403, "forbidden")
     again = await http.get(lookup, params={"external_id": "crm/47"}, headers=service_headers)
     assert_problem(again, 404, "customer_not_found")  # the first lookup created nobody

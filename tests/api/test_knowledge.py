@@ -272,6 +272,56 @@ def test_sample_help_center_is_shipped() -> None:
     assert len(list(folder.glob("*.md"))) >= 15
 
 
+async def test_blank_fields_long_names_and_long_headings_do_not_make_odd_documents(
+    client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
+) -> None:
+    # Found by an exploratory test (12-07, ninth session).
+    # A blank external_id in JSON is refused: it used to become a new random id, so every retry made a duplicate.
+    blank_id = await client.post(
+        "/v1/knowledge/documents",
+        json={"external_id": "   ", "title": "T1", "content": "# Hello\n\nSome text."},
+        headers=admin_headers,
+    )
+    assert blank_id.status_code == 422, blank_id.text
+    assert "external_id is blank" in blank_id.json()["detail"]
+    # In a form a blank field is a field not given: the file names the document and titles it.
+    blank_fields = await client.post(
+        "/v1/knowledge/uploads",
+        files={"file": ("opening-hours.txt", b"We open at nine.", "text/plain")},
+        data={"external_id": "   ", "title": "   "},
+        headers=admin_headers,
+    )
+    assert blank_fields.status_code == 201, blank_fields.text
+    assert blank_fields.json()["document"]["external_id"] == "opening-hours.txt"
+    assert blank_fields.json()["document"]["title"] == "opening-hours"
+    # A file name longer than an id may be is cut, the same way every time (a later upload replaces it).
+    name = "a-very-long-file-name-" * 20 + ".txt"
+    long_name = [
+        await client.post("/v1/knowledge/uploads", files={"file": (name, text, "text/plain")}, headers=admin_headers)
+        for text in (b"First version.", b"Second version.")
+    ]
+    assert [response.status_code for response in long_name] == [201, 200], long_name[0].text
+    assert long_name[1].json()["document"]["external_id"] == name[:300]
+    assert long_name[1].json()["document"]["version"] == 2
+    # A heading longer than a title may be titles the document, cut at a word; a given title is still held to it.
+    heading = "Returns " * 100
+    long_heading = await client.post(
+        "/v1/knowledge/documents",
+        json={"external_id": "long-heading", "content": f"# {heading}\n\nBody.", "content_type": "text/markdown"},
+        headers=admin_headers,
+    )
+    assert long_heading.status_code == 201, long_heading.text
+    title = long_heading.json()["document"]["title"]
+    assert len(title) <= 500
+    assert title.endswith("Returns…")
+    too_long = await client.post(
+        "/v1/knowledge/documents",
+        json={"external_id": "given", "title": "x" * 501, "content": "Body."},
+        headers=admin_headers,
+    )
+    assert too_long.status_code == 422
+
+
 async def test_jsonl_upload_runs_as_a_background_job_with_progress(
     client: AsyncTestClient[Litestar], admin_headers: dict[str, str]
 ) -> None:

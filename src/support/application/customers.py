@@ -6,6 +6,7 @@ from datetime import datetime
 from uuid import UUID
 
 from support.domain.conversations import Conversation, Customer, Message
+from support.domain.errors import InvalidInputError
 from support.domain.memory import ConversationSummary, CustomerNotFoundError, Fact, MemoryNotFoundError
 from support.ports.conversations import ConversationRepository
 from support.ports.customers import CustomerCounts, CustomerRecords, HotStateEraser
@@ -72,9 +73,16 @@ class FindCustomer:
     async def execute(self, external_id: str) -> CustomerProfile:
         """The profile of the customer with this external id; nobody is created.
 
+        Read as a conversation's start reads it (surrounding spaces dropped), so the id the company's backend sent
+        finds the customer it created.
+
         Raises:
+            InvalidInputError: the id is blank.
             CustomerNotFoundError: no customer has this external id.
         """
+        external_id = external_id.strip()
+        if not external_id:
+            raise InvalidInputError("Name the customer: external_id is blank.")
         customer = await self._conversations.find_customer(external_id)
         if customer is None:
             raise CustomerNotFoundError

@@ -149,6 +149,15 @@ def file_title(filename: str) -> str | None:
     return stem[:MAX_TITLE_LENGTH] or None
 
 
+def file_external_id(filename: str) -> str:
+    """The id a file's name gives a document when none is given: the name, cut to the id's length limit.
+
+    Cut rather than refused (a 300-character name was "An external_id has at most 300 characters" for a field
+    the caller never filled); the cut is the same every time, so a later upload of the file still replaces it.
+    """
+    return filename.strip()[:MAX_EXTERNAL_ID_LENGTH]
+
+
 def _checked_title(title: str) -> str:
     """The title, trimmed, once it is neither empty nor too long."""
     title = title.strip()
@@ -157,6 +166,17 @@ def _checked_title(title: str) -> str:
     if len(title) > MAX_TITLE_LENGTH:
         raise InvalidInputError(f"A title has at most {MAX_TITLE_LENGTH} characters.")
     return title
+
+
+def _derived_title(title: str) -> str:
+    """A title found in the content or the file name: cut at a word to the limit rather than refused.
+
+    Nobody chose it, so nobody can shorten it: a page whose first heading runs past the limit is still a document.
+    """
+    title = " ".join(title.split())
+    if len(title) > MAX_TITLE_LENGTH:
+        title = title[: MAX_TITLE_LENGTH - 1].rsplit(" ", 1)[0].rstrip() + "…"
+    return _checked_title(title)
 
 
 def full_text(document: ExtractedDocument) -> str:
@@ -229,7 +249,13 @@ class IngestDocument:
         extracted = self._extractor.extract(request.content, request.content_type)
         if extracted.is_empty:
             raise InvalidInputError("The content has no text.")
-        title = _checked_title(request.title or extracted.title or request.fallback_title or "")
+        title = (
+            _checked_title(request.title)
+            if request.title
+            else _derived_title(extracted.title or request.fallback_title or "")
+        )
+        if request.external_id and not request.external_id.strip():
+            raise InvalidInputError("external_id is blank: leave it out to have one generated.")
         external_id = (request.external_id or "").strip() or str(new_id())
         text = full_text(extracted)
         content_type = request.content_type.split(";")[0].strip().lower()

@@ -30,6 +30,7 @@ from support.application.knowledge import (
     ListDocuments,
     SearchKnowledge,
     StartBulkIngestion,
+    file_external_id,
     file_title,
 )
 from support.domain.errors import InvalidInputError
@@ -403,8 +404,9 @@ class KnowledgeController(Controller):
             IngestRequest(
                 content=content,
                 content_type=content_type,
-                external_id=data.external_id or data.file.filename,
-                title=data.title,
+                # A blank field is a field not given (a form has no null): the file names the document.
+                external_id=(data.external_id or "").strip() or file_external_id(data.file.filename or ""),
+                title=(data.title or "").strip() or None,
                 fallback_title=file_title(data.file.filename or ""),
                 url=data.url,
                 tags=tags,
