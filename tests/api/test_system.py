@@ -154,8 +154,10 @@ async def test_docs_ui_is_served(client: AsyncTestClient[Litestar]) -> None:
     [
         (b'{"name": "caf\xe9", "role": "service"}', "UTF-8"),
         (b"[" * 100_000 + b"]" * 100_000, "nested"),
+        (b"", "empty"),  # was a 422 naming a field "'data'"
+        (b"  \n", "truncated"),
     ],
-    ids=["invalid-utf8", "deeply-nested"],
+    ids=["invalid-utf8", "deeply-nested", "empty", "blank"],
 )
 @pytest.mark.parametrize("path", ["/v1/keys", "/v1/knowledge/search", "/v1/webhooks", "/v1/conversations"])
 async def test_undecodable_json_is_a_400_problem_everywhere(

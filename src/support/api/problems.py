@@ -130,6 +130,9 @@ def handle_support_error(request: Request[Any, Any, Any], error: SupportError) -
 
 def handle_validation_error(request: Request[Any, Any, Any], error: ValidationException) -> Response[ProblemDetails]:
     messages: list[dict[str, Any]] = [item for item in (error.extra or []) if isinstance(item, dict)]
+    if any(item.get("key") == "data" and item.get("message") == "'data'" for item in messages):
+        # A required body that is empty: Litestar reads it as a missing argument named 'data' (its KeyError).
+        return problem_response(request, 400, "malformed_request", "The request body is empty: send a JSON object.")
     malformed = [item for item in messages if "malformed" in str(item.get("message", "")).lower()]
     if malformed or not messages:
         detail = str(malformed[0]["message"]) if malformed else error.detail
