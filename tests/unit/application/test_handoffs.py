@@ -200,7 +200,9 @@ async def test_a_resolved_conversation_reopens_with_the_assistant_and_does_not_l
     assert result.reply.decision.action is HandoffAction.OFFER_HUMAN
     # Followers hear of the reopening (every ownership change is a handoff event), before the message.
     events = await feed(world)
-    changes = [(index, event.payload.status) for index, event in enumerate(events) if event.payload.name == "handoff"]
+    changes = [
+        (index, event.payload.status) for index, event in enumerate(events) if isinstance(event.payload, HandoffChanged)
+    ]
     assert [status for _, status in changes][-2:] == [S.RESOLVED, S.BOT]
     message = next(i for i, e in enumerate(events) if e.payload.name == "message" and "green gizmo" in str(e.payload))
     assert changes[-1][0] < message
