@@ -69,7 +69,7 @@ class EmbeddingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     # Documents the local model embeds side by side, one core each; defaults to every core. Queries have a
     # worker of their own.
     threads: PositiveInt | None = None
-    # Where the local model's int8 derivation is kept (derived at first start, ~70 MB); default
+    # Where the local model's int8 derivation is kept (derived at first start, ~60 MB); default
     # $XDG_CACHE_HOME/support/models, else ~/.cache/support/models.
     model_cache_dir: str | None = None
     url: str | None = None
@@ -85,7 +85,8 @@ class KnowledgeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     chunk_tokens: PositiveInt = 200
     chunk_overlap_tokens: Annotated[int, msgspec.Meta(ge=0)] = 30
     query_cache_ttl_s: PositiveInt = 24 * 3600
-    # Load the sample help center at start (`make run`); articles already stored unchanged are skipped.
+    # Load the sample help center when `support serve` starts (as `--sample-data` does, which `make run` passes);
+    # articles already stored unchanged are skipped.
     load_sample_data: bool = False
     # Chunks flagged as instruction-like at ingestion: "flag" records them (they still reach the assistant, as
     # data); "quarantine" also leaves them out of the assistant's searches (docs/security.md).

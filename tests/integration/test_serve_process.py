@@ -59,11 +59,13 @@ class Serve:
         self._stderr = data_dir.parent / f"serve-{self.port}.err"
         env = {name: value for name, value in os.environ.items() if not name.startswith("SUPPORT_")}
         env |= {"SUPPORT_DATA_DIR": str(data_dir), "SUPPORT_PORT": str(self.port), "SUPPORT_LOG_LEVEL": "warning"}
+        if sample_data:  # the setting, as a deployment would set it (make run passes --sample-data)
+            env["SUPPORT_KNOWLEDGE__LOAD_SAMPLE_DATA"] = "true"
         if bootstrap_key:
             env["SUPPORT_BOOTSTRAP_ADMIN_KEY"] = bootstrap_key
         with self._stdout.open("wb") as stdout, self._stderr.open("wb") as stderr:
             self.process = subprocess.Popen(  # noqa: S603 - the project's own console script
-                [str(SUPPORT), "serve", *(["--sample-data"] if sample_data else [])],
+                [str(SUPPORT), "serve"],
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
@@ -213,3 +215,17 @@ def test_sigterm_while_starting_stops_the_servers_already_started(data_dir: Path
             pytest.fail(f"still running {EXIT_WITHIN_S:g} s after SIGTERM:\n{serve.output}")
 
         _assert_no_server_left(data_dir)
+
+
+def test_the_sample_help_center_setting_loads_it_at_start(data_dir: Path) -> None:
+    with Serve(data_dir, bootstrap_key=BOOTSTRAP_KEY, sample_data=True) as serve:
+        serve.wait_ready()
+        listed = httpx.get(
+            f"{serve.base_url}/v1/knowledge/documents",
+            params={"limit": 100},
+            headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"},
+            timeout=10,
+        )
+        assert listed.status_code == 200, listed.text
+        assert len(listed.json()["items"]) == 24  # the Northwind Supply articles
+        assert serve.interrupt() == 0, serve.output

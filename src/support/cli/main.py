@@ -101,7 +101,7 @@ def serve(
     with running_servers(settings) as ready, _uninterrupted_exit() if main_thread else nullcontext():
         if migrate:
             migrations.upgrade(ready.require_database_url())
-        if sample_data:
+        if sample_data or ready.knowledge.load_sample_data:
             _load_sample_data(ready)
         application = create_app(ready)
         _print_banner(ready)
