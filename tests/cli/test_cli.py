@@ -231,3 +231,18 @@ def test_serve_on_an_address_this_machine_does_not_have_says_so_without_blaming_
     assert "Cannot listen on 192.0.2.1:8000" in result.stderr
     assert "support serve" not in result.stderr
     assert "Traceback" not in result.output
+
+
+async def test_admin_commands_are_quiet_unless_a_log_level_is_asked_for(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    # The migrations' and servers' info lines went to the terminal between "Created … key" and the secret.
+    monkeypatch.setenv("SUPPORT_DATABASE_URL", database_url)
+
+    quiet = _invoke("keys", "create", "--role", "agent", "--name", "quiet")
+    monkeypatch.setenv("SUPPORT_LOG_LEVEL", "info")
+    chatty = _invoke("keys", "create", "--role", "agent", "--name", "chatty")
+
+    assert quiet.exit_code == chatty.exit_code == 0, quiet.output + chatty.output
+    assert "Context impl" not in quiet.stderr
+    assert "Context impl" in chatty.stderr

@@ -1,6 +1,7 @@
 import asyncio
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
@@ -51,17 +52,23 @@ app.command("chat")(chat)
 
 # soft_wrap: commands in the banner stay on one line (copyable) in logs and CI, not just in terminals.
 console = Console(stderr=True, soft_wrap=True)
+_QUIET_LEVEL = "warning"
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _settings(**overrides: object) -> Settings:
+def _settings(*, serving: bool = False, **overrides: object) -> Settings:
     try:
         settings = load_settings(None, **{key: value for key, value in overrides.items() if value is not None})
     except SettingsError as error:
         console.print(f"[red]Invalid setting[/red] {error}")
         raise typer.Exit(2) from None
-    configure_logging(settings)
+    if serving or "SUPPORT_LOG_LEVEL" in os.environ:
+        configure_logging(settings)
+    else:
+        # An admin command's output is its result (`export KEY=$(support keys create …)` in a terminal): the
+        # servers' and migrations' info lines would read as part of it. SUPPORT_LOG_LEVEL brings them back.
+        configure_logging(msgspec.structs.replace(settings, log_level=_QUIET_LEVEL))
     return settings
 
 
@@ -85,7 +92,7 @@ def serve(
     from support.container import check_settings, create_app
     from support.devservers.runtime import running_servers
 
-    settings = _settings(host=host, port=port)
+    settings = _settings(serving=True, host=host, port=port)
     try:
         check_settings(settings)
     except SettingsError as error:
@@ -199,10 +206,10 @@ def _print_banner(settings: Settings) -> None:
         """| python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"""
     )
     console.print(
-        f"              curl -N {base}/v1/conversations/$ID/messages/stream {auth} "
+        f"              curl -sN {base}/v1/conversations/$ID/messages/stream {auth} "
         """-d '{"content": "How long do refunds take?"}'"""
     )
-    console.print(f"  Follow      curl -N {base}/v1/conversations/$ID/events -H 'Authorization: Bearer {key}'")
+    console.print(f"  Follow      curl -sN {base}/v1/conversations/$ID/events -H 'Authorization: Bearer {key}'")
     console.print(
         f"  Handoff     curl -s -X POST {base}/v1/conversations/$ID/handoff {auth}; "
         f"curl -s {base}/v1/handoffs -H 'Authorization: Bearer {key}'\n"

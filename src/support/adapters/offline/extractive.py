@@ -94,7 +94,7 @@ _PROCEDURE_WORDS = 150
 _SECOND_SOURCE_RATIO = 0.9
 # A quoted "see <title of another retrieved article>" brings that article's best units, up to this many words;
 # titles shorter than this many characters ("FAQ") are too common to be a reference.
-_REFERENCE_WORDS = 80
+_REFERENCE_WORDS = 110
 _REFERENCE_TITLE_CHARS = 8
 # What may follow a title that ends a pointer: the end of the clause, or "article" / "for details".
 _POINTER_END = r"(?:\s+(?:article|page|guide))?(?=\s*(?:$|[.;,:)!?]|\s(?:for|to|on|about)\b))"
