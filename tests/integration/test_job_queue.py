@@ -1,6 +1,7 @@
 """The SAQ job queue on a real Valkey: what a job's state shows before, while and after a worker runs it."""
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 from uuid import uuid4
@@ -69,3 +70,22 @@ async def test_the_sweep_as_a_worker_starts_leaves_a_job_being_dequeued_alone(va
         assert state.error is None
     finally:
         await queue.close()
+
+
+async def test_an_idle_worker_stops_without_a_warning(valkey_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Every clean shutdown of `make run` logged "Some tasks did not finish within the shutdown grace period": the
+    # worker's idle polling loops, which never finish by themselves.
+    queue = SaqJobQueue(valkey_url, name=f"jobs-{uuid4()}")
+    await queue.connect()
+
+    async def job(payload: Mapping[str, Any], report: ProgressReporter) -> Mapping[str, Any]:
+        return {}
+
+    queue.register("nothing", job)
+    queue.start_worker(concurrency=1)
+    await asyncio.sleep(0.2)  # the worker is polling
+
+    with caplog.at_level(logging.WARNING, logger="saq"):
+        await queue.close()
+
+    assert [record.getMessage() for record in caplog.records if record.name.startswith("saq")] == []

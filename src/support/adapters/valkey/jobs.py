@@ -94,6 +94,7 @@ class SaqJobQueue:
         self._handlers: dict[str, JobHandler] = {}
         self._worker_task: asyncio.Task[None] | None = None
         self._worker: _EmbeddedWorker | None = None
+        self._running = 0  # jobs this process is running now
 
     async def connect(self) -> None:
         async with cache_errors():
@@ -101,6 +102,14 @@ class SaqJobQueue:
 
     async def close(self) -> None:
         if self._worker is not None:
+            if self._running == 0:
+                # Only the worker's idle polling loops are left: stopped here, SAQ's stop does not wait its grace
+                # period for them and warn that "some tasks did not finish" on every clean shutdown.
+                self._worker.event.set()  # no new polling loop replaces a cancelled one
+                idle = list(self._worker.tasks)
+                for task in idle:
+                    task.cancel()
+                await asyncio.gather(*idle, return_exceptions=True)
             await self._worker.stop()
         if self._worker_task is not None:
             self._worker_task.cancel()
@@ -113,7 +122,10 @@ class SaqJobQueue:
 
     def start_worker(self, concurrency: int = 1) -> None:
         functions = [(kind, self._wrap(kind)) for kind in self._handlers]
-        self._worker = _EmbeddedWorker(self._queue, functions=functions, concurrency=concurrency)
+        # A grace period above zero: SAQ's stop waits it out even for tasks already finished when it is zero.
+        self._worker = _EmbeddedWorker(
+            self._queue, functions=functions, concurrency=concurrency, shutdown_grace_period_s=1
+        )
         self._worker_task = asyncio.create_task(self._worker.start(), name="job-worker")
 
     def _wrap(self, kind: str) -> Callable[..., Awaitable[Mapping[str, Any]]]:
@@ -125,7 +137,11 @@ class SaqJobQueue:
             async def report(progress: float, detail: Mapping[str, Any]) -> None:
                 await job.update(progress=progress, meta={"detail": dict(detail)})
 
-            return await handler(payload, report)
+            self._running += 1
+            try:
+                return await handler(payload, report)
+            finally:
+                self._running -= 1
 
         run.__qualname__ = kind
         return run
