@@ -246,3 +246,15 @@ async def test_admin_commands_are_quiet_unless_a_log_level_is_asked_for(
     assert quiet.exit_code == chatty.exit_code == 0, quiet.output + chatty.output
     assert "Context impl" not in quiet.stderr
     assert "Context impl" in chatty.stderr
+
+
+def test_chat_against_a_server_that_is_not_running_says_how_to_start_one() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again below: nothing listens there
+
+    result = _invoke("chat", "--url", f"http://127.0.0.1:{port}", "--key", "some-key")
+
+    assert result.exit_code == 1, result.output
+    assert f"no answer from http://127.0.0.1:{port}" in result.output
+    assert "Is the server running? `make run` starts it" in result.output

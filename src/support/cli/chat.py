@@ -201,6 +201,7 @@ def chat(
         try:
             return await asyncio.to_thread(input, "you> ")
         except EOFError:
+            console.print()  # end the prompt's line
             return None
 
     async def run() -> None:
@@ -214,6 +215,8 @@ def chat(
         asyncio.run(run())
     except ChatError as error:
         console.print(f"[red]{escape(str(error))}[/red]")
+        if "no answer from" in str(error):
+            console.print("Is the server running? `make run` starts it; --url points elsewhere.")
         raise typer.Exit(1) from error
     except KeyboardInterrupt:
         console.print()

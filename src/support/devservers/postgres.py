@@ -108,6 +108,7 @@ class EmbeddedPostgres:
             return
         self._run([str(self._bin / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"], check=False)
         self._started_here = False
+        _logger.info("stopped embedded PostgreSQL in %s", self.data_dir)
 
     def kill(self) -> None:
         """Stop the server now, whoever started it (fault-injection tests)."""

@@ -93,6 +93,7 @@ class EmbeddedValkey:
         self._process = None
         with contextlib.suppress(FileNotFoundError):
             self._state_file.unlink()
+        _logger.info("stopped embedded Valkey in %s", self.data_dir)
 
     def kill(self) -> None:
         """Stop the server abruptly (fault-injection tests)."""
