@@ -258,3 +258,17 @@ def test_chat_against_a_server_that_is_not_running_says_how_to_start_one() -> No
     assert result.exit_code == 1, result.output
     assert f"no answer from http://127.0.0.1:{port}" in result.output
     assert "Is the server running? `make run` starts it" in result.output
+
+
+def test_the_cli_starts_without_the_web_framework() -> None:
+    # `support --help`, `keys create` and `kb search` took 3 s more than needed: the chat command imported the
+    # API's wire types, and with them Litestar, for every command.
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, support.cli.main; print('litestar' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+    assert loaded.stdout.strip() == "False"

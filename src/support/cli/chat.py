@@ -8,7 +8,7 @@ follow, and after a handoff the agent's messages arrive live from the conversati
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeVar
 
 import httpx
 import msgspec
@@ -17,8 +17,10 @@ from httpx_sse import SSEError, aconnect_sse
 from rich.console import Console
 from rich.markup import escape
 
-from support.api.schemas.conversations import CitationResource, DeltaData, HandoffData, MessageResource
 from support.domain.conversations import ConversationStatus, MessageRole
+
+# The API's wire types (support.api.schemas) import the web framework: they are imported where a chat uses them,
+# so `support --help` and the other commands start in a second instead of three.
 
 _PROBLEM = msgspec.json.Decoder(dict[str, Any])
 _STATUS_NOTES = {
@@ -60,6 +62,8 @@ class ChatSession:
 
     async def send(self, text: str) -> None:
         """Send a message and print the reply as it streams, then its sources."""
+        from support.api.schemas.conversations import CitationResource, DeltaData, MessageResource
+
         path = f"/v1/conversations/{self.conversation_id}/messages/stream"
         sources: list[CitationResource] = []
         writing = False
@@ -115,6 +119,8 @@ class ChatSession:
                     self._show(event.event, event.data, event.id)
 
     def _show(self, name: str, data: str, event_id: str) -> None:
+        from support.api.schemas.conversations import HandoffData, MessageResource
+
         if event_id and event_id != "0":
             if event_id in self._events:
                 return
@@ -154,8 +160,18 @@ def _problem(response: httpx.Response) -> str:
     return f"{response.status_code} {response.reason_phrase}"
 
 
-def _unique(sources: list[CitationResource]) -> list[CitationResource]:
-    seen: dict[tuple[str, str | None], CitationResource] = {}
+class _Source(Protocol):
+    @property
+    def title(self) -> str: ...
+    @property
+    def url(self) -> str | None: ...
+
+
+_S = TypeVar("_S", bound=_Source)
+
+
+def _unique(sources: list[_S]) -> list[_S]:
+    seen: dict[tuple[str, str | None], _S] = {}
     for source in sources:
         seen.setdefault((source.title, source.url), source)
     return list(seen.values())
