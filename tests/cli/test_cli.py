@@ -20,6 +20,7 @@ from litestar.testing import AsyncTestClient
 from typer.testing import CliRunner, Result
 
 from support.cli import migrations
+from support.cli.knowledge import snippet
 from support.cli.main import app
 from tests.conftest import in_thread
 from tests.helpers import assert_problem
@@ -272,3 +273,20 @@ def test_the_cli_starts_without_the_web_framework() -> None:
     )
 
     assert loaded.stdout.strip() == "False"
+
+
+def test_a_search_snippet_shows_the_line_the_query_is_about() -> None:
+    # `support kb search "my desk shows E05"` showed the chunk's first 160 characters: the E03 and E04 rows.
+    table = (
+        "E03 | Legs out of sync | Do a reset (see below). Common after a power cut.\n"
+        "E04 | Handset not communicating | Unplug power for 30 seconds, check the handset cable, plug back in.\n"
+        "E05 | Anti-collision stop | The desk reverses about 2 cm. Remove the obstruction and press again.\n"
+        "E06 | Overheat | Let it rest 20 minutes."
+    )
+
+    shown = snippet(table, "my desk shows E05")
+
+    assert "E05 | Anti-collision stop | The desk reverses" in shown
+    assert shown.startswith("…")
+    assert len(shown) <= 162
+    assert snippet("Short text.", "anything") == "Short text."

@@ -1,6 +1,7 @@
 """``support kb`` and ``support eval``: ingestion with progress, search, listing, retrieval evaluation."""
 
 import json
+import re
 import tempfile
 import time
 from collections.abc import Iterable
@@ -95,6 +96,32 @@ def kb_ingest(
         raise typer.Exit(1)
 
 
+_SNIPPET_CHARS = 160
+_SNIPPET_LEAD = 40
+_SNIPPET_TERM = re.compile(r"\w{2,}")
+
+
+def snippet(text: str, query: str, width: int = _SNIPPET_CHARS) -> str:
+    """``width`` characters of ``text`` around the line sharing most words with the query ("E05"), not its start.
+
+    A chunk's start is often another row of the same table: the line asked about was cut away.
+    """
+    flat = " ".join(text.split())
+    if len(flat) <= width:
+        return flat
+    words = {word.lower() for word in _SNIPPET_TERM.findall(query)}
+    # The line sharing the most words with the query; the first of equals.
+    best, shared = "", 0
+    for line in text.splitlines():
+        count = len(words & {word.lower() for word in _SNIPPET_TERM.findall(line)})
+        if count > shared:
+            best, shared = line, count
+    start = max(0, flat.find(" ".join(best.split())) - _SNIPPET_LEAD) if shared else 0
+    start = min(start, len(flat) - width)
+    piece = flat[start : start + width]
+    return ("…" if start else "") + piece + ("…" if start + width < len(flat) else "")
+
+
 @kb_app.command("search")
 def kb_search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
@@ -110,7 +137,9 @@ def kb_search(
             hits = await search.execute(SearchQuery(text=query, limit=limit, tags=tuple(tag or ())))
         table = Table("#", "score", "title", "section", "text")
         for rank, hit in enumerate(hits, 1):
-            table.add_row(str(rank), f"{hit.score:.4f}", hit.title, " > ".join(hit.heading_path), hit.text[:160] + "…")
+            table.add_row(
+                str(rank), f"{hit.score:.4f}", hit.title, " > ".join(hit.heading_path), snippet(hit.text, query)
+            )
         Console().print(table)
 
     with_container(run, valkey=False, overrides=(in_memory_cache(),))
