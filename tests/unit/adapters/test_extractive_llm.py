@@ -700,6 +700,53 @@ async def test_a_quote_that_points_to_another_retrieved_article_goes_on_with_it(
     assert citations == ["Return policy", "Refund timing by payment method"]
 
 
+async def test_a_bullets_quote_ends_with_its_list_and_takes_the_bullets_before_it_instead() -> None:
+    # "How long do refunds take?" quoted a gift-order bullet and the unrelated paragraph after the list, and left
+    # out the first bullet, the one that answers (found by a fresh-clone walkthrough).
+    text = (
+        "- Refunds go back to the original payment method within days of approval.\n"
+        "- Items returned from a gift order can be refunded as store credit to the gift recipient.\n"
+        "- We inspect returns within 3 business days of receiving them, then the refund takes its time.\n"
+        "\n"
+        "Received something broken or faulty? Do not start a regular return: report it as damaged so that we "
+        "can cover everything for free, including the shipping both ways and any parts that are missing."
+    )
+    llm = ExtractiveLLM(evidence_threshold=0.0, answer_words=60)
+
+    events = await collect(
+        llm,
+        ReplyRequest(
+            question="How long does the refund take?",
+            passages=[hit("Return policy", text, similarity=0.7, vector_rank=1, text_rank=1, score=0.3)],
+        ),
+    )
+
+    quoted = text_of(events)
+    assert "We inspect returns within 3 business days" in quoted
+    assert "Received something broken" not in quoted
+    assert "Refunds go back to the original payment method" in quoted
+
+
+async def test_a_steps_quote_goes_on_into_what_follows_the_procedure() -> None:
+    text = (
+        "1. Go to Account > Settings > Privacy.\n"
+        "2. Select Download my data, then Request export.\n"
+        "\n"
+        "We email you when your export is ready, usually within 48 hours."
+    )
+    llm = ExtractiveLLM(evidence_threshold=0.0)
+
+    events = await collect(
+        llm,
+        ReplyRequest(
+            question="How do I request an export of my data?",
+            passages=[hit("Export your data", text, similarity=0.7, vector_rank=1, text_rank=1, score=0.3)],
+        ),
+    )
+
+    assert "usually within 48 hours" in text_of(events)
+
+
 async def test_a_title_inside_a_sentence_is_no_pointer() -> None:
     # "you will see the Northwind Plus badge" names the Plus article's title, but points nowhere (found by review).
     llm = ExtractiveLLM(evidence_threshold=0.0)

@@ -396,6 +396,10 @@ def _window(siblings: Sequence[_Unit], anchor: _Unit, budget: int) -> list[_Unit
         if used + steps <= max(budget, _PROCEDURE_WORDS):
             start, used = first, used + steps
     while end + 1 < len(siblings) and used + _cost(siblings[end + 1]) <= budget:
+        if _is_bullet(anchor) and siblings[end + 1].kind not in {"item", "skip"}:
+            # A bullet's quote ends with its list: the prose after it is another subject. (A procedure's steps go
+            # on into what follows them: "We'll email you when your file is ready.")
+            break
         end += 1
         used += _cost(siblings[end])
     # Backward, the window stays in the anchor's section: the end of the section before is another subject.
@@ -407,6 +411,11 @@ def _window(siblings: Sequence[_Unit], anchor: _Unit, budget: int) -> list[_Unit
         start += 1
     chosen = [unit for unit in siblings[start : end + 1] if unit.kind != "skip"]
     return [_truncated(unit) if unit is anchor else unit for unit in chosen]
+
+
+def _is_bullet(unit: _Unit) -> bool:
+    """An item of an unordered list ("- Refunds go back to the original payment method.")."""
+    return unit.kind == "item" and unit.text.lstrip()[:1] in {"-", "*", "•", "+"}
 
 
 def _step_number(unit: _Unit) -> int | None:
