@@ -85,8 +85,15 @@ class _Budget:
     max_tokens: int
     max_chars: int
 
-    def fits(self, text: str, tokens: int) -> bool:
-        return tokens <= self.max_tokens and len(text) <= self.max_chars
+    def count(self, text: str) -> int:
+        """The text's tokens, or any count over the budget for a text past ``max_chars``.
+
+        Such a text cannot fit anyway, and counting a megabyte-long line takes a while.
+        """
+        return self.count_tokens(text) if len(text) <= self.max_chars else self.max_tokens + 1
+
+    def fits(self, chars: int, tokens: int) -> bool:
+        return tokens <= self.max_tokens and chars <= self.max_chars
 
 
 def _split_section(text: str, budget: _Budget) -> Iterator[_Piece]:
@@ -110,9 +117,8 @@ def _split_section(text: str, budget: _Budget) -> Iterator[_Piece]:
                 else:
                     separator = _WORD_SEPARATOR
                 first_in_section = first_in_paragraph = first_in_line = False
-                # Longer than a chunk may be: not worth counting (a megabyte-long line takes a while).
-                tokens = budget.count_tokens(sentence) if len(sentence) <= budget.max_chars else budget.max_tokens + 1
-                if budget.fits(sentence, tokens):
+                tokens = budget.count(sentence)
+                if budget.fits(len(sentence), tokens):
                     yield _Piece(sentence, tokens, separator)
                     continue
                 for index, (fragment, fragment_tokens) in enumerate(_split_words(sentence, budget)):
@@ -132,14 +138,14 @@ def _split_words(sentence: str, budget: _Budget) -> Iterator[tuple[str, int]]:
     run: list[str] = []
     run_tokens = run_chars = 0
     for word in sentence.split():
-        word_tokens = budget.count_tokens(word) if len(word) <= budget.max_chars else budget.max_tokens + 1
-        if not budget.fits(word, word_tokens):
+        word_tokens = budget.count(word)
+        if not budget.fits(len(word), word_tokens):
             if run:
                 yield from _fitting(run, budget)
                 run, run_tokens, run_chars = [], 0, 0
             yield from _split_characters(word, budget)
             continue
-        if run and not budget.fits(" " * (run_chars + 1 + len(word)), run_tokens + word_tokens):
+        if run and not budget.fits(run_chars + 1 + len(word), run_tokens + word_tokens):
             yield from _fitting(run, budget)
             run, run_tokens, run_chars = [], 0, 0
         run.append(word)
@@ -153,7 +159,7 @@ def _fitting(words: list[str], budget: _Budget) -> Iterator[tuple[str, int]]:
     """Join words, halving the run if the counter is not additive over words and the whole is too long."""
     text = _WORD_SEPARATOR.join(words)
     tokens = budget.count_tokens(text)
-    if budget.fits(text, tokens) or len(words) == 1:
+    if budget.fits(len(text), tokens) or len(words) == 1:
         yield text, tokens
         return
     middle = len(words) // 2
@@ -225,10 +231,7 @@ def _pack(pieces: Iterator[_Piece], budget: _Budget, overlap_tokens: int) -> Ite
     has_new_text = False  # False while ``current`` holds only overlap carried from the previous chunk
 
     def too_full(piece: _Piece) -> bool:
-        return (
-            current_tokens + piece.tokens > budget.max_tokens
-            or current_chars + len(piece.separator) + len(piece.text) > budget.max_chars
-        )
+        return not budget.fits(current_chars + len(piece.separator) + len(piece.text), current_tokens + piece.tokens)
 
     for piece in pieces:
         if current and too_full(piece):
@@ -271,7 +274,7 @@ def _emit(pieces: list[_Piece], budget: _Budget) -> Iterator[tuple[str, int]]:
     """Join pieces into one chunk; split it in two if the counter is not additive and the whole is too long."""
     text = pieces[0].text + "".join(piece.separator + piece.text for piece in pieces[1:])
     tokens = budget.count_tokens(text)
-    if budget.fits(text, tokens) or len(pieces) == 1:
+    if budget.fits(len(text), tokens) or len(pieces) == 1:
         yield text, tokens
         return
     middle = len(pieces) // 2
