@@ -28,6 +28,7 @@ from support.domain.conversations import (
     Message,
     MessageRole,
     clean_filename,
+    customer_external_id,
 )
 from support.domain.errors import (
     ContentTooLargeError,
@@ -167,10 +168,9 @@ class StartConversation:
                 # The token is genuine, but its customer was erased (or never stored): say what is missing.
                 raise CustomerNotFoundError("The customer of this token no longer exists.")
         else:
-            external_id = (external_id or "").strip()
-            if not external_id:
-                raise InvalidInputError("Name the customer: customer.external_id is required.")
-            customer = await self._conversations.get_or_create_customer(external_id, name=name, email=email, now=now)
+            customer = await self._conversations.get_or_create_customer(
+                customer_external_id(external_id), name=name, email=email, now=now
+            )
         conversation = Conversation(
             id=new_id(),
             customer_id=customer.id,
@@ -484,6 +484,25 @@ class Turn:
         return TurnResult(self.message, reply, self._stream.final_status)
 
 
+def _customer_message(
+    conversation: Conversation,
+    text: str,
+    idempotency_key: str | None,
+    uploads: Sequence[AttachmentUpload],
+    at: datetime,
+) -> Message:
+    """A new customer message of ``conversation`` (what a send stores, and what a retry is compared with)."""
+    return Message(
+        id=new_id(),
+        conversation_id=conversation.id,
+        role=MessageRole.CUSTOMER,
+        content=text,
+        created_at=at,
+        idempotency_key=idempotency_key,
+        attachments=tuple(upload.info for upload in uploads),
+    )
+
+
 async def _refusal(admission: Awaitable[object] | None, *, retry: bool) -> RateLimitedError | None:
     """Wait for a send's rate-limit verdict; a refusal is returned (not raised) for a send that may be a retry."""
     if admission is None:
@@ -631,16 +650,7 @@ class SendMessage:
         stored = await self._conversations.find_by_idempotency_key(conversation.id, idempotency_key)
         if stored is None:
             return None
-        attempt = Message(
-            id=new_id(),
-            conversation_id=conversation.id,
-            role=MessageRole.CUSTOMER,
-            content=text,
-            created_at=stored.created_at,
-            idempotency_key=idempotency_key,
-            attachments=tuple(upload.info for upload in uploads),
-        )
-        stored.ensure_repeated_by(attempt)
+        stored.ensure_repeated_by(_customer_message(conversation, text, idempotency_key, uploads, stored.created_at))
         return conversation, stored, await self._conversations.find_reply(conversation.id, stored.id)
 
     async def _store(
@@ -654,15 +664,7 @@ class SendMessage:
         reservation: LeaseReservation,
     ) -> Turn:
         now = self._clock.now()
-        message = Message(
-            id=new_id(),
-            conversation_id=conversation.id,
-            role=MessageRole.CUSTOMER,
-            content=text,
-            created_at=now,
-            idempotency_key=idempotency_key,
-            attachments=tuple(upload.info for upload in uploads),
-        )
+        message = _customer_message(conversation, text, idempotency_key, uploads, now)
         stored = await self._conversations.add_message(message)
         duplicate = stored.id != message.id
         if duplicate:

@@ -5,8 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from support.domain.conversations import Conversation, Customer, Message
-from support.domain.errors import InvalidInputError
+from support.domain.conversations import Conversation, Customer, Message, customer_external_id
 from support.domain.memory import ConversationSummary, CustomerNotFoundError, Fact, MemoryNotFoundError
 from support.ports.conversations import ConversationRepository
 from support.ports.customers import CustomerCounts, CustomerRecords, HotStateEraser
@@ -80,10 +79,7 @@ class FindCustomer:
             InvalidInputError: the id is blank.
             CustomerNotFoundError: no customer has this external id.
         """
-        external_id = external_id.strip()
-        if not external_id:
-            raise InvalidInputError("Name the customer: external_id is blank.")
-        customer = await self._conversations.find_customer(external_id)
+        customer = await self._conversations.find_customer(customer_external_id(external_id))
         if customer is None:
             raise CustomerNotFoundError
         return await self._profiles.of(customer)

@@ -167,6 +167,18 @@ class Customer:
     created_at: datetime
 
 
+def customer_external_id(text: str | None) -> str:
+    """The company's id for a customer as stored and looked up: surrounding spaces dropped.
+
+    Raises:
+        InvalidInputError: it is blank.
+    """
+    external_id = (text or "").strip()
+    if not external_id:
+        raise InvalidInputError("Name the customer: its external_id is missing or blank.")
+    return external_id
+
+
 @dataclass(frozen=True, slots=True)
 class AgentRef:
     """The human agent who owns a conversation (their API key and its name)."""
