@@ -367,10 +367,10 @@ def _section_start(siblings: Sequence[_Unit], anchor: _Unit) -> _Unit:
 
     A pointer to another article names a subject, not a sentence: its table is read from the first row.
     """
-    start = siblings.index(anchor)
+    start = end = siblings.index(anchor)
     while start > 0 and siblings[start - 1].headings == anchor.headings:
         start -= 1
-    section = siblings[start : siblings.index(anchor) + 1]
+    section = siblings[start : end + 1]
     if sum(_cost(unit) for unit in section) > _REFERENCE_WORDS:
         return anchor
     return next(unit for unit in section if unit.kind != "skip")
