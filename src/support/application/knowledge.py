@@ -20,7 +20,7 @@ from support.domain.errors import (
     SupportError,
 )
 from support.domain.ids import new_id
-from support.domain.injection import scan_source, scan_text, unique
+from support.domain.injection import InjectionFlag, reasons_of, scan_source, scan_text, unique
 from support.domain.knowledge import (
     MAX_METADATA_ENTRIES,
     MAX_METADATA_KEY_LENGTH,
@@ -374,6 +374,96 @@ class DeleteDocument:
         if not await self._knowledge.delete(document_id):
             raise DocumentNotFoundError
         await self._uow.commit()
+
+
+@dataclass(slots=True)
+class RescanReport:
+    """Counts of a rescan (``done`` of ``total`` documents so far).
+
+    ``changed`` of the scanned documents got other flags; ``flagged_before`` and ``flagged_after`` count the scanned
+    documents with any flag; ``skipped`` ones were updated or deleted meanwhile.
+    """
+
+    total: int = 0
+    scanned: int = 0
+    skipped: int = 0
+    changed: int = 0
+    flagged_before: int = 0
+    flagged_after: int = 0
+
+    @property
+    def done(self) -> int:
+        """Documents finished, scanned or skipped."""
+        return self.scanned + self.skipped
+
+
+class RescanKnowledge:
+    """Flag the stored documents again with the current prompt-injection detector, e.g. after upgrading it.
+
+    Ingestion flags a document when its content changes, so an unchanged document keeps the flags of the detector
+    that scanned it. This scans every stored chunk as ingestion does (title and headings, then the body) and
+    replaces what changed, without re-embedding anything or changing a version. Flags found in the submitted file
+    itself (hidden markup) are kept, as the file is not stored. Each document commits on its own; one updated or
+    deleted while the rescan runs is skipped: its new version was scanned when it was written.
+    """
+
+    def __init__(self, knowledge: KnowledgeBase, uow: UnitOfWork) -> None:
+        self._knowledge = knowledge
+        self._uow = uow
+
+    async def execute(self, on_progress: Callable[[RescanReport], Awaitable[None]] | None = None) -> RescanReport:
+        """Rescan every document; ``on_progress`` hears the counts after each one."""
+        documents = await self._stored_documents()
+        report = RescanReport(total=len(documents))
+        if on_progress is not None:
+            await on_progress(report)
+        for document in documents:
+            flags = await self._rescan(document)
+            if flags is None:
+                report.skipped += 1
+            else:
+                report.scanned += 1
+                report.changed += flags != list(document.flags)
+                report.flagged_before += bool(document.flags)
+                report.flagged_after += bool(flags)
+            if on_progress is not None:
+                await on_progress(report)
+        return report
+
+    async def _stored_documents(self) -> list[Document]:
+        documents: list[Document] = []
+        cursor: str | None = None
+        while True:
+            page = await self._knowledge.list_documents(tag=None, limit=MAX_PAGE_SIZE, cursor=cursor)
+            documents += page.items
+            if page.next_cursor is None:
+                return documents
+            cursor = page.next_cursor
+
+    async def _rescan(self, document: Document) -> list[InjectionFlag] | None:
+        """The document's flags now, or None when it changed meanwhile."""
+        chunks = await self._knowledge.indexed_chunks(document.id, document.version)
+        if len(chunks) != document.chunk_count:
+            return None
+        # Pattern matching is CPU work proportional to the text: off the event loop, as at ingestion.
+        found = await asyncio.to_thread(
+            lambda: {chunk.ordinal: scan_text(chunk.text, chunk=chunk.ordinal) for chunk in chunks}
+        )
+        # In ingestion's order: what the file hid first, then each chunk's passages.
+        flags = unique([
+            *(flag for flag in document.flags if flag.chunk is None),
+            *(flag for chunk in chunks for flag in found[chunk.ordinal]),
+        ])  # fmt: skip
+        unchanged = flags == list(document.flags) and all(
+            reasons_of(found[chunk.ordinal]) == chunk.reasons for chunk in chunks
+        )
+        if unchanged:
+            return flags
+        if not await self._knowledge.replace_flags(document.id, document.version, flags, found):
+            await self._uow.rollback()
+            return None
+        await self._uow.commit()
+        return flags
 
 
 class QueryEmbeddings:

@@ -22,6 +22,8 @@ from support.application.knowledge import (
     IngestDocuments,
     IngestRequest,
     ListDocuments,
+    RescanKnowledge,
+    RescanReport,
     SearchKnowledge,
 )
 from support.cli.sources import SourceError, count_sources, iter_sources
@@ -29,7 +31,7 @@ from support.config import Settings
 from support.domain.knowledge import Document, SearchQuery
 from support.ports.knowledge import Cache
 
-kb_app = typer.Typer(help="Knowledge base: ingest, search, list.", no_args_is_help=True)
+kb_app = typer.Typer(help="Knowledge base: ingest, search, list, rescan.", no_args_is_help=True)
 eval_app = typer.Typer(help="Measure retrieval and answer quality.", no_args_is_help=True)
 console = Console(stderr=True)
 
@@ -168,6 +170,31 @@ def kb_list(tag: Annotated[str | None, typer.Option(help="Only documents with th
         Console().print(table)
 
     with_container(run, valkey=False)
+
+
+@kb_app.command("rescan")
+def kb_rescan() -> None:
+    """Flag every stored document again with this release's prompt-injection detector (nothing is re-embedded)."""
+    from support.cli.main import with_container
+
+    async def run(container: AsyncContainer, _: Settings) -> RescanReport:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("Rescanning", total=None)
+
+            async def report(state: RescanReport) -> None:
+                progress.update(task, completed=state.done, total=state.total)
+
+            async with container() as request:
+                return await (await request.get(RescanKnowledge)).execute(report)
+
+    report = with_container(run, valkey=False)
+    console.print(
+        f"{report.scanned} document{'' if report.scanned == 1 else 's'} scanned: {report.changed} with new flags; "
+        f"{report.flagged_after} flagged now, {report.flagged_before} before"
+        + (f"; {report.skipped} updated or deleted meanwhile (scanned when written)" if report.skipped else "")
+        + "."
+    )
 
 
 def flag_summary(document: Document) -> str:

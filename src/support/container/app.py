@@ -103,6 +103,7 @@ from support.application.knowledge import (
     KnowledgeLimits,
     ListDocuments,
     QueryEmbeddings,
+    RescanKnowledge,
     RunBulkIngestion,
     SearchKnowledge,
     StartBulkIngestion,
@@ -600,6 +601,7 @@ class UseCaseProvider(Provider):
     get_document = provide(GetDocument)
     list_documents = provide(ListDocuments)
     delete_document = provide(DeleteDocument)
+    rescan_knowledge = provide(RescanKnowledge)
     search_knowledge = provide(SearchKnowledge)
     verify_knowledge_index = provide(VerifyKnowledgeIndex)
     start_bulk_ingestion = provide(StartBulkIngestion)

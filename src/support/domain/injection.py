@@ -408,6 +408,12 @@ def excerpt(text: str, start: int, end: int) -> str:
     return passage if len(passage) <= _EXCERPT_CHARS else passage[: _EXCERPT_CHARS - 1].rstrip() + "…"
 
 
+def reasons_of(flags: Iterable[InjectionFlag]) -> tuple[InjectionReason, ...]:
+    """The distinct reasons among ``flags``, in a stable order (what a chunk stores)."""
+    found = {flag.reason for flag in flags}
+    return tuple(reason for reason in InjectionReason if reason in found)
+
+
 def unique(flags: Iterable[InjectionFlag]) -> list[InjectionFlag]:
     """Flags without repeats of one passage (overlapping chunks hold the same sentence twice), at most MAX_FLAGS."""
     seen: set[tuple[InjectionReason, str]] = set()

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from uuid import UUID
 
 from support.domain.errors import InvalidInputError, UnsupportedContentTypeError
-from support.domain.injection import InjectionFlag, InjectionReason
+from support.domain.injection import InjectionFlag, InjectionReason, reasons_of
 
 # Hybrid retrieval fuses a vector ranking and a lexical ranking of chunks by reciprocal rank fusion; every
 # knowledge base adapter fuses with these, so the in-memory fake ranks the way PostgreSQL does.
@@ -109,8 +109,12 @@ class Chunk:
 
     def context_text(self, title: str) -> str:
         """The text that is embedded and indexed: document title and heading path, then the chunk body."""
-        path = self.context_path(title)
-        return f"{path}\n\n{self.text}" if path else self.text
+        return indexed_text(self.context_path(title), self.text)
+
+
+def indexed_text(context: str, body: str) -> str:
+    """What a chunk is embedded, indexed and scanned as: its context path (if any), a blank line, its body."""
+    return f"{context}\n\n{body}" if context else body
 
 
 class Audience(StrEnum):
@@ -196,13 +200,21 @@ class EmbeddedChunk:
     @property
     def reasons(self) -> tuple[InjectionReason, ...]:
         """The distinct reasons the chunk is flagged for, in a stable order (stored with the chunk)."""
-        found = {flag.reason for flag in self.flags}
-        return tuple(reason for reason in InjectionReason if reason in found)
+        return reasons_of(self.flags)
 
     @property
     def search_text(self) -> str:
         """What was embedded and what full-text search indexes: context path, then the body."""
-        return f"{self.context}\n\n{self.chunk.text}" if self.context else self.chunk.text
+        return indexed_text(self.context, self.chunk.text)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedChunk:
+    """A stored chunk: its place in the document, the text it was indexed with, and why it is flagged."""
+
+    ordinal: int
+    text: str
+    reasons: tuple[InjectionReason, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,16 +1,18 @@
 """Ports used to turn content into indexed, searchable knowledge."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
+from support.domain.injection import InjectionFlag
 from support.domain.knowledge import (
     Document,
     DocumentDraft,
     EmbeddedChunk,
     ExtractedDocument,
+    IndexedChunk,
     SearchHit,
     SearchQuery,
     UpsertStatus,
@@ -112,6 +114,24 @@ class KnowledgeBase(Protocol):
 
     async def delete(self, document_id: UUID) -> bool:
         """Remove the document and its chunks from search at once; False when it did not exist."""
+        ...
+
+    async def indexed_chunks(self, document_id: UUID, version: int) -> list[IndexedChunk]:
+        """The chunks of that version of the document, by ordinal; empty when it is gone or at another version."""
+        ...
+
+    async def replace_flags(
+        self,
+        document_id: UUID,
+        version: int,
+        flags: Sequence[InjectionFlag],
+        chunk_flags: Mapping[int, Sequence[InjectionFlag]],
+    ) -> bool:
+        """Set the document's flags, and each chunk's by ordinal (a chunk not named has none), in one step.
+
+        Only while the document is at ``version``: False when it was updated or deleted meanwhile (its newer
+        version was flagged when it was written), and nothing changes.
+        """
         ...
 
     async def search(self, query: SearchQuery, embedding: Sequence[float]) -> list[SearchHit]:

@@ -2,11 +2,12 @@ import asyncio
 import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from uuid import UUID
 
 from support.domain.ids import new_id
+from support.domain.injection import InjectionFlag
 from support.domain.knowledge import (
     RRF_CANDIDATES,
     RRF_K,
@@ -14,6 +15,7 @@ from support.domain.knowledge import (
     Document,
     DocumentDraft,
     EmbeddedChunk,
+    IndexedChunk,
     SearchHit,
     SearchQuery,
     UpsertStatus,
@@ -83,6 +85,36 @@ class InMemoryKnowledgeBase:
             ]
             self._documents[document.id] = document
             return document, UpsertStatus.UPDATED if existing else UpsertStatus.CREATED
+
+    async def indexed_chunks(self, document_id: UUID, version: int) -> list[IndexedChunk]:
+        document = self._documents.get(document_id)
+        if document is None or document.version != version:
+            return []
+        return [
+            IndexedChunk(stored.item.chunk.ordinal, stored.item.search_text, stored.item.reasons)
+            for stored in self._chunks[document_id]
+        ]
+
+    async def replace_flags(
+        self,
+        document_id: UUID,
+        version: int,
+        flags: Sequence[InjectionFlag],
+        chunk_flags: Mapping[int, Sequence[InjectionFlag]],
+    ) -> bool:
+        async with self._lock:
+            document = self._documents.get(document_id)
+            if document is None or document.version != version:
+                return False
+            self._documents[document_id] = dataclasses.replace(document, flags=tuple(flags))
+            self._chunks[document_id] = [
+                dataclasses.replace(
+                    stored,
+                    item=dataclasses.replace(stored.item, flags=tuple(chunk_flags.get(stored.item.chunk.ordinal, ()))),
+                )
+                for stored in self._chunks[document_id]
+            ]
+            return True
 
     async def delete(self, document_id: UUID) -> bool:
         self._chunks.pop(document_id, None)

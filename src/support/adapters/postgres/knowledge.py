@@ -1,7 +1,7 @@
 import functools
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import msgspec
@@ -14,7 +14,7 @@ from support.adapters.postgres.driver import DriverStatement, compile_for_driver
 from support.adapters.postgres.errors import storage_errors
 from support.adapters.postgres.models import ChunkRow, DocumentRow
 from support.domain.ids import new_id
-from support.domain.injection import InjectionFlag, InjectionReason
+from support.domain.injection import InjectionFlag, InjectionReason, reasons_of
 from support.domain.knowledge import (
     RRF_CANDIDATES,
     RRF_K,
@@ -23,9 +23,11 @@ from support.domain.knowledge import (
     Document,
     DocumentDraft,
     EmbeddedChunk,
+    IndexedChunk,
     SearchHit,
     SearchQuery,
     UpsertStatus,
+    indexed_text,
 )
 from support.domain.paging import ID_CURSOR
 from support.ports.knowledge import DocumentPage
@@ -216,6 +218,9 @@ WHERE id = 1
 )
 
 
+_CHUNKS = cast("sa.Table", ChunkRow.__table__)
+
+
 def _to_domain(row: DocumentRow) -> Document:
     return Document(
         id=row.id,
@@ -372,6 +377,55 @@ class PgVectorKnowledgeBase:
                 sa.delete(DocumentRow).where(DocumentRow.id == document_id).returning(DocumentRow.id)
             )
             return result.scalar_one_or_none() is not None
+
+    async def indexed_chunks(self, document_id: UUID, version: int) -> list[IndexedChunk]:
+        statement = (
+            sa.select(ChunkRow.ordinal, ChunkRow.context, ChunkRow.text, ChunkRow.flags)
+            .where(ChunkRow.document_id == document_id, ChunkRow.version == version)
+            .order_by(ChunkRow.ordinal)
+        )
+        async with storage_errors():
+            rows = (await self._session.execute(statement)).all()
+        return [
+            IndexedChunk(ordinal, indexed_text(context, text), _reasons(flags))
+            for ordinal, context, text, flags in rows
+        ]
+
+    async def replace_flags(
+        self,
+        document_id: UUID,
+        version: int,
+        flags: Sequence[InjectionFlag],
+        chunk_flags: Mapping[int, Sequence[InjectionFlag]],
+    ) -> bool:
+        async with storage_errors():
+            # The version check takes the document's row lock, which an upsert of the same document waits for.
+            updated = await self._session.execute(
+                sa.update(DocumentRow)
+                .where(DocumentRow.id == document_id, DocumentRow.version == version)
+                .values(flags=[_flag_json(flag) for flag in flags])
+                .returning(DocumentRow.id)
+            )
+            if updated.scalar_one_or_none() is None:
+                return False
+            of_version = (_CHUNKS.c.document_id == document_id) & (_CHUNKS.c.version == version)
+            await self._session.execute(
+                sa.update(_CHUNKS).where(of_version, sa.func.cardinality(_CHUNKS.c.flags) > 0).values(flags=[])
+            )
+            flagged = [
+                {"chunk_ordinal": ordinal, "chunk_flags": [reason.value for reason in reasons_of(found)]}
+                for ordinal, found in chunk_flags.items()
+                if found
+            ]
+            if flagged:
+                connection = await self._session.connection()
+                await connection.execute(
+                    sa.update(_CHUNKS)
+                    .where(of_version, _CHUNKS.c.ordinal == sa.bindparam("chunk_ordinal"))
+                    .values(flags=sa.bindparam("chunk_flags", type_=ARRAY(sa.Text))),
+                    flagged,
+                )
+        return True
 
     async def search(self, query: SearchQuery, embedding: Sequence[float]) -> list[SearchHit]:
         statement = search_statement(max(RRF_CANDIDATES, query.limit * 4), max(query.context, 0))
