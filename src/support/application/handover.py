@@ -3,7 +3,7 @@
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from uuid import UUID
 
@@ -12,6 +12,7 @@ from support.domain.conversations import Conversation, HandoffDecision, Message
 from support.domain.escalation import BusinessHours, estimate_wait, handoff_notice
 from support.domain.feed import FeedPayload
 from support.domain.ids import new_id
+from support.domain.privacy import redact
 from support.domain.webhooks import OutboundEvent, WebhookEventType, event_time
 from support.ports.assistant import Summarizer
 from support.ports.conversations import ConversationRepository, EventBus, SessionStore
@@ -146,12 +147,20 @@ class HandoffSummaries:
         task.add_done_callback(self._tasks.discard)
 
     async def summarize(self, messages: Sequence[Message], reason: HandoffDecision | None) -> str:
-        """The model's summary, or the extractive one when the model fails."""
+        """The model's summary, or the extractive one when the model fails; of redacted text, either way.
+
+        The summary is shown in the agents' queue and the model is another party: neither gets a card number or a
+        one-time code the customer typed (the transcript itself keeps them, docs/memory.md).
+        """
+        messages = [replace(message, content=redact(message.content)) for message in messages]
+        if reason is not None and reason.evidence:
+            reason = replace(reason, evidence=redact(reason.evidence))
         try:
-            return await self._summarizer.summarize(messages, reason=reason)
+            summary = await self._summarizer.summarize(messages, reason=reason)
         except DependencyUnavailableError as error:
             _logger.warning("handoff summary by the model failed, using the extractive one: %s", error)
-            return await self._fallback.summarize(messages, reason=reason)
+            summary = await self._fallback.summarize(messages, reason=reason)
+        return redact(summary)
 
     async def drain(self) -> None:
         """Wait for the summaries being written (tests, shutdown)."""

@@ -2,25 +2,30 @@
 
 import asyncio
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from uuid import UUID
 
 import pytest
 
 from support.adapters.embedding.hashing import HashingEmbedder
+from support.adapters.offline.summaries import ExtractiveSummarizer
 from support.application.conversations import (
     CloseConversation,
     StartConversation,
     SweepIdleConversations,
     TurnResult,
 )
+from support.application.handover import HandoffSummaries
 from support.application.keys import CustomerTokenSecret
 from support.application.replies import ReplySettings
+from support.application.services import ConversationServices
 from support.domain.conversations import (
     AnswerStatus,
     ClaimedByAnotherAgentError,
     ConversationStatus,
     HandoffAction,
+    HandoffDecision,
     IdempotencyKeyReusedError,
     InvalidTransitionError,
     Message,
@@ -466,6 +471,55 @@ async def test_unclaimed_handoffs_go_back_to_the_assistant_after_the_wait(world:
     assert conversation.status is S.BOT
     last = (await world.repository.recent_messages(world.conversation.id, 1))[0]
     assert (last.role, last.content.startswith("I'm sorry: nobody from our team")) == (MessageRole.SYSTEM, True)
+
+
+async def test_the_agents_summary_never_shows_a_secret_the_customer_typed(world: World) -> None:
+    await turn(world, "My card 5555 5555 5555 4444 got declined twice and my verification code is 884213")
+    await turn(world, "I want to talk to a person")
+    world.clock.advance(timedelta(minutes=1))
+
+    conversation = await world.current()
+    [queued] = (await world.queue.execute(AGENT_ANA)).items
+
+    for summary in (conversation.handoff_summary, queued.summary):
+        assert summary is not None
+        assert "declined twice" in summary
+        assert "[card number]" in summary
+        assert "[one-time code]" in summary
+        assert "4444" not in summary
+        assert "884213" not in summary
+
+
+def no_services() -> AbstractAsyncContextManager[ConversationServices]:
+    raise AssertionError("summarize reads nothing")
+
+
+class RecordingSummarizer:
+    """What the model would be sent (and a summary that repeats it, as a careless model might)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[list[str], str | None]] = []
+
+    async def summarize(self, messages: Sequence[Message], *, reason: HandoffDecision | None) -> str:
+        self.seen.append(([message.content for message in messages], reason.evidence if reason else None))
+        return " ".join(message.content for message in messages)
+
+
+async def test_the_model_writing_a_summary_is_sent_redacted_text(world: World) -> None:
+    model = RecordingSummarizer()
+    summaries = HandoffSummaries(no_services, model, ExtractiveSummarizer())
+    await turn(world, "my PIN 4821 and card 4111 1111 1111 1111, please get me a human")
+    messages = await world.repository.recent_messages(world.conversation.id, 10)
+    secret = HandoffDecision(HandoffAction.ESCALATE, ReasonCode.CUSTOMER_REQUEST, "card 4111 1111 1111 1111")
+
+    summary = await summaries.summarize(messages, secret)
+
+    [(contents, evidence)] = model.seen
+    assert "[card number]" in contents[0]
+    assert "[PIN]" in contents[0]
+    assert evidence == "card [card number]"
+    assert "4111" not in " ".join([*contents, summary])
+    assert "4821" not in summary
 
 
 async def test_the_queue_lists_oldest_first_with_wait_and_summary(world: World) -> None:
