@@ -64,6 +64,7 @@ from support.domain.handoff import answer_status_for
 from support.domain.ids import new_id
 from support.domain.knowledge import SearchHit, SearchQuery
 from support.domain.memory import RecalledFact
+from support.domain.questions import is_follow_up, with_context
 from support.ports.assistant import LLM
 from support.ports.conversations import EventBus, FeedLostError, SessionState, SessionStore, TakenOverError
 from support.ports.errors import CacheUnavailableError, DependencyUnavailableError, LLMUnavailableError
@@ -368,8 +369,11 @@ class ReplyRunner:
 
         The query embedding is the longest step before the first delta; it needs nothing from the database.
         With an ``admission`` still pending (the send's rate limit), only the cache lookup runs before it.
+        None for a follow-up ("and with PayPal?"): the turn searches it with the messages it continues.
         """
-        query = search_text(text)
+        return None if is_follow_up(text) else self._embed(search_text(text), admission=admission)
+
+    def _embed(self, query: str, *, admission: Awaitable[object] | None = None) -> "asyncio.Task[list[float]] | None":
         if self._embeddings is None or not query:
             return None
         # Nobody awaits it when the send fails.
@@ -628,12 +632,14 @@ class ReplyRunner:
         is then not called at all.
         """
         settings = self._settings
-        query = search_text(question)
+        # A follow-up ("how long does that take?") is searched with the earlier messages it continues.
+        said_before = [item.content for item in earlier if item.role is MessageRole.CUSTOMER and item.content]
+        query = search_text(with_context(question, said_before))
         # The prefetched vector fits when this turn answers just the message that started it; otherwise the
         # question's vector is computed once here and shared by retrieval and recall.
         vector = prefetched if query == search_text(message.content) else None
-        if vector is None and query:
-            vector = self.prefetch(question)
+        if vector is None:
+            vector = self._embed(query)
         # What needs no vector goes first, while the question is still being embedded.
         attached, images = await self._attachments(services, conversation.id, pending)
         summary: str | None = None

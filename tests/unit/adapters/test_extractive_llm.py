@@ -167,6 +167,38 @@ async def test_decline_wording_follows_the_question() -> None:
     assert "student discount" in second
 
 
+@pytest.mark.parametrize(
+    ("message", "echoed"),
+    [
+        ("Hi! Do you sell garden furniture?", "Do you sell garden furniture"),
+        ("I placed another order last week. Do you sell garden furniture?", "Do you sell garden furniture"),
+        ("Hi, this is Sam. I would like a garden bench", "I would like a garden bench"),
+    ],
+)
+async def test_a_decline_repeats_what_was_asked_not_the_greeting_before_it(message: str, echoed: str) -> None:
+    text = text_of(await collect(ExtractiveLLM(), ReplyRequest(question=message, passages=unrelated())))
+
+    assert f"couldn't find a clear answer about “{echoed}”" in text
+
+
+@pytest.mark.parametrize(
+    ("message", "thanked"),
+    [
+        ("My email is maria.lopez@example.com by the way", "Thanks, Maria!"),
+        ("sorry, my name isn't Maria, it's Samantha", "Thanks, Samantha!"),
+        ("My order number is NW-40000001.", "Thanks, Maria!"),
+    ],
+)
+async def test_a_message_that_only_tells_something_is_thanked_not_declined(message: str, thanked: str) -> None:
+    # Declined ("I couldn't find a clear answer about “My email is …”"), two of these in a row handed over.
+    request = ReplyRequest(question=message, passages=unrelated(), customer_name="Maria Lopez")
+
+    events = await collect(ExtractiveLLM(), request)
+
+    assert text_of(events).startswith(f"{thanked} What can I help you with?")
+    assert not any(isinstance(event, HandoffSignal | PassageCited) for event in events)
+
+
 async def test_no_passages_is_insufficient_evidence() -> None:
     llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
 
@@ -279,11 +311,27 @@ def test_more_evidence_scores_higher() -> None:
     assert 0 <= none < weak < strong <= 1
 
 
-@pytest.mark.parametrize(("message", "expected"), [("Thanks a lot!", "You're welcome"), ("hi", "tell me a bit more")])
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("Thanks a lot!", "You're welcome! Is there anything else"),
+        ("hi", "tell me a bit more"),
+        # Contractions are not words to look up: "that's" was searched for "s".
+        ("thanks, that's all!", "You're welcome. Goodbye!"),
+        ("bye", "Goodbye!"),
+        ("ok", "Great! Is there anything else"),
+        ("no thanks", "I won't bring anyone in"),
+    ],
+)
 async def test_a_message_with_nothing_to_look_up_gets_a_short_reply_not_a_handoff(message: str, expected: str) -> None:
     llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+    # After an answer; "no thanks" after an offer of a person ("ok" there is a yes).
+    question = "Do you sell garden furniture?" if message == "no thanks" else "How do I start a return?"
+    passages = unrelated() if message == "no thanks" else returns_first()
+    before = text_of(await collect(llm, ReplyRequest(question=question, passages=passages)))
+    history = [Turn("customer", question), Turn("assistant", before)]
 
-    events = await collect(llm, ReplyRequest(question=message, passages=returns_first()))
+    events = await collect(llm, ReplyRequest(question=message, passages=returns_first(), history=history))
 
     assert expected in text_of(events)
     assert not any(isinstance(event, HandoffSignal | PassageCited) for event in events)

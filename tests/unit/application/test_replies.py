@@ -1,13 +1,16 @@
 """Sending and replying with in-memory adapters: one reply at a time, queued messages, interruption, silence."""
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
 
+from support.adapters.memory.knowledge import InMemoryKnowledgeBase
 from support.application.replies import ReplySettings
 from support.domain.conversations import ConversationClosedError, ConversationStatus, MessageRole
 from support.domain.feed import MessagePosted, ReplyDelta, ReplyDone, StreamFailed
+from support.domain.knowledge import SearchHit, SearchQuery
 from support.domain.limits import RateLimitedError
 from tests.fakes.llm import Script
 from tests.unit.application.conftest import SERVICE, World, knowledge_base_of, running_world
@@ -174,3 +177,32 @@ async def test_a_conversation_erased_while_the_model_writes_ends_the_stream_with
     assert isinstance(events[-1].payload, StreamFailed)
     assert (events[-1].payload.status, events[-1].payload.code) == (404, "conversation_not_found")
     assert not any(isinstance(event.payload, ReplyDone) for event in events)
+
+
+class SearchedFor(InMemoryKnowledgeBase):
+    """Records what each search looked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queries: list[str] = []
+
+    async def search(self, query: SearchQuery, embedding: Sequence[float]) -> list[SearchHit]:
+        self.queries.append(query.text)
+        return await super().search(query, embedding)
+
+
+async def test_a_follow_up_is_searched_with_the_messages_it_continues() -> None:
+    knowledge = SearchedFor()
+    async with running_world(knowledge=knowledge) as world:
+        for text in ("How long do refunds take?", "and if I paid with PayPal?", "what if it's been longer than that?"):
+            await (await world.send(text)).result()
+        await (await world.send("What are your support hours?")).result()
+
+    assert knowledge.queries == [
+        "How long do refunds take?",
+        "How long do refunds take?\nand if I paid with PayPal?",
+        "How long do refunds take?\nand if I paid with PayPal?\nwhat if it's been longer than that?",
+        "What are your support hours?",
+    ]
+    # The model is still asked the customer's own message.
+    assert [request.question for request in world.llm.requests][1] == "and if I paid with PayPal?"

@@ -32,30 +32,13 @@ from support.domain.conversations import ReasonCode, TokenUsage
 from support.domain.injection import is_instruction_like, strip_invisible
 from support.domain.knowledge import SearchHit
 from support.domain.memory import FactKind, extract_facts, is_about
+from support.domain.questions import STOPWORDS, WORD
 from support.ports.assistant import AssistantTools
 
 NAME = "offline-extractive"
 # Tuned on TechQA (docs/llm-offline.md); the default of SUPPORT_LLM__EVIDENCE_THRESHOLD is the same.
 DEFAULT_EVIDENCE_THRESHOLD = 0.47
 
-# Function words, and what forum and chat questions say around the subject ("hi, does anyone know how ...").
-_STOPWORD_TEXT = """
-a about above after again against all also am an and any are as at be because been before being below between
-both but by can cannot could did do does doing done down during each either else etc ever every few for from
-further had has have having he her here hers him his how however i if in into is it its itself just let like
-may me might more most much must my myself no nor not now of off on once only or other our ours out over own
-per please same shall she should so some such than that the their theirs them then there these they this
-those through thus to too under until up upon us very via was we were what when where whether which while who
-whom why will with within without would yet you your yours
-hi hello hey thanks thank regards anyone someone somebody help know get gets got getting want wants wanted need
-needs needed trying tried try able way ask asking question questions appreciate advise advice kindly dear
-sure maybe really still also one ones see seen seem seems thing things something anything mean means meant
-ok okay yes yeah yep great cool awesome perfect bye goodbye lot
-"""
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-
-# Words, version numbers and dotted/underscored identifiers (``4.1.1.2``, ``httpd.conf``, ``MQRC_NOT_AUTHORIZED``).
-_TOKEN = re.compile(r"[a-z0-9]+(?:[._][a-z0-9]+)*")
 # A list item: bullet, number or letter, then a space.
 _BULLET = re.compile(r"^\s*(?:[*\-•+]|\d{1,2}[.)]|[a-zA-Z][.)])\s+")
 # Sentence ends: punctuation, space, then something that starts a sentence. Abbreviations are re-joined below.
@@ -119,6 +102,11 @@ _WANTS_PERSON = re.compile(
 _YES = re.compile(r"(?:yes|yeah|yep|sure|ok|okay|please|please do|yes please|yes,? please)[\s!.]*", re.IGNORECASE)
 _OFFER = "connect you with someone from our support team"
 _THANKS = re.compile(r"\b(?:thanks|thank|thx|ty|cheers)\b", re.IGNORECASE)
+_FAREWELL = re.compile(r"\b(?:bye|goodbye|good bye|see you|that'?s all|that is all|nothing else)\b", re.IGNORECASE)
+_NO = re.compile(r"(?:no|nope|no thanks|no thank you|not now|not yet|no need)[\s!.]*", re.IGNORECASE)
+_ACKNOWLEDGED = re.compile(
+    r"(?:ok|okay|k|alright|all right|got it|i see|great|cool|perfect|fine|understood|noted)[\s!.]*", re.IGNORECASE
+)
 # Words this short are not stemmed, and no suffix is cut that leaves fewer letters.
 _STEM_KEEP = 3
 # The customer's first name is used when it looks like one and is no longer than this.
@@ -242,7 +230,7 @@ class ExtractiveLLM:
             text += "support team. They can see what you've written so far, so you won't need to repeat it."
             return Draft(((text, None, ""),), None, ReasonCode.CUSTOMER_REQUEST, "the customer asked for a person")
         if not _terms(request.question):
-            return Draft(((_small_talk(request.question, name), None, ""),), None)
+            return Draft(((_small_talk(request, name), None, ""),), None)
         query = _query_weights(request)
         units = [unit for index, hit in enumerate(request.passages) for unit in _split(hit, index)]
         scorer = _Scorer(units, query, request.passages)
@@ -261,6 +249,9 @@ class ExtractiveLLM:
                     units, scorer, selected = wide, wide_scorer, chosen
             selected = _with_reference(selected, units, scorer, request.passages)
             return Draft(_answer_blocks(selected, request.passages, name, order), score)
+        told = _told(request, name)
+        if told is not None:
+            return Draft(((told, None, ""),), score)
         return _decline(request, units, scorer, name, score, order)
 
 
@@ -604,18 +595,24 @@ def _suggestions(passages: Sequence[SearchHit], units: Sequence[_Unit], scorer: 
 
 
 def _topic(question: str) -> str:
-    """The question's first sentence when it is short enough to repeat back, else nothing."""
-    first = _WHITESPACE.sub(" ", re.split(r"(?<=[?!.])\s|\n", question.strip(), maxsplit=1)[0]).strip()
-    first = first.rstrip("?!. ")
+    """What the message asks, to repeat back when it is short enough, else nothing.
+
+    Its last question (a sentence ending in "?"), or else its last sentence naming a subject: "Hi, this is Sam."
+    and "I placed another order." lead up to what is asked.
+    """
+    sentences = [_WHITESPACE.sub(" ", part).strip() for part in re.split(r"(?<=[?!.])\s|\n", question.strip())]
+    meaningful = [sentence for sentence in sentences if _terms(sentence)]
+    asked = [sentence for sentence in meaningful if sentence.endswith("?")]
+    chosen = (asked or meaningful or [""])[-1].rstrip("?!. ")
     # A message that tries to instruct the assistant is not repeated back: the echo would read as the bot's own words.
-    return first if 0 < len(first.split()) <= _TOPIC_WORDS and not is_instruction_like(first) else ""
+    return chosen if 0 < len(chosen.split()) <= _TOPIC_WORDS and not is_instruction_like(chosen) else ""
 
 
 def _missing_identifiers(question: str, scorer: _Scorer) -> str:
     """Codes and versions in the question (``E07``, ``8.5.5.4``, ``CVE-2017-3156``) that no passage contains."""
     missing: dict[tuple[str, ...], str] = {}
     for word in _IDENTIFIER.findall(question):
-        stems = tuple(_stem(token) for token in _TOKEN.findall(word.lower()))
+        stems = tuple(_stem(token) for token in WORD.findall(word.lower()))
         absent = all(scorer.idf.get(stem, 0.0) >= scorer.max_idf for stem in stems)
         # Long ones are hashes and ids pasted from logs, not names worth repeating.
         if stems and absent and len(word) <= _IDENTIFIER_CHARS:
@@ -633,11 +630,40 @@ def _asks_for_a_person(request: ReplyRequest) -> bool:
     return offered and _YES.fullmatch(request.question.strip()) is not None
 
 
-def _small_talk(question: str, name: str | None) -> str:
-    """A reply to a message with nothing to look up ("thanks!", "hi", "why?"): no search result can answer it."""
+def _small_talk(request: ReplyRequest, name: str | None) -> str:
+    """A reply to a message with nothing to look up ("thanks!", "ok", "bye", "hi"): no search result can answer it."""
+    question, comma = request.question, f", {name}" if name else ""
+    last = request.history[-1] if request.history else None
+    offered = last is not None and last.speaker == "assistant" and _OFFER in last.text
+    if offered and _NO.fullmatch(question.strip()):
+        return "All right, I won't bring anyone in. Is there anything else I can help you with?"
+    if _FAREWELL.search(question):
+        return f"You're welcome{comma}. Goodbye!" if _THANKS.search(question) else f"Goodbye{comma}!"
     if _THANKS.search(question):
-        return f"You're welcome{', ' + name if name else ''}! Is there anything else I can help you with?"
+        return f"You're welcome{comma}! Is there anything else I can help you with?"
+    if last is not None and _ACKNOWLEDGED.fullmatch(question.strip()):
+        return f"Great{comma}! Is there anything else I can help you with?"
     return f"Hi{' ' + name if name else ''}! Could you tell me a bit more about what you need help with?"
+
+
+def _told(request: ReplyRequest, name: str | None) -> str | None:
+    """A thank-you for a message that tells something (an email, an order number, a name) and asks nothing.
+
+    Declining it ("I couldn't find a clear answer about “My email is …”") would count as a failed answer, and two
+    in a row hand the conversation over. (Customer memory keeps what it says, after the turn.)
+    """
+    question = request.newest or request.question
+    if "?" in question:
+        return None
+    # Every sentence with a subject must tell something: "This is Sam. I'd like a garden bench." asks for one.
+    sentences = [sentence for sentence in re.split(r"(?<=[!.])\s|\n", question) if _terms(sentence)]
+    told = [extract_facts(sentence) for sentence in sentences]
+    if not told or not all(told):
+        return None
+    facts = [fact for found in told for fact in found]
+    # "My name isn't Sam, it's Samuel": thanked by the name just given.
+    name = _first_name(next((fact.value for fact in facts if fact.kind is FactKind.NAME), None)) or name
+    return f"Thanks{', ' + name if name else ''}! What can I help you with?"
 
 
 def _query_weights(request: ReplyRequest) -> dict[str, float]:
@@ -684,7 +710,7 @@ def _first_name(name: str | None) -> str | None:
 
 
 def _terms(text: str) -> list[str]:
-    return [_stem(token) for token in _TOKEN.findall(text.lower()) if token not in _STOPWORDS]
+    return [_stem(token) for token in WORD.findall(text.lower()) if token not in STOPWORDS]
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -920,7 +946,7 @@ def _is_heading(text: str, lines: int) -> bool:
 
 
 def _normalise(text: str) -> str:
-    return " ".join(_TOKEN.findall(text.lower()))
+    return " ".join(WORD.findall(text.lower()))
 
 
 def _words(text: str) -> int:
