@@ -248,6 +248,25 @@ async def test_a_burst_of_typing_frames_reaches_the_other_side_once(
     ]
 
 
+async def test_an_agent_whose_socket_closes_while_typing_stops_typing_for_the_customer(
+    live: str, http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    import websockets
+
+    ana = await http.post("/v1/keys", json={"name": "Ana", "role": "agent"}, headers=service_headers)
+    conversation = await start(http, service_headers)
+    url = live.replace("http", "ws") + f"/v1/conversations/{conversation['id']}/ws"
+
+    async with websockets.connect(f"{url}?access_token={conversation['customer_token']}") as customer:
+        async with websockets.connect(f"{url}?access_token={ana.json()['secret']}") as agent:
+            await agent.send(json.dumps({"type": "typing", "active": True}))
+            assert json.loads(await asyncio.wait_for(customer.recv(), 5))["data"] == {"role": "agent", "active": True}
+        # The agent's console closed mid-sentence: without this the widget shows "typing…" for good.
+        stopped = json.loads(await asyncio.wait_for(customer.recv(), 5))
+
+    assert (stopped["event"], stopped["data"]) == ("typing", {"role": "agent", "active": False})
+
+
 async def test_no_word_of_a_reply_follows_a_takeover_made_in_another_process(
     http: httpx.AsyncClient,
     service_headers: dict[str, str],

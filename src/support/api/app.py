@@ -32,6 +32,9 @@ from support.ports.errors import DependencyUnavailableError
 
 _logger = logging.getLogger(__name__)
 
+# Response headers a browser's script may read across origins: when to retry, the limits, the id to quote.
+EXPOSED_HEADERS = ("Retry-After", "RateLimit", "RateLimit-Policy", "X-Request-ID")
+
 API_DESCRIPTION = """\
 Self-hostable AI customer support: answers from your help center with citations, remembers customers,
 and hands conversations to human agents. Authenticate with `Authorization: Bearer <key>`.
@@ -72,7 +75,12 @@ def build_app(
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=DecodingRequest,
-        cors_config=CORSConfig(allow_origins=list(settings.http.cors_origins)) if settings.http.cors_origins else None,
+        cors_config=(
+            # A browser's script reads only the headers it is allowed to: a widget must see when to retry.
+            CORSConfig(allow_origins=list(settings.http.cors_origins), expose_headers=list(EXPOSED_HEADERS))
+            if settings.http.cors_origins
+            else None
+        ),
         request_max_body_size=settings.http.max_body_bytes,
         on_startup=[check_knowledge_index, *on_startup],
         on_shutdown=[*on_shutdown, close_container],

@@ -546,6 +546,10 @@ class ConversationsController(Controller):
             pass
         finally:
             await _stop(relay)
+            if typing.active:
+                # The other side would show "typing…" for good: a closed socket stops typing.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(bus.signal(conversation_id, Typing(side, active=False)), 1.0)
 
 
 class TypingRelay:
@@ -558,6 +562,11 @@ class TypingRelay:
     def __init__(self, interval_s: float = 1.0) -> None:
         self._interval_s = interval_s
         self._last: tuple[bool, float] | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the last relayed frame said the sender is typing."""
+        return self._last is not None and self._last[0]
 
     def due(self, active: bool, now: float) -> bool:
         """Whether a typing frame saying ``active`` at ``now`` is relayed (and then counts as the last one)."""
