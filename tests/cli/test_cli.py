@@ -4,6 +4,7 @@ Commands run in a worker thread (``in_thread``) because they call ``asyncio.run`
 """
 
 import asyncio
+import io
 import logging
 import os
 import re
@@ -18,12 +19,14 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner, Result
 
 from support.cli import migrations
 from support.cli.knowledge import snippet
 from support.cli.main import app
+from support.config import load_settings
 from tests.conftest import in_thread
 from tests.helpers import assert_problem
 
@@ -323,3 +326,24 @@ async def test_kb_rescan_restores_the_flags_a_document_would_get_now(
     assert "2 documents scanned: 1 with new flags; 1 flagged now, 0 before." in result.stderr
     async with engine.connect() as connection:
         assert (await connection.execute(sa.text(flagged))).one() == as_ingested
+
+
+def test_the_banners_commands_send_the_bootstrap_key_when_pasted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The key's variable sat inside single quotes: pasted, the commands sent "$SUPPORT_BOOTSTRAP_ADMIN_KEY".
+    main_module = sys.modules["support.cli.main"]
+    printed_banner = io.StringIO()
+    monkeypatch.setattr(main_module, "console", Console(file=printed_banner, width=1000))
+    secret = "k" * 40
+    main_module._print_banner(load_settings({"SUPPORT_BOOTSTRAP_ADMIN_KEY": secret}))
+    lines = [line.strip() for line in printed_banner.getvalue().splitlines() if "curl" in line]
+    commands = [line.split(maxsplit=1)[1] if line.startswith(("Search", "Follow")) else "" for line in lines]
+    assert len([command for command in commands if command]) == 2
+    for command in filter(None, commands):
+        printed = subprocess.run(  # noqa: S603 - bash prints the arguments the pasted command would pass
+            ["/bin/bash", "-c", command.replace("curl", "printf '%s\\n'", 1)],
+            env={"SUPPORT_BOOTSTRAP_ADMIN_KEY": secret, "PATH": os.environ["PATH"]},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        assert f"Authorization: Bearer {secret}" in printed

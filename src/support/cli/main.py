@@ -196,10 +196,11 @@ def _print_banner(settings: Settings) -> None:
     key = "$SUPPORT_BOOTSTRAP_ADMIN_KEY" if settings.bootstrap_admin_key else "<admin key>"
     console.print(f"  Chat (CLI)  [cyan].venv/bin/support chat --url {base} --key {key}[/cyan]")
     console.print(
-        f"  Search      curl -s {base}/v1/knowledge/search -H 'Authorization: Bearer {key}' "
+        f'  Search      curl -s {base}/v1/knowledge/search -H "Authorization: Bearer {key}" '
         """-H 'content-type: application/json' -d '{"query": "how do I return a desk?"}'"""
     )
-    auth = f"-H 'Authorization: Bearer {key}' -H 'content-type: application/json'"
+    # Double quotes: the shell must expand $SUPPORT_BOOTSTRAP_ADMIN_KEY (single quotes sent it literally).
+    auth = f"-H \"Authorization: Bearer {key}\" -H 'content-type: application/json'"
     console.print(
         f"  Chat        ID=$(curl -s {base}/v1/conversations {auth} "
         """-d '{"customer": {"external_id": "demo"}}' """
@@ -209,10 +210,10 @@ def _print_banner(settings: Settings) -> None:
         f"              curl -sN {base}/v1/conversations/$ID/messages/stream {auth} "
         """-d '{"content": "How long do refunds take?"}'"""
     )
-    console.print(f"  Follow      curl -sN {base}/v1/conversations/$ID/events -H 'Authorization: Bearer {key}'")
+    console.print(f'  Follow      curl -sN {base}/v1/conversations/$ID/events -H "Authorization: Bearer {key}"')
     console.print(
         f"  Handoff     curl -s -X POST {base}/v1/conversations/$ID/handoff {auth}; "
-        f"curl -s {base}/v1/handoffs -H 'Authorization: Bearer {key}'\n"
+        f'curl -s {base}/v1/handoffs -H "Authorization: Bearer {key}"\n'
     )
 
 
