@@ -5,8 +5,8 @@ not only validate. openapi-python-client (pinned in .ci/sdk-requirements.txt, in
 .tools/sdk) generates a client here, and a session run with that client's own environment calls the operations
 where generators had broken on our document: a JSON send and a multipart send with a file (a body of two media
 types), the attachment download (several binary media types), the handoff queue's status filter (an enum
-parameter), the optional body of a handoff request, an upload and a search. Every response must parse into the
-generated models.
+parameter), the optional body of a handoff request, an upload and a search, and a retry with an idempotency key
+(a header the document declares). Every response must parse into the generated models.
 
 Under ``make test`` the tools must be there (SUPPORT_TEST_SDK_REQUIRED=1); a bare ``pytest`` without them skips.
 """
@@ -58,9 +58,14 @@ started = start_conversation.sync(client=client, body=StartConversationRequest(
     customer=CustomerInput(external_id="sdk-customer")))
 conversation = started.id
 
-said = send_message.sync(conversation, client=client, body=SendMessageJsonBody(content="Can I return a chair?"))
+said = send_message.sync(conversation, client=client, body=SendMessageJsonBody(content="Can I return a chair?"),
+                         idempotency_key="sdk-send-1")
 assert isinstance(said, TurnResource), said
 seen["json_send"] = [said.message.content, said.reply is not None]
+# A retry with the key, an argument of the call (a client-wide header would go with every later call too).
+again = send_message.sync(conversation, client=client, body=SendMessageJsonBody(content="Can I return a chair?"),
+                          idempotency_key="sdk-send-1")
+seen["retry"] = [again.duplicate, again.message.id == said.message.id]
 
 attached = send_message.sync(conversation, client=client, body=SendMessageFilesBody(
     content="Here is my receipt.",
@@ -125,6 +130,7 @@ async def test_a_generated_python_client_calls_the_service(
     assert seen["uploaded"] == "created"
     assert seen["search"][0] == "sdk-returns"
     assert seen["json_send"] == ["Can I return a chair?", True]
+    assert seen["retry"] == [True, True]
     assert seen["multipart_send"] == ["Here is my receipt.", "receipt.txt"]
     assert seen["download"] == "Order 1234: one chair"
     assert seen["handoff_status"] == "pending_human"

@@ -18,7 +18,7 @@ from litestar.datastructures import UploadFile
 from litestar.exceptions import ClientException, WebSocketDisconnect
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, RequestBody, Schema
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent
 
 from support.api.auth import access_check, authenticate, require_roles
@@ -80,6 +80,18 @@ conversation_roles = require_roles(Role.ADMIN, Role.SERVICE, Role.AGENT, Role.CU
 # Five attachments of 10 MB plus the form's own overhead; the use case enforces the per-file limits (413).
 SEND_MAX_BODY_BYTES = 52 * 1024 * 1024
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Declared, so generated clients take the key as an argument of the call (a client-wide header sent it with every
+# later call too, where it reads as the same key for another message: 422).
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name=IDEMPOTENCY_HEADER,
+        description=(
+            "Makes retries safe: a repeated key returns the original result instead of acting twice (1 to 200 "
+            "characters, unique per message of the conversation)."
+        ),
+    ),
+]
 # RFC 6455: the socket's credentials no longer reach the conversation (a revoked key, an erased customer).
 WS_POLICY_VIOLATION = 1008
 _DECODER = msgspec.json.Decoder(SendMessageRequest)
@@ -316,6 +328,7 @@ class ConversationsController(Controller):
         conversation_id: UUID,
         use_case: SendMessage,
         prepare: PrepareAttachments,
+        idempotency_key: str | None,
     ) -> Turn:
         admission = send_admission(request)
         try:
@@ -329,7 +342,7 @@ class ConversationsController(Controller):
             await authenticate(request),
             conversation_id,
             content,
-            idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
+            idempotency_key=idempotency_key,
             uploads=uploads,
             admission=admission,
         )
@@ -358,8 +371,9 @@ class ConversationsController(Controller):
         conversation_id: FromPath[UUID],
         use_case: FromDishka[SendMessage],
         prepare: FromDishka[PrepareAttachments],
+        idempotency_key: IdempotencyKey = None,
     ) -> TurnResource:
-        turn = await self._send(request, conversation_id, use_case, prepare)
+        turn = await self._send(request, conversation_id, use_case, prepare, idempotency_key)
         result = await turn.result()
         return TurnResource(
             message=MessageResource.of(result.message),
@@ -395,8 +409,9 @@ class ConversationsController(Controller):
         use_case: FromDishka[SendMessage],
         prepare: FromDishka[PrepareAttachments],
         settings: FromDishka[Settings],
+        idempotency_key: IdempotencyKey = None,
     ) -> ServerSentEvent:
-        turn = await self._send(request, conversation_id, use_case, prepare)
+        turn = await self._send(request, conversation_id, use_case, prepare, idempotency_key)
         return event_stream(turn.events(), settings.conversations.heartbeat_s)
 
     @get(

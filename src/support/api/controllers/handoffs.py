@@ -12,7 +12,7 @@ from litestar.openapi.spec import Operation, RequestBody, Schema
 from litestar.params import Body, FromPath, FromQuery, QueryParameter
 
 from support.api.auth import authenticate, require_roles
-from support.api.controllers.conversations import IDEMPOTENCY_HEADER, conversation_roles
+from support.api.controllers.conversations import IdempotencyKey, conversation_roles
 from support.api.problems import problem_responses
 from support.api.schemas.common import PageCursor
 from support.api.schemas.conversations import ConversationResource, MessageResource
@@ -226,12 +226,13 @@ class ConversationHandoffController(Controller):
         conversation_id: FromPath[UUID],
         data: Annotated[AgentMessageRequest, Body()],
         use_case: FromDishka[SendAgentMessage],
+        idempotency_key: IdempotencyKey = None,
     ) -> AgentMessageResource:
         message, conversation, duplicate = await use_case.execute(
             await authenticate(request),
             conversation_id,
             data.content,
-            idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
+            idempotency_key=idempotency_key,
         )
         return AgentMessageResource(
             message=MessageResource.of(message),
