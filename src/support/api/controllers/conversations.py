@@ -5,7 +5,7 @@ import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, get_args
 from uuid import UUID
@@ -68,7 +68,7 @@ from support.application.handoffs import SendAgentMessage
 from support.application.tasks import started_early
 from support.config import Settings
 from support.domain.conversations import ConversationStatus, clean_filename
-from support.domain.errors import InvalidInputError, SupportError
+from support.domain.errors import InvalidInputError, PermissionDeniedError, SupportError
 from support.domain.feed import FeedEvent, MessagePosted, StreamFailed, Typing
 from support.domain.identity import Principal, Role
 from support.domain.limits import TooManyRequestsError
@@ -533,11 +533,12 @@ class ConversationsController(Controller):
     async def ws(self, socket: WebSocket[Any, Any, Any], conversation_id: FromPath[UUID]) -> None:
         """Send and receive the conversation's events over one socket (see docs/api.md)."""
         container: AsyncContainer = socket.state.dishka_container
+        settings = await container.get(Settings)
+        _check_origin(socket, settings.http.cors_origins)
         principal = await authenticate(socket)
         async with container() as scope:
             await (await scope.get(CachedConversationState)).execute(principal, conversation_id)
         bus = await container.get(EventBus)
-        settings = await container.get(Settings)
         after_text = socket.query_params.get("last_event_id")
         after = None if after_text is None else resume_after(after_text, "last_event_id")
         recheck = access_check(socket, conversation_id)
@@ -565,6 +566,19 @@ class ConversationsController(Controller):
                 # The other side would show "typing…" for good: a closed socket stops typing.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(bus.signal(conversation_id, Typing(side, active=False)), 1.0)
+
+
+def _check_origin(socket: WebSocket[Any, Any, Any], allowed: Sequence[str]) -> None:
+    """Refuse a browser page of another origin, as CORS refuses its requests (sockets are not subject to CORS).
+
+    Only when origins are configured; clients that are not browsers send no ``Origin`` and are not affected.
+
+    Raises:
+        PermissionDeniedError: the handshake's ``Origin`` is not one of ``allowed``.
+    """
+    origin = socket.headers.get("origin")
+    if allowed and "*" not in allowed and origin is not None and origin not in allowed:
+        raise PermissionDeniedError("This origin may not open sockets (SUPPORT_HTTP__CORS_ORIGINS).")
 
 
 class TypingRelay:
