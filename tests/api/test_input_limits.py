@@ -52,6 +52,27 @@ async def test_a_body_over_the_limit_is_a_413_problem_with_or_without_a_length(h
     assert_problem(streamed, 413, "content_too_large")
 
 
+@pytest.mark.parametrize("path", ["messages", "messages/stream"])
+async def test_a_send_without_files_is_held_to_the_body_limit(http: httpx.AsyncClient, path: str) -> None:
+    # The send's route admits five attachments' worth; a JSON body of 40 MB was read whole and answered 422.
+    conversation = await start(http, ADMIN)
+    url = f"/v1/conversations/{conversation['id']}/{path}"
+    oversized = json.dumps({"content": "x" * MAX_BODY}).encode()
+    headers = {**ADMIN, "content-type": "application/json"}
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for offset in range(0, len(oversized), 1000):
+            yield oversized[offset : offset + 1000]
+
+    for body in (oversized, chunks()):
+        refused = await http.post(url, content=body, headers=headers)
+        assert_problem(refused, 413, "content_too_large")
+    transcript = await http.get(f"/v1/conversations/{conversation['id']}/messages", headers=ADMIN)
+    assert transcript.json()["items"] == []
+    within = await http.post(url, json={"content": "How long do refunds take?"}, headers=ADMIN)
+    assert within.status_code == 200
+
+
 async def test_documents_over_the_size_limit_are_413_and_their_fields_are_bounded(
     client: AsyncTestClient[Litestar],
 ) -> None:

@@ -68,7 +68,7 @@ from support.application.handoffs import SendAgentMessage
 from support.application.tasks import started_early
 from support.config import Settings
 from support.domain.conversations import ConversationStatus, clean_filename
-from support.domain.errors import InvalidInputError, PermissionDeniedError, SupportError
+from support.domain.errors import ContentTooLargeError, InvalidInputError, PermissionDeniedError, SupportError
 from support.domain.feed import FeedEvent, MessagePosted, StreamFailed, Typing
 from support.domain.identity import Principal, Role
 from support.domain.limits import TooManyRequestsError
@@ -198,8 +198,14 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{urllib.parse.quote(name, safe='')}"
 
 
-async def _read_send(request: Request[Any, Any, Any]) -> tuple[str, list[IncomingFile]]:
-    """The message text and files of a JSON or multipart send."""
+async def _read_send(request: Request[Any, Any, Any], max_json_bytes: int) -> tuple[str, list[IncomingFile]]:
+    """The message text and files of a JSON or multipart send.
+
+    The route admits bodies the size of five attachments; one without files is held to the API's body limit.
+
+    Raises:
+        ContentTooLargeError: a JSON body over ``max_json_bytes``.
+    """
     media_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
         form = await request.form()
@@ -209,7 +215,7 @@ async def _read_send(request: Request[Any, Any, Any]) -> tuple[str, list[Incomin
         ]
         files = [IncomingFile(value.filename or "file", value.content_type, await value.read()) for value in uploads]
         return (content if isinstance(content, str) else ""), files
-    body = await request.body()
+    body = await _body_within(request, max_json_bytes)
     if not body:
         # No body says nothing, like a form without text or files: the message is empty (422), as the document,
         # which calls the body optional, leads a client to expect.
@@ -221,6 +227,24 @@ async def _read_send(request: Request[Any, Any, Any]) -> tuple[str, list[Incomin
     except msgspec.DecodeError:
         raise ClientException("The body is not valid JSON.") from None
     return data.content, []
+
+
+async def _body_within(request: Request[Any, Any, Any], limit: int) -> bytes:
+    """The body, refused as soon as it is known to exceed ``limit`` (by its length, or while it is read)."""
+    too_large = ContentTooLargeError(
+        f"A message without files is at most {limit} bytes (SUPPORT_HTTP__MAX_BODY_BYTES)."
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class ConversationsController(Controller):
@@ -329,10 +353,11 @@ class ConversationsController(Controller):
         use_case: SendMessage,
         prepare: PrepareAttachments,
         idempotency_key: str | None,
+        settings: Settings,
     ) -> Turn:
         admission = send_admission(request)
         try:
-            content, files = await _read_send(request)
+            content, files = await _read_send(request, settings.http.max_body_bytes)
             uploads = await prepare.execute(files) if files else []
         except Exception:
             if admission is not None:
@@ -371,9 +396,10 @@ class ConversationsController(Controller):
         conversation_id: FromPath[UUID],
         use_case: FromDishka[SendMessage],
         prepare: FromDishka[PrepareAttachments],
+        settings: FromDishka[Settings],
         idempotency_key: IdempotencyKey = None,
     ) -> TurnResource:
-        turn = await self._send(request, conversation_id, use_case, prepare, idempotency_key)
+        turn = await self._send(request, conversation_id, use_case, prepare, idempotency_key, settings)
         result = await turn.result()
         return TurnResource(
             message=MessageResource.of(result.message),
@@ -411,7 +437,7 @@ class ConversationsController(Controller):
         settings: FromDishka[Settings],
         idempotency_key: IdempotencyKey = None,
     ) -> ServerSentEvent:
-        turn = await self._send(request, conversation_id, use_case, prepare, idempotency_key)
+        turn = await self._send(request, conversation_id, use_case, prepare, idempotency_key, settings)
         return event_stream(turn.events(), settings.conversations.heartbeat_s)
 
     @get(
