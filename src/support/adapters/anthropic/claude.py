@@ -281,7 +281,7 @@ class AnthropicLLM:
             yield HandoffSignal(ReasonCode.SENSITIVE_TOPIC, "The model declined to answer this request.")
         offered = self._offered(outcome.tool_calls)
         for call in offered:
-            remembered = remembered_fact(call.input) if call.name == MEMORY_TOOL else None
+            remembered = remembered_fact(_arguments(call.input)) if call.name == MEMORY_TOOL else None
             if remembered is not None:
                 yield remembered
         if progress.closing or progress.final or outcome.stop_reason != "tool_use" or not outcome.tool_calls:
@@ -292,7 +292,7 @@ class AnthropicLLM:
             return
         handoff = next((call for call in offered if call.name == HANDOFF_TOOL), None)
         if handoff is not None:
-            yield handoff_signal(handoff.input)
+            yield handoff_signal(_arguments(handoff.input))
             if outcome.wrote_text:
                 progress.done = True
                 return
@@ -345,7 +345,7 @@ class AnthropicLLM:
             if call.name == MEMORY_TOOL:
                 results.extend(_memory_results([call]))
                 continue
-            query = search_query(call.input)
+            query = search_query(_arguments(call.input))
             if query is None:
                 detail = (
                     f"{SEARCH_TOOL} takes one argument, query: a non-empty string of at most {MAX_TOOL_QUERY_CHARS}"
@@ -572,6 +572,11 @@ def cited_passage(citation: TextCitation, citable: Sequence[SearchHit]) -> Searc
     block = citation.start_block_index
     context = paragraphs[block][1] if 0 <= block < len(paragraphs) else None
     return in_range if context is None else in_range.at(in_range.context[context])
+
+
+def _arguments(tool_input: object) -> Mapping[str, object]:
+    """A tool call's arguments; the model sent ``[1, 2]``, ``"refunds"`` or ``null`` at times: those are none."""
+    return cast("Mapping[str, object]", tool_input) if isinstance(tool_input, Mapping) else {}
 
 
 def handoff_signal(arguments: Mapping[str, object]) -> HandoffSignal:

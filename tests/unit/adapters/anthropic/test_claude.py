@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from support.domain.memory import FactKind, RecalledFact
 from support.ports.errors import LLMUnavailableError
 from tests.fakes.anthropic_server import (
     DEFAULT_MODEL,
+    Block,
     Disconnect,
     FakeAnthropic,
     Pause,
@@ -478,6 +480,28 @@ async def test_a_failed_search_is_reported_to_the_model(
     assert result["tool_use_id"] == "toolu_9"
     assert result["is_error"] is True
     assert texts(events) == ["I could not check."]
+
+
+@pytest.mark.parametrize("arguments", [[1, 2], "refunds", None], ids=["list", "string", "null"])
+async def test_tool_input_that_is_not_an_object_is_answered_with_an_error_not_a_failed_turn(
+    api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM], arguments: object
+) -> None:
+    # An AttributeError on `.get` failed the whole turn with a 500 and lost the reply.
+    def call(name: str, tool_id: str) -> Block:
+        start = {"type": "tool_use", "id": tool_id, "name": name, "input": {}}
+        return Block(start, ({"type": "input_json_delta", "partial_json": json.dumps(arguments)},))
+
+    api.script(
+        message(call(SEARCH_TOOL, "toolu_bad")),
+        message(text("Let me get someone."), call(HANDOFF_TOOL, "toolu_handoff")),
+    )
+
+    events = await collect(make_llm(), ReplyRequest(question="Refunds?"))
+
+    [result] = api.requests[1].messages[-1]["content"]
+    assert (result["tool_use_id"], result["is_error"]) == ("toolu_bad", True)
+    assert HandoffSignal(ReasonCode.INSUFFICIENT_EVIDENCE, "") in events
+    assert "Let me get someone." in texts(events)
 
 
 async def test_handoff_after_text_signals_and_ends_the_reply(
