@@ -581,3 +581,43 @@ async def test_an_erased_customers_token_starts_nothing_and_is_told_the_customer
 
     assert_problem(refused, 404, "customer_not_found")
     assert (await http.get("/v1/conversations", headers=customer)).json()["items"] == []
+
+
+async def test_a_failed_turn_is_its_senders_business_and_followers_keep_following(
+    live: str, http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    import websockets
+
+    # A turn's error went out on the shared feed: every follower's stream ended and every socket closed (1008).
+    conversation = await start(http, service_headers)
+    base = f"/v1/conversations/{conversation['id']}"
+    customer = bearer(conversation["customer_token"])
+    url = live.replace("http", "ws") + f"{base}/ws?access_token={conversation['customer_token']}"
+    llm.script = Script(crash=True)
+    async with (
+        aconnect_sse(http, "GET", f"{base}/events", headers=service_headers) as follower,
+        websockets.connect(url) as socket,
+    ):
+        followed = follower.aiter_sse()
+        failed = await http.post(f"{base}/messages", json={"content": "How long do refunds take?"}, headers=customer)
+        # The JSON send says the reply failed (it answered 200 with `reply: null`, as when a person has it).
+        assert_problem(failed, 500, "internal_error")
+        await socket.send(json.dumps({"type": "send", "content": "Hello? Refunds?"}))
+        # The socket that sent it is told, and stays open.
+        while (frame := json.loads(await asyncio.wait_for(socket.recv(), 5))).get("event") != "error":
+            assert frame.get("event") == "message", frame
+        assert frame["data"]["code"] == "internal_error"
+        llm.script = Script()
+        answered = await http.post(f"{base}/messages", json={"content": "Refunds, please"}, headers=customer)
+        assert answered.json()["reply"] is not None
+        # Both followers are still there and hear the next reply.
+        while (event := await asyncio.wait_for(anext(followed), 5)).event != "done":
+            assert event.event != "error", event.data
+        while (frame := json.loads(await asyncio.wait_for(socket.recv(), 5))).get("event") != "done":
+            assert frame.get("event") != "error", frame
+    transcript = (await http.get(f"{base}/messages", headers=service_headers)).json()["items"]
+    assert [item["content"] for item in transcript if item["role"] == "customer"] == [
+        "How long do refunds take?",
+        "Hello? Refunds?",
+        "Refunds, please",
+    ]

@@ -30,6 +30,7 @@ class Script:
     fail_after: int | None = None  # raise LLMUnavailableError after this many deltas
     delay_s: float = 0.0  # before each delta
     facts: Sequence[FactRemembered] = ()  # what the model asks to remember (remember_fact)
+    crash: bool = False  # raise an unexpected error before any delta (a bug, not an outage)
 
 
 @dataclass
@@ -54,6 +55,8 @@ class ScriptedLLM:
             script = self.script
             if self.gate is not None:
                 await self.gate.wait()
+            if script.crash:
+                raise RuntimeError("scripted crash")
             if script.search_again:
                 yield ToolActivity("search_knowledge", "started")
                 await tools.search_knowledge(script.search_again)

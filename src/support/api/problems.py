@@ -199,7 +199,21 @@ def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Resp
     return problem_response(request, 500, "internal_error", "An unexpected error occurred; it has been logged.")
 
 
+class ReplyFailedError(Exception):
+    """A send whose message is stored but whose reply failed: answered with the turn's own problem."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+def handle_reply_failed(request: Request[Any, Any, Any], error: ReplyFailedError) -> Response[ProblemDetails]:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if error.status == HTTPStatus.SERVICE_UNAVAILABLE else {}
+    return problem_response(request, error.status, error.code, error.detail, headers=headers)
+
+
 EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
+    ReplyFailedError: handle_reply_failed,
     SupportError: handle_support_error,
     ValidationException: handle_validation_error,
     HTTPException: handle_http_exception,

@@ -37,7 +37,7 @@ from support.domain.errors import (
     SupportError,
     UnsupportedContentTypeError,
 )
-from support.domain.feed import FeedEvent, HandoffChanged, ReplyDone
+from support.domain.feed import FeedEvent, HandoffChanged, ReplyDone, StreamFailed
 from support.domain.identity import Principal, Role, issue_customer_token
 from support.domain.ids import new_id
 from support.domain.knowledge import content_type_for_filename
@@ -456,11 +456,15 @@ class PrepareAttachments:
 
 @dataclass(frozen=True, slots=True)
 class TurnResult:
-    """A finished send: the stored customer message and the reply (None while a human owns the conversation)."""
+    """A finished send: the stored customer message and the reply (None while a human owns the conversation).
+
+    ``failure`` says why a reply that should have come did not (the message is stored either way).
+    """
 
     message: Message
     reply: Message | None
     conversation_status: ConversationStatus
+    failure: StreamFailed | None = None
 
 
 class Turn:
@@ -478,10 +482,13 @@ class Turn:
     async def result(self) -> TurnResult:
         """Wait for the reply (it keeps being written if the caller goes away)."""
         reply: Message | None = None
+        failure: StreamFailed | None = None
         async for event in self._stream.events():
             if isinstance(event.payload, ReplyDone):
                 reply = event.payload.message
-        return TurnResult(self.message, reply, self._stream.final_status)
+            elif isinstance(event.payload, StreamFailed):
+                failure = event.payload
+        return TurnResult(self.message, reply, self._stream.final_status, None if reply else failure)
 
 
 def _customer_message(

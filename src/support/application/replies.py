@@ -464,8 +464,9 @@ class ReplyRunner:
                 leased = await reservation.taken()
             if not leased:
                 leased = await self._wait_for_lease(conversation.id, holder)
+            # A failed turn is its requester's business: on the shared feed it ended every follower's stream.
             if not leased:
-                publisher.emit(
+                publisher.tell_requester(
                     StreamFailed(
                         503,
                         "reply_busy",
@@ -481,12 +482,12 @@ class ReplyRunner:
             publisher.tell_requester(StreamFailed(404, error.code, "The conversation is gone", error.message))
         except DependencyUnavailableError as error:
             _logger.warning("turn in %s failed: %s", conversation.id, error)
-            publisher.emit(StreamFailed(503, error.code, "A backing service is unavailable", error.message))
+            publisher.tell_requester(StreamFailed(503, error.code, "A backing service is unavailable", error.message))
         except asyncio.CancelledError:
             raise
         except Exception:
             _logger.exception("turn in %s failed", conversation.id)
-            publisher.emit(StreamFailed(500, "internal_error", "The reply failed", "Please try again."))
+            publisher.tell_requester(StreamFailed(500, "internal_error", "The reply failed", "Please try again."))
         finally:
             await asyncio.shield(self._finish(conversation.id, holder, leased, publisher, stream))
 

@@ -24,7 +24,7 @@ from litestar.response import ServerSentEvent
 from support.api.auth import access_check, authenticate, require_roles
 from support.api.limits import COUNTS_AS_MESSAGE, enforce_rate_limits, frame_limit, receive_frame, send_admission
 from support.api.openapi import document_event_stream
-from support.api.problems import problem_responses
+from support.api.problems import ReplyFailedError, problem_responses
 from support.api.schemas.common import PageCursor
 from support.api.schemas.conversations import (
     ConversationList,
@@ -387,7 +387,7 @@ class ConversationsController(Controller):
         request_max_body_size=SEND_MAX_BODY_BYTES,
         operation_class=_SendMessageOperation,
         opt=COUNTS_AS_MESSAGE,
-        responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 429),
+        responses=problem_responses(400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503),
     )
     @inject
     async def send(
@@ -401,6 +401,9 @@ class ConversationsController(Controller):
     ) -> TurnResource:
         turn = await self._send(request, conversation_id, use_case, prepare, idempotency_key, settings)
         result = await turn.result()
+        if result.failure is not None:
+            # The message is stored; the reply failed (a 200 with `reply: null` read as "a person has it").
+            raise ReplyFailedError(result.failure.status, result.failure.code, result.failure.detail)
         return TurnResource(
             message=MessageResource.of(result.message),
             reply=MessageResource.of(result.reply) if result.reply else None,
@@ -577,17 +580,20 @@ class ConversationsController(Controller):
         max_frame = frame_limit(settings.conversations.max_message_chars)
         idle_s = settings.conversations.heartbeat_s * 4
         typing = TypingRelay()
+        watchers: set[asyncio.Task[None]] = set()  # the turns this socket started, told of their failures
         try:
             while True:
                 try:
                     frame = await asyncio.wait_for(receive_frame(socket, max_frame), idle_s)
                 except TimeoutError:
                     continue
-                await _handle_frame(socket, container, bus, recheck, conversation_id, side, frame, typing)
+                await _handle_frame(socket, container, bus, recheck, conversation_id, side, frame, typing, watchers)
         except (WebSocketDisconnect, asyncio.CancelledError):
             pass
         finally:
             await _stop(relay)
+            for watcher in watchers:
+                watcher.cancel()
             if typing.active:
                 # The other side would show "typing…" for good: a closed socket stops typing.
                 with contextlib.suppress(Exception):
@@ -750,6 +756,7 @@ async def _handle_frame(
     side: str,
     data: str | bytes,
     typing: "TypingRelay",
+    watchers: set["asyncio.Task[None]"],
 ) -> None:
     """One client frame: ``{"type": "send"|"typing"|"ping", ...}``."""
     try:
@@ -764,7 +771,7 @@ async def _handle_frame(
             await bus.signal(conversation_id, Typing(side, frame.active))
     else:
         try:
-            await _send_frame(socket, container, recheck, conversation_id, frame)
+            await _send_frame(socket, container, recheck, conversation_id, frame, watchers)
         except SupportError as error:
             retry = {"retry_after_s": error.retry_after_s} if isinstance(error, TooManyRequestsError) else {}
             await _send_error(socket, error.code, error.message, **retry)
@@ -780,6 +787,7 @@ async def _send_frame(
     recheck: Callable[[], Awaitable[Principal]],
     conversation_id: UUID,
     frame: SendFrame,
+    watchers: set["asyncio.Task[None]"],
 ) -> None:
     """A ``send`` frame: a customer message (with its turn) or, from an agent's socket, an agent message."""
     content, idempotency_key = frame.content, frame.idempotency_key
@@ -807,3 +815,15 @@ async def _send_frame(
     # The reply reaches this socket through the feed; the echo confirms the send with its id.
     if turn.duplicate:
         await socket.send_text(encode_ws(FeedEvent(0, MessagePosted(turn.message))))
+    else:
+        # A failed turn is told to its requester only (the feed's followers keep following): this socket.
+        watchers.add(asyncio.create_task(_tell_failure(socket, turn)))
+        watchers.difference_update({task for task in watchers if task.done()})
+
+
+async def _tell_failure(socket: WebSocket[Any, Any, Any], turn: Turn) -> None:
+    """Send the turn's error, if it fails, to the socket that sent its message; the socket stays open."""
+    async for event in turn.events():
+        if isinstance(event.payload, StreamFailed):
+            with contextlib.suppress(Exception):
+                await socket.send_text(encode_ws(event))
