@@ -621,3 +621,27 @@ async def test_a_failed_turn_is_its_senders_business_and_followers_keep_followin
         "Hello? Refunds?",
         "Refunds, please",
     ]
+
+
+async def test_model_text_that_valkey_or_postgresql_cannot_take_is_mended_not_a_hung_stream(
+    http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    # A surrogate pair split across two pieces (as a gateway may) could not be encoded for the feed: the stream
+    # stayed open for good. A NUL failed the store after the words were streamed.
+    llm.script = Script(
+        pieces=("Hi \ud83d", "\ude00 there", ", lone \udc00 half", " and a NUL\x00."), cite_first_passage=False
+    )
+    conversation = await start(http, service_headers)
+    base = f"/v1/conversations/{conversation['id']}"
+
+    async with aconnect_sse(
+        http, "POST", f"{base}/messages/stream", json={"content": "Hello"}, headers=service_headers
+    ) as source:
+        events = await asyncio.wait_for(read_events(source.aiter_sse()), 10)
+
+    expected = "Hi \U0001f600 there, lone \ufffd half and a NUL."
+    assert events[-1]["event"] == "done"
+    assert "".join(event["data"]["text"] for event in events if event["event"] == "delta") == expected
+    assert events[-1]["data"]["content"] == expected
+    stored = (await http.get(f"{base}/messages", headers=service_headers)).json()["items"]
+    assert stored[-1]["content"] == expected

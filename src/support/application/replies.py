@@ -33,6 +33,7 @@ from support.domain.assistant import (
     TextDelta,
     ToolActivity,
     Turn,
+    storable_pieces,
 )
 from support.domain.conversations import (
     ACTIVITY_GRANULARITY,
@@ -181,6 +182,7 @@ class _Draft:
     # Written by the escalation policy alone (the model was not called).
     by_policy: bool = False
     proposed_facts: list[FactRemembered] = field(default_factory=list)
+    carried: str = ""  # the first half of a surrogate pair the model's next piece completes
 
 
 class _Tools:
@@ -494,11 +496,14 @@ class ReplyRunner:
     async def _finish(
         self, conversation_id: UUID, holder: str, leased: bool, publisher: _Publisher, stream: ReplyStream
     ) -> None:
-        await publisher.close()
-        stream.finish()
-        if leased:
-            with contextlib.suppress(CacheUnavailableError):
-                await self._sessions.release_reply_lease(conversation_id, holder)
+        try:
+            await publisher.close()
+        finally:
+            # Whatever failed in publishing, the requester's stream ends and the lease goes back.
+            stream.finish()
+            if leased:
+                with contextlib.suppress(CacheUnavailableError):
+                    await self._sessions.release_reply_lease(conversation_id, holder)
 
     async def _wait_for_lease(self, conversation_id: UUID, holder: str) -> bool:
         deadline = time.monotonic() + self._settings.reply_wait_s
@@ -837,10 +842,12 @@ class ReplyRunner:
 
     def _apply(self, event: ReplyEvent, draft: _Draft, publisher: _Publisher, started: float) -> None:
         if isinstance(event, TextDelta):
-            if event.text:
+            # A half of a surrogate pair waits for its other half; one that never comes is dropped with the draft.
+            text, draft.carried = storable_pieces(draft.carried, event.text)
+            if text:
                 self._first_delta(draft, started)
-                draft.text.append(event.text)
-                publisher.emit(ReplyDelta(event.text))
+                draft.text.append(text)
+                publisher.emit(ReplyDelta(text))
         elif isinstance(event, PassageCited):
             hit = event.passage
             if hit.chunk_id not in draft.citations:

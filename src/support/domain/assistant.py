@@ -1,5 +1,6 @@
 """What the assistant is asked (a reply request) and what it produces while it writes (reply events)."""
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -114,3 +115,21 @@ class ReplyCompleted:
 
 
 ReplyEvent = TextDelta | ToolActivity | PassageCited | HandoffSignal | FactRemembered | ReplyCompleted
+
+
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def storable_pieces(carried: str, text: str) -> tuple[str, str]:
+    """A model's text piece made fit to publish and store, and what to carry to the next piece.
+
+    A gateway may split a surrogate pair across two pieces: a trailing high surrogate waits for its partner. What
+    stays unpaired becomes U+FFFD, and NUL is dropped: neither can be encoded for Valkey nor stored by PostgreSQL
+    (a lone surrogate left a reply stream open for good, a NUL failed the store after the words were streamed).
+    """
+    text = carried + text
+    carry = ""
+    if text and "\ud800" <= text[-1] <= "\udbff":
+        text, carry = text[:-1], text[-1]
+    paired = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return _LONE_SURROGATE.sub("\ufffd", paired).replace("\x00", ""), carry

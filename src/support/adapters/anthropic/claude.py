@@ -55,6 +55,7 @@ from support.domain.assistant import (
     TextDelta,
     ToolActivity,
     Turn,
+    storable_pieces,
 )
 from support.domain.conversations import ReasonCode, TokenUsage
 from support.domain.errors import SupportError
@@ -585,7 +586,7 @@ def handoff_signal(arguments: Mapping[str, object]) -> HandoffSignal:
     reason = next((known for known in MODEL_REASONS if known.value == raw), ReasonCode.INSUFFICIENT_EVIDENCE)
     summary = arguments.get("summary")
     # The summary is shown to agents: one paragraph of bounded length, without invisible characters.
-    text = " ".join(strip_invisible(summary).split()) if isinstance(summary, str) else ""
+    text = " ".join(storable_pieces("", strip_invisible(summary))[0].split()) if isinstance(summary, str) else ""
     if len(text) > MAX_HANDOFF_SUMMARY_CHARS:
         text = text[: MAX_HANDOFF_SUMMARY_CHARS - 1].rstrip() + "…"
     return HandoffSignal(reason, text)

@@ -567,6 +567,18 @@ async def test_handoff_after_a_search_still_gets_a_closing_sentence(
     assert api.requests[2].body["tool_choice"] == {"type": "none"}
 
 
+async def test_a_handoff_summary_is_made_storable(api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]) -> None:
+    # A NUL in the summary failed the store after the words were streamed (PostgreSQL text cannot hold one).
+    summary = "Wants\x00 a person now."
+    api.script(
+        message(text("One moment."), tool_use(HANDOFF_TOOL, {"reason_code": "customer_request", "summary": summary}))
+    )
+
+    events = await collect(make_llm(), ReplyRequest(question="A human please"))
+
+    assert HandoffSignal(ReasonCode.CUSTOMER_REQUEST, "Wants a person now.") in events
+
+
 async def test_an_unknown_handoff_reason_offers_a_human(
     api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
 ) -> None:
