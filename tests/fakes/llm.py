@@ -31,6 +31,7 @@ class Script:
     delay_s: float = 0.0  # before each delta
     facts: Sequence[FactRemembered] = ()  # what the model asks to remember (remember_fact)
     crash: bool = False  # raise an unexpected error before any delta (a bug, not an outage)
+    stop_reason: str = "end_turn"
 
 
 @dataclass
@@ -74,6 +75,8 @@ class ScriptedLLM:
                 yield fact
             if script.handoff is not None:
                 yield HandoffSignal(script.handoff, "scripted")
-            yield ReplyCompleted(usage=TokenUsage(input_tokens=100, output_tokens=len(script.pieces)))
+            yield ReplyCompleted(
+                usage=TokenUsage(input_tokens=100, output_tokens=len(script.pieces)), stop_reason=script.stop_reason
+            )
         finally:
             self.active -= 1

@@ -78,6 +78,12 @@ UNAVAILABLE_REPLY = (
     "Would you like me to connect you with a member of our support team?"
 )
 INTERRUPTED_NOTE = "\n\n(This reply was interrupted. Ask again, or ask for a person if you need more help.)"
+CUT_SHORT_NOTE = "\n\n(This reply was cut short. Ask me to go on, or ask for a person if you need more help.)"
+# A model that wrote nothing at all (an empty message, or searches until it had to stop): never a blank reply.
+NO_ANSWER_REPLY = "I'm sorry, I couldn't find an answer to that in our help center."
+NO_ANSWER_OFFER = " Would you like me to connect you with someone from our support team?"
+# Signals the policy hands over on at once, with its own notice: a reply without words needs none of its own.
+_HANDED_OVER_AT_ONCE = frozenset({ReasonCode.CUSTOMER_REQUEST, ReasonCode.SENSITIVE_TOPIC})
 FRUSTRATION_OFFER = "\n\nIf you'd rather sort this out with a person, just say so and I'll bring in our support team."
 
 
@@ -183,6 +189,7 @@ class _Draft:
     by_policy: bool = False
     proposed_facts: list[FactRemembered] = field(default_factory=list)
     carried: str = ""  # the first half of a surrogate pair the model's next piece completes
+    cut_short: bool = False  # the model stopped at its token limit
 
 
 class _Tools:
@@ -569,15 +576,7 @@ class ReplyRunner:
             await self._write(request, draft, publisher, holder, conversation_id, started)
         except LLMUnavailableError as error:
             _logger.warning("the model failed in %s: %s", conversation_id, error)
-            draft.signals.append(ReasonCode.LLM_UNAVAILABLE)
-            if draft.text:
-                interrupted = True
-                draft.text.append(INTERRUPTED_NOTE)
-                publisher.emit(ReplyDelta(INTERRUPTED_NOTE))
-            else:
-                draft.text.append(UNAVAILABLE_REPLY)
-                self._first_delta(draft, started)
-                publisher.emit(ReplyDelta(UNAVAILABLE_REPLY))
+            interrupted = self._unavailable(draft, publisher, started)
         except asyncio.CancelledError:
             await _unless_erased(
                 self._store(
@@ -585,10 +584,43 @@ class ReplyRunner:
                 )
             )
             raise
+        else:
+            interrupted = self._complete(request, draft, publisher, started)
         reply = await self._store(
             conversation, pending, recent, draft, screening, publisher, stream, started, interrupted=interrupted
         )
         await self._remember(conversation, pending, draft, recent, reply)
+
+    def _unavailable(self, draft: _Draft, publisher: _Publisher, started: float) -> bool:
+        """Finish a reply the model failed to write: a note after its words, or the apology; interrupted?"""
+        draft.signals.append(ReasonCode.LLM_UNAVAILABLE)
+        if draft.text:
+            draft.text.append(INTERRUPTED_NOTE)
+            publisher.emit(ReplyDelta(INTERRUPTED_NOTE))
+            return True
+        draft.text.append(UNAVAILABLE_REPLY)
+        self._first_delta(draft, started)
+        publisher.emit(ReplyDelta(UNAVAILABLE_REPLY))
+        return False
+
+    def _complete(self, request: ReplyRequest, draft: _Draft, publisher: _Publisher, started: float) -> bool:
+        """Finish a reply the model ended: a note when it was cut short, words when it wrote none; interrupted?"""
+        if publisher.taken_over:
+            return False
+        if draft.cut_short and draft.text:
+            # The model ran out of tokens mid-sentence (or mid tool call): the reply says so.
+            draft.text.append(CUT_SHORT_NOTE)
+            publisher.emit(ReplyDelta(CUT_SHORT_NOTE))
+            return True
+        if "".join(draft.text).strip() or _HANDED_OVER_AT_ONCE & set(draft.signals):
+            return False
+        text = NO_ANSWER_REPLY if request.hands_over_if_unanswered else NO_ANSWER_REPLY + NO_ANSWER_OFFER
+        if ReasonCode.INSUFFICIENT_EVIDENCE not in draft.signals:
+            draft.signals.append(ReasonCode.INSUFFICIENT_EVIDENCE)
+        self._first_delta(draft, started)
+        draft.text.append(text)
+        publisher.emit(ReplyDelta(text))
+        return False
 
     async def _remember_after(
         self, scope: contextlib.AsyncExitStack, conversation: Conversation, message: Message
@@ -863,6 +895,7 @@ class ReplyRunner:
             draft.evidence = event.detail or draft.evidence
         elif isinstance(event, ReplyCompleted):
             draft.usage = draft.usage + event.usage
+            draft.cut_short = event.stop_reason == "max_tokens"
             if event.evidence_score is not None:
                 draft.evidence = f"evidence_score={event.evidence_score:.3f}"
 

@@ -8,7 +8,7 @@ import pytest
 
 from support.adapters.memory.knowledge import InMemoryKnowledgeBase
 from support.application.replies import ReplySettings
-from support.domain.conversations import ConversationClosedError, ConversationStatus, MessageRole
+from support.domain.conversations import AnswerStatus, ConversationClosedError, ConversationStatus, MessageRole
 from support.domain.feed import MessagePosted, ReplyDelta, ReplyDone, StreamFailed
 from support.domain.knowledge import SearchHit, SearchQuery
 from support.domain.limits import RateLimitedError
@@ -206,3 +206,27 @@ async def test_a_follow_up_is_searched_with_the_messages_it_continues() -> None:
     ]
     # The model is still asked the customer's own message.
     assert [request.question for request in world.llm.requests][1] == "and if I paid with PayPal?"
+
+
+async def test_a_model_that_writes_nothing_still_gets_the_customer_an_answer_and_an_offer(world: World) -> None:
+    # An empty message (or searches until the model had to stop) was stored and shown as a blank reply.
+    world.llm.script = Script(pieces=("", "  \n "), cite_first_passage=False)
+
+    result = await (await world.send("How long do refunds take?")).result()
+
+    assert result.reply is not None
+    assert result.reply.content.strip() == (
+        "I'm sorry, I couldn't find an answer to that in our help center. "
+        "Would you like me to connect you with someone from our support team?"
+    )
+    assert result.reply.answer_status is AnswerStatus.INSUFFICIENT_EVIDENCE
+
+
+async def test_a_reply_cut_off_at_the_token_limit_says_so_and_is_marked_interrupted(world: World) -> None:
+    world.llm.script = Script(pieces=("Refunds take five to ten busi",), stop_reason="max_tokens")
+
+    result = await (await world.send("How long do refunds take?")).result()
+
+    assert result.reply is not None
+    assert result.reply.content.startswith("Refunds take five to ten busi\n\n(This reply was cut short.")
+    assert result.reply.interrupted

@@ -122,6 +122,14 @@ _HANDOFF_ACK: Final = (
     "The conversation is being handed to a member of the support team. Tell the customer so in one short "
     "sentence. Do not promise a response time and do not answer anything else."
 )
+# For a handoff the policy only offers (insufficient evidence, frustration): announcing one would promise a person
+# who never comes.
+_OFFER_ACK: Final = (
+    "Nobody is being brought in yet. In one short sentence, ask the customer whether they would like to talk to a "
+    "member of the support team. Do not promise a response time and do not answer anything else."
+)
+# Reasons the escalation policy hands over on at once; for the others it offers a person.
+_ESCALATING: Final = frozenset({ReasonCode.CUSTOMER_REQUEST, ReasonCode.SENSITIVE_TOPIC})
 
 
 class _IncompleteStreamError(Exception):
@@ -249,12 +257,26 @@ class AnthropicLLM:
             # Any other way out (success, a consumer that stops reading, cancellation) closes the breaker again.
             with self._breaker:
                 citable = [hit for hit in request.passages if hit.text.strip()]
-                progress = _Progress(messages=self._initial_messages(request, citable), citable=citable)
+                progress = _Progress(
+                    messages=self._initial_messages(request, citable),
+                    citable=citable,
+                    hands_over_if_unanswered=request.hands_over_if_unanswered,
+                )
                 while not progress.done:
                     outcome = _Round()
                     async with contextlib.aclosing(self._round(progress, outcome)) as events:
                         try:
                             async for event in events:
+                                if isinstance(event, TextDelta):
+                                    # "Let me look that up." then, after a search, "Yes, a fee applies.": not glued.
+                                    if (
+                                        progress.last_text
+                                        and not outcome.joined
+                                        and _glued(progress.last_text, event.text)
+                                    ):
+                                        yield TextDelta("\n\n")
+                                    outcome.joined = True
+                                    progress.last_text = event.text or progress.last_text
                                 yield event
                         except LLMUnavailableError:
                             if not progress.closing:
@@ -293,13 +315,20 @@ class AnthropicLLM:
             return
         handoff = next((call for call in offered if call.name == HANDOFF_TOOL), None)
         if handoff is not None:
-            yield handoff_signal(_arguments(handoff.input))
+            signal = handoff_signal(_arguments(handoff.input))
+            yield signal
             if outcome.wrote_text:
                 progress.done = True
                 return
             # The customer was not told (this round wrote nothing): one more round, without tools, for a sentence.
+            escalates = signal.reason_code in _ESCALATING or (
+                signal.reason_code is ReasonCode.INSUFFICIENT_EVIDENCE and progress.hands_over_if_unanswered
+            )
             progress.closing = True
-            progress.continue_with(outcome.content, _handoff_results(outcome.tool_calls, self._tool_names))
+            acknowledgement = _HANDOFF_ACK if escalates else _OFFER_ACK
+            progress.continue_with(
+                outcome.content, _handoff_results(outcome.tool_calls, self._tool_names, acknowledgement)
+            )
             return
         if not any(call.name == SEARCH_TOOL for call in offered):
             # Only refused calls (and perhaps notes): they are answered with errors, and the model writes its reply
@@ -477,6 +506,7 @@ class _Round:
     """What one request produced (reset before each attempt)."""
 
     wrote_text: bool = False
+    joined: bool = False  # its first text was joined to the previous rounds' text
     finished: bool = False
     stop_reason: str | None = None
     usage: TokenUsage = field(default_factory=TokenUsage)
@@ -484,7 +514,7 @@ class _Round:
     tool_calls: list[ToolUseBlock] = field(default_factory=list)
 
     def reset(self) -> None:
-        self.wrote_text = self.finished = False
+        self.wrote_text = self.joined = self.finished = False
         self.stop_reason = None
         self.usage = TokenUsage()
         self.content = []
@@ -521,6 +551,8 @@ class _Progress:
     wrote_text: bool = False
     searches: int = 0
     memory_rounds: int = 0
+    hands_over_if_unanswered: bool = False
+    last_text: str = ""  # the end of the text written so far (rounds are joined with a paragraph break)
     closing: bool = False
     final: bool = False  # the last round, without tools, after refused tool calls
     done: bool = False
@@ -535,6 +567,11 @@ class _Progress:
                          {"role": "user", "content": results}]  # fmt: skip
         if self.closing:
             self.tool_choice = {"type": "none"}
+
+
+def _glued(before: str, after: str) -> bool:
+    """Whether two rounds' texts would run together without a break between them."""
+    return bool(after) and not before[-1:].isspace() and not after[:1].isspace()
 
 
 def _translate(
@@ -624,11 +661,13 @@ def _after_notes(progress: "_Progress", outcome: "_Round") -> None:
         progress.tool_choice = {"type": "none"}
 
 
-def _handoff_results(calls: Sequence[ToolUseBlock], offered: frozenset[str]) -> list[ContentBlockParam]:
+def _handoff_results(
+    calls: Sequence[ToolUseBlock], offered: frozenset[str], acknowledgement: str
+) -> list[ContentBlockParam]:
     # Every tool call of the turn needs its result, whether it ran or not.
     return [
         {"type": "tool_result", "tool_use_id": call.id,
-         "content": _HANDOFF_ACK if call.name == HANDOFF_TOOL
+         "content": acknowledgement if call.name == HANDOFF_TOOL
          else "Noted." if call.name == MEMORY_TOOL and call.name in offered else "Not run: a person is taking over."}
         for call in calls
     ]  # fmt: skip
@@ -740,7 +779,8 @@ def system_prompt(persona: str, company: str, *, can_search: bool, can_remember:
             f'- Call {HANDOFF_TOOL} with "customer_request" when the customer asks for a person; "sensitive_topic" '
             "for legal matters, safety, or account security (a compromised account, fraud, identity checks); "
             '"frustration" when the customer is clearly upset. Before calling it, tell the customer in one short '
-            "sentence that you are bringing in a member of the team."
+            'sentence: for "customer_request" and "sensitive_topic" that you are bringing in a member of the team; '
+            "otherwise ask whether they would like to talk to a member of the team (that is only an offer)."
         ),
         "- Be brief, friendly and concrete. Write plain text for a chat window, in the customer's language.",
         *([_MEMORY_RULE] if can_remember else []),

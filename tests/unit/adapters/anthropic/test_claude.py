@@ -404,7 +404,8 @@ async def test_search_tool_round_trip_returns_citable_search_results(
         ToolActivity(SEARCH_TOOL, "started"),
         ToolActivity(SEARCH_TOOL, "succeeded"),
     ]
-    assert texts(events) == ["Let me look that up.", "Go to Settings > Data."]
+    # The rounds are not glued together ("…up.Go to…").
+    assert texts(events) == ["Let me look that up.", "\n\n", "Go to Settings > Data."]
     # Index 1 counts the initial passage (0) first, then the tool result's blocks in order.
     assert [event for event in events if isinstance(event, PassageCited)] == [
         PassageCited(passage=found[0], quote="Exports are in Settings > Data.")
@@ -550,6 +551,27 @@ async def test_handoff_without_text_gets_a_closing_sentence(
     assert "handed to a member of the support team" in ack["content"]
 
 
+@pytest.mark.parametrize(
+    ("reason", "hands_over", "told"),
+    [
+        ("frustration", False, "Nobody is being brought in yet"),
+        ("insufficient_evidence", False, "Nobody is being brought in yet"),
+        ("insufficient_evidence", True, "being handed to a member of the support team"),
+        ("customer_request", False, "being handed to a member of the support team"),
+    ],
+)
+async def test_a_closing_sentence_announces_a_person_only_when_the_policy_brings_one(
+    api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM], reason: str, hands_over: bool, told: str
+) -> None:
+    # "I am bringing in a member of our team", then nobody came: the policy only offers a person for these.
+    api.script(message(tool_use(HANDOFF_TOOL, {"reason_code": reason}, tool_id="toolu_h")), reply("Sure."))
+
+    await collect(make_llm(), ReplyRequest(question="This is useless.", hands_over_if_unanswered=hands_over))
+
+    [ack] = api.requests[1].body["messages"][-1]["content"]
+    assert told in ack["content"]
+
+
 async def test_handoff_after_a_search_still_gets_a_closing_sentence(
     api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
 ) -> None:
@@ -561,7 +583,7 @@ async def test_handoff_after_a_search_still_gets_a_closing_sentence(
 
     events = await collect(make_llm(), ReplyRequest(question="I will sue you."))
 
-    assert texts(events) == ["Let me look that up.", "I'm passing this to a colleague."]
+    assert texts(events) == ["Let me look that up.", "\n\n", "I'm passing this to a colleague."]
     assert HandoffSignal(ReasonCode.SENSITIVE_TOPIC, "Legal threat.") in events
     assert len(api.requests) == 3
     assert api.requests[2].body["tool_choice"] == {"type": "none"}
