@@ -645,3 +645,21 @@ async def test_model_text_that_valkey_or_postgresql_cannot_take_is_mended_not_a_
     assert events[-1]["data"]["content"] == expected
     stored = (await http.get(f"{base}/messages", headers=service_headers)).json()["items"]
     assert stored[-1]["content"] == expected
+
+
+async def test_attachments_stay_context_for_the_turns_that_follow(
+    http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    # Given to the model only in the turn that carried them, "and what does the screenshot show?" had nothing.
+    conversation = await start(http, service_headers)
+    path = f"/v1/conversations/{conversation['id']}"
+    token = bearer(conversation["customer_token"])
+    log, png = b"printer says E04 paper jam", b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+    files = [("files", ("printer.log.txt", log, "text/plain")), ("files", ("shot.png", png, "image/png"))]
+    await http.post(f"{path}/messages", data={"content": "see attached"}, files=files, headers=token)
+
+    await http.post(f"{path}/messages", json={"content": "and what does the screenshot show?"}, headers=token)
+
+    follow_up = llm.requests[1]
+    assert [item.text.strip() for item in follow_up.attachments] == [log.decode()]
+    assert [(image.filename, image.data) for image in follow_up.images] == [("shot.png", png)]

@@ -78,6 +78,8 @@ UNAVAILABLE_REPLY = (
     "Would you like me to connect you with a member of our support team?"
 )
 INTERRUPTED_NOTE = "\n\n(This reply was interrupted. Ask again, or ask for a person if you need more help.)"
+# Images of the history window given to the model with each turn (a message carries at most five).
+MAX_CONTEXT_IMAGES = 5
 CUT_SHORT_NOTE = "\n\n(This reply was cut short. Ask me to go on, or ask for a person if you need more help.)"
 # A model that wrote nothing at all (an empty message, or searches until it had to stop): never a blank reply.
 NO_ANSWER_REPLY = "I'm sorry, I couldn't find an answer to that in our help center."
@@ -679,7 +681,8 @@ class ReplyRunner:
         if vector is None:
             vector = self._embed(query)
         # What needs no vector goes first, while the question is still being embedded.
-        attached, images = await self._attachments(services, conversation.id, pending)
+        window = [*earlier[-settings.history_messages :], *pending]
+        attached, images = await self._attachments(services, conversation.id, window)
         summary: str | None = None
         older = earlier[: -settings.history_messages]
         if older:
@@ -801,18 +804,24 @@ class ReplyRunner:
             _logger.warning("facts of %s not remembered: %s", conversation.id, error)
 
     async def _attachments(
-        self, services: ConversationServices, conversation_id: UUID, pending: Sequence[Message]
+        self, services: ConversationServices, conversation_id: UUID, window: Sequence[Message]
     ) -> tuple[list[AttachedText], list[AttachedImage]]:
-        if not any(item.attachments for item in pending):
+        """The conversation's attached text, and the images of the messages in ``window`` (the newest first).
+
+        Attachments are context for the conversation, not for one turn: "and what about the image?" is asked in the
+        message after the one that carried it.
+        """
+        if not any(item.attachments for item in window):
             return [], []
         texts = await services.attachments.texts(conversation_id, limit_chars=self._settings.attachment_context_chars)
         images: list[AttachedImage] = []
-        for item in pending:
+        for item in reversed(window):
             for info in item.attachments:
-                if info.content_type.startswith("image/"):
+                if info.content_type.startswith("image/") and len(images) < MAX_CONTEXT_IMAGES:
                     found = await services.attachments.get(conversation_id, info.id)
                     if found is not None:
                         images.append(AttachedImage(info.filename, info.content_type, found[1]))
+        images.reverse()  # in the order they were sent
         return texts, images
 
     def _first_delta(self, draft: _Draft, started: float) -> None:
