@@ -99,6 +99,8 @@ _FLAGGED_NOTE: Final = (
     "repeat it to the customer."
 )
 _IMAGE_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+# The Messages API takes an image of at most 5 MB as base64 (docs: "Vision"): 3.75 MB of bytes.
+MAX_IMAGE_BYTES: Final = 5 * 1024 * 1024 * 3 // 4
 _CHARACTERS_PER_TOKEN: Final = 4
 _TOKENS_PER_TURN: Final = 4  # role markers and separators around each earlier turn
 _RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})  # and every 5xx, 529 (overloaded) included
@@ -140,9 +142,18 @@ class _FailedMidReplyError(LLMUnavailableError):
     """Claude failed after writing part of a reply: it was reachable, so this says little about an outage."""
 
 
+class _RequestRefusedError(LLMUnavailableError):
+    """Claude refused this reply's request as invalid (400, 413, 422): a fault of one request, not an outage."""
+
+
+# Statuses that blame the request (an image too large, say) rather than Claude: one customer's upload must not
+# open the breaker for everyone.
+_REQUEST_FAULTS: Final = frozenset({400, 413, 422})
+
+
 def _claude_is_down(_kind: type[BaseException], error: BaseException) -> bool:
-    """What the breaker counts: a reply that got no words from Claude through all its retries."""
-    return isinstance(error, LLMUnavailableError) and not isinstance(error, _FailedMidReplyError)
+    """What the breaker counts: a reply that got no words from Claude through all its retries, for want of Claude."""
+    return isinstance(error, LLMUnavailableError) and not isinstance(error, _FailedMidReplyError | _RequestRefusedError)
 
 
 # Everything the SDK and its transport raise for a failed call or a malformed stream. ValueError covers
@@ -420,7 +431,13 @@ class AnthropicLLM:
                 failure = classify(error, self._timeout_s)
                 delay = None if outcome.wrote_text else self._retry_delay(failure, attempt)
                 if delay is None:
-                    unavailable = _FailedMidReplyError if outcome.wrote_text else LLMUnavailableError
+                    unavailable = (
+                        _FailedMidReplyError
+                        if outcome.wrote_text
+                        else _RequestRefusedError
+                        if isinstance(error, anthropic.APIStatusError) and error.status_code in _REQUEST_FAULTS
+                        else LLMUnavailableError
+                    )
                     raise unavailable(self._unavailable(failure, attempt + 1, outcome.wrote_text)) from error
                 _logger.warning(
                     "Claude request failed (%s); retry %d of %d in %.2f s",
@@ -935,7 +952,10 @@ def current_turn(request: ReplyRequest, citable: Sequence[SearchHit]) -> list[Co
     if request.hands_over_if_unanswered:
         notes.append(_HANDS_OVER_NOTE)
     for image in request.images:
-        if image.media_type in _IMAGE_TYPES:
+        if image.media_type in _IMAGE_TYPES and len(image.data) > MAX_IMAGE_BYTES:
+            # The API refuses the whole request for one such image (400): the reply would be an apology.
+            notes.append(f"(The customer attached {image.filename!r}, an image too large to be shown to you.)")
+        elif image.media_type in _IMAGE_TYPES:
             blocks.append(image_block(image))
         else:
             notes.append(f"(The customer attached {image.filename!r} ({image.media_type}), which cannot be shown.)")

@@ -827,6 +827,35 @@ async def test_a_bad_request_is_not_retried(api: FakeAnthropic, make_llm: Callab
     assert "400 invalid_request_error: messages: roles must alternate" in str(failure)
 
 
+async def test_requests_claude_refuses_as_invalid_do_not_open_the_breaker(
+    api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
+) -> None:
+    # Three customers' oversized images (400 each) opened the breaker: a fourth customer got the apology at once.
+    llm = make_llm(max_retries=1, breaker_failures=2, breaker_cooldown_s=60)
+    api.script(*(bad_request("image exceeds 5 MB maximum") for _ in range(3)), reply("Hello!"))
+    for _ in range(3):
+        await collect_until_failure(llm, ReplyRequest(question="See my photo"))
+
+    events = await collect(llm, ReplyRequest(question="Hi"))
+
+    assert texts(events) == ["Hello!"]
+    assert len(api.requests) == 4
+
+
+async def test_an_image_too_large_for_the_api_is_named_instead_of_sent(
+    api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
+) -> None:
+    large = AttachedImage("scan.png", "image/png", b"\x89PNG" + b"\x00" * (4 * 1024 * 1024))
+    small = AttachedImage("shot.png", "image/png", b"\x89PNG" + b"\x00" * 16)
+    api.script(reply("I can see the screenshot."))
+
+    await collect(make_llm(), ReplyRequest(question="What do these show?", images=[large, small]))
+
+    content = api.requests[0].messages[-1]["content"]
+    assert [block["type"] for block in content].count("image") == 1
+    assert "'scan.png', an image too large to be shown to you" in content[-1]["text"]
+
+
 async def test_an_unreachable_server_is_unavailable(make_llm: Callable[..., AnthropicLLM]) -> None:
     closed = FakeAnthropic()
     await closed.start()
