@@ -103,6 +103,8 @@ _IMAGE_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/gif", "image/
 MAX_IMAGE_BYTES: Final = 5 * 1024 * 1024 * 3 // 4
 _CHARACTERS_PER_TOKEN: Final = 4
 _TOKENS_PER_TURN: Final = 4  # role markers and separators around each earlier turn
+# A turn cut to fit the history budget keeps at least this much, or is left out.
+_MIN_WINDOW_CHARS: Final = 200
 _RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})  # and every 5xx, 529 (overloaded) included
 _SERVER_ERRORS: Final = 500
 _STREAM_STATUS: Final = 200
@@ -902,7 +904,11 @@ def estimate_tokens(text: str) -> int:
 
 
 def window(history: Sequence[Turn], budget: int) -> list[Turn]:
-    """The newest earlier turns whose estimated size fits ``budget`` tokens, oldest first."""
+    """The newest earlier turns whose estimated size fits ``budget`` tokens, oldest first.
+
+    A turn too long for what is left is cut to its start, within half of it, so the turns before it still have
+    room: one 300,000-character answer used to leave no history at all, not even the question before it.
+    """
     kept: list[Turn] = []
     used = 0
     for turn in reversed(history):
@@ -910,7 +916,11 @@ def window(history: Sequence[Turn], budget: int) -> list[Turn]:
             continue
         cost = estimate_tokens(turn.text) + _TOKENS_PER_TURN
         if used + cost > budget:
-            break
+            room = ((budget - used) // 2 - _TOKENS_PER_TURN) * _CHARACTERS_PER_TOKEN
+            if room < _MIN_WINDOW_CHARS:
+                break
+            turn = Turn(turn.speaker, turn.text[: room - 2].rstrip() + " …")  # noqa: PLW2901 - the cut turn is kept
+            cost = estimate_tokens(turn.text) + _TOKENS_PER_TURN
         kept.append(turn)
         used += cost
     kept.reverse()

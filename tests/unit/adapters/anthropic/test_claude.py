@@ -14,7 +14,15 @@ from uuid import uuid4
 import pytest
 
 from support.adapters.anthropic import AnthropicLLM
-from support.adapters.anthropic.claude import HANDOFF_TOOL, MEMORY_TOOL, SEARCH_TOOL, conversation, passage_source
+from support.adapters.anthropic.claude import (
+    HANDOFF_TOOL,
+    MEMORY_TOOL,
+    SEARCH_TOOL,
+    conversation,
+    estimate_tokens,
+    passage_source,
+    window,
+)
 from support.domain.assistant import (
     AttachedImage,
     AttachedText,
@@ -251,6 +259,19 @@ async def test_history_is_windowed_to_the_newest_turns_and_alternates_from_the_c
     assert messages[2]["content"][0] == {"type": "text", "text": "My card was declined."}
     assert "What now?" in messages[2]["content"][-1]["text"]
     assert "No passage of the knowledge base matched" in messages[2]["content"][-1]["text"]
+
+
+def test_one_very_long_turn_is_cut_and_the_turns_before_it_still_fit() -> None:
+    # A 300,000-character answer left no history at all: not even the question before it.
+    history = [Turn("customer", "Can you list every product?"), Turn("assistant", "Product " * 40_000)]
+
+    kept = window(history, 3000)
+
+    assert [turn.speaker for turn in kept] == ["customer", "assistant"]
+    assert kept[0].text == "Can you list every product?"
+    assert kept[1].text.startswith("Product Product")
+    assert kept[1].text.endswith(" …")
+    assert sum(estimate_tokens(turn.text) + 4 for turn in kept) <= 3000
 
 
 def test_a_conversation_never_opens_or_ends_with_the_assistant() -> None:
