@@ -846,3 +846,23 @@ async def test_a_decline_for_messages_answered_together_names_the_newest() -> No
 
     assert "“Do you sell gaming laptops”" in text
     assert "reset my password" not in text
+
+
+async def test_the_customers_own_order_number_does_not_make_a_covered_question_look_uncovered() -> None:
+    # Order numbers weighed double as identifiers and are in no article: "Where is my order NW-40000001?" was declined.
+    tracking = (
+        "To see where your order is, open Account > Orders and select Track package. "
+        "The tracking page shows the carrier and the expected delivery date."
+    )
+    passages = [
+        hit("Track your order", tracking, similarity=0.62, vector_rank=1, text_rank=1, score=0.18),
+        hit("Shipping options", SHIPPING, similarity=0.31, vector_rank=2, text_rank=2, score=0.12),
+    ]
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+
+    plain = llm.draft(ReplyRequest(question="Where is my order?", passages=passages))
+    numbered = llm.draft(ReplyRequest(question="Where is my order NW-40000001?", passages=passages))
+
+    assert plain.handoff is None
+    assert numbered.handoff is None
+    assert numbered.evidence_score == plain.evidence_score

@@ -116,6 +116,8 @@ _TOPIC_WORDS = 12
 # Codes and versions: a word with a digit and a letter, or dotted numbers (E07, 8.5.5.4, CVE-2017-3156, FP3).
 _IDENTIFIER = re.compile(r"\b(?=[\w.-]*\d)(?:[A-Za-z]+[\w-]*\d[\w.-]*|\d+(?:\.\d+){1,3}[A-Za-z0-9]*)\b")
 _MISSING_IDENTIFIERS = 2
+# A word with a run of six or more digits is the customer's own reference (an order, ticket or phone number).
+_REFERENCE = re.compile(r"[\w-]*\d{6,}[\w-]*")
 # A question's identifier terms weigh this much in the units' scores (its other terms weigh 1).
 _IDENTIFIER_WEIGHT = 2.0
 _IDENTIFIER_CHARS = 16
@@ -667,11 +669,15 @@ def _told(request: ReplyRequest, name: str | None) -> str | None:
 
 
 def _query_weights(request: ReplyRequest) -> dict[str, float]:
-    weights: dict[str, float] = dict.fromkeys(_terms(request.question), 1.0)
+    # The customer's own order, ticket or phone number ("NW-40000001") is in no article: as a term of the question
+    # it only made covered questions look uncovered ("Where is my order NW-40000001?" was declined).
+    references = {term for word in _REFERENCE.findall(request.question) for term in _terms(word)}
+    weights: dict[str, float] = {term: 1.0 for term in _terms(request.question) if term not in references}
     # A code or version the customer quotes ("E03", "8.5.5.4") names their case more closely than any word.
     for word in _IDENTIFIER.findall(request.question):
         for term in _terms(word):
-            weights[term] = _IDENTIFIER_WEIGHT
+            if term not in references:
+                weights[term] = _IDENTIFIER_WEIGHT
     if len(weights) <= _FOLLOW_UP_TERMS:
         earlier = _last_customer_turn(request.history)
         for term in _terms(earlier):
