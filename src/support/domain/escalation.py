@@ -214,7 +214,9 @@ DEFAULT_SENSITIVE_TOPICS: tuple[SensitiveTopic, ...] = (
     SensitiveTopic(
         "cancellation",
         (
-            r"\b(?:cancel|close|terminate|delete)\s+(?:my\s+)?(?:account|subscription|membership|contract|plan)\b",
+            # Up to two words may name which one: "cancel my Northwind Plus membership" is no less a cancellation.
+            r"\b(?:cancel|close|terminate|delete)\s+(?:my\s+|our\s+|the\s+)?(?:[\w-]+\s+){0,2}?"
+            r"(?:account|subscription|membership|contract|plan)\b",
             r"\bk[üu]ndigen\b|\bk[üu]ndigung\b|\brésilier\b|\bdarme de baja\b",
         ),
     ),

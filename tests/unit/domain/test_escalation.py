@@ -235,6 +235,9 @@ def test_yes_in_a_few_words_accepts_an_offer_and_ok_thanks_does_not() -> None:
         ("There is an unauthorized charge on my card", "sensitive_topic.account_security"),
         ("Please cancel my subscription", "sensitive_topic.cancellation"),
         ("I want to close my account", "sensitive_topic.cancellation"),
+        # Which one it is named by up to two words ("cancel my membership" escalated, this was answered).
+        ("How do I cancel my Northwind Plus membership?", "sensitive_topic.cancellation"),
+        ("I want to delete my business account", "sensitive_topic.cancellation"),
         ("The charger burned my hand", "sensitive_topic.safety_or_harm"),
         ("I want a refund of $450 for the TV", "sensitive_topic.refund_over_limit"),
         ("Please refund me 1,200 EUR", "sensitive_topic.refund_over_limit"),
@@ -242,6 +245,13 @@ def test_yes_in_a_few_words_accepts_an_offer_and_ok_thanks_does_not() -> None:
 )
 def test_sensitive_topics_hand_over_at_once(text: str, rule: str) -> None:
     assert screened(text) == (A.ESCALATE, R.SENSITIVE_TOPIC, rule)
+
+
+@pytest.mark.parametrize(
+    "text", ["Can I delete my address from my account?", "cancel the order on my account", "How do I cancel my order?"]
+)
+def test_cancelling_something_in_an_account_is_not_cancelling_the_account(text: str) -> None:
+    assert screened(text)[0] is A.ANSWER
 
 
 def test_refunds_up_to_the_limit_stay_with_the_assistant() -> None:
