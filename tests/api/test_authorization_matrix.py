@@ -98,6 +98,7 @@ GET    /v1/customers/{customer_id:uuid}                                         
 DELETE /v1/customers/{customer_id:uuid}                                            401 403 403 200 403 200 401 401 401
 GET    /v1/customers/{customer_id:uuid}/export                                     401 403 403 200 403 200 401 401 401
 GET    /v1/customers/{customer_id:uuid}/memories                                   401 403 403 200 403 200 401 401 401
+POST   /v1/customers/{customer_id:uuid}/tokens                                     401 403 403 201 403 201 401 401 401
 DELETE /v1/customers/{customer_id:uuid}/memories/{memory_id:uuid}                  401 403 403 204 403 204 401 401 401
 """
 # The conversation a succeeding case acts on waits for an agent, or is owned by the agent key; otherwise the bot has it.

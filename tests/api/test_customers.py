@@ -154,10 +154,38 @@ async def test_a_customer_is_found_by_the_companys_id_for_them(
     assert_problem(again, 404, "customer_not_found")  # the first lookup created nobody
 
 
+async def test_a_new_token_reaches_the_customers_conversations_without_starting_another(
+    http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    # The only way to a fresh token was starting another, empty conversation.
+    first = await start(http, service_headers, "user-1")
+    theirs = await start(http, service_headers, "user-2")
+    service = await key_for(http, service_headers, "service")
+
+    issued = await http.post(f"/v1/customers/{first['customer_id']}/tokens", headers=service)
+
+    assert issued.status_code == 201, issued.text
+    body = issued.json()
+    assert body["customer_id"] == first["customer_id"]
+    assert body["customer_token_expires_at"] >= first["customer_token_expires_at"]
+    renewed = {"Authorization": f"Bearer {body['customer_token']}"}
+    assert (await http.get(f"/v1/conversations/{first['id']}", headers=renewed)).status_code == 200
+    assert_problem(await http.get(f"/v1/conversations/{theirs['id']}", headers=renewed), 404, "conversation_not_found")
+    listed = (await http.get("/v1/conversations", headers=service_headers)).json()["items"]
+    assert len(listed) == 2  # no conversation was started for it
+    # Only the company's backend issues tokens: not a customer for itself, not an agent.
+    agent = await key_for(http, service_headers, "agent")
+    for headers in (renewed, agent):
+        assert_problem(
+            await http.post(f"/v1/customers/{first['customer_id']}/tokens", headers=headers), 403, "forbidden"
+        )
+
+
 async def test_unknown_customers_are_404(http: httpx.AsyncClient, service_headers: dict[str, str]) -> None:
     path = "/v1/customers/01890000-0000-7000-8000-000000000000"
 
     for response in (
+        await http.post(f"{path}/tokens", headers=service_headers),
         await http.get(path, headers=service_headers),
         await http.get(f"{path}/memories", headers=service_headers),
         await http.get(f"{path}/export", headers=service_headers),

@@ -187,6 +187,45 @@ class StartConversation:
         return StartedConversation(conversation, customer, token, expires_at)
 
 
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A customer token and when it expires."""
+
+    token: str
+    expires_at: datetime
+
+
+class IssueCustomerToken:
+    """A new customer token for a customer the service already knows (the browser's token is about to expire).
+
+    The token reaches every conversation of that customer, as the one ``StartConversation`` returned; getting one
+    used to mean starting another, empty conversation.
+    """
+
+    def __init__(
+        self,
+        conversations: ConversationRepository,
+        clock: Clock,
+        token_secret: CustomerTokenSecret,
+        limits: ConversationLimits,
+    ) -> None:
+        self._conversations = conversations
+        self._clock = clock
+        self._secret = token_secret
+        self._limits = limits
+
+    async def execute(self, customer_id: UUID) -> IssuedToken:
+        """Issue it.
+
+        Raises:
+            CustomerNotFoundError: no such customer (never created, or erased).
+        """
+        if await self._conversations.get_customer(customer_id) is None:
+            raise CustomerNotFoundError
+        expires_at = self._clock.now() + timedelta(seconds=self._limits.token_ttl_s)
+        return IssuedToken(issue_customer_token(customer_id, expires_at, self._secret), expires_at)
+
+
 class GetConversation:
     """Read one conversation."""
 

@@ -57,6 +57,7 @@ from support.application.conversations import (
     ConversationLimits,
     GetAttachment,
     GetConversation,
+    IssueCustomerToken,
     ListConversations,
     ListMessages,
     PrepareAttachments,
@@ -608,6 +609,7 @@ class UseCaseProvider(Provider):
     run_bulk_ingestion = provide(RunBulkIngestion)
     get_job = provide(GetJob)
     start_conversation = provide(StartConversation)
+    issue_customer_token = provide(IssueCustomerToken)
     get_conversation = provide(GetConversation)
     list_conversations = provide(ListConversations)
     list_messages = provide(ListMessages)

@@ -215,8 +215,10 @@ DEFAULT_SENSITIVE_TOPICS: tuple[SensitiveTopic, ...] = (
         "cancellation",
         (
             # Up to two words may name which one: "cancel my Northwind Plus membership" is no less a cancellation.
-            r"\b(?:cancel|close|terminate|delete)\s+(?:my\s+|our\s+|the\s+)?(?:[\w-]+\s+){0,2}?"
-            r"(?:account|subscription|membership|contract|plan)\b",
+            (
+                r"\b(?:cancel|close|terminate|delete)\s+(?:my\s+|our\s+|the\s+)?(?:[\w-]+\s+){0,2}?"
+                r"(?:account|subscription|membership|contract|plan)\b"
+            ),
             r"\bk[üu]ndigen\b|\bk[üu]ndigung\b|\brésilier\b|\bdarme de baja\b",
         ),
     ),

@@ -5,7 +5,7 @@ from uuid import UUID
 
 from dishka import FromDishka
 from dishka.integrations.litestar import inject
-from litestar import Controller, delete, get
+from litestar import Controller, delete, get, post
 from litestar.params import FromPath, QueryParameter
 
 from support.api.auth import require_roles
@@ -14,10 +14,12 @@ from support.api.schemas.common import PageCursor
 from support.api.schemas.customers import (
     CustomerExportResource,
     CustomerResource,
+    CustomerTokenResource,
     ErasureResource,
     MemoryList,
     MemoryResource,
 )
+from support.application.conversations import IssueCustomerToken
 from support.application.customers import (
     MAX_MEMORY_PAGE,
     EraseCustomer,
@@ -68,6 +70,27 @@ class CustomersController(Controller):
         self, customer_id: FromPath[UUID], use_case: FromDishka[GetCustomerProfile]
     ) -> CustomerResource:
         return CustomerResource.of(await use_case.execute(customer_id))
+
+    @post(
+        "/{customer_id:uuid}/tokens",
+        operation_id="IssueCustomerToken",
+        summary="Issue a new customer token",
+        description=(
+            "A fresh token for the customer's browser before the one it has expires (`customer_token_expires_at`). "
+            "Like the token `StartConversation` returns, it reaches every conversation of that customer and only "
+            "those; tokens issued before stay valid until they expire. 404 for an unknown or erased customer."
+        ),
+        status_code=201,
+        responses=problem_responses(401, 403, 404),
+    )
+    @inject
+    async def issue_token(
+        self, customer_id: FromPath[UUID], use_case: FromDishka[IssueCustomerToken]
+    ) -> CustomerTokenResource:
+        issued = await use_case.execute(customer_id)
+        return CustomerTokenResource(
+            customer_id=customer_id, customer_token=issued.token, customer_token_expires_at=issued.expires_at
+        )
 
     @get(
         "/{customer_id:uuid}/memories",

@@ -50,6 +50,14 @@ class CustomerResource(msgspec.Struct, frozen=True):
         )
 
 
+class CustomerTokenResource(msgspec.Struct, frozen=True):
+    """A new token for the customer's browser: every conversation of that customer, and only those."""
+
+    customer_id: UUID
+    customer_token: str
+    customer_token_expires_at: datetime
+
+
 class MemoryResource(msgspec.Struct, frozen=True):
     """A remembered fact. ``current`` is false once it was superseded (``superseded_by``) or expired."""
 
