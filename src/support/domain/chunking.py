@@ -13,6 +13,8 @@ _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 # A sentence ends at . ! ? or an ellipsis, optionally followed by a closing quote or bracket, then a space.
 _SENTENCE_BREAK = re.compile(r"(?:(?<=[.!?\u2026])|(?<=[.!?\u2026][\"'\u201d\u2019)\]]))[ \t]+")
 
+# The line under a table's header: "--- | ---", with optional outer pipes and alignment colons.
+_TABLE_RULE = re.compile(r"\s*\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)+\|?\s*")
 # A numbered or lettered list item's marker at the start of a line (indentation kept).
 _LIST_MARKER = re.compile(r"\s*(?:\d{1,3}|[A-Za-z])[.)]")
 # A chunk's characters are bounded as well as its tokens: the embedder's WordPiece tokenizer counts a "word" of more
@@ -31,6 +33,9 @@ class _Piece:
     text: str
     tokens: int
     separator: str  # how this piece is joined to the piece before it, when both land in one chunk
+    # For a table row, the table's header line and its ``--- | ---`` line, as one piece: a chunk that begins in the
+    # middle of a table begins with them.
+    header: "_Piece | None" = None
 
 
 def chunk_document(
@@ -101,11 +106,13 @@ def _split_section(text: str, budget: _Budget) -> Iterator[_Piece]:
     first_in_section = True
     for paragraph in _PARAGRAPH_BREAK.split(text):
         first_in_paragraph = True
+        tables = _Tables(budget)
         for raw_line in paragraph.split("\n"):
             # Leading whitespace is kept: it carries the indentation of code and nested lists.
             line = raw_line.rstrip()
             if not line.strip():
                 continue
+            row_header = tables.header_of(line)
             first_in_line = True
             for sentence in _sentences(line):
                 if first_in_section:
@@ -119,10 +126,32 @@ def _split_section(text: str, budget: _Budget) -> Iterator[_Piece]:
                 first_in_section = first_in_paragraph = first_in_line = False
                 tokens = budget.count(sentence)
                 if budget.fits(len(sentence), tokens):
-                    yield _Piece(sentence, tokens, separator)
+                    yield _Piece(sentence, tokens, separator, row_header)
                     continue
                 for index, (fragment, fragment_tokens) in enumerate(_split_words(sentence, budget)):
-                    yield _Piece(fragment, fragment_tokens, separator if index == 0 else _WORD_SEPARATOR)
+                    yield _Piece(fragment, fragment_tokens, separator if index == 0 else _WORD_SEPARATOR, row_header)
+
+
+class _Tables:
+    """The table a paragraph's lines are in, if any: the header piece its rows carry."""
+
+    def __init__(self, budget: _Budget) -> None:
+        self._budget = budget
+        self._previous = ""
+        self._header: _Piece | None = None
+
+    def header_of(self, line: str) -> _Piece | None:
+        """The header piece of the table whose row ``line`` is (None for any other line); lines go in order."""
+        previous, self._previous = self._previous, line
+        if _TABLE_RULE.fullmatch(line) and "|" in previous:
+            text = f"{previous}\n{line}"
+            header = _Piece(text, self._budget.count(text), "")
+            # A header that leaves no room for a row is not repeated.
+            self._header = header if self._budget.fits(len(text), header.tokens * 2) else None
+            return None
+        if "|" not in line:
+            self._header = None
+        return self._header
 
 
 def _sentences(line: str) -> list[str]:
@@ -245,6 +274,15 @@ def _pack(pieces: Iterator[_Piece], budget: _Budget, overlap_tokens: int) -> Ite
             while current and too_full(piece):
                 current_tokens -= current.pop(0).tokens
                 current_chars = _length(current)
+        header = piece.header
+        starts_row = header is not None and piece.separator == _LINE_SEPARATOR
+        if header is not None and starts_row and not has_new_text and header not in current:
+            # A table goes on in a new chunk: its rows come under their header again, instead of the overlap (rows
+            # without it are cells without names: "E04 | Handset not communicating | Unplug power.").
+            joined = len(header.text) + len(piece.separator) + len(piece.text)
+            if budget.fits(joined, header.tokens + piece.tokens):
+                current = [header]
+                current_tokens, current_chars = header.tokens, len(header.text)
         current.append(piece)
         current_tokens += piece.tokens
         current_chars = _length(current)

@@ -866,3 +866,21 @@ async def test_the_customers_own_order_number_does_not_make_a_covered_question_l
     assert plain.handoff is None
     assert numbered.handoff is None
     assert numbered.evidence_score == plain.evidence_score
+
+
+async def test_a_quote_from_a_subsection_says_which_one_it_is() -> None:
+    # "Print the prepaid label…" for a desk: without "Small items" the customer read it as how every return goes.
+    small = (
+        "Print the prepaid label attached to your return email and drop the parcel off at any location of the "
+        "carrier named on the label. Keep your drop-off receipt until your refund arrives."
+    )
+    passage = dataclasses.replace(
+        hit("How to start a return", small, similarity=0.7, vector_rank=1, text_rank=1, score=0.18),
+        heading_path=("Step 3: Send it back", "Small items"),
+    )
+    llm = ExtractiveLLM(evidence_threshold=0.0)
+
+    text = text_of(await collect(llm, ReplyRequest(question="How do I send back the parcel with the label?",
+                                                    passages=[passage])))  # fmt: skip
+
+    assert "Small items:\nPrint the prepaid label" in text

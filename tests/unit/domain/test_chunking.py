@@ -275,3 +275,25 @@ def test_a_chunk_boundary_never_separates_a_list_marker_from_its_step() -> None:
     assert len(chunks) > 1
     for chunk in chunks:
         assert not any(re.fullmatch(r"\d+\.", line.strip()) for line in chunk.text.split("\n")), chunk.text
+
+
+def test_a_table_that_goes_on_in_a_new_chunk_repeats_its_header_there() -> None:
+    # Rows without their header were cells without names: "E04 | Handset not communicating | Unplug power."
+    rows = [f"E{code:02d} | Fault number {code} of the desk | Do step {code} now" for code in range(1, 13)]
+    table = "\n".join(["Code | Meaning | How to fix it", "--- | --- | ---", *rows])
+    chunks = chunk_document(
+        document(Section(("Error codes",), f"{table}\n\nAfter the table, a sentence of prose.")),
+        count_tokens=count_words,
+        max_tokens=40,
+        overlap_tokens=8,
+    )
+
+    tabular = [chunk for chunk in chunks if "|" in chunk.text]
+    assert len(tabular) >= 3
+    for chunk in tabular:
+        assert chunk.text.startswith("Code | Meaning | How to fix it\n--- | --- | ---\nE"), chunk.text
+        assert chunk.token_count <= 40
+    # Every row is in some chunk, and no chunk repeats a row the one before it ended with.
+    shown = [line for chunk in tabular for line in chunk.text.splitlines()[2:]]
+    assert shown == rows
+    assert chunks[-1].text.endswith("After the table, a sentence of prose.")

@@ -519,13 +519,22 @@ def _cited(hit: SearchHit, group: Sequence[_Unit]) -> SearchHit:
 
 
 def _render(units: Sequence[_Unit]) -> str:
-    """Units in reading order: sentences of one paragraph run on, list items and code keep their own lines."""
+    """Units in reading order: sentences of one paragraph run on, list items and code keep their own lines.
+
+    Where the quote enters a section, and where it starts in a subsection, the section's heading goes first on a
+    line of its own: "We don't give partial refunds." under "Monthly plan", or "Print the prepaid label" under
+    "Small items", read as the whole policy without it (found by exploratory testing).
+    """
     parts: list[str] = []
     previous: _Unit | None = None
     for unit in units:
+        entered = unit.headings[-1:] != previous.headings[-1:] if previous is not None else len(unit.headings) > 1
         if previous is not None:
             same_paragraph = unit.paragraph == previous.paragraph and unit.kind == previous.kind == "sentence"
-            parts.append(" " if same_paragraph else "\n")
+            parts.append(" " if same_paragraph and not entered else "\n")
+        if entered and unit.headings:
+            heading = unit.headings[-1].strip()
+            parts.append(f"{heading}\n" if heading.endswith((":", "?", "!", ".")) else f"{heading}:\n")
         parts.append(unit.text)
         previous = unit
     return "".join(parts)
