@@ -214,8 +214,12 @@ DEFAULT_SENSITIVE_TOPICS: tuple[SensitiveTopic, ...] = (
     SensitiveTopic(
         "cancellation",
         (
-            # Up to two words may name which one: "cancel my Northwind Plus membership" is no less a cancellation.
+            # A request to cancel, not a question how to: "How do I cancel my membership?" is what the help center
+            # answers, "please cancel my membership" is for a person. Up to two words may name which one: "cancel my
+            # Northwind Plus membership" is no less a cancellation.
             (
+                r"^(?![\s\S]*\b(?:how\s+(?:do|can|could|would|should)\s+(?:i|we|you)|how\s+to|where\s+(?:do|can)\s+"
+                r"(?:i|we)|is\s+it\s+possible\s+to|can\s+i|what\s+happens\s+if\s+i)\b)[\s\S]*?"
                 r"\b(?:cancel|close|terminate|delete)\s+(?:my\s+|our\s+|the\s+)?(?:[\w-]+\s+){0,2}?"
                 r"(?:account|subscription|membership|contract|plan)\b"
             ),

@@ -236,8 +236,9 @@ def test_yes_in_a_few_words_accepts_an_offer_and_ok_thanks_does_not() -> None:
         ("Please cancel my subscription", "sensitive_topic.cancellation"),
         ("I want to close my account", "sensitive_topic.cancellation"),
         # Which one it is named by up to two words ("cancel my membership" escalated, this was answered).
-        ("How do I cancel my Northwind Plus membership?", "sensitive_topic.cancellation"),
+        ("Please cancel my Northwind Plus membership", "sensitive_topic.cancellation"),
         ("I want to delete my business account", "sensitive_topic.cancellation"),
+        ("Hi. I've had enough, cancel my membership.", "sensitive_topic.cancellation"),
         ("The charger burned my hand", "sensitive_topic.safety_or_harm"),
         ("I want a refund of $450 for the TV", "sensitive_topic.refund_over_limit"),
         ("Please refund me 1,200 EUR", "sensitive_topic.refund_over_limit"),
@@ -248,9 +249,19 @@ def test_sensitive_topics_hand_over_at_once(text: str, rule: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["Can I delete my address from my account?", "cancel the order on my account", "How do I cancel my order?"]
+    "text",
+    [
+        "Can I delete my address from my account?",
+        "cancel the order on my account",
+        "How do I cancel my order?",
+        # Asking how is self-service the help center answers; asking for it to be done is for a person.
+        "How do I cancel my membership?",
+        "How do I cancel my Northwind Plus membership?",
+        "how to delete my account",
+        "What happens if I cancel my plan?",
+    ],
 )
-def test_cancelling_something_in_an_account_is_not_cancelling_the_account(text: str) -> None:
+def test_cancelling_something_in_an_account_or_asking_how_to_cancel_is_answered(text: str) -> None:
     assert screened(text)[0] is A.ANSWER
 
 
