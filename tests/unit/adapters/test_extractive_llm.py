@@ -884,3 +884,17 @@ async def test_a_quote_from_a_subsection_says_which_one_it_is() -> None:
                                                     passages=[passage])))  # fmt: skip
 
     assert "Small items:\nPrint the prepaid label" in text
+
+
+async def test_a_question_that_names_nothing_is_about_what_the_customer_said_before() -> None:
+    # "What do I do now?" after "I want to return my desk" got "Hi! Could you tell me a bit more…".
+    history = [Turn("customer", "I want to return my desk"), Turn("assistant", "Sorry to hear that.")]
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+
+    events = await collect(llm, ReplyRequest(question="What do I do now?", passages=returns_first(), history=history))
+
+    assert "Return items" in text_of(events)
+    assert any(isinstance(event, PassageCited) for event in events)
+    # A bare "what now?" still asks for more.
+    short = await collect(llm, ReplyRequest(question="what now?", passages=returns_first(), history=history))
+    assert "tell me a bit more" in text_of(short)

@@ -86,6 +86,8 @@ _DUPLICATE_JACCARD = 0.8
 # The question is short (a follow-up like "and for Plus?"): the previous customer turn joins it at this weight.
 _FOLLOW_UP_TERMS = 4
 _HISTORY_WEIGHT = 0.5
+# A question with no term of its own but at least this many words asks about the previous turn ("What now?" not).
+_TOPICLESS_QUESTION_WORDS = 3
 _ATTACHMENT_WEIGHT = 0.3
 _ATTACHMENT_CHARS = 4000
 # Articles named in an "I could not find it" reply: at most this many, and only somewhat related ones.
@@ -231,7 +233,7 @@ class ExtractiveLLM:
             text = f"Of course{', ' + name if name else ''} — I'm passing this conversation to someone from our "
             text += "support team. They can see what you've written so far, so you won't need to repeat it."
             return Draft(((text, None, ""),), None, ReasonCode.CUSTOMER_REQUEST, "the customer asked for a person")
-        if not _terms(request.question):
+        if not _terms(request.question) and not _asks_about_the_last_topic(request):
             return Draft(((_small_talk(request, name), None, ""),), None)
         query = _query_weights(request)
         units = [unit for index, hit in enumerate(request.passages) for unit in _split(hit, index)]
@@ -689,12 +691,24 @@ def _query_weights(request: ReplyRequest) -> dict[str, float]:
                 weights[term] = _IDENTIFIER_WEIGHT
     if len(weights) <= _FOLLOW_UP_TERMS:
         earlier = _last_customer_turn(request.history)
+        # "What do I do now?" names nothing: it asks about what the customer said before, in full.
+        weight = _HISTORY_WEIGHT if weights else 1.0
         for term in _terms(earlier):
-            weights.setdefault(term, _HISTORY_WEIGHT)
+            weights.setdefault(term, weight)
     for attachment in request.attachments:
         for term in _terms(attachment.text[:_ATTACHMENT_CHARS]):
             weights.setdefault(term, _ATTACHMENT_WEIGHT)
     return weights
+
+
+def _asks_about_the_last_topic(request: ReplyRequest) -> bool:
+    """A question of a few words that names nothing ("What do I do now?") after the customer named something."""
+    question = request.question.strip()
+    return (
+        question.endswith("?")
+        and len(question.split()) >= _TOPICLESS_QUESTION_WORDS
+        and bool(_terms(_last_customer_turn(request.history)))
+    )
 
 
 def _last_customer_turn(history: Sequence[Turn]) -> str:
