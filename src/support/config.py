@@ -174,6 +174,8 @@ class SensitiveTopicRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
 
     name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,60}$")]
     patterns: list[str]
+    # Found before a pattern's match in its sentence, it is not this topic ("how do I" before "cancel my plan").
+    unless: list[str] = msgspec.field(default_factory=list)
 
 
 class EscalationPolicyFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

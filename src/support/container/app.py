@@ -178,7 +178,9 @@ def escalation_policy(settings: Settings) -> EscalationPolicy:
     given = settings.handoff.policy()
     defaults = EscalationRules()
     topics = (
-        tuple(SensitiveTopic(topic.name, tuple(topic.patterns)) for topic in given.sensitive_topics)
+        tuple(
+            SensitiveTopic(topic.name, tuple(topic.patterns), tuple(topic.unless)) for topic in given.sensitive_topics
+        )
         if given.sensitive_topics is not None
         else defaults.sensitive_topics
     )

@@ -186,10 +186,15 @@ DEFAULT_PROFANITY_TERMS: tuple[str, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class SensitiveTopic:
-    """A topic a bot should not handle: any of ``patterns`` (regex, case-insensitive) hands over at once."""
+    """A topic a bot should not handle: any of ``patterns`` (regex, case-insensitive) hands over at once.
+
+    Unless one of ``unless`` is found before the match in its sentence: "How do I cancel my membership?" asks what
+    the help center answers, "please cancel my membership" asks for it to be done.
+    """
 
     name: str
     patterns: tuple[str, ...]
+    unless: tuple[str, ...] = ()
 
 
 DEFAULT_SENSITIVE_TOPICS: tuple[SensitiveTopic, ...] = (
@@ -214,16 +219,19 @@ DEFAULT_SENSITIVE_TOPICS: tuple[SensitiveTopic, ...] = (
     SensitiveTopic(
         "cancellation",
         (
-            # A request to cancel, not a question how to: "How do I cancel my membership?" is what the help center
-            # answers, "please cancel my membership" is for a person. Up to two words may name which one: "cancel my
-            # Northwind Plus membership" is no less a cancellation.
+            # Up to two words may name which one: "cancel my Northwind Plus membership" is no less a cancellation.
             (
-                r"^(?![\s\S]*\b(?:how\s+(?:do|can|could|would|should)\s+(?:i|we|you)|how\s+to|where\s+(?:do|can)\s+"
-                r"(?:i|we)|is\s+it\s+possible\s+to|can\s+i|what\s+happens\s+if\s+i)\b)[\s\S]*?"
                 r"\b(?:cancel|close|terminate|delete)\s+(?:my\s+|our\s+|the\s+)?(?:[\w-]+\s+){0,2}?"
                 r"(?:account|subscription|membership|contract|plan)\b"
             ),
             r"\bk[üu]ndigen\b|\bk[üu]ndigung\b|\brésilier\b|\bdarme de baja\b",
+        ),
+        # A question how to, in the same sentence, is self-service the help center answers.
+        unless=(
+            (
+                r"\b(?:how\s+(?:do|can|could|would|should)\s+(?:i|we|you)|how\s+to|where\s+(?:do|can)\s+(?:i|we)"
+                r"|is\s+it\s+possible\s+to|can\s+i|what\s+happens\s+if\s+i)\b"
+            ),
         ),
     ),
     SensitiveTopic(
@@ -277,7 +285,16 @@ class _Compiled:
     acceptance: re.Pattern[str]
     frustration: re.Pattern[str] | None
     profanity: re.Pattern[str] | None
-    topics: tuple[tuple[str, re.Pattern[str]], ...]
+    topics: tuple[tuple[str, re.Pattern[str], re.Pattern[str] | None], ...]
+
+
+_SENTENCE_BREAK = re.compile(r"[.!?\n]")
+
+
+def _sentence_before(text: str, position: int) -> str:
+    """The part of the sentence of ``text`` that comes before ``position``."""
+    start = max((found.end() for found in _SENTENCE_BREAK.finditer(text, 0, position)), default=0)
+    return text[start:position]
 
 
 def _any_term(terms: Sequence[str]) -> re.Pattern[str] | None:
@@ -319,7 +336,11 @@ class EscalationPolicy:
             frustration=_any_term(rules.frustration_terms),
             profanity=_any_term(rules.profanity_terms),
             topics=tuple(
-                (topic.name, re.compile("|".join(f"(?:{p})" for p in topic.patterns), re.IGNORECASE))
+                (
+                    topic.name,
+                    re.compile("|".join(f"(?:{p})" for p in topic.patterns), re.IGNORECASE),
+                    re.compile("|".join(f"(?:{p})" for p in topic.unless), re.IGNORECASE) if topic.unless else None,
+                )
                 for topic in rules.sensitive_topics
                 if topic.patterns
             ),
@@ -335,10 +356,10 @@ class EscalationPolicy:
             return Screening(_escalate(ReasonCode.CUSTOMER_REQUEST, "customer_request.phrase", found.group(0)))
         if _offered_human(episode) and compiled.acceptance.fullmatch(normalised.strip()):
             return Screening(_escalate(ReasonCode.CUSTOMER_REQUEST, "customer_request.accepted_offer", text.strip()))
-        for name, pattern in compiled.topics:
-            found = pattern.search(normalised)
-            if found:
-                return Screening(_escalate(ReasonCode.SENSITIVE_TOPIC, f"sensitive_topic.{name}", found.group(0)))
+        for name, pattern, unless in compiled.topics:
+            for found in pattern.finditer(normalised):
+                if unless is None or not unless.search(_sentence_before(normalised, found.start())):
+                    return Screening(_escalate(ReasonCode.SENSITIVE_TOPIC, f"sensitive_topic.{name}", found.group(0)))
         refund = self._refund_over_limit(text)
         if refund is not None:
             return Screening(refund)

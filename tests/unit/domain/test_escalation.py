@@ -239,6 +239,11 @@ def test_yes_in_a_few_words_accepts_an_offer_and_ok_thanks_does_not() -> None:
         ("Please cancel my Northwind Plus membership", "sensitive_topic.cancellation"),
         ("I want to delete my business account", "sensitive_topic.cancellation"),
         ("Hi. I've had enough, cancel my membership.", "sensitive_topic.cancellation"),
+        # A question elsewhere in the message does not make a request a question.
+        ("I want to cancel my account. Can I get a refund for this month?", "sensitive_topic.cancellation"),
+        ("Cancel my subscription now. I don't even know how to use it.", "sensitive_topic.cancellation"),
+        ("Please cancel my plan, what happens if I do it mid-month?", "sensitive_topic.cancellation"),
+        ("I want to close my account.\nHow do I export my data first?", "sensitive_topic.cancellation"),
         ("The charger burned my hand", "sensitive_topic.safety_or_harm"),
         ("I want a refund of $450 for the TV", "sensitive_topic.refund_over_limit"),
         ("Please refund me 1,200 EUR", "sensitive_topic.refund_over_limit"),
@@ -263,6 +268,13 @@ def test_sensitive_topics_hand_over_at_once(text: str, rule: str) -> None:
 )
 def test_cancelling_something_in_an_account_or_asking_how_to_cancel_is_answered(text: str) -> None:
     assert screened(text)[0] is A.ANSWER
+
+
+def test_the_evidence_of_a_sensitive_topic_is_the_phrase_not_the_message() -> None:
+    # The decision's evidence goes to the transcript, the feed and webhooks: not the card number before it.
+    decision = EscalationPolicy().screen("Hi, my card is 4111 1111 1111 1111, please cancel my account", []).decision
+
+    assert decision.evidence == "cancel my account"
 
 
 def test_refunds_up_to_the_limit_stay_with_the_assistant() -> None:

@@ -241,26 +241,19 @@ class ExtractiveLLM:
         selected = _select(units, scorer, request.passages, self._answer_words)
         evidence = _evidence(request.passages, units, selected, scorer)
         score = round(evidence.score(), 4) if selected else 0.0
-        if score < self._threshold and any(hit.context for hit in request.passages):
-            # The ranked chunks fall short, but the answer is often in the chunk beside one ("my chair slowly sinks"
-            # ranks the chair's spec table; the sentence about the cylinder is the next chunk): score those too.
+        if any(hit.context for hit in request.passages):
+            # What to quote is chosen from the whole neighbourhood, where the answer often is, and whether to answer
+            # on the better evidence of the two: the ranked chunks fall short where the answer is in the chunk beside
+            # one ("my chair slowly sinks" ranks the chair's spec table; the sentence about the cylinder is next).
             wide = [unit for index, hit in enumerate(request.passages) for unit in _split_with_context(hit, index)]
             wide_scorer = _Scorer(wide, query, request.passages)
             chosen = _select(wide, wide_scorer, request.passages, self._answer_words)
             if chosen:
                 wide_score = round(_evidence(request.passages, wide, chosen, wide_scorer).score(), 4)
-                if wide_score > score:
-                    units, scorer, selected, score = wide, wide_scorer, chosen, wide_score
+                if wide_score > score or score >= self._threshold:
+                    units, scorer, selected, score = wide, wide_scorer, chosen, max(score, wide_score)
         order = _known_order(request)
         if selected and score >= self._threshold:
-            if any(hit.context for hit in request.passages):
-                # The ranked chunks are evidence enough; what to quote is chosen from the whole neighbourhood,
-                # where the answer often is.
-                wide = [unit for index, hit in enumerate(request.passages) for unit in _split_with_context(hit, index)]
-                wide_scorer = _Scorer(wide, query, request.passages)
-                chosen = _select(wide, wide_scorer, request.passages, self._answer_words)
-                if chosen:
-                    units, scorer, selected = wide, wide_scorer, chosen
             selected = _with_reference(selected, units, scorer, request.passages)
             return Draft(_answer_blocks(selected, request.passages, name, order), score)
         told = _told(request, name)
