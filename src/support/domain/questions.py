@@ -30,18 +30,20 @@ STOPWORDS: Final = frozenset(_STOPWORD_TEXT.split())
 # Words, version numbers and dotted/underscored identifiers (``4.1.1.2``, ``httpd.conf``, ``MQRC_NOT_AUTHORIZED``).
 WORD: Final = re.compile(r"[a-z0-9]+(?:[._][a-z0-9]+)*")
 
-# A message continues the one before it when it names at most this many topic words ("PayPal?"), ...
+# A message continues the one before it when it names at most this many topic words and asks no question of its
+# own ("PayPal?", but not "Where is my order?"), ...
 FOLLOW_UP_WORDS: Final = 1
-# ... or this many and points back ("how long does that take?", "it still doesn't work"), ...
+_ASKS = re.compile(r"\b(?:what|where|when|why|who|which|how|do|does|did|can|could|is|are|will|would)\b", re.IGNORECASE)
+# ... or this many and points back ("how long does that take?", "it still doesn't work"; not "is there …"), ...
 POINTING_FOLLOW_UP_WORDS: Final = 2
-_POINTS_BACK = re.compile(r"\b(?:it|that|this|those|these|them|they|there)\b", re.IGNORECASE)
+_POINTS_BACK = re.compile(r"\b(?:it|that|this|those|these|them|they)\b", re.IGNORECASE)
 # ... or this many and opens like a follow-up ("and what if I paid with a gift card?", "what about Canada express?").
 OPENED_FOLLOW_UP_WORDS: Final = 4
 _OPENER = re.compile(
     r"^\W*(?:and|but|also|or|so|then|plus|what about|how about|what if|same for|even if|in that case)\b", re.IGNORECASE
 )
-# How many earlier messages a follow-up may bring along (a follow-up of a follow-up reaches the topic's message).
-MAX_CONTEXT_MESSAGES: Final = 2
+# A follow-up brings back earlier messages up to the one that named the topic, within this many characters.
+MAX_CONTEXT_CHARS: Final = 600
 
 
 def content_words(text: str) -> list[str]:
@@ -52,26 +54,34 @@ def content_words(text: str) -> list[str]:
 def is_follow_up(text: str) -> bool:
     """Whether the message names too little to be searched on its own.
 
-    It names at most one topic word, or two and points back ("does that…", "it…"), or four and opens like a
-    follow-up ("and…", "what about…"). Numbers do not count: an order number or a reference names the customer's
-    case, not what they ask about.
+    It opens like a follow-up ("and…", "what about…") and names at most four topic words, or points back ("does
+    that…", "it…") and names at most two, or names one and asks nothing of its own ("PayPal?"). Numbers do not count:
+    an order number or a reference names the customer's case, not what they ask about (a code such as SQL30081N
+    does).
     """
-    words = len([word for word in content_words(text) if not any(character.isdigit() for character in word)])
+    words = len([word for word in content_words(text) if not word.isdigit()])
     if _OPENER.match(text):
         return words <= OPENED_FOLLOW_UP_WORDS
-    return words <= (POINTING_FOLLOW_UP_WORDS if _POINTS_BACK.search(text) else FOLLOW_UP_WORDS)
+    if _POINTS_BACK.search(text):
+        return words <= POINTING_FOLLOW_UP_WORDS
+    return words <= FOLLOW_UP_WORDS and not _ASKS.search(text)
 
 
 def with_context(question: str, earlier: Sequence[str]) -> str:
     """``question``, after the customer's ``earlier`` messages (oldest first) that it continues, if it is a follow-up.
 
-    The message before a follow-up is taken, and the one before that while the taken one is a follow-up too.
+    The messages back to the last one that is not a follow-up (the one that named the topic) are taken, within
+    ``MAX_CONTEXT_CHARS``; the message just before is always taken.
     """
     if not earlier or not is_follow_up(question):
         return question
     context: list[str] = []
+    size = 0
     for text in reversed(earlier):
+        if context and size + len(text) > MAX_CONTEXT_CHARS:
+            break
         context.insert(0, text)
-        if not is_follow_up(text) or len(context) == MAX_CONTEXT_MESSAGES:
+        size += len(text)
+        if not is_follow_up(text):
             break
     return "\n".join([*context, question])

@@ -15,6 +15,8 @@ from support.domain.questions import content_words, is_follow_up, with_context
         "what about Canada express?",
         "how long does that take?",
         "and what if I paid with a Klarna installment plan?",
+        "PayPal?",
+        "Is it waterproof?",
         "?",
     ],
 )
@@ -34,6 +36,12 @@ def test_messages_that_name_too_little_to_search_alone_are_follow_ups(message: s
         "What are your support hours?",
         "How do I reset my password?",
         "Can I cancel my order after it has been placed?",
+        # One topic word, but a question of its own; "there" does not point back; a code is a topic word.
+        "Where is my order?",
+        "How do I log in?",
+        "What is the warranty?",
+        "Is there a student discount?",
+        "I get SQL30081N when connecting",
     ],
 )
 def test_questions_that_name_their_subject_are_not(message: str) -> None:
@@ -60,7 +68,15 @@ def test_a_question_that_names_its_subject_or_comes_first_is_searched_alone() ->
     assert with_context("what about Canada?", []) == "what about Canada?"
 
 
-def test_at_most_two_earlier_messages_are_brought_along() -> None:
-    earlier = ["How long do refunds take?", "and PayPal?", "and Klarna?"]
+def test_a_chain_of_follow_ups_reaches_back_to_the_message_that_named_the_topic() -> None:
+    earlier = ["My desk shows E05", "How long do refunds take?", "and PayPal?", "and Klarna?"]
 
-    assert with_context("and gift cards?", earlier) == "and PayPal?\nand Klarna?\nand gift cards?"
+    assert with_context("and gift cards?", earlier) == (
+        "How long do refunds take?\nand PayPal?\nand Klarna?\nand gift cards?"
+    )
+
+
+def test_what_is_brought_along_is_bounded() -> None:
+    long_question = "Why " + "is my refund late " * 60 + "?"
+    assert with_context("and PayPal?", [long_question]) == f"{long_question}\nand PayPal?"  # the one before: always
+    assert with_context("and PayPal?", [long_question, "and Klarna?"]) == "and Klarna?\nand PayPal?"
