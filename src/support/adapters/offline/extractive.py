@@ -31,7 +31,7 @@ from support.domain.assistant import (
 from support.domain.conversations import ReasonCode, TokenUsage
 from support.domain.injection import is_instruction_like, strip_invisible
 from support.domain.knowledge import SearchHit
-from support.domain.memory import FactKind, extract_facts, is_about
+from support.domain.memory import FactCandidate, FactKind, extract_facts, is_about
 from support.domain.questions import STOPWORDS, WORD
 from support.ports.assistant import AssistantTools
 
@@ -88,6 +88,7 @@ _FOLLOW_UP_TERMS = 4
 _HISTORY_WEIGHT = 0.5
 # A question with no term of its own but at least this many words asks about the previous turn ("What now?" not).
 _TOPICLESS_QUESTION_WORDS = 3
+_POINTS_TO_LAST_TOPIC = re.compile(r"\b(?:now|then|next|that|this|it|after|instead)\b", re.IGNORECASE)
 _ATTACHMENT_WEIGHT = 0.3
 _ATTACHMENT_CHARS = 4000
 # Articles named in an "I could not find it" reply: at most this many, and only somewhat related ones.
@@ -103,6 +104,11 @@ _WANTS_PERSON = re.compile(
 )
 _YES = re.compile(r"(?:yes|yeah|yep|sure|ok|okay|please|please do|yes please|yes,? please)[\s!.]*", re.IGNORECASE)
 _OFFER = "connect you with someone from our support team"
+# What a message that only tells something says around the fact ("actually my new email is … by the way").
+_TELLING_WORDS = (
+    "email mail name order number phone mobile address actually btw way now new correct correction "
+    "sorry mine instead moved live call called reach"
+)
 _THANKS = re.compile(r"\b(?:thanks|thank|thx|ty|cheers)\b", re.IGNORECASE)
 _FAREWELL = re.compile(r"\b(?:bye|goodbye|good bye|see you|that'?s all|that is all|nothing else)\b", re.IGNORECASE)
 _NO = re.compile(r"(?:no|nope|no thanks|no thank you|not now|not yet|no need)[\s!.]*", re.IGNORECASE)
@@ -118,8 +124,9 @@ _TOPIC_WORDS = 12
 # Codes and versions: a word with a digit and a letter, or dotted numbers (E07, 8.5.5.4, CVE-2017-3156, FP3).
 _IDENTIFIER = re.compile(r"\b(?=[\w.-]*\d)(?:[A-Za-z]+[\w-]*\d[\w.-]*|\d+(?:\.\d+){1,3}[A-Za-z0-9]*)\b")
 _MISSING_IDENTIFIERS = 2
-# A word with a run of six or more digits is the customer's own reference (an order, ticket or phone number).
-_REFERENCE = re.compile(r"[\w-]*\d{6,}[\w-]*")
+# Six or more digits, perhaps after a short prefix ("NW-40000001", "12345678"): the shape of the customer's own
+# order, ticket or phone number; left out of the question when no passage holds it.
+_REFERENCE = re.compile(r"\b[A-Za-z]{0,4}-?\d{6,}\b")
 # A question's identifier terms weigh this much in the units' scores (its other terms weigh 1).
 _IDENTIFIER_WEIGHT = 2.0
 _IDENTIFIER_CHARS = 16
@@ -237,6 +244,12 @@ class ExtractiveLLM:
             return Draft(((_small_talk(request, name), None, ""),), None)
         query = _query_weights(request)
         units = [unit for index, hit in enumerate(request.passages) for unit in _split(hit, index)]
+        # The customer's own order, ticket or phone number ("NW-40000001") is in no article: as a term of the
+        # question it only made covered questions look uncovered ("Where is my order NW-40000001?" was declined).
+        references = {term for word in _REFERENCE.findall(request.question) for term in _terms(word)}
+        if references:
+            present = {term for hit in request.passages for term in _terms(hit.text)}
+            query = {term: weight for term, weight in query.items() if term not in references or term in present}
         scorer = _Scorer(units, query, request.passages)
         selected = _select(units, scorer, request.passages, self._answer_words)
         evidence = _evidence(request.passages, units, selected, scorer)
@@ -671,27 +684,32 @@ def _told(request: ReplyRequest, name: str | None) -> str | None:
     question = request.newest or request.question
     if "?" in question:
         return None
-    # Every sentence with a subject must tell something: "This is Sam. I'd like a garden bench." asks for one.
-    sentences = [sentence for sentence in re.split(r"(?<=[!.])\s|\n", question) if _terms(sentence)]
-    told = [extract_facts(sentence) for sentence in sentences]
-    if not told or not all(told):
+    # Every sentence with a subject must only tell something: "This is Sam. I'd like a garden bench." asks for one,
+    # and "My order 12345678 hasn't arrived" or "My email is … and I can't log in" report a problem.
+    facts: list[FactCandidate] = []
+    for sentence in re.split(r"(?<=[!.])\s|\n", question):
+        terms = set(_terms(sentence))
+        if not terms:
+            continue
+        found = extract_facts(sentence)
+        told = {term for fact in found for term in _terms(fact.value)}
+        named = {term for word in re.findall(r"\b[A-Z][\w'-]*", sentence) for term in _terms(word)}
+        if not found or terms - told - named - set(_terms(_TELLING_WORDS)):
+            return None
+        facts += found
+    if not facts:
         return None
-    facts = [fact for found in told for fact in found]
     # "My name isn't Sam, it's Samuel": thanked by the name just given.
     name = _first_name(next((fact.value for fact in facts if fact.kind is FactKind.NAME), None)) or name
     return f"Thanks{', ' + name if name else ''}! What can I help you with?"
 
 
 def _query_weights(request: ReplyRequest) -> dict[str, float]:
-    # The customer's own order, ticket or phone number ("NW-40000001") is in no article: as a term of the question
-    # it only made covered questions look uncovered ("Where is my order NW-40000001?" was declined).
-    references = {term for word in _REFERENCE.findall(request.question) for term in _terms(word)}
-    weights: dict[str, float] = {term: 1.0 for term in _terms(request.question) if term not in references}
+    weights: dict[str, float] = dict.fromkeys(_terms(request.question), 1.0)
     # A code or version the customer quotes ("E03", "8.5.5.4") names their case more closely than any word.
     for word in _IDENTIFIER.findall(request.question):
         for term in _terms(word):
-            if term not in references:
-                weights[term] = _IDENTIFIER_WEIGHT
+            weights[term] = _IDENTIFIER_WEIGHT
     if len(weights) <= _FOLLOW_UP_TERMS:
         earlier = _last_customer_turn(request.history)
         # "What do I do now?" names nothing: it asks about what the customer said before, in full.
@@ -705,11 +723,15 @@ def _query_weights(request: ReplyRequest) -> dict[str, float]:
 
 
 def _asks_about_the_last_topic(request: ReplyRequest) -> bool:
-    """A question of a few words that names nothing ("What do I do now?") after the customer named something."""
+    """A question that names nothing but points back ("What do I do now?") after the customer named something.
+
+    Without a word pointing back, "Can you help me?" or "Is anyone there?" is small talk, not the last topic again.
+    """
     question = request.question.strip()
     return (
         question.endswith("?")
         and len(question.split()) >= _TOPICLESS_QUESTION_WORDS
+        and _POINTS_TO_LAST_TOPIC.search(question) is not None
         and bool(_terms(_last_customer_turn(request.history)))
     )
 
