@@ -20,7 +20,7 @@ def with_origin(settings: Settings, **limits: int) -> Settings:
     return msgspec.structs.replace(
         settings,
         limits=limits_of(**limits),
-        http=msgspec.structs.replace(settings.http, cors_origins=(ORIGIN,)),
+        http=msgspec.structs.replace(settings.http, cors_origins=(ORIGIN, "https://*.example.com")),
     )
 
 
@@ -57,7 +57,8 @@ async def test_a_page_of_another_origin_cannot_open_a_conversations_socket(
         with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
             async with websockets.connect(socket_url, origin="http://evil.example"):  # type: ignore[arg-type]
                 pass
-        for allowed in ({"origin": ORIGIN}, {}):  # the widget's page, and a client that is not a browser
+        # The widget's page, a page the CORS wildcard allows, and a client that is not a browser (no Origin).
+        for allowed in ({"origin": ORIGIN}, {"origin": "https://shop.example.com"}, {}):
             async with websockets.connect(socket_url, **allowed) as socket:  # type: ignore[arg-type]
                 await socket.send('{"type": "ping"}')
                 assert '"pong"' in await socket.recv()

@@ -663,3 +663,18 @@ async def test_attachments_stay_context_for_the_turns_that_follow(
     follow_up = llm.requests[1]
     assert [item.text.strip() for item in follow_up.attachments] == [log.decode()]
     assert [(image.filename, image.data) for image in follow_up.images] == [("shot.png", png)]
+
+
+async def test_the_newest_five_images_go_with_a_turn_in_the_order_they_were_sent(
+    http: httpx.AsyncClient, service_headers: dict[str, str], llm: ScriptedLLM
+) -> None:
+    conversation = await start(http, service_headers)
+    path = f"/v1/conversations/{conversation['id']}"
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+    for batch in (("a", "b", "c"), ("d", "e", "f")):
+        files = [("files", (f"{name}.png", png, "image/png")) for name in batch]
+        await http.post(f"{path}/messages", data={"content": "photos"}, files=files, headers=service_headers)
+
+    await http.post(f"{path}/messages", json={"content": "what do the photos show?"}, headers=service_headers)
+
+    assert [image.filename for image in llm.requests[-1].images] == ["b.png", "c.png", "d.png", "e.png", "f.png"]

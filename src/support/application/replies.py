@@ -192,6 +192,7 @@ class _Draft:
     proposed_facts: list[FactRemembered] = field(default_factory=list)
     carried: str = ""  # the first half of a surrogate pair the model's next piece completes
     cut_short: bool = False  # the model stopped at its token limit
+    stopped_for_a_person: bool = False  # a person took the conversation over while the model wrote
 
 
 class _Tools:
@@ -315,6 +316,11 @@ class _Publisher:
                 # The requester still gets the reply (without resumable ids); other feeds miss it until Valkey
                 # is back, and the stored transcript has it either way.
                 _logger.warning("events of %s not published: Valkey is unavailable", self._conversation_id)
+                self._bus_down = True
+            except Exception:
+                # A bug in publishing (an event that cannot be encoded, say) must not cost the requester the reply:
+                # it ended their stream without `done` or `error` while the reply was stored.
+                _logger.exception("events of %s not published", self._conversation_id)
                 self._bus_down = True
         return [FeedEvent(0, payload) for payload in payloads]
 
@@ -607,8 +613,8 @@ class ReplyRunner:
 
     def _complete(self, request: ReplyRequest, draft: _Draft, publisher: _Publisher, started: float) -> bool:
         """Finish a reply the model ended: a note when it was cut short, words when it wrote none; interrupted?"""
-        if publisher.taken_over:
-            return False
+        if publisher.taken_over or draft.stopped_for_a_person:
+            return False  # not another word from the bot
         if draft.cut_short and draft.text:
             # The model ran out of tokens mid-sentence (or mid tool call): the reply says so.
             draft.text.append(CUT_SHORT_NOTE)
@@ -730,6 +736,7 @@ class ReplyRunner:
             question=question,
             newest=said[-1] if len(said) > 1 else None,
             hands_over_if_unanswered=self._policy.hands_over_if_unanswered(earlier),
+            hands_over_if_frustrated=self._policy.hands_over_if_frustrated(earlier),
             history=history,
             passages=passages,
             attachments=attached,
@@ -814,14 +821,12 @@ class ReplyRunner:
         if not any(item.attachments for item in window):
             return [], []
         texts = await services.attachments.texts(conversation_id, limit_chars=self._settings.attachment_context_chars)
+        sent = [info for item in window for info in item.attachments if info.content_type.startswith("image/")]
         images: list[AttachedImage] = []
-        for item in reversed(window):
-            for info in item.attachments:
-                if info.content_type.startswith("image/") and len(images) < MAX_CONTEXT_IMAGES:
-                    found = await services.attachments.get(conversation_id, info.id)
-                    if found is not None:
-                        images.append(AttachedImage(info.filename, info.content_type, found[1]))
-        images.reverse()  # in the order they were sent
+        for info in sent[-MAX_CONTEXT_IMAGES:]:  # the newest, in the order they were sent
+            found = await services.attachments.get(conversation_id, info.id)
+            if found is not None:
+                images.append(AttachedImage(info.filename, info.content_type, found[1]))
         return texts, images
 
     def _first_delta(self, draft: _Draft, started: float) -> None:
@@ -859,6 +864,7 @@ class ReplyRunner:
         first_words = True
         async for event in events:
             if publisher.taken_over:
+                draft.stopped_for_a_person = True
                 return  # the feed refused this turn's words: a person took over (the store step drops the draft)
             self._apply(event, draft, publisher, started)
             if first_words and draft.text:
@@ -879,6 +885,7 @@ class ReplyRunner:
                     # A person took over while the model wrote: not another word from the bot. The store step
                     # sees the new owner and drops the draft; the requester gets a `handoff` event.
                     _logger.info("reply in %s stopped: a person took over", conversation_id)
+                    draft.stopped_for_a_person = True
                     return
 
     def _apply(self, event: ReplyEvent, draft: _Draft, publisher: _Publisher, started: float) -> None:

@@ -59,6 +59,8 @@ class ReplyRequest:
     # A reply that cannot answer hands the conversation to a person (the escalation policy's repeated-failure
     # rule): the reply should not offer one, since the handover notice follows it.
     hands_over_if_unanswered: bool = False
+    # The customer was already offered a person for their frustration: a handoff for frustration now hands over.
+    hands_over_if_frustrated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

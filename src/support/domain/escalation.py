@@ -413,6 +413,10 @@ class EscalationPolicy:
         """
         return _unanswered_streak(_current_episode(history)) + 1 >= self.rules.repeated_failure_limit
 
+    def hands_over_if_frustrated(self, history: Sequence[Message]) -> bool:
+        """Whether a model's handoff for frustration, after ``history``, hands over rather than offers a person."""
+        return _frustration_offered(_current_episode(history))
+
     def _refund_over_limit(self, text: str) -> HandoffDecision | None:
         limit = self.rules.refund_amount_limit
         if limit is None:

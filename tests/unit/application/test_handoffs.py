@@ -14,6 +14,7 @@ from support.application.conversations import (
     CloseConversation,
     StartConversation,
     SweepIdleConversations,
+    Turn,
     TurnResult,
 )
 from support.application.handover import HandoffSummaries
@@ -301,6 +302,33 @@ async def test_a_person_taking_over_mid_reply_stops_the_model_within_the_check_i
         assert isinstance(events[-1].payload, HandoffChanged)
         stored = (await world.repository.list_messages(world.conversation.id, limit=50, cursor=None)).items
         assert MessageRole.ASSISTANT not in {message.role for message in stored}
+
+
+async def test_a_model_stopped_by_a_takeover_before_its_first_word_gets_no_apology_written_for_it() -> None:
+    # The reply without a word gets "I couldn't find an answer…", but not when a person took over meanwhile.
+    # With the feed down the words go to the requester unguarded: only the turn itself can hold the apology back.
+    llm = ScriptedLLM(script=Script(pieces=("",) * 200, delay_s=0.01, cite_first_passage=False), gate=asyncio.Event())
+    async with running_world(llm=llm, reply_settings=ReplySettings(ownership_check_s=0.05)) as world:
+
+        async def feed_down(*_: object, **__: object) -> list[FeedEvent]:
+            raise CacheUnavailableError("Valkey is down")
+
+        world.bus.publish = feed_down  # type: ignore[method-assign]
+        pending = await world.send("How do I change my address?")
+        reader = asyncio.create_task(anext_all(pending))
+        while not llm.active:  # noqa: ASYNC110 - the model has been called and waits at its gate
+            await asyncio.sleep(0.005)
+        await world.request_handoff.execute(SERVICE, world.conversation.id, "prefer a person")
+        await world.claim.execute(AGENT_ANA, world.conversation.id)
+        assert llm.gate is not None
+        llm.gate.set()
+        events = await asyncio.wait_for(reader, 5)
+
+    assert not [event for event in events if isinstance(event.payload, ReplyDelta)]
+
+
+async def anext_all(turn: Turn) -> list[FeedEvent]:
+    return [event async for event in turn.events()]
 
 
 async def test_no_word_of_the_reply_follows_a_takeover_in_the_feed_without_waiting_for_a_check() -> None:

@@ -230,3 +230,21 @@ async def test_a_reply_cut_off_at_the_token_limit_says_so_and_is_marked_interrup
     assert result.reply is not None
     assert result.reply.content.startswith("Refunds take five to ten busi\n\n(This reply was cut short.")
     assert result.reply.interrupted
+
+
+async def test_a_failure_to_publish_does_not_cost_the_requester_the_reply(world: World) -> None:
+    # An unexpected error in publishing killed the publisher: the stream ended after the echo, with no `done`.
+    publish = world.bus.publish
+
+    async def failing(conversation_id: object, payloads: object, **options: object) -> object:
+        if any(isinstance(payload, ReplyDelta) for payload in payloads):  # type: ignore[attr-defined]
+            raise ValueError("cannot encode this event")
+        return await publish(conversation_id, payloads, **options)  # type: ignore[arg-type]
+
+    world.bus.publish = failing  # type: ignore[method-assign, assignment]
+    turn = await world.send("How long do refunds take?")
+
+    events = [event.payload async for event in turn.events()]
+
+    assert isinstance(events[-1], ReplyDone)
+    assert "".join(event.text for event in events if isinstance(event, ReplyDelta)) == events[-1].message.content

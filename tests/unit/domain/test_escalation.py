@@ -325,6 +325,9 @@ def test_frustration_offers_a_person_first_and_hands_over_when_it_continues(text
         R.FRUSTRATION,
         "frustration.continued",
     )
+    # What the model is told before it writes: a handoff for frustration now hands over (it was offered).
+    assert not POLICY.hands_over_if_frustrated([said(MessageRole.CUSTOMER, text)])
+    assert POLICY.hands_over_if_frustrated([said(MessageRole.CUSTOMER, text), offered])
 
 
 def test_asking_the_same_question_again_is_frustration() -> None:

@@ -274,6 +274,7 @@ class AnthropicLLM:
                     messages=self._initial_messages(request, citable),
                     citable=citable,
                     hands_over_if_unanswered=request.hands_over_if_unanswered,
+                    hands_over_if_frustrated=request.hands_over_if_frustrated,
                 )
                 while not progress.done:
                     outcome = _Round()
@@ -334,8 +335,10 @@ class AnthropicLLM:
                 progress.done = True
                 return
             # The customer was not told (this round wrote nothing): one more round, without tools, for a sentence.
-            escalates = signal.reason_code in _ESCALATING or (
-                signal.reason_code is ReasonCode.INSUFFICIENT_EVIDENCE and progress.hands_over_if_unanswered
+            escalates = (
+                signal.reason_code in _ESCALATING
+                or (signal.reason_code is ReasonCode.INSUFFICIENT_EVIDENCE and progress.hands_over_if_unanswered)
+                or (signal.reason_code is ReasonCode.FRUSTRATION and progress.hands_over_if_frustrated)
             )
             progress.closing = True
             acknowledgement = _HANDOFF_ACK if escalates else _OFFER_ACK
@@ -571,6 +574,7 @@ class _Progress:
     searches: int = 0
     memory_rounds: int = 0
     hands_over_if_unanswered: bool = False
+    hands_over_if_frustrated: bool = False
     last_text: str = ""  # the end of the text written so far (rounds are joined with a paragraph break)
     closing: bool = False
     final: bool = False  # the last round, without tools, after refused tool calls

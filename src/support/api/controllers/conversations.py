@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import urllib.parse
@@ -14,6 +15,7 @@ import msgspec
 from dishka import AsyncContainer, FromDishka
 from dishka.integrations.litestar import inject
 from litestar import Controller, Request, Response, WebSocket, get, post, websocket
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import UploadFile
 from litestar.exceptions import ClientException, WebSocketDisconnect
 from litestar.openapi.datastructures import ResponseSpec
@@ -609,8 +611,14 @@ def _check_origin(socket: WebSocket[Any, Any, Any], allowed: Sequence[str]) -> N
         PermissionDeniedError: the handshake's ``Origin`` is not one of ``allowed``.
     """
     origin = socket.headers.get("origin")
-    if allowed and "*" not in allowed and origin is not None and origin not in allowed:
+    if allowed and origin is not None and not _cors(tuple(allowed)).is_origin_allowed(origin):
         raise PermissionDeniedError("This origin may not open sockets (SUPPORT_HTTP__CORS_ORIGINS).")
+
+
+@functools.cache
+def _cors(allowed: tuple[str, ...]) -> CORSConfig:
+    # The same rules as the app's CORS (wildcards such as https://*.example.com included).
+    return CORSConfig(allow_origins=list(allowed))
 
 
 class TypingRelay:

@@ -576,6 +576,7 @@ async def test_handoff_without_text_gets_a_closing_sentence(
     ("reason", "hands_over", "told"),
     [
         ("frustration", False, "Nobody is being brought in yet"),
+        ("frustration", True, "being handed to a member of the support team"),  # after an offer for it
         ("insufficient_evidence", False, "Nobody is being brought in yet"),
         ("insufficient_evidence", True, "being handed to a member of the support team"),
         ("customer_request", False, "being handed to a member of the support team"),
@@ -586,8 +587,11 @@ async def test_a_closing_sentence_announces_a_person_only_when_the_policy_brings
 ) -> None:
     # "I am bringing in a member of our team", then nobody came: the policy only offers a person for these.
     api.script(message(tool_use(HANDOFF_TOOL, {"reason_code": reason}, tool_id="toolu_h")), reply("Sure."))
+    request = ReplyRequest(
+        question="This is useless.", hands_over_if_unanswered=hands_over, hands_over_if_frustrated=hands_over
+    )
 
-    await collect(make_llm(), ReplyRequest(question="This is useless.", hands_over_if_unanswered=hands_over))
+    await collect(make_llm(), request)
 
     [ack] = api.requests[1].body["messages"][-1]["content"]
     assert told in ack["content"]
