@@ -8,13 +8,17 @@ import time
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from httpx_sse import aconnect_sse
 from litestar import Litestar
 
+from support.adapters.embedding.onnx_minilm import OnnxMiniLMEmbedder
+from support.config import Settings
+from support.container import create_app
 from support.domain.conversations import ReasonCode
-from tests.api.conftest import serve
-from tests.conftest import ADMIN_KEY
+from tests.api.conftest import llm_provider, serve
+from tests.conftest import ADMIN_KEY, shared_embedder_provider
 from tests.fakes.llm import Script, ScriptedLLM
 from tests.helpers import assert_problem
 
@@ -678,3 +682,31 @@ async def test_the_newest_five_images_go_with_a_turn_in_the_order_they_were_sent
     await http.post(f"{path}/messages", json={"content": "what do the photos show?"}, headers=service_headers)
 
     assert [image.filename for image in llm.requests[-1].images] == ["b.png", "c.png", "d.png", "e.png", "f.png"]
+
+
+async def test_a_send_that_waits_out_a_busy_reply_is_stored_and_answered_with_the_next_one(
+    chat_settings: Settings, embedder: OnnxMiniLMEmbedder, service_headers: dict[str, str]
+) -> None:
+    # Answered as an error (503 with Retry-After), a client would send it again: stored twice.
+    settings = msgspec.structs.replace(
+        chat_settings, conversations=msgspec.structs.replace(chat_settings.conversations, reply_wait_s=0.2)
+    )
+    llm = ScriptedLLM(gate=asyncio.Event())
+    app = create_app(settings, shared_embedder_provider(embedder), llm_provider(llm))
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        conversation = await start(http, service_headers)
+        path = f"/v1/conversations/{conversation['id']}/messages"
+        first = asyncio.create_task(
+            http.post(path, json={"content": "How long do refunds take?"}, headers=service_headers)
+        )
+        while not llm.active:  # noqa: ASYNC110 - the first reply holds the conversation, waiting at the gate
+            await asyncio.sleep(0.01)
+
+        busy = await http.post(path, json={"content": "And for PayPal?"}, headers=service_headers)
+        assert llm.gate is not None
+        llm.gate.set()
+        answered = (await first).json()
+
+    assert busy.status_code == 200, busy.text
+    assert (busy.json()["reply"], busy.json()["conversation_status"]) == (None, "bot")
+    assert answered["reply"] is not None

@@ -380,8 +380,8 @@ class DeleteDocument:
 class RescanReport:
     """Counts of a rescan (``done`` of ``total`` documents so far).
 
-    ``changed`` of the scanned documents got other flags; ``flagged_before`` and ``flagged_after`` count the scanned
-    documents with any flag; ``skipped`` ones were updated or deleted meanwhile.
+    ``changed`` of the scanned documents got other flags (on the document or on a chunk); ``flagged_before`` and
+    ``flagged_after`` count the scanned documents with any flag; ``skipped`` ones were updated or deleted meanwhile.
     """
 
     total: int = 0
@@ -418,12 +418,13 @@ class RescanKnowledge:
         if on_progress is not None:
             await on_progress(report)
         for document in documents:
-            flags = await self._rescan(document)
-            if flags is None:
+            rescanned = await self._rescan(document)
+            if rescanned is None:
                 report.skipped += 1
             else:
+                flags, changed = rescanned
                 report.scanned += 1
-                report.changed += flags != list(document.flags)
+                report.changed += changed
                 report.flagged_before += bool(document.flags)
                 report.flagged_after += bool(flags)
             if on_progress is not None:
@@ -440,8 +441,8 @@ class RescanKnowledge:
                 return documents
             cursor = page.next_cursor
 
-    async def _rescan(self, document: Document) -> list[InjectionFlag] | None:
-        """The document's flags now, or None when it changed meanwhile."""
+    async def _rescan(self, document: Document) -> tuple[list[InjectionFlag], bool] | None:
+        """The document's flags now and whether any flag (its own or a chunk's) changed; None: it changed meanwhile."""
         chunks = await self._knowledge.indexed_chunks(document.id, document.version)
         if len(chunks) != document.chunk_count:
             return None
@@ -458,12 +459,12 @@ class RescanKnowledge:
             reasons_of(found[chunk.ordinal]) == chunk.reasons for chunk in chunks
         )
         if unchanged:
-            return flags
+            return flags, False
         if not await self._knowledge.replace_flags(document.id, document.version, flags, found):
             await self._uow.rollback()
             return None
         await self._uow.commit()
-        return flags
+        return flags, True
 
 
 class QueryEmbeddings:

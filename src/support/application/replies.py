@@ -80,6 +80,8 @@ UNAVAILABLE_REPLY = (
 INTERRUPTED_NOTE = "\n\n(This reply was interrupted. Ask again, or ask for a person if you need more help.)"
 # Images of the history window given to the model with each turn (a message carries at most five).
 MAX_CONTEXT_IMAGES = 5
+# A send whose turn could not get the reply lease in time: its message waits for the next reply.
+REPLY_BUSY = "reply_busy"
 CUT_SHORT_NOTE = "\n\n(This reply was cut short. Ask me to go on, or ask for a person if you need more help.)"
 # A model that wrote nothing at all (an empty message, or searches until it had to stop): never a blank reply.
 NO_ANSWER_REPLY = "I'm sorry, I couldn't find an answer to that in our help center."
@@ -486,7 +488,7 @@ class ReplyRunner:
                 publisher.tell_requester(
                     StreamFailed(
                         503,
-                        "reply_busy",
+                        REPLY_BUSY,
                         "A reply is still being written",
                         "Your message is stored and will be answered with the next reply.",
                     )
@@ -504,7 +506,11 @@ class ReplyRunner:
             raise
         except Exception:
             _logger.exception("turn in %s failed", conversation.id)
-            publisher.tell_requester(StreamFailed(500, "internal_error", "The reply failed", "Please try again."))
+            publisher.tell_requester(
+                StreamFailed(
+                    500, "internal_error", "The reply failed", "Your message is stored; write again for a reply."
+                )
+            )
         finally:
             await asyncio.shield(self._finish(conversation.id, holder, leased, publisher, stream))
 

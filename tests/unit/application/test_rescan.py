@@ -97,3 +97,17 @@ async def test_a_document_updated_while_the_rescan_runs_is_skipped() -> None:
     current = await knowledge.get(document.id)
     assert current is not None
     assert current.version == 2
+
+
+async def test_a_change_on_a_chunk_alone_is_written_and_counted() -> None:
+    knowledge = InMemoryKnowledgeBase()
+    document = await ingest(knowledge, "returns", HOSTILE, "text/markdown")
+    current, chunks = await stored(knowledge, document)
+    # The document's flags as now, but a chunk that lost its reason (as a capped or deduplicated list can hide).
+    flagged = {chunk.ordinal for chunk in chunks if chunk.reasons}
+    assert await knowledge.replace_flags(document.id, 1, list(current.flags), {})
+
+    report = await RescanKnowledge(knowledge, InMemoryUnitOfWork()).execute()
+
+    assert report.changed == 1
+    assert {chunk.ordinal for chunk in (await stored(knowledge, document))[1] if chunk.reasons} == flagged

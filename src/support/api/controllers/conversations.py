@@ -67,6 +67,7 @@ from support.application.conversations import (
     Turn,
 )
 from support.application.handoffs import SendAgentMessage
+from support.application.replies import REPLY_BUSY
 from support.application.tasks import started_early
 from support.config import Settings
 from support.domain.conversations import ConversationStatus, clean_filename
@@ -403,8 +404,9 @@ class ConversationsController(Controller):
     ) -> TurnResource:
         turn = await self._send(request, conversation_id, use_case, prepare, idempotency_key, settings)
         result = await turn.result()
-        if result.failure is not None:
-            # The message is stored; the reply failed (a 200 with `reply: null` read as "a person has it").
+        if result.failure is not None and result.failure.code != REPLY_BUSY:
+            # The message is stored; the reply failed (a 200 with `reply: null` read as "a person has it"). A busy
+            # reply is no failure: the message is answered with the next reply, and a retry would store it twice.
             raise ReplyFailedError(result.failure.status, result.failure.code, result.failure.detail)
         return TurnResource(
             message=MessageResource.of(result.message),
