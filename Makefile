@@ -39,13 +39,8 @@ $(SDK)/.installed: $(UV) .ci/sdk-requirements.txt
 
 sdk-tools: $(SDK)/.installed ## Install the OpenAPI client generator into .tools/sdk (docs/api.md)
 
-# The sample company's agents work Monday to Friday, 8:00-18:00 US Eastern (its contact-support article says so):
-# the handoff notices follow those hours unless SUPPORT_HANDOFF__* says otherwise.
 run: install ## Start PostgreSQL, Valkey and the API on http://127.0.0.1:8000 (Ctrl-C stops everything)
-	@SUPPORT_HANDOFF__TIMEZONE="$${SUPPORT_HANDOFF__TIMEZONE:-America/New_York}" \
-	 SUPPORT_HANDOFF__OPENS="$${SUPPORT_HANDOFF__OPENS:-08:00}" \
-	 SUPPORT_HANDOFF__CLOSES="$${SUPPORT_HANDOFF__CLOSES:-18:00}" \
-	 $(BIN)/support serve --sample-data
+	@$(BIN)/support serve --sample-data
 
 test: install lint pytest ## Lint (ruff, mypy --strict, import-linter) and run the whole suite on real servers
 

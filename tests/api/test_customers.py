@@ -168,6 +168,9 @@ async def test_a_new_token_reaches_the_customers_conversations_without_starting_
     body = issued.json()
     assert body["customer_id"] == first["customer_id"]
     assert body["customer_token_expires_at"] >= first["customer_token_expires_at"]
+    # The token carries whole seconds: the time said is the time it stops working, not up to a second later.
+    assert "." not in body["customer_token_expires_at"]
+    assert "." not in first["customer_token_expires_at"]
     renewed = {"Authorization": f"Bearer {body['customer_token']}"}
     assert (await http.get(f"/v1/conversations/{first['id']}", headers=renewed)).status_code == 200
     assert_problem(await http.get(f"/v1/conversations/{theirs['id']}", headers=renewed), 404, "conversation_not_found")

@@ -347,3 +347,24 @@ def test_the_banners_commands_send_the_bootstrap_key_when_pasted(monkeypatch: py
             check=True,
         ).stdout.splitlines()
         assert f"Authorization: Bearer {secret}" in printed
+
+
+def test_serving_the_sample_help_center_uses_its_agents_hours_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The sample article says live chat is open 8:00-18:00 US Eastern; the notices said 09:00-17:00 UTC.
+    main_module = sys.modules["support.cli.main"]
+    settings = load_settings({})
+
+    sample = main_module._with_sample_hours(settings)
+    monkeypatch.setenv("SUPPORT_HANDOFF__CLOSES", "20:00")
+    partly = main_module._with_sample_hours(load_settings(None))
+
+    assert (sample.handoff.timezone, sample.handoff.opens, sample.handoff.closes) == (
+        "America/New_York",
+        "08:00",
+        "18:00",
+    )
+    assert (partly.handoff.timezone, partly.handoff.opens, partly.handoff.closes) == (
+        "America/New_York",
+        "08:00",
+        "20:00",
+    )

@@ -182,7 +182,7 @@ class StartConversation:
         )
         await self._conversations.add(conversation)
         await self._uow.commit()
-        expires_at = now + timedelta(seconds=self._limits.token_ttl_s)
+        expires_at = (now + timedelta(seconds=self._limits.token_ttl_s)).replace(microsecond=0)
         token = issue_customer_token(customer.id, expires_at, self._secret)
         return StartedConversation(conversation, customer, token, expires_at)
 
@@ -222,7 +222,7 @@ class IssueCustomerToken:
         """
         if await self._conversations.get_customer(customer_id) is None:
             raise CustomerNotFoundError
-        expires_at = self._clock.now() + timedelta(seconds=self._limits.token_ttl_s)
+        expires_at = (self._clock.now() + timedelta(seconds=self._limits.token_ttl_s)).replace(microsecond=0)
         return IssuedToken(issue_customer_token(customer_id, expires_at, self._secret), expires_at)
 
 

@@ -93,6 +93,8 @@ def serve(
     from support.devservers.runtime import running_servers
 
     settings = _settings(serving=True, host=host, port=port)
+    if sample_data:
+        settings = _with_sample_hours(settings)
     try:
         check_settings(settings)
     except SettingsError as error:
@@ -163,6 +165,16 @@ def _ensure_address_free(host: str, port: int) -> None:
                     "--port / SUPPORT_PORT."
                 )
             raise typer.Exit(1) from None
+
+
+def _with_sample_hours(settings: Settings) -> Settings:
+    """The sample company's agents' hours, where no SUPPORT_HANDOFF__TIMEZONE/OPENS/CLOSES says otherwise."""
+    from support.sample_data import AGENT_HOURS
+
+    hours = {
+        field: value for field, value in AGENT_HOURS.items() if f"SUPPORT_HANDOFF__{field.upper()}" not in os.environ
+    }
+    return msgspec.structs.replace(settings, handoff=msgspec.structs.replace(settings.handoff, **hours))
 
 
 def _load_sample_data(settings: Settings) -> None:

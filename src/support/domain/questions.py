@@ -64,7 +64,8 @@ def is_follow_up(text: str) -> bool:
         return words <= OPENED_FOLLOW_UP_WORDS
     if _POINTS_BACK.search(text):
         return words <= POINTING_FOLLOW_UP_WORDS
-    return words <= FOLLOW_UP_WORDS and not _ASKS.search(text)
+    # "What do I do now?" names nothing at all: it can only be about what came before.
+    return words == 0 or (words <= FOLLOW_UP_WORDS and not _ASKS.search(text))
 
 
 def with_context(question: str, earlier: Sequence[str]) -> str:

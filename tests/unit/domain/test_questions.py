@@ -17,6 +17,9 @@ from support.domain.questions import content_words, is_follow_up, with_context
         "and what if I paid with a Klarna installment plan?",
         "PayPal?",
         "Is it waterproof?",
+        # Names nothing at all: about what came before, even as a question of its own.
+        "what does that mean?",
+        "What do I do now?",
         "?",
     ],
 )

@@ -32,7 +32,7 @@ from support.domain.conversations import ReasonCode, TokenUsage
 from support.domain.injection import is_instruction_like, strip_invisible
 from support.domain.knowledge import SearchHit
 from support.domain.memory import FactCandidate, FactKind, extract_facts, is_about
-from support.domain.questions import STOPWORDS, WORD
+from support.domain.questions import STOPWORDS, WORD, is_follow_up
 from support.ports.assistant import AssistantTools
 
 NAME = "offline-extractive"
@@ -83,8 +83,7 @@ _REFERENCE_TITLE_CHARS = 8
 _POINTER_END = r"(?:\s+(?:article|page|guide))?(?=\s*(?:$|[.;,:)!?]|\s(?:for|to|on|about)\b))"
 # Units this similar (Jaccard over terms) to an already quoted one are skipped (sibling articles repeat text).
 _DUPLICATE_JACCARD = 0.8
-# The question is short (a follow-up like "and for Plus?"): the previous customer turn joins it at this weight.
-_FOLLOW_UP_TERMS = 4
+# A follow-up ("and for Plus?") naming more than one thing: the previous customer turn joins it at this weight.
 _HISTORY_WEIGHT = 0.5
 # A question with no term of its own but at least this many words asks about the previous turn ("What now?" not).
 _TOPICLESS_QUESTION_WORDS = 3
@@ -242,6 +241,11 @@ class ExtractiveLLM:
             return Draft(((text, None, ""),), None, ReasonCode.CUSTOMER_REQUEST, "the customer asked for a person")
         if not _terms(request.question) and not _asks_about_the_last_topic(request):
             return Draft(((_small_talk(request, name), None, ""),), None)
+        # A message that only tells something is thanked, even where an article matches its words ("My email is …"
+        # quoted how to change an email address).
+        told = _told(request, name)
+        if told is not None:
+            return Draft(((told, None, ""),), None)
         query = _query_weights(request)
         units = [unit for index, hit in enumerate(request.passages) for unit in _split(hit, index)]
         # The customer's own order, ticket or phone number ("NW-40000001") is in no article: as a term of the
@@ -269,9 +273,6 @@ class ExtractiveLLM:
         if selected and score >= self._threshold:
             selected = _with_reference(selected, units, scorer, request.passages)
             return Draft(_answer_blocks(selected, request.passages, name, order), score)
-        told = _told(request, name)
-        if told is not None:
-            return Draft(((told, None, ""),), score)
         return _decline(request, units, scorer, name, score, order)
 
 
@@ -710,12 +711,17 @@ def _query_weights(request: ReplyRequest) -> dict[str, float]:
     for word in _IDENTIFIER.findall(request.question):
         for term in _terms(word):
             weights[term] = _IDENTIFIER_WEIGHT
-    if len(weights) <= _FOLLOW_UP_TERMS:
+    # A follow-up ("and for Plus?", "what does that mean?") is read with what it continues, as it was searched; a
+    # new question is not ("How do I reset my password?" after refunds matched "long" in "10 characters long").
+    if is_follow_up(request.question) or not weights:
         earlier = _last_customer_turn(request.history)
-        # "What do I do now?" names nothing: it asks about what the customer said before, in full.
-        weight = _HISTORY_WEIGHT if weights else 1.0
+        # One that names at most one thing asks about what the customer said before, in full.
+        weight = _HISTORY_WEIGHT if len(weights) > 1 else 1.0
         for term in _terms(earlier):
             weights.setdefault(term, weight)
+        for word in _IDENTIFIER.findall(earlier):
+            for term in _terms(word):
+                weights[term] = max(weights.get(term, 0.0), weight * _IDENTIFIER_WEIGHT)
     for attachment in request.attachments:
         for term in _terms(attachment.text[:_ATTACHMENT_CHARS]):
             weights.setdefault(term, _ATTACHMENT_WEIGHT)
