@@ -1,6 +1,5 @@
 """What the assistant is asked (a reply request) and what it produces while it writes (reply events)."""
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -119,9 +118,6 @@ class ReplyCompleted:
 ReplyEvent = TextDelta | ToolActivity | PassageCited | HandoffSignal | FactRemembered | ReplyCompleted
 
 
-_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
-
-
 def storable_pieces(carried: str, text: str) -> tuple[str, str]:
     """A model's text piece made fit to publish and store, and what to carry to the next piece.
 
@@ -133,5 +129,6 @@ def storable_pieces(carried: str, text: str) -> tuple[str, str]:
     carry = ""
     if text and "\ud800" <= text[-1] <= "\udbff":
         text, carry = text[:-1], text[-1]
+    # Encoded as they are and decoded again, pairs become their character and a lone half becomes U+FFFD.
     paired = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return _LONE_SURROGATE.sub("\ufffd", paired).replace("\x00", ""), carry
+    return paired.replace("\x00", ""), carry

@@ -2,11 +2,10 @@
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, get_args
 from uuid import UUID
@@ -15,7 +14,6 @@ import msgspec
 from dishka import AsyncContainer, FromDishka
 from dishka.integrations.litestar import inject
 from litestar import Controller, Request, Response, WebSocket, get, post, websocket
-from litestar.config.cors import CORSConfig
 from litestar.datastructures import UploadFile
 from litestar.exceptions import ClientException, WebSocketDisconnect
 from litestar.openapi.datastructures import ResponseSpec
@@ -566,12 +564,12 @@ class ConversationsController(Controller):
     async def ws(self, socket: WebSocket[Any, Any, Any], conversation_id: FromPath[UUID]) -> None:
         """Send and receive the conversation's events over one socket (see docs/api.md)."""
         container: AsyncContainer = socket.state.dishka_container
-        settings = await container.get(Settings)
-        _check_origin(socket, settings.http.cors_origins)
+        _check_origin(socket)
         principal = await authenticate(socket)
         async with container() as scope:
             await (await scope.get(CachedConversationState)).execute(principal, conversation_id)
         bus = await container.get(EventBus)
+        settings = await container.get(Settings)
         after_text = socket.query_params.get("last_event_id")
         after = None if after_text is None else resume_after(after_text, "last_event_id")
         recheck = access_check(socket, conversation_id)
@@ -604,23 +602,18 @@ class ConversationsController(Controller):
                     await asyncio.wait_for(bus.signal(conversation_id, Typing(side, active=False)), 1.0)
 
 
-def _check_origin(socket: WebSocket[Any, Any, Any], allowed: Sequence[str]) -> None:
+def _check_origin(socket: WebSocket[Any, Any, Any]) -> None:
     """Refuse a browser page of another origin, as CORS refuses its requests (sockets are not subject to CORS).
 
-    Only when origins are configured; clients that are not browsers send no ``Origin`` and are not affected.
+    The app's own CORS configuration decides (wildcards such as https://*.example.com included); without one,
+    and for clients that are not browsers (no ``Origin``), nothing is refused.
 
     Raises:
-        PermissionDeniedError: the handshake's ``Origin`` is not one of ``allowed``.
+        PermissionDeniedError: the handshake's ``Origin`` is one CORS would refuse.
     """
-    origin = socket.headers.get("origin")
-    if allowed and origin is not None and not _cors(tuple(allowed)).is_origin_allowed(origin):
+    cors, origin = socket.app.cors_config, socket.headers.get("origin")
+    if cors is not None and origin is not None and not cors.is_origin_allowed(origin):
         raise PermissionDeniedError("This origin may not open sockets (SUPPORT_HTTP__CORS_ORIGINS).")
-
-
-@functools.cache
-def _cors(allowed: tuple[str, ...]) -> CORSConfig:
-    # The same rules as the app's CORS (wildcards such as https://*.example.com included).
-    return CORSConfig(allow_origins=list(allowed))
 
 
 class TypingRelay:
