@@ -182,9 +182,8 @@ class StartConversation:
         )
         await self._conversations.add(conversation)
         await self._uow.commit()
-        expires_at = (now + timedelta(seconds=self._limits.token_ttl_s)).replace(microsecond=0)
-        token = issue_customer_token(customer.id, expires_at, self._secret)
-        return StartedConversation(conversation, customer, token, expires_at)
+        issued = IssuedToken.for_customer(customer.id, now, self._secret, self._limits)
+        return StartedConversation(conversation, customer, issued.token, issued.expires_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +192,14 @@ class IssuedToken:
 
     token: str
     expires_at: datetime
+
+    @classmethod
+    def for_customer(
+        cls, customer_id: UUID, now: datetime, secret: CustomerTokenSecret, limits: ConversationLimits
+    ) -> "IssuedToken":
+        """A token for ``customer_id`` valid for the configured time, to the whole second the token carries."""
+        expires_at = (now + timedelta(seconds=limits.token_ttl_s)).replace(microsecond=0)
+        return cls(issue_customer_token(customer_id, expires_at, secret), expires_at)
 
 
 class IssueCustomerToken:
@@ -222,8 +229,7 @@ class IssueCustomerToken:
         """
         if await self._conversations.get_customer(customer_id) is None:
             raise CustomerNotFoundError
-        expires_at = (self._clock.now() + timedelta(seconds=self._limits.token_ttl_s)).replace(microsecond=0)
-        return IssuedToken(issue_customer_token(customer_id, expires_at, self._secret), expires_at)
+        return IssuedToken.for_customer(customer_id, self._clock.now(), self._secret, self._limits)
 
 
 class GetConversation:

@@ -608,14 +608,9 @@ class ReplyRunner:
     def _unavailable(self, draft: _Draft, publisher: _Publisher, started: float) -> bool:
         """Finish a reply the model failed to write: a note after its words, or the apology; interrupted?"""
         draft.signals.append(ReasonCode.LLM_UNAVAILABLE)
-        if draft.text:
-            draft.text.append(INTERRUPTED_NOTE)
-            publisher.emit(ReplyDelta(INTERRUPTED_NOTE))
-            return True
-        draft.text.append(UNAVAILABLE_REPLY)
-        self._first_delta(draft, started)
-        publisher.emit(ReplyDelta(UNAVAILABLE_REPLY))
-        return False
+        interrupted = bool(draft.text)
+        self._say(draft, publisher, started, INTERRUPTED_NOTE if interrupted else UNAVAILABLE_REPLY)
+        return interrupted
 
     def _complete(self, request: ReplyRequest, draft: _Draft, publisher: _Publisher, started: float) -> bool:
         """Finish a reply the model ended: a note when it was cut short, words when it wrote none; interrupted?"""
@@ -623,17 +618,14 @@ class ReplyRunner:
             return False  # not another word from the bot
         if draft.cut_short and draft.text:
             # The model ran out of tokens mid-sentence (or mid tool call): the reply says so.
-            draft.text.append(CUT_SHORT_NOTE)
-            publisher.emit(ReplyDelta(CUT_SHORT_NOTE))
+            self._say(draft, publisher, started, CUT_SHORT_NOTE)
             return True
         if "".join(draft.text).strip() or _HANDED_OVER_AT_ONCE & set(draft.signals):
             return False
-        text = NO_ANSWER_REPLY if request.hands_over_if_unanswered else NO_ANSWER_REPLY + NO_ANSWER_OFFER
         if ReasonCode.INSUFFICIENT_EVIDENCE not in draft.signals:
             draft.signals.append(ReasonCode.INSUFFICIENT_EVIDENCE)
-        self._first_delta(draft, started)
-        draft.text.append(text)
-        publisher.emit(ReplyDelta(text))
+        offer = "" if request.hands_over_if_unanswered else NO_ANSWER_OFFER
+        self._say(draft, publisher, started, NO_ANSWER_REPLY + offer)
         return False
 
     async def _remember_after(

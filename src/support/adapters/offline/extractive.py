@@ -688,6 +688,7 @@ def _told(request: ReplyRequest, name: str | None) -> str | None:
     # Every sentence with a subject must only tell something: "This is Sam. I'd like a garden bench." asks for one,
     # and "My order 12345678 hasn't arrived" or "My email is … and I can't log in" report a problem.
     facts: list[FactCandidate] = []
+    telling = set(_terms(_TELLING_WORDS))
     for sentence in re.split(r"(?<=[!.])\s|\n", question):
         terms = set(_terms(sentence))
         if not terms:
@@ -695,7 +696,7 @@ def _told(request: ReplyRequest, name: str | None) -> str | None:
         found = extract_facts(sentence)
         told = {term for fact in found for term in _terms(fact.value)}
         named = {term for word in re.findall(r"\b[A-Z][\w'-]*", sentence) for term in _terms(word)}
-        if not found or terms - told - named - set(_terms(_TELLING_WORDS)):
+        if not found or terms - told - named - telling:
             return None
         facts += found
     if not facts:
