@@ -49,7 +49,7 @@ from support.domain.conversations import (
     unanswered,
 )
 from support.domain.errors import ConflictError
-from support.domain.escalation import EscalationPolicy, Screening
+from support.domain.escalation import HANDED_OVER_AT_ONCE, EscalationPolicy, Screening
 from support.domain.feed import (
     CitationAdded,
     FeedEvent,
@@ -86,8 +86,6 @@ CUT_SHORT_NOTE = "\n\n(This reply was cut short. Ask me to go on, or ask for a p
 # A model that wrote nothing at all (an empty message, or searches until it had to stop): never a blank reply.
 NO_ANSWER_REPLY = "I'm sorry, I couldn't find an answer to that in our help center."
 NO_ANSWER_OFFER = " Would you like me to connect you with someone from our support team?"
-# Signals the policy hands over on at once, with its own notice: a reply without words needs none of its own.
-_HANDED_OVER_AT_ONCE = frozenset({ReasonCode.CUSTOMER_REQUEST, ReasonCode.SENSITIVE_TOPIC})
 FRUSTRATION_OFFER = "\n\nIf you'd rather sort this out with a person, just say so and I'll bring in our support team."
 
 
@@ -620,7 +618,8 @@ class ReplyRunner:
             # The model ran out of tokens mid-sentence (or mid tool call): the reply says so.
             self._say(draft, publisher, started, CUT_SHORT_NOTE)
             return True
-        if "".join(draft.text).strip() or _HANDED_OVER_AT_ONCE & set(draft.signals):
+        # Signals handed over at once get the policy's notice: a reply without words needs none of its own.
+        if "".join(draft.text).strip() or HANDED_OVER_AT_ONCE & set(draft.signals):
             return False
         if ReasonCode.INSUFFICIENT_EVIDENCE not in draft.signals:
             draft.signals.append(ReasonCode.INSUFFICIENT_EVIDENCE)

@@ -197,6 +197,9 @@ class SensitiveTopic:
     unless: tuple[str, ...] = ()
 
 
+# What the model may signal that hands the conversation over at once; its other signals offer a person first.
+HANDED_OVER_AT_ONCE = frozenset({ReasonCode.CUSTOMER_REQUEST, ReasonCode.SENSITIVE_TOPIC})
+
 DEFAULT_SENSITIVE_TOPICS: tuple[SensitiveTopic, ...] = (
     SensitiveTopic(
         "legal_threat",
@@ -385,7 +388,7 @@ class EscalationPolicy:
         if screening.decision.action is HandoffAction.ESCALATE:
             return screening.decision
         for reason in signals:
-            if reason in {ReasonCode.CUSTOMER_REQUEST, ReasonCode.SENSITIVE_TOPIC}:
+            if reason in HANDED_OVER_AT_ONCE:
                 return _escalate(reason, f"{reason.value}.assistant", evidence)
             if reason is ReasonCode.FRUSTRATION:
                 if _frustration_offered(_current_episode(history)):

@@ -59,6 +59,7 @@ from support.domain.assistant import (
 )
 from support.domain.conversations import ReasonCode, TokenUsage
 from support.domain.errors import SupportError
+from support.domain.escalation import HANDED_OVER_AT_ONCE
 from support.domain.injection import strip_invisible
 from support.domain.knowledge import SearchHit
 from support.domain.memory import FactKind
@@ -132,8 +133,6 @@ _OFFER_ACK: Final = (
     "Nobody is being brought in yet. In one short sentence, ask the customer whether they would like to talk to a "
     "member of the support team. Do not promise a response time and do not answer anything else."
 )
-# Reasons the escalation policy hands over on at once; for the others it offers a person.
-_ESCALATING: Final = frozenset({ReasonCode.CUSTOMER_REQUEST, ReasonCode.SENSITIVE_TOPIC})
 
 
 class _IncompleteStreamError(Exception):
@@ -336,7 +335,7 @@ class AnthropicLLM:
                 return
             # The customer was not told (this round wrote nothing): one more round, without tools, for a sentence.
             escalates = (
-                signal.reason_code in _ESCALATING
+                signal.reason_code in HANDED_OVER_AT_ONCE
                 or (signal.reason_code is ReasonCode.INSUFFICIENT_EVIDENCE and progress.hands_over_if_unanswered)
                 or (signal.reason_code is ReasonCode.FRUSTRATION and progress.hands_over_if_frustrated)
             )
