@@ -121,6 +121,13 @@ async def test_conversation_fields_are_bounded(http: httpx.AsyncClient, service_
         "/v1/conversations", json={"customer": {"external_id": "c" * 301}}, headers=service_headers
     )
     assert_problem(long_id, 422, "validation_failed")
+    not_an_email = await http.post(
+        "/v1/conversations",
+        json={"customer": {"external_id": "c1", "email": "ada at example"}},
+        headers=service_headers,
+    )
+    assert_problem(not_an_email, 422, "validation_failed")
+    assert [error["location"] for error in not_an_email.json()["errors"]] == ["$.customer.email"]
 
     conversation = await start(http, service_headers)
     path = f"/v1/conversations/{conversation['id']}"
@@ -132,7 +139,13 @@ async def test_conversation_fields_are_bounded(http: httpx.AsyncClient, service_
     multipart = await http.post(f"{path}/messages", data=too_long, files=attached, headers=token)
     assert_problem(multipart, 422, "invalid_input")
     key = {**token, "Idempotency-Key": "k" * 201}
-    assert_problem(await http.post(f"{path}/messages", json={"content": "hi"}, headers=key), 422, "invalid_input")
+    long_key = await http.post(f"{path}/messages", json={"content": "hi"}, headers=key)
+    assert_problem(long_key, 422, "validation_failed")
+    assert [error["location"] for error in long_key.json()["errors"]] == ["header.idempotency-key"]
+    empty_key = {**token, "Idempotency-Key": ""}
+    assert_problem(
+        await http.post(f"{path}/messages", json={"content": "hi"}, headers=empty_key), 422, "validation_failed"
+    )
     feedback = await http.post(f"{path}/feedback", json={"rating": 5, "comment": "c" * 4001}, headers=token)
     assert_problem(feedback, 422, "validation_failed")
     handoff = await http.post(f"{path}/handoff", json={"reason": "r" * 501}, headers=token)

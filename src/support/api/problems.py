@@ -154,6 +154,9 @@ def _location(item: Mapping[str, Any]) -> str:
     source = _source(item)
     if source == "body":
         return "$" if key == "data" else f"$.{key}"
+    if source == "header":
+        # Litestar names the handler's argument (idempotency_key), not the header the client sent.
+        key = key.replace("_", "-")
     return f"{source}.{key}"
 
 

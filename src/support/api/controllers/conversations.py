@@ -50,6 +50,7 @@ from support.api.streaming import (
 from support.application.conversations import (
     DOCUMENT_TYPES,
     IMAGE_TYPES,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
     MAX_PAGE_SIZE,
     CachedConversationState,
     CloseConversation,
@@ -87,6 +88,8 @@ IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
         name=IDEMPOTENCY_HEADER,
+        min_length=1,
+        max_length=MAX_IDEMPOTENCY_KEY_LENGTH,
         description=(
             "Makes retries safe: a repeated key returns the original result instead of acting twice (1 to 200 "
             "characters, unique per message of the conversation)."

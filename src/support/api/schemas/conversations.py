@@ -39,7 +39,8 @@ class CustomerInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     external_id: Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
     name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
-    email: Annotated[str, msgspec.Meta(max_length=320)] | None = None
+    # Loose on purpose (one @, no spaces): full address validation rejects real addresses, and none is ever mailed.
+    email: Annotated[str, msgspec.Meta(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
 
 
 class StartConversationRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
