@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from valkey.asyncio import Valkey
 
+from support.adapters.embedding.hashing import HashingEmbedder
 from support.adapters.memory.conversations import InMemoryConversationRepository
 from support.adapters.memory.customer_memory import (
     InMemoryCustomerMemory,
@@ -31,6 +32,7 @@ from support.adapters.valkey.erasure import ValkeyHotStateEraser, conversation_k
 from support.adapters.valkey.events import ValkeyEventBus
 from support.adapters.valkey.rate_limits import ValkeyRateLimiter
 from support.adapters.valkey.sessions import ValkeySessionStore
+from support.application.memory import MemoryPolicy, RememberFacts
 from support.domain.conversations import Conversation, ConversationStatus, Message, MessageRole
 from support.domain.errors import InvalidInputError
 from support.domain.feed import HandoffChanged, ReplyDelta
@@ -244,6 +246,25 @@ async def test_forgetting_a_fact_never_revives_what_it_superseded(backend: Backe
     assert (counts.current, counts.total) == (0, 1)
 
 
+async def test_forgetting_a_key_deletes_its_current_and_superseded_values_only(backend: Backend) -> None:
+    owner = await customer(backend)
+    stranger = await customer(backend, "c-2")
+    for value, minutes in (("+1 415 555 0100", 0), ("+1 415 555 0199", 1)):
+        await backend.memory.remember(fact(owner, "phone", value, at=NOW + timedelta(minutes=minutes)), vector(1))
+    kept = fact(owner, "email", "ada@example.com")
+    await backend.memory.remember(kept, vector(1))
+    await backend.memory.remember(fact(stranger, "phone", "+1 415 555 0100"), vector(1))
+    await backend.uow.commit()
+
+    assert await backend.memory.forget_key(owner, "phone") == 2
+    await backend.uow.commit()
+
+    assert await backend.memory.current(owner, "phone") is None
+    assert [item.key for item in (await backend.memory.list_facts(owner, limit=10, cursor=None)).items] == ["email"]
+    assert await backend.memory.current(stranger, "phone") is not None
+    assert await backend.memory.forget_key(owner, "phone") == 0
+
+
 async def test_counts_and_forgetting_a_customer(backend: Backend) -> None:
     owner = await customer(backend)
     stranger = await customer(backend, "c-2")
@@ -290,6 +311,70 @@ async def test_concurrent_writers_of_one_key_leave_one_current_fact(engine: Asyn
     assert [item for item in listed if item.superseded_by is None] == [current]
     assert current is not None
     assert current.id in {item.id for item in written}
+
+
+@pytest.mark.postgres
+async def test_a_read_for_update_waits_for_the_writer_of_the_key_and_sees_its_fact(engine: AsyncEngine) -> None:
+    factory = async_sessionmaker(engine, expire_on_commit=False)
+    async with factory() as session:
+        owner = (
+            await PostgresConversationRepository(session).get_or_create_customer("c", name=None, email=None, now=NOW)
+        ).id
+        await session.commit()
+    written = fact(owner, value="NW-7")
+    locked = asyncio.Event()
+
+    async def second_reader() -> Fact | None:
+        await locked.wait()
+        async with factory() as session:
+            return await PostgresCustomerMemory(session).current_for_update(owner, "order_number")
+
+    async with factory() as first:
+        memory = PostgresCustomerMemory(first)
+        assert await memory.current_for_update(owner, "order_number") is None
+        reader = asyncio.create_task(second_reader())
+        locked.set()
+        await asyncio.sleep(0.05)  # the second reader is now waiting for the key's lock
+        assert not reader.done()
+        await memory.remember(written, vector(1))
+        await first.commit()
+    assert await reader == written
+
+
+@pytest.mark.postgres
+async def test_concurrent_turns_of_one_customer_keep_the_newest_statement_and_store_a_repeat_once(
+    engine: AsyncEngine,
+) -> None:
+    """Six turns at once: the value stated last stays current whatever commits last; one value is stored once."""
+    factory = async_sessionmaker(engine, expire_on_commit=False)
+    async with factory() as session:
+        owner = (
+            await PostgresConversationRepository(session).get_or_create_customer("c", name=None, email=None, now=NOW)
+        ).id
+        await session.commit()
+
+    async def say(text: str, at: datetime) -> None:
+        async with factory() as session:
+            uow = SqlAlchemyUnitOfWork(session)
+            remember = RememberFacts(
+                PostgresCustomerMemory(session), HashingEmbedder(DIMENSION), uow, SystemClock(), MemoryPolicy()
+            )
+            message = Message(new_id(), new_id(), MessageRole.CUSTOMER, text, created_at=at)
+            await remember.execute(owner, message)
+
+    # Stated in this order, gathered in reverse: the last one to commit is the oldest statement.
+    emails = [(f"My email is e{n}@example.com", NOW + timedelta(seconds=n)) for n in range(6)]
+    await asyncio.gather(*(say(text, at) for text, at in reversed(emails)))
+    phones = [("My phone number is +1 415 555 0100", NOW + timedelta(seconds=10 + n)) for n in range(6)]
+    await asyncio.gather(*(say(text, at) for text, at in phones))
+
+    async with factory() as session:
+        memory = PostgresCustomerMemory(session)
+        listed = (await memory.list_facts(owner, limit=50, cursor=None)).items
+        email = await memory.current(owner, "email")
+    assert email is not None
+    assert email.value == "e5@example.com"
+    assert [item.value for item in listed if item.key == "phone"] == ["+1 415 555 0100"]
 
 
 # --- summaries ------------------------------------------------------------------------------------------------

@@ -21,8 +21,10 @@ from support.domain.memory import (
     FactChange,
     FactOrigin,
     RecalledFact,
+    Retraction,
     compare,
     extract_facts,
+    extract_retractions,
     fold_messages,
     proposed_candidate,
     select_for_recall,
@@ -69,46 +71,88 @@ class _FactWriter:
         origin: FactOrigin,
         source_message_id: UUID | None,
         stated_at: datetime,
+        retractions: Sequence[Retraction] = (),
     ) -> list[Fact]:
-        kept: list[Fact] = []
-        fresh: list[Fact] = []
         # Reads and the embedding first, writes last: the writes begin the transaction, so no connection is held
         # while the new facts are embedded (which may be a call to a remote embedding service).
+        fresh: list[Fact] = []
         for candidate in candidates:
             current = await self._memory.current(customer_id, candidate.key)
-            change = compare(current, candidate, now=stated_at)
-            expires_at = self._policy.expiry.expires_at(candidate.kind, stated_at)
-            if change is FactChange.IGNORE:
-                continue
-            if change is not FactChange.REPEAT and current is not None and stated_at < current.created_at:
-                # Said before what is known now (a retried message read late): it never replaces the newer value.
-                continue
-            if change is FactChange.REPEAT and current is not None:
-                # Said again: it stays the same fact (same provenance), valid for longer.
-                kept.append(
-                    replace(current, expires_at=expires_at, confidence=max(current.confidence, candidate.confidence))
-                )
-                continue
-            fresh.append(
-                Fact(
-                    id=new_id(),
-                    customer_id=customer_id,
-                    kind=candidate.kind,
-                    key=candidate.key,
-                    value=candidate.value,
-                    confidence=candidate.confidence,
-                    origin=origin,
-                    source_message_id=source_message_id,
-                    created_at=stated_at,
-                    expires_at=expires_at,
-                )
-            )
+            decided = self._decide(current, candidate, customer_id, origin, source_message_id, stated_at)
+            if decided is not None and decided[1]:
+                fresh.append(decided[0])
         vectors = await self._embedder.embed_documents([fact.text for fact in fresh]) if fresh else []
-        for fact in kept:
-            await self._memory.refresh(fact.id, expires_at=fact.expires_at, confidence=fact.confidence)
-        for fact, vector in zip(fresh, vectors, strict=True):
-            await self._memory.remember(fact, vector)
-        return kept + fresh
+        vector_of = {fact.text: vector for fact, vector in zip(fresh, vectors, strict=True)}
+        candidate_of = {candidate.key: candidate for candidate in candidates}
+        retraction_of = {retraction.key: retraction for retraction in retractions}
+        stored: list[Fact] = []
+        # Keys in one order, so two writers of one customer never wait for each other's locks crosswise.
+        for key in sorted(candidate_of.keys() | retraction_of.keys()):
+            # Decided again under the key's lock: a concurrent turn of the same customer may have written the key
+            # since it was read (a newer statement stays current, the same value is not stored twice).
+            current = await self._memory.current_for_update(customer_id, key)
+            retraction = retraction_of.get(key)
+            if (
+                retraction is not None
+                and current is not None
+                and current.created_at <= stated_at
+                and retraction.applies_to(current)
+            ):
+                # Taken back: every value of the key goes, older ones too ("forget my phone number").
+                await self._memory.forget_key(customer_id, key)
+                current = None
+            stated = candidate_of.get(key)
+            if stated is None:
+                continue
+            decided = self._decide(current, stated, customer_id, origin, source_message_id, stated_at)
+            if decided is None:
+                continue
+            fact, is_new = decided
+            if not is_new:
+                await self._memory.refresh(fact.id, expires_at=fact.expires_at, confidence=fact.confidence)
+            else:
+                vector = vector_of.get(fact.text)
+                if vector is None:  # only when the key changed since it was read (a race, or a retraction)
+                    vector = (await self._embedder.embed_documents([fact.text]))[0]
+                await self._memory.remember(fact, vector)
+            stored.append(fact)
+        return stored
+
+    def _decide(
+        self,
+        current: Fact | None,
+        candidate: FactCandidate,
+        customer_id: UUID,
+        origin: FactOrigin,
+        source_message_id: UUID | None,
+        stated_at: datetime,
+    ) -> tuple[Fact, bool] | None:
+        """What to write for ``candidate``: the current fact renewed (False), a new fact (True), or nothing."""
+        change = compare(current, candidate, now=stated_at)
+        expires_at = self._policy.expiry.expires_at(candidate.kind, stated_at)
+        if change is FactChange.IGNORE:
+            return None
+        if change is not FactChange.REPEAT and current is not None and stated_at < current.created_at:
+            # Said before what is known now (a retried message read late, or a concurrent turn): it never replaces
+            # the newer value.
+            return None
+        if change is FactChange.REPEAT and current is not None:
+            # Said again: it stays the same fact (same provenance), valid for longer.
+            confidence = max(current.confidence, candidate.confidence)
+            return replace(current, expires_at=expires_at, confidence=confidence), False
+        fact = Fact(
+            id=new_id(),
+            customer_id=customer_id,
+            kind=candidate.kind,
+            key=candidate.key,
+            value=candidate.value,
+            confidence=candidate.confidence,
+            origin=origin,
+            source_message_id=source_message_id,
+            created_at=stated_at,
+            expires_at=expires_at,
+        )
+        return fact, True
 
 
 class RememberFacts:
@@ -125,8 +169,9 @@ class RememberFacts:
     async def execute(self, customer_id: UUID, message: Message) -> list[Fact]:
         """Extract facts from ``message`` (a stored customer message) and commit; returns those stored or renewed.
 
-        Empty for other roles, when nothing is found, or when memory is off. The text is redacted first: secrets
-        and card numbers are never remembered.
+        What the message takes back ("forget my phone number", "I no longer use a@x.com") is forgotten first,
+        every value of the key. Empty for other roles, when nothing is found, or when memory is off. The text is
+        redacted first: secrets and card numbers are never remembered.
 
         Raises:
             EmbedderUnavailableError: the facts could not be embedded (nothing is stored).
@@ -136,7 +181,8 @@ class RememberFacts:
         if not self._policy.enabled or message.role is not MessageRole.CUSTOMER:
             return []
         candidates = extract_facts(message.content)
-        if not candidates:
+        retractions = extract_retractions(message.content)
+        if not candidates and not retractions:
             return []
         facts = await self._writer.store(
             customer_id,
@@ -144,6 +190,7 @@ class RememberFacts:
             origin=FactOrigin.PATTERN,
             source_message_id=message.id,
             stated_at=message.created_at,
+            retractions=retractions,
         )
         await self._uow.commit()
         return facts

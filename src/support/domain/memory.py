@@ -70,8 +70,9 @@ DEFAULT_EXPIRY_DAYS: Mapping[FactKind, int] = {
 TOPICAL_KINDS = frozenset({FactKind.PREFERENCE, FactKind.NOTE})
 MAX_VALUE_CHARS = 200
 MAX_TOPIC_CHARS = 40
-# A candidate this much less certain than the current fact does not replace it ("I'm Happy" after "my name is").
-SUPERSEDE_MARGIN = 0.3
+# A candidate this much less certain than the current fact does not replace it: "I'm Furious" (0.7) after "my name
+# is Ada" (0.95).
+SUPERSEDE_MARGIN = 0.2
 MIN_CONFIDENCE = 0.5
 MODEL_CONFIDENCE = 0.8
 _CHARACTERS_PER_TOKEN = 4
@@ -268,6 +269,8 @@ _LOWER = "a-z\u00df-\u00ff"
 _NAME_WORD = rf"[A-Z](?:[{_LOWER}]+(?:[A-Z][{_LOWER}]+)?|(?=['\u2019][A-Z]))(?:['\u2019-][A-Z]?[{_LOWER}]+)*"
 _NAME = rf"{_NAME_WORD}(?:[ ]+(?:(?:van|von|de|da|del|der|le|la|di)[ ]+)?{_NAME_WORD}){{0,2}}"
 _ID = r"#?[A-Za-z0-9][A-Za-z0-9-]{1,28}[A-Za-z0-9]"
+# "I am Dr. Ada Lovelace": the title is not part of the name.
+_TITLE = r"(?:(?:Dr|Mr|Mrs|Ms|Miss|Prof)\.?\s+)?"
 _LANGUAGES = _words(
     """
     English Spanish French German Italian Portuguese Dutch Polish Swedish Norwegian Danish Finnish Czech Greek
@@ -312,6 +315,14 @@ _NOT_NAMES = frozenset(
         August September October November December American Canadian British English French German Spanish
         Italian Dutch Australian Irish Scottish Mexican Brazilian Indian Chinese Japanese Korean Swiss Austrian
         Belgian Polish Swedish Norwegian Danish Finnish Greek Turkish
+        Urgent Important Critical Serious Furious Livid Mad Pissed Desperate Stuck Lost Shocked Disgusted Appalled
+        Ridiculous Absurd Unacceptable Outrageous Insane Crazy Unbelievable Incredible Terrible Awful Horrible
+        Frustrating Annoying Disappointing Pathetic Useless Broken Bad Worse Worst Wrong Right Correct Best Better
+        Amazing Awesome Excellent Perfect Nice Cool Weird Strange Odd Impossible Fantastic Wonderful Lovely Sad
+        Scared Nervous Anxious Stressed Excited Grateful Thankful Late Early Soon Later Tomorrow Tonight Yesterday
+        Maybe Perhaps Asap Anytime Whenever Anything Nothing Something Everything Someone Somebody Nobody Anyone
+        Spam Fraud Scam Nonsense Joke Unreal Bizarre Hilarious Funny Silly Stupid Dumb Shameful Disgraceful
+        Unhelpful Helpful Rude Slow Fast Done Over Ok Okay Fine Confusing Urgently Immediately Seriously
         """
     )
 )
@@ -338,7 +349,9 @@ _NOT_PLANS = frozenset(
 )
 _PLAN_WORD = r"(?i:plan|subscription|tier|membership|package|account)"
 # Sentence ends, except after "no." / "nr." ("order no. 778812") and initials ("J. Smith").
-_SENTENCE = re.compile(r"(?<=[.!?])(?<![Nn]o\.)(?<![Nn]r\.)(?<!\b[A-Z]\.)\s+|\n+")
+_SENTENCE = re.compile(
+    r"(?<=[.!?])(?<![Nn]o\.)(?<![Nn]r\.)(?<!\b[A-Z]\.)(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bMrs\.)(?<!\be\.g\.)(?<!\bi\.e\.)\s+|\n+"
+)
 _WORDS_OF_CONTEXT = 5
 # Said of the value right before it ("from a@x.com to b@x.com", "not NW-1", "ex-"), or anywhere in its clause.
 _OLDER_RIGHT_BEFORE = re.compile(r"(?:\b(?:from|than|instead of|not|ex|except|but not)\W*|\bex-)$", re.IGNORECASE)
@@ -354,9 +367,32 @@ _HYPOTHETICAL = re.compile(
     re.IGNORECASE,
 )
 _THIRD_PARTY = re.compile(
-    r"\b(?:cc|his|her|their|colleague|colleague's|wife|husband|partner|boss|manager|assistant|friend|son|daughter|"
-    r"mother|father|mom|dad|emailed|wrote to|sent to|forward(?:ed)? to|your|support at|team at)\b",
+    r"\b(?:cc|his|her|their|him|them|they|us|colleague|colleague's|coworker|co-worker|wife|husband|partner|boss|"
+    r"manager|assistant|friend|son|daughter|mother|father|mom|mum|dad|brother|sister|sibling|parents?|uncle|aunt|"
+    r"grandma|grandmother|grandpa|grandfather|grandparents?|cousin|nephew|niece|fianc[eé]e?|girlfriend|boyfriend|"
+    r"kids?|child|children|neighbou?r|roommate|flatmate|landlord|tenant|client|employee|"
+    r"emailed|wrote to|sent to|forward(?:ed)? to|your|support at|team at)\b",
     re.IGNORECASE,
+)
+# What marks a sentence as not stating a fact: a hypothetical, an example, a game ("if my name were Bob", "e.g. my
+# order number is NW-1", "pretend my name is Bob"). Plans and products also skip wishes (_HYPOTHETICAL).
+_NOT_STATED = re.compile(
+    r"\b(?:suppose|supposing|hypothetically|imagine|pretend|pretending|what\s+if|for\s+example|for\s+instance|"
+    r"as\s+an\s+example|let's\s+say|let\s+us\s+say|say\s+that)\b|\be\.g\.",
+    re.IGNORECASE,
+)
+# "If" only in the value's own clause: "if my email were b@x.com" states nothing, "if you need it, my email is" does.
+_CONDITION = re.compile(r"\b(?:if|unless|whether)\b", re.IGNORECASE)
+# A message that takes itself back ("Hypothetically … Just kidding.") states nothing.
+_JEST = re.compile(r"\b(?:just|only)\s+(?:kidding|joking)\b|\bj/?k\b|\bno\s+offen[cs]e\b", re.IGNORECASE)
+# Quoted or forwarded text is someone else's words: quoted lines, mail headers, and what follows a forward marker.
+_QUOTED_LINE = re.compile(r"^[ \t]*(?:>.*|(?:From|To|Cc|Bcc|Sent|Date|Subject|Reply-To)[ \t]*:.*)$", re.MULTILINE)
+_FORWARDED = re.compile(
+    r"(?:-{2,}\s*(?:Original|Forwarded)\s+[Mm]essage\s*-{2,}|Begin\s+forwarded\s+message:).*", re.DOTALL
+)
+# Words in quotation marks (three or more): a pasted note, not the customer speaking.
+_QUOTATION = re.compile(
+    r"[\"\u201c\u201e«](?:[^\"\u201c\u201d\u201e«»\n]*?\s){2,}[^\"\u201c\u201d\u201e«»\n]*?[\"\u201d»]"
 )
 _OWNED = re.compile(r"\b(?:my|me|i|i'm|i am|mine)\b", re.IGNORECASE)
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
@@ -389,8 +425,18 @@ _NAME_PATTERNS = (
     _Pattern(
         FactKind.NAME,
         re.compile(
-            r"(?i:\bmy\s+(?:full\s+|first\s+)?name(?:'s|\s+is)\s+(?:actually\s+|spelled\s+|now\s+)?)"
-            rf"(?P<value>{_NAME})(?!['\u2019]s)\b"
+            r"(?i:\b(?:changed|updated)\s+my\s+(?:full\s+|first\s+|last\s+|sur)?name\s+to\s+)"
+            rf"{_TITLE}(?P<value>{_NAME})(?!['\u2019]s)\b"
+        ),
+        0.95,
+    ),
+    _Pattern(
+        FactKind.NAME,
+        re.compile(
+            r"(?i:\b(?:my\s+(?:full\s+|first\s+)?name(?:'s|\s+is)|je\s+m['\u2019]appelle|mon\s+nom\s+est|me\s+llamo|"
+            r"mi\s+nombre\s+es|ich\s+hei(?:ß|ss)e|mein\s+name\s+ist|mi\s+chiamo|il\s+mio\s+nome\s+è|"
+            r"meu\s+nome\s+é|eu\s+me\s+chamo|mijn\s+naam\s+is|ik\s+heet)\s+(?:actually\s+|spelled\s+|now\s+)?)"
+            rf"{_TITLE}(?P<value>{_NAME})(?!['\u2019]s)\b"
         ),
         0.95,
     ),
@@ -414,7 +460,7 @@ _NAME_PATTERNS = (
     _Pattern(
         FactKind.NAME,
         re.compile(
-            rf"(?i:\b(?:I'm|I\u2019m|I\s+am|this\s+is)\s+)(?P<value>{_NAME})"
+            rf"(?i:\b(?:I'm|I\u2019m|I\s+am|this\s+is)\s+){_TITLE}(?P<value>{_NAME})"
             r"(?=\s*(?:[,.!;]|$|\s+(?:and|here|from|speaking|again|writing|calling)\b))"
         ),
         0.7,
@@ -480,6 +526,15 @@ _PLAN_PATTERNS = (
         re.compile(
             r"(?i:\b(?:upgraded|downgraded|switched|moved|changed|converted)\s+(?:\w+\s+){0,3}?to\s+(?:the\s+)?)"
             r"(?P<value>[A-Z][\w+]*(?:[ ]+[A-Z+][\w+]*)?)(?![\w+])"
+        ),
+        0.85,
+        needs=re.compile(r"\b(?:plan|subscription|membership|tier)\b", re.IGNORECASE),
+    ),
+    _Pattern(
+        FactKind.PLAN,
+        re.compile(
+            r"(?i:\b(?:I'm|I\u2019m|I\s+am|we're|we\s+are)\s+(?:now\s+)?on\s+(?:the\s+)?)"
+            r"(?P<value>[A-Z][\w+]*)(?i:\s+now)?(?=\s*(?:[.,;!]|$))"
         ),
         0.85,
         needs=re.compile(r"\b(?:plan|subscription|membership|tier)\b", re.IGNORECASE),
@@ -599,13 +654,120 @@ _PREFERENCE_PATTERNS = (
 _NO_CONTACT = re.compile(r"(?i:\b(?:please\s+)?(?:don't|do\s+not|never)\s+(?P<value>call|phone|email|text|sms)\s+me\b)")
 
 
+@dataclass(frozen=True, slots=True)
+class Retraction:
+    """The customer takes back what is remembered under ``key``: all of it, or only when it is ``value``."""
+
+    key: str
+    value: str | None = None
+
+    def applies_to(self, current: Fact | None) -> bool:
+        """Whether the key's current fact is what was taken back (any value when none was named)."""
+        if self.value is None:
+            return True
+        kind = kind_of_key(self.key)
+        return (
+            current is not None
+            and kind is not None
+            and normalise_value(kind, current.value) == normalise_value(kind, self.value)
+        )
+
+
+_RETRACTED_WHAT: Mapping[str, str] = {
+    "name": "name",
+    "full name": "name",
+    "email": "email",
+    "e-mail": "email",
+    "email address": "email",
+    "e-mail address": "email",
+    "phone": "phone",
+    "phone number": "phone",
+    "telephone number": "phone",
+    "mobile": "phone",
+    "mobile number": "phone",
+    "number": "phone",
+    "language": "language",
+    "preferred language": "language",
+    "language preference": "language",
+}
+_WHAT = r"(?P<what>full\s+name|name|e-?mail(?:\s+address)?|(?:tele)?phone(?:\s+number)?|mobile(?:\s+number)?|number|"
+_WHAT += r"preferred\s+language|language(?:\s+preference)?)"
+_RETRACTIONS = (
+    # "Please forget my phone number", "delete my email address from your records".
+    re.compile(
+        r"(?i:\b(?:forget|delete|remove|erase|clear|wipe)\s+(?:about\s+)?(?P<whose>my|the)\s+"
+        rf"(?:old\s+|current\s+|saved\s+|stored\s+)?){_WHAT}\b",
+    ),
+    # "I no longer use that email", "I don't have a phone anymore".
+    re.compile(
+        r"(?i:\bI\s+(?:no\s+longer|don't|don\u2019t|do\s+not)\s+(?:use|have|own|check)\s+(?:that|this|the|my|an?)?\s*"
+        rf"(?:old\s+)?){_WHAT}\b",
+    ),
+)
+# "I no longer use ada@example.com", "ada@example.com is no longer valid": that address only.
+_RETRACTED_EMAIL = (
+    re.compile(rf"(?i:\bI\s+(?:no\s+longer|don't|don\u2019t|do\s+not)\s+use\s+)(?P<value>{_EMAIL.pattern})"),
+    re.compile(
+        rf"(?P<value>{_EMAIL.pattern})(?i:\s+(?:is|isn't)\s+(?:no\s+longer|not)?\s*(?:valid|in\s+use|used|active|mine)|"
+        r"\s+(?:doesn't|does\s+not|no\s+longer)\s+work)"
+    ),
+)
+# "I cancelled my Pro plan", "I'm not on the Pro plan anymore": the plan named, or whichever is remembered.
+_RETRACTED_PLAN = (
+    re.compile(
+        r"(?i:\b(?:I|we)\s+(?:have\s+|just\s+|already\s+)?(?:cancel(?:l)?ed|ended|stopped|terminated)\s+"
+        r"(?:my|our|the)\s+)"
+        rf"(?:(?P<value>{_PLAN})\s+)?(?i:plan|subscription|membership)\b"
+    ),
+    re.compile(
+        r"(?i:\b(?:I'm|I\u2019m|I\s+am|we're|we\s+are)\s+(?:not|no\s+longer)\s+on\s+(?:the\s+|a\s+|an\s+)?)"
+        rf"(?P<value>{_PLAN})\s+(?i:plan|subscription|membership|tier)\b"
+    ),
+)
+
+
+def extract_retractions(text: str) -> list[Retraction]:
+    """What a customer message takes back ("forget my phone number", "I no longer use a@x.com", "I cancelled my plan").
+
+    Hypotheticals, examples and quoted text take nothing back, as for :func:`extract_facts`.
+    """
+    if _JEST.search(text):
+        return []
+    retractions: dict[str, Retraction] = {}
+    for sentence in _sentences(_stated_text(text)):
+        if _NOT_STATED.search(sentence) or _CONDITION.search(sentence):
+            continue
+        for pattern in _RETRACTIONS:
+            for match in pattern.finditer(sentence):
+                what = " ".join(match.group("what").casefold().split())
+                if what == "number" and "whose" in pattern.groupindex and match.group("whose").casefold() != "my":
+                    continue  # "remove the number from the order" is about an order, not the customer's phone
+                retractions[_RETRACTED_WHAT[what]] = Retraction(_RETRACTED_WHAT[what])
+        for pattern in _RETRACTED_EMAIL:
+            for match in pattern.finditer(sentence):
+                retractions.setdefault("email", Retraction("email", match.group("value")))
+        for pattern in _RETRACTED_PLAN:
+            for match in pattern.finditer(sentence):
+                value = match.group("value")
+                named = value if value and value.casefold() not in _NOT_PLANS else None
+                retractions.setdefault("plan", Retraction("plan", named))
+    return list(retractions.values())
+
+
+def _stated_text(text: str) -> str:
+    """The customer's own words, redacted: without quoted lines, mail headers, forwarded mail and quotations."""
+    return _QUOTATION.sub(" ", _QUOTED_LINE.sub("", _FORWARDED.sub("", redact(text))))
+
+
 def extract_facts(text: str) -> list[FactCandidate]:
     """The facts a customer message states, one per key, on its redacted text.
 
     Within one message a value introduced as old ("my old email was …", "not …") is dropped; of several values
     for a key, one introduced as new or corrected wins, else the last stated.
     """
-    clean = redact(text)
+    if _JEST.search(text):
+        return []
+    clean = _stated_text(text)
     found: list[_Found] = []
     offset = 0
     for sentence in _sentences(clean):
@@ -656,6 +818,8 @@ def _found(
     context = _before(sentence, value_start)
     inner = sentence[start:value_start]
     if _OLDER.search(context) or _OLDER.search(inner) or _OLDER_RIGHT_BEFORE.search(sentence[:value_start].rstrip()):
+        return None
+    if _NOT_STATED.search(sentence[:value_start]) or _CONDITION.search(context) or _CONDITION.search(inner):
         return None
     cleaned = clean_value(value)
     if cleaned is None or confidence < MIN_CONFIDENCE:
@@ -774,6 +938,10 @@ def _tidy(kind: FactKind, value: str) -> str | None:
     return text
 
 
+# Kinds a customer often has several of at once: two values in one message make neither the one to remember.
+_ONE_OF_SEVERAL = frozenset({FactKind.ORDER_NUMBER, FactKind.TICKET_NUMBER})
+
+
 def _choose(found: Sequence[_Found]) -> list[FactCandidate]:
     by_key: dict[str, list[_Found]] = {}
     for item in sorted(found, key=lambda item: item.position):
@@ -782,6 +950,14 @@ def _choose(found: Sequence[_Found]) -> list[FactCandidate]:
     for items in by_key.values():
         newer = [item for item in items if item.newer]
         best = (newer or items)[-1]
+        if (
+            not newer
+            and best.candidate.kind in _ONE_OF_SEVERAL
+            and any(not _same(i.candidate, best.candidate) for i in items)
+        ):
+            # "Order NW-2 is missing, but order NW-1 arrived fine": which one the customer means next time is
+            # anyone's guess, so neither replaces what is known.
+            continue
         # The same value said twice counts once, at the highest confidence any pattern gave it.
         same = [item for item in items if _same(item.candidate, best.candidate)]
         confidence = max(item.candidate.confidence for item in same)

@@ -48,6 +48,14 @@ class CustomerMemory(Protocol):
         """The fact of ``key`` that nothing superseded (it may have expired)."""
         ...
 
+    async def current_for_update(self, customer_id: UUID, key: str) -> Fact | None:
+        """The fact of ``key`` that nothing superseded, read under the key's write lock.
+
+        The lock is held until the unit of work commits or rolls back, so a decision made on what this returns
+        still holds when the fact is written: concurrent writers of one customer's key take turns.
+        """
+        ...
+
     async def remember(self, fact: Fact, embedding: Sequence[float]) -> None:
         """Store ``fact`` as the current value of its key; the previous current fact is superseded by it.
 
@@ -86,6 +94,10 @@ class CustomerMemory(Protocol):
 
         Facts it superseded stay superseded: forgetting a value never brings back an older one.
         """
+        ...
+
+    async def forget_key(self, customer_id: UUID, key: str) -> int:
+        """Delete every fact of the customer under ``key``, current and superseded; how many there were."""
         ...
 
     async def forget_customer(self, customer_id: UUID) -> int:

@@ -86,6 +86,60 @@ async def test_an_older_statement_read_late_never_replaces_a_newer_value() -> No
     assert [fact.value for fact in recalled] == ["NW-1117"]
 
 
+async def values(world: World) -> list[tuple[str, str, bool]]:
+    listed = (await world.memory.list_facts(world.customer, limit=50, cursor=None)).items
+    return sorted((fact.key, fact.value, fact.superseded_by is None) for fact in listed)
+
+
+async def test_what_the_customer_takes_back_is_forgotten_with_its_older_values() -> None:
+    world = World()
+    await world.say("My phone number is +1 415 555 0100 and my email is ada@example.com.")
+    await world.say("Actually my number is now +1 415 555 0199.")
+
+    await world.say("Please forget my phone number.")
+
+    assert await values(world) == [("email", "ada@example.com", True)]
+
+
+async def test_an_address_taken_back_is_forgotten_only_while_it_is_the_current_one() -> None:
+    world = World()
+    await world.say("My email is ada@example.com.")
+    await world.say("I no longer use old@example.com.")  # not the one remembered: nothing changes
+    assert await values(world) == [("email", "ada@example.com", True)]
+
+    await world.say("ada@example.com doesn't work anymore, use ada@new.example instead.")
+
+    assert await values(world) == [("email", "ada@new.example", True)]
+
+
+async def test_a_cancelled_plan_is_forgotten_and_the_new_one_remembered() -> None:
+    world = World()
+    await world.say("I'm on the Pro plan.")
+    await world.say("I'm not on the Pro plan anymore, I'm on Basic now.")
+    assert await values(world) == [("plan", "Basic", True)]
+
+    await world.say("I cancelled my subscription last week.")
+
+    assert await values(world) == []
+
+
+async def test_hypotheticals_and_exclamations_never_replace_what_the_customer_stated() -> None:
+    world = World()
+    await world.say("My name is Ada Lovelace and my email is ada@example.com.")
+    for text in (
+        "If my email were bob@x.com would you send the invoice there?",
+        "Suppose my name is Bob Marley, what then?",
+        "I'm Furious, this is unacceptable.",
+        "This is Urgent!",
+        "My brother's email is bro@example.com.",
+        "> Please email refunds at refunds@northwind.example",
+        "If I delete my email, do I lose my orders?",
+    ):
+        await world.say(text)
+
+    assert await values(world) == [("email", "ada@example.com", True), ("name", "Ada Lovelace", True)]
+
+
 async def test_saying_the_same_again_renews_the_fact_instead_of_adding_one() -> None:
     world = World()
     await world.say("Call me on +31 6 1234 5678 please.")

@@ -29,6 +29,10 @@ class InMemoryCustomerMemory:
         ]
         return found[-1] if found else None
 
+    async def current_for_update(self, customer_id: UUID, key: str) -> Fact | None:
+        # One event loop, no await between this read and the caller's write: nothing can come in between.
+        return await self.current(customer_id, key)
+
     async def remember(self, fact: Fact, embedding: Sequence[float]) -> None:
         for other in list(self.facts.values()):
             if (
@@ -72,6 +76,13 @@ class InMemoryCustomerMemory:
         del self.facts[fact_id]
         self.embeddings.pop(fact_id, None)
         return True
+
+    async def forget_key(self, customer_id: UUID, key: str) -> int:
+        owned = [fact.id for fact in self.facts.values() if fact.customer_id == customer_id and fact.key == key]
+        for fact_id in owned:
+            del self.facts[fact_id]
+            self.embeddings.pop(fact_id, None)
+        return len(owned)
 
     async def forget_customer(self, customer_id: UUID) -> int:
         owned = [fact.id for fact in self.facts.values() if fact.customer_id == customer_id]

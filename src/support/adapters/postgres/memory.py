@@ -118,19 +118,29 @@ class PostgresCustomerMemory:
             row = await driver.fetchrow(_DRIVER_CURRENT_FACT.sql, *_DRIVER_CURRENT_FACT.arguments(parameters))
         return None if row is None else _fact(row)
 
-    async def remember(self, fact: Fact, embedding: Sequence[float]) -> None:
+    async def current_for_update(self, customer_id: UUID, key: str) -> Fact | None:
+        parameters = {"customer_id": customer_id, "key": key}
+        await self._lock_key(customer_id, key)
+        async with driver_connection(self._session) as driver:
+            row = await driver.fetchrow(_DRIVER_CURRENT_FACT.sql, *_DRIVER_CURRENT_FACT.arguments(parameters))
+        return None if row is None else _fact(row)
+
+    async def _lock_key(self, customer_id: UUID, key: str) -> None:
+        """Serialise writers of one customer's key until commit (transaction-scoped; taking it again is a no-op)."""
         async with storage_errors():
-            # Serialises writers of one customer's key until commit: the second one then sees the first's row
-            # and supersedes it, instead of both inserting a "current" fact.
             await self._session.execute(
                 sa.select(
                     sa.func.pg_advisory_xact_lock(
-                        sa.func.hashtextextended(
-                            sa.literal(f"{fact.customer_id}:{fact.key}"), sa.literal(0, sa.BigInteger)
-                        )
+                        sa.func.hashtextextended(sa.literal(f"{customer_id}:{key}"), sa.literal(0, sa.BigInteger))
                     )
                 )
             )
+
+    async def remember(self, fact: Fact, embedding: Sequence[float]) -> None:
+        # Under the key's lock the second writer sees the first's row and supersedes it, instead of both inserting
+        # a "current" fact.
+        await self._lock_key(fact.customer_id, fact.key)
+        async with storage_errors():
             await self._session.execute(
                 sa.update(_FACTS)
                 .where(
@@ -205,6 +215,13 @@ class PostgresCustomerMemory:
         )
         async with storage_errors():
             return (await self._session.execute(statement)).first() is not None
+
+    async def forget_key(self, customer_id: UUID, key: str) -> int:
+        statement = (
+            sa.delete(_FACTS).where(_FACTS.c.customer_id == customer_id, _FACTS.c.key == key).returning(_FACTS.c.id)
+        )
+        async with storage_errors():
+            return len((await self._session.execute(statement)).all())
 
     async def forget_customer(self, customer_id: UUID) -> int:
         statement = sa.delete(_FACTS).where(_FACTS.c.customer_id == customer_id).returning(_FACTS.c.id)
