@@ -8,6 +8,7 @@ from enum import StrEnum
 from uuid import UUID
 
 from support.domain.errors import ConflictError, InvalidInputError, NotFoundError
+from support.domain.privacy import redact
 
 # Activity timestamps serve the idle sweep only: rewriting the row at most this often saves a write per turn.
 ACTIVITY_GRANULARITY = timedelta(seconds=60)
@@ -307,8 +308,14 @@ class HandoffDecision:
 
     action: HandoffAction
     reason_code: ReasonCode | None = None
+    # The words that decided it: redacted, as it is shown in the agents' queue and sent to webhooks (a customer's
+    # "MY CARD 4111 … WAS CHARGED TWICE" is frustration whose evidence must not carry the card number).
     evidence: str | None = None
     rule: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.evidence:
+            object.__setattr__(self, "evidence", redact(self.evidence))
 
 
 MAX_FILENAME_LENGTH = 255

@@ -79,6 +79,19 @@ DEFAULT_HUMAN_REQUEST_PATTERNS: tuple[str, ...] = (
     ),
     r"\b(?:stop|enough\s+of|tired\s+of|no\s+more)\s+(?:the\s+|this\s+|your\s+)?(?:bot|chatbot)s?(?=\s*(?:$|[.,!;]))",
     r"\bdo\s*n[o']?t\s+want\s+(?:a|an|the|this|your)\s+(?:bot|chatbot|ai|robot)(?=\s*(?:$|[.,!;]))",
+    r"\b(?:do\s*n[o']?t|do\s+not)\s+want\s+to\s+(?:talk|speak|chat)\s+(?:to|with)\s+you(?=\s*(?:$|[.,!;]|any\s*more))",
+    # A supervisor or manager as what is wanted ("I want a supervisor"), not a role ("I need a manager account")
+    (
+        r"\b(?:want|need|get\s+me|give\s+me|would\s+like)\s+(?:a|an|the|your|to\s+see\s+(?:a|the|your))\s+"
+        r"(?:supervisor|manager)(?=\s*(?:$|[.!?,;]|please\b|now\b|right\s+now\b|immediately\b))"
+    ),
+    r"\bget\s+me\s+(?:someone|somebody)\s+(?:real|else|human|who\s+can\s+help)\b",
+    # A call from the team ("can someone from your team call me?", "could somebody call me back")
+    (
+        r"\b(?:can|could|will|would)\s+(?:someone|somebody|a\s+person|an\s+agent|a\s+human|one\s+of\s+you)\s+"
+        r"(?:from\s+(?:your|the)\s+(?:team|company|support(?:\s+team)?|customer\s+service)\s+)?"
+        r"(?:please\s+)?(?:call|phone|ring|contact)\s+me\b"
+    ),
     # The whole message is the request, as typed to phone menus: "human please", "agent", "a real person!"
     (
         r"^\W*(?:please\s+)?(?:(?:a|an)\s+)?(?:real\s+|live\s+)?(?:human|person|agent|representative|operator|"
@@ -91,7 +104,7 @@ DEFAULT_HUMAN_REQUEST_PATTERNS: tuple[str, ...] = (
     ),
     r"\bverbinden?\s+(?:sie\s+)?mich\s+(?:bitte\s+)?mit\b",
     r"\b(?:echten|richtigen)\s+(?:menschen|mitarbeiter)\b",
-    r"^\W*(?:bitte\s+)?(?:einen?\s+)?(?:menschen|mitarbeiter(?:in)?)(?:\s+bitte)?\W*$",
+    r"^\W*(?:bitte\s+)?(?:einen?\s+)?(?:mensch(?:en)?|mitarbeiter(?:in)?)(?:\s+bitte)?\W*$",
     # French
     (
         r"\b(?:parler|discuter)\s+(?:à|a|avec)\s+(?:un|une|quelqu'un|un\s+vrai)\s*(?:humain|conseiller|conseillère|"
@@ -124,6 +137,16 @@ DEFAULT_HUMAN_REQUEST_PATTERNS: tuple[str, ...] = (
         r"(?:medewerker|mens|persoon|iemand)\s+(?:spreken|praten)\b"
     ),
     r"\bdoorverbinden\b",
+    # Russian (an operator alone may be a phone carrier: only talking to one, or a live person)
+    (
+        r"(?:поговорить|говорить|связаться|соедините|свяжите)\s+(?:меня\s+)?с\s+"  # noqa: RUF001 - Cyrillic
+        r"(?:оператором|человеком|менеджером|сотрудником|специалистом)"
+    ),
+    r"(?:позовите|нужен|хочу)\s+(?:оператора|оператор|человека|менеджера|сотрудника)(?=\s*(?:$|[.!?,]))",
+    r"жив(?:ой|ым|ого)\s+(?:человек|оператор)",  # noqa: RUF001 - Cyrillic
+    # Chinese and Japanese (no word boundaries): a human agent, a transfer to one, talking to one
+    r"人工客服|转人工|轉人工|人工服务|人工服務|找人工|真人客服",
+    r"オペレーター(?:と|に|を)|担当者と話|人と話したい|有人対応",
 )
 # A short "yes" right after the assistant offered a human accepts the offer, in the customer's language, with a few
 # words of courtesy and thanks ("oui merci", "sí, por favor", "yes, connect me"). An "ok" or "sure" takes no
@@ -162,6 +185,11 @@ DEFAULT_FRUSTRATION_TERMS: tuple[str, ...] = (
     "i already told you",
     "how many times",
     "stupid bot",
+    "asked three times",
+    "asked twice",
+    "asked you twice",
+    "third time",
+    "keep asking",
     "this is a joke",
     "worst",
     "nutzlos",

@@ -114,6 +114,17 @@ def test_ordinary_questions_are_answered(text: str) -> None:
         "Ich möchte einen Mitarbeiter sprechen, bitte",
         "Je voudrais un conseiller, merci",
         "Necesito un agente humano por favor",
+        # Found by an exploratory test of the handoff (2026-12-07): answered or only offered before
+        "I want a supervisor",
+        "get me a manager",
+        "can someone from your team call me?",
+        "Can someone call me back please",
+        "Mensch bitte",
+        "I don't want to talk to you, get me someone real",
+        "人工客服",
+        "转人工",
+        "Хочу поговорить с оператором",  # noqa: RUF001 - Cyrillic
+        "オペレーターと話したい",
     ],
 )
 def test_more_ways_of_asking_for_a_person_hand_over(text: str) -> None:
@@ -144,6 +155,11 @@ def test_more_ways_of_asking_for_a_person_hand_over(text: str) -> None:
         "Quiero una persona adicional en mi plan",
         "I want to escalate it to my manager, can you send me a PDF of the invoice?",
         "connect me to the right article please",
+        "I need a manager account for my colleague",
+        "How do I add a manager to my team?",
+        "Can my manager call me?",
+        "I want the manager role",
+        "Who is the operator for my SIM?",
     ],
 )
 def test_questions_about_people_and_bots_are_not_requests(text: str) -> None:
@@ -525,3 +541,22 @@ def test_an_offer_made_for_frustration_still_counts_as_answered() -> None:
 )
 def test_names_and_figures_of_speech_are_not_sensitive_topics(text: str, expected: A) -> None:
     assert screened(text)[0] is expected
+
+
+def test_evidence_never_carries_a_secret() -> None:
+    """The queue and webhooks show a decision's evidence: a shouted card number is frustration, not a leak."""
+    shouted = POLICY.screen("MY CARD 4111 1111 1111 1111 WAS CHARGED TWICE AND NOBODY HELPS", []).frustration
+    assert shouted is not None
+    assert shouted.evidence is not None
+    assert "4111" not in shouted.evidence
+    assert "[card number]" in shouted.evidence
+    reason = HandoffDecision(
+        A.ESCALATE, R.CUSTOMER_REQUEST, "card 4111 1111 1111 1111 double charged, password: hunter2"
+    )
+    assert reason.evidence == "card [card number] double charged, password: [password]"
+
+
+def test_repeating_oneself_is_frustration() -> None:
+    screening = POLICY.screen("THIS IS RIDICULOUS I HAVE ASKED THREE TIMES", [])
+    assert screening.frustration is not None
+    assert POLICY.screen("I asked three times already", []).frustration is not None
