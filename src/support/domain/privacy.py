@@ -4,8 +4,15 @@
 security codes, passwords and PINs, one-time codes, API keys and tokens, private keys, IBANs (mod-97 checked)
 and US social security numbers with a placeholder that says what was there (``[card number]``), so the text
 still reads naturally. Email addresses and phone numbers are contact details, not secrets: they are kept.
+
+Passwords are found in English, German, French, Spanish, Italian, Portuguese and Dutch. After an explicit "is" or
+":" ("my password is Secret Sauce", "Mein Passwort ist Sonne123", "pass: Hunter2") the value runs to the end of
+the clause, unless it is ordinary prose ("my password is not working"); stated any other way ("password hunter2",
+"I set my password to Hunter2", "the password I use is Kitty123") it is taken only when it looks like a password
+(a digit, a symbol or a case change). Spaced SSNs ("123 45 6789") are taken only after "SSN" or "social security".
 """
 
+import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,14 +84,83 @@ def _iban(match: re.Match[str]) -> str:
     return IBAN if iban_valid(text) else text
 
 
-# "cvv 123", "cvv: 123", "code is 123456"; passwords need an explicit "is", ":" or "=" ("password reset link").
+# "cvv 123", "cvv: 123", "code is 123456".
 _SEPARATOR = r"\s*(?:(?:is|was)\s*)?[:=#]?\s*"
-_STATED = r"\s*(?:(?:is|was)(?:\s+now)?\s*[:=]?|[:=])\s*"
-# Words that follow "my password is" without being the password.
-_COMMON_WORDS_AFTER_LABEL = (
-    r"(?!(?:not|no|wrong|incorrect|correct|right|invalid|expired|too|very|the|a|an|my|same|different|still|being|"
-    r"been|reset|changed|working|weak|strong|long|short|case|required|needed|it|that|this|definitely|probably)\b)"
+
+# Passwords. Ordinary prose mentions passwords all the time ("password reset link", "my password is not working"),
+# so how sure a rule must be that a value is a password depends on how plainly it was stated.
+_PW_NOUN = (
+    r"(?<!\[)\b(?:password|passwort|kennwort|passcode|passphrase|passwd|pwd|pw|mot\s+de\s+passe|contrase[ñn]a|"
+    r"senha|wachtwoord)\b"  # English, German, French, Spanish, Italian (password), Portuguese, Dutch
 )
+# "is"/"was" (optionally "now") in those languages, as a whole word: without the \b, German "ist" was read as
+# "is" followed by a password "t". Unaccented Italian/Portuguese "e" is left out: it is also "e-mail".
+_IS = r"(?:is|was|ist|war|est|es|era|è|é)\b(?:\s+(?:now|jetzt|maintenant|ahora|ora|agora|nu)\b)?"
+# An explicit statement: "password is", "password was now", "password is:", "password:", "pass:" (a bare "pass"
+# only before a colon: "my pass is valid" is a ticket, not a secret).
+_STATED = r"(?:" + _PW_NOUN + r"(?:\s+" + _IS + r"(?:\s*:\s*|\s+)|\s*:\s*)|\bpass\s*:\s*)"
+# Words that follow "my password is" or "password:" without being the password (in the languages above), among
+# them the start of a question: "Problem with my password: how do I reset it?".
+_COMMON_WORDS_AFTER_LABEL = (
+    r"(?!(?:not|no|wrong|incorrect|invalid|expired|too|very|the|a|an|my|same|different|still|being|"
+    r"been|reset|changed|working|case|required|needed|it|that|this|definitely|probably|locked|blocked|"
+    r"how|what|why|where|when|can|could|i|we|you|please|help|does|doesn't|don't|won't|can't|isn't|keeps|"
+    r"nicht|falsch|abgelaufen|zu|pas|faux|fausse|incorrecte|expiré|incorrecta|caducada|non|sbagliata|errata|"
+    r"scaduta|não|errada|incorreta|inválida|expirada|niet|fout|verkeerd|onjuist|verlopen)\b)"
+)
+# Words that end the clause a password was stated in: "my password is hunter2 and it fails", "... hunter2 now",
+# "password: Hunter2 doesn't work".
+_CLAUSE_END_WORD = (
+    r"(?:and|but|or|so|because|since|though|although|if|when|while|which|that|then|please|thanks|thank|for|on|in|"
+    r"at|with|from|now|again|anymore|here|there|enough|i|it|is|was|does|did|will|keeps|still|not|\w+n['\u2019]t|"
+    r"und|aber|et|mais|y|pero|ma|mas|en|maar)\b"
+)
+# A verdict that is prose when it stands alone ("my password is correct", "... strong enough") but may begin a
+# passphrase ("My password: correct horse battery staple").
+_VERDICT_ALONE = (
+    r"(?!(?:correct|right|weak|strong|long|short|simple|fine|ok|okay|good|bad|valid|secure|safe)\b"
+    r"(?![ \t]+(?!" + _CLAUSE_END_WORD + r")\w))"
+)
+# Redacting twice changes nothing: "password: [password] ok" must not become "password: [password]".
+_NOT_A_PLACEHOLDER = r"(?!" + "|".join(re.escape(placeholder) for placeholder in PLACEHOLDERS) + r")"
+# One word of a password: no spaces or quotes, and its last character not the sentence's punctuation.
+_VALUE_WORD = r"[^\s\"']{0,63}[^\s\"'.,;!?]"
+_QUOTED = r"\"[^\"\n]{1,64}\"|'[^'\n]{1,64}'|“[^”\n]{1,64}”"
+# After an explicit "is" or ":", a passphrase runs to the end of the clause (, ; . ! ? a line break, or a word in
+# _CLAUSE_END_WORD), six words at most: "My password: correct horse battery staple", "my password is Secret Sauce".
+_PHRASE = _VALUE_WORD + r"(?:[ \t]+(?!" + _CLAUSE_END_WORD + r")" + _VALUE_WORD + r"){0,5}"
+# Without "is" or ":" a password is only taken when it looks like one (``_looks_like_password``), after the word
+# itself ("password hunter2"), after "set/changed … password to" or "password was reset to" ("I set my password
+# to Hunter2"), after up to four words and an "is" ("the password I use is Kitty123"), or after "is" and an adverb
+# ("the password is still Hunter2"; "still" alone is prose).
+_CHANGE = r"(?:set|change[ds]?|reset|update[ds]?|switch(?:ed)?)"
+_RELAXED_PASSWORD_LABELS = (
+    _PW_NOUN + r"(?:\s+[\w']+){1,4}?\s+" + _IS + r"\s+",
+    _PW_NOUN + r"\s+" + _IS + r"\s+(?:definitely|probably|still|just|actually|also)\s+",
+    r"\b" + _CHANGE + r"\s+(?:[\w']+\s+){0,2}?" + _PW_NOUN + r"\s+to\s+",
+    _PW_NOUN + r"\s+(?:was|is|has\s+been|got)\s+" + _CHANGE + r"\s+to\s+",
+    _PW_NOUN + r"\s+",
+)
+_PASSWORD_LENGTH = (4, 64)
+_PASSWORD_SYMBOLS = frozenset("!#$%^&*+=~_|")
+
+
+def _looks_like_password(value: str) -> bool:
+    """Whether a word given without "is" or ":" reads as a password rather than prose.
+
+    It has a digit, a symbol or a change from lower to upper case ("hunter2", "hunter!", "hunTer"), is 4 to 64
+    characters long, and is not an email address or a link.
+    """
+    if not (_PASSWORD_LENGTH[0] <= len(value) <= _PASSWORD_LENGTH[1]) or "@" in value or "://" in value:
+        return False
+    has_case_change = any(a.islower() and b.isupper() for a, b in itertools.pairwise(value))
+    return any(char.isdigit() for char in value) or has_case_change or bool(_PASSWORD_SYMBOLS & set(value))
+
+
+def _password_if_it_looks_like_one(match: re.Match[str]) -> str:
+    return match.group("label") + PASSWORD if _looks_like_password(match.group("value")) else match.group(0)
+
+
 # Order matters: whole blocks and prefixed tokens first, so a later rule never sees half a key.
 _RULES = (
     _Rule(
@@ -131,22 +207,52 @@ _RULES = (
         ),
         _keep_label(CARD_CODE),
     ),
+    # "My password is hunter2", "password: correct horse battery staple", "Mein Passwort ist Sonne123".
     _Rule(
         re.compile(
-            r"(?P<label>\b(?:password|passwort|passcode|passphrase|passwd|pwd|pw)"
+            r"(?P<label>"
             + _STATED
             + r")"
+            + _NOT_A_PLACEHOLDER
             + _COMMON_WORDS_AFTER_LABEL
-            + r"(?:\"[^\"]+\"|'[^']+'|[^\s\"']*[^\s\"'.,;!?])",
+            + _VERDICT_ALONE
+            + r"(?:"
+            + _QUOTED
+            + r"|"
+            + _PHRASE
+            + r")",
             re.IGNORECASE,
         ),
         _keep_label(PASSWORD),
+    ),
+    # "pw=S3cret!x": one word (log lines and URLs write key=value pairs one after the other).
+    _Rule(
+        re.compile(r"(?P<label>" + _PW_NOUN + r"\s*=\s*)(?:" + _QUOTED + r"|" + _VALUE_WORD + r")", re.IGNORECASE),
+        _keep_label(PASSWORD),
+    ),
+    *(
+        _Rule(
+            re.compile(r"(?P<label>" + label + r")(?P<value>" + _VALUE_WORD + r")", re.IGNORECASE),
+            _password_if_it_looks_like_one,
+        )
+        for label in _RELAXED_PASSWORD_LABELS
     ),
     _Rule(re.compile(r"(?P<label>\bPIN(?:\s+(?:code|number))?" + _SEPARATOR + r")\d{4,8}\b"), _keep_label(PIN)),
     _Rule(re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b"), _iban),
     # 13 to 19 digits, optionally grouped by single spaces or dashes; replaced only when the Luhn check passes.
     _Rule(re.compile(r"(?<![\w+])\d(?:[ -]?\d){12,18}(?![\w])"), _card),
     _Rule(re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"), lambda _: SSN),
+    # Spaced or run together ("123 45 6789", "123456789") only after "SSN" or "social security": unlabelled, such
+    # digit groups are phone numbers, amounts and order numbers.
+    _Rule(
+        re.compile(
+            r"(?P<label>\b(?:SSN|social\s+security(?:\s+(?:number|no\.?|#))?)"
+            + _SEPARATOR
+            + r")(?!000|666|9\d\d)\d{3}[ .]?(?!00)\d{2}[ .]?(?!0000)\d{4}\b",
+            re.IGNORECASE,
+        ),
+        _keep_label(SSN),
+    ),
 )
 
 

@@ -184,6 +184,22 @@ async def test_a_decline_repeats_what_was_asked_not_the_greeting_before_it(messa
 @pytest.mark.parametrize(
     "message",
     [
+        "Mein Passwort ist Sonne123 and password Hunter2 fail, why?",
+        "Why can't I sign in? I set my password to Sonne123 and the old one was password Hunter2",
+    ],
+)
+async def test_a_decline_never_repeats_a_password_the_customer_typed(message: str) -> None:
+    hits = [hit("Reset your password", PASSWORD, similarity=0.6, vector_rank=1, text_rank=1, score=0.1)]
+    draft = ExtractiveLLM(evidence_threshold=0.99).draft(ReplyRequest(question=message, passages=hits))
+
+    assert "“Reset your password”" in draft.text, "still names the closest article"
+    assert "Sonne123" not in draft.text
+    assert "Hunter2" not in draft.text
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
         "My order 12345678 hasn't arrived yet",
         "My name is Sam and I want a refund for my broken chair",
         "My email is sam@example.com and I can't log in",

@@ -100,6 +100,89 @@ def test_what_is_not_a_secret_is_kept(text: str) -> None:
     assert not contains_secret(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A passphrase after an explicit "is" or ":" runs to the end of its clause.
+        ("My password: correct horse battery staple", f"My password: {PASSWORD}"),
+        ("my password is Secret Sauce", f"my password is {PASSWORD}"),
+        (
+            "my password is Secret Sauce, my email is ada@example.com",
+            f"my password is {PASSWORD}, my email is ada@example.com",
+        ),
+        ("my password is “Sonne 123” ok", f"my password is {PASSWORD} ok"),
+        # "pass" before a colon.
+        ("login: ada / pass: Hunter2", f"login: ada / pass: {PASSWORD}"),
+        # Other languages; German "ist" is a whole word, not "is" and a password "t".
+        ("Mein Passwort ist Sonne123", f"Mein Passwort ist {PASSWORD}"),
+        ("Passwort: Sonne123", f"Passwort: {PASSWORD}"),
+        ("Mon mot de passe est Soleil42", f"Mon mot de passe est {PASSWORD}"),
+        ("mi contraseña es Gato123", f"mi contraseña es {PASSWORD}"),
+        ("la mia password è Gatto77", f"la mia password è {PASSWORD}"),
+        ("minha senha é Gato123", f"minha senha é {PASSWORD}"),
+        ("mijn wachtwoord is Kaas123", f"mijn wachtwoord is {PASSWORD}"),
+        # No "is" or ":", but the value looks like a password.
+        ("password hunter2", f"password {PASSWORD}"),
+        ("I set password to Hunter2", f"I set password to {PASSWORD}"),
+        ("I set my password to Hunter2", f"I set my password to {PASSWORD}"),
+        ("I changed my password to Hunter2", f"I changed my password to {PASSWORD}"),
+        ("my password was reset to Hunter2 yesterday", f"my password was reset to {PASSWORD} yesterday"),
+        ("the password I use is Kitty123", f"the password I use is {PASSWORD}"),
+        ("the password is definitely Hunter2", f"the password is definitely {PASSWORD}"),
+        # Spaced or unspaced SSNs, labelled.
+        ("My SSN is 123 45 6789", f"My SSN is {SSN}"),
+        ("social security number: 123 45 6789", f"social security number: {SSN}"),
+        ("SSN 123456789", f"SSN {SSN}"),
+    ],
+)
+def test_passwords_and_ssns_however_they_are_stated_become_placeholders(text: str, expected: str) -> None:
+    assert redact(text) == expected
+    assert redact(expected) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("my password is hunter2 and it fails", f"my password is {PASSWORD} and it fails"),
+        ("password: hunter2 please help", f"password: {PASSWORD} please help"),
+        ("my password is Sonne123 I think", f"my password is {PASSWORD} I think"),
+        ("password: Hunter2 doesn't work", f"password: {PASSWORD} doesn't work"),
+        ("pw=S3cret!x user=ada", f"pw={PASSWORD} user=ada"),  # key=value pairs: one word
+    ],
+)
+def test_a_passphrase_ends_with_its_clause(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "my password is wrong",
+        "my password is correct",
+        "my password is strong enough",
+        "my password is not working, can you help?",
+        "my password is too short for the site",
+        "password was changed yesterday",
+        "the password for my account is locked",
+        "the password field is empty",
+        "Question about my password: how do I reset it?",
+        "I forgot my password: it says invalid",
+        "I need my password to log in",
+        "Can you reset my password please?",
+        "How do I change my password to something stronger?",
+        "send the password to ada2@example.com",
+        "Your password must be at least 8 characters",
+        "my boarding pass is valid",
+        "Mein Passwort ist falsch",
+        "mon mot de passe est incorrect",
+        "call me on 123 45 6789",  # an SSN's shape without its label
+        "order 123456789 is late",
+    ],
+)
+def test_prose_about_passwords_and_unlabelled_digit_groups_are_kept(text: str) -> None:
+    assert redact(text) == text
+
+
 def test_redaction_is_idempotent() -> None:
     text = "password: hunter2, card 4111 1111 1111 1111, cvv 123, sk-ant-api03-abcdefghijklmnop123"
 

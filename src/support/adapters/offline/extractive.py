@@ -32,6 +32,7 @@ from support.domain.conversations import ReasonCode, TokenUsage
 from support.domain.injection import is_instruction_like, strip_invisible
 from support.domain.knowledge import SearchHit
 from support.domain.memory import FactCandidate, FactKind, extract_facts, is_about
+from support.domain.privacy import contains_secret, redact
 from support.domain.questions import STOPWORDS, WORD, is_follow_up
 from support.ports.assistant import AssistantTools
 
@@ -635,13 +636,21 @@ def _topic(question: str) -> str:
     asked = [sentence for sentence in meaningful if sentence.endswith("?")]
     chosen = (asked or meaningful or [""])[-1].rstrip("?!. ")
     # A message that tries to instruct the assistant is not repeated back: the echo would read as the bot's own words.
+    # Nor is one with a secret in it ("my password is Sonne123, why can't I log in"): the reply is stored and shown
+    # to agents, so it must not carry what ``redact`` keeps out of summaries, prompts and logs.
+    if contains_secret(chosen):
+        return ""
     return chosen if 0 < len(chosen.split()) <= _TOPIC_WORDS and not is_instruction_like(chosen) else ""
 
 
 def _missing_identifiers(question: str, scorer: _Scorer) -> str:
-    """Codes and versions in the question (``E07``, ``8.5.5.4``, ``CVE-2017-3156``) that no passage contains."""
+    """Codes and versions in the question (``E07``, ``8.5.5.4``, ``CVE-2017-3156``) that no passage contains.
+
+    Read from the redacted question: a password ("Sonne123") looks like a code, and the reply that repeats these
+    terms is stored and shown to agents.
+    """
     missing: dict[tuple[str, ...], str] = {}
-    for word in _IDENTIFIER.findall(question):
+    for word in _IDENTIFIER.findall(redact(question)):
         stems = tuple(_stem(token) for token in WORD.findall(word.lower()))
         absent = all(scorer.idf.get(stem, 0.0) >= scorer.max_idf for stem in stems)
         # Long ones are hashes and ids pasted from logs, not names worth repeating.
