@@ -193,7 +193,9 @@ _RULES = (
     _Rule(
         re.compile(
             r"(?P<label>\b(?:(?:verification|confirmation|login|sign[- ]?in|2fa|two[- ]factor|one[- ]time|"
-            r"otp|sms)\s+code|otp)" + _SEPARATOR + r")\d{4,8}\b",
+            r"otp|sms)\s+code|otp|code\s+(?:you|u)\s+(?:just\s+)?(?:sent|texted|emailed)(?:\s+me)?)"
+            + _SEPARATOR
+            + r")\d{4,8}\b",
             re.IGNORECASE,
         ),
         _keep_label(ONE_TIME_CODE),
@@ -238,6 +240,13 @@ _RULES = (
         for label in _RELAXED_PASSWORD_LABELS
     ),
     _Rule(re.compile(r"(?P<label>\bPIN(?:\s+(?:code|number))?" + _SEPARATOR + r")\d{4,8}\b"), _keep_label(PIN)),
+    # A lower-case "pin" only as the customer's own ("my pin is 4821"): "pin 12345 of the connector" is hardware.
+    _Rule(
+        re.compile(
+            r"(?P<label>\b(?:my|the|card|bank)\s+pin(?:\s+(?:code|number))?" + _SEPARATOR + r")\d{4,8}\b", re.IGNORECASE
+        ),
+        _keep_label(PIN),
+    ),
     _Rule(re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b"), _iban),
     # 13 to 19 digits, optionally grouped by single spaces or dashes; replaced only when the Luhn check passes.
     _Rule(re.compile(r"(?<![\w+])\d(?:[ -]?\d){12,18}(?![\w])"), _card),

@@ -61,6 +61,8 @@ def test_iban_check(text: str, *, valid: bool) -> None:
         ("password: 'correct horse battery'", f"password: {PASSWORD}"),
         ("pw=S3cret!x now", f"pw={PASSWORD} now"),
         ("my PIN is 4321", f"my PIN is {PIN}"),
+        ("my pin is 4821", f"my pin is {PIN}"),
+        ("the code you sent was 482913", f"the code you sent was {ONE_TIME_CODE}"),
         ("verification code: 493021", f"verification code: {ONE_TIME_CODE}"),
         ("my api key is sk-ant-api03-abcdefghijklmnop123", f"my api key is {SECRET}"),
         ("token=ghp_abcdefghijklmnopqrstuvwxyz0123", f"token={SECRET}"),
@@ -90,6 +92,7 @@ def test_secrets_become_placeholders(text: str, expected: str) -> None:
         "the password is not working",
         "the desk is 120 cm wide and costs 499 dollars",
         "error E07 after 3 seconds",
+        "connect pin 12345 of the header",
         "tracking token",
         "IBAN GB82WEST12345698765433 (a typo)",
         "queued: 1796658674574, touched: 1796658674579,",  # a millisecond timestamp that passes the Luhn check
