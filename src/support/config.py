@@ -108,8 +108,12 @@ class LLMSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     persona: str = "a friendly, precise customer-support assistant"
     api_key: str | None = None
     base_url: str | None = None
-    # Per request to the provider; the first token must arrive within this time.
+    # Per request to the provider: connecting and every read (the first byte, then each next one).
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # The longest one request round waits for Claude to start streaming, retries and backoff included (per read,
+    # timeout_s alone would let a silent Claude hold a customer for (1 + max_retries) x timeout_s). A started
+    # answer is governed by timeout_s only.
+    start_deadline_s: Annotated[float, msgspec.Meta(gt=0)] = 20.0
     # Retries on 429/529/overload/connection errors, with exponential backoff and jitter.
     max_retries: Annotated[int, msgspec.Meta(ge=0)] = 3
     # After this many replies in a row got no words from Claude (each after its retries), replies fail at once

@@ -9,6 +9,7 @@ decision ``offer_human``/``llm_unavailable``) or, when the failure came after so
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -77,8 +78,17 @@ async def client(
     settings: Settings, embedder: OnnxMiniLMEmbedder, anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[httpx.AsyncClient]:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    async with _claude_app(settings, embedder, anthropic, max_retries=MAX_RETRIES) as http:
+        yield http
+
+
+@asynccontextmanager
+async def _claude_app(
+    settings: Settings, embedder: OnnxMiniLMEmbedder, anthropic: FakeAnthropic, **llm: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with Claude at the fake (``llm`` overrides its settings), the refunds article added; its client."""
     claude = msgspec.structs.replace(
-        settings, llm=type(settings.llm)(base_url=anthropic.base_url, max_retries=MAX_RETRIES, timeout_s=TIMEOUT_S)
+        settings, llm=type(settings.llm)(base_url=anthropic.base_url, timeout_s=TIMEOUT_S, **llm)
     )
     async with (
         serve(create_app(claude, shared_embedder_provider(embedder))) as url,
@@ -148,6 +158,23 @@ async def test_a_failure_before_any_text_is_retried_a_bounded_number_of_times_th
     _assert_offers_a_person(stored)
     assert stored["interrupted"] is False
     assert stored["citations"] == []
+
+
+async def test_a_claude_that_never_starts_answering_is_given_up_on_at_the_start_deadline(
+    settings: Settings, embedder: OnnxMiniLMEmbedder, anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Connections are taken and never answered. Per read, the timeout alone let 11 attempts of 1 s, plus backoff
+    # up to 8 s each, run: far past TURN_BOUND_S.
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    anthropic.default = Streamed(reply("too late").steps, delay_s=60)
+    async with _claude_app(settings, embedder, anthropic, max_retries=10, start_deadline_s=2.5) as client:
+        conversation = await _conversation(client, settings)
+
+        stored = await _turn(client, conversation, "How long do refunds take?", "stream")
+
+    assert len(anthropic.requests) < 11
+    _assert_offers_a_person(stored)
+    assert stored["interrupted"] is False
 
 
 @pytest.mark.parametrize("kind", ["json", "stream"])

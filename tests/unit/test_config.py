@@ -17,6 +17,7 @@ def test_top_level_and_nested_variables_are_read() -> None:
             "SUPPORT_DB__POOL_SIZE": "3",
             "SUPPORT_EMBEDDING__PROVIDER": "http",
             "SUPPORT_LOG_JSON": "true",
+            "SUPPORT_LLM__START_DEADLINE_S": "12.5",
             "OTHER_VARIABLE": "ignored",
         }
     )
@@ -25,6 +26,7 @@ def test_top_level_and_nested_variables_are_read() -> None:
     assert settings.db.pool_size == 3
     assert settings.embedding.provider == "http"
     assert settings.json_logs is True
+    assert settings.llm.start_deadline_s == 12.5
 
 
 @pytest.mark.parametrize(
@@ -46,11 +48,20 @@ def test_list_settings_accept_commas_or_json(value: str, expected: tuple[str, ..
         ({"SUPPORT_PORT": "eighty"}, "SUPPORT_PORT"),
         ({"SUPPORT_PORT": "70000"}, "SUPPORT_PORT"),
         ({"SUPPORT_DB__POOL_SIZE": "0"}, "SUPPORT_DB__POOL_SIZE"),
+        ({"SUPPORT_LLM__START_DEADLINE_S": "0"}, "SUPPORT_LLM__START_DEADLINE_S"),
         ({"SUPPORT_ENV": "staging"}, "SUPPORT_ENV"),
         ({"SUPPORT_COLOUR": "blue"}, "SUPPORT_COLOUR"),
         ({"SUPPORT_DB__COLOUR": "blue"}, "SUPPORT_DB__COLOUR"),
     ],
-    ids=["not-a-number", "out-of-range", "below-minimum", "unknown-choice", "unknown-variable", "unknown-nested"],
+    ids=[
+        "not-a-number",
+        "out-of-range",
+        "below-minimum",
+        "no-start-deadline",
+        "unknown-choice",
+        "unknown-variable",
+        "unknown-nested",
+    ],
 )
 def test_bad_values_are_refused_naming_the_variable(environment: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError) as raised:

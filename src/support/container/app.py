@@ -372,6 +372,7 @@ class InfrastructureProvider(Provider):
                 api_key=llm.anthropic_key(os.environ),
                 base_url=llm.base_url,
                 timeout_s=llm.timeout_s,
+                start_deadline_s=llm.start_deadline_s,
                 max_retries=llm.max_retries,
                 history_token_budget=llm.history_token_budget,
                 max_tool_rounds=llm.max_tool_rounds,

@@ -21,7 +21,7 @@ import random
 import re
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal, cast
 
 import anthropic
@@ -139,6 +139,13 @@ class _IncompleteStreamError(Exception):
     """The stream ended (the connection closed cleanly) before ``message_stop``."""
 
 
+class _NotStartedError(Exception):
+    """Claude did not start streaming (headers and a first event) within the round's start deadline."""
+
+    def __init__(self, deadline_s: float) -> None:
+        super().__init__(f"it did not start answering within {deadline_s:g} s (the start deadline)")
+
+
 class _FailedMidReplyError(LLMUnavailableError):
     """Claude failed after writing part of a reply: it was reachable, so this says little about an outage."""
 
@@ -159,7 +166,14 @@ def _claude_is_down(_kind: type[BaseException], error: BaseException) -> bool:
 
 # Everything the SDK and its transport raise for a failed call or a malformed stream. ValueError covers
 # undecodable SSE data and unparsable tool input; RuntimeError covers events out of order and closed streams.
-_PROVIDER_ERRORS: Final = (anthropic.AnthropicError, httpx2.HTTPError, ValueError, RuntimeError, _IncompleteStreamError)
+_PROVIDER_ERRORS: Final = (
+    anthropic.AnthropicError,
+    httpx2.HTTPError,
+    ValueError,
+    RuntimeError,
+    _IncompleteStreamError,
+    _NotStartedError,
+)
 
 
 class AnthropicLLM:
@@ -170,6 +184,11 @@ class AnthropicLLM:
     ``retry_max_delay_s``, and also retries a stream that fails before it produced any text. ``max_retries``
     bounds the retries of each request. Once text was yielded a failure raises ``LLMUnavailableError`` at once,
     and so does every other failure: no SDK exception leaves this class.
+
+    ``start_deadline_s`` bounds how long one request round (each tool round has its own) waits for Claude to start
+    streaming, retries and backoff included: ``timeout_s`` is per read, so a Claude that accepts connections but
+    never answers would otherwise cost ``(1 + max_retries) * timeout_s`` plus backoff. Once the first event has
+    arrived only ``timeout_s`` applies, so a long answer is not cut.
 
     A breaker spares customers the wait while Claude is down: after ``breaker_failures`` replies in a row failed
     before any text (each after its retries), replies fail at once for ``breaker_cooldown_s`` seconds (the turn
@@ -189,6 +208,7 @@ class AnthropicLLM:
         api_key: str | None = None,
         base_url: str | None = None,
         timeout_s: float = 30.0,
+        start_deadline_s: float = 20.0,
         max_retries: int = 3,
         history_token_budget: int = 3000,
         max_tool_rounds: int = 2,
@@ -198,8 +218,15 @@ class AnthropicLLM:
         breaker_failures: int = 3,
         breaker_cooldown_s: float = 10.0,
     ) -> None:
-        if max_tokens < 1 or timeout_s <= 0 or min(max_retries, history_token_budget, max_tool_rounds) < 0:
-            msg = "max_tokens and timeout_s must be positive; retries, history budget and tool rounds not negative"
+        if (
+            max_tokens < 1
+            or min(timeout_s, start_deadline_s) <= 0
+            or min(max_retries, history_token_budget, max_tool_rounds) < 0
+        ):
+            msg = (
+                "max_tokens, timeout_s and start_deadline_s must be positive; "
+                "retries, history budget and tool rounds not negative"
+            )
             raise ValueError(msg)
         if breaker_failures < 1 or breaker_cooldown_s <= 0:
             msg = "breaker_failures and breaker_cooldown_s must be positive"
@@ -208,6 +235,7 @@ class AnthropicLLM:
         self._max_tokens = max_tokens
         self._temperature = temperature
         self._timeout_s = timeout_s
+        self._start_deadline_s = start_deadline_s
         self._max_retries = max_retries
         self._history_token_budget = history_token_budget
         self._max_tool_rounds = max_tool_rounds
@@ -422,11 +450,14 @@ class AnthropicLLM:
     # --- one round: a request, retried until it streams -----------------------------------------------------
 
     async def _round(self, progress: "_Progress", outcome: "_Round") -> AsyncGenerator[ReplyEvent, None]:
+        loop = asyncio.get_running_loop()
+        # Claude must start streaming by then, whatever the retries (``_attempt``); the loop's clock, as timeouts use.
+        deadline = loop.time() + self._start_deadline_s
         attempt = 0
         while True:
             outcome.reset()
             try:
-                async with contextlib.aclosing(self._attempt(progress, outcome)) as events:
+                async with contextlib.aclosing(self._attempt(progress, outcome, deadline)) as events:
                     async for event in events:
                         yield event
             except _PROVIDER_ERRORS as error:
@@ -434,6 +465,10 @@ class AnthropicLLM:
                     continue
                 failure = classify(error, self._timeout_s)
                 delay = None if outcome.wrote_text else self._retry_delay(failure, attempt)
+                if delay is not None and loop.time() + delay >= deadline:
+                    # The next attempt could not start before the deadline: the customer hears now, not then.
+                    late = f"{failure.description}; no retry fits in the start deadline of {self._start_deadline_s:g} s"
+                    failure, delay = replace(failure, description=late), None
                 if delay is None:
                     unavailable = (
                         _FailedMidReplyError
@@ -455,7 +490,9 @@ class AnthropicLLM:
             else:
                 return
 
-    async def _attempt(self, progress: "_Progress", outcome: "_Round") -> AsyncGenerator[ReplyEvent, None]:
+    async def _attempt(
+        self, progress: "_Progress", outcome: "_Round", deadline: float
+    ) -> AsyncGenerator[ReplyEvent, None]:
         # ``stream`` may warn (a deprecated model, for instance); a server logs that instead of raising it.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -470,10 +507,25 @@ class AnthropicLLM:
                 extra_body={"temperature": self._temperature} if self._temperature is not None else None,
             )
         self._log_warnings(caught)
-        async with manager as stream:
-            async for event in stream:
-                for reply_event in _translate(event, progress.citable, outcome):
+        async with contextlib.AsyncExitStack() as exits:
+            # The headers and the first event (``message_start``) must come by the round's deadline; after that
+            # only the per-read timeout applies (pings keep a thinking model's stream alive).
+            starting = asyncio.timeout_at(deadline)
+            try:
+                async with starting:
+                    stream = await exits.enter_async_context(manager)
+                    first = await anext(stream, None)
+            except TimeoutError as error:
+                if not starting.expired():
+                    raise
+                raise _NotStartedError(self._start_deadline_s) from error
+            if first is not None:
+                for reply_event in _translate(first, progress.citable, outcome):
                     yield reply_event
+                # The stream's own iterator: iteration goes on after the event read above.
+                async for event in stream:
+                    for reply_event in _translate(event, progress.citable, outcome):
+                        yield reply_event
         if not outcome.finished:
             msg = "the stream ended before message_stop"
             raise _IncompleteStreamError(msg)
@@ -732,6 +784,8 @@ def classify(error: BaseException, timeout_s: float) -> Failure:
         return Failure(f"no answer within {timeout_s:g} s", retryable=True)
     if isinstance(error, _IncompleteStreamError):
         return Failure(str(error), retryable=True)
+    if isinstance(error, _NotStartedError):  # a retry would start past the deadline too
+        return Failure(str(error), retryable=False)
     if isinstance(error, anthropic.APIConnectionError | httpx2.TransportError):
         return Failure(f"the connection failed ({_describe(error)})", retryable=True)
     return Failure(f"unexpected answer ({_describe(error)})", retryable=False)

@@ -833,6 +833,94 @@ async def test_a_stream_that_stalls_after_text_times_out(
     assert "no answer within 0.3 s" in str(failure)
 
 
+# --- the start deadline ---------------------------------------------------------------------------------------
+
+
+async def test_a_claude_that_never_starts_answering_is_given_up_on_at_the_start_deadline(
+    api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
+) -> None:
+    # Claude takes the requests and never answers: per read, timeout_s alone let 11 attempts of 0.2 s each run.
+    api.default = Streamed(reply("too late").steps, delay_s=5.0)
+    llm = make_llm(timeout_s=0.2, max_retries=10, start_deadline_s=0.5)
+
+    events, failure = await collect_until_failure(llm, ReplyRequest(question="Hi"))
+
+    assert events == []
+    assert 2 <= len(api.requests) < 11  # timeouts are still retried while the deadline leaves time
+    assert "start deadline" in str(failure)
+    assert "0.5 s" in str(failure)
+
+
+async def test_a_retry_that_could_not_start_before_the_deadline_is_not_made(
+    api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
+) -> None:
+    api.script(rate_limited(retry_after=1), reply("too late to be asked for"))
+    llm = make_llm(max_retries=3, retry_max_delay_s=5.0, start_deadline_s=0.5)
+
+    _, failure = await collect_until_failure(llm, ReplyRequest(question="Hi"))
+
+    assert len(api.requests) == 1
+    assert "429 rate_limit_error" in str(failure)
+    assert "no retry fits in the start deadline of 0.5 s" in str(failure)
+
+
+async def test_a_reply_that_never_started_counts_towards_the_breaker(
+    api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
+) -> None:
+    llm = make_llm(timeout_s=5.0, max_retries=3, start_deadline_s=0.2, breaker_failures=1, breaker_cooldown_s=60)
+    api.script(Streamed(reply("too late").steps, delay_s=5.0), reply("never reached"))
+
+    _, cut = await collect_until_failure(llm, ReplyRequest(question="Hi"))
+    _, refused = await collect_until_failure(llm, ReplyRequest(question="Hi"))
+
+    assert "it did not start answering within 0.2 s (the start deadline)" in str(cut)
+    assert len(api.requests) == 1  # cut at the deadline, not retried; then the open breaker asks no more
+    assert "failed 1 replies in a row" in str(refused)
+
+
+async def test_the_start_deadline_does_not_cut_an_answer_that_started(
+    api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
+) -> None:
+    # The first event comes at once; then the model thinks, and pauses mid-text, each longer than the deadline.
+    api.script(message(text(Pause(0.8), "Refunds are ", Pause(0.8), "quick.")))
+
+    events = await collect(make_llm(timeout_s=5.0, start_deadline_s=0.5), ReplyRequest(question="Refunds?"))
+
+    assert texts(events) == ["Refunds are ", "quick."]
+    assert completion(events).stop_reason == "end_turn"
+    assert len(api.requests) == 1
+
+
+async def test_each_tool_round_has_its_own_start_deadline(
+    api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
+) -> None:
+    api.script(
+        message(text("Let me look that up. ", Pause(0.8)), tool_use(SEARCH_TOOL, {"query": "refund fees"})),
+        reply("No fee applies."),
+    )
+
+    events = await collect(make_llm(timeout_s=5.0, start_deadline_s=0.5), ReplyRequest(question="Fees?"))
+
+    assert texts(events) == ["Let me look that up. ", "No fee applies."]
+    assert len(api.requests) == 2
+
+
+async def test_a_rate_limit_retried_within_the_start_deadline_still_succeeds(
+    api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
+) -> None:
+    api.script(rate_limited(retry_after=0.1), reply("Fine now."))
+
+    events = await collect(make_llm(start_deadline_s=2.0), ReplyRequest(question="Hi"))
+
+    assert texts(events) == ["Fine now."]
+    assert len(api.requests) == 2
+
+
+async def test_the_start_deadline_must_be_positive(make_llm: Callable[..., AnthropicLLM]) -> None:
+    with pytest.raises(ValueError, match="start_deadline_s must be positive"):
+        make_llm(start_deadline_s=0)
+
+
 async def test_a_rejected_api_key_is_not_retried(api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]) -> None:
     api.script(unauthorized(), reply("never reached"))
 
