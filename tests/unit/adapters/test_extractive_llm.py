@@ -965,3 +965,39 @@ async def test_a_new_question_is_not_read_with_the_previous_topic() -> None:
                                                                passages=passages)))  # fmt: skip
 
     assert "1. Go to the sign-in page" in text
+
+
+THERMOSTAT_CODES = """## Error codes
+
+Code | Meaning | What to do
+--- | --- | ---
+E42 | Sensor disconnected | Reseat the sensor cable at the back of the thermostat T2.
+E43 | Sensor out of range | Move the thermostat T2 away from heat sources and wait 10 minutes.
+E44 | Relay stuck | Switch the heating off at the breaker, wait a minute, switch it on.
+E45 | Firmware mismatch | Update the thermostat T2 from the app under Settings > Firmware."""
+
+
+def thermostat_codes() -> list[SearchHit]:
+    return [hit("Thermostat T2 error codes", THERMOSTAT_CODES, similarity=0.74, vector_rank=1, text_rank=1, score=0.2)]
+
+
+async def test_a_code_the_passages_do_not_hold_is_not_answered_with_the_rows_of_other_codes() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+    question = "My thermostat T2 shows error E03. What should I do?"
+
+    events = await collect(llm, ReplyRequest(question=question, passages=thermostat_codes()))
+
+    text = text_of(events)
+    assert "E42" not in text and "Reseat the sensor" not in text
+    assert "“E03”" in text, "the decline says which code the article does not mention"
+    assert any(isinstance(event, HandoffSignal) for event in events)
+
+
+async def test_a_code_the_passages_hold_is_answered_with_its_row() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+    question = "My thermostat T2 shows error E44. What should I do?"
+
+    events = await collect(llm, ReplyRequest(question=question, passages=thermostat_codes()))
+
+    assert "Switch the heating off at the breaker" in text_of(events)
+    assert not any(isinstance(event, HandoffSignal) for event in events)

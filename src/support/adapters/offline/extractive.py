@@ -130,6 +130,9 @@ _REFERENCE = re.compile(r"\b[A-Za-z]{0,4}-?\d{6,}\b")
 # A question's identifier terms weigh this much in the units' scores (its other terms weigh 1).
 _IDENTIFIER_WEIGHT = 2.0
 _IDENTIFIER_CHARS = 16
+# An error or status code: a few letters and two or more digits ("E03", "C50", "ERR-42", "SQL0805N"). A model name
+# with one digit ("T2", "C7") is a product, not a code.
+_CODE = re.compile(r"\b[A-Za-z]{1,4}-?\d{2,6}[A-Za-z]?\b")
 
 # Evidence model: logistic regression over the features of `_Evidence`, fitted on the even-numbered TechQA
 # questions with answerable and unanswerable ones weighted equally (docs/llm-offline.md). The score estimates
@@ -271,6 +274,10 @@ class ExtractiveLLM:
                 if wide_score > score or score >= self._threshold:
                     units, scorer, selected, score = wide, wide_scorer, chosen, max(score, wide_score)
         order = _known_order(request)
+        if selected and score >= self._threshold and _quotes_other_codes(request.question, selected, scorer):
+            # "My thermostat shows E03" answered with the rows of E42 to E45: the help center's rows for other codes
+            # are no answer, however well the rest of the question matched (found by an exploratory test).
+            return _decline(request, units, scorer, name, score, order)
         if selected and score >= self._threshold:
             selected = _with_reference(selected, units, scorer, request.passages)
             return Draft(_answer_blocks(selected, request.passages, name, order), score)
@@ -658,6 +665,20 @@ def _missing_identifiers(question: str, scorer: _Scorer) -> str:
             missing.setdefault(stems, word)
     quoted = [f"“{word}”" for word in list(missing.values())[:_MISSING_IDENTIFIERS]]
     return quoted[0] if len(quoted) == 1 else " or ".join(quoted)
+
+
+def _quotes_other_codes(question: str, selected: Sequence[_Unit], scorer: _Scorer) -> bool:
+    """Whether the question names a code no passage contains while the quote lists other codes instead."""
+    asked = {word.casefold() for word in _CODE.findall(redact(question))}
+    missing = {
+        code
+        for code in asked
+        if all(scorer.idf.get(_stem(token), scorer.max_idf) >= scorer.max_idf for token in WORD.findall(code))
+    }
+    if not missing:
+        return False
+    quoted = {word.casefold() for unit in selected for word in _CODE.findall(unit.text)}
+    return bool(quoted - asked)
 
 
 def _asks_for_a_person(request: ReplyRequest) -> bool:
