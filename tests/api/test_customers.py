@@ -5,6 +5,7 @@ handoff with webhook events, memories, a summary), erases the customer, then rea
 and every Valkey key and value, and finds nothing about the customer (while another customer's data stays).
 """
 
+import asyncio
 from collections.abc import Awaitable
 from typing import Any, cast
 from uuid import UUID
@@ -205,10 +206,15 @@ async def test_the_export_holds_everything_about_the_customer(
     second = await start(http, service_headers, "user-3")
     await send(http, service_headers, first["id"], "My name is Grace Hopper and my order number is NW-77001.")
     await send(http, service_headers, second["id"], "Please answer in Spanish.")
+    await send(http, service_headers, second["id"], "I want to talk to a human about order NW-77001")
     for conversation in (first, second):
         await remember_and_fold(chat_app, first["customer_id"], conversation["id"])
-
-    response = await http.get(f"/v1/customers/{first['customer_id']}/export", headers=service_headers)
+    path = f"/v1/customers/{first['customer_id']}/export"
+    for _ in range(100):  # the handoff summary is written after the handoff's commit
+        response = await http.get(path, headers=service_headers)
+        if response.status_code != 200 or response.json()["conversations"][1]["handoff_summary"]:
+            break
+        await asyncio.sleep(0.05)
 
     assert response.status_code == 200, response.text
     export = response.json()
@@ -220,6 +226,8 @@ async def test_the_export_holds_everything_about_the_customer(
     assert all(item["summary"] is not None for item in export["conversations"])
     assert "NW-77001" in export["conversations"][0]["summary"]["text"]
     assert {item["value"] for item in export["memories"]} == {"Grace Hopper", "NW-77001", "Spanish"}
+    assert export["conversations"][0]["handoff_summary"] is None
+    assert "NW-77001" in export["conversations"][1]["handoff_summary"]
 
 
 # --- erasure --------------------------------------------------------------------------------------------------

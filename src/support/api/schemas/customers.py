@@ -135,6 +135,8 @@ class ExportedConversationResource(msgspec.Struct, frozen=True):
     conversation: ConversationResource
     messages: list[ExportedMessageResource]
     summary: SummaryResource | None
+    # What the agents were shown about the customer when it was handed over (it quotes what they wrote).
+    handoff_summary: str | None = None
 
     @classmethod
     def of(cls, record: ConversationRecord) -> "ExportedConversationResource":
@@ -142,6 +144,7 @@ class ExportedConversationResource(msgspec.Struct, frozen=True):
             conversation=ConversationResource.of(record.conversation),
             messages=[ExportedMessageResource.exported(message) for message in record.messages],
             summary=SummaryResource.of(record.summary) if record.summary else None,
+            handoff_summary=record.conversation.handoff_summary,
         )
 
 
