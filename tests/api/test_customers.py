@@ -210,6 +210,7 @@ async def test_the_export_holds_everything_about_the_customer(
     for conversation in (first, second):
         await remember_and_fold(chat_app, first["customer_id"], conversation["id"])
     path = f"/v1/customers/{first['customer_id']}/export"
+    response = await http.get(path, headers=service_headers)
     for _ in range(100):  # the handoff summary is written after the handoff's commit
         response = await http.get(path, headers=service_headers)
         if response.status_code != 200 or response.json()["conversations"][1]["handoff_summary"]:
