@@ -1002,3 +1002,32 @@ async def test_a_code_the_passages_hold_is_answered_with_its_row() -> None:
 
     assert "Switch the heating off at the breaker" in text_of(events)
     assert not any(isinstance(event, HandoffSignal) for event in events)
+
+
+@pytest.mark.parametrize(
+    ("question", "answer"),
+    [
+        ("What's my name?", "The name I have for you is Ada Lovelace."),
+        ("what is my email address?", "The email address I have for you is ada@example.com."),
+        ("Hi, what's my order number again?", "The order number I have for you is NW-48213."),
+    ],
+)
+async def test_what_the_customer_told_before_is_answered_from_memory(question: str, answer: str) -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+    email = RecalledFact("email", FactKind.EMAIL, "ada@example.com", REMEMBERED_AT)
+    request = ReplyRequest(question=question, passages=returns_first(), memories=(NAME, email, ORDER))
+
+    events = await collect(llm, request)
+
+    assert text_of(events).startswith(answer)
+    assert not any(isinstance(event, HandoffSignal | PassageCited) for event in events)
+
+
+async def test_what_memory_does_not_hold_is_not_made_up() -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+
+    events = await collect(
+        llm, ReplyRequest(question="What's my phone number?", passages=unrelated(), memories=(NAME,))
+    )
+
+    assert "I have for you" not in text_of(events)

@@ -88,6 +88,36 @@ _DUPLICATE_JACCARD = 0.8
 _HISTORY_WEIGHT = 0.5
 # A question with no term of its own but at least this many words asks about the previous turn ("What now?" not).
 _TOPICLESS_QUESTION_WORDS = 3
+# "What's my email?": asked of what the customer told before, which memory recalls for the turn; no article holds it.
+_ASKS_OWN = re.compile(
+    r"^\W*(?:(?:hi|hello|hey|so|and|ok|okay|sorry)\W+)?(?:what(?:'s|\u2019s|\s+is|\s+was)|do\s+you\s+(?:know|have|remember)|"
+    r"which\s+is|can\s+you\s+(?:tell|remind)\s+me)\s+(?:my|me\s+my)\s+(?P<what>full\s+name|name|e-?mail(?:\s+address)?|"
+    r"phone(?:\s+number)?|mobile(?:\s+number)?|number|order(?:\s+number)?|ticket(?:\s+number)?|plan|subscription|"
+    r"preferred\s+language)(?:\s+(?:again|on\s+file|you\s+have))?\W*$",
+    re.IGNORECASE,
+)
+_OWN_KINDS = {
+    "name": FactKind.NAME,
+    "email": FactKind.EMAIL,
+    "phone": FactKind.PHONE,
+    "mobile": FactKind.PHONE,
+    "number": FactKind.PHONE,
+    "order": FactKind.ORDER_NUMBER,
+    "ticket": FactKind.TICKET_NUMBER,
+    "plan": FactKind.PLAN,
+    "subscription": FactKind.PLAN,
+    "preferred": FactKind.LANGUAGE,
+    "full": FactKind.NAME,
+}
+_OWN_LABELS = {
+    FactKind.NAME: "name",
+    FactKind.EMAIL: "email address",
+    FactKind.PHONE: "phone number",
+    FactKind.ORDER_NUMBER: "order number",
+    FactKind.TICKET_NUMBER: "ticket number",
+    FactKind.PLAN: "plan",
+    FactKind.LANGUAGE: "preferred language",
+}
 _POINTS_TO_LAST_TOPIC = re.compile(r"\b(?:now|then|next|that|this|it|after|instead)\b", re.IGNORECASE)
 _ATTACHMENT_WEIGHT = 0.3
 _ATTACHMENT_CHARS = 4000
@@ -250,6 +280,9 @@ class ExtractiveLLM:
         told = _told(request, name)
         if told is not None:
             return Draft(((told, None, ""),), None)
+        recalled = _recalled_answer(request)
+        if recalled is not None:
+            return Draft(((recalled, None, ""),), None)
         query = _query_weights(request)
         units = [unit for index, hit in enumerate(request.passages) for unit in _split(hit, index)]
         # The customer's own order, ticket or phone number ("NW-40000001") is in no article: as a term of the
@@ -775,6 +808,18 @@ def _asks_about_the_last_topic(request: ReplyRequest) -> bool:
 
 def _last_customer_turn(history: Sequence[Turn]) -> str:
     return next((turn.text for turn in reversed(history) if turn.speaker == "customer"), "")
+
+
+def _recalled_answer(request: ReplyRequest) -> str | None:
+    """The answer to "what's my email?" from what the customer told before, when memory recalled it for the turn."""
+    asked = _ASKS_OWN.match(request.question.strip())
+    if asked is None:
+        return None
+    kind = _OWN_KINDS[asked.group("what").split()[0].casefold().replace("e-mail", "email")]
+    value = _remembered(request, kind) or (request.customer_name if kind is FactKind.NAME else None)
+    if not value:
+        return None  # nothing on record: the help center may still say where to find it
+    return f"The {_OWN_LABELS[kind]} I have for you is {value}. If that's not right, just tell me the correct one."
 
 
 def _remembered(request: ReplyRequest, kind: FactKind) -> str | None:
