@@ -277,12 +277,10 @@ class ExtractiveLLM:
             return Draft(((_small_talk(request, name), None, ""),), None)
         # A message that only tells something is thanked, even where an article matches its words ("My email is …"
         # quoted how to change an email address).
-        told = _told(request, name)
-        if told is not None:
-            return Draft(((told, None, ""),), None)
-        recalled = _recalled_answer(request)
-        if recalled is not None:
-            return Draft(((recalled, None, ""),), None)
+        # A question about what the customer told before ("What's my email?") is answered from memory.
+        said = _told(request, name) or _recalled_answer(request)
+        if said is not None:
+            return Draft(((said, None, ""),), None)
         query = _query_weights(request)
         units = [unit for index, hit in enumerate(request.passages) for unit in _split(hit, index)]
         # The customer's own order, ticket or phone number ("NW-40000001") is in no article: as a term of the
