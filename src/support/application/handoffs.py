@@ -54,6 +54,8 @@ from support.ports.webhooks import WebhookOutbox
 _logger = logging.getLogger(__name__)
 
 CLAIM_NOTICE = "{agent} from our support team has joined the conversation."
+# The configured bootstrap admin has no name of a person: customers read "bootstrap admin from our support team".
+ANONYMOUS_CLAIM_NOTICE = "A member of our support team has joined the conversation."
 RELEASE_NOTICE = "You're back with our virtual assistant. Ask anything, or ask for a person again at any time."
 WITHDRAW_NOTICE = "OK, I've cancelled the request for a person; you're back with our virtual assistant."
 EXPIRED_NOTICE = (
@@ -62,6 +64,11 @@ EXPIRED_NOTICE = (
 )
 RESOLVED_NOTICE = "This conversation is marked as resolved. If you need anything else, just write here."
 AGENT_ROLES = frozenset({Role.AGENT, Role.ADMIN})
+
+
+def claim_notice(principal: Principal) -> str:
+    """What the customer reads when a person takes the conversation: the agent key's name, if it names one."""
+    return ANONYMOUS_CLAIM_NOTICE if principal.is_bootstrap else CLAIM_NOTICE.format(agent=principal.name)
 
 
 def ensure_agent(principal: Principal) -> None:
@@ -314,7 +321,7 @@ class ClaimConversation(_OwnershipChange):
             raise ClaimedByAnotherAgentError
         now = self._clock.now()
         changed = conversation.claim(_agent(principal), now)
-        notice = _system_notice(changed, CLAIM_NOTICE.format(agent=principal.name), now)
+        notice = _system_notice(changed, claim_notice(principal), now)
         return await self._commit(
             conversation, changed, notice, [status_event(WebhookEventType.HANDOFF_CLAIMED, changed)]
         )
@@ -433,7 +440,7 @@ class SendAgentMessage(_OwnershipChange):
                 conversation.apply(ConversationEvent.CUSTOMER_WRITES, now)  # raises ConversationClosedError
             if conversation.status is ConversationStatus.PENDING_HUMAN:
                 changed = conversation.claim(_agent(principal), now)
-                notice = _system_notice(changed, CLAIM_NOTICE.format(agent=principal.name), now)
+                notice = _system_notice(changed, claim_notice(principal), now)
                 events.append(status_event(WebhookEventType.HANDOFF_CLAIMED, changed))
             elif conversation.status is ConversationStatus.HUMAN:
                 _ensure_may_act_for_owner(principal, conversation)

@@ -681,3 +681,13 @@ async def test_a_closed_conversation_is_told_to_webhooks_with_who_closed_it(worl
         (world.conversation.id, "idle"),
         (started.conversation.id, "service"),
     ]
+
+
+async def test_the_bootstrap_admin_joins_as_a_member_of_the_team_not_by_its_key_name(world: World) -> None:
+    await turn(world, "talk to a person")
+    bootstrap = Principal(role=Role.ADMIN, key_id=None, name="bootstrap admin")
+
+    await world.claim.execute(bootstrap, world.conversation.id)
+
+    posted = [event.payload.message for event in await feed(world) if isinstance(event.payload, MessagePosted)]
+    assert posted[-1].content == "A member of our support team has joined the conversation."
