@@ -280,6 +280,37 @@ async def test_each_outcome_is_recorded_as_soon_as_it_is_known(world: World) -> 
     assert (await world.deliveries(slow_id))[0].status is DeliveryStatus.DELIVERED
 
 
+class FirstSlowSender(ScriptedSender):
+    """Answers the first send of a round last: sent at once, the second event would arrive first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived: list[str] = []
+
+    async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> SendResult:
+        first = not self.sent
+        result = await super().send(url, body, headers)
+        await asyncio.sleep(0.05 if first else 0)
+        self.arrived.append(headers["Webhook-Id"])
+        return result
+
+
+async def test_one_conversations_events_arrive_in_the_order_they_happened(world: World) -> None:
+    await world.create()
+    conversation = new_id()
+    emitted = []
+    for event_type in (WebhookEventType.HANDOFF_REQUESTED, WebhookEventType.MESSAGE_CREATED):
+        event = OutboundEvent(new_id(), event_type, conversation, world.clock.now(), {})
+        await world.outbox.enqueue(event)
+        emitted.append(str(event.id))
+        world.clock.advance(timedelta(milliseconds=1))
+    sender = FirstSlowSender()
+
+    assert await world.deliver(sender).execute() == 2
+
+    assert sender.arrived == emitted
+
+
 async def test_a_failed_delivery_redelivered_is_sent_again_with_a_fresh_retry_budget(world: World) -> None:
     webhook_id, secret = await world.create()
     event = await world.emit()
