@@ -3,7 +3,7 @@
 import asyncio
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import pytest
@@ -17,7 +17,7 @@ from support.application.conversations import (
     Turn,
     TurnResult,
 )
-from support.application.handover import HandoffSummaries
+from support.application.handover import HandoffSettings, HandoffSummaries
 from support.application.keys import CustomerTokenSecret
 from support.application.replies import ReplySettings
 from support.application.services import ConversationServices
@@ -35,6 +35,7 @@ from support.domain.conversations import (
     ReasonCode,
 )
 from support.domain.errors import PermissionDeniedError
+from support.domain.escalation import BusinessHours
 from support.domain.feed import FeedEvent, FeedPayload, HandoffChanged, MessagePosted, ReplyDelta, ReplyDone
 from support.domain.identity import Principal, Role
 from support.domain.webhooks import WebhookEventType
@@ -681,3 +682,26 @@ async def test_a_closed_conversation_is_told_to_webhooks_with_who_closed_it(worl
         (world.conversation.id, "idle"),
         (started.conversation.id, "service"),
     ]
+
+
+async def test_a_conversation_waiting_for_a_person_is_not_closed_as_idle() -> None:
+    # With the default hours and a day's idle limit, a handoff made on Friday evening was closed on Saturday,
+    # after the customer was told the answer would be waiting (found by an exploratory test).
+    office = HandoffSettings(hours=BusinessHours(timezone="UTC"))
+    async with running_world(office) as world:
+        world.clock.current = datetime(2026, 5, 8, 18, 0, tzinfo=UTC)  # Friday, after closing
+        sweep = SweepIdleConversations(
+            world.repository, world.uow, world.clock, world.bus, world.sessions, world.limits, world.outbox
+        )
+        await world.request_handoff.execute(SERVICE, world.conversation.id, None)
+        world.clock.current = datetime(2026, 5, 11, 8, 59, tzinfo=UTC)  # Monday, before opening
+
+        assert await sweep.execute() == 0
+        assert (await world.current()).status is S.PENDING_HUMAN
+        assert world.outbox.of_type(W.CONVERSATION_CLOSED) == []
+
+        world.clock.current = datetime(2026, 5, 11, 9, 30, tzinfo=UTC)  # nobody claimed it in 30 minutes
+        assert await world.expire.execute() == 1
+        world.clock.advance(timedelta(seconds=world.limits.idle_close_after_s + 1))
+        assert await sweep.execute() == 1  # back with the bot, the idle rule applies again
+        assert (await world.current()).status is S.CLOSED
