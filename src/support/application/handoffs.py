@@ -467,7 +467,11 @@ class SendAgentMessage(_OwnershipChange):
 
 
 class ExpireHandoffs:
-    """Give conversations back to the bot when no agent claimed them in time (run periodically)."""
+    """Give conversations back to the bot when no agent claimed them in time (run periodically).
+
+    Like every ownership change it posts a notice, writes its webhook events (``handoff.expired``, then the
+    notice's ``message.created``) in the same transaction, and announces both on the feed after the commit.
+    """
 
     def __init__(
         self,
@@ -476,6 +480,7 @@ class ExpireHandoffs:
         clock: Clock,
         bus: EventBus,
         sessions: SessionStore,
+        outbox: WebhookOutbox,
         settings: HandoffSettings,
     ) -> None:
         self._conversations = conversations
@@ -483,6 +488,7 @@ class ExpireHandoffs:
         self._clock = clock
         self._bus = bus
         self._sessions = sessions
+        self._outbox = outbox
         self._settings = settings
 
     async def execute(self, batch: int = 200) -> int:
@@ -504,6 +510,9 @@ class ExpireHandoffs:
             notice = _system_notice(changed, EXPIRED_NOTICE, now)
             await self._conversations.update(changed)
             await self._conversations.add_message(notice)
+            # Until 12-07 nothing was written: a CRM that opened a ticket on handoff.requested kept it open.
+            await self._outbox.enqueue(status_event(WebhookEventType.HANDOFF_EXPIRED, changed))
+            await self._outbox.enqueue(message_event(notice))
             expired.append((changed, notice))
         await self._uow.commit()
         for changed, notice in expired:

@@ -52,7 +52,7 @@ def message_event(message: Message) -> OutboundEvent:
 
 
 def status_event(kind: WebhookEventType, conversation: Conversation, **extra: object) -> OutboundEvent:
-    """A webhook event about the conversation's ownership or state (requested, claimed, resolved, closed)."""
+    """A webhook event about the conversation's ownership or state (requested, claimed, expired, resolved, closed)."""
     decision = conversation.handoff
     return OutboundEvent(
         id=new_id(),

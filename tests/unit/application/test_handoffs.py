@@ -500,6 +500,24 @@ async def test_unclaimed_handoffs_go_back_to_the_assistant_after_the_wait(world:
     assert conversation.status is S.BOT
     last = (await world.repository.recent_messages(world.conversation.id, 1))[0]
     assert (last.role, last.content.startswith("I'm sorry: nobody from our team")) == (MessageRole.SYSTEM, True)
+    # Webhooks hear of it like of every other ownership change: what happened, then the notice.
+    expired, notice = world.outbox.events[-2:]
+    assert (expired.type, notice.type) == (W.HANDOFF_EXPIRED, W.MESSAGE_CREATED)
+    assert expired.conversation_id == world.conversation.id
+    assert (expired.data["status"], expired.data["reason_code"], expired.data["agent"]) == (
+        "bot",
+        "customer_request",
+        None,
+    )
+    [requested] = world.outbox.of_type(W.HANDOFF_REQUESTED)
+    assert expired.data["requested_at"] == requested.data["requested_at"]  # which request lapsed
+    told = notice.data["message"]
+    assert (told["id"], told["role"], told["content"]) == (str(last.id), "system", last.content)  # type: ignore[index]
+    events = [event.payload for event in await feed(world)]
+    assert HandoffChanged(S.BOT, None) in events
+    assert MessagePosted(last) in events
+    assert await world.expire.execute() == 0  # once
+    assert world.outbox.events[-2:] == [expired, notice]
 
 
 async def test_the_agents_summary_never_shows_a_secret_the_customer_typed(world: World) -> None:
