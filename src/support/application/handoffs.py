@@ -501,7 +501,8 @@ class ExpireHandoffs:
         expired: list[tuple[Conversation, Message]] = []
         for queued in page.items:
             requested = queued.handoff_requested_at
-            if requested is None or now < self._settings.hours.next_opening(requested) + wait:
+            # Counted in agents' working time: a handoff made just before closing does not lapse overnight.
+            if requested is None or now < self._settings.hours.after_working_time(requested, wait):
                 continue
             conversation = await self._conversations.get(queued.id, for_update=True)
             if conversation is None or conversation.status is not ConversationStatus.PENDING_HUMAN:

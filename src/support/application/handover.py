@@ -28,7 +28,7 @@ class HandoffSettings:
 
     hours: BusinessHours = field(default_factory=BusinessHours)
     minutes_per_conversation: float = 5.0
-    # No agent within this time (counted from the next opening) → back to the bot, with a notice.
+    # No agent within this much of agents' working time (from the request, or the next opening) → back to the bot.
     max_wait_s: float = 30 * 60
 
 

@@ -723,3 +723,28 @@ async def test_a_conversation_waiting_for_a_person_is_not_closed_as_idle() -> No
         world.clock.advance(timedelta(seconds=world.limits.idle_close_after_s + 1))
         assert await sweep.execute() == 1  # back with the bot, the idle rule applies again
         assert (await world.current()).status is S.CLOSED
+
+
+async def test_a_handoff_made_just_before_closing_does_not_lapse_while_the_team_is_away() -> None:
+    office = HandoffSettings(hours=BusinessHours(timezone="UTC"))  # Monday to Friday, 09:00-17:00
+    async with running_world(office) as world:
+        world.clock.current = datetime(2026, 5, 6, 16, 50, tzinfo=UTC)  # Wednesday, ten minutes before closing
+        await world.request_handoff.execute(SERVICE, world.conversation.id, None)
+        [requested] = world.outbox.of_type(W.HANDOFF_REQUESTED)
+        assert requested.data["expected_at"] == "2026-05-06T16:55:00Z"
+
+        world.clock.current = datetime(2026, 5, 6, 17, 30, tzinfo=UTC)  # thirty minutes later, after closing
+        assert await world.expire.execute() == 0
+        world.clock.current = datetime(2026, 5, 7, 9, 19, tzinfo=UTC)  # 29 of the team's minutes
+        assert await world.expire.execute() == 0
+        assert (await world.current()).status is S.PENDING_HUMAN
+        world.clock.current = datetime(2026, 5, 7, 9, 20, tzinfo=UTC)
+        assert await world.expire.execute() == 1
+
+        world.clock.current = datetime(2026, 5, 7, 16, 58, tzinfo=UTC)  # two minutes before closing
+        late = await world.request_handoff.execute(SERVICE, world.conversation.id, None)
+        told = (await world.repository.recent_messages(world.conversation.id, 1))[0].content
+        assert late.status is S.PENDING_HUMAN
+        assert "someone will answer from Friday 09:00 (UTC)" in told
+        assert "Expected wait" not in told
+        assert world.outbox.of_type(W.HANDOFF_REQUESTED)[-1].data["expected_at"] == "2026-05-08T09:03:00Z"
