@@ -209,7 +209,7 @@ class HandoffSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     closes: Annotated[str, msgspec.Meta(pattern=r"^\d{2}:\d{2}$")] = "17:00"
     # Expected wait per conversation ahead in the queue (what customers are told).
     minutes_per_conversation: Annotated[float, msgspec.Meta(gt=0)] = 5.0
-    # No agent within this long (from the next opening) → back to the assistant with a notice.
+    # No agent within this much of agents' working time (closed hours do not count) → back to the assistant.
     max_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 1800.0
     # A TOML file with an [escalation] policy (see EscalationPolicyFile); the built-in policy when unset.
     policy_file: str | None = None

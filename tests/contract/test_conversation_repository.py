@@ -227,14 +227,20 @@ async def test_a_reused_idempotency_key_returns_the_original_message(backend: Ba
     assert (await backend.conversations.find_by_idempotency_key(other.id, "k-1")) == elsewhere
 
 
-async def test_idle_conversations_are_open_ones_inactive_since(backend: Backend) -> None:
+async def test_idle_conversations_are_inactive_ones_neither_closed_nor_waiting_for_a_person(backend: Backend) -> None:
     old = await new_conversation(backend, "a", at=NOW - timedelta(days=2))
     closed = await new_conversation(backend, "b", at=NOW - timedelta(days=3))
     await backend.conversations.update(replace(closed, status=ConversationStatus.CLOSED))
     await new_conversation(backend, "c", at=NOW)
+    # Waiting for a person is not idleness: the customer was told the answer will be waiting (docs/conversations.md).
+    waiting = await new_conversation(backend, "d", at=NOW - timedelta(days=3))
+    await backend.conversations.update(replace(waiting, status=ConversationStatus.PENDING_HUMAN))
+    claimed = await new_conversation(backend, "e", at=NOW - timedelta(days=4))
+    await backend.conversations.update(replace(claimed, status=ConversationStatus.HUMAN))
     await backend.uow.commit()
 
-    assert await backend.conversations.idle_conversations(inactive_since=NOW - timedelta(days=1), limit=10) == [old.id]
+    idle = await backend.conversations.idle_conversations(inactive_since=NOW - timedelta(days=1), limit=10)
+    assert idle == [claimed.id, old.id]
 
 
 async def test_attachments_are_listed_on_their_message_and_readable(backend: Backend) -> None:

@@ -16,6 +16,7 @@ from support.application.limits import CheckTokenBudget
 from support.application.replies import LeaseReservation, ReplyRunner, ReplyStream
 from support.domain.conversations import (
     ACTIVITY_GRANULARITY,
+    IDLE_CLOSABLE,
     AttachmentInfo,
     AttachmentNotFoundError,
     AttachmentUpload,
@@ -393,7 +394,8 @@ class SweepIdleConversations:
         closed: list[Conversation] = []
         for conversation_id in idle:
             conversation = await self._conversations.get(conversation_id, for_update=True)
-            if conversation is None or conversation.status is ConversationStatus.CLOSED:
+            # Checked again under the lock: a handoff requested since the listing waits for a person now.
+            if conversation is None or conversation.status not in IDLE_CLOSABLE:
                 continue
             closed.append(conversation.apply(ConversationEvent.CLOSE, now))
             await self._conversations.update(closed[-1])

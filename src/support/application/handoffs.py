@@ -474,7 +474,11 @@ class SendAgentMessage(_OwnershipChange):
 
 
 class ExpireHandoffs:
-    """Give conversations back to the bot when no agent claimed them in time (run periodically)."""
+    """Give conversations back to the bot when no agent claimed them in time (run periodically).
+
+    Like every ownership change it posts a notice, writes its webhook events (``handoff.expired``, then the
+    notice's ``message.created``) in the same transaction, and announces both on the feed after the commit.
+    """
 
     def __init__(
         self,
@@ -483,6 +487,7 @@ class ExpireHandoffs:
         clock: Clock,
         bus: EventBus,
         sessions: SessionStore,
+        outbox: WebhookOutbox,
         settings: HandoffSettings,
     ) -> None:
         self._conversations = conversations
@@ -490,6 +495,7 @@ class ExpireHandoffs:
         self._clock = clock
         self._bus = bus
         self._sessions = sessions
+        self._outbox = outbox
         self._settings = settings
 
     async def execute(self, batch: int = 200) -> int:
@@ -502,7 +508,8 @@ class ExpireHandoffs:
         expired: list[tuple[Conversation, Message]] = []
         for queued in page.items:
             requested = queued.handoff_requested_at
-            if requested is None or now < self._settings.hours.next_opening(requested) + wait:
+            # Counted in agents' working time: a handoff made just before closing does not lapse overnight.
+            if requested is None or now < self._settings.hours.after_working_time(requested, wait):
                 continue
             conversation = await self._conversations.get(queued.id, for_update=True)
             if conversation is None or conversation.status is not ConversationStatus.PENDING_HUMAN:
@@ -511,6 +518,9 @@ class ExpireHandoffs:
             notice = _system_notice(changed, EXPIRED_NOTICE, now)
             await self._conversations.update(changed)
             await self._conversations.add_message(notice)
+            # Until 12-07 nothing was written: a CRM that opened a ticket on handoff.requested kept it open.
+            await self._outbox.enqueue(status_event(WebhookEventType.HANDOFF_EXPIRED, changed))
+            await self._outbox.enqueue(message_event(notice))
             expired.append((changed, notice))
         await self._uow.commit()
         for changed, notice in expired:

@@ -28,7 +28,7 @@ class HandoffSettings:
 
     hours: BusinessHours = field(default_factory=BusinessHours)
     minutes_per_conversation: float = 5.0
-    # No agent within this time (counted from the next opening) → back to the bot, with a notice.
+    # No agent within this much of agents' working time (from the request, or the next opening) → back to the bot.
     max_wait_s: float = 30 * 60
 
 
@@ -52,7 +52,7 @@ def message_event(message: Message) -> OutboundEvent:
 
 
 def status_event(kind: WebhookEventType, conversation: Conversation, **extra: object) -> OutboundEvent:
-    """A webhook event about the conversation's ownership or state (requested, claimed, resolved, closed)."""
+    """A webhook event about the conversation's ownership or state (requested, claimed, expired, resolved, closed)."""
     decision = conversation.handoff
     return OutboundEvent(
         id=new_id(),

@@ -24,6 +24,11 @@ class ConversationStatus(StrEnum):
     CLOSED = "closed"
 
 
+# What the idle sweep closes after a quiet spell: not a conversation waiting for a person, whose customer was told
+# the answer will be waiting (outside business hours for days); handoff expiry gives it back to the bot first.
+IDLE_CLOSABLE = frozenset({ConversationStatus.BOT, ConversationStatus.HUMAN, ConversationStatus.RESOLVED})
+
+
 class MessageRole(StrEnum):
     """Who wrote a message."""
 

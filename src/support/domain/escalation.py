@@ -16,7 +16,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo
 
@@ -591,6 +591,43 @@ class BusinessHours:
                 return opening
         return local
 
+    def closing(self, now: datetime) -> datetime:
+        """When the agents working at ``now`` (or from the next opening) stop (aware, in the business timezone).
+
+        That is the end of their shift, or of the last shift that follows it without a break (00:00-00:00 days).
+        """
+        end = self._shift_end(self.next_opening(now))
+        for _ in range(8):
+            if not self.is_open(end):
+                break
+            end = self._shift_end(end)
+        return end
+
+    def after_working_time(self, start: datetime, duration: timedelta) -> datetime:
+        """When ``duration`` of agents' working time has passed since ``start`` (aware, in the business timezone).
+
+        Closed hours do not count: what is left of ``duration`` at closing continues from the next opening, so
+        half an hour from 16:50 with agents until 17:00 ends at 09:20 on the next working day.
+        """
+        zone = ZoneInfo(self.timezone)
+        moment = self.next_opening(start).astimezone(UTC)
+        left = duration
+        # Computed in UTC: arithmetic on local times of one zone ignores a change of its offset (summer time).
+        for _ in range(10_000):
+            end = self.closing(moment).astimezone(UTC)
+            if not self.days or moment + left <= end or end <= moment:
+                break
+            left -= end - moment
+            moment = self.next_opening(end).astimezone(UTC)
+        return (moment + left).astimezone(zone)
+
+    def _shift_end(self, local: datetime) -> datetime:
+        """The end of the shift that is open at ``local`` (a night shift started the day before ends today)."""
+        day = local.date()
+        if self.closes <= self.opens and local.time() >= self.opens:
+            day += timedelta(days=1)
+        return datetime.combine(day, self.closes, local.tzinfo)
+
 
 @dataclass(frozen=True, slots=True)
 class WaitEstimate:
@@ -599,6 +636,9 @@ class WaitEstimate:
     open_now: bool
     expected_at: datetime
     minutes: int
+    # The opening from which someone will answer when that is not before the estimate: the next one outside
+    # business hours, or the one after closing when the queue's work runs past it; None when agents answer today.
+    answer_from: datetime | None
     # The queue's pace says nobody gets to it before the handoff's maximum wait runs out (the conversation then
     # goes back to the assistant): minutes of that limit, else None.
     over_limit_minutes: int | None = None
@@ -612,28 +652,41 @@ def estimate_wait(
     minutes_per_conversation: float,
     max_wait_minutes: float | None = None,
 ) -> WaitEstimate:
-    """The expected wait: the conversations ahead in the queue at a configured pace, from the next opening."""
+    """The expected wait: the conversations ahead in the queue at a configured pace, in agents' working time.
+
+    It starts now, or at the next opening outside business hours, and the work left at closing continues from the
+    next opening: two minutes before closing a wait of 10 minutes is not "about 10 minutes" but tomorrow morning.
+    """
+    open_now = hours.is_open(now)
     start = hours.next_opening(now)
     paced = (queue_ahead + 1) * minutes_per_conversation
     minutes = max(1, round(paced))
-    expected = start + timedelta(minutes=minutes)
+    expected = hours.after_working_time(start, timedelta(minutes=minutes))
+    answer_from: datetime | None = None
+    if not open_now:
+        answer_from = start
+    elif expected.astimezone(UTC) > (closing := hours.closing(now)).astimezone(UTC):
+        answer_from = hours.next_opening(closing)
     over = max(1, round(max_wait_minutes)) if max_wait_minutes is not None and paced > max_wait_minutes else None
-    return WaitEstimate(hours.is_open(now), expected, max(1, round((expected - now).total_seconds() / 60)), over)
+    waited = (expected.astimezone(UTC) - now.astimezone(UTC)).total_seconds()
+    return WaitEstimate(open_now, expected, max(1, round(waited / 60)), answer_from, over)
 
 
 def handoff_notice(estimate: WaitEstimate, hours: BusinessHours) -> str:
     """The customer-facing message when the conversation goes to the human queue.
 
     It never promises a wait past the handoff's limit: when the queue is longer than that, it says so instead.
+    When nobody is expected before closing, it says when someone will answer, as outside business hours.
     """
     busy = ""
     if estimate.over_limit_minutes is not None:
         limit = estimate.over_limit_minutes
+        counted = "" if estimate.answer_from is None else " of opening" if not estimate.open_now else " of their hours"
         busy = (
             f"Our team is busy: if nobody can take over within {limit} minute{'s' if limit != 1 else ''}"
-            f"{'' if estimate.open_now else ' of opening'}, I'll tell you here and keep helping myself."
+            f"{counted}, I'll tell you here and keep helping myself."
         )
-    if estimate.open_now:
+    if estimate.answer_from is None:
         if busy:
             return (
                 "I'm passing this conversation to a member of our support team; they can see everything you've "
@@ -644,12 +697,16 @@ def handoff_notice(estimate: WaitEstimate, hours: BusinessHours) -> str:
             "I'm passing this conversation to a member of our support team; they will take over from here and "
             f"can see everything you've written. Expected wait: {wait}."
         )
-    opening = hours.next_opening(estimate.expected_at - timedelta(minutes=estimate.minutes))
+    why = (
+        "They're unlikely to get to it before they finish for the day"
+        if estimate.open_now
+        else "They're not working right now"
+    )
     later = f" {busy}" if busy else ""
     return (
-        "I'm passing this conversation to our support team. They're not working right now "
-        f"(hours: {_describe_hours(hours)}); someone will answer from {opening:%A %H:%M} ({hours.timezone}). "
-        f"You can close this window: the answer will be waiting here.{later}"
+        f"I'm passing this conversation to our support team. {why} (hours: {_describe_hours(hours)}); someone will "
+        f"answer from {estimate.answer_from:%A %H:%M} ({hours.timezone}). You can close this window: the answer "
+        f"will be waiting here.{later}"
     )
 
 

@@ -22,6 +22,8 @@ class WebhookEventType(StrEnum):
 
     HANDOFF_REQUESTED = "handoff.requested"
     HANDOFF_CLAIMED = "handoff.claimed"
+    # Nobody claimed it within the handoff's maximum wait: back to the assistant (a CRM closes the ticket it opened).
+    HANDOFF_EXPIRED = "handoff.expired"
     CONVERSATION_RESOLVED = "conversation.resolved"
     # Closed by its customer, the company's backend, or the idle sweep (a conversation an agent had, included).
     CONVERSATION_CLOSED = "conversation.closed"

@@ -116,7 +116,10 @@ class ConversationRepository(Protocol):
         ...
 
     async def idle_conversations(self, *, inactive_since: datetime, limit: int) -> list[UUID]:
-        """Open conversations whose last activity is older than ``inactive_since``."""
+        """Conversations the idle sweep may close, least recently active first: last active before ``inactive_since``.
+
+        Only ``IDLE_CLOSABLE`` ones: not closed, and not waiting for a person.
+        """
         ...
 
     async def handoff_queue(

@@ -133,7 +133,7 @@ class World:
 
     @property
     def expire(self) -> ExpireHandoffs:
-        return ExpireHandoffs(self.repository, self.uow, self.clock, self.bus, self.sessions, self.handoff_settings)
+        return ExpireHandoffs(*self._common(), self.handoff_settings)
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import asyncio
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import pytest
@@ -17,7 +17,7 @@ from support.application.conversations import (
     Turn,
     TurnResult,
 )
-from support.application.handover import HandoffSummaries
+from support.application.handover import HandoffSettings, HandoffSummaries
 from support.application.keys import CustomerTokenSecret
 from support.application.replies import ReplySettings
 from support.application.services import ConversationServices
@@ -35,6 +35,7 @@ from support.domain.conversations import (
     ReasonCode,
 )
 from support.domain.errors import PermissionDeniedError
+from support.domain.escalation import BusinessHours
 from support.domain.feed import FeedEvent, FeedPayload, HandoffChanged, MessagePosted, ReplyDelta, ReplyDone
 from support.domain.identity import Principal, Role
 from support.domain.webhooks import WebhookEventType
@@ -499,6 +500,24 @@ async def test_unclaimed_handoffs_go_back_to_the_assistant_after_the_wait(world:
     assert conversation.status is S.BOT
     last = (await world.repository.recent_messages(world.conversation.id, 1))[0]
     assert (last.role, last.content.startswith("I'm sorry: nobody from our team")) == (MessageRole.SYSTEM, True)
+    # Webhooks hear of it like of every other ownership change: what happened, then the notice.
+    expired, notice = world.outbox.events[-2:]
+    assert (expired.type, notice.type) == (W.HANDOFF_EXPIRED, W.MESSAGE_CREATED)
+    assert expired.conversation_id == world.conversation.id
+    assert (expired.data["status"], expired.data["reason_code"], expired.data["agent"]) == (
+        "bot",
+        "customer_request",
+        None,
+    )
+    [requested] = world.outbox.of_type(W.HANDOFF_REQUESTED)
+    assert expired.data["requested_at"] == requested.data["requested_at"]  # which request lapsed
+    told = notice.data["message"]
+    assert (told["id"], told["role"], told["content"]) == (str(last.id), "system", last.content)  # type: ignore[index]
+    events = [event.payload for event in await feed(world)]
+    assert HandoffChanged(S.BOT, None) in events
+    assert MessagePosted(last) in events
+    assert await world.expire.execute() == 0  # once
+    assert world.outbox.events[-2:] == [expired, notice]
 
 
 async def test_the_agents_summary_never_shows_a_secret_the_customer_typed(world: World) -> None:
@@ -691,3 +710,51 @@ async def test_the_bootstrap_admin_joins_as_a_member_of_the_team_not_by_its_key_
 
     posted = [event.payload.message for event in await feed(world) if isinstance(event.payload, MessagePosted)]
     assert posted[-1].content == "A member of our support team has joined the conversation."
+
+
+async def test_a_conversation_waiting_for_a_person_is_not_closed_as_idle() -> None:
+    # With the default hours and a day's idle limit, a handoff made on Friday evening was closed on Saturday,
+    # after the customer was told the answer would be waiting (found by an exploratory test).
+    office = HandoffSettings(hours=BusinessHours(timezone="UTC"))
+    async with running_world(office) as world:
+        world.clock.current = datetime(2026, 5, 8, 18, 0, tzinfo=UTC)  # Friday, after closing
+        sweep = SweepIdleConversations(
+            world.repository, world.uow, world.clock, world.bus, world.sessions, world.limits, world.outbox
+        )
+        await world.request_handoff.execute(SERVICE, world.conversation.id, None)
+        world.clock.current = datetime(2026, 5, 11, 8, 59, tzinfo=UTC)  # Monday, before opening
+
+        assert await sweep.execute() == 0
+        assert (await world.current()).status is S.PENDING_HUMAN
+        assert world.outbox.of_type(W.CONVERSATION_CLOSED) == []
+
+        world.clock.current = datetime(2026, 5, 11, 9, 30, tzinfo=UTC)  # nobody claimed it in 30 minutes
+        assert await world.expire.execute() == 1
+        world.clock.advance(timedelta(seconds=world.limits.idle_close_after_s + 1))
+        assert await sweep.execute() == 1  # back with the bot, the idle rule applies again
+        assert (await world.current()).status is S.CLOSED
+
+
+async def test_a_handoff_made_just_before_closing_does_not_lapse_while_the_team_is_away() -> None:
+    office = HandoffSettings(hours=BusinessHours(timezone="UTC"))  # Monday to Friday, 09:00-17:00
+    async with running_world(office) as world:
+        world.clock.current = datetime(2026, 5, 6, 16, 50, tzinfo=UTC)  # Wednesday, ten minutes before closing
+        await world.request_handoff.execute(SERVICE, world.conversation.id, None)
+        [requested] = world.outbox.of_type(W.HANDOFF_REQUESTED)
+        assert requested.data["expected_at"] == "2026-05-06T16:55:00Z"
+
+        world.clock.current = datetime(2026, 5, 6, 17, 30, tzinfo=UTC)  # thirty minutes later, after closing
+        assert await world.expire.execute() == 0
+        world.clock.current = datetime(2026, 5, 7, 9, 19, tzinfo=UTC)  # 29 of the team's minutes
+        assert await world.expire.execute() == 0
+        assert (await world.current()).status is S.PENDING_HUMAN
+        world.clock.current = datetime(2026, 5, 7, 9, 20, tzinfo=UTC)
+        assert await world.expire.execute() == 1
+
+        world.clock.current = datetime(2026, 5, 7, 16, 58, tzinfo=UTC)  # two minutes before closing
+        late = await world.request_handoff.execute(SERVICE, world.conversation.id, None)
+        told = (await world.repository.recent_messages(world.conversation.id, 1))[0].content
+        assert late.status is S.PENDING_HUMAN
+        assert "someone will answer from Friday 09:00 (UTC)" in told
+        assert "Expected wait" not in told
+        assert world.outbox.of_type(W.HANDOFF_REQUESTED)[-1].data["expected_at"] == "2026-05-08T09:03:00Z"

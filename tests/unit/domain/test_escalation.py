@@ -470,6 +470,58 @@ def test_a_night_shift_runs_from_a_working_day_into_the_next_morning() -> None:
     assert not all_day.is_open(datetime(2026, 5, 5, 12, 0, tzinfo=UTC))
 
 
+def test_working_time_left_at_closing_continues_from_the_next_opening() -> None:
+    office = BusinessHours(timezone="Europe/Berlin")  # Monday to Friday, 09:00-17:00; UTC+2 in May
+    half_hour = timedelta(minutes=30)
+
+    wednesday = office.after_working_time(datetime(2026, 5, 6, 14, 50, tzinfo=UTC), half_hour)  # 16:50 in Berlin
+    friday = office.after_working_time(datetime(2026, 5, 8, 14, 50, tzinfo=UTC), half_hour)
+    assert wednesday.astimezone(UTC) == datetime(2026, 5, 7, 7, 20, tzinfo=UTC)  # Thursday 09:20 in Berlin
+    assert friday.astimezone(UTC) == datetime(2026, 5, 11, 7, 20, tzinfo=UTC)  # Monday 09:20
+    assert office.after_working_time(NOW, half_hour).astimezone(UTC) == NOW + half_hour  # noon: no closing between
+    saturday = datetime(2026, 5, 9, 12, 0, tzinfo=UTC)
+    assert office.after_working_time(saturday, half_hour).astimezone(UTC) == datetime(2026, 5, 11, 7, 30, tzinfo=UTC)
+    assert office.closing(NOW).astimezone(UTC) == datetime(2026, 5, 6, 15, 0, tzinfo=UTC)
+
+    nights = BusinessHours(timezone="UTC", days=frozenset({0, 1, 2, 3, 4}), opens=time(22), closes=time(6))
+    monday_shift = datetime(2026, 5, 5, 5, 50, tzinfo=UTC)  # Tuesday 05:50, the end of Monday's shift
+    assert nights.after_working_time(monday_shift, half_hour) == datetime(2026, 5, 5, 22, 20, tzinfo=UTC)
+    # Whole days back to back have no closing between them; the hours of a change to summer time are real hours.
+    every_day = BusinessHours(timezone="Europe/Berlin", days=frozenset(range(7)), opens=time(0), closes=time(0))
+    before_the_change = datetime(2026, 3, 28, 22, 30, tzinfo=UTC)  # Saturday 23:30 in Berlin; 02:00 → 03:00
+    assert every_day.after_working_time(before_the_change, timedelta(hours=3)).astimezone(UTC) == datetime(
+        2026, 3, 29, 1, 30, tzinfo=UTC
+    )
+
+
+def test_a_wait_that_runs_past_closing_is_told_from_the_next_opening() -> None:
+    # Two minutes before closing customers were told "about 5 minutes", and expected_at was after closing.
+    hours = BusinessHours(timezone="Europe/Berlin")
+    before_closing = datetime(2026, 5, 6, 14, 58, tzinfo=UTC)  # Wednesday 16:58 in Berlin
+
+    estimate = estimate_wait(before_closing, queue_ahead=0, hours=hours, minutes_per_conversation=5)
+    notice = handoff_notice(estimate, hours)
+
+    assert estimate.open_now
+    assert estimate.expected_at.astimezone(UTC) == datetime(2026, 5, 7, 7, 3, tzinfo=UTC)  # 2 today, 3 tomorrow
+    assert "Expected wait" not in notice
+    assert "unlikely to get to it before they finish for the day" in notice
+    assert "someone will answer from Thursday 09:00 (Europe/Berlin)" in notice
+    assert "the answer will be waiting here" in notice
+
+    in_time = estimate_wait(before_closing, queue_ahead=0, hours=hours, minutes_per_conversation=2)
+    assert "Expected wait: about 2 minutes" in handoff_notice(in_time, hours)
+    friday = estimate_wait(
+        datetime(2026, 5, 8, 14, 58, tzinfo=UTC), queue_ahead=1, hours=hours, minutes_per_conversation=4
+    )
+    assert "someone will answer from Monday 09:00" in handoff_notice(friday, hours)
+
+    busy = estimate_wait(before_closing, queue_ahead=22, hours=hours, minutes_per_conversation=5, max_wait_minutes=30)
+    notice = handoff_notice(busy, hours)
+    assert "someone will answer from Thursday 09:00" in notice
+    assert "if nobody can take over within 30 minutes of their hours, I'll tell you here" in notice
+
+
 def test_the_notice_never_promises_a_wait_past_the_handoffs_limit() -> None:
     hours = BusinessHours(timezone="Europe/Berlin")
     within = estimate_wait(NOW, queue_ahead=4, hours=hours, minutes_per_conversation=5, max_wait_minutes=30)

@@ -8,6 +8,7 @@ from uuid import UUID
 from support.adapters.memory.paging import newest_first_page
 from support.domain.assistant import AttachedText
 from support.domain.conversations import (
+    IDLE_CLOSABLE,
     AgentRef,
     AttachmentInfo,
     AttachmentUpload,
@@ -136,8 +137,7 @@ class InMemoryConversationRepository:
             (
                 conversation
                 for conversation in self.conversations.values()
-                if conversation.status is not ConversationStatus.CLOSED
-                and conversation.last_activity_at < inactive_since
+                if conversation.status in IDLE_CLOSABLE and conversation.last_activity_at < inactive_since
             ),
             key=lambda conversation: conversation.last_activity_at,
         )

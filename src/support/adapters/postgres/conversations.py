@@ -18,6 +18,7 @@ from support.adapters.postgres.models import AttachmentRow, ConversationRow, Cus
 from support.adapters.postgres.paging import newest_first, page_cursor
 from support.domain.assistant import AttachedText
 from support.domain.conversations import (
+    IDLE_CLOSABLE,
     AgentRef,
     AnswerStatus,
     AttachmentInfo,
@@ -39,12 +40,7 @@ from support.domain.ids import new_id
 from support.domain.paging import SEQ_CURSOR, TIME_ID_CURSOR
 from support.ports.conversations import ConversationPage, MessagePage
 
-_OPEN_STATUSES = (
-    ConversationStatus.BOT.value,
-    ConversationStatus.PENDING_HUMAN.value,
-    ConversationStatus.HUMAN.value,
-    ConversationStatus.RESOLVED.value,
-)
+_IDLE_CLOSABLE = sorted(status.value for status in IDLE_CLOSABLE)
 
 
 class _ConversationRows(SQLAlchemyAsyncRepository[ConversationRow]):
@@ -489,7 +485,7 @@ class PostgresConversationRepository:
     async def idle_conversations(self, *, inactive_since: datetime, limit: int) -> list[UUID]:
         statement = (
             sa.select(_CONVERSATIONS.c.id)
-            .where(_CONVERSATIONS.c.status.in_(_OPEN_STATUSES), _CONVERSATIONS.c.last_activity_at < inactive_since)
+            .where(_CONVERSATIONS.c.status.in_(_IDLE_CLOSABLE), _CONVERSATIONS.c.last_activity_at < inactive_since)
             .order_by(_CONVERSATIONS.c.last_activity_at)
             .limit(limit)
         )
