@@ -297,7 +297,12 @@ class WithdrawHandoff(_OwnershipChange):
         conversation = ensure_customer_side(principal, await self._conversations.get(conversation_id, for_update=True))
         now = self._clock.now()
         changed = conversation.give_back(ConversationEvent.WITHDRAW, now)
-        return await self._commit(conversation, changed, _system_notice(changed, WITHDRAW_NOTICE, now))
+        return await self._commit(
+            conversation,
+            changed,
+            _system_notice(changed, WITHDRAW_NOTICE, now),
+            [status_event(WebhookEventType.HANDOFF_WITHDRAWN, changed)],
+        )
 
 
 class ClaimConversation(_OwnershipChange):
@@ -344,7 +349,13 @@ class ReleaseConversation(_OwnershipChange):
         _ensure_may_act_for_owner(principal, conversation)
         now = self._clock.now()
         changed = conversation.give_back(ConversationEvent.RELEASE, now)
-        return await self._commit(conversation, changed, _system_notice(changed, RELEASE_NOTICE, now))
+        released_by = conversation.agent.name if conversation.agent else principal.name
+        return await self._commit(
+            conversation,
+            changed,
+            _system_notice(changed, RELEASE_NOTICE, now),
+            [status_event(WebhookEventType.HANDOFF_RELEASED, changed, released_by=released_by)],
+        )
 
 
 class ResolveConversation(_OwnershipChange):

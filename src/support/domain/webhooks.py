@@ -24,6 +24,9 @@ class WebhookEventType(StrEnum):
     HANDOFF_CLAIMED = "handoff.claimed"
     # Nobody claimed it within the handoff's maximum wait: back to the assistant (a CRM closes the ticket it opened).
     HANDOFF_EXPIRED = "handoff.expired"
+    # The customer cancelled the request for a person, or the agent who had it gave it back to the assistant.
+    HANDOFF_WITHDRAWN = "handoff.withdrawn"
+    HANDOFF_RELEASED = "handoff.released"
     CONVERSATION_RESOLVED = "conversation.resolved"
     # Closed by its customer, the company's backend, or the idle sweep (a conversation an agent had, included).
     CONVERSATION_CLOSED = "conversation.closed"

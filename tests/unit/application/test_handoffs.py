@@ -472,6 +472,8 @@ async def test_requesting_a_person_twice_changes_nothing_and_withdrawing_returns
     assert again.handoff_requested_at == first.handoff_requested_at
     assert withdrawn.status is S.BOT
     assert len(world.outbox.of_type(W.HANDOFF_REQUESTED)) == 1
+    [cancelled] = world.outbox.of_type(W.HANDOFF_WITHDRAWN)  # a ticket opened on the request can be closed
+    assert cancelled.data["status"] == "bot"
     with pytest.raises(InvalidTransitionError):
         await world.withdraw.execute(SERVICE, world.conversation.id)
 
@@ -758,3 +760,14 @@ async def test_a_handoff_made_just_before_closing_does_not_lapse_while_the_team_
         assert "someone will answer from Friday 09:00 (UTC)" in told
         assert "Expected wait" not in told
         assert world.outbox.of_type(W.HANDOFF_REQUESTED)[-1].data["expected_at"] == "2026-05-08T09:03:00Z"
+
+
+async def test_an_agent_giving_a_conversation_back_tells_webhooks_who_released_it(world: World) -> None:
+    await turn(world, "talk to a person")
+    await world.claim.execute(AGENT_ANA, world.conversation.id)
+
+    await world.release.execute(AGENT_ANA, world.conversation.id)
+
+    [released] = world.outbox.of_type(W.HANDOFF_RELEASED)
+    assert (released.data["status"], released.data["released_by"]) == ("bot", "Ana")
+    assert world.outbox.events[-1].type is W.MESSAGE_CREATED  # the notice follows its status change
