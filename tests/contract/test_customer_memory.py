@@ -1,6 +1,7 @@
 """Customer memory, conversation summaries and customer records: one contract, PostgreSQL and the fakes.
 
-Also the hot-state eraser against a real Valkey: the keys the session store and the event bus write are gone.
+Also the hot-state eraser against a real Valkey: the keys the session store and the event bus write are gone, and
+once the records are, a tombstone keeps the event bus from writing the feed again.
 """
 
 import asyncio
@@ -22,6 +23,7 @@ from support.adapters.memory.customer_memory import (
     InMemoryHotStateEraser,
     InMemorySummaryStore,
 )
+from support.adapters.memory.events import InMemoryEventBus
 from support.adapters.memory.sessions import InMemorySessionStore
 from support.adapters.memory.system import InMemoryUnitOfWork
 from support.adapters.postgres.conversations import PostgresConversationRepository
@@ -29,7 +31,7 @@ from support.adapters.postgres.memory import PostgresCustomerMemory, PostgresCus
 from support.adapters.postgres.uow import SqlAlchemyUnitOfWork
 from support.adapters.system import SystemClock
 from support.adapters.valkey.erasure import ValkeyHotStateEraser, conversation_keys
-from support.adapters.valkey.events import ValkeyEventBus
+from support.adapters.valkey.events import ValkeyEventBus, feed_tombstone
 from support.adapters.valkey.rate_limits import ValkeyRateLimiter
 from support.adapters.valkey.sessions import ValkeySessionStore
 from support.application.memory import MemoryPolicy, RememberFacts
@@ -39,7 +41,7 @@ from support.domain.feed import HandoffChanged, ReplyDelta
 from support.domain.ids import new_id
 from support.domain.limits import RatePolicy, conversation_partition
 from support.domain.memory import ConversationSummary, Fact, FactOrigin, kind_of_key
-from support.ports.conversations import ConversationRepository, SessionState
+from support.ports.conversations import ConversationRepository, FeedErasedError, SessionState
 from support.ports.customers import CustomerRecords
 from support.ports.memory import CustomerMemory, SummaryStore
 from support.ports.system import UnitOfWork
@@ -520,3 +522,53 @@ async def test_the_in_memory_eraser_drops_session_state() -> None:
     assert await sessions.load(erased) is None
     assert await sessions.load(kept) is not None
     assert eraser.erased == [erased]
+
+
+@pytest.mark.valkey
+async def test_the_valkey_eraser_leaves_a_bare_tombstone_that_refuses_publishes_once_the_records_are_gone(
+    valkey: Valkey,
+) -> None:
+    sessions = ValkeySessionStore(valkey, "test:")
+    bus = ValkeyEventBus(valkey, "test:", retention=100, ttl_s=86_400)
+    eraser = ValkeyHotStateEraser(valkey, "test:", tombstone_ttl_s=120)
+    owner, erased, kept = new_id(), new_id(), new_id()
+    tombstone = feed_tombstone("test:", erased).encode()
+    try:
+        for conversation_id in (erased, kept):
+            await sessions.save(session_state(conversation_id), ttl_s=60)
+            await bus.publish(conversation_id, [ReplyDelta("your order NW-1 ships Monday")])
+
+        await eraser.erase(owner, [erased], gone=True)
+
+        # What is left holds nothing (the conversation's id names it) and expires by itself.
+        assert await keys_of(valkey, erased) == [tombstone]
+        assert await valkey.get(tombstone) == b""
+        assert 0 < await valkey.ttl(tombstone) <= 120
+        # A reply that was still being written publishes nothing back, guarded or not.
+        for owned_since in (None, 0, 1):
+            with pytest.raises(FeedErasedError):
+                await bus.publish(erased, [ReplyDelta("NW-1, again")], owned_since=owned_since)
+        # A retried erasure finds it so.
+        await eraser.erase(owner, [erased], gone=True)
+        assert await keys_of(valkey, erased) == [tombstone]
+        assert len(await keys_of(valkey, kept)) == 3  # session state, feed counter and log
+        assert [event.id for event in await bus.publish(kept, [ReplyDelta("still here")])] == [2]
+    finally:
+        await bus.close()
+
+
+async def test_the_in_memory_eraser_empties_the_feed_and_refuses_publishes_once_the_records_are_gone() -> None:
+    bus = InMemoryEventBus(retention=10)
+    eraser = InMemoryHotStateEraser(bus=bus)
+    early, erased = new_id(), new_id()
+    for conversation_id in (early, erased):
+        await bus.publish(conversation_id, [ReplyDelta("your order NW-1 ships Monday")])
+
+    await eraser.erase(new_id(), [early])  # the first pass, before the records are deleted
+    await eraser.erase(new_id(), [erased], gone=True)
+
+    assert await bus.head(early) == await bus.head(erased) == 0
+    assert [event.id for event in await bus.publish(early, [ReplyDelta("begun again")])] == [1]
+    with pytest.raises(FeedErasedError):
+        await bus.publish(erased, [ReplyDelta("NW-1, again")])
+    assert eraser.erased == [early, erased]

@@ -18,7 +18,9 @@ from uuid import UUID
 import pytest
 from valkey.asyncio import Valkey
 
+from support.adapters.memory.customer_memory import InMemoryHotStateEraser
 from support.adapters.memory.events import InMemoryEventBus
+from support.adapters.valkey.erasure import ValkeyHotStateEraser
 from support.adapters.valkey.events import ValkeyEventBus, encode_payload, feed_keys
 from support.devservers.postgres import free_port
 from support.domain.conversations import (
@@ -43,7 +45,7 @@ from support.domain.feed import (
     Typing,
 )
 from support.domain.ids import new_id
-from support.ports.conversations import EventBus, FeedLostError, TakenOverError
+from support.ports.conversations import EventBus, FeedErasedError, FeedLostError, TakenOverError
 from support.ports.errors import CacheUnavailableError
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -59,16 +61,22 @@ class Feed:
     # Listeners of a conversation as the backend sees them: subscriptions (memory), or PUBSUB NUMSUB of the
     # channel (Valkey, where one connection serves every subscription of a bus).
     listeners: Callable[[UUID], Awaitable[int]]
+    # The backend's hot state eraser, run on one conversation (``gone``: after its records were deleted).
+    erase: Callable[[UUID, bool], Awaitable[None]]
 
 
 @pytest.fixture
 def memory_feed() -> Feed:
     bus = InMemoryEventBus(retention=RETENTION)
+    eraser = InMemoryHotStateEraser(bus=bus)
 
     async def listeners(conversation_id: UUID) -> int:
         return bus.subscriber_count(conversation_id)
 
-    return Feed(bus, listeners)
+    async def erase(conversation_id: UUID, gone: bool) -> None:
+        await eraser.erase(new_id(), [conversation_id], gone=gone)
+
+    return Feed(bus, listeners, erase)
 
 
 async def numsub(client: Valkey, channel: bytes) -> int:
@@ -79,11 +87,15 @@ async def numsub(client: Valkey, channel: bytes) -> int:
 @pytest.fixture
 async def valkey_feed(valkey: Valkey) -> AsyncIterator[Feed]:
     bus = ValkeyEventBus(valkey, "test:", retention=RETENTION, ttl_s=60)
+    eraser = ValkeyHotStateEraser(valkey, "test:")
 
     async def listeners(conversation_id: UUID) -> int:
         return await numsub(valkey, bus.channel(conversation_id))
 
-    yield Feed(bus, listeners)
+    async def erase(conversation_id: UUID, gone: bool) -> None:
+        await eraser.erase(new_id(), [conversation_id], gone=gone)
+
+    yield Feed(bus, listeners, erase)
     await bus.close()
 
 
@@ -270,6 +282,46 @@ async def test_ownership_changes_that_keep_the_assistant_do_not_refuse(feed: Fee
     assert ids(await feed.bus.publish(conversation_id, own, owned_since=owned_since)) == [3, 4]
     with pytest.raises(TakenOverError):
         await feed.bus.publish(conversation_id, deltas("after it"), owned_since=owned_since)
+
+
+async def test_an_erased_feed_refuses_every_publish_and_stays_gone(feed: Feed, readers: list[Reader]) -> None:
+    # A customer's erasure, once their records are deleted, leaves a tombstone: a reply still being written, or an
+    # agent's late announcement, must not publish the erased feed (and the customer's words) back into existence.
+    conversation_id, other_id = new_id(), new_id()
+    await feed.bus.publish(conversation_id, deltas("your order NW-1", "ships Monday"))
+    await feed.bus.publish(other_id, deltas("kept"))
+    follower = await start(readers, feed.bus, conversation_id, after=None)
+    owned_since = await feed.bus.head(conversation_id)
+
+    await feed.erase(conversation_id, True)
+
+    for guard in (None, 0, owned_since):
+        with pytest.raises(FeedErasedError) as refused:
+            await feed.bus.publish(conversation_id, deltas("NW-1 again"), owned_since=guard)
+        assert refused.value.code == "conversation_not_found"
+    with pytest.raises(FeedErasedError):
+        await feed.bus.publish(conversation_id, [HandoffChanged(ConversationStatus.HUMAN, None)])
+    assert await feed.bus.head(conversation_id) == 0
+    # Nothing to replay, and the open subscription heard nothing of the refused publishes: a signal sent after them
+    # is the first thing either one gets.
+    replay = await start(readers, feed.bus, conversation_id, after=0)
+    mark = Typing("agent", active=True)
+    await feed.bus.signal(conversation_id, mark)
+    assert await replay.take(1) == [FeedEvent(0, mark)]
+    assert await follower.take(1) == [FeedEvent(0, mark)]
+    # Another conversation's feed goes on.
+    assert ids(await feed.bus.publish(other_id, deltas("more"))) == [2]
+
+
+async def test_a_feed_erased_before_its_records_are_deleted_may_begin_again(feed: Feed) -> None:
+    # Erasure's first pass runs before the records are deleted (which may still fail): no tombstone yet.
+    conversation_id = new_id()
+    await feed.bus.publish(conversation_id, deltas("a", "b"))
+
+    await feed.erase(conversation_id, False)
+
+    assert await feed.bus.head(conversation_id) == 0
+    assert ids(await feed.bus.publish(conversation_id, deltas("c"), owned_since=0)) == [1]
 
 
 async def test_replay_returns_every_payload_type_as_published(feed: Feed, readers: list[Reader]) -> None:

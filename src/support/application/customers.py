@@ -255,7 +255,8 @@ class EraseCustomer:
         """Erase everything about the customer and commit; returns what was removed.
 
         PostgreSQL: the customer with their conversations, messages, attachments, summaries, memories and webhook
-        events. Valkey: their conversations' session state, reply leases and event feeds.
+        events. Valkey: their conversations' session state, reply leases and event feeds; each feed is left a
+        tombstone so that a reply still being written cannot publish it back into existence.
 
         Raises:
             CustomerNotFoundError: no such customer (or already erased).
@@ -272,8 +273,9 @@ class EraseCustomer:
         await self._records.delete(customer_id)
         await self._uow.commit()
         try:
-            # Again: a reply that was being written meanwhile may have cached state or published events.
-            await self._hot_state.erase(customer_id, conversation_ids)
+            # Again: a reply that was being written meanwhile may have cached state or published events. Now the
+            # records are gone, tombstones make every later publish to these feeds fail instead of recreating them.
+            await self._hot_state.erase(customer_id, conversation_ids, gone=True)
         except CacheUnavailableError:
             _logger.warning("hot state of an erased customer's conversations is left to expire: Valkey is down")
         return ErasureReport(len(conversation_ids), counts.messages, memories, summaries)

@@ -15,7 +15,7 @@ from support.domain.ids import new_id
 from support.domain.privacy import redact
 from support.domain.webhooks import OutboundEvent, WebhookEventType, event_time
 from support.ports.assistant import Summarizer
-from support.ports.conversations import ConversationRepository, EventBus, SessionStore
+from support.ports.conversations import ConversationRepository, EventBus, FeedErasedError, SessionStore
 from support.ports.errors import CacheUnavailableError, DependencyUnavailableError
 from support.ports.webhooks import WebhookOutbox
 
@@ -117,6 +117,9 @@ async def announce(
     try:
         await bus.publish(conversation_id, payloads)
         await sessions.drop(conversation_id)
+    except FeedErasedError:
+        # Its customer was erased since the change was committed: the feed stays gone, nothing to announce.
+        _logger.info("changes to %s not announced: the conversation was erased", conversation_id)
     except CacheUnavailableError:
         _logger.warning("changes to %s not announced: Valkey is unavailable", conversation_id)
 

@@ -67,7 +67,14 @@ from support.domain.knowledge import SearchHit, SearchQuery
 from support.domain.memory import RecalledFact
 from support.domain.questions import is_follow_up, with_context
 from support.ports.assistant import LLM
-from support.ports.conversations import EventBus, FeedLostError, SessionState, SessionStore, TakenOverError
+from support.ports.conversations import (
+    EventBus,
+    FeedErasedError,
+    FeedLostError,
+    SessionState,
+    SessionStore,
+    TakenOverError,
+)
 from support.ports.errors import CacheUnavailableError, DependencyUnavailableError, LLMUnavailableError
 from support.ports.system import Clock
 
@@ -136,6 +143,11 @@ class _NotForTheBot(Enum):
 
 
 ERASED_DURING_TURN = "The conversation was deleted (or its customer erased) while it was being answered."
+
+
+def _gone(error: ConversationNotFoundError) -> StreamFailed:
+    """What the requester hears when the conversation disappeared under its turn."""
+    return StreamFailed(404, error.code, "The conversation is gone", error.message)
 
 
 class ReplyStream:
@@ -230,6 +242,9 @@ class _Publisher:
         # turn unguards, its events go to the requester only.
         self._unguardable = False
         self.taken_over = False
+        # The feed refused an event because the conversation was erased: nothing more is published, the requester
+        # has been told (once), and the turn stops.
+        self.erased = False
 
     def guard(self, owned_since: int | None) -> None:
         """From now on publish only while no person has taken over since ``owned_since``.
@@ -280,7 +295,8 @@ class _Publisher:
                     elif isinstance(item, _ForRequester):
                         await self._flush(payloads)
                         payloads = []
-                        self._stream.put(FeedEvent(0, item.payload))
+                        if not self.erased:  # the requester was told the conversation is gone, and nothing after
+                            self._stream.put(FeedEvent(0, item.payload))
                         self._advance(1)
                     else:
                         payloads.append(item)
@@ -300,11 +316,18 @@ class _Publisher:
 
     async def _publish(self, payloads: list[FeedPayload]) -> list[FeedEvent]:
         guarded = self._owned_since is not None
-        if self.taken_over and guarded:
-            return []  # a person owns the conversation: no more of this turn's words reach any feed
+        if (self.taken_over and guarded) or self.erased:
+            return []  # a person owns the conversation (or it is gone): no more of this turn's words reach any feed
         if not self._bus_down and not self._unguardable:
             try:
                 return await self._bus.publish(self._conversation_id, payloads, owned_since=self._owned_since)
+            except FeedErasedError:
+                # Erased while this turn ran: its feed is gone for good and the requester hears what a deleted
+                # conversation tells them, as when the turn finds the row gone.
+                _logger.info("reply in %s stopped: the conversation was erased", self._conversation_id)
+                self.erased = True
+                self._stream.put(FeedEvent(0, _gone(ConversationNotFoundError(ERASED_DURING_TURN))))
+                return []
             except TakenOverError:
                 _logger.info("reply in %s stopped: a person took over", self._conversation_id)
                 self.taken_over = True
@@ -495,8 +518,8 @@ class ReplyRunner:
             await self._turn(conversation.id, message, publisher, stream, holder, started, prefetched)
         except ConversationNotFoundError as error:
             # Deleted, or its customer erased, while the turn ran: the requester hears so (its feed is gone, and
-            # publishing would only bring the feed's keys back).
-            publisher.tell_requester(StreamFailed(404, error.code, "The conversation is gone", error.message))
+            # refuses what the turn would publish; the publisher tells the requester once, whichever sees it first).
+            publisher.tell_requester(_gone(error))
         except DependencyUnavailableError as error:
             _logger.warning("turn in %s failed: %s", conversation.id, error)
             publisher.tell_requester(StreamFailed(503, error.code, "A backing service is unavailable", error.message))
@@ -860,6 +883,8 @@ class ReplyRunner:
         renewed = checked = time.monotonic()
         first_words = True
         async for event in events:
+            if publisher.erased:
+                raise ConversationNotFoundError(ERASED_DURING_TURN)  # the feed refused this turn's words for good
             if publisher.taken_over:
                 draft.stopped_for_a_person = True
                 return  # the feed refused this turn's words: a person took over (the store step drops the draft)

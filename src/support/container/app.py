@@ -1,6 +1,7 @@
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import re
 import secrets
@@ -44,7 +45,7 @@ from support.adapters.resilience import LeaseFallbackSessionStore
 from support.adapters.system import SystemClock
 from support.adapters.valkey.cache import ValkeyCache
 from support.adapters.valkey.client import create_client
-from support.adapters.valkey.erasure import ValkeyHotStateEraser
+from support.adapters.valkey.erasure import TOMBSTONE_TTL_S, ValkeyHotStateEraser
 from support.adapters.valkey.events import ValkeyEventBus
 from support.adapters.valkey.health import ValkeyHealthProbe
 from support.adapters.valkey.jobs import SaqJobQueue
@@ -519,7 +520,9 @@ class InfrastructureProvider(Provider):
 
     @provide
     def hot_state_eraser(self, valkey: Valkey, settings: Settings) -> HotStateEraser:
-        return ValkeyHotStateEraser(valkey, settings.valkey.key_prefix)
+        # An erased feed's tombstone outlasts any turn still running: an hour beyond the longest wait for the lease.
+        tombstone_ttl_s = TOMBSTONE_TTL_S + math.ceil(settings.conversations.reply_wait_s)
+        return ValkeyHotStateEraser(valkey, settings.valkey.key_prefix, tombstone_ttl_s=tombstone_ttl_s)
 
     @provide
     def bootstrap_admin_key(self, settings: Settings) -> BootstrapAdminKey | None:

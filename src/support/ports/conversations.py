@@ -12,6 +12,7 @@ from support.domain.conversations import (
     AttachmentInfo,
     AttachmentUpload,
     Conversation,
+    ConversationNotFoundError,
     ConversationStatus,
     Customer,
     Message,
@@ -223,6 +224,16 @@ class FeedLostError(CacheUnavailableError):
     """
 
 
+class FeedErasedError(ConversationNotFoundError):
+    """The conversation was erased (with its customer): nothing was published, and its feed stays gone.
+
+    Erasure leaves a tombstone (:class:`~support.ports.customers.HotStateEraser`) that refuses every later publish,
+    so a reply still being written cannot bring the erased feed, and the customer's words, back.
+    """
+
+    default_message = "The conversation was deleted (or its customer erased)."
+
+
 class EventBus(Protocol):
     """The per-conversation event feed: a retained, ordered log with live fan-out to every process.
 
@@ -243,6 +254,7 @@ class EventBus(Protocol):
         Raises:
             TakenOverError: refused for ``owned_since``.
             FeedLostError: refused because the feed lost its keys since ``owned_since`` was read.
+            FeedErasedError: refused (whatever ``owned_since``) because the conversation was erased.
         """
         ...
 

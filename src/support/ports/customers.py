@@ -48,6 +48,13 @@ class HotStateEraser(Protocol):
         CacheUnavailableError: the store cannot be reached.
     """
 
-    async def erase(self, customer_id: UUID, conversation_ids: Sequence[UUID]) -> None:
-        """Delete every key of these conversations of the customer (keys that do not exist are fine)."""
+    async def erase(self, customer_id: UUID, conversation_ids: Sequence[UUID], *, gone: bool = False) -> None:
+        """Delete every key of these conversations of the customer (keys that do not exist are fine).
+
+        ``gone``: the conversations are deleted from the source of truth. Each then also gets a tombstone, set
+        before its keys are deleted, that makes the event bus refuse every later publish to its feed
+        (:class:`~support.ports.conversations.FeedErasedError`): a reply still being written would otherwise
+        recreate the feed, with the customer's words, after this pass. A publish that ran before the tombstone
+        is deleted with the keys. The tombstone holds no data and expires once no turn can still be running.
+        """
         ...

@@ -39,11 +39,11 @@ class FlakyEraser(InMemoryHotStateEraser):
         self.calls = 0
         self.failing = set(failing)
 
-    async def erase(self, customer_id: UUID, conversation_ids: Sequence[UUID]) -> None:
+    async def erase(self, customer_id: UUID, conversation_ids: Sequence[UUID], *, gone: bool = False) -> None:
         call, self.calls = self.calls, self.calls + 1
         if call in self.failing:
             raise CacheUnavailableError
-        await super().erase(customer_id, conversation_ids)
+        await super().erase(customer_id, conversation_ids, gone=gone)
 
 
 class World:
@@ -157,6 +157,35 @@ async def test_erasure_removes_the_customer_everywhere_and_leaves_others_alone()
     assert None not in [await world.summaries.get(item.id) for item in others]
     with pytest.raises(CustomerNotFoundError):
         await world.erase().execute(customer_id)
+
+
+class PassRecorder(InMemoryHotStateEraser):
+    """Records, for each pass, whether it was told the records are gone and how many commits preceded it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.uow: InMemoryUnitOfWork | None = None
+        self.passes: list[tuple[bool, int]] = []
+
+    async def erase(self, customer_id: UUID, conversation_ids: Sequence[UUID], *, gone: bool = False) -> None:
+        assert self.uow is not None
+        self.passes.append((gone, self.uow.commits))
+        await super().erase(customer_id, conversation_ids, gone=gone)
+
+
+async def test_only_the_pass_after_the_commit_leaves_tombstones() -> None:
+    # A tombstone refuses the conversation's feed for good: left by the first pass, a deletion that then failed
+    # would keep a live conversation from ever publishing again. Left by the last one, it keeps a reply still being
+    # written from recreating the erased feed.
+    recorder = PassRecorder()
+    world = World(recorder)
+    recorder.uow = world.uow
+    customer_id, _ = await world.customer_with_history()
+    commits = world.uow.commits
+
+    await world.erase().execute(customer_id)
+
+    assert recorder.passes == [(False, commits), (True, commits + 1)]
 
 
 async def test_erasure_with_valkey_down_deletes_nothing_so_a_retry_can_finish() -> None:

@@ -6,9 +6,22 @@ from dataclasses import replace
 
 import pytest
 
+from support.adapters.memory.customer_memory import (
+    InMemoryCustomerMemory,
+    InMemoryCustomerRecords,
+    InMemoryHotStateEraser,
+    InMemorySummaryStore,
+)
 from support.adapters.memory.knowledge import InMemoryKnowledgeBase
+from support.application.customers import EraseCustomer
 from support.application.replies import ReplySettings
-from support.domain.conversations import AnswerStatus, ConversationClosedError, ConversationStatus, MessageRole
+from support.domain.conversations import (
+    AnswerStatus,
+    ConversationClosedError,
+    ConversationNotFoundError,
+    ConversationStatus,
+    MessageRole,
+)
 from support.domain.feed import MessagePosted, ReplyDelta, ReplyDone, StreamFailed
 from support.domain.knowledge import SearchHit, SearchQuery
 from support.domain.limits import RateLimitedError
@@ -177,6 +190,34 @@ async def test_a_conversation_erased_while_the_model_writes_ends_the_stream_with
     assert isinstance(events[-1].payload, StreamFailed)
     assert (events[-1].payload.status, events[-1].payload.code) == (404, "conversation_not_found")
     assert not any(isinstance(event.payload, ReplyDone) for event in events)
+
+
+async def test_a_reply_written_after_its_customer_is_erased_brings_nothing_back_to_the_feed(world: World) -> None:
+    # The erasure's last hot-state pass runs once the deletion is committed; the model only writes after it. Its
+    # words must not recreate the erased feed: the feed refuses them, and the requester hears the conversation is
+    # gone (once), with none of the words.
+    world.llm.gate = asyncio.Event()
+    world.llm.script = Script(pieces=("Your order NW-1 ", "ships Monday."))
+    turn = await world.send("Where is my order NW-1?")
+    async with asyncio.timeout(5):
+        while not world.llm.active:  # noqa: ASYNC110 - the model has been called and waits at its gate
+            await asyncio.sleep(0.005)
+    memory, summaries = InMemoryCustomerMemory(), InMemorySummaryStore()
+    records = InMemoryCustomerRecords(world.repository, memory, summaries)
+    hot_state = InMemoryHotStateEraser(world.sessions, world.bus)
+    erase = EraseCustomer(world.repository, records, memory, summaries, hot_state, world.uow)
+    await erase.execute(world.conversation.customer_id)
+    world.llm.gate.set()
+
+    events = [event async for event in turn.events()]
+    await world.runner.drain()
+
+    failures = [event.payload for event in events if isinstance(event.payload, StreamFailed)]
+    assert [(failure.status, failure.code) for failure in failures] == [(404, "conversation_not_found")]
+    assert not any(isinstance(event.payload, (ReplyDelta, ReplyDone)) for event in events)
+    assert await world.bus.head(world.conversation.id) == 0
+    with pytest.raises(ConversationNotFoundError):
+        await world.bus.publish(world.conversation.id, [ReplyDelta("and a late one")])
 
 
 class SearchedFor(InMemoryKnowledgeBase):

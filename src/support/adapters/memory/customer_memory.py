@@ -6,6 +6,7 @@ from datetime import datetime
 from uuid import UUID
 
 from support.adapters.memory.conversations import InMemoryConversationRepository
+from support.adapters.memory.events import InMemoryEventBus
 from support.adapters.memory.paging import newest_first_page
 from support.adapters.memory.sessions import InMemorySessionStore
 from support.domain.memory import ConversationSummary, Fact, similarity
@@ -160,14 +161,17 @@ class InMemoryCustomerRecords:
 
 
 class InMemoryHotStateEraser:
-    """Drops the session state of the in-memory store when given one, and records which conversations it erased."""
+    """Drops the session state and the feed of the in-memory stores it is given; records what it erased."""
 
-    def __init__(self, sessions: InMemorySessionStore | None = None) -> None:
+    def __init__(self, sessions: InMemorySessionStore | None = None, bus: InMemoryEventBus | None = None) -> None:
         self._sessions = sessions
+        self._bus = bus
         self.erased: list[UUID] = []
 
-    async def erase(self, customer_id: UUID, conversation_ids: Sequence[UUID]) -> None:  # noqa: ARG002 - no rate counters here
+    async def erase(self, customer_id: UUID, conversation_ids: Sequence[UUID], *, gone: bool = False) -> None:  # noqa: ARG002 - no rate counters here
         for conversation_id in conversation_ids:
             if self._sessions is not None:
                 await self._sessions.drop(conversation_id)
+            if self._bus is not None:
+                self._bus.erase(conversation_id, gone=gone)
             self.erased.append(conversation_id)

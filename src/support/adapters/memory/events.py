@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator, Sequence
 from uuid import UUID
 
 from support.domain.feed import FeedEvent, FeedPayload, last_takeover
-from support.ports.conversations import TakenOverError
+from support.ports.conversations import FeedErasedError, TakenOverError
 
 
 class _Feed:
@@ -25,6 +25,8 @@ class InMemoryEventBus:
     def __init__(self, retention: int) -> None:
         self._retention = retention
         self._feeds: dict[UUID, _Feed] = {}
+        # Tombstones: erased conversations, whose feeds refuse every publish (kept for good here; Valkey expires them).
+        self._erased: set[UUID] = set()
 
     def _feed(self, conversation_id: UUID) -> _Feed:
         feed = self._feeds.get(conversation_id)
@@ -37,9 +39,23 @@ class InMemoryEventBus:
         feed = self._feeds.get(conversation_id)
         return 0 if feed is None else len(feed.inboxes)
 
+    def erase(self, conversation_id: UUID, *, gone: bool) -> None:
+        """What the hot state eraser does to the Valkey feed: forget its events; ``gone`` leaves a tombstone.
+
+        Open subscriptions stay (as they stay subscribed to a Valkey channel whose stream was deleted).
+        """
+        if gone:
+            self._erased.add(conversation_id)
+        feed = self._feeds.get(conversation_id)
+        if feed is not None:
+            feed.sequence = feed.taken_over = 0
+            feed.retained.clear()
+
     async def publish(
         self, conversation_id: UUID, payloads: Sequence[FeedPayload], *, owned_since: int | None = None
     ) -> list[FeedEvent]:
+        if conversation_id in self._erased:
+            raise FeedErasedError
         feed = self._feed(conversation_id)
         if owned_since is not None and feed.taken_over > owned_since:
             raise TakenOverError

@@ -6,7 +6,7 @@ from uuid import UUID
 from valkey.asyncio import Valkey
 
 from support.adapters.valkey.errors import cache_errors
-from support.adapters.valkey.events import feed_keys
+from support.adapters.valkey.events import feed_keys, feed_tombstone
 from support.adapters.valkey.rate_limits import RATE_KEYS
 from support.domain.limits import conversation_partition
 
@@ -27,6 +27,11 @@ def conversation_keys(key_prefix: str, customer_id: UUID, conversation_id: UUID)
     ]
 
 
+# How long an erased conversation's feed refuses publishes: far longer than any turn still running then can last
+# (a turn waits at most SUPPORT_CONVERSATIONS__REPLY_WAIT_S for its lease, then streams one reply).
+TOMBSTONE_TTL_S = 3600
+
+
 class ValkeyHotStateEraser:
     """Deletes the keys of conversations, one pipelined round trip per batch.
 
@@ -36,16 +41,21 @@ class ValkeyHotStateEraser:
 
     _BATCH = 100
 
-    def __init__(self, client: Valkey, key_prefix: str) -> None:
+    def __init__(self, client: Valkey, key_prefix: str, *, tombstone_ttl_s: int = TOMBSTONE_TTL_S) -> None:
         self._client = client
         self._prefix = key_prefix
+        self._tombstone_ttl_s = tombstone_ttl_s
 
-    async def erase(self, customer_id: UUID, conversation_ids: Sequence[UUID]) -> None:
+    async def erase(self, customer_id: UUID, conversation_ids: Sequence[UUID], *, gone: bool = False) -> None:
         ids = list(conversation_ids)
         for start in range(0, len(ids), self._BATCH):
-            # One DEL per key: keys of different conversations may live in different cluster slots.
+            # One command per key: keys of different conversations may live in different cluster slots. A
+            # conversation's tombstone is set before its feed is deleted, on the same connection and slot: a
+            # publish that ran before it is deleted here, one that runs after it is refused (the publish script).
             async with cache_errors(), self._client.pipeline(transaction=False) as pipe:
                 for conversation_id in ids[start : start + self._BATCH]:
+                    if gone:
+                        pipe.set(feed_tombstone(self._prefix, conversation_id), b"", ex=self._tombstone_ttl_s)
                     for key in conversation_keys(self._prefix, customer_id, conversation_id):
                         pipe.delete(key)
                 await pipe.execute()

@@ -1,10 +1,11 @@
 """The conversation feed in Valkey: a stream per conversation to replay from, pub/sub for live fan-out.
 
 Keys of one conversation share a hash tag (``{<id>}``) so the publish script touches a single cluster slot:
-``<prefix>feed:{<id>}:seq`` (the sequence counter), ``<prefix>feed:{<id>}:log`` (the stream) and the channel
-``<prefix>feed:{<id>}``. Stream entry ids are ``<seq>-0``: the sequence number is the whole id, so a feed id maps
-to a stream id without a lookup, ``XRANGE`` bounds are plain ``<n>-0``, and the smallest id Valkey accepts
-(``0-1``) is never needed because sequences start at 1.
+``<prefix>feed:{<id>}:seq`` (the sequence counter), ``<prefix>feed:{<id>}:log`` (the stream), the channel
+``<prefix>feed:{<id>}``, and ``<prefix>feed:{<id>}:erased``, the tombstone erasure leaves so that nothing publishes
+the feed back. Stream entry ids are ``<seq>-0``: the sequence number is the whole id, so a feed id maps to a
+stream id without a lookup, ``XRANGE`` bounds are plain ``<n>-0``, and the smallest id Valkey accepts (``0-1``)
+is never needed because sequences start at 1.
 """
 
 import asyncio
@@ -24,7 +25,7 @@ from valkey.exceptions import ValkeyError
 
 from support.adapters.valkey.errors import cache_errors
 from support.domain.feed import FeedEvent, FeedPayload, last_takeover
-from support.ports.conversations import FeedLostError, TakenOverError
+from support.ports.conversations import FeedErasedError, FeedLostError, TakenOverError
 from support.ports.errors import CacheUnavailableError
 
 _logger = logging.getLogger(__name__)
@@ -49,12 +50,14 @@ local function head_of()
 end
 """
 # Atomic, so ids are gap-free and strictly increasing per conversation whichever process publishes, and every
-# process sees the channel messages in id order. Returns the first id, or 0 / -1 when refused (below).
-# KEYS: counter, log, takeover (the id of the newest ownership change away from the assistant).
+# process sees the channel messages in id order. Returns the first id, or 0 / -1 / -2 when refused (below).
+# KEYS: counter, log, takeover (the id of the newest ownership change away from the assistant), tombstone.
 # ARGV: channel, retention, ttl, owned_since (-1: unguarded), takeover offset in the batch (-1: none), payloads.
 _PUBLISH = (
     _HEAD_OF
     + """
+-- Refused for an erased conversation (-2), guarded or not: publishing would recreate the feed it erased.
+if redis.call('EXISTS', KEYS[4]) == 1 then return -2 end
 local count = #ARGV - 5
 local owned_since = tonumber(ARGV[4])
 if owned_since >= 0 then
@@ -96,6 +99,14 @@ def feed_keys(key_prefix: str, conversation_id: UUID) -> tuple[str, str, str]:
     """
     tag = f"{key_prefix}feed:{{{conversation_id}}}"
     return tag + ":seq", tag + ":log", tag + ":takeover"
+
+
+def feed_tombstone(key_prefix: str, conversation_id: UUID) -> str:
+    """The key whose presence marks a conversation's feed as erased: the publish script refuses to recreate it.
+
+    In the feed's slot (same hash tag), so the script checks it atomically with the publish.
+    """
+    return f"{key_prefix}feed:{{{conversation_id}}}:erased"
 
 
 class _Envelope(msgspec.Struct, frozen=True):
@@ -481,12 +492,15 @@ class ValkeyEventBus:
             -1 if takeover is None else takeover,
             *encoded,
         ]
+        keys = [*feed_keys(self._key_prefix, conversation_id), feed_tombstone(self._key_prefix, conversation_id)]
         async with cache_errors():
-            first = int(await self._publish(keys=feed_keys(self._key_prefix, conversation_id), args=args))
+            first = int(await self._publish(keys=keys, args=args))
         if first == 0:
             raise TakenOverError
-        if first < 0:
+        if first == -1:
             raise FeedLostError
+        if first < 0:
+            raise FeedErasedError
         return [FeedEvent(first + offset, payload) for offset, payload in enumerate(payloads)]
 
     async def head(self, conversation_id: UUID) -> int:
