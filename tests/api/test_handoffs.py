@@ -255,6 +255,7 @@ async def test_an_agent_whose_socket_closes_while_typing_stops_typing_for_the_cu
 
     ana = await http.post("/v1/keys", json={"name": "Ana", "role": "agent"}, headers=service_headers)
     conversation = await start(http, service_headers)
+    await http.post(f"/v1/conversations/{conversation['id']}/handoff", headers=bearer(conversation["customer_token"]))
     url = live.replace("http", "ws") + f"/v1/conversations/{conversation['id']}/ws"
 
     async with websockets.connect(f"{url}?access_token={conversation['customer_token']}") as customer:
@@ -265,6 +266,38 @@ async def test_an_agent_whose_socket_closes_while_typing_stops_typing_for_the_cu
         stopped = json.loads(await asyncio.wait_for(customer.recv(), 5))
 
     assert (stopped["event"], stopped["data"]) == ("typing", {"role": "agent", "active": False})
+
+
+async def test_only_an_agent_who_could_write_is_shown_typing(
+    live: str, http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    import websockets
+
+    ana = await agent_key(http, service_headers, "Ana")
+    ben = await agent_key(http, service_headers, "Ben")
+    conversation = await start(http, service_headers)
+    base = f"/v1/conversations/{conversation['id']}"
+    await http.post(f"{base}/handoff", headers=bearer(conversation["customer_token"]))
+    assert (await http.post(f"{base}/claim", headers=ana)).status_code == 200
+    url = live.replace("http", "ws") + f"{base}/ws"
+
+    async with (
+        websockets.connect(f"{url}?access_token={conversation['customer_token']}") as customer,
+        websockets.connect(f"{url}?access_token={ben['Authorization'].split()[1]}") as watching,
+        websockets.connect(f"{url}?access_token={ana['Authorization'].split()[1]}") as owner,
+    ):
+        await watching.send(json.dumps({"type": "typing", "active": True}))  # Ben cannot write here
+        await watching.send(json.dumps({"type": "ping"}))
+        assert json.loads(await asyncio.wait_for(watching.recv(), 5))["type"] == "pong"  # his frame was handled
+        # Ana's "stopped typing" follows Ben's frame: the first typing event the customer sees must be hers.
+        await owner.send(json.dumps({"type": "typing", "active": False}))
+        seen: list[dict[str, Any]] = []
+        while not seen:
+            frame = json.loads(await asyncio.wait_for(customer.recv(), 5))
+            if frame.get("event") == "typing":
+                seen.append(frame)
+
+    assert seen[0]["data"] == {"role": "agent", "active": False}
 
 
 async def test_no_word_of_a_reply_follows_a_takeover_made_in_another_process(

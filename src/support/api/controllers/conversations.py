@@ -773,7 +773,9 @@ async def _handle_frame(
     if isinstance(frame, PingFrame):
         await socket.send_json({"type": "pong", "data": frame.data})
     elif isinstance(frame, TypingFrame):
-        if typing.due(frame.active, time.monotonic()):
+        if typing.due(frame.active, time.monotonic()) and (
+            side == "customer" or not frame.active or await _agent_may_write(container, recheck, conversation_id)
+        ):
             await bus.signal(conversation_id, Typing(side, frame.active))
     else:
         try:
@@ -781,6 +783,25 @@ async def _handle_frame(
         except SupportError as error:
             retry = {"retry_after_s": error.retry_after_s} if isinstance(error, TooManyRequestsError) else {}
             await _send_error(socket, error.code, error.message, **retry)
+
+
+async def _agent_may_write(
+    container: AsyncContainer, recheck: Callable[[], Awaitable[Principal]], conversation_id: UUID
+) -> bool:
+    """Whether an agent's "typing…" means anything: it could send now (a waiting conversation, or its own).
+
+    A colleague watching another agent's conversation, or the assistant's, cannot write there: its typing showed
+    the customer "agent typing" for words that never came (found by an exploratory test).
+    """
+    principal = await recheck()
+    async with container() as scope:
+        conversation = await (await scope.get(CachedConversationState)).execute(principal, conversation_id)
+    if conversation.status is ConversationStatus.PENDING_HUMAN:
+        return True
+    owner = conversation.agent
+    return conversation.status is ConversationStatus.HUMAN and (
+        principal.role is Role.ADMIN or (owner is not None and owner.id == principal.key_id)
+    )
 
 
 async def _send_error(socket: WebSocket[Any, Any, Any], code: str, detail: str, **extra: Any) -> None:
