@@ -264,6 +264,24 @@ def test_html_headings_lists_and_tables_become_readable_sections() -> None:
     }
 
 
+def test_html_code_block_in_a_list_item_keeps_its_lines_under_the_item() -> None:
+    # It was one line glued to the words before it: "1. Create the config file:[default] region = eu-central ...".
+    html = (
+        b"<main><h1>Configure the CLI</h1><ol><li>Create the config file:<pre><code>[default]\n"
+        b"region = eu-central\ntoken = YOUR_TOKEN\n</code></pre>then save it.</li>"
+        b"<li>Run <code>fernway sync</code>.</li></ol></main>"
+    )
+
+    document = extractor.extract(html, "text/html")
+
+    assert section_texts(document) == {
+        (): (
+            "1. Create the config file:\n   [default]\n   region = eu-central\n   token = YOUR_TOKEN\n"
+            "   then save it.\n2. Run fernway sync."
+        )
+    }
+
+
 def test_html_nested_thousands_deep_is_read_without_recursion() -> None:
     # Old pages leave <font> tags unclosed: a thousand levels went past Python's recursion limit (a 500, and a
     # failed bulk job).

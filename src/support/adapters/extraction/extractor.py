@@ -398,7 +398,7 @@ _NAME_PART_SEPARATOR = re.compile(r"[-_\s]+")
 _BLOCK_TAGS: Final = frozenset({
     "address", "article", "aside", "blockquote", "body", "caption", "center", "dd", "details", "dialog", "div",
     "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "header", "hgroup", "hr", "html", "li",
-    "main", "nav", "p", "section", "summary", "tbody", "td", "tfoot", "th", "thead", "tr",
+    "main", "nav", "p", "pre", "section", "summary", "tbody", "td", "tfoot", "th", "thead", "tr",
 })  # fmt: skip
 
 
@@ -516,13 +516,29 @@ def _outermost(nodes: Iterable[LexborNode]) -> list[LexborNode]:
     return outermost
 
 
-def _flatten_text(node: LexborNode, nested_lists: list[LexborNode] | None = None) -> str:
-    """The text of an element on one line; nested lists are set aside in ``nested_lists`` when given.
+def _flatten_text(node: LexborNode) -> str:
+    """The text of an element on one line."""
+    return " ".join(text for text, _ in _flatten_runs(node))
+
+
+def _flatten_runs(
+    node: LexborNode, nested_lists: list[LexborNode] | None = None, *, keep_code: bool = False
+) -> list[tuple[str, bool]]:
+    """The text of an element as runs of ``(text, is_code)``: text on one line, and with ``keep_code`` each ``<pre>``
+    apart with its lines (a config file in a list item read as one line, glued to the words before it). Nested lists
+    are set aside in ``nested_lists`` when given.
 
     Iterative, like every walk here: old pages nest unclosed ``<font>`` tags thousands deep, past Python's
     recursion limit (a RecursionError was a 500, and failed a whole bulk job).
     """
+    runs: list[tuple[str, bool]] = []
     parts: list[str] = []
+
+    def end_text() -> None:
+        if text := _collapse_whitespace("".join(parts)):
+            runs.append((text, False))
+        parts.clear()
+
     # Each frame: the children still to visit, and what to append once they are done.
     stack: list[tuple[Iterator[LexborNode], str]] = [(node.iter(include_text=True), "")]
     while stack:
@@ -535,12 +551,17 @@ def _flatten_text(node: LexborNode, nested_lists: list[LexborNode] | None = None
             parts.append(child.text_content or "")
         elif nested_lists is not None and child.tag in {"ul", "ol"}:
             nested_lists.append(child)
+        elif keep_code and child.tag == "pre":
+            end_text()
+            if code := child.text(deep=True).strip("\n").rstrip():
+                runs.append((code, True))
         elif child.tag in _BLOCK_TAGS or child.tag == "br":
             parts.append(" ")
             stack.append((child.iter(include_text=True), " "))
         elif child.is_element_node:
             stack.append((child.iter(include_text=True), ""))
-    return _collapse_whitespace("".join(parts))
+    end_text()
+    return runs
 
 
 class _HtmlWalker:
@@ -634,11 +655,18 @@ def _list_lines(root: LexborNode) -> list[str]:
         if item is None:
             stack.pop()
             continue
-        text = _flatten_text(item, nested_lists=frame.nested)
         marker = f"{frame.number}." if frame.ordered else "-"
         frame.number += 1
-        if text:
-            lines.append(f"{'  ' * frame.depth}{marker} {text}")
+        # The item's first line carries the marker; what follows a code block, and the code's lines, go under it.
+        prefix, under = f"{'  ' * frame.depth}{marker} ", " " * (2 * frame.depth + len(marker) + 1)
+        for text, is_code in _flatten_runs(item, nested_lists=frame.nested, keep_code=True):
+            if is_code:
+                lines.append(
+                    "\n".join((prefix if index == 0 else under) + line for index, line in enumerate(text.split("\n")))
+                )
+            else:
+                lines.append(prefix + text)
+            prefix = under
     return lines
 
 
