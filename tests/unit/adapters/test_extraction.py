@@ -328,6 +328,77 @@ def test_html_wrapper_named_like_boilerplate_is_kept_when_it_holds_a_section() -
     assert section_texts(document) == {("Menus",): "Edit a menu."}
 
 
+ZENDESK_ARTICLE_HTML = """\
+<main><article>
+  <header class="article-header"><h1>Changing your delivery address</h1>
+    <a class="article-subscribe" role="button" href="/subscribe">Follow</a></header>
+  <div class="article-body"><p>You can change it until the order is packed.</p>
+    <h2>After the order is packed</h2><p>Use the carrier's redirect service.</p></div>
+  <h2>Was this article helpful?</h2><p>4 out of 9 found this helpful</p>
+  <div class="article-relatives">
+    <section class="related-articles"><h2 class="related-articles-title">Related articles</h2>
+      <ul><li><a href="/a/99">Return a parcel</a></li></ul></section>
+    <section class="recent-articles"><h2>Recently viewed articles</h2>
+      <ul><li><a href="/a/5">Reset your password</a></li></ul></section></div>
+  <section class="comments"><header><h2 class="comment-heading">3 Comments</h2><p>3 comments</p></header>
+    <p>Please <a href="/login">sign in</a> to leave a comment.</p><h3>Jo</h3><p>Great article!</p></section>
+  <h2>Share this article</h2><p><a href="https://x.example/share">X</a></p>
+  <h2>Redirect fees</h2><p>A redirect costs 2 euro.</p>
+</article></main>
+"""
+
+
+def test_html_sections_under_boilerplate_headings_are_dropped_and_the_article_kept() -> None:
+    # "Related articles", "Comments" and the vote buttons were chunks of their own, or glued onto the section
+    # before, and quoted to customers (found by exploratory testing on a Zendesk export).
+    document = extractor.extract(ZENDESK_ARTICLE_HTML.encode(), "text/html")
+
+    assert document.title == "Changing your delivery address"
+    assert section_texts(document) == {
+        (): "You can change it until the order is packed.",
+        ("After the order is packed",): "Use the carrier's redirect service.",
+        ("Redirect fees",): "A redirect costs 2 euro.",
+    }
+
+
+TABS_AND_ACCORDIONS_HTML = """\
+<main><h1>Install the desktop app</h1>
+<div role="tablist"><button role="tab" aria-selected="true">Windows</button><button role="tab">macOS</button></div>
+<div class="tab-panel" role="tabpanel"><h2>Windows</h2><p>Run the setup wizard.</p></div>
+<div class="tab-panel" role="tabpanel" hidden><h2>macOS</h2><p>Drag the app to Applications.</p></div>
+<h2>Questions</h2>
+<div class="accordion">
+  <button aria-expanded="false" aria-controls="faq1">Can I install without admin rights?</button>
+  <div id="faq1" class="accordion-panel" aria-hidden="true"><p>Yes, with the per-user installer.</p></div>
+</div>
+<div class="share-options"><p>To share the installer with your team, send them the download link.</p></div>
+<div class="share-buttons"><a href="https://x.example">Share on X</a></div>
+<div class="menu-panel" hidden><p>MENU-TEXT in a hidden menu.</p></div>
+<div class="mobile-panel" hidden><a href="/">LINK-TEXT Home</a> <a href="/billing">Billing</a></div>
+<div role="dialog" hidden><p>MODAL-TEXT Sign up now.</p></div>
+<div class="cookie-banner" aria-hidden="true"><p>COOKIE-TEXT We use cookies.</p></div>
+<p>Installing takes a minute. <span class="icon" aria-hidden="true">ICON-TEXT</span></p>
+<section><header><h2>Uninstalling</h2></header><p>Drag the app to the Bin.</p></section>
+</main>
+"""
+
+
+def test_html_hidden_tab_panels_and_accordion_answers_are_content_unlike_hidden_menus_and_modals() -> None:
+    # Tab panels and accordion answers are hidden until a reader opens them; they were dropped, with a paragraph in a
+    # "share-options" block and a heading in a section's <header> (its text then joined the section before).
+    document = extractor.extract(TABS_AND_ACCORDIONS_HTML.encode(), "text/html")
+
+    assert section_texts(document) == {
+        ("Windows",): "Run the setup wizard.",
+        ("macOS",): "Drag the app to Applications.",
+        ("Questions",): (
+            "Can I install without admin rights?\n\nYes, with the per-user installer.\n\n"
+            "To share the installer with your team, send them the download link.\n\nInstalling takes a minute."
+        ),
+        ("Uninstalling",): "Drag the app to the Bin.",
+    }
+
+
 def test_html_page_wrapped_in_one_form_keeps_its_content() -> None:
     html = b"<body><form action='/page.aspx'><h1>Returns</h1><p>Send items back within 30 days.</p></form></body>"
 

@@ -385,16 +385,43 @@ _NEVER_CONTENT = (
 )
 _BOILERPLATE = (
     "nav, aside, footer, form, dialog, [role=navigation], [role=banner], [role=contentinfo], [role=search], "
-    "[role=complementary], [role=dialog], [role=alertdialog], [aria-hidden=true], [hidden]"
+    "[role=complementary], [role=dialog], [role=alertdialog], [role=menu]"
 )
+_HIDDEN = "[aria-hidden=true], [hidden]"
 # Hyphen/underscore-separated parts of class and id names that mark page furniture rather than content.
 _BOILERPLATE_NAME_PARTS: Final = frozenset({
     "cookie", "cookies", "consent", "gdpr", "newsletter", "subscribe", "breadcrumb", "breadcrumbs", "sidebar",
-    "share", "sharing", "social", "advert", "advertisement", "ads", "promo", "skip", "related", "comments",
+    "social", "advert", "advertisement", "ads", "promo", "skip", "related", "comments",
     "toc", "pagination", "pager", "feedback", "votes", "sronly", "sr", "visually", "popup", "modal",
     "footer", "nav", "navbar", "navigation", "menu", "masthead",
 })  # fmt: skip
+# Share buttons are links and icons; a block so named that holds a paragraph of prose is content ("To share the
+# installer with your team, send them the link ..." was dropped).
+_SHARING_NAME_PARTS: Final = frozenset({"share", "sharing"})
+_PROSE_WORDS = 6
+# Parts of the names of what a reader opens in place: tab panels, accordion answers. Hidden until opened, they are
+# content, unlike a hidden menu, modal or cookie banner (whose names are boilerplate ones).
+_PANEL_NAME_PARTS: Final = frozenset({
+    "panel", "tabpanel", "pane", "tab", "tabs", "accordion", "collapse", "collapsible", "expandable", "answer", "faq",
+})  # fmt: skip
 _NAME_PART_SEPARATOR = re.compile(r"[-_\s]+")
+# Headings of page furniture that help centers (Zendesk and the like) put inside the article: the section under one
+# was a chunk of links, comments or vote buttons, quoted to customers. Compared casefolded, without punctuation or
+# numbers ("3 Comments", "Was this article helpful?"); English, Spanish, German and French, as help centers print them.
+_BOILERPLATE_HEADINGS: Final = frozenset({
+    "related articles", "related posts", "related pages", "related topics", "recently viewed articles",
+    "recently viewed", "articles in this section", "in this section", "comments", "comment", "leave a comment",
+    "add a comment", "post a comment", "was this article helpful", "was this page helpful", "was this helpful",
+    "share this article", "share this page", "share", "follow", "follow us", "table of contents", "on this page",
+    "in this article",
+    "artículos relacionados", "artículos vistos recientemente", "comentarios", "fue útil este artículo",
+    "ähnliche beiträge", "verwandte artikel", "zuletzt angesehene beiträge", "kommentare",
+    "war dieser beitrag hilfreich", "articles associés", "articles connexes", "articles récemment consultés",
+    "commentaires", "cet article vous a t il été utile",
+})  # fmt: skip
+_NOT_HEADING_WORD = re.compile(r"[^\w\s]|\d|_")
+# A block whose text is at least this share of link text is a list of links (related articles, a menu).
+_LINK_LIST_SHARE = 0.5
 _BLOCK_TAGS: Final = frozenset({
     "address", "article", "aside", "blockquote", "body", "caption", "center", "dd", "details", "dialog", "div",
     "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "header", "hgroup", "hr", "html", "li",
@@ -439,6 +466,7 @@ def _extract_html(text: str) -> ExtractedDocument:
     tree = LexborHTMLParser(text)
     title_element = tree.css_first("title")
     page_title = _collapse_whitespace(title_element.text()) if title_element is not None else ""
+    _keep_accordion_questions(tree)
     for node in _outermost(tree.css(_NEVER_CONTENT)):
         node.decompose()
     root = _content_root(tree)
@@ -465,13 +493,35 @@ def _content_root(tree: LexborHTMLParser) -> LexborNode | None:
     return tree.body
 
 
+def _keep_accordion_questions(tree: LexborHTMLParser) -> None:
+    """An accordion's question is the button that opens its answer: keep its text, as buttons are dropped."""
+    buttons = [
+        button
+        for button in tree.css("button[aria-controls][aria-expanded]")
+        if button.attributes.get("role") != "tab"  # a tab's label: its panel has a heading of its own, as a rule
+    ]
+    if not buttons:
+        return
+    by_id = {node.attributes.get("id"): node for node in tree.css("[id]")}
+    for button in buttons:
+        controlled = (button.attributes.get("aria-controls") or "").split()
+        panel = by_id.get(controlled[0]) if controlled else None
+        if panel is not None and _is_panel(panel):
+            button.unwrap()
+
+
 def _remove_boilerplate(root: LexborNode) -> None:
     candidates = [node for node in root.css(_BOILERPLATE) if node.tag != "form" or not _has_headings(node)]
-    # A <header> inside an <article> is that article's heading block, not the site banner.
-    candidates += [node for node in root.css("header") if not _has_ancestor(node, "article", root)]
-    # Class names are a weaker signal: a wrapper with a misleading name may hold a section of the content.
+    # Hidden until a reader opens them, tab panels and accordion answers are content.
+    candidates += [node for node in root.css(_HIDDEN) if not _is_panel(node)]
+    # A <header> inside an <article> or a <section> is its heading block, not the site banner.
+    candidates += [node for node in root.css("header") if not _has_ancestor(node, {"article", "section"}, root)]
+    # Class names are a weaker signal: a wrapper with a misleading name may hold a section of the content. A heading
+    # is never dropped for its name alone: the text under it would join the section before (_HtmlWalker judges it).
     candidates += [
-        node for node in root.css("[class], [id]") if _has_boilerplate_name(node) and not _has_headings(node)
+        node
+        for node in root.css("[class], [id]")
+        if node.tag not in _HEADING_TAGS and _has_boilerplate_name(node) and _is_furniture(node)
     ]
     # Never drop the root, nor the content's own title.
     droppable = [node for node in candidates if node.mem_id != root.mem_id and not _has_descendant(node, "h1")]
@@ -479,9 +529,59 @@ def _remove_boilerplate(root: LexborNode) -> None:
         node.decompose()
 
 
+def _is_furniture(node: LexborNode) -> bool:
+    """Whether a block named like boilerplate is some.
+
+    It is when it has no headings, only boilerplate ones ("Related articles"), or mostly links; a block that holds
+    the article, or a section of it ("Menus" in a ``menu-editor`` wrapper), is not.
+    """
+    if _has_descendant(node, "article, main"):
+        return False
+    headings = [match for match in node.css("h1, h2, h3, h4, h5, h6") if match.mem_id != node.mem_id]
+    if not any(heading.tag in {"h1", "h2", "h3"} for heading in headings):
+        return True
+    return all(_is_boilerplate_heading(_flatten_text(heading)) for heading in headings) or _is_link_list(node)
+
+
 def _has_boilerplate_name(node: LexborNode) -> bool:
+    parts = _name_parts(node)
+    if not _BOILERPLATE_NAME_PARTS.isdisjoint(parts):
+        return True
+    return not _SHARING_NAME_PARTS.isdisjoint(parts) and not any(
+        _unlinked_words(paragraph) >= _PROSE_WORDS for paragraph in node.css("p")
+    )
+
+
+def _name_parts(node: LexborNode) -> set[str]:
     names = f"{node.attributes.get('class') or ''} {node.attributes.get('id') or ''}".lower()
-    return not _BOILERPLATE_NAME_PARTS.isdisjoint(_NAME_PART_SEPARATOR.split(names))
+    return set(_NAME_PART_SEPARATOR.split(names))
+
+
+def _is_panel(node: LexborNode) -> bool:
+    """A tab panel, an accordion's answer or a ``<details>``: content a reader opens in place, not a menu or a modal."""
+    parts = _name_parts(node)
+    is_panel = (
+        node.attributes.get("role") == "tabpanel" or node.tag == "details" or not _PANEL_NAME_PARTS.isdisjoint(parts)
+    )
+    return is_panel and _BOILERPLATE_NAME_PARTS.isdisjoint(parts) and not _is_link_list(node)
+
+
+def _is_link_list(node: LexborNode) -> bool:
+    """Whether most of the element's text is link text (a menu, a list of related articles)."""
+    text = len(_collapse_whitespace(node.text()))
+    # Links do not nest (the parser closes one at the next), so their texts add up.
+    linked = sum(len(_collapse_whitespace(link.text())) for link in node.css("a"))
+    return text > 0 and linked >= _LINK_LIST_SHARE * text
+
+
+def _unlinked_words(node: LexborNode) -> int:
+    """How many words of the element's text are outside links."""
+    return len(node.text(separator=" ").split()) - sum(len(link.text(separator=" ").split()) for link in node.css("a"))
+
+
+def _is_boilerplate_heading(text: str) -> bool:
+    """Whether a heading names page furniture ("Related articles", "3 Comments", "Was this article helpful?")."""
+    return " ".join(_NOT_HEADING_WORD.sub(" ", text.casefold()).split()) in _BOILERPLATE_HEADINGS
 
 
 def _has_headings(node: LexborNode) -> bool:
@@ -494,13 +594,13 @@ def _has_descendant(node: LexborNode, selector: str) -> bool:
     return any(match.mem_id != node.mem_id for match in node.css(selector))
 
 
-def _has_ancestor(node: LexborNode, tag: str, stop: LexborNode) -> bool:
+def _has_ancestor(node: LexborNode, tags: set[str], stop: LexborNode) -> bool:
     parent = node.parent
     while parent is not None and parent.mem_id != stop.mem_id:
-        if parent.tag == tag:
+        if parent.tag in tags:
             return True
         parent = parent.parent
-    return stop.tag == tag
+    return stop.tag in tags
 
 
 def _outermost(nodes: Iterable[LexborNode]) -> list[LexborNode]:
@@ -524,9 +624,10 @@ def _flatten_text(node: LexborNode) -> str:
 def _flatten_runs(
     node: LexborNode, nested_lists: list[LexborNode] | None = None, *, keep_code: bool = False
 ) -> list[tuple[str, bool]]:
-    """The text of an element as runs of ``(text, is_code)``: text on one line, and with ``keep_code`` each ``<pre>``
-    apart with its lines (a config file in a list item read as one line, glued to the words before it). Nested lists
-    are set aside in ``nested_lists`` when given.
+    """The text of an element as runs of ``(text, is_code)``: text on one line, and each ``<pre>`` with ``keep_code``.
+
+    Kept apart, a code block keeps its lines (a config file in a list item read as one line, glued to the words
+    before it). Nested lists are set aside in ``nested_lists`` when given.
 
     Iterative, like every walk here: old pages nest unclosed ``<font>`` tags thousands deep, past Python's
     recursion limit (a RecursionError was a 500, and failed a whole bulk job).
@@ -570,6 +671,9 @@ class _HtmlWalker:
     def __init__(self, builder: _SectionBuilder) -> None:
         self._builder = builder
         self._inline: list[str] = []
+        # The level of a boilerplate heading ("Related articles") whose section is being skipped, up to the next
+        # heading of that level or above.
+        self._skipping: int | None = None
 
     def walk(self, element: LexborNode) -> None:
         # Each frame: the children still to visit, and whether the element is a block (flushed when done).
@@ -583,29 +687,46 @@ class _HtmlWalker:
                     self.flush()
                 continue
             tag = child.tag
-            if child.is_text_node:
+            if tag in _HEADING_TAGS:
+                self.flush()
+                self._heading(int(tag[1]), _flatten_text(child))
+            elif self._skipping is not None:
+                if child.is_element_node:  # looking for the heading that ends the skipped section
+                    stack.append((child.iter(include_text=True), False))
+            elif child.is_text_node:
                 self._inline.append(_collapse_inline(child.text_content or ""))
-            elif not child.is_element_node:
-                continue
-            elif tag in _HEADING_TAGS:
-                self.flush()
-                self._builder.heading(int(tag[1]), _flatten_text(child))
-            elif tag == "br":
-                self._inline.append("\n")
-            elif tag in {"ul", "ol"}:
-                self.flush()
-                self._lines(_list_lines(child))
-            elif tag == "table" and not _has_descendant(child, "table, h1, h2, h3, h4, h5, h6"):
-                self.flush()
-                self._lines(_table_lines(child))
-            elif tag == "pre":
-                self.flush()
-                self._builder.block(child.text(deep=True))
-            elif tag in _BLOCK_TAGS or tag == "table":  # a table holding headings is page layout
-                self.flush()
-                stack.append((child.iter(include_text=True), True))
-            else:
-                stack.append((child.iter(include_text=True), False))
+            elif child.is_element_node and (frame := self._element(child)) is not None:
+                stack.append(frame)
+
+    def _element(self, element: LexborNode) -> tuple[Iterator[LexborNode], bool] | None:
+        """Read an element other than a heading; the frame to walk its children in, if they are to be walked."""
+        tag = element.tag
+        if tag == "br":
+            self._inline.append("\n")
+        elif tag in {"ul", "ol"}:
+            self.flush()
+            self._lines(_list_lines(element))
+        elif tag == "table" and not _has_descendant(element, "table, h1, h2, h3, h4, h5, h6"):
+            self.flush()
+            self._lines(_table_lines(element))
+        elif tag == "pre":
+            self.flush()
+            self._builder.block(element.text(deep=True))
+        elif tag in _BLOCK_TAGS or tag == "table":  # a table holding headings is page layout
+            self.flush()
+            return element.iter(include_text=True), True
+        else:
+            return element.iter(include_text=True), False
+        return None
+
+    def _heading(self, level: int, text: str) -> None:
+        if self._skipping is not None and level > self._skipping:
+            return  # a subsection of a skipped section
+        if _is_boilerplate_heading(text) and text != self._builder.title:
+            self._skipping = level
+            return
+        self._skipping = None
+        self._builder.heading(level, text)
 
     def flush(self) -> None:
         lines = (line.strip() for line in "".join(self._inline).split("\n"))
