@@ -3,7 +3,7 @@ import io
 import pypdf
 import pytest
 
-from support.adapters.extraction.extractor import StructuredTextExtractor
+from support.adapters.extraction.extractor import StructuredTextExtractor, parse_front_matter
 from support.domain.errors import InvalidInputError, UnsupportedContentTypeError
 from support.domain.knowledge import ExtractedDocument, Section, content_type_for_filename
 
@@ -179,12 +179,48 @@ def test_markdown_headings_become_section_paths_and_the_first_h1_the_title() -> 
     assert sections["Single sign-on",] == "SSO accounts have no password."
 
 
-def test_markdown_front_matter_is_not_content_and_gives_the_title() -> None:
-    data = b'---\ntitle: "Shipping times"\ntags: [faq]\n---\nOrders ship within 2 days.\n'
+def test_markdown_front_matter_is_not_content_and_gives_the_title_url_and_tags() -> None:
+    data = (
+        b'---\ntitle: "Shipping times"\ntags: [faq]\nurl: https://help.example/shipping\n---\nOrders ship in 2 days.\n'
+    )
 
     document = extractor.extract(data, "text/x-markdown")
 
-    assert document == ExtractedDocument(title="Shipping times", sections=(Section((), "Orders ship within 2 days."),))
+    assert document == ExtractedDocument(
+        title="Shipping times",
+        sections=(Section((), "Orders ship in 2 days."),),
+        url="https://help.example/shipping",
+        tags=("faq",),
+    )
+
+
+@pytest.mark.parametrize(
+    ("front_matter", "expected"),
+    [
+        ('title: "Shipping rates & delivery times"', {"title": "Shipping rates & delivery times"}),
+        ("title: 'It''s free' # a comment", {"title": "It's free"}),
+        ('title: "A \\"quoted\\" word"', {"title": 'A "quoted" word'}),
+        ("title: >\n  Folded\n  title", {"title": "Folded title"}),
+        ("url: https://help.example/a#anchor", {"url": "https://help.example/a#anchor"}),
+        ('tags: [shipping, "a, b", orders]', {"tags": ["shipping", "a, b", "orders"]}),
+        ("tags:\n  - loyalty\n  - 'rewards' # comment\nauthor: jo", {"tags": ["loyalty", "rewards"], "author": "jo"}),
+        ("tags:\n- flush\n- left", {"tags": ["flush", "left"]}),
+        ("Title: Case\nseo:\n  title: Nested", {"title": "Case"}),
+        ("tags: credit, billing", {"tags": "credit, billing"}),
+    ],
+)
+def test_front_matter_reads_the_yaml_that_front_matter_uses(front_matter: str, expected: dict[str, object]) -> None:
+    # Quotes were kept, "[shipping, orders]" became the tags "[shipping" and "orders]", a block list gave no tags.
+    assert parse_front_matter(front_matter + "\n") == expected
+
+
+def test_markdown_front_matter_with_crlf_line_ends_is_read() -> None:
+    data = b"---\r\ntitle: Gift cards FAQ\r\ntags: giftcards, payments\r\n---\r\n\r\nValid for 3 years.\r\n"
+
+    document = extractor.extract(data, "text/markdown")
+
+    assert (document.title, document.tags) == ("Gift cards FAQ", ("giftcards", "payments"))
+    assert section_texts(document) == {(): "Valid for 3 years."}
 
 
 def test_markdown_raw_html_blocks_keep_their_text_but_not_scripts() -> None:

@@ -2,10 +2,11 @@
 
 import codecs
 import io
+import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import pypdf
@@ -227,26 +228,122 @@ class _SectionBuilder:
 
 # --- Markdown --------------------------------------------------------------------------------------------
 
-_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(?P<body>.*?\n)---[ \t]*(?:\n|\Z)", re.DOTALL)
-_FRONT_MATTER_TITLE = re.compile(r"^title:[ \t]*(?P<title>.+?)[ \t]*$", re.MULTILINE)
+# Line ends may be CRLF (a file saved on Windows): its front matter was read as a rule and a heading.
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(?P<body>.*?\r?\n)---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 _MARKDOWN = MarkdownIt("commonmark").enable("table")
 
 
 def _extract_markdown(text: str) -> ExtractedDocument:
     text = unicodedata.normalize("NFC", text.lstrip("\ufeff"))
-    title = None
+    fields: dict[str, str | list[str]] = {}
     front_matter = _FRONT_MATTER.match(text)
     if front_matter:
         # Static-site exports carry YAML front matter; without this it would parse as a rule and a heading.
         text = text[front_matter.end() :]
-        declared = _FRONT_MATTER_TITLE.search(front_matter["body"])
-        title = _collapse_whitespace(declared["title"].strip("\"'")) if declared else None
+        fields = parse_front_matter(front_matter["body"])
+    declared_title = fields.get("title")
+    declared_url = fields.get("url")
     tokens = _MARKDOWN.parse(text)
-    if title is None:
-        title = _first_markdown_h1(tokens)
-    builder = _SectionBuilder(title)
+    title = _collapse_whitespace(declared_title) if isinstance(declared_title, str) else ""
+    builder = _SectionBuilder(title or _first_markdown_h1(tokens))
     _MarkdownRenderer(builder).render(tokens)
-    return builder.finish()
+    document = builder.finish()
+    return replace(
+        document,
+        url=(declared_url.strip() or None) if isinstance(declared_url, str) else None,
+        tags=_front_matter_tags(fields.get("tags")),
+    )
+
+
+# --- front matter: the YAML that Jekyll, Hugo, Docusaurus and help-center exports put before the Markdown ---
+
+_FRONT_MATTER_KEY = re.compile(r"(?P<key>[A-Za-z_][\w-]*)[ \t]*:(?:[ \t]+(?P<value>.*?))?[ \t]*")
+_BLOCK_ITEM = re.compile(r"[ \t]*-(?:[ \t]+(?P<item>.*?))?[ \t]*")
+_COMMENT = re.compile(r"(?:^|[ \t])#.*")
+_QUOTED = re.compile(r"'(?:[^']|'')*'" + r'|"(?:[^"\\]|\\.)*"')
+_BLOCK_SCALAR_MARKS: Final = frozenset({"|", ">", "|-", ">-", "|+", ">+"})
+
+
+def parse_front_matter(body: str) -> dict[str, str | list[str]]:
+    """The top-level ``key: value`` pairs of a front matter block, keys lower-cased.
+
+    The YAML that front matter uses: plain, quoted (``title: "Shipping rates & delivery times"``) and block (``|``,
+    ``>``) scalars, flow lists (``tags: [a, b]``), block lists (``tags:`` then ``- a`` lines) and comments; anything
+    else (nested mappings, anchors) is skipped. Values stay text. PyYAML is not a dependency of the project (only of
+    some of its dependencies), and its ``safe_load`` would make ``title: 2026`` a number and ``title: no`` False.
+    """
+    fields: dict[str, str | list[str]] = {}
+    lines = body.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    index = 0
+    while index < len(lines):
+        pair = _FRONT_MATTER_KEY.fullmatch(lines[index])
+        index += 1
+        if pair is None:
+            continue
+        value = _uncommented(pair["value"] or "")
+        # What belongs to the key: the lines after it that are indented, or are items of a block list.
+        start = index
+        while index < len(lines) and (lines[index][:1] in {" ", "\t", "-"} or not lines[index].strip()):
+            index += 1
+        nested = lines[start:index]
+        if value in _BLOCK_SCALAR_MARKS:
+            fields[pair["key"].lower()] = _collapse_whitespace(" ".join(nested))
+        elif value.startswith("["):
+            fields[pair["key"].lower()] = _flow_list(value)
+        elif value:
+            fields[pair["key"].lower()] = _scalar(value)
+        else:
+            items = [_BLOCK_ITEM.fullmatch(line) for line in nested if line.strip()]
+            if items and all(items):
+                fields[pair["key"].lower()] = [_scalar(_uncommented(item["item"] or "")) for item in items if item]
+    return fields
+
+
+def _uncommented(value: str) -> str:
+    """A value without its trailing ``# comment``; a quoted one ends at its closing quote (and keeps its ``#``)."""
+    quoted = _QUOTED.match(value)
+    return quoted[0] if quoted else _COMMENT.sub("", value).strip()
+
+
+def _scalar(value: str) -> str:
+    """A YAML scalar's text: quotes removed and, in double quotes, escapes read."""
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == "'":  # noqa: PLR2004 - the two quotes
+        return value[1:-1].replace("''", "'")
+    if len(value) >= 2 and value[0] == value[-1] == '"':  # noqa: PLR2004
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return value[1:-1]
+        return decoded if isinstance(decoded, str) else value[1:-1]
+    return value
+
+
+def _flow_list(value: str) -> list[str]:
+    """``[a, "b, c", 'd']``: the items, split at commas outside quotes."""
+    inner = value.strip()[1:]
+    inner = inner[: inner.rfind("]")] if "]" in inner else inner
+    items, current, quote = [], "", ""
+    for character in inner:
+        if quote:
+            quote = "" if character == quote else quote
+        elif character in {'"', "'"}:
+            quote = character
+        elif character == ",":
+            items.append(current)
+            current = ""
+            continue
+        current += character
+    items.append(current)
+    return [_scalar(item) for item in items if item.strip()]
+
+
+def _front_matter_tags(value: str | list[str] | None) -> tuple[str, ...]:
+    """Tags as a list, or as one comma-separated value (``tags: billing, payments``, as the CLI has long read them)."""
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else value.split(",")
+    return tuple(tag.strip() for tag in items if tag.strip())
 
 
 def _first_markdown_h1(tokens: list[Token]) -> str | None:
