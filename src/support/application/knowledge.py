@@ -87,6 +87,8 @@ class IngestRequest:
     metadata: Mapping[str, str] = field(default_factory=dict)
     # The title when none is given and the content has none (a file's name: a .txt file, a PDF without one).
     fallback_title: str | None = None
+    # Why the content could not be read (a file on disk): the request fails with this, and a bulk run goes on.
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +108,12 @@ def check_request(request: IngestRequest, limits: KnowledgeLimits) -> None:
 
     Raises:
         ContentTooLargeError: the content exceeds the configured size.
-        InvalidInputError: the content is empty or whitespace, a given title or external_id is too long (or
-            the title is whitespace), plain text comes without a title, the url is not an absolute http(s) URL,
-            or the tags or metadata break their limits.
+        InvalidInputError: the content could not be read or is empty or whitespace, a given title or external_id
+            is too long (or the title is whitespace), plain text comes without a title, the url is not an absolute
+            http(s) URL, or the tags or metadata break their limits.
     """
+    if request.unreadable:
+        raise InvalidInputError(request.unreadable)
     if len(request.content) > limits.max_document_bytes:
         raise ContentTooLargeError(f"A document may have at most {limits.max_document_bytes} bytes.")
     # Decoded leniently, so that Unicode spaces count as whitespace too; extraction reads the text properly.

@@ -55,23 +55,34 @@ def _files(paths: list[Path]) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
             for child in sorted(path.rglob("*")):
-                if child.is_file() and (content_type_for_filename(child.name) or child.suffix.lower() == ".jsonl"):
+                if child.is_file() and _is_source(child):
                     yield child
         elif path.is_file():
+            if not _is_source(path):
+                # Found before anything is ingested (count_sources), as a missing path is.
+                raise SourceError(f"{path}: unsupported file type (use .txt, .md, .html, .pdf or .jsonl)")
             yield path
         else:
             raise SourceError(f"{path}: no such file or folder")
 
 
+def _is_source(path: Path) -> bool:
+    return content_type_for_filename(path.name) is not None or path.suffix.lower() == ".jsonl"
+
+
 def _file(path: Path, *, external_id: str) -> IngestRequest:
-    """The file as the API's upload takes it: its bytes, which the extractor reads (encoding, Markdown front matter)."""
-    content_type = content_type_for_filename(path.name)
-    if content_type is None:
-        raise SourceError(f"{path}: unsupported file type (use .txt, .md, .html, .pdf or .jsonl)")
-    data = path.read_bytes()
-    return IngestRequest(
-        content=data, content_type=content_type, external_id=external_id, fallback_title=file_title(path.name)
-    )
+    """The file as the API's upload takes it: its bytes, which the extractor reads (encoding, Markdown front matter).
+
+    A file that cannot be read is a failed document, and the run goes on.
+    """
+    content_type = content_type_for_filename(path.name) or "text/plain"  # _files yields supported types only
+    fallback = file_title(path.name)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        unreadable = f"{path}: the file could not be read ({error.strerror or type(error).__name__})."
+        return IngestRequest(b"", content_type, external_id=external_id, fallback_title=fallback, unreadable=unreadable)
+    return IngestRequest(content=data, content_type=content_type, external_id=external_id, fallback_title=fallback)
 
 
 def _jsonl(path: Path) -> list[IngestRequest]:

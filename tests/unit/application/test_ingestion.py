@@ -336,6 +336,39 @@ def test_a_file_is_the_same_document_however_its_path_is_typed(tmp_path: Path, m
     assert typed == [[str((tmp_path / "docs" / "gift-cards.md").resolve())]] * 4
 
 
+async def test_the_cli_reads_a_windows_1252_file_as_an_upload_is_read_and_an_unreadable_file_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The CLI decoded Markdown as UTF-8 only: a Windows-1252 file was a traceback, and nothing was ingested.
+    (tmp_path / "a-voucher.md").write_bytes("# Café voucher\n\nIt is worth €10 \u2013 no exceptions.".encode("cp1252"))
+    (tmp_path / "b-locked.md").write_text("# Locked\n\nUnreadable.")
+    (tmp_path / "c-returns.md").write_text("# Returns\n\nWithin 30 days.")
+    read_bytes = Path.read_bytes
+
+    def refusing(path: Path) -> bytes:
+        if path.name == "b-locked.md":
+            raise PermissionError(13, "Permission denied")
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refusing)
+    knowledge = InMemoryKnowledgeBase()
+    bulk = IngestDocuments(ingestion(knowledge, HashingEmbedder()), knowledge, InMemoryUnitOfWork(), FixedClock())
+
+    report = await bulk.execute(iter_sources([tmp_path]))
+
+    assert (report.created, report.failed) == (2, 1)
+    [(position, external_id, message)] = report.errors
+    assert (position, PurePath(external_id).name) == (1, "b-locked.md")
+    assert message.endswith("b-locked.md: the file could not be read (Permission denied).")
+    voucher = await knowledge.get_by_external_id(str((tmp_path / "a-voucher.md").resolve()))
+    assert voucher is not None
+    assert voucher.title == "Café voucher"
+    upload = await ingestion(InMemoryKnowledgeBase(), HashingEmbedder()).execute(
+        IngestRequest(content=read_bytes(tmp_path / "a-voucher.md"), content_type="text/markdown", external_id="v")
+    )
+    assert upload.document.fingerprint == voucher.fingerprint
+
+
 FRONT_MATTER_FILES = {
     "shipping-rates.md": (
         (
