@@ -597,20 +597,22 @@ def _keep_accordion_questions(tree: LexborHTMLParser) -> None:
         for button in tree.css("button[aria-controls][aria-expanded]")
         if button.attributes.get("role") != "tab"  # a tab's label: its panel has a heading of its own, as a rule
     ]
-    if not buttons:
+    if not buttons or tree.body is None:
         return
     by_id = {node.attributes.get("id"): node for node in tree.css("[id]")}
+    subtrees = _Subtrees(tree.body)
     for button in buttons:
         controlled = (button.attributes.get("aria-controls") or "").split()
         panel = by_id.get(controlled[0]) if controlled else None
-        if panel is not None and _is_panel(panel):
+        if panel is not None and _is_panel(panel, subtrees):
             button.unwrap()
 
 
 def _remove_boilerplate(root: LexborNode) -> None:
+    subtrees = _Subtrees(root)
     candidates = [node for node in root.css(_BOILERPLATE) if node.tag != "form" or not _has_headings(node)]
     # Hidden until a reader opens them, tab panels and accordion answers are content.
-    candidates += [node for node in root.css(_HIDDEN) if not _is_panel(node)]
+    candidates += [node for node in root.css(_HIDDEN) if not _is_panel(node, subtrees)]
     # A <header> inside an <article> or a <section> is its heading block, not the site banner.
     candidates += [node for node in root.css("header") if not _has_ancestor(node, {"article", "section"}, root)]
     # Class names are a weaker signal: a wrapper with a misleading name may hold a section of the content. A heading
@@ -618,7 +620,7 @@ def _remove_boilerplate(root: LexborNode) -> None:
     candidates += [
         node
         for node in root.css("[class], [id]")
-        if node.tag not in _HEADING_TAGS and _has_boilerplate_name(node) and _is_furniture(node)
+        if node.tag not in _HEADING_TAGS and _has_boilerplate_name(node) and _is_furniture(node, subtrees)
     ]
     # Never drop the root, nor the content's own title.
     droppable = [node for node in candidates if node.mem_id != root.mem_id and not _has_descendant(node, "h1")]
@@ -626,18 +628,16 @@ def _remove_boilerplate(root: LexborNode) -> None:
         node.decompose()
 
 
-def _is_furniture(node: LexborNode) -> bool:
+def _is_furniture(node: LexborNode, subtrees: "_Subtrees") -> bool:
     """Whether a block named like boilerplate is some.
 
     It is when it has no headings, only boilerplate ones ("Related articles"), or mostly links; a block that holds
     the article, or a section of it ("Menus" in a ``menu-editor`` wrapper), is not.
     """
-    if _has_descendant(node, "article, main"):
+    inside = subtrees.of(node)
+    if inside.articles:
         return False
-    headings = [match for match in node.css("h1, h2, h3, h4, h5, h6") if match.mem_id != node.mem_id]
-    if not any(heading.tag in {"h1", "h2", "h3"} for heading in headings):
-        return True
-    return all(_is_boilerplate_heading(_flatten_text(heading)) for heading in headings) or _is_link_list(node)
+    return not inside.major_headings or not inside.content_headings or subtrees.is_link_list(node)
 
 
 def _has_boilerplate_name(node: LexborNode) -> bool:
@@ -654,21 +654,73 @@ def _name_parts(node: LexborNode) -> set[str]:
     return set(_NAME_PART_SEPARATOR.split(names))
 
 
-def _is_panel(node: LexborNode) -> bool:
+def _is_panel(node: LexborNode, subtrees: "_Subtrees") -> bool:
     """A tab panel, an accordion's answer or a ``<details>``: content a reader opens in place, not a menu or a modal."""
     parts = _name_parts(node)
     is_panel = (
         node.attributes.get("role") == "tabpanel" or node.tag == "details" or not _PANEL_NAME_PARTS.isdisjoint(parts)
     )
-    return is_panel and _BOILERPLATE_NAME_PARTS.isdisjoint(parts) and not _is_link_list(node)
+    return is_panel and _BOILERPLATE_NAME_PARTS.isdisjoint(parts) and not subtrees.is_link_list(node)
 
 
-def _is_link_list(node: LexborNode) -> bool:
-    """Whether most of the element's text is link text (a menu, a list of related articles)."""
-    text = len(_collapse_whitespace(node.text()))
-    # Links do not nest (the parser closes one at the next), so their texts add up.
-    linked = sum(len(_collapse_whitespace(link.text())) for link in node.css("a"))
-    return text > 0 and linked >= _LINK_LIST_SHARE * text
+@dataclass(slots=True)
+class _Tally:
+    """What an element holds, counted as the walk leaves it: characters of text and of link text, elements."""
+
+    node: LexborNode
+    children: Iterator[LexborNode]
+    text: int = 0
+    linked: int = 0
+    articles: int = 0  # <article> and <main> elements
+    major_headings: int = 0  # h1 to h3
+    content_headings: int = 0  # headings that are not boilerplate ones ("Related articles")
+
+    def add(self, other: "_Tally") -> None:
+        self.text += other.text
+        self.linked += other.linked
+        self.articles += other.articles
+        self.major_headings += other.major_headings
+        self.content_headings += other.content_headings
+
+
+class _Subtrees:
+    """What each element under a root holds (its text, link text, articles and headings), counted in one walk.
+
+    Asked of every candidate for removal, element by element it took time in the square of the nesting.
+    """
+
+    def __init__(self, root: LexborNode) -> None:
+        self._tallies: dict[int, _Tally] = {}
+        stack = [_Tally(root, root.iter(include_text=True))]
+        while stack:
+            tally = stack[-1]
+            child = next(tally.children, None)
+            if child is None:
+                stack.pop()
+                self._tallies[tally.node.mem_id] = tally
+                if stack:
+                    stack[-1].add(tally)
+                    tag = tally.node.tag
+                    stack[-1].linked += tally.text - tally.linked if tag == "a" else 0
+                    stack[-1].articles += tag in {"article", "main"}
+                    stack[-1].major_headings += tag in {"h1", "h2", "h3"}
+                    stack[-1].content_headings += tag in _HEADING_TAGS and not _is_boilerplate_heading(
+                        _flatten_text(tally.node)
+                    )
+            elif child.is_text_node:
+                tally.text += sum(not character.isspace() for character in child.text_content or "")
+            elif child.is_element_node:
+                stack.append(_Tally(child, child.iter(include_text=True)))
+
+    def of(self, node: LexborNode) -> _Tally:
+        """What the element holds, itself not counted as an article or a heading."""
+        return self._tallies.get(node.mem_id) or _Tally(node, iter(()))
+
+    def is_link_list(self, node: LexborNode) -> bool:
+        """Whether most of the element's text is link text (a menu, a list of related articles)."""
+        tally = self.of(node)
+        linked = tally.text if node.tag == "a" else tally.linked
+        return tally.text > 0 and linked >= _LINK_LIST_SHARE * tally.text
 
 
 def _unlinked_words(node: LexborNode) -> int:
