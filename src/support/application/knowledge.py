@@ -87,6 +87,8 @@ class IngestRequest:
     metadata: Mapping[str, str] = field(default_factory=dict)
     # The title when none is given and the content has none (a file's name: a .txt file, a PDF without one).
     fallback_title: str | None = None
+    # Why the content could not be read (a file on disk): the request fails with this, and a bulk run goes on.
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +108,12 @@ def check_request(request: IngestRequest, limits: KnowledgeLimits) -> None:
 
     Raises:
         ContentTooLargeError: the content exceeds the configured size.
-        InvalidInputError: the content is empty or whitespace, a given title or external_id is too long (or
-            the title is whitespace), plain text comes without a title, the url is not an absolute http(s) URL,
-            or the tags or metadata break their limits.
+        InvalidInputError: the content could not be read or is empty or whitespace, a given title or external_id
+            is too long (or the title is whitespace), plain text comes without a title, the url is not an absolute
+            http(s) URL, or the tags or metadata break their limits.
     """
+    if request.unreadable:
+        raise InvalidInputError(request.unreadable)
     if len(request.content) > limits.max_document_bytes:
         raise ContentTooLargeError(f"A document may have at most {limits.max_document_bytes} bytes.")
     # Decoded leniently, so that Unicode spaces count as whitespace too; extraction reads the text properly.
@@ -130,9 +134,8 @@ def check_request(request: IngestRequest, limits: KnowledgeLimits) -> None:
         raise InvalidInputError(f"An external_id has at most {MAX_EXTERNAL_ID_LENGTH} characters.")
     # Shown to customers as a citation link: a javascript: URL in a bulk file is refused like one in the API.
     validate_document_url(request.url)
-    # The API's body rule (Tags), for the ways in that skip it: JSON-lines files and Markdown front matter.
-    if len(request.tags) > MAX_TAGS or not all(0 < len(tag) <= MAX_TAG_LENGTH for tag in request.tags):
-        raise InvalidInputError(f"A document has at most {MAX_TAGS} tags of 1 to {MAX_TAG_LENGTH} characters each.")
+    # The API's body rule (Tags), for the ways in that skip it: JSON-lines files (and front matter, in prepare).
+    _check_tags(request.tags)
     # The API's body rule (Metadata), for JSON-lines files.
     if len(request.metadata) > MAX_METADATA_ENTRIES:
         raise InvalidInputError(f"metadata: at most {MAX_METADATA_ENTRIES} entries")
@@ -141,6 +144,35 @@ def check_request(request: IngestRequest, limits: KnowledgeLimits) -> None:
             raise InvalidInputError(f"metadata: keys have 1 to {MAX_METADATA_KEY_LENGTH} characters")
         if len(value) > MAX_METADATA_VALUE_LENGTH:
             raise InvalidInputError(f"metadata[{_shown(key)}]: at most {MAX_METADATA_VALUE_LENGTH} characters")
+
+
+def _check_tags(tags: Sequence[str], *, where: str = "") -> None:
+    if len(tags) > MAX_TAGS or not all(0 < len(tag) <= MAX_TAG_LENGTH for tag in tags):
+        raise InvalidInputError(
+            f"{where}A document has at most {MAX_TAGS} tags of 1 to {MAX_TAG_LENGTH} characters each."
+        )
+
+
+def _declared_url_and_tags(request: IngestRequest, extracted: ExtractedDocument) -> tuple[str | None, Sequence[str]]:
+    """The request's url and tags, else those the content declares (Markdown front matter), held to the same rules.
+
+    One file is one document however it comes in: the API's upload ignored front matter's url and tags that
+    ``support kb ingest`` read.
+
+    Raises:
+        InvalidInputError: the front matter's url or tags break the rules; the message says where they came from.
+    """
+    url = request.url or None
+    if url is None and extracted.url:
+        try:
+            url = validate_document_url(extracted.url)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"Front matter {error.message}") from None
+    tags = request.tags
+    if not tags and extracted.tags:
+        _check_tags(extracted.tags, where="Front matter tags: ")
+        tags = extracted.tags
+    return url, tags
 
 
 def file_title(filename: str) -> str | None:
@@ -257,6 +289,7 @@ class IngestDocument:
         if request.external_id and not request.external_id.strip():
             raise InvalidInputError("external_id is blank: leave it out to have one generated.")
         external_id = (request.external_id or "").strip() or str(new_id())
+        url, tags = _declared_url_and_tags(request, extracted)
         text = full_text(extracted)
         content_type = request.content_type.split(";")[0].strip().lower()
         # Chunks are scanned when they are cut (embed_many); the source shows what readers would not see.
@@ -266,8 +299,8 @@ class IngestDocument:
             title=title,
             content_type=content_type,
             text_hash=text_hash(text),
-            url=request.url or None,  # checked by check_request
-            tags=normalise_tags(request.tags),
+            url=url,
+            tags=normalise_tags(tags),
             audience=request.audience,
             metadata=dict(request.metadata),
             flags=tuple(hidden),

@@ -1,7 +1,6 @@
 """Knowledge sources on disk: files, folders, Markdown with front matter, and JSONL exports."""
 
 from collections.abc import Iterator
-from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -44,56 +43,46 @@ def iter_sources(paths: list[Path]) -> Iterator[IngestRequest]:
 
 
 def sample_sources() -> Iterator[IngestRequest]:
-    """The fictional Northwind Supply help center shipped with the package."""
+    """The fictional Northwind Supply help center shipped with the package (its front matter gives title, url, tags)."""
     folder = resources.files("support.sample_data") / "helpcenter"
     for entry in sorted(folder.iterdir(), key=lambda item: item.name):
         if entry.name.endswith(".md"):
-            yield markdown_request(entry.read_bytes(), external_id=SAMPLE_PREFIX + entry.name.removesuffix(".md"))
+            external_id = SAMPLE_PREFIX + entry.name.removesuffix(".md")
+            yield IngestRequest(content=entry.read_bytes(), content_type="text/markdown", external_id=external_id)
 
 
 def _files(paths: list[Path]) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
             for child in sorted(path.rglob("*")):
-                if child.is_file() and (content_type_for_filename(child.name) or child.suffix.lower() == ".jsonl"):
+                if child.is_file() and _is_source(child):
                     yield child
         elif path.is_file():
+            if not _is_source(path):
+                # Found before anything is ingested (count_sources), as a missing path is.
+                raise SourceError(f"{path}: unsupported file type (use .txt, .md, .html, .pdf or .jsonl)")
             yield path
         else:
             raise SourceError(f"{path}: no such file or folder")
 
 
+def _is_source(path: Path) -> bool:
+    return content_type_for_filename(path.name) is not None or path.suffix.lower() == ".jsonl"
+
+
 def _file(path: Path, *, external_id: str) -> IngestRequest:
-    content_type = content_type_for_filename(path.name)
-    if content_type is None:
-        raise SourceError(f"{path}: unsupported file type (use .txt, .md, .html, .pdf or .jsonl)")
-    data = path.read_bytes()
+    """The file as the API's upload takes it: its bytes, which the extractor reads (encoding, Markdown front matter).
+
+    A file that cannot be read is a failed document, and the run goes on.
+    """
+    content_type = content_type_for_filename(path.name) or "text/plain"  # _files yields supported types only
     fallback = file_title(path.name)
-    if content_type == "text/markdown":
-        return replace(markdown_request(data, external_id=external_id), fallback_title=fallback)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        unreadable = f"{path}: the file could not be read ({error.strerror or type(error).__name__})."
+        return IngestRequest(b"", content_type, external_id=external_id, fallback_title=fallback, unreadable=unreadable)
     return IngestRequest(content=data, content_type=content_type, external_id=external_id, fallback_title=fallback)
-
-
-def markdown_request(data: bytes, *, external_id: str) -> IngestRequest:
-    """A Markdown document, with ``title``/``url``/``tags`` taken from a leading ``---`` front matter block."""
-    text = data.decode("utf-8-sig")
-    fields: dict[str, str] = {}
-    if text.startswith("---\n"):
-        header, separator, body = text[4:].partition("\n---\n")
-        if separator:
-            for line in header.splitlines():
-                key, colon, value = line.partition(":")
-                if colon:
-                    fields[key.strip().lower()] = value.strip()
-            text = body
-    return IngestRequest(
-        content=text.encode(),
-        content_type="text/markdown",
-        external_id=external_id,
-        title=fields.get("title") or None,
-        url=fields.get("url") or None,
-        tags=[tag.strip() for tag in fields.get("tags", "").split(",") if tag.strip()],
-    )
 
 
 def _jsonl(path: Path) -> list[IngestRequest]:

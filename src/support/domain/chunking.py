@@ -36,6 +36,9 @@ class _Piece:
     # For a table row, the table's header line and its ``--- | ---`` line, as one piece: a chunk that begins in the
     # middle of a table begins with them.
     header: "_Piece | None" = None
+    # A table row or part of one: never carried as overlap (a chunk would begin in the middle of a row, or with rows
+    # above the header the next chunk repeats).
+    row: bool = False
 
 
 def chunk_document(
@@ -107,14 +110,16 @@ def _split_section(text: str, budget: _Budget) -> Iterator[_Piece]:
     for paragraph in _PARAGRAPH_BREAK.split(text):
         first_in_paragraph = True
         tables = _Tables(budget)
-        for raw_line in paragraph.split("\n"):
-            # Leading whitespace is kept: it carries the indentation of code and nested lists.
-            line = raw_line.rstrip()
-            if not line.strip():
-                continue
+        # Leading whitespace is kept: it carries the indentation of code and nested lists.
+        lines = [line for line in (raw_line.rstrip() for raw_line in paragraph.split("\n")) if line.strip()]
+        for index, line in enumerate(lines):
             row_header = tables.header_of(line)
+            is_row = tables.in_rows
+            # A table's lines are packed whole, as a row cut at a sentence left its end at the top of the next chunk
+            # ("Light pattern: 3 blinks.", and no header there): only a line longer than a chunk is cut.
+            whole = is_row or _is_table_head(line, lines[index + 1] if index + 1 < len(lines) else "")
             first_in_line = True
-            for sentence in _sentences(line):
+            for sentence, tokens in _units(line, budget, whole=whole):
                 if first_in_section:
                     separator = ""
                 elif first_in_paragraph:
@@ -124,12 +129,27 @@ def _split_section(text: str, budget: _Budget) -> Iterator[_Piece]:
                 else:
                     separator = _WORD_SEPARATOR
                 first_in_section = first_in_paragraph = first_in_line = False
-                tokens = budget.count(sentence)
                 if budget.fits(len(sentence), tokens):
-                    yield _Piece(sentence, tokens, separator, row_header)
+                    yield _Piece(sentence, tokens, separator, row_header, is_row)
                     continue
-                for index, (fragment, fragment_tokens) in enumerate(_split_words(sentence, budget)):
-                    yield _Piece(fragment, fragment_tokens, separator if index == 0 else _WORD_SEPARATOR, row_header)
+                for cut, (fragment, fragment_tokens) in enumerate(_split_words(sentence, budget)):
+                    yield _Piece(
+                        fragment, fragment_tokens, separator if cut == 0 else _WORD_SEPARATOR, row_header, is_row
+                    )
+
+
+def _units(line: str, budget: _Budget, *, whole: bool) -> list[tuple[str, int]]:
+    """The line's sentences and their tokens; the line itself when it is to be kept ``whole`` and fits a chunk."""
+    if whole:
+        tokens = budget.count(line)
+        if budget.fits(len(line), tokens):
+            return [(line, tokens)]
+    return [(sentence, budget.count(sentence)) for sentence in _sentences(line)]
+
+
+def _is_table_head(line: str, next_line: str) -> bool:
+    """Whether ``line`` is a table's header line (the rule follows it) or its ``--- | ---`` rule."""
+    return bool(_TABLE_RULE.fullmatch(line)) or ("|" in line and bool(_TABLE_RULE.fullmatch(next_line)))
 
 
 class _Tables:
@@ -139,6 +159,8 @@ class _Tables:
         self._budget = budget
         self._previous = ""
         self._header: _Piece | None = None
+        self._under_rule = False
+        self.in_rows = False  # whether the last line given is a row of a table (under its rule)
 
     def header_of(self, line: str) -> _Piece | None:
         """The header piece of the table whose row ``line`` is (None for any other line); lines go in order."""
@@ -148,9 +170,12 @@ class _Tables:
             header = _Piece(text, self._budget.count(text), "")
             # A header that leaves no room for a row is not repeated.
             self._header = header if self._budget.fits(len(text), header.tokens * 2) else None
+            self._under_rule, self.in_rows = True, False
             return None
         if "|" not in line:
             self._header = None
+            self._under_rule = False
+        self.in_rows = self._under_rule
         return self._header
 
 
@@ -301,8 +326,13 @@ def _length(pieces: list[_Piece]) -> int:
 def _trailing_overlap(emitted: list[_Piece], overlap_tokens: int) -> list[_Piece]:
     carried = 0
     tokens = 0
-    # Never carry the whole chunk: repeating it entirely adds nothing to retrieval.
-    while carried < len(emitted) - 1 and tokens + emitted[-1 - carried].tokens <= overlap_tokens:
+    # Never carry the whole chunk: repeating it entirely adds nothing to retrieval. Nor a table's rows: a table that
+    # goes on starts again under its header (_pack), and a row's last sentence alone is a cell without its row.
+    while (
+        carried < len(emitted) - 1
+        and not emitted[-1 - carried].row
+        and tokens + emitted[-1 - carried].tokens <= overlap_tokens
+    ):
         tokens += emitted[-1 - carried].tokens
         carried += 1
     return emitted[len(emitted) - carried :]

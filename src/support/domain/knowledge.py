@@ -83,10 +83,16 @@ class Section:
 
 @dataclass(frozen=True, slots=True)
 class ExtractedDocument:
-    """A document normalised to text with its structure kept: an optional title and ordered sections."""
+    """A document normalised to text with its structure kept: an optional title and ordered sections.
+
+    ``url`` and ``tags`` are what the content says of itself (a Markdown file's front matter), unchecked: a request's
+    own fields win over them.
+    """
 
     title: str | None
     sections: tuple[Section, ...]
+    url: str | None = None
+    tags: tuple[str, ...] = ()
 
     @property
     def is_empty(self) -> bool:

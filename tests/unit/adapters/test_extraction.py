@@ -3,7 +3,7 @@ import io
 import pypdf
 import pytest
 
-from support.adapters.extraction.extractor import StructuredTextExtractor
+from support.adapters.extraction.extractor import StructuredTextExtractor, parse_front_matter
 from support.domain.errors import InvalidInputError, UnsupportedContentTypeError
 from support.domain.knowledge import ExtractedDocument, Section, content_type_for_filename
 
@@ -179,12 +179,48 @@ def test_markdown_headings_become_section_paths_and_the_first_h1_the_title() -> 
     assert sections["Single sign-on",] == "SSO accounts have no password."
 
 
-def test_markdown_front_matter_is_not_content_and_gives_the_title() -> None:
-    data = b'---\ntitle: "Shipping times"\ntags: [faq]\n---\nOrders ship within 2 days.\n'
+def test_markdown_front_matter_is_not_content_and_gives_the_title_url_and_tags() -> None:
+    data = (
+        b'---\ntitle: "Shipping times"\ntags: [faq]\nurl: https://help.example/shipping\n---\nOrders ship in 2 days.\n'
+    )
 
     document = extractor.extract(data, "text/x-markdown")
 
-    assert document == ExtractedDocument(title="Shipping times", sections=(Section((), "Orders ship within 2 days."),))
+    assert document == ExtractedDocument(
+        title="Shipping times",
+        sections=(Section((), "Orders ship in 2 days."),),
+        url="https://help.example/shipping",
+        tags=("faq",),
+    )
+
+
+@pytest.mark.parametrize(
+    ("front_matter", "expected"),
+    [
+        ('title: "Shipping rates & delivery times"', {"title": "Shipping rates & delivery times"}),
+        ("title: 'It''s free' # a comment", {"title": "It's free"}),
+        ('title: "A \\"quoted\\" word"', {"title": 'A "quoted" word'}),
+        ("title: >\n  Folded\n  title", {"title": "Folded title"}),
+        ("url: https://help.example/a#anchor", {"url": "https://help.example/a#anchor"}),
+        ('tags: [shipping, "a, b", orders]', {"tags": ["shipping", "a, b", "orders"]}),
+        ("tags:\n  - loyalty\n  - 'rewards' # comment\nauthor: jo", {"tags": ["loyalty", "rewards"], "author": "jo"}),
+        ("tags:\n- flush\n- left", {"tags": ["flush", "left"]}),
+        ("Title: Case\nseo:\n  title: Nested", {"title": "Case"}),
+        ("tags: credit, billing", {"tags": "credit, billing"}),
+    ],
+)
+def test_front_matter_reads_the_yaml_that_front_matter_uses(front_matter: str, expected: dict[str, object]) -> None:
+    # Quotes were kept, "[shipping, orders]" became the tags "[shipping" and "orders]", a block list gave no tags.
+    assert parse_front_matter(front_matter + "\n") == expected
+
+
+def test_markdown_front_matter_with_crlf_line_ends_is_read() -> None:
+    data = b"---\r\ntitle: Gift cards FAQ\r\ntags: giftcards, payments\r\n---\r\n\r\nValid for 3 years.\r\n"
+
+    document = extractor.extract(data, "text/markdown")
+
+    assert (document.title, document.tags) == ("Gift cards FAQ", ("giftcards", "payments"))
+    assert section_texts(document) == {(): "Valid for 3 years."}
 
 
 def test_markdown_raw_html_blocks_keep_their_text_but_not_scripts() -> None:
@@ -264,6 +300,24 @@ def test_html_headings_lists_and_tables_become_readable_sections() -> None:
     }
 
 
+def test_html_code_block_in_a_list_item_keeps_its_lines_under_the_item() -> None:
+    # It was one line glued to the words before it: "1. Create the config file:[default] region = eu-central ...".
+    html = (
+        b"<main><h1>Configure the CLI</h1><ol><li>Create the config file:<pre><code>[default]\n"
+        b"region = eu-central\ntoken = YOUR_TOKEN\n</code></pre>then save it.</li>"
+        b"<li>Run <code>fernway sync</code>.</li></ol></main>"
+    )
+
+    document = extractor.extract(html, "text/html")
+
+    assert section_texts(document) == {
+        (): (
+            "1. Create the config file:\n   [default]\n   region = eu-central\n   token = YOUR_TOKEN\n"
+            "   then save it.\n2. Run fernway sync."
+        )
+    }
+
+
 def test_html_nested_thousands_deep_is_read_without_recursion() -> None:
     # Old pages leave <font> tags unclosed: a thousand levels went past Python's recursion limit (a 500, and a
     # failed bulk job).
@@ -308,6 +362,77 @@ def test_html_wrapper_named_like_boilerplate_is_kept_when_it_holds_a_section() -
     document = extractor.extract(html, "text/html")
 
     assert section_texts(document) == {("Menus",): "Edit a menu."}
+
+
+ZENDESK_ARTICLE_HTML = """\
+<main><article>
+  <header class="article-header"><h1>Changing your delivery address</h1>
+    <a class="article-subscribe" role="button" href="/subscribe">Follow</a></header>
+  <div class="article-body"><p>You can change it until the order is packed.</p>
+    <h2>After the order is packed</h2><p>Use the carrier's redirect service.</p></div>
+  <h2>Was this article helpful?</h2><p>4 out of 9 found this helpful</p>
+  <div class="article-relatives">
+    <section class="related-articles"><h2 class="related-articles-title">Related articles</h2>
+      <ul><li><a href="/a/99">Return a parcel</a></li></ul></section>
+    <section class="recent-articles"><h2>Recently viewed articles</h2>
+      <ul><li><a href="/a/5">Reset your password</a></li></ul></section></div>
+  <section class="comments"><header><h2 class="comment-heading">3 Comments</h2><p>3 comments</p></header>
+    <p>Please <a href="/login">sign in</a> to leave a comment.</p><h3>Jo</h3><p>Great article!</p></section>
+  <h2>Share this article</h2><p><a href="https://x.example/share">X</a></p>
+  <h2>Redirect fees</h2><p>A redirect costs 2 euro.</p>
+</article></main>
+"""
+
+
+def test_html_sections_under_boilerplate_headings_are_dropped_and_the_article_kept() -> None:
+    # "Related articles", "Comments" and the vote buttons were chunks of their own, or glued onto the section
+    # before, and quoted to customers (found by exploratory testing on a Zendesk export).
+    document = extractor.extract(ZENDESK_ARTICLE_HTML.encode(), "text/html")
+
+    assert document.title == "Changing your delivery address"
+    assert section_texts(document) == {
+        (): "You can change it until the order is packed.",
+        ("After the order is packed",): "Use the carrier's redirect service.",
+        ("Redirect fees",): "A redirect costs 2 euro.",
+    }
+
+
+TABS_AND_ACCORDIONS_HTML = """\
+<main><h1>Install the desktop app</h1>
+<div role="tablist"><button role="tab" aria-selected="true">Windows</button><button role="tab">macOS</button></div>
+<div class="tab-panel" role="tabpanel"><h2>Windows</h2><p>Run the setup wizard.</p></div>
+<div class="tab-panel" role="tabpanel" hidden><h2>macOS</h2><p>Drag the app to Applications.</p></div>
+<h2>Questions</h2>
+<div class="accordion">
+  <button aria-expanded="false" aria-controls="faq1">Can I install without admin rights?</button>
+  <div id="faq1" class="accordion-panel" aria-hidden="true"><p>Yes, with the per-user installer.</p></div>
+</div>
+<div class="share-options"><p>To share the installer with your team, send them the download link.</p></div>
+<div class="share-buttons"><a href="https://x.example">Share on X</a></div>
+<div class="menu-panel" hidden><p>MENU-TEXT in a hidden menu.</p></div>
+<div class="mobile-panel" hidden><a href="/">LINK-TEXT Home</a> <a href="/billing">Billing</a></div>
+<div role="dialog" hidden><p>MODAL-TEXT Sign up now.</p></div>
+<div class="cookie-banner" aria-hidden="true"><p>COOKIE-TEXT We use cookies.</p></div>
+<p>Installing takes a minute. <span class="icon" aria-hidden="true">ICON-TEXT</span></p>
+<section><header><h2>Uninstalling</h2></header><p>Drag the app to the Bin.</p></section>
+</main>
+"""
+
+
+def test_html_hidden_tab_panels_and_accordion_answers_are_content_unlike_hidden_menus_and_modals() -> None:
+    # Tab panels and accordion answers are hidden until a reader opens them; they were dropped, with a paragraph in a
+    # "share-options" block and a heading in a section's <header> (its text then joined the section before).
+    document = extractor.extract(TABS_AND_ACCORDIONS_HTML.encode(), "text/html")
+
+    assert section_texts(document) == {
+        ("Windows",): "Run the setup wizard.",
+        ("macOS",): "Drag the app to Applications.",
+        ("Questions",): (
+            "Can I install without admin rights?\n\nYes, with the per-user installer.\n\n"
+            "To share the installer with your team, send them the download link.\n\nInstalling takes a minute."
+        ),
+        ("Uninstalling",): "Drag the app to the Bin.",
+    }
 
 
 def test_html_page_wrapped_in_one_form_keeps_its_content() -> None:

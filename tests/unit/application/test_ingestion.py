@@ -336,6 +336,108 @@ def test_a_file_is_the_same_document_however_its_path_is_typed(tmp_path: Path, m
     assert typed == [[str((tmp_path / "docs" / "gift-cards.md").resolve())]] * 4
 
 
+async def test_the_cli_reads_a_windows_1252_file_as_an_upload_is_read_and_an_unreadable_file_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The CLI decoded Markdown as UTF-8 only: a Windows-1252 file was a traceback, and nothing was ingested.
+    (tmp_path / "a-voucher.md").write_bytes("# Café voucher\n\nIt is worth €10 \u2013 no exceptions.".encode("cp1252"))
+    (tmp_path / "b-locked.md").write_text("# Locked\n\nUnreadable.")
+    (tmp_path / "c-returns.md").write_text("# Returns\n\nWithin 30 days.")
+    read_bytes = Path.read_bytes
+
+    def refusing(path: Path) -> bytes:
+        if path.name == "b-locked.md":
+            raise PermissionError(13, "Permission denied")
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refusing)
+    knowledge = InMemoryKnowledgeBase()
+    bulk = IngestDocuments(ingestion(knowledge, HashingEmbedder()), knowledge, InMemoryUnitOfWork(), FixedClock())
+
+    report = await bulk.execute(iter_sources([tmp_path]))
+
+    assert (report.created, report.failed) == (2, 1)
+    [(position, external_id, message)] = report.errors
+    assert (position, PurePath(external_id).name) == (1, "b-locked.md")
+    assert message.endswith("b-locked.md: the file could not be read (Permission denied).")
+    voucher = await knowledge.get_by_external_id(str((tmp_path / "a-voucher.md").resolve()))
+    assert voucher is not None
+    assert voucher.title == "Café voucher"
+    upload = await ingestion(InMemoryKnowledgeBase(), HashingEmbedder()).execute(
+        IngestRequest(content=read_bytes(tmp_path / "a-voucher.md"), content_type="text/markdown", external_id="v")
+    )
+    assert upload.document.fingerprint == voucher.fingerprint
+
+
+FRONT_MATTER_FILES = {
+    "shipping-rates.md": (
+        (
+            b'---\ntitle: "Shipping rates & delivery times"\nslug: shipping-rates\ntags: [shipping, orders]\n'
+            b"updated: 2026-10-02\n---\n\n# Shipping rates & delivery times\n\nWe ship from Rotterdam.\n"
+        ),
+        ("Shipping rates & delivery times", None, ("orders", "shipping")),
+    ),
+    "loyalty.md": (
+        (
+            b"---\ntitle: Loyalty points\ntags:\n  - loyalty\n  - rewards\nurl: https://help.example/loyalty\n---\n\n"
+            b"# Loyalty points\n\nYou earn 1 point per euro spent.\n"
+        ),
+        ("Loyalty points", "https://help.example/loyalty", ("loyalty", "rewards")),
+    ),
+    "store-credit.md": (
+        (
+            b"---\ntitle: Store credit\ntags: credit, billing\nurl: https://help.example/store-credit\n---\n\n"
+            b"Store credit never expires.\n"
+        ),
+        ("Store credit", "https://help.example/store-credit", ("billing", "credit")),
+    ),
+    "gift-cards.md": (
+        b"---\r\ntitle: Gift cards FAQ\r\ntags: giftcards, payments\r\n---\r\n\r\nValid for 3 years.\r\n",
+        ("Gift cards FAQ", None, ("giftcards", "payments")),
+    ),
+}
+
+
+async def test_a_markdown_file_with_front_matter_is_one_document_from_the_cli_and_from_an_upload(
+    tmp_path: Path,
+) -> None:
+    # The CLI kept the quotes of a quoted title, read "[shipping, orders]" as the tags "[shipping" and "orders]", a
+    # block list as no tags and CRLF front matter as text; the upload read only the title. Given fields still win.
+    for name, (data, _) in FRONT_MATTER_FILES.items():
+        (tmp_path / name).write_bytes(data)
+    from_cli = {}
+    for request in iter_sources([tmp_path]):
+        document = (await ingestion(InMemoryKnowledgeBase(), HashingEmbedder()).execute(request)).document
+        from_cli[PurePath(document.external_id).name] = (document.title, document.url, document.tags)
+    from_upload = {}
+    for name, (data, _) in FRONT_MATTER_FILES.items():
+        # As POST /v1/knowledge/uploads builds it from a form with only the file.
+        upload = IngestRequest(
+            content=data, content_type="text/markdown", external_id=name, fallback_title=PurePath(name).stem
+        )
+        document = (await ingestion(InMemoryKnowledgeBase(), HashingEmbedder()).execute(upload)).document
+        from_upload[name] = (document.title, document.url, document.tags)
+
+    expected = {name: declared for name, (_, declared) in FRONT_MATTER_FILES.items()}
+    assert from_cli == from_upload == expected
+    given = IngestRequest(
+        content=FRONT_MATTER_FILES["loyalty.md"][0],
+        content_type="text/markdown",
+        title="Points",
+        url="https://help.example/points",
+        tags=["Points"],
+    )
+    document = (await ingestion(InMemoryKnowledgeBase(), HashingEmbedder()).execute(given)).document
+    assert (document.title, document.url, document.tags) == ("Points", "https://help.example/points", ("points",))
+
+
+async def test_a_front_matter_url_is_held_to_the_rules_of_a_given_one() -> None:
+    request = IngestRequest(content=b"---\nurl: javascript:alert(1)\n---\n# Hi\n\nText.", content_type="text/markdown")
+
+    with pytest.raises(InvalidInputError, match=r"^Front matter url: must be an absolute http"):
+        await ingestion(InMemoryKnowledgeBase(), HashingEmbedder()).execute(request)
+
+
 class LoopWatchingExtractor(StructuredTextExtractor):
     """Extraction as usual, noting whether it ran on the event loop's thread; a document marked BROKEN raises."""
 

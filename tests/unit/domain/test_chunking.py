@@ -297,3 +297,33 @@ def test_a_table_that_goes_on_in_a_new_chunk_repeats_its_header_there() -> None:
     shown = [line for chunk in tabular for line in chunk.text.splitlines()[2:]]
     assert shown == rows
     assert chunks[-1].text.endswith("After the table, a sentence of prose.")
+
+
+@pytest.mark.parametrize("max_tokens", [40, 44, 48, 50])
+def test_a_table_row_of_several_sentences_is_never_cut_and_its_continuation_starts_with_the_header(
+    max_tokens: int,
+) -> None:
+    # A row cut at a sentence left "Light pattern: 3 blinks." at the top of the next chunk, with no header there
+    # (found by exploratory testing).
+    rows = [
+        f"E{code:02d} | Fault {code} | Unplug it. Wait ten seconds. Light pattern: {code}." for code in range(1, 13)
+    ]
+    table = "\n".join(["Code | Meaning | What to do", "--- | --- | ---", *rows])
+    chunks = chunk_document(
+        document(Section(("Error codes",), f"The display shows a code.\n\n{table}")),
+        count_tokens=count_words,
+        max_tokens=max_tokens,
+        overlap_tokens=10,
+    )
+
+    tabular = [chunk for chunk in chunks if "|" in chunk.text]
+    assert len(tabular) >= 3
+    for chunk in tabular:
+        lines = chunk.text.split("\n")
+        head = lines.index("Code | Meaning | What to do")
+        assert lines[head + 1] == "--- | --- | ---"
+        assert all(line in rows for line in lines[head + 2 :]), chunk.text  # whole rows only
+    for chunk in tabular[1:]:
+        assert chunk.text.startswith("Code | Meaning | What to do\n--- | --- | ---\nE"), chunk.text
+    shown = [line for chunk in tabular for line in chunk.text.split("\n") if line.startswith("E")]
+    assert shown == rows  # each row once, in one piece

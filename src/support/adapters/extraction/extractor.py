@@ -2,10 +2,11 @@
 
 import codecs
 import io
+import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import pypdf
@@ -227,26 +228,122 @@ class _SectionBuilder:
 
 # --- Markdown --------------------------------------------------------------------------------------------
 
-_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(?P<body>.*?\n)---[ \t]*(?:\n|\Z)", re.DOTALL)
-_FRONT_MATTER_TITLE = re.compile(r"^title:[ \t]*(?P<title>.+?)[ \t]*$", re.MULTILINE)
+# Line ends may be CRLF (a file saved on Windows): its front matter was read as a rule and a heading.
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(?P<body>.*?\r?\n)---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 _MARKDOWN = MarkdownIt("commonmark").enable("table")
 
 
 def _extract_markdown(text: str) -> ExtractedDocument:
     text = unicodedata.normalize("NFC", text.lstrip("\ufeff"))
-    title = None
+    fields: dict[str, str | list[str]] = {}
     front_matter = _FRONT_MATTER.match(text)
     if front_matter:
         # Static-site exports carry YAML front matter; without this it would parse as a rule and a heading.
         text = text[front_matter.end() :]
-        declared = _FRONT_MATTER_TITLE.search(front_matter["body"])
-        title = _collapse_whitespace(declared["title"].strip("\"'")) if declared else None
+        fields = parse_front_matter(front_matter["body"])
+    declared_title = fields.get("title")
+    declared_url = fields.get("url")
     tokens = _MARKDOWN.parse(text)
-    if title is None:
-        title = _first_markdown_h1(tokens)
-    builder = _SectionBuilder(title)
+    title = _collapse_whitespace(declared_title) if isinstance(declared_title, str) else ""
+    builder = _SectionBuilder(title or _first_markdown_h1(tokens))
     _MarkdownRenderer(builder).render(tokens)
-    return builder.finish()
+    document = builder.finish()
+    return replace(
+        document,
+        url=(declared_url.strip() or None) if isinstance(declared_url, str) else None,
+        tags=_front_matter_tags(fields.get("tags")),
+    )
+
+
+# --- front matter: the YAML that Jekyll, Hugo, Docusaurus and help-center exports put before the Markdown ---
+
+_FRONT_MATTER_KEY = re.compile(r"(?P<key>[A-Za-z_][\w-]*)[ \t]*:(?:[ \t]+(?P<value>.*?))?[ \t]*")
+_BLOCK_ITEM = re.compile(r"[ \t]*-(?:[ \t]+(?P<item>.*?))?[ \t]*")
+_COMMENT = re.compile(r"(?:^|[ \t])#.*")
+_QUOTED = re.compile(r"'(?:[^']|'')*'" + r'|"(?:[^"\\]|\\.)*"')
+_BLOCK_SCALAR_MARKS: Final = frozenset({"|", ">", "|-", ">-", "|+", ">+"})
+
+
+def parse_front_matter(body: str) -> dict[str, str | list[str]]:
+    """The top-level ``key: value`` pairs of a front matter block, keys lower-cased.
+
+    The YAML that front matter uses: plain, quoted (``title: "Shipping rates & delivery times"``) and block (``|``,
+    ``>``) scalars, flow lists (``tags: [a, b]``), block lists (``tags:`` then ``- a`` lines) and comments; anything
+    else (nested mappings, anchors) is skipped. Values stay text. PyYAML is not a dependency of the project (only of
+    some of its dependencies), and its ``safe_load`` would make ``title: 2026`` a number and ``title: no`` False.
+    """
+    fields: dict[str, str | list[str]] = {}
+    lines = body.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    index = 0
+    while index < len(lines):
+        pair = _FRONT_MATTER_KEY.fullmatch(lines[index])
+        index += 1
+        if pair is None:
+            continue
+        value = _uncommented(pair["value"] or "")
+        # What belongs to the key: the lines after it that are indented, or are items of a block list.
+        start = index
+        while index < len(lines) and (lines[index][:1] in {" ", "\t", "-"} or not lines[index].strip()):
+            index += 1
+        nested = lines[start:index]
+        if value in _BLOCK_SCALAR_MARKS:
+            fields[pair["key"].lower()] = _collapse_whitespace(" ".join(nested))
+        elif value.startswith("["):
+            fields[pair["key"].lower()] = _flow_list(value)
+        elif value:
+            fields[pair["key"].lower()] = _scalar(value)
+        else:
+            items = [_BLOCK_ITEM.fullmatch(line) for line in nested if line.strip()]
+            if items and all(items):
+                fields[pair["key"].lower()] = [_scalar(_uncommented(item["item"] or "")) for item in items if item]
+    return fields
+
+
+def _uncommented(value: str) -> str:
+    """A value without its trailing ``# comment``; a quoted one ends at its closing quote (and keeps its ``#``)."""
+    quoted = _QUOTED.match(value)
+    return quoted[0] if quoted else _COMMENT.sub("", value).strip()
+
+
+def _scalar(value: str) -> str:
+    """A YAML scalar's text: quotes removed and, in double quotes, escapes read."""
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == "'":  # noqa: PLR2004 - the two quotes
+        return value[1:-1].replace("''", "'")
+    if len(value) >= 2 and value[0] == value[-1] == '"':  # noqa: PLR2004
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return value[1:-1]
+        return decoded if isinstance(decoded, str) else value[1:-1]
+    return value
+
+
+def _flow_list(value: str) -> list[str]:
+    """``[a, "b, c", 'd']``: the items, split at commas outside quotes."""
+    inner = value.strip()[1:]
+    inner = inner[: inner.rfind("]")] if "]" in inner else inner
+    items, current, quote = [], "", ""
+    for character in inner:
+        if quote:
+            quote = "" if character == quote else quote
+        elif character in {'"', "'"}:
+            quote = character
+        elif character == ",":
+            items.append(current)
+            current = ""
+            continue
+        current += character
+    items.append(current)
+    return [_scalar(item) for item in items if item.strip()]
+
+
+def _front_matter_tags(value: str | list[str] | None) -> tuple[str, ...]:
+    """Tags as a list, or as one comma-separated value (``tags: billing, payments``, as the CLI has long read them)."""
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else value.split(",")
+    return tuple(tag.strip() for tag in items if tag.strip())
 
 
 def _first_markdown_h1(tokens: list[Token]) -> str | None:
@@ -385,20 +482,47 @@ _NEVER_CONTENT = (
 )
 _BOILERPLATE = (
     "nav, aside, footer, form, dialog, [role=navigation], [role=banner], [role=contentinfo], [role=search], "
-    "[role=complementary], [role=dialog], [role=alertdialog], [aria-hidden=true], [hidden]"
+    "[role=complementary], [role=dialog], [role=alertdialog], [role=menu]"
 )
+_HIDDEN = "[aria-hidden=true], [hidden]"
 # Hyphen/underscore-separated parts of class and id names that mark page furniture rather than content.
 _BOILERPLATE_NAME_PARTS: Final = frozenset({
     "cookie", "cookies", "consent", "gdpr", "newsletter", "subscribe", "breadcrumb", "breadcrumbs", "sidebar",
-    "share", "sharing", "social", "advert", "advertisement", "ads", "promo", "skip", "related", "comments",
+    "social", "advert", "advertisement", "ads", "promo", "skip", "related", "comments",
     "toc", "pagination", "pager", "feedback", "votes", "sronly", "sr", "visually", "popup", "modal",
     "footer", "nav", "navbar", "navigation", "menu", "masthead",
 })  # fmt: skip
+# Share buttons are links and icons; a block so named that holds a paragraph of prose is content ("To share the
+# installer with your team, send them the link ..." was dropped).
+_SHARING_NAME_PARTS: Final = frozenset({"share", "sharing"})
+_PROSE_WORDS = 6
+# Parts of the names of what a reader opens in place: tab panels, accordion answers. Hidden until opened, they are
+# content, unlike a hidden menu, modal or cookie banner (whose names are boilerplate ones).
+_PANEL_NAME_PARTS: Final = frozenset({
+    "panel", "tabpanel", "pane", "tab", "tabs", "accordion", "collapse", "collapsible", "expandable", "answer", "faq",
+})  # fmt: skip
 _NAME_PART_SEPARATOR = re.compile(r"[-_\s]+")
+# Headings of page furniture that help centers (Zendesk and the like) put inside the article: the section under one
+# was a chunk of links, comments or vote buttons, quoted to customers. Compared casefolded, without punctuation or
+# numbers ("3 Comments", "Was this article helpful?"); English, Spanish, German and French, as help centers print them.
+_BOILERPLATE_HEADINGS: Final = frozenset({
+    "related articles", "related posts", "related pages", "related topics", "recently viewed articles",
+    "recently viewed", "articles in this section", "in this section", "comments", "comment", "leave a comment",
+    "add a comment", "post a comment", "was this article helpful", "was this page helpful", "was this helpful",
+    "share this article", "share this page", "share", "follow", "follow us", "table of contents", "on this page",
+    "in this article",
+    "artículos relacionados", "artículos vistos recientemente", "comentarios", "fue útil este artículo",
+    "ähnliche beiträge", "verwandte artikel", "zuletzt angesehene beiträge", "kommentare",
+    "war dieser beitrag hilfreich", "articles associés", "articles connexes", "articles récemment consultés",
+    "commentaires", "cet article vous a t il été utile",
+})  # fmt: skip
+_NOT_HEADING_WORD = re.compile(r"[^\w\s]|\d|_")
+# A block whose text is at least this share of link text is a list of links (related articles, a menu).
+_LINK_LIST_SHARE = 0.5
 _BLOCK_TAGS: Final = frozenset({
     "address", "article", "aside", "blockquote", "body", "caption", "center", "dd", "details", "dialog", "div",
     "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "header", "hgroup", "hr", "html", "li",
-    "main", "nav", "p", "section", "summary", "tbody", "td", "tfoot", "th", "thead", "tr",
+    "main", "nav", "p", "pre", "section", "summary", "tbody", "td", "tfoot", "th", "thead", "tr",
 })  # fmt: skip
 
 
@@ -439,6 +563,7 @@ def _extract_html(text: str) -> ExtractedDocument:
     tree = LexborHTMLParser(text)
     title_element = tree.css_first("title")
     page_title = _collapse_whitespace(title_element.text()) if title_element is not None else ""
+    _keep_accordion_questions(tree)
     for node in _outermost(tree.css(_NEVER_CONTENT)):
         node.decompose()
     root = _content_root(tree)
@@ -465,13 +590,37 @@ def _content_root(tree: LexborHTMLParser) -> LexborNode | None:
     return tree.body
 
 
+def _keep_accordion_questions(tree: LexborHTMLParser) -> None:
+    """An accordion's question is the button that opens its answer: keep its text, as buttons are dropped."""
+    buttons = [
+        button
+        for button in tree.css("button[aria-controls][aria-expanded]")
+        if button.attributes.get("role") != "tab"  # a tab's label: its panel has a heading of its own, as a rule
+    ]
+    if not buttons or tree.body is None:
+        return
+    by_id = {node.attributes.get("id"): node for node in tree.css("[id]")}
+    subtrees = _Subtrees(tree.body)
+    for button in buttons:
+        controlled = (button.attributes.get("aria-controls") or "").split()
+        panel = by_id.get(controlled[0]) if controlled else None
+        if panel is not None and _is_panel(panel, subtrees):
+            button.unwrap()
+
+
 def _remove_boilerplate(root: LexborNode) -> None:
+    subtrees = _Subtrees(root)
     candidates = [node for node in root.css(_BOILERPLATE) if node.tag != "form" or not _has_headings(node)]
-    # A <header> inside an <article> is that article's heading block, not the site banner.
-    candidates += [node for node in root.css("header") if not _has_ancestor(node, "article", root)]
-    # Class names are a weaker signal: a wrapper with a misleading name may hold a section of the content.
+    # Hidden until a reader opens them, tab panels and accordion answers are content.
+    candidates += [node for node in root.css(_HIDDEN) if not _is_panel(node, subtrees)]
+    # A <header> inside an <article> or a <section> is its heading block, not the site banner.
+    candidates += [node for node in root.css("header") if not _has_ancestor(node, {"article", "section"}, root)]
+    # Class names are a weaker signal: a wrapper with a misleading name may hold a section of the content. A heading
+    # is never dropped for its name alone: the text under it would join the section before (_HtmlWalker judges it).
     candidates += [
-        node for node in root.css("[class], [id]") if _has_boilerplate_name(node) and not _has_headings(node)
+        node
+        for node in root.css("[class], [id]")
+        if node.tag not in _HEADING_TAGS and _has_boilerplate_name(node) and _is_furniture(node, subtrees)
     ]
     # Never drop the root, nor the content's own title.
     droppable = [node for node in candidates if node.mem_id != root.mem_id and not _has_descendant(node, "h1")]
@@ -479,9 +628,109 @@ def _remove_boilerplate(root: LexborNode) -> None:
         node.decompose()
 
 
+def _is_furniture(node: LexborNode, subtrees: "_Subtrees") -> bool:
+    """Whether a block named like boilerplate is some.
+
+    It is when it has no headings, only boilerplate ones ("Related articles"), or mostly links; a block that holds
+    the article, or a section of it ("Menus" in a ``menu-editor`` wrapper), is not.
+    """
+    inside = subtrees.of(node)
+    if inside.articles:
+        return False
+    return not inside.major_headings or not inside.content_headings or subtrees.is_link_list(node)
+
+
 def _has_boilerplate_name(node: LexborNode) -> bool:
+    parts = _name_parts(node)
+    if not _BOILERPLATE_NAME_PARTS.isdisjoint(parts):
+        return True
+    return not _SHARING_NAME_PARTS.isdisjoint(parts) and not any(
+        _unlinked_words(paragraph) >= _PROSE_WORDS for paragraph in node.css("p")
+    )
+
+
+def _name_parts(node: LexborNode) -> set[str]:
     names = f"{node.attributes.get('class') or ''} {node.attributes.get('id') or ''}".lower()
-    return not _BOILERPLATE_NAME_PARTS.isdisjoint(_NAME_PART_SEPARATOR.split(names))
+    return set(_NAME_PART_SEPARATOR.split(names))
+
+
+def _is_panel(node: LexborNode, subtrees: "_Subtrees") -> bool:
+    """A tab panel, an accordion's answer or a ``<details>``: content a reader opens in place, not a menu or a modal."""
+    parts = _name_parts(node)
+    is_panel = (
+        node.attributes.get("role") == "tabpanel" or node.tag == "details" or not _PANEL_NAME_PARTS.isdisjoint(parts)
+    )
+    return is_panel and _BOILERPLATE_NAME_PARTS.isdisjoint(parts) and not subtrees.is_link_list(node)
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What an element holds, counted as the walk leaves it: characters of text and of link text, elements."""
+
+    node: LexborNode
+    children: Iterator[LexborNode]
+    text: int = 0
+    linked: int = 0
+    articles: int = 0  # <article> and <main> elements
+    major_headings: int = 0  # h1 to h3
+    content_headings: int = 0  # headings that are not boilerplate ones ("Related articles")
+
+    def add(self, other: "_Tally") -> None:
+        self.text += other.text
+        self.linked += other.linked
+        self.articles += other.articles
+        self.major_headings += other.major_headings
+        self.content_headings += other.content_headings
+
+
+class _Subtrees:
+    """What each element under a root holds (its text, link text, articles and headings), counted in one walk.
+
+    Asked of every candidate for removal, element by element it took time in the square of the nesting.
+    """
+
+    def __init__(self, root: LexborNode) -> None:
+        self._tallies: dict[int, _Tally] = {}
+        stack = [_Tally(root, root.iter(include_text=True))]
+        while stack:
+            tally = stack[-1]
+            child = next(tally.children, None)
+            if child is None:
+                stack.pop()
+                self._tallies[tally.node.mem_id] = tally
+                if stack:
+                    stack[-1].add(tally)
+                    tag = tally.node.tag
+                    stack[-1].linked += tally.text - tally.linked if tag == "a" else 0
+                    stack[-1].articles += tag in {"article", "main"}
+                    stack[-1].major_headings += tag in {"h1", "h2", "h3"}
+                    stack[-1].content_headings += tag in _HEADING_TAGS and not _is_boilerplate_heading(
+                        _flatten_text(tally.node)
+                    )
+            elif child.is_text_node:
+                tally.text += sum(not character.isspace() for character in child.text_content or "")
+            elif child.is_element_node:
+                stack.append(_Tally(child, child.iter(include_text=True)))
+
+    def of(self, node: LexborNode) -> _Tally:
+        """What the element holds, itself not counted as an article or a heading."""
+        return self._tallies.get(node.mem_id) or _Tally(node, iter(()))
+
+    def is_link_list(self, node: LexborNode) -> bool:
+        """Whether most of the element's text is link text (a menu, a list of related articles)."""
+        tally = self.of(node)
+        linked = tally.text if node.tag == "a" else tally.linked
+        return tally.text > 0 and linked >= _LINK_LIST_SHARE * tally.text
+
+
+def _unlinked_words(node: LexborNode) -> int:
+    """How many words of the element's text are outside links."""
+    return len(node.text(separator=" ").split()) - sum(len(link.text(separator=" ").split()) for link in node.css("a"))
+
+
+def _is_boilerplate_heading(text: str) -> bool:
+    """Whether a heading names page furniture ("Related articles", "3 Comments", "Was this article helpful?")."""
+    return " ".join(_NOT_HEADING_WORD.sub(" ", text.casefold()).split()) in _BOILERPLATE_HEADINGS
 
 
 def _has_headings(node: LexborNode) -> bool:
@@ -494,13 +743,13 @@ def _has_descendant(node: LexborNode, selector: str) -> bool:
     return any(match.mem_id != node.mem_id for match in node.css(selector))
 
 
-def _has_ancestor(node: LexborNode, tag: str, stop: LexborNode) -> bool:
+def _has_ancestor(node: LexborNode, tags: set[str], stop: LexborNode) -> bool:
     parent = node.parent
     while parent is not None and parent.mem_id != stop.mem_id:
-        if parent.tag == tag:
+        if parent.tag in tags:
             return True
         parent = parent.parent
-    return stop.tag == tag
+    return stop.tag in tags
 
 
 def _outermost(nodes: Iterable[LexborNode]) -> list[LexborNode]:
@@ -516,13 +765,30 @@ def _outermost(nodes: Iterable[LexborNode]) -> list[LexborNode]:
     return outermost
 
 
-def _flatten_text(node: LexborNode, nested_lists: list[LexborNode] | None = None) -> str:
-    """The text of an element on one line; nested lists are set aside in ``nested_lists`` when given.
+def _flatten_text(node: LexborNode) -> str:
+    """The text of an element on one line."""
+    return " ".join(text for text, _ in _flatten_runs(node))
+
+
+def _flatten_runs(
+    node: LexborNode, nested_lists: list[LexborNode] | None = None, *, keep_code: bool = False
+) -> list[tuple[str, bool]]:
+    """The text of an element as runs of ``(text, is_code)``: text on one line, and each ``<pre>`` with ``keep_code``.
+
+    Kept apart, a code block keeps its lines (a config file in a list item read as one line, glued to the words
+    before it). Nested lists are set aside in ``nested_lists`` when given.
 
     Iterative, like every walk here: old pages nest unclosed ``<font>`` tags thousands deep, past Python's
     recursion limit (a RecursionError was a 500, and failed a whole bulk job).
     """
+    runs: list[tuple[str, bool]] = []
     parts: list[str] = []
+
+    def end_text() -> None:
+        if text := _collapse_whitespace("".join(parts)):
+            runs.append((text, False))
+        parts.clear()
+
     # Each frame: the children still to visit, and what to append once they are done.
     stack: list[tuple[Iterator[LexborNode], str]] = [(node.iter(include_text=True), "")]
     while stack:
@@ -535,12 +801,17 @@ def _flatten_text(node: LexborNode, nested_lists: list[LexborNode] | None = None
             parts.append(child.text_content or "")
         elif nested_lists is not None and child.tag in {"ul", "ol"}:
             nested_lists.append(child)
+        elif keep_code and child.tag == "pre":
+            end_text()
+            if code := child.text(deep=True).strip("\n").rstrip():
+                runs.append((code, True))
         elif child.tag in _BLOCK_TAGS or child.tag == "br":
             parts.append(" ")
             stack.append((child.iter(include_text=True), " "))
         elif child.is_element_node:
             stack.append((child.iter(include_text=True), ""))
-    return _collapse_whitespace("".join(parts))
+    end_text()
+    return runs
 
 
 class _HtmlWalker:
@@ -549,6 +820,9 @@ class _HtmlWalker:
     def __init__(self, builder: _SectionBuilder) -> None:
         self._builder = builder
         self._inline: list[str] = []
+        # The level of a boilerplate heading ("Related articles") whose section is being skipped, up to the next
+        # heading of that level or above.
+        self._skipping: int | None = None
 
     def walk(self, element: LexborNode) -> None:
         # Each frame: the children still to visit, and whether the element is a block (flushed when done).
@@ -562,29 +836,46 @@ class _HtmlWalker:
                     self.flush()
                 continue
             tag = child.tag
-            if child.is_text_node:
+            if tag in _HEADING_TAGS:
+                self.flush()
+                self._heading(int(tag[1]), _flatten_text(child))
+            elif self._skipping is not None:
+                if child.is_element_node:  # looking for the heading that ends the skipped section
+                    stack.append((child.iter(include_text=True), False))
+            elif child.is_text_node:
                 self._inline.append(_collapse_inline(child.text_content or ""))
-            elif not child.is_element_node:
-                continue
-            elif tag in _HEADING_TAGS:
-                self.flush()
-                self._builder.heading(int(tag[1]), _flatten_text(child))
-            elif tag == "br":
-                self._inline.append("\n")
-            elif tag in {"ul", "ol"}:
-                self.flush()
-                self._lines(_list_lines(child))
-            elif tag == "table" and not _has_descendant(child, "table, h1, h2, h3, h4, h5, h6"):
-                self.flush()
-                self._lines(_table_lines(child))
-            elif tag == "pre":
-                self.flush()
-                self._builder.block(child.text(deep=True))
-            elif tag in _BLOCK_TAGS or tag == "table":  # a table holding headings is page layout
-                self.flush()
-                stack.append((child.iter(include_text=True), True))
-            else:
-                stack.append((child.iter(include_text=True), False))
+            elif child.is_element_node and (frame := self._element(child)) is not None:
+                stack.append(frame)
+
+    def _element(self, element: LexborNode) -> tuple[Iterator[LexborNode], bool] | None:
+        """Read an element other than a heading; the frame to walk its children in, if they are to be walked."""
+        tag = element.tag
+        if tag == "br":
+            self._inline.append("\n")
+        elif tag in {"ul", "ol"}:
+            self.flush()
+            self._lines(_list_lines(element))
+        elif tag == "table" and not _has_descendant(element, "table, h1, h2, h3, h4, h5, h6"):
+            self.flush()
+            self._lines(_table_lines(element))
+        elif tag == "pre":
+            self.flush()
+            self._builder.block(element.text(deep=True))
+        elif tag in _BLOCK_TAGS or tag == "table":  # a table holding headings is page layout
+            self.flush()
+            return element.iter(include_text=True), True
+        else:
+            return element.iter(include_text=True), False
+        return None
+
+    def _heading(self, level: int, text: str) -> None:
+        if self._skipping is not None and level > self._skipping:
+            return  # a subsection of a skipped section
+        if _is_boilerplate_heading(text) and text != self._builder.title:
+            self._skipping = level
+            return
+        self._skipping = None
+        self._builder.heading(level, text)
 
     def flush(self) -> None:
         lines = (line.strip() for line in "".join(self._inline).split("\n"))
@@ -634,11 +925,18 @@ def _list_lines(root: LexborNode) -> list[str]:
         if item is None:
             stack.pop()
             continue
-        text = _flatten_text(item, nested_lists=frame.nested)
         marker = f"{frame.number}." if frame.ordered else "-"
         frame.number += 1
-        if text:
-            lines.append(f"{'  ' * frame.depth}{marker} {text}")
+        # The item's first line carries the marker; what follows a code block, and the code's lines, go under it.
+        prefix, under = f"{'  ' * frame.depth}{marker} ", " " * (2 * frame.depth + len(marker) + 1)
+        for text, is_code in _flatten_runs(item, nested_lists=frame.nested, keep_code=True):
+            if is_code:
+                lines.append(
+                    "\n".join((prefix if index == 0 else under) + line for index, line in enumerate(text.split("\n")))
+                )
+            else:
+                lines.append(prefix + text)
+            prefix = under
     return lines
 
 
