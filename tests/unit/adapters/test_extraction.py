@@ -207,11 +207,19 @@ def test_markdown_front_matter_is_not_content_and_gives_the_title_url_and_tags()
         ("tags:\n- flush\n- left", {"tags": ["flush", "left"]}),
         ("Title: Case\nseo:\n  title: Nested", {"title": "Case"}),
         ("tags: credit, billing", {"tags": "credit, billing"}),
+        ("title: 2026\ndraft: no", {"title": "2026", "draft": "no"}),  # text as written, not a number or False
     ],
 )
 def test_front_matter_reads_the_yaml_that_front_matter_uses(front_matter: str, expected: dict[str, object]) -> None:
     # Quotes were kept, "[shipping, orders]" became the tags "[shipping" and "orders]", a block list gave no tags.
     assert parse_front_matter(front_matter + "\n") == expected
+
+
+def test_front_matter_that_is_not_yaml_is_refused_naming_its_line() -> None:
+    data = b"---\ntitle: Billing: FAQ\n---\n# Billing\n\nInvoices go out monthly.\n"
+
+    with pytest.raises(InvalidInputError, match=r"front matter is not valid YAML \(line 2\)"):
+        extractor.extract(data, "text/markdown")
 
 
 def test_markdown_front_matter_with_crlf_line_ends_is_read() -> None:

@@ -2,7 +2,6 @@
 
 import codecs
 import io
-import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
@@ -11,6 +10,7 @@ from typing import Final
 
 import pypdf
 import pypdf.errors
+import yaml
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from selectolax.lexbor import LexborHTMLParser, LexborNode
@@ -257,85 +257,33 @@ def _extract_markdown(text: str) -> ExtractedDocument:
 
 # --- front matter: the YAML that Jekyll, Hugo, Docusaurus and help-center exports put before the Markdown ---
 
-_FRONT_MATTER_KEY = re.compile(r"(?P<key>[A-Za-z_][\w-]*)[ \t]*:(?:[ \t]+(?P<value>.*?))?[ \t]*")
-_BLOCK_ITEM = re.compile(r"[ \t]*-(?:[ \t]+(?P<item>.*?))?[ \t]*")
-_COMMENT = re.compile(r"(?:^|[ \t])#.*")
-_QUOTED = re.compile(r"'(?:[^']|'')*'" + r'|"(?:[^"\\]|\\.)*"')
-_BLOCK_SCALAR_MARKS: Final = frozenset({"|", ">", "|-", ">-", "|+", ">+"})
-
 
 def parse_front_matter(body: str) -> dict[str, str | list[str]]:
-    """The top-level ``key: value`` pairs of a front matter block, keys lower-cased.
+    """The top-level fields of a front matter block, keys lower-cased: text, or lists of text.
 
-    The YAML that front matter uses: plain, quoted (``title: "Shipping rates & delivery times"``) and block (``|``,
-    ``>``) scalars, flow lists (``tags: [a, b]``), block lists (``tags:`` then ``- a`` lines) and comments; anything
-    else (nested mappings, anchors) is skipped. Values stay text. PyYAML is not a dependency of the project (only of
-    some of its dependencies), and its ``safe_load`` would make ``title: 2026`` a number and ``title: no`` False.
+    YAML, read by PyYAML's ``BaseLoader``, which keeps every scalar as written (``title: 2026`` stays "2026",
+    ``title: no`` stays "no"); nested mappings are left out.
+
+    Raises:
+        InvalidInputError: the block is not YAML (``title: Billing: FAQ`` needs quotes), naming the line.
     """
+    try:
+        loaded = yaml.load(body, Loader=yaml.BaseLoader)  # noqa: S506 - BaseLoader builds only str, list, dict
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 2})" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "it cannot be read"
+        msg = f"The front matter is not valid YAML{where}: {problem}. Quote values that contain ': ' or '#'."
+        raise InvalidInputError(msg) from None
+    if not isinstance(loaded, dict):
+        return {}
     fields: dict[str, str | list[str]] = {}
-    lines = body.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    index = 0
-    while index < len(lines):
-        pair = _FRONT_MATTER_KEY.fullmatch(lines[index])
-        index += 1
-        if pair is None:
-            continue
-        value = _uncommented(pair["value"] or "")
-        # What belongs to the key: the lines after it that are indented, or are items of a block list.
-        start = index
-        while index < len(lines) and (lines[index][:1] in {" ", "\t", "-"} or not lines[index].strip()):
-            index += 1
-        nested = lines[start:index]
-        if value in _BLOCK_SCALAR_MARKS:
-            fields[pair["key"].lower()] = _collapse_whitespace(" ".join(nested))
-        elif value.startswith("["):
-            fields[pair["key"].lower()] = _flow_list(value)
-        elif value:
-            fields[pair["key"].lower()] = _scalar(value)
-        else:
-            items = [_BLOCK_ITEM.fullmatch(line) for line in nested if line.strip()]
-            if items and all(items):
-                fields[pair["key"].lower()] = [_scalar(_uncommented(item["item"] or "")) for item in items if item]
+    for key, value in loaded.items():
+        if isinstance(value, str):
+            fields[str(key).lower()] = value.strip()  # a block scalar ends with its line break
+        elif isinstance(value, list):
+            fields[str(key).lower()] = [item.strip() for item in value if isinstance(item, str)]
     return fields
-
-
-def _uncommented(value: str) -> str:
-    """A value without its trailing ``# comment``; a quoted one ends at its closing quote (and keeps its ``#``)."""
-    quoted = _QUOTED.match(value)
-    return quoted[0] if quoted else _COMMENT.sub("", value).strip()
-
-
-def _scalar(value: str) -> str:
-    """A YAML scalar's text: quotes removed and, in double quotes, escapes read."""
-    value = value.strip()
-    if len(value) >= 2 and value[0] == value[-1] == "'":  # noqa: PLR2004 - the two quotes
-        return value[1:-1].replace("''", "'")
-    if len(value) >= 2 and value[0] == value[-1] == '"':  # noqa: PLR2004
-        try:
-            decoded = json.loads(value)
-        except ValueError:
-            return value[1:-1]
-        return decoded if isinstance(decoded, str) else value[1:-1]
-    return value
-
-
-def _flow_list(value: str) -> list[str]:
-    """``[a, "b, c", 'd']``: the items, split at commas outside quotes."""
-    inner = value.strip()[1:]
-    inner = inner[: inner.rfind("]")] if "]" in inner else inner
-    items, current, quote = [], "", ""
-    for character in inner:
-        if quote:
-            quote = "" if character == quote else quote
-        elif character in {'"', "'"}:
-            quote = character
-        elif character == ",":
-            items.append(current)
-            current = ""
-            continue
-        current += character
-    items.append(current)
-    return [_scalar(item) for item in items if item.strip()]
 
 
 def _front_matter_tags(value: str | list[str] | None) -> tuple[str, ...]:
