@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from valkey.asyncio import Valkey
 
 from support.adapters.embedding.hashing import HashingEmbedder
@@ -286,14 +286,20 @@ async def test_counts_and_forgetting_a_customer(backend: Backend) -> None:
     assert (await backend.memory.count(stranger, now=NOW)).total == 1
 
 
+async def stored_customer(factory: async_sessionmaker[AsyncSession]) -> UUID:
+    """A customer in PostgreSQL, committed, for tests that open several sessions of their own."""
+    async with factory() as session:
+        created = await PostgresConversationRepository(session).get_or_create_customer(
+            "c", name=None, email=None, now=NOW
+        )
+        await session.commit()
+        return created.id
+
+
 @pytest.mark.postgres
 async def test_concurrent_writers_of_one_key_leave_one_current_fact(engine: AsyncEngine) -> None:
     factory = async_sessionmaker(engine, expire_on_commit=False)
-    async with factory() as session:
-        owner = (
-            await PostgresConversationRepository(session).get_or_create_customer("c", name=None, email=None, now=NOW)
-        ).id
-        await session.commit()
+    owner = await stored_customer(factory)
 
     async def write(value: str) -> Fact:
         async with factory() as session:
@@ -318,11 +324,7 @@ async def test_concurrent_writers_of_one_key_leave_one_current_fact(engine: Asyn
 @pytest.mark.postgres
 async def test_a_read_for_update_waits_for_the_writer_of_the_key_and_sees_its_fact(engine: AsyncEngine) -> None:
     factory = async_sessionmaker(engine, expire_on_commit=False)
-    async with factory() as session:
-        owner = (
-            await PostgresConversationRepository(session).get_or_create_customer("c", name=None, email=None, now=NOW)
-        ).id
-        await session.commit()
+    owner = await stored_customer(factory)
     written = fact(owner, value="NW-7")
     locked = asyncio.Event()
 
@@ -349,11 +351,7 @@ async def test_concurrent_turns_of_one_customer_keep_the_newest_statement_and_st
 ) -> None:
     """Six turns at once: the value stated last stays current whatever commits last; one value is stored once."""
     factory = async_sessionmaker(engine, expire_on_commit=False)
-    async with factory() as session:
-        owner = (
-            await PostgresConversationRepository(session).get_or_create_customer("c", name=None, email=None, now=NOW)
-        ).id
-        await session.commit()
+    owner = await stored_customer(factory)
 
     async def say(text: str, at: datetime) -> None:
         async with factory() as session:
