@@ -445,3 +445,25 @@ async def test_a_streamed_send_while_a_person_is_due_ends_after_its_echo(
     assert [event["event"] for event in events] == ["message"]
     assert events[0]["data"]["content"] == "Anyone there?"
     assert llm.requests == []
+
+
+async def test_revoking_an_agents_key_puts_its_conversations_back_in_the_queue(
+    http: httpx.AsyncClient, service_headers: dict[str, str]
+) -> None:
+    created = await http.post("/v1/keys", json={"name": "Carl", "role": "agent"}, headers=service_headers)
+    carl = bearer(created.json()["secret"])
+    ana = await agent_key(http, service_headers, "Ana")
+    conversation = await start(http, service_headers)
+    base = f"/v1/conversations/{conversation['id']}"
+    await http.post(f"{base}/handoff", headers=bearer(conversation["customer_token"]))
+    assert (await http.post(f"{base}/claim", headers=carl)).status_code == 200
+    assert (await http.post(f"{base}/claim", headers=ana)).status_code == 409
+
+    revoked = await http.delete(f"/v1/keys/{created.json()['id']}", headers=service_headers)
+
+    assert revoked.status_code == 204
+    assert (await http.get(base, headers=service_headers)).json()["status"] == "pending_human"
+    claimed = await http.post(f"{base}/claim", headers=ana)
+    assert claimed.status_code == 200, claimed.text
+    transcript = (await http.get(f"{base}/messages", headers=service_headers)).json()["items"]
+    assert any(item["content"].startswith("Carl is no longer available") for item in transcript)

@@ -62,6 +62,10 @@ EXPIRED_NOTICE = (
     "I'm sorry: nobody from our team could take this conversation in time. I'm back to help in the meantime; "
     "ask for a person again whenever you like."
 )
+REQUEUED_NOTICE = (
+    "{agent} is no longer available, so your conversation is back in the queue: the next person from our support "
+    "team will pick it up here."
+)
 RESOLVED_NOTICE = "This conversation is marked as resolved. If you need anything else, just write here."
 AGENT_ROLES = frozenset({Role.AGENT, Role.ADMIN})
 
@@ -482,6 +486,36 @@ class SendAgentMessage(_OwnershipChange):
         if message.idempotency_key is None:
             return None
         return await self._conversations.find_by_idempotency_key(message.conversation_id, message.idempotency_key)
+
+
+class RequeueAgentConversations(_OwnershipChange):
+    """Put back in the queue the conversations an agent had claimed, once that agent's key is revoked.
+
+    Until 2026-12-07 they stayed with the revoked agent: every other agent got 409 on claim, message, release and
+    resolve, and only an admin's release freed them, to the bot (found by an exploratory test).
+    """
+
+    async def execute(self, agent: AgentRef, batch: int = 200) -> int:
+        """Requeue the conversations ``agent`` has claimed (one batch); return how many."""
+        page = await self._conversations.handoff_queue(
+            statuses=(ConversationStatus.HUMAN,), limit=batch, cursor=None, claimed_by=agent
+        )
+        requeued = 0
+        for claimed in page.items:
+            conversation = await self._conversations.get(claimed.id, for_update=True)
+            if conversation is None or conversation.status is not ConversationStatus.HUMAN:
+                await self._uow.rollback()
+                continue
+            if conversation.agent is None or conversation.agent.id != agent.id:
+                await self._uow.rollback()
+                continue
+            now = self._clock.now()
+            changed = conversation.requeue(now)
+            notice = _system_notice(changed, REQUEUED_NOTICE.format(agent=conversation.agent.name), now)
+            event = status_event(WebhookEventType.HANDOFF_REQUEUED, changed, previous_agent=conversation.agent.name)
+            await self._commit(conversation, changed, notice, [event])
+            requeued += 1
+        return requeued
 
 
 class ExpireHandoffs:

@@ -2,9 +2,10 @@
 
 import dataclasses
 from dataclasses import dataclass
-from typing import NewType
+from typing import NewType, Protocol
 from uuid import UUID
 
+from support.domain.conversations import AgentRef
 from support.domain.errors import ApiKeyNotFoundError, AuthenticationError, InvalidInputError
 from support.domain.identity import (
     CUSTOMER_TOKEN_PREFIX,
@@ -78,13 +79,28 @@ class ListApiKeys:
         return await self._keys.list_keys(limit=min(max(limit, 1), MAX_PAGE_SIZE), cursor=cursor)
 
 
-class RevokeApiKey:
-    """Revoke a key: it stops working at once. Revoking twice is harmless."""
+class ClaimedConversations(Protocol):
+    """Gives back the conversations an agent had claimed (``handoffs.RequeueAgentConversations``).
 
-    def __init__(self, keys: ApiKeyRepository, uow: UnitOfWork, clock: Clock) -> None:
+    A protocol here because the handoff use cases already depend on this module (customer tokens).
+    """
+
+    async def execute(self, agent: AgentRef, batch: int = ...) -> int:
+        """Give back one batch of ``agent``'s claimed conversations; return how many."""
+        ...
+
+
+class RevokeApiKey:
+    """Revoke a key: it stops working at once. Revoking twice is harmless.
+
+    An agent's claimed conversations go back to the queue for the other agents (they could not take them over).
+    """
+
+    def __init__(self, keys: ApiKeyRepository, uow: UnitOfWork, clock: Clock, requeue: ClaimedConversations) -> None:
         self._keys = keys
         self._uow = uow
         self._clock = clock
+        self._requeue = requeue
 
     async def execute(self, key_id: UUID) -> ApiKey:
         """Revoke and return the key.
@@ -99,6 +115,11 @@ class RevokeApiKey:
             key = dataclasses.replace(key, revoked_at=self._clock.now())
             await self._keys.save(key)
             await self._uow.commit()
+        if key.role in {Role.AGENT, Role.ADMIN}:
+            # Also on a repeated revoke: one that failed after its commit left them with the revoked agent.
+            agent = AgentRef(key.id, key.name)
+            while await self._requeue.execute(agent):
+                pass
         return key
 
 

@@ -81,6 +81,7 @@ from support.application.handoffs import (
     ListHandoffs,
     ReleaseConversation,
     RequestHandoff,
+    RequeueAgentConversations,
     ResolveConversation,
     SendAgentMessage,
     WithdrawHandoff,
@@ -90,6 +91,7 @@ from support.application.health import CheckReadiness
 from support.application.keys import (
     AuthenticateApiKey,
     BootstrapAdminKey,
+    ClaimedConversations,
     CreateApiKey,
     CustomerTokenSecret,
     ListApiKeys,
@@ -645,6 +647,7 @@ class UseCaseProvider(Provider):
     send_agent_message = provide(SendAgentMessage)
     list_handoffs = provide(ListHandoffs)
     expire_handoffs = provide(ExpireHandoffs)
+    requeue_agent_conversations = provide(RequeueAgentConversations, provides=ClaimedConversations)
     create_webhook = provide(CreateWebhook)
     list_webhooks = provide(ListWebhooks)
     get_webhook = provide(GetWebhook)

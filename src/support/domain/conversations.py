@@ -73,6 +73,8 @@ class ConversationEvent(StrEnum):
     WITHDRAW = "withdraw"
     RELEASE = "release"
     RESOLVE = "resolve"
+    # The agent who had it left (its key was revoked): back to the queue for the next person, not to the bot.
+    REQUEUE = "requeue"
     CUSTOMER_WRITES = "customer_writes"
     CLOSE = "close"
 
@@ -82,6 +84,7 @@ _TRANSITIONS: Mapping[tuple[ConversationStatus, ConversationEvent], Conversation
     (ConversationStatus.PENDING_HUMAN, ConversationEvent.CLAIM): ConversationStatus.HUMAN,
     (ConversationStatus.PENDING_HUMAN, ConversationEvent.WITHDRAW): ConversationStatus.BOT,
     (ConversationStatus.HUMAN, ConversationEvent.RELEASE): ConversationStatus.BOT,
+    (ConversationStatus.HUMAN, ConversationEvent.REQUEUE): ConversationStatus.PENDING_HUMAN,
     (ConversationStatus.HUMAN, ConversationEvent.RESOLVE): ConversationStatus.RESOLVED,
     (ConversationStatus.BOT, ConversationEvent.RESOLVE): ConversationStatus.RESOLVED,
     (ConversationStatus.RESOLVED, ConversationEvent.CUSTOMER_WRITES): ConversationStatus.BOT,
@@ -241,6 +244,12 @@ class Conversation:
     def claim(self, agent: "AgentRef", now: datetime) -> "Conversation":
         """An agent takes the conversation over; only one can (the second sees status ``human``: 409)."""
         return replace(self.apply(ConversationEvent.CLAIM, now), agent=agent, claimed_at=now)
+
+    def requeue(self, now: datetime) -> "Conversation":
+        """Back to the human queue, unclaimed; the wait counts from now (its agent can no longer answer)."""
+        return replace(
+            self.apply(ConversationEvent.REQUEUE, now), agent=None, claimed_at=None, handoff_requested_at=now
+        )
 
     def give_back(self, event: ConversationEvent, now: datetime) -> "Conversation":
         """Back to the bot: the agent releases it, or the customer withdraws / nobody answered in time."""

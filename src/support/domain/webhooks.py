@@ -27,6 +27,8 @@ class WebhookEventType(StrEnum):
     # The customer cancelled the request for a person, or the agent who had it gave it back to the assistant.
     HANDOFF_WITHDRAWN = "handoff.withdrawn"
     HANDOFF_RELEASED = "handoff.released"
+    # The agent who had it left (its key was revoked): it waits in the queue again for someone else.
+    HANDOFF_REQUEUED = "handoff.requeued"
     CONVERSATION_RESOLVED = "conversation.resolved"
     # Closed by its customer, the company's backend, or the idle sweep (a conversation an agent had, included).
     CONVERSATION_CLOSED = "conversation.closed"

@@ -23,6 +23,7 @@ from support.application.handoffs import (
     ListHandoffs,
     ReleaseConversation,
     RequestHandoff,
+    RequeueAgentConversations,
     ResolveConversation,
     SendAgentMessage,
     WithdrawHandoff,
@@ -134,6 +135,10 @@ class World:
     @property
     def expire(self) -> ExpireHandoffs:
         return ExpireHandoffs(*self._common(), self.handoff_settings)
+
+    @property
+    def requeue(self) -> RequeueAgentConversations:
+        return RequeueAgentConversations(*self._common())
 
 
 @pytest.fixture

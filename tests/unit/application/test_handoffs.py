@@ -9,6 +9,7 @@ from uuid import UUID
 import pytest
 
 from support.adapters.embedding.hashing import HashingEmbedder
+from support.adapters.memory.api_keys import InMemoryApiKeyRepository
 from support.adapters.offline.summaries import ExtractiveSummarizer
 from support.application.conversations import (
     CloseConversation,
@@ -18,7 +19,7 @@ from support.application.conversations import (
     TurnResult,
 )
 from support.application.handover import HandoffSettings, HandoffSummaries
-from support.application.keys import CustomerTokenSecret
+from support.application.keys import CreateApiKey, CustomerTokenSecret, RevokeApiKey
 from support.application.replies import ReplySettings
 from support.application.services import ConversationServices
 from support.domain.conversations import (
@@ -771,3 +772,26 @@ async def test_an_agent_giving_a_conversation_back_tells_webhooks_who_released_i
     [released] = world.outbox.of_type(W.HANDOFF_RELEASED)
     assert (released.data["status"], released.data["released_by"]) == ("bot", "Ana")
     assert world.outbox.events[-1].type is W.MESSAGE_CREATED  # the notice follows its status change
+
+
+async def test_an_agent_who_leaves_gives_their_conversations_back_to_the_queue(world: World) -> None:
+    keys = InMemoryApiKeyRepository()
+    issued = await CreateApiKey(keys, world.uow, world.clock).execute("Carl", Role.AGENT)
+    carl = Principal(role=Role.AGENT, key_id=issued.key.id, name="Carl")
+    await turn(world, "talk to a person")
+    await world.claim.execute(carl, world.conversation.id)
+    with pytest.raises(ClaimedByAnotherAgentError):
+        await world.claim.execute(AGENT_ANA, world.conversation.id)
+
+    await RevokeApiKey(keys, world.uow, world.clock, world.requeue).execute(issued.key.id)
+
+    requeued = await world.current()
+    assert (requeued.status, requeued.agent) == (S.PENDING_HUMAN, None)
+    assert requeued.handoff_requested_at == world.clock.now()
+    [event] = world.outbox.of_type(W.HANDOFF_REQUEUED)
+    assert (event.data["status"], event.data["previous_agent"]) == ("pending_human", "Carl")
+    posted = [item.payload.message for item in await feed(world) if isinstance(item.payload, MessagePosted)]
+    assert posted[-1].content.startswith("Carl is no longer available")
+    claimed = await world.claim.execute(AGENT_ANA, world.conversation.id)  # a colleague can take it now
+    assert claimed.agent is not None
+    assert claimed.agent.name == "Ana"

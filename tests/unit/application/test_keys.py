@@ -4,7 +4,11 @@ from uuid import UUID
 import pytest
 
 from support.adapters.memory.api_keys import InMemoryApiKeyRepository
+from support.adapters.memory.conversations import InMemoryConversationRepository
+from support.adapters.memory.events import InMemoryEventBus
+from support.adapters.memory.sessions import InMemorySessionStore
 from support.adapters.memory.system import FixedClock, InMemoryUnitOfWork
+from support.application.handoffs import RequeueAgentConversations
 from support.application.keys import (
     AuthenticateApiKey,
     BootstrapAdminKey,
@@ -16,6 +20,7 @@ from support.application.keys import (
 from support.domain.errors import ApiKeyNotFoundError, AuthenticationError, InvalidInputError
 from support.domain.identity import Role, issue_customer_token
 from support.domain.ids import new_id
+from tests.fakes.outbox import RecordingOutbox
 
 SECRET = CustomerTokenSecret("token-secret")
 
@@ -23,6 +28,19 @@ SECRET = CustomerTokenSecret("token-secret")
 @pytest.fixture
 def keys() -> InMemoryApiKeyRepository:
     return InMemoryApiKeyRepository()
+
+
+def revoke_with(keys: InMemoryApiKeyRepository, uow: InMemoryUnitOfWork, clock: FixedClock) -> RevokeApiKey:
+    """Revocation over an empty conversation store (the requeue of an agent's conversations: test_handoffs)."""
+    requeue = RequeueAgentConversations(
+        InMemoryConversationRepository(),
+        uow,
+        clock,
+        InMemoryEventBus(retention=100),
+        InMemorySessionStore(),
+        RecordingOutbox(),
+    )
+    return RevokeApiKey(keys, uow, clock, requeue)
 
 
 async def test_created_key_authenticates_as_its_role_and_is_committed(keys: InMemoryApiKeyRepository) -> None:
@@ -38,7 +56,7 @@ async def test_created_key_authenticates_as_its_role_and_is_committed(keys: InMe
 async def test_revoked_key_fails_authentication(keys: InMemoryApiKeyRepository) -> None:
     uow, clock = InMemoryUnitOfWork(), FixedClock()
     issued = await CreateApiKey(keys, uow, clock).execute("temp", Role.AGENT)
-    revoked = await RevokeApiKey(keys, uow, clock).execute(issued.key.id)
+    revoked = await revoke_with(keys, uow, clock).execute(issued.key.id)
     assert revoked.revoked_at == clock.now()
     with pytest.raises(AuthenticationError):
         await AuthenticateApiKey(keys, None, SECRET, FixedClock()).execute(issued.secret)
@@ -48,16 +66,16 @@ async def test_revoked_key_fails_authentication(keys: InMemoryApiKeyRepository) 
 async def test_revoking_twice_keeps_the_first_revocation_time(keys: InMemoryApiKeyRepository) -> None:
     uow, clock = InMemoryUnitOfWork(), FixedClock()
     issued = await CreateApiKey(keys, uow, clock).execute("temp", Role.AGENT)
-    first = await RevokeApiKey(keys, uow, clock).execute(issued.key.id)
+    first = await revoke_with(keys, uow, clock).execute(issued.key.id)
     clock.advance(timedelta(hours=1))
-    second = await RevokeApiKey(keys, uow, clock).execute(issued.key.id)
+    second = await revoke_with(keys, uow, clock).execute(issued.key.id)
     assert second.revoked_at == first.revoked_at
     assert uow.commits == 2
 
 
 async def test_revoking_an_unknown_key_fails(keys: InMemoryApiKeyRepository) -> None:
     with pytest.raises(ApiKeyNotFoundError):
-        await RevokeApiKey(keys, InMemoryUnitOfWork(), FixedClock()).execute(
+        await revoke_with(keys, InMemoryUnitOfWork(), FixedClock()).execute(
             UUID("01890a5d-ac96-774b-bcce-b302099a8057")
         )
 
