@@ -76,8 +76,10 @@ class _FactWriter:
         # Reads and the embedding first, writes last: the writes begin the transaction, so no connection is held
         # while the new facts are embedded (which may be a call to a remote embedding service).
         fresh: list[Fact] = []
+        retracted = {retraction.key for retraction in retractions}
         for candidate in candidates:
-            current = await self._memory.current(customer_id, candidate.key)
+            # A key the message also takes back starts empty: "Forget my name, call me Ada" stores Ada anew.
+            current = None if candidate.key in retracted else await self._memory.current(customer_id, candidate.key)
             decided = self._decide(current, candidate, customer_id, origin, source_message_id, stated_at)
             if decided is not None and decided[1]:
                 fresh.append(decided[0])
@@ -112,7 +114,7 @@ class _FactWriter:
                 await self._memory.refresh(fact.id, expires_at=fact.expires_at, confidence=fact.confidence)
             else:
                 vector = vector_of.get(fact.text)
-                if vector is None:  # only when the key changed since it was read (a race, or a retraction)
+                if vector is None:  # only when the key changed since it was read (a concurrent turn)
                     vector = (await self._embedder.embed_documents([fact.text]))[0]
                 await self._memory.remember(fact, vector)
             stored.append(fact)

@@ -70,9 +70,11 @@ DEFAULT_EXPIRY_DAYS: Mapping[FactKind, int] = {
 TOPICAL_KINDS = frozenset({FactKind.PREFERENCE, FactKind.NOTE})
 MAX_VALUE_CHARS = 200
 MAX_TOPIC_CHARS = 40
-# A candidate this much less certain than the current fact does not replace it: "I'm Furious" (0.7) after "my name
-# is Ada" (0.95).
-SUPERSEDE_MARGIN = 0.2
+# A candidate this much less certain than the current fact does not replace it (a model's guess against what the
+# customer stated). Patterns give 0.7 and more, so any of them replaces what it contradicts: "Please use a@x.com from
+# now on" (0.7) must replace "my email is b@x.com" (0.9). Words that only look like names are refused earlier.
+SUPERSEDE_MARGIN = 0.3
+_CONFIDENCE_TOLERANCE = 1e-9  # 0.7 + 0.2 is 0.8999999999999999 in floating point
 MIN_CONFIDENCE = 0.5
 MODEL_CONFIDENCE = 0.8
 _CHARACTERS_PER_TOKEN = 4
@@ -221,7 +223,7 @@ def compare(current: Fact | None, candidate: FactCandidate, *, now: datetime | N
         return FactChange.REPEAT
     expired = now is not None and not current.is_current(now)
     # Only a fact that still counts can outweigh a newer, less certain reading.
-    if not expired and candidate.confidence + SUPERSEDE_MARGIN < current.confidence:
+    if not expired and candidate.confidence + SUPERSEDE_MARGIN < current.confidence - _CONFIDENCE_TOLERANCE:
         return FactChange.IGNORE
     return FactChange.SUPERSEDE
 
@@ -367,7 +369,7 @@ _HYPOTHETICAL = re.compile(
     re.IGNORECASE,
 )
 _THIRD_PARTY = re.compile(
-    r"\b(?:cc|his|her|their|him|them|they|us|colleague|colleague's|coworker|co-worker|wife|husband|partner|boss|"
+    r"\b(?:cc|his|her|their|him|them|they|colleague|colleague's|coworker|co-worker|wife|husband|partner|boss|"
     r"manager|assistant|friend|son|daughter|mother|father|mom|mum|dad|brother|sister|sibling|parents?|uncle|aunt|"
     r"grandma|grandmother|grandpa|grandfather|grandparents?|cousin|nephew|niece|fianc[eé]e?|girlfriend|boyfriend|"
     r"kids?|child|children|neighbou?r|roommate|flatmate|landlord|tenant|client|employee|"
@@ -376,24 +378,27 @@ _THIRD_PARTY = re.compile(
 )
 # What marks a sentence as not stating a fact: a hypothetical, an example, a game ("if my name were Bob", "e.g. my
 # order number is NW-1", "pretend my name is Bob"). Plans and products also skip wishes (_HYPOTHETICAL).
+# "Suppose", "imagine" and "pretend" only opening the sentence: "I imagine my order NW-1 is lost" believes it.
 _NOT_STATED = re.compile(
-    r"\b(?:suppose|supposing|hypothetically|imagine|pretend|pretending|what\s+if|for\s+example|for\s+instance|"
-    r"as\s+an\s+example|let's\s+say|let\s+us\s+say|say\s+that)\b|\be\.g\.",
+    r"^\W*(?:suppose|supposing|imagine|pretend|let's\s+pretend)\b|\b(?:hypothetically|what\s+if|for\s+example|"
+    r"for\s+instance|as\s+an\s+example|let's\s+say|let\s+us\s+say)\b|\be\.g\.",
     re.IGNORECASE,
 )
 # "If" only in the value's own clause: "if my email were b@x.com" states nothing, "if you need it, my email is" does.
 _CONDITION = re.compile(r"\b(?:if|unless|whether)\b", re.IGNORECASE)
-# A message that takes itself back ("Hypothetically … Just kidding.") states nothing.
-_JEST = re.compile(r"\b(?:just|only)\s+(?:kidding|joking)\b|\bj/?k\b|\bno\s+offen[cs]e\b", re.IGNORECASE)
-# Quoted or forwarded text is someone else's words: quoted lines, mail headers, and what follows a forward marker.
-_QUOTED_LINE = re.compile(r"^[ \t]*(?:>.*|(?:From|To|Cc|Bcc|Sent|Date|Subject|Reply-To)[ \t]*:.*)$", re.MULTILINE)
+# A sentence that takes back itself or the one before it ("My name is Bob. Just kidding!") states nothing.
+_JEST_WORDS = 3
+_JEST = re.compile(r"\b(?:just|only)\s+(?:kidding|joking)\b|(?<![\w-])j/?k(?![\w-])", re.IGNORECASE)
+# Quoted or forwarded text is someone else's words: quoted lines, and what follows a forward marker (its headers too).
+_QUOTED_LINE = re.compile(r"^[ \t]*>.*$", re.MULTILINE)
 _FORWARDED = re.compile(
     r"(?:-{2,}\s*(?:Original|Forwarded)\s+[Mm]essage\s*-{2,}|Begin\s+forwarded\s+message:).*", re.DOTALL
 )
-# Words in quotation marks (three or more): a pasted note, not the customer speaking.
-_QUOTATION = re.compile(
-    r"[\"\u201c\u201e«](?:[^\"\u201c\u201d\u201e«»\n]*?\s){2,}[^\"\u201c\u201d\u201e«»\n]*?[\"\u201d»]"
-)
+# Words in quotation marks (three or more, counted in _unquoted): a pasted note, not the customer speaking. One
+# character class and no nested repetition, so an unclosed quote costs one scan (a nested form backtracked
+# exponentially: a 34-word message with an unclosed 27" never finished). A quote mark after a digit is inches.
+_QUOTATION = re.compile(r"(?<!\d)[\"\u201c\u201e«](?P<inner>[^\"\u201c\u201d\u201e«»\n]*)[\"\u201d»]")
+_QUOTED_WORDS = 3
 _OWNED = re.compile(r"\b(?:my|me|i|i'm|i am|mine)\b", re.IGNORECASE)
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 _PHONE = re.compile(r"(?<![\w+])(?:\+|00)?\d[\d ().-]{6,20}\d(?!\w)")
@@ -685,39 +690,48 @@ _RETRACTED_WHAT: Mapping[str, str] = {
     "telephone number": "phone",
     "mobile": "phone",
     "mobile number": "phone",
-    "number": "phone",
     "language": "language",
     "preferred language": "language",
     "language preference": "language",
 }
-_WHAT = r"(?P<what>full\s+name|name|e-?mail(?:\s+address)?|(?:tele)?phone(?:\s+number)?|mobile(?:\s+number)?|number|"
+_WHAT = r"(?P<what>full\s+name|name|e-?mail(?:\s+address)?|(?:tele)?phone(?:\s+number)?|mobile(?:\s+number)?|"
 _WHAT += r"preferred\s+language|language(?:\s+preference)?)"
+# Only the customer's own ("my"), and never asked not to: "Please don't remove my name from the list" keeps it,
+# "Please delete the email from my order confirmation" is about a document (both deleted facts in a review).
+_NOT_BEFORE = re.compile(r"\b(?:don't|don\u2019t|do\s+not|never|not|no\s+need\s+to|why|how)\b[^.!?]*$", re.IGNORECASE)
 _RETRACTIONS = (
     # "Please forget my phone number", "delete my email address from your records".
     re.compile(
-        r"(?i:\b(?:forget|delete|remove|erase|clear|wipe)\s+(?:about\s+)?(?P<whose>my|the)\s+"
-        rf"(?:old\s+|current\s+|saved\s+|stored\s+)?){_WHAT}\b",
+        rf"(?i:\b(?:forget|delete|remove|erase|wipe)\s+(?:about\s+)?my\s+(?:old\s+|current\s+|saved\s+|stored\s+)?){_WHAT}"
+        r"(?=\s*(?:$|[.,;!?]|\s(?:from|please|now|too|as\s+well|thanks|and)\b))"
+        # Off a mailing list is an unsubscribe, not a request to forget.
+        r"(?!\s+from\s+(?:the\s+|your\s+|all\s+)?(?:newsletters?|mailing\s+lists?|lists?|marketing|promotions?|ads))",
     ),
-    # "I no longer use that email", "I don't have a phone anymore".
+    # "I no longer use that email", "I don't have a phone anymore" (not "I don't use my email much").
     re.compile(
-        r"(?i:\bI\s+(?:no\s+longer|don't|don\u2019t|do\s+not)\s+(?:use|have|own|check)\s+(?:that|this|the|my|an?)?\s*"
-        rf"(?:old\s+)?){_WHAT}\b",
+        r"(?i:\bI\s+no\s+longer\s+(?:use|have|own|check)\s+(?:that|this|the|my|an?)?\s*(?:old\s+)?)"
+        rf"{_WHAT}\b"
+    ),
+    re.compile(
+        r"(?i:\bI\s+(?:don't|don\u2019t|do\s+not)\s+(?:use|have|own|check)\s+(?:that|this|the|my|an?)?\s*(?:old\s+)?)"
+        rf"{_WHAT}(?i:\s+any\s*more|\s+any\s+longer)\b"
     ),
 )
-# "I no longer use ada@example.com", "ada@example.com is no longer valid": that address only.
+# "I no longer use ada@example.com", "I don't use ada@example.com anymore": that address only (the address being
+# "not valid" at checkout is a problem to solve, not a retraction).
 _RETRACTED_EMAIL = (
-    re.compile(rf"(?i:\bI\s+(?:no\s+longer|don't|don\u2019t|do\s+not)\s+use\s+)(?P<value>{_EMAIL.pattern})"),
+    re.compile(rf"(?i:\bI\s+no\s+longer\s+use\s+)(?P<value>{_EMAIL.pattern})"),
     re.compile(
-        rf"(?P<value>{_EMAIL.pattern})(?i:\s+(?:is|isn't)\s+(?:no\s+longer|not)?\s*(?:valid|in\s+use|used|active|mine)|"
-        r"\s+(?:doesn't|does\s+not|no\s+longer)\s+work)"
+        rf"(?i:\bI\s+(?:don't|don\u2019t|do\s+not)\s+use\s+)(?P<value>{_EMAIL.pattern})(?i:\s+any\s*more|\s+any\s+longer)"
     ),
 )
-# "I cancelled my Pro plan", "I'm not on the Pro plan anymore": the plan named, or whichever is remembered.
+# "I cancelled my Pro plan", "I'm not on the Pro plan anymore": the plan named, or whichever is remembered; the plan
+# word ends the clause ("I cancelled my subscription renewal by accident" is not leaving the plan).
 _RETRACTED_PLAN = (
     re.compile(
-        r"(?i:\b(?:I|we)\s+(?:have\s+|just\s+|already\s+)?(?:cancel(?:l)?ed|ended|stopped|terminated)\s+"
-        r"(?:my|our|the)\s+)"
-        rf"(?:(?P<value>{_PLAN})\s+)?(?i:plan|subscription|membership)\b"
+        r"(?i:\b(?:I|we)\s+(?:have\s+|just\s+|already\s+)?(?:cancel(?:l)?ed|ended|terminated)\s+(?:my|our)\s+)"
+        rf"(?:(?P<value>{_PLAN})\s+)?(?i:plan|subscription|membership)"
+        r"(?=\s*(?:$|[.,;!?]|\s(?:and|but|so|because|today|yesterday|last|this|already|now)\b))"
     ),
     re.compile(
         r"(?i:\b(?:I'm|I\u2019m|I\s+am|we're|we\s+are)\s+(?:not|no\s+longer)\s+on\s+(?:the\s+|a\s+|an\s+)?)"
@@ -731,23 +745,23 @@ def extract_retractions(text: str) -> list[Retraction]:
 
     Hypotheticals, examples and quoted text take nothing back, as for :func:`extract_facts`.
     """
-    if _JEST.search(text):
-        return []
     retractions: dict[str, Retraction] = {}
-    for sentence in _sentences(_stated_text(text)):
+    for sentence in _stated_sentences(text):
         if _NOT_STATED.search(sentence) or _CONDITION.search(sentence):
             continue
         for pattern in _RETRACTIONS:
             for match in pattern.finditer(sentence):
-                what = " ".join(match.group("what").casefold().split())
-                if what == "number" and "whose" in pattern.groupindex and match.group("whose").casefold() != "my":
-                    continue  # "remove the number from the order" is about an order, not the customer's phone
-                retractions[_RETRACTED_WHAT[what]] = Retraction(_RETRACTED_WHAT[what])
+                if _NOT_BEFORE.search(sentence[: match.start()]):
+                    continue
+                what = _RETRACTED_WHAT[" ".join(match.group("what").casefold().split())]
+                retractions[what] = Retraction(what)
         for pattern in _RETRACTED_EMAIL:
             for match in pattern.finditer(sentence):
                 retractions.setdefault("email", Retraction("email", match.group("value")))
         for pattern in _RETRACTED_PLAN:
             for match in pattern.finditer(sentence):
+                if _NOT_BEFORE.search(sentence[: match.start()]):
+                    continue
                 value = match.group("value")
                 named = value if value and value.casefold() not in _NOT_PLANS else None
                 retractions.setdefault("plan", Retraction("plan", named))
@@ -755,8 +769,23 @@ def extract_retractions(text: str) -> list[Retraction]:
 
 
 def _stated_text(text: str) -> str:
-    """The customer's own words, redacted: without quoted lines, mail headers, forwarded mail and quotations."""
-    return _QUOTATION.sub(" ", _QUOTED_LINE.sub("", _FORWARDED.sub("", redact(text))))
+    """The customer's own words, redacted: without quoted lines, forwarded mail and quotations."""
+    return _QUOTATION.sub(_unquoted, _QUOTED_LINE.sub("", _FORWARDED.sub("", redact(text))))
+
+
+def _unquoted(match: re.Match[str]) -> str:
+    return " " if len(match["inner"].split()) >= _QUOTED_WORDS else match[0]
+
+
+def _stated_sentences(text: str) -> list[str]:
+    """The sentences of the customer's own words, without any that a jest takes back (itself and the one before)."""
+    sentences = _sentences(_stated_text(text))
+    taken_back: set[int] = set()
+    for index, sentence in enumerate(sentences):
+        if _JEST.search(sentence):
+            # "Just kidding!" alone takes back what came before; "just kidding about the refund" only itself.
+            taken_back |= {index, index - 1} if len(sentence.split()) <= _JEST_WORDS else {index}
+    return [sentence for index, sentence in enumerate(sentences) if index not in taken_back]
 
 
 def extract_facts(text: str) -> list[FactCandidate]:
@@ -765,16 +794,14 @@ def extract_facts(text: str) -> list[FactCandidate]:
     Within one message a value introduced as old ("my old email was …", "not …") is dropped; of several values
     for a key, one introduced as new or corrected wins, else the last stated.
     """
-    if _JEST.search(text):
-        return []
-    clean = _stated_text(text)
+    sentences = _stated_sentences(text)
+    clean = "\n".join(sentences)
     found: list[_Found] = []
     offset = 0
-    for sentence in _sentences(clean):
-        start = clean.find(sentence, offset)
-        offset = max(start, offset)
+    for sentence in sentences:
         found += [replace(item, position=item.position + offset) for item in _in_sentence(sentence)]
-    signed = _SIGN_OFF.search(clean.strip())
+        offset += len(sentence) + 1
+    signed = _SIGN_OFF.search(_stated_text(text).strip()) if sentences else None
     if signed is not None and signed.group("value").split()[0] not in _NOT_NAMES:
         candidate = FactCandidate(FactKind.NAME, fact_key(FactKind.NAME), signed.group("value"), 0.75)
         found.append(_Found(candidate, len(clean), newer=False))
@@ -802,8 +829,13 @@ def _in_sentence(sentence: str) -> Iterator[_Found]:
 
 def _before(sentence: str, start: int) -> str:
     """The few words of the clause right before ``start`` (where "old", "new", "my" would be)."""
-    # Other values in the way ("from old@example.com to") are not words about this one.
-    words = [word for word in sentence[:start].split() if "@" not in word and not any(c.isdigit() for c in word)]
+    # Other values in the way ("from old@example.com to") are not words about this one, but a clause break after one
+    # ("I no longer use a@x.com, please use b@x.com") still ends its clause.
+    words = [
+        word if "@" not in word and not any(c.isdigit() for c in word) else re.sub(r"[^,;:()]", "", word)
+        for word in sentence[:start].split()
+    ]
+    words = [word for word in words if word]
     context = " ".join(words[-_WORDS_OF_CONTEXT:])
     breaks = list(_CLAUSE_BREAK.finditer(context))
     return context[breaks[-1].end() :] if breaks else context

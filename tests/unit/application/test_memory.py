@@ -107,7 +107,7 @@ async def test_an_address_taken_back_is_forgotten_only_while_it_is_the_current_o
     await world.say("I no longer use old@example.com.")  # not the one remembered: nothing changes
     assert await values(world) == [("email", "ada@example.com", True)]
 
-    await world.say("ada@example.com doesn't work anymore, use ada@new.example instead.")
+    await world.say("I no longer use ada@example.com, please use ada@new.example instead.")
 
     assert await values(world) == [("email", "ada@new.example", True)]
 

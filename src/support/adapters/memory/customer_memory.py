@@ -31,7 +31,8 @@ class InMemoryCustomerMemory:
         return found[-1] if found else None
 
     async def current_for_update(self, customer_id: UUID, key: str) -> Fact | None:
-        # One event loop, no await between this read and the caller's write: nothing can come in between.
+        # A fake for one writer at a time (unit tests): there is no lock to take; the contract's concurrency tests run
+        # against PostgreSQL.
         return await self.current(customer_id, key)
 
     async def remember(self, fact: Fact, embedding: Sequence[float]) -> None:
