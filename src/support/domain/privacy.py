@@ -96,9 +96,12 @@ _PW_NOUN = (
 # "is"/"was" (optionally "now") in those languages, as a whole word: without the \b, German "ist" was read as
 # "is" followed by a password "t". Unaccented Italian/Portuguese "e" is left out: it is also "e-mail".
 _IS = r"(?:is|was|ist|war|est|es|era|è|é)\b(?:\s+(?:now|jetzt|maintenant|ahora|ora|agora|nu)\b)?"
-# An explicit statement: "password is", "password was now", "password is:", "password:", "pass:" (a bare "pass"
-# only before a colon: "my pass is valid" is a ticket, not a secret).
-_STATED = r"(?:" + _PW_NOUN + r"(?:\s+" + _IS + r"(?:\s*:\s*|\s+)|\s*:\s*)|\bpass\s*:\s*)"
+# An explicit statement: "password is", "password was now", "password is:", "password:". A bare "pass:" is among
+# the relaxed labels below ("Boarding pass: Gate 12" is no secret, "pass: Hunter2" is).
+_STATED = r"(?:" + _PW_NOUN + r"(?:\s+" + _IS + r"(?:\s*:\s*|\s+)|\s*:\s*))"
+# Where a word ends for the prose checks below: at a space, or punctuation and then a space or the end. A plain \b
+# also ended "nicht" in "nicht-mehr-2024" and "Fine" in "Fine.Day.77", and let those passwords through.
+_WORD_END = r"(?=[.,;:!?]*(?:\s|$))"
 # Words that follow "my password is" or "password:" without being the password (in the languages above), among
 # them the start of a question: "Problem with my password: how do I reset it?".
 _COMMON_WORDS_AFTER_LABEL = (
@@ -106,7 +109,12 @@ _COMMON_WORDS_AFTER_LABEL = (
     r"been|reset|changed|working|case|required|needed|it|that|this|definitely|probably|locked|blocked|"
     r"how|what|why|where|when|can|could|i|we|you|please|help|does|doesn't|don't|won't|can't|isn't|keeps|"
     r"nicht|falsch|abgelaufen|zu|pas|faux|fausse|incorrecte|expiré|incorrecta|caducada|non|sbagliata|errata|"
-    r"scaduta|não|errada|incorreta|inválida|expirada|niet|fout|verkeerd|onjuist|verlopen)\b)"
+    r"scaduta|não|errada|incorreta|inválida|expirada|niet|fout|verkeerd|onjuist|verlopen|"
+    # Found by a review: "Password: sent via SMS", "pw: see above", "is over 12 characters long", "trop court"
+    r"sent|forgot|forgotten|see|above|below|attached|unknown|lost|over|under|identical|similar|longer|shorter|more|"
+    r"less|at|only|trop|muy|demasiado|vergeten|seit|gesperrt|gestern|oublié|olvidada|olvidado|esquecida|bloqueado)"
+    + _WORD_END
+    + r")"
 )
 # Words that end the clause a password was stated in: "my password is hunter2 and it fails", "... hunter2 now",
 # "password: Hunter2 doesn't work".
@@ -118,8 +126,11 @@ _CLAUSE_END_WORD = (
 # A verdict that is prose when it stands alone ("my password is correct", "... strong enough") but may begin a
 # passphrase ("My password: correct horse battery staple").
 _VERDICT_ALONE = (
-    r"(?!(?:correct|right|weak|strong|long|short|simple|fine|ok|okay|good|bad|valid|secure|safe)\b"
-    r"(?![ \t]+(?!" + _CLAUSE_END_WORD + r")\w))"
+    r"(?!(?:correct|right|weak|strong|long|short|simple|fine|ok|okay|good|bad|valid|secure|safe)"
+    + _WORD_END
+    + r"(?![ \t]+(?!"
+    + _CLAUSE_END_WORD
+    + r")\w))"
 )
 # Redacting twice changes nothing: "password: [password] ok" must not become "password: [password]".
 _NOT_A_PLACEHOLDER = r"(?!" + "|".join(re.escape(placeholder) for placeholder in PLACEHOLDERS) + r")"
@@ -140,6 +151,7 @@ _RELAXED_PASSWORD_LABELS = (
     r"\b" + _CHANGE + r"\s+(?:[\w']+\s+){0,2}?" + _PW_NOUN + r"\s+to\s+",
     _PW_NOUN + r"\s+(?:was|is|has\s+been|got)\s+" + _CHANGE + r"\s+to\s+",
     _PW_NOUN + r"\s+",
+    r"\bpass\s*:\s*",  # "login: ada / pass: Hunter2"
 )
 _PASSWORD_LENGTH = (4, 64)
 _PASSWORD_SYMBOLS = frozenset("!#$%^&*+=~_|")
@@ -243,7 +255,7 @@ _RULES = (
     # A lower-case "pin" only as the customer's own ("my pin is 4821"): "pin 12345 of the connector" is hardware.
     _Rule(
         re.compile(
-            r"(?P<label>\b(?:my|the|card|bank)\s+pin(?:\s+(?:code|number))?" + _SEPARATOR + r")\d{4,8}\b", re.IGNORECASE
+            r"(?P<label>\b(?:my|card|bank)\s+pin(?:\s+(?:code|number))?" + _SEPARATOR + r")\d{4,8}\b", re.IGNORECASE
         ),
         _keep_label(PIN),
     ),

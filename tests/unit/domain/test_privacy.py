@@ -146,6 +146,20 @@ def test_passwords_and_ssns_however_they_are_stated_become_placeholders(text: st
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
+        # A verdict or a "not" that only begins the password (found by a review: these leaked)
+        ("My password is Fine.Day.77", f"My password is {PASSWORD}"),
+        ("password: bad-Wolf-42", f"password: {PASSWORD}"),
+        ("Mein Passwort ist nicht-mehr-2024", f"Mein Passwort ist {PASSWORD}"),
+        ("login: ada / pass: Hunter2", f"login: ada / pass: {PASSWORD}"),
+    ],
+)
+def test_a_password_that_begins_like_prose_is_still_a_password(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
         ("my password is hunter2 and it fails", f"my password is {PASSWORD} and it fails"),
         ("password: hunter2 please help", f"password: {PASSWORD} please help"),
         ("my password is Sonne123 I think", f"my password is {PASSWORD} I think"),
@@ -180,6 +194,20 @@ def test_a_passphrase_ends_with_its_clause(text: str, expected: str) -> None:
         "mon mot de passe est incorrect",
         "call me on 123 45 6789",  # an SSN's shape without its label
         "order 123456789 is late",
+        # Redacted by the first broader version (found by a review)
+        "Boarding pass: Gate 12",
+        "pass: Parcel left at the door",
+        "Password: sent via SMS",
+        "Password: Forgot",
+        "pw: see above",
+        "my password is over 12 characters long",
+        "my password is identical to the old one",
+        "Mon mot de passe est trop court",
+        "mi contraseña es muy larga",
+        "Mijn wachtwoord is vergeten",
+        "Mein Passwort ist seit gestern gesperrt",
+        "the pin 1234 on the connector",
+        "my password is still not working after the reset",
     ],
 )
 def test_prose_about_passwords_and_unlabelled_digit_groups_are_kept(text: str) -> None:
