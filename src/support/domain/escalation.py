@@ -90,7 +90,10 @@ DEFAULT_HUMAN_REQUEST_PATTERNS: tuple[str, ...] = (
     (
         r"\b(?:can|could|will|would)\s+(?:someone|somebody|a\s+person|an\s+agent|a\s+human|one\s+of\s+you)\s+"
         r"(?:from\s+(?:your|the)\s+(?:team|company|support(?:\s+team)?|customer\s+service)\s+)?"
-        r"(?:please\s+)?(?:call|phone|ring|contact)\s+me\b"
+        r"(?:please\s+)?(?:call|phone|ring|contact)\s+me(?:\s+back)?(?:\s+(?:please|asap|today|now|right\s+away))?"
+        # The request ends there: "call me when the parcel arrives", "contact me if the payment fails" are about
+        # a delivery or a payment (found by a review).
+        r"(?=\s*(?:$|[?.!,;]))"
     ),
     # The whole message is the request, as typed to phone menus: "human please", "agent", "a real person!"
     (
@@ -188,8 +191,7 @@ DEFAULT_FRUSTRATION_TERMS: tuple[str, ...] = (
     "asked three times",
     "asked twice",
     "asked you twice",
-    "third time",
-    "keep asking",
+    "i keep asking",
     "this is a joke",
     "worst",
     "nutzlos",

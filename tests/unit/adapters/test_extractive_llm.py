@@ -1031,3 +1031,20 @@ async def test_what_memory_does_not_hold_is_not_made_up() -> None:
     )
 
     assert "I have for you" not in text_of(events)
+
+
+@pytest.mark.parametrize(
+    ("question", "passage"),
+    [
+        # The customer's own order number is in no article; the article's form and promo codes are other shapes.
+        ("How do I start a return for order NW-48213?", RETURNS + "\nAttach form RT-10 to the parcel."),
+        ("How long does express shipping take for order NW-48213?", SHIPPING + "\nUse code SHIP25 for 10% off."),
+    ],
+)
+async def test_codes_of_another_shape_do_not_make_a_covered_question_a_decline(question: str, passage: str) -> None:
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+    hits = [hit("The article", passage, similarity=0.78, vector_rank=1, text_rank=1, score=0.18)]
+
+    events = await collect(llm, ReplyRequest(question=question, passages=hits))
+
+    assert not any(isinstance(event, HandoffSignal) for event in events)

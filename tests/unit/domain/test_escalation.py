@@ -160,6 +160,11 @@ def test_more_ways_of_asking_for_a_person_hand_over(text: str) -> None:
         "Can my manager call me?",
         "I want the manager role",
         "Who is the operator for my SIM?",
+        # A call about a delivery or a payment (found by a review)
+        "Can somebody call me when the parcel arrives?",
+        "Will someone call me before delivery?",
+        "Would an agent contact me if the payment fails?",
+        "Can a person call me on arrival, the doorbell is broken?",
     ],
 )
 def test_questions_about_people_and_bots_are_not_requests(text: str) -> None:
@@ -612,3 +617,5 @@ def test_repeating_oneself_is_frustration() -> None:
     screening = POLICY.screen("THIS IS RIDICULOUS I HAVE ASKED THREE TIMES", [])
     assert screening.frustration is not None
     assert POLICY.screen("I asked three times already", []).frustration is not None
+    assert POLICY.screen("It's the third time I've ordered from you and always happy", []).frustration is None
+    assert POLICY.screen("Customers keep asking about the API limits", []).frustration is None

@@ -163,6 +163,10 @@ _IDENTIFIER_CHARS = 16
 # An error or status code: a few letters and two or more digits ("E03", "C50", "ERR-42", "SQL0805N"). A model name
 # with one digit ("T2", "C7") is a product, not a code.
 _CODE = re.compile(r"\b[A-Za-z]{1,4}-?\d{2,6}[A-Za-z]?\b")
+_OWN_REFERENCE_BEFORE = re.compile(
+    r"\b(?:order|ticket|case|invoice|tracking|reference|ref|booking|account)\b\W*(?:number|no\.?|#|id)?\W*$",
+    re.IGNORECASE,
+)
 
 # Evidence model: logistic regression over the features of `_Evidence`, fitted on the even-numbered TechQA
 # questions with answerable and unanswerable ones weighted equally (docs/llm-offline.md). The score estimates
@@ -699,8 +703,17 @@ def _missing_identifiers(question: str, scorer: _Scorer) -> str:
 
 
 def _quotes_other_codes(question: str, selected: Sequence[_Unit], scorer: _Scorer) -> bool:
-    """Whether the question names a code no passage contains while the quote lists other codes instead."""
-    asked = {word.casefold() for word in _CODE.findall(redact(question))}
+    """Whether the question names a code no passage contains while the quote lists other codes of its shape.
+
+    The customer's own order, ticket or invoice number is in no article and is not asked about; a quoted code of
+    another shape (a form "RT-10", a promo code "SHIP25") is no other error code (found by a review).
+    """
+    redacted = redact(question)
+    asked = {
+        match[0].casefold()
+        for match in _CODE.finditer(redacted)
+        if not _OWN_REFERENCE_BEFORE.search(redacted[: match.start()])
+    }
     missing = {
         code
         for code in asked
@@ -708,8 +721,14 @@ def _quotes_other_codes(question: str, selected: Sequence[_Unit], scorer: _Score
     }
     if not missing:
         return False
+    shapes = {_code_shape(code) for code in missing}
     quoted = {word.casefold() for unit in selected for word in _CODE.findall(unit.text)}
-    return bool(quoted - asked)
+    return any(_code_shape(code) in shapes for code in quoted - asked)
+
+
+def _code_shape(code: str) -> tuple[int, int]:
+    """How many letters and digits a code has: "E03" and "E42" share a shape, "NW-48213" and "RT-10" do not."""
+    return sum(char.isalpha() for char in code), sum(char.isdigit() for char in code)
 
 
 def _asks_for_a_person(request: ReplyRequest) -> bool:
