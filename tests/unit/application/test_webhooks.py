@@ -311,6 +311,37 @@ async def test_one_conversations_events_arrive_in_the_order_they_happened(world:
     assert sender.arrived == emitted
 
 
+class SlowReceiver(ScriptedSender):
+    """Each send takes the whole claim's lease (the clock moves on as it answers)."""
+
+    def __init__(self, clock: FixedClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> SendResult:
+        self.clock.advance(timedelta(seconds=POLICY.lease_s))
+        return await super().send(url, body, headers)
+
+
+async def test_a_chain_that_outlives_its_lease_leaves_the_rest_to_a_later_round_in_order(world: World) -> None:
+    webhook_id, _ = await world.create()
+    conversation = new_id()
+    for event_type in (WebhookEventType.HANDOFF_REQUESTED, WebhookEventType.MESSAGE_CREATED):
+        await world.outbox.enqueue(OutboundEvent(new_id(), event_type, conversation, world.clock.now(), {}))
+        world.clock.advance(timedelta(milliseconds=1))
+    slow = SlowReceiver(world.clock)
+
+    assert await world.deliver(slow).execute() == 2
+    assert len(slow.sent) == 1  # the second would have run past the lease: another round could claim it meanwhile
+    statuses = sorted(delivery.status.value for delivery in await world.deliveries(webhook_id))
+    assert statuses == ["delivered", "pending"]
+
+    world.clock.advance(timedelta(seconds=POLICY.lease_s))  # its claim lapses; the next round sends it
+    assert await world.deliver(slow).execute() == 1
+    assert len(slow.sent) == 2
+    assert [delivery.status for delivery in await world.deliveries(webhook_id)] == [DeliveryStatus.DELIVERED] * 2
+
+
 async def test_a_failed_delivery_redelivered_is_sent_again_with_a_fresh_retry_budget(world: World) -> None:
     webhook_id, secret = await world.create()
     event = await world.emit()
