@@ -465,6 +465,10 @@ class AnthropicLLM:
                     continue
                 failure = classify(error, self._timeout_s)
                 delay = None if outcome.wrote_text else self._retry_delay(failure, attempt)
+                if delay is not None and outcome.started:
+                    # Claude had answered (a stream that broke before any text): the retry gets a deadline of its
+                    # own, as a new round would, instead of the one this attempt already met (found by a review).
+                    deadline = loop.time() + delay + self._start_deadline_s
                 if delay is not None and loop.time() + delay >= deadline:
                     # The next attempt could not start before the deadline: the customer hears now, not then.
                     late = f"{failure.description}; no retry fits in the start deadline of {self._start_deadline_s:g} s"
@@ -519,6 +523,7 @@ class AnthropicLLM:
                 if not starting.expired():
                     raise
                 raise _NotStartedError(self._start_deadline_s) from error
+            outcome.started = True
             if first is not None:
                 for reply_event in _translate(first, progress.citable, outcome):
                     yield reply_event
@@ -579,6 +584,7 @@ class _Round:
     """What one request produced (reset before each attempt)."""
 
     wrote_text: bool = False
+    started: bool = False  # Claude answered: the headers and the first event came
     joined: bool = False  # its first text was joined to the previous rounds' text
     finished: bool = False
     stop_reason: str | None = None
@@ -587,7 +593,7 @@ class _Round:
     tool_calls: list[ToolUseBlock] = field(default_factory=list)
 
     def reset(self) -> None:
-        self.wrote_text = self.joined = self.finished = False
+        self.wrote_text = self.started = self.joined = self.finished = False
         self.stop_reason = None
         self.usage = TokenUsage()
         self.content = []

@@ -891,6 +891,19 @@ async def test_the_start_deadline_does_not_cut_an_answer_that_started(
     assert len(api.requests) == 1
 
 
+async def test_a_stream_that_started_and_broke_after_the_deadline_is_still_retried(
+    api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
+) -> None:
+    # Claude answered at once, thought past the deadline, then was overloaded before any text: that is no Claude
+    # that never starts, and the retry gets a deadline of its own (a review found it given up on).
+    api.script(failing_stream(Pause(0.8), stream_error("overloaded_error")), reply("Recovered."))
+
+    events = await collect(make_llm(timeout_s=5.0, start_deadline_s=0.5), ReplyRequest(question="Hi"))
+
+    assert texts(events) == ["Recovered."]
+    assert len(api.requests) == 2
+
+
 async def test_each_tool_round_has_its_own_start_deadline(
     api: FakeAnthropic, make_llm: Callable[..., AnthropicLLM]
 ) -> None:
