@@ -511,3 +511,11 @@ def test_pdf_with_only_an_owner_password_is_readable() -> None:
     data = encrypted(minimal_pdf([["Open text"]]), user_password="", owner_password="owner")
 
     assert extractor.extract(data, "application/pdf").sections[0].text == "Open text"
+
+
+def test_a_document_that_opens_with_a_rule_is_markdown_not_front_matter() -> None:
+    data = b"---\nNote: returns are free: within 30 days.\n\n---\n# Returns\n\nStart a return from your orders.\n"
+
+    document = extractor.extract(data, "text/markdown")
+
+    assert "returns are free" in " ".join(section.text for section in document.sections)

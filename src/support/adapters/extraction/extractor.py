@@ -229,7 +229,10 @@ class _SectionBuilder:
 # --- Markdown --------------------------------------------------------------------------------------------
 
 # Line ends may be CRLF (a file saved on Windows): its front matter was read as a rule and a heading.
-_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(?P<body>.*?\r?\n)---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
+# Its first line is a "key:" (a document that opens with a --- rule and has another one further down is Markdown).
+_FRONT_MATTER = re.compile(
+    r"\A---[ \t]*\r?\n(?P<body>(?=[A-Za-z_][\w-]*[ \t]*:).*?\r?\n)---[ \t]*(?:\r?\n|\Z)", re.DOTALL
+)
 _MARKDOWN = MarkdownIt("commonmark").enable("table")
 
 
