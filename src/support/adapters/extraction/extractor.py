@@ -240,10 +240,11 @@ def _extract_markdown(text: str) -> ExtractedDocument:
     text = unicodedata.normalize("NFC", text.lstrip("\ufeff"))
     fields: dict[str, str | list[str]] = {}
     front_matter = _FRONT_MATTER.match(text)
-    if front_matter:
+    parsed = parse_front_matter(front_matter["body"]) if front_matter else None
+    if front_matter and parsed is not None:
         # Static-site exports carry YAML front matter; without this it would parse as a rule and a heading.
         text = text[front_matter.end() :]
-        fields = parse_front_matter(front_matter["body"])
+        fields = parsed
     declared_title = fields.get("title")
     declared_url = fields.get("url")
     tokens = _MARKDOWN.parse(text)
@@ -261,25 +262,20 @@ def _extract_markdown(text: str) -> ExtractedDocument:
 # --- front matter: the YAML that Jekyll, Hugo, Docusaurus and help-center exports put before the Markdown ---
 
 
-def parse_front_matter(body: str) -> dict[str, str | list[str]]:
+def parse_front_matter(body: str) -> dict[str, str | list[str]] | None:
     """The top-level fields of a front matter block, keys lower-cased: text, or lists of text.
 
     YAML, read by PyYAML's ``BaseLoader``, which keeps every scalar as written (``title: 2026`` stays "2026",
-    ``title: no`` stays "no"); nested mappings are left out.
-
-    Raises:
-        InvalidInputError: the block is not YAML (``title: Billing: FAQ`` needs quotes), naming the line.
+    ``title: no`` stays "no"); nested mappings are left out. None when the block is not a YAML mapping: then it
+    is the document's own text (a Markdown file may open with a ``---`` rule and a line such as "Note: returns are
+    free: within 30 days", found by a review), kept rather than refused or dropped.
     """
     try:
         loaded = yaml.load(body, Loader=yaml.BaseLoader)  # noqa: S506 - BaseLoader builds only str, list, dict
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 2})" if mark is not None else ""
-        problem = getattr(error, "problem", None) or "it cannot be read"
-        msg = f"The front matter is not valid YAML{where}: {problem}. Quote values that contain ': ' or '#'."
-        raise InvalidInputError(msg) from None
+    except yaml.YAMLError:
+        return None
     if not isinstance(loaded, dict):
-        return {}
+        return None
     fields: dict[str, str | list[str]] = {}
     for key, value in loaded.items():
         if isinstance(value, str):
