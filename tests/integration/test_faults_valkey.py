@@ -230,3 +230,22 @@ async def test_the_job_worker_waits_out_an_outage_without_spinning_and_then_runs
         await asyncio.wait_for(ran.wait(), RECOVER_WITHIN_S)
     finally:
         await queue.close()
+
+
+async def test_the_job_queue_reports_valkey_down_as_cache_unavailable(servers: Servers) -> None:
+    # SAQ talks to Valkey through redis-py: its errors were neither Valkey's nor OSError, and a bulk upload or a
+    # job's status during an outage answered 500 (found by an exploratory test).
+    queue = SaqJobQueue(servers.valkey_url, name=f"faults-{uuid4()}")
+    await queue.connect()
+    try:
+        await asyncio.to_thread(servers.valkey.kill)
+        try:
+            with pytest.raises(CacheUnavailableError):
+                await queue.enqueue("fault-check", {}, timeout_s=10)
+            with pytest.raises(CacheUnavailableError):
+                await queue.get("no-such-job")
+        finally:
+            await asyncio.to_thread(servers.valkey.restart)
+    finally:
+        with contextlib.suppress(Exception):
+            await queue.close()
