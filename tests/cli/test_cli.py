@@ -176,6 +176,22 @@ def test_invalid_setting_exits_2_with_one_line_naming_the_variable(
     assert "Traceback" not in result.output
 
 
+def test_serving_in_prod_without_a_token_secret_is_refused_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It started, said it was ready, and answered every new conversation with a 500 (found by an exploratory test).
+    monkeypatch.setenv("SUPPORT_DATABASE_URL", UNREACHABLE_DATABASE)
+    monkeypatch.setenv("SUPPORT_ENV", "prod")
+    monkeypatch.delenv("SUPPORT_CONVERSATIONS__TOKEN_SECRET", raising=False)
+
+    result = _invoke("serve")
+
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert "\n" not in message, message
+    assert "SUPPORT_CONVERSATIONS__TOKEN_SECRET" in message
+
+
 def test_unknown_support_variable_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SUPPORT_DATABASE_URL", UNREACHABLE_DATABASE)
     monkeypatch.setenv("SUPPORT_SOMETHING", "1")

@@ -232,6 +232,25 @@ def check_settings(settings: Settings) -> None:
     escalation_policy(settings)
     handoff_settings(settings)
     trusted_proxies(settings.limits)
+    # Checked on the first request that signs a token until 2026-12-07: a prod server without it started, said it
+    # was ready, and answered every new conversation with a 500 (found by an exploratory test).
+    customer_token_secret(settings)
+
+
+def customer_token_secret(settings: Settings) -> CustomerTokenSecret:
+    """The secret customer tokens are signed with; in development, one for the life of the process.
+
+    Raises:
+        SettingsError: none is set in prod.
+    """
+    secret = settings.conversations.token_secret
+    if secret:
+        return CustomerTokenSecret(secret)
+    if settings.env == "prod":
+        msg = "SUPPORT_CONVERSATIONS__TOKEN_SECRET is required in prod (customer tokens are signed with it)"
+        raise SettingsError(msg)
+    # Development: tokens last as long as the process.
+    return CustomerTokenSecret(secrets.token_urlsafe(32))
 
 
 def handoff_settings(settings: Settings) -> HandoffSettings:
@@ -389,15 +408,8 @@ class InfrastructureProvider(Provider):
             yield ExtractiveLLM(evidence_threshold=llm.evidence_threshold)
 
     @provide
-    def customer_token_secret(self, settings: Settings) -> CustomerTokenSecret:
-        secret = settings.conversations.token_secret
-        if secret:
-            return CustomerTokenSecret(secret)
-        if settings.env == "prod":
-            msg = "SUPPORT_CONVERSATIONS__TOKEN_SECRET is required in prod (customer tokens are signed with it)"
-            raise SettingsError(msg)
-        # Development: tokens last as long as the process.
-        return CustomerTokenSecret(secrets.token_urlsafe(32))
+    def token_secret(self, settings: Settings) -> CustomerTokenSecret:
+        return customer_token_secret(settings)
 
     @provide
     def conversation_limits(self, settings: Settings) -> ConversationLimits:
