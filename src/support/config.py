@@ -400,9 +400,29 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     _coerce_sequences(raw, Settings, ())
     raw.update(overrides)
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as error:
         raise SettingsError(_name_the_variable(str(error))) from None
+    _check_urls(settings)
+    return settings
+
+
+# What the drivers accept: asyncpg (plain postgresql:// is given the driver) and the Valkey/Redis clients. Anything
+# else failed later with a driver's traceback, after embedded servers had started (found by an exploratory test).
+_DATABASE_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
+_VALKEY_SCHEMES = ("redis://", "rediss://", "valkey://", "valkeys://", "unix://")
+
+
+def _check_urls(settings: Settings) -> None:
+    if settings.database_url and not settings.database_url.startswith(_DATABASE_SCHEMES):
+        msg = "SUPPORT_DATABASE_URL: expected a PostgreSQL URL (postgresql://user:password@host:5432/database)"
+        raise SettingsError(msg)
+    if settings.valkey_url and not settings.valkey_url.startswith(_VALKEY_SCHEMES):
+        msg = "SUPPORT_VALKEY_URL: expected a Valkey URL (redis://host:6379/0, rediss://, valkey:// or unix://)"
+        raise SettingsError(msg)
+    if settings.embedding.provider == "http" and not settings.embedding.url:
+        msg = "SUPPORT_EMBEDDING__URL: required when SUPPORT_EMBEDDING__PROVIDER=http"
+        raise SettingsError(msg)
 
 
 def _coerce_sequences(raw: dict[str, Any], struct: type[msgspec.Struct], path: tuple[str, ...]) -> None:
@@ -418,7 +438,12 @@ def _coerce_sequences(raw: dict[str, Any], struct: type[msgspec.Struct], path: t
         elif isinstance(value, str) and typing.get_origin(target) in {tuple, list}:
             text = value.strip()
             if text.startswith("["):
-                raw[key] = msgspec.json.decode(text)
+                try:
+                    raw[key] = msgspec.json.decode(text)
+                except msgspec.DecodeError:
+                    variable = ENV_PREFIX + NESTING.join((*path, key)).upper()
+                    msg = f'{variable}: not a JSON array; write a,b or ["a", "b"]'
+                    raise SettingsError(msg) from None
             else:
                 raw[key] = [item.strip() for item in text.split(",") if item.strip()]
 

@@ -16,6 +16,7 @@ def test_top_level_and_nested_variables_are_read() -> None:
             "SUPPORT_DATABASE_URL": "postgresql://db/support",
             "SUPPORT_DB__POOL_SIZE": "3",
             "SUPPORT_EMBEDDING__PROVIDER": "http",
+            "SUPPORT_EMBEDDING__URL": "http://embeddings.internal/v1",
             "SUPPORT_LOG_JSON": "true",
             "SUPPORT_LLM__START_DEADLINE_S": "12.5",
             "OTHER_VARIABLE": "ignored",
@@ -52,6 +53,12 @@ def test_list_settings_accept_commas_or_json(value: str, expected: tuple[str, ..
         ({"SUPPORT_ENV": "staging"}, "SUPPORT_ENV"),
         ({"SUPPORT_COLOUR": "blue"}, "SUPPORT_COLOUR"),
         ({"SUPPORT_DB__COLOUR": "blue"}, "SUPPORT_DB__COLOUR"),
+        # Tracebacks from the drivers or the JSON decoder until 2026-12-07 (found by an exploratory test)
+        ({"SUPPORT_HTTP__CORS_ORIGINS": "[bad"}, "SUPPORT_HTTP__CORS_ORIGINS"),
+        ({"SUPPORT_DATABASE_URL": "mysql://x"}, "SUPPORT_DATABASE_URL"),
+        ({"SUPPORT_DATABASE_URL": "not a url"}, "SUPPORT_DATABASE_URL"),
+        ({"SUPPORT_VALKEY_URL": "http://x"}, "SUPPORT_VALKEY_URL"),
+        ({"SUPPORT_EMBEDDING__PROVIDER": "http"}, "SUPPORT_EMBEDDING__URL"),
     ],
     ids=[
         "not-a-number",
@@ -61,6 +68,11 @@ def test_list_settings_accept_commas_or_json(value: str, expected: tuple[str, ..
         "unknown-choice",
         "unknown-variable",
         "unknown-nested",
+        "list-not-json",
+        "database-not-postgres",
+        "database-not-a-url",
+        "valkey-not-valkey",
+        "http-embedder-without-url",
     ],
 )
 def test_bad_values_are_refused_naming_the_variable(environment: dict[str, str], named: str) -> None:
