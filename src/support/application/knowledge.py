@@ -40,7 +40,7 @@ from support.domain.knowledge import (
     text_hash,
     validate_document_url,
 )
-from support.ports.errors import CacheUnavailableError
+from support.ports.errors import CacheUnavailableError, EmbedderUnavailableError, StorageUnavailableError
 from support.ports.jobs import JobQueue, JobState, ProgressReporter
 from support.ports.knowledge import Cache, DocumentPage, Embedder, KnowledgeBase, TextExtractor
 from support.ports.system import Clock, UnitOfWork
@@ -954,11 +954,19 @@ class StartBulkIngestion:
         )
 
 
+# How long a bulk job waits out the database or the embedder being unreachable before it fails: an upload accepted
+# during an outage failed at once and for good (found by an exploratory test). Documents are upserts, so the job
+# starts over and what was written before counts as unchanged.
+OUTAGE_RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+OUTAGE_GIVE_UP_S = 15 * 60.0
+
+
 class RunBulkIngestion:
     """The worker side of a bulk ingestion job: ingest, reporting progress as documents finish."""
 
-    def __init__(self, ingest: IngestDocuments) -> None:
+    def __init__(self, ingest: IngestDocuments, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._ingest = ingest
+        self._sleep = sleep
 
     async def execute(self, payload: Mapping[str, Any], report: ProgressReporter) -> dict[str, Any]:
         """Ingest the job's records; returns the final counts.
@@ -972,7 +980,19 @@ class RunBulkIngestion:
             await report(state.done / max(state.total, 1), report_detail(state))
 
         await progress(BulkIngestReport(total=len(requests)))
-        return report_detail(await self._ingest.execute(requests, on_progress=progress))
+        waited, attempt = 0.0, 0
+        while True:
+            try:
+                return report_detail(await self._ingest.execute(requests, on_progress=progress))
+            except (StorageUnavailableError, EmbedderUnavailableError) as error:
+                if waited >= OUTAGE_GIVE_UP_S:
+                    raise
+                delay = OUTAGE_RETRY_DELAYS_S[min(attempt, len(OUTAGE_RETRY_DELAYS_S) - 1)]
+                waiting = {**report_detail(BulkIngestReport(total=len(requests))), "waiting": error.message}
+                await report(0.0, waiting)
+                _logger.warning("bulk ingestion waits %.0f s for an outage to end: %s", delay, error.message)
+                await self._sleep(delay)
+                waited, attempt = waited + delay, attempt + 1
 
 
 class GetJob:

@@ -2,7 +2,7 @@
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path, PurePath
 from typing import Any
@@ -16,6 +16,7 @@ from support.adapters.memory.system import FixedClock, InMemoryUnitOfWork
 from support.application import knowledge as knowledge_module
 from support.application.knowledge import (
     BULK_GROUP_DOCUMENTS,
+    OUTAGE_GIVE_UP_S,
     IngestDocument,
     IngestDocuments,
     IngestRequest,
@@ -28,6 +29,7 @@ from support.cli.sources import count_sources, iter_sources
 from support.domain.chunking import chunk_document
 from support.domain.errors import InvalidInputError
 from support.domain.knowledge import Audience, UpsertStatus
+from support.ports.errors import EmbedderUnavailableError
 
 
 class RenamedModel(HashingEmbedder):
@@ -496,3 +498,54 @@ async def test_bulk_ingestion_reads_and_cuts_off_the_event_loop_and_a_document_n
     await single.execute(replace(ARTICLE, external_id="one"))
     assert extractor.on_loop[-1] is False
     assert cut_on_loop[-1] is False
+
+
+class EmbedderBackAfter(HashingEmbedder):
+    """Unreachable for its first ``outage`` calls, then back."""
+
+    def __init__(self, outage: int) -> None:
+        super().__init__()
+        self.outage = outage
+
+    async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.outage:
+            self.outage -= 1
+            raise EmbedderUnavailableError
+        return await super().embed_documents(texts)
+
+
+async def test_a_bulk_job_waits_out_an_outage_and_finishes() -> None:
+    # An upload accepted while the database was down failed at once, for good (found by an exploratory test).
+    lines = [{"id": f"d{n}", "title": f"D{n}", "text": f"Document {n} says something."} for n in range(3)]
+    knowledge = InMemoryKnowledgeBase()
+    bulk = IngestDocuments(ingestion(knowledge, EmbedderBackAfter(2)), knowledge, InMemoryUnitOfWork(), FixedClock())
+    reporter, slept = RecordingReporter(), []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    result = await RunBulkIngestion(bulk, sleep=sleep).execute(
+        {"records": jsonl(*lines).decode(), "documents": 3}, reporter
+    )
+
+    assert (result["created"], result["failed"]) == (3, 0)
+    assert slept == [1.0, 2.0]
+    assert sum("waiting" in detail for _, detail in reporter.reports) == 2
+
+
+async def test_a_bulk_job_gives_up_on_an_outage_that_does_not_end() -> None:
+    lines = [{"id": "d0", "title": "D0", "text": "Document 0 says something."}]
+    knowledge = InMemoryKnowledgeBase()
+    bulk = IngestDocuments(
+        ingestion(knowledge, EmbedderBackAfter(10_000)), knowledge, InMemoryUnitOfWork(), FixedClock()
+    )
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    with pytest.raises(EmbedderUnavailableError):
+        await RunBulkIngestion(bulk, sleep=sleep).execute(
+            {"records": jsonl(*lines).decode(), "documents": 1}, RecordingReporter()
+        )
+    assert sum(slept) >= OUTAGE_GIVE_UP_S
