@@ -959,14 +959,14 @@ class StartBulkIngestion:
 # starts over and what was written before counts as unchanged.
 OUTAGE_RETRY_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 OUTAGE_GIVE_UP_S = 15 * 60.0
+wait_for_outage: Callable[[float], Awaitable[None]] = asyncio.sleep  # replaced in tests
 
 
 class RunBulkIngestion:
     """The worker side of a bulk ingestion job: ingest, reporting progress as documents finish."""
 
-    def __init__(self, ingest: IngestDocuments, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    def __init__(self, ingest: IngestDocuments) -> None:
         self._ingest = ingest
-        self._sleep = sleep
 
     async def execute(self, payload: Mapping[str, Any], report: ProgressReporter) -> dict[str, Any]:
         """Ingest the job's records; returns the final counts.
@@ -991,7 +991,7 @@ class RunBulkIngestion:
                 waiting = {**report_detail(BulkIngestReport(total=len(requests))), "waiting": error.message}
                 await report(0.0, waiting)
                 _logger.warning("bulk ingestion waits %.0f s for an outage to end: %s", delay, error.message)
-                await self._sleep(delay)
+                await wait_for_outage(delay)
                 waited, attempt = waited + delay, attempt + 1
 
 

@@ -514,7 +514,7 @@ class EmbedderBackAfter(HashingEmbedder):
         return await super().embed_documents(texts)
 
 
-async def test_a_bulk_job_waits_out_an_outage_and_finishes() -> None:
+async def test_a_bulk_job_waits_out_an_outage_and_finishes(monkeypatch: pytest.MonkeyPatch) -> None:
     # An upload accepted while the database was down failed at once, for good (found by an exploratory test).
     lines = [{"id": f"d{n}", "title": f"D{n}", "text": f"Document {n} says something."} for n in range(3)]
     knowledge = InMemoryKnowledgeBase()
@@ -524,16 +524,15 @@ async def test_a_bulk_job_waits_out_an_outage_and_finishes() -> None:
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    result = await RunBulkIngestion(bulk, sleep=sleep).execute(
-        {"records": jsonl(*lines).decode(), "documents": 3}, reporter
-    )
+    monkeypatch.setattr(knowledge_module, "wait_for_outage", sleep)
+    result = await RunBulkIngestion(bulk).execute({"records": jsonl(*lines).decode(), "documents": 3}, reporter)
 
     assert (result["created"], result["failed"]) == (3, 0)
     assert slept == [1.0, 2.0]
     assert sum("waiting" in detail for _, detail in reporter.reports) == 2
 
 
-async def test_a_bulk_job_gives_up_on_an_outage_that_does_not_end() -> None:
+async def test_a_bulk_job_gives_up_on_an_outage_that_does_not_end(monkeypatch: pytest.MonkeyPatch) -> None:
     lines = [{"id": "d0", "title": "D0", "text": "Document 0 says something."}]
     knowledge = InMemoryKnowledgeBase()
     bulk = IngestDocuments(
@@ -544,8 +543,7 @@ async def test_a_bulk_job_gives_up_on_an_outage_that_does_not_end() -> None:
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
+    monkeypatch.setattr(knowledge_module, "wait_for_outage", sleep)
     with pytest.raises(EmbedderUnavailableError):
-        await RunBulkIngestion(bulk, sleep=sleep).execute(
-            {"records": jsonl(*lines).decode(), "documents": 1}, RecordingReporter()
-        )
+        await RunBulkIngestion(bulk).execute({"records": jsonl(*lines).decode(), "documents": 1}, RecordingReporter())
     assert sum(slept) >= OUTAGE_GIVE_UP_S
