@@ -56,6 +56,9 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     cors_origins: tuple[str, ...] = ()
     # Largest request body accepted anywhere (uploads have their own, smaller limits).
     max_body_bytes: PositiveInt = 12 * 1024 * 1024
+    # How long a stopping `support serve` lets replies being written finish (a long Claude reply takes 20-30 s);
+    # the requests still waiting then are answered 503 (docs/faults.md).
+    shutdown_grace_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
 
 class EmbeddingSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -1,6 +1,7 @@
 """``support serve`` as a real process: embeds PostgreSQL and Valkey, stops them on Ctrl-C, reuses its data.
 
-No database or Valkey URL is given, so each run starts embedded servers under its own ``SUPPORT_DATA_DIR``.
+No database or Valkey URL is given, so each run starts embedded servers under its own ``SUPPORT_DATA_DIR``; two
+runs on one folder share them, and the last to stop stops them.
 """
 
 import contextlib
@@ -180,6 +181,36 @@ def test_two_instances_with_their_own_data_folders_run_side_by_side(tmp_path: Pa
         assert two.interrupt() == 0, two.output
     for folder in folders:
         _assert_no_server_left(folder)
+
+
+def test_a_second_serve_on_the_data_folder_keeps_its_servers_when_the_first_stops(data_dir: Path) -> None:
+    """The servers belong to the data folder: stopping the serve that started them left the other one without."""
+    with Serve(data_dir, bootstrap_key=BOOTSTRAP_KEY) as first:
+        first.wait_ready()
+        with Serve(data_dir, bootstrap_key=BOOTSTRAP_KEY) as second:
+            second.wait_ready()  # on the servers the first started
+
+            first.process.send_signal(signal.SIGTERM)
+            assert first.process.wait(EXIT_WITHIN_S) == 0, first.output
+            assert second.is_ready(), "stopping one serve took the servers from the other"
+            keys = httpx.get(f"{second.base_url}/v1/keys", headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"})
+            assert keys.status_code == 200, keys.text
+
+            assert second.interrupt() == 0, second.output  # the last one to stop stops them
+            _assert_no_server_left(data_dir)
+
+
+def test_servers_left_by_a_killed_serve_are_stopped_by_the_next_one(data_dir: Path) -> None:
+    with Serve(data_dir, bootstrap_key=BOOTSTRAP_KEY) as killed:
+        killed.wait_ready()
+        killed.process.kill()  # SIGKILL: nothing of it runs to stop the servers
+        killed.process.wait()
+        assert _server_processes(data_dir)
+
+        with Serve(data_dir, bootstrap_key=BOOTSTRAP_KEY) as serve:
+            serve.wait_ready()  # on the servers the killed one left
+            assert serve.interrupt() == 0, serve.output
+            _assert_no_server_left(data_dir)
 
 
 def test_sigterm_stops_serve_and_the_servers_it_started(data_dir: Path) -> None:

@@ -15,10 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 import websockets
 from httpx_sse import aconnect_sse
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from support.devservers.postgres import free_port
+from tests.fakes.anthropic_server import FakeAnthropic, Pause, message, text
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +33,7 @@ READY_WITHIN_S = 60.0
 class ApiProcess:
     """``support serve`` against the given servers, without migrating (the test database is migrated)."""
 
-    def __init__(self, tmp: Path, database_url: str, valkey_url: str) -> None:
+    def __init__(self, tmp: Path, database_url: str, valkey_url: str, **settings: str) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._log = tmp / f"api-{self.port}.log"
@@ -45,6 +48,7 @@ class ApiProcess:
             "SUPPORT_LOG_LEVEL": "warning",
             "SUPPORT_DATA_DIR": str(tmp / f"data-{self.port}"),
         }
+        env |= settings
         with self._log.open("wb") as log:
             self.process = subprocess.Popen(  # noqa: S603 - the project's own console script
                 [str(SUPPORT), "serve", "--no-migrate"], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
@@ -199,3 +203,77 @@ async def test_a_stopping_process_ends_its_feeds_and_sockets_and_their_clients_r
         assert int(resumed.id) > seen[-1]
         assert resumed.event == "handoff"
         assert json.loads(resumed.data)["status"] == "closed"
+
+
+async def test_replies_still_written_when_the_grace_period_ends_are_answered_503_not_cut(
+    tmp_path: Path, database_url: str, valkey_url: str, engine: AsyncEngine
+) -> None:
+    """SIGTERM while Claude writes replies that outlast the grace period: each request gets a proper end.
+
+    Until 12-07 uvicorn cut them after a fixed 5 s: the JSON send got a plain-text 500, the reply stream a
+    truncated body without an ``error`` event, and the log a traceback.
+    """
+    async with FakeAnthropic(default=message(text("Refunds take ", Pause(600), "five days."))) as anthropic:
+        api = ApiProcess(
+            tmp_path,
+            database_url,
+            valkey_url,
+            SUPPORT_LLM__PROVIDER="anthropic",
+            SUPPORT_LLM__API_KEY="sk-ant-fake",
+            SUPPORT_LLM__BASE_URL=anthropic.base_url,
+            SUPPORT_LLM__TIMEOUT_S="900",
+            SUPPORT_HTTP__SHUTDOWN_GRACE_S="1",
+        )
+        try:
+            api.wait_ready()
+            admin = {"Authorization": f"Bearer {ADMIN}"}
+            async with httpx.AsyncClient(base_url=api.base_url, timeout=60) as client:
+                paths = []
+                for customer in ("json-sender", "stream-sender"):
+                    started = await client.post(
+                        "/v1/conversations", json={"customer": {"external_id": customer}}, headers=admin
+                    )
+                    paths.append(f"/v1/conversations/{started.json()['id']}/messages")
+                body = {"content": "How long do refunds take?"}
+                sent = asyncio.create_task(client.post(paths[0], json=body, headers=admin))
+                events: list[tuple[str, dict[str, Any]]] = []
+                async with aconnect_sse(client, "POST", f"{paths[1]}/stream", json=body, headers=admin) as source:
+                    async for sse in source.aiter_sse():
+                        events.append((sse.event, json.loads(sse.data)))
+                        if sse.event == "delta":  # both replies are being written (one after the other began)
+                            while len(anthropic.requests) < 2:  # noqa: ASYNC110 - polling the fake's record
+                                await asyncio.sleep(0.05)
+                            api.process.send_signal(signal.SIGTERM)
+                answered = await sent
+
+            assert answered.status_code == 503, answered.text
+            assert answered.headers["content-type"].startswith("application/problem+json")
+            assert answered.headers["retry-after"]
+            assert answered.json()["code"] == "service_unavailable"
+            assert [name for name, _ in events] == ["message", "delta", "error"]
+            assert events[-1][1]["status"] == 503
+            assert events[-1][1]["code"] == "service_unavailable"
+
+            assert api.process.wait(30) == 0
+            log = api.log()
+            assert "timeout graceful shutdown exceeded" not in log
+            assert "Traceback" not in log
+            # The messages are stored, and so is what each reply had said, marked interrupted.
+            async with engine.connect() as connection:
+                rows = (
+                    await connection.execute(
+                        sa.text(
+                            "SELECT role, content, interrupted FROM messages WHERE conversation_id IN "
+                            "(SELECT conversation_id FROM messages WHERE content = :sent) ORDER BY role"
+                        ),
+                        {"sent": body["content"]},
+                    )
+                ).all()
+            assert sorted((row.role, row.interrupted) for row in rows) == [
+                ("assistant", True),
+                ("assistant", True),
+                ("customer", False),
+                ("customer", False),
+            ]
+        finally:
+            api.stop()

@@ -25,7 +25,7 @@ from support.api.limits import rate_limit_headers
 from support.api.middleware import request_context_middleware
 from support.api.openapi import complete_openapi_document
 from support.api.problems import EXCEPTION_HANDLERS, DecodingRequest
-from support.api.streaming import LIVE_FEEDS_STATE, LiveFeeds
+from support.api.streaming import LIVE_FEEDS_STATE, OPEN_REPLIES_STATE, LiveFeeds, OpenReplies
 from support.application.knowledge import VerifyKnowledgeIndex
 from support.config import Settings
 from support.ports.errors import DependencyUnavailableError
@@ -84,7 +84,14 @@ def build_app(
         request_max_body_size=settings.http.max_body_bytes,
         on_startup=[check_knowledge_index, *on_startup],
         on_shutdown=[*on_shutdown, close_container],
-        state=State({"version": app_version, "started_at": datetime.now(UTC), LIVE_FEEDS_STATE: LiveFeeds()}),
+        state=State(
+            {
+                "version": app_version,
+                "started_at": datetime.now(UTC),
+                LIVE_FEEDS_STATE: LiveFeeds(),
+                OPEN_REPLIES_STATE: OpenReplies(),
+            }
+        ),
         openapi_config=OpenAPIConfig(
             title="support",
             version=app_version,

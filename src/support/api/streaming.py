@@ -4,11 +4,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TypeVar
 
 from litestar import Litestar
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from support.api.problems import status_for
+from support.api.problems import ReplyFailedError, status_for
 from support.api.schemas.conversations import encode_data
 from support.domain.errors import (
     AuthenticationError,
@@ -20,6 +21,7 @@ from support.domain.errors import (
 from support.domain.feed import FeedEvent, StreamFailed
 
 _logger = logging.getLogger(__name__)
+T = TypeVar("T")
 _END = object()
 _MAX_EVENT_ID_DIGITS = 20
 SSE_HEADERS = {
@@ -29,8 +31,9 @@ SSE_HEADERS = {
 }
 
 
-# Where the application's LiveFeeds are kept in its state (see live_feeds).
+# Where the application's LiveFeeds and OpenReplies are kept in its state (see live_feeds, open_replies).
 LIVE_FEEDS_STATE = "live_feeds"
+OPEN_REPLIES_STATE = "open_replies"
 
 
 class LiveFeeds:
@@ -39,7 +42,7 @@ class LiveFeeds:
     A server stops once its open responses have finished, and a feed never finishes on its own: each open one held
     the shutdown for the whole grace period and was then cancelled, with a traceback in the log. Ended cleanly
     instead, a browser's EventSource reconnects at once, with ``Last-Event-ID``, to a process that is still up.
-    Reply streams are not feeds: they end with their reply, within the grace period.
+    Reply streams are not feeds: they end with their reply, within the grace period (see :class:`OpenReplies`).
     """
 
     def __init__(self) -> None:
@@ -67,6 +70,60 @@ def live_feeds(app: Litestar) -> LiveFeeds:
     """The live feeds of an application built by ``build_app`` (the server ends them when it begins to stop)."""
     feeds: LiveFeeds = app.state[LIVE_FEEDS_STATE]
     return feeds
+
+
+class OpenReplies(LiveFeeds):
+    """The replies requests wait for (``POST …/messages``, ``…/messages/stream``), for the end of the grace period.
+
+    A shutdown whose grace period runs out ends them properly.
+
+    Left to the server, a request still open then was cancelled: the JSON send got a plain-text 500, the reply
+    stream a truncated body without an ``error`` event, and the log a traceback. Ended here, the stream gets an
+    ``error`` event and the JSON send a 503 problem with ``Retry-After`` (:data:`STOPPING`); the turn goes on until
+    the application stops it, and stores what it wrote, marked interrupted.
+    """
+
+
+def open_replies(app: Litestar) -> OpenReplies:
+    """The replies requests of an application built by ``build_app`` wait for (the server ends them at the end)."""
+    replies: OpenReplies = app.state[OPEN_REPLIES_STATE]
+    return replies
+
+
+# What a request still waiting for its reply is told when the process stops before the reply is written.
+STOPPING = StreamFailed(
+    503,
+    "service_unavailable",
+    "The service is restarting",
+    "The service stopped before the reply was finished. Your message is stored, and what the reply had said is "
+    "stored marked interrupted: send again in a moment (with the same Idempotency-Key to get them back).",
+)
+
+
+async def unless_stopping(awaitable: Awaitable[T], replies: OpenReplies) -> T:
+    """``awaitable``'s result, unless ``replies`` are ended first (the process stops): then ReplyFailedError 503.
+
+    ``awaitable`` is cancelled then; what it waited for (a turn, a background task) goes on.
+    """
+    task = asyncio.ensure_future(awaitable)
+    ended = asyncio.get_running_loop().create_future()
+
+    def end() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    replies.add(end)
+    try:
+        await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        replies.discard(end)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if not task.cancelled():
+        return task.result()
+    raise ReplyFailedError(STOPPING.status, STOPPING.code, STOPPING.detail)
 
 
 def resume_after(text: str, name: str) -> int:
@@ -157,13 +214,18 @@ def sse_message(event: FeedEvent) -> ServerSentEventMessage:
 
 
 async def with_heartbeats(
-    events: AsyncGenerator[FeedEvent, None], heartbeat_s: float, feeds: LiveFeeds | None = None
+    events: AsyncGenerator[FeedEvent, None],
+    heartbeat_s: float,
+    feeds: LiveFeeds | None = None,
+    *,
+    replies: OpenReplies | None = None,
 ) -> AsyncGenerator[ServerSentEventMessage, None]:
     """Relay ``events`` as SSE messages; a comment goes out after ``heartbeat_s`` without one.
 
     A failure while iterating becomes an ``error`` event that ends the stream (headers are long gone).
     When the client goes away the relay stops; the source is closed, not the work behind it. A live feed is
-    listed in ``feeds``, and ends (without an event) when they are ended.
+    listed in ``feeds``, and ends (without an event) when they are ended; a reply stream is listed in ``replies``,
+    and ends with the :data:`STOPPING` error event when they are.
     """
     queue: asyncio.Queue[FeedEvent | object] = asyncio.Queue()
 
@@ -184,9 +246,11 @@ async def with_heartbeats(
     def end() -> None:
         queue.put_nowait(_END)
 
-    # A reply stream is listed nowhere that is ever ended.
-    listed = feeds if feeds is not None else LiveFeeds()
-    listed.add(end)
+    def stop() -> None:
+        queue.put_nowait(FeedEvent(0, STOPPING))
+
+    listed, ending = (replies, stop) if replies is not None else (feeds or LiveFeeds(), end)
+    listed.add(ending)
     try:
         while True:
             if queue.empty():
@@ -208,7 +272,7 @@ async def with_heartbeats(
             if isinstance(item.payload, StreamFailed):
                 return
     finally:
-        listed.discard(end)
+        listed.discard(ending)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -217,7 +281,15 @@ async def with_heartbeats(
 
 
 def event_stream(
-    events: AsyncGenerator[FeedEvent, None], heartbeat_s: float, feeds: LiveFeeds | None = None
+    events: AsyncGenerator[FeedEvent, None],
+    heartbeat_s: float,
+    feeds: LiveFeeds | None = None,
+    *,
+    replies: OpenReplies | None = None,
 ) -> ServerSentEvent:
-    """The SSE response for ``events``; pass ``feeds`` for a live feed (ended when the process shuts down)."""
-    return ServerSentEvent(with_heartbeats(events, heartbeat_s, feeds), headers=SSE_HEADERS)
+    """The SSE response for ``events``.
+
+    Pass ``feeds`` for a live feed (ended when the process shuts down), or ``replies`` for a reply stream (ended
+    with an ``error`` event when the shutdown's grace period runs out).
+    """
+    return ServerSentEvent(with_heartbeats(events, heartbeat_s, feeds, replies=replies), headers=SSE_HEADERS)

@@ -86,7 +86,7 @@ def serve(
     """Serve the API; starts embedded PostgreSQL and Valkey when no SUPPORT_DATABASE_URL / SUPPORT_VALKEY_URL is set."""
     import uvicorn
 
-    from support.api.streaming import live_feeds
+    from support.api.streaming import live_feeds, open_replies
     from support.cli import migrations
     from support.cli.server import FeedEndingServer
     from support.container import check_settings, create_app
@@ -120,10 +120,10 @@ def serve(
             port=ready.port,
             log_config=None,
             access_log=False,
-            timeout_graceful_shutdown=5,
             ws="websockets-sansio",
         )
-        FeedEndingServer(config, live_feeds(application)).run()
+        grace_s = ready.http.shutdown_grace_s
+        FeedEndingServer(config, live_feeds(application), open_replies(application), grace_s).run()
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:

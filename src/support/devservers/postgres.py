@@ -52,7 +52,8 @@ class EmbeddedPostgres:
     """One cluster in ``data_dir``: initialised on first start, reused afterwards.
 
     ``start()`` returns a SQLAlchemy URL; a server already running on this folder (another ``make run``,
-    a CLI command beside it) is reused and left running by ``stop()``.
+    a CLI command beside it) is reused and left running by ``stop()``; ``stop_running()`` stops it whoever
+    started it (``running_servers`` decides when: the data folder's last user does).
     """
 
     def __init__(
@@ -106,6 +107,17 @@ class EmbeddedPostgres:
         """Stop the server if this object started it."""
         if not self._started_here:
             return
+        self._run([str(self._bin / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"], check=False)
+        self._started_here = False
+        _logger.info("stopped embedded PostgreSQL in %s", self.data_dir)
+
+    def stop_running(self) -> None:
+        """Stop the server running on this folder, whoever started it (the last user of a data folder does)."""
+        if self._running_port() is None:
+            self._started_here = False
+            return
+        if os.geteuid() == 0:
+            self._user = _ensure_system_user()  # pg_ctl refuses to run as root
         self._run([str(self._bin / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"], check=False)
         self._started_here = False
         _logger.info("stopped embedded PostgreSQL in %s", self.data_dir)

@@ -43,8 +43,10 @@ from support.api.streaming import (
     ACCESS_REFUSALS,
     event_stream,
     live_feeds,
+    open_replies,
     resume_after,
     stream_failure,
+    unless_stopping,
     until_refused,
 )
 from support.application.conversations import (
@@ -404,7 +406,7 @@ class ConversationsController(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> TurnResource:
         turn = await self._send(request, conversation_id, use_case, prepare, idempotency_key, settings)
-        result = await turn.result()
+        result = await unless_stopping(turn.result(), open_replies(request.app))
         if result.failure is not None and result.failure.code != REPLY_BUSY:
             # The message is stored; the reply failed (a 200 with `reply: null` read as "a person has it"). A busy
             # reply is no failure: the message is answered with the next reply, and a retry would store it twice.
@@ -446,7 +448,7 @@ class ConversationsController(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> ServerSentEvent:
         turn = await self._send(request, conversation_id, use_case, prepare, idempotency_key, settings)
-        return event_stream(turn.events(), settings.conversations.heartbeat_s)
+        return event_stream(turn.events(), settings.conversations.heartbeat_s, replies=open_replies(request.app))
 
     @get(
         "/{conversation_id:uuid}/events",
