@@ -192,6 +192,23 @@ def test_serving_in_prod_without_a_token_secret_is_refused_before_anything_start
     assert "SUPPORT_CONVERSATIONS__TOKEN_SECRET" in message
 
 
+@pytest.mark.parametrize("command", [("serve",), ("db", "upgrade")])
+def test_an_unreachable_database_is_one_line_without_the_password(
+    monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
+) -> None:
+    # An asyncpg traceback until 2026-12-07 (found by an exploratory test).
+    monkeypatch.setenv("SUPPORT_DATABASE_URL", "postgresql://nobody:SuperSecretPW@127.0.0.1:9/nothing")
+
+    result = _invoke(*command)
+
+    assert result.exit_code == 1, result.output
+    # serve also logs the embedded Valkey it started and stopped meanwhile
+    [message] = [line for line in result.stderr.splitlines() if "Cannot use the database" in line]
+    assert "127.0.0.1:9/nothing (SUPPORT_DATABASE_URL): " in message
+    assert "SuperSecretPW" not in result.output
+    assert "Traceback" not in result.output
+
+
 def test_unknown_support_variable_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SUPPORT_DATABASE_URL", UNREACHABLE_DATABASE)
     monkeypatch.setenv("SUPPORT_SOMETHING", "1")

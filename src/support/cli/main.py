@@ -109,7 +109,11 @@ def serve(
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with running_servers(settings) as ready, _uninterrupted_exit() if main_thread else nullcontext():
         if migrate:
-            migrations.upgrade(ready.require_database_url())
+            try:
+                migrations.upgrade(ready.require_database_url())
+            except migrations.DatabaseUnreachableError as error:
+                console.print(f"[red]{error}[/red]")
+                raise typer.Exit(1) from None
         if sample_data or ready.knowledge.load_sample_data:
             _load_sample_data(ready)
         application = create_app(ready)
@@ -254,10 +258,15 @@ def db_current() -> None:
 
 
 def _with_database(action: Callable[[str], None]) -> None:
+    from support.cli.migrations import DatabaseUnreachableError
     from support.devservers.runtime import running_servers
 
     with running_servers(_settings(), valkey=False) as ready:
-        action(ready.require_database_url())
+        try:
+            action(ready.require_database_url())
+        except DatabaseUnreachableError as error:
+            console.print(f"[red]{error}[/red]")
+            raise typer.Exit(1) from None
 
 
 class KeyRole(StrEnum):
