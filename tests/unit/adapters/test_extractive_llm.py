@@ -1048,3 +1048,26 @@ async def test_codes_of_another_shape_do_not_make_a_covered_question_a_decline(q
     events = await collect(llm, ReplyRequest(question=question, passages=hits))
 
     assert not any(isinstance(event, HandoffSignal) for event in events)
+
+
+@pytest.mark.parametrize(
+    ("message", "acknowledged"),
+    [
+        ("Please forget my phone number.", "I've removed your phone number from what I remember about you."),
+        ("Can you forget my phone number?", "I've removed your phone number from what I remember about you."),
+        ("Delete my email address from your records.", "I've removed your email address from what I remember"),
+        (
+            "I no longer use ada@example.com, please use ada@new.example.",
+            "I won't use ada@example.com for you any more.",
+        ),
+    ],
+)
+async def test_a_request_to_forget_is_acknowledged_not_declined(message: str, acknowledged: str) -> None:
+    # It was "I couldn't find anything in our help center about …" with an offer of a person (a declined turn).
+    llm = ExtractiveLLM(evidence_threshold=THRESHOLD)
+
+    events = await collect(llm, ReplyRequest(question=message, passages=unrelated()))
+
+    assert acknowledged in text_of(events)
+    assert "couldn't find" not in text_of(events)
+    assert not any(isinstance(event, HandoffSignal) for event in events)

@@ -31,7 +31,7 @@ from support.domain.assistant import (
 from support.domain.conversations import ReasonCode, TokenUsage
 from support.domain.injection import is_instruction_like, strip_invisible
 from support.domain.knowledge import SearchHit
-from support.domain.memory import FactCandidate, FactKind, extract_facts, is_about
+from support.domain.memory import FactCandidate, FactKind, extract_facts, extract_retractions, is_about
 from support.domain.privacy import contains_secret, redact
 from support.domain.questions import STOPWORDS, WORD, is_follow_up
 from support.ports.assistant import AssistantTools
@@ -282,7 +282,7 @@ class ExtractiveLLM:
         # A message that only tells something is thanked, even where an article matches its words ("My email is …"
         # quoted how to change an email address).
         # A question about what the customer told before ("What's my email?") is answered from memory.
-        said = _told(request, name) or _recalled_answer(request)
+        said = _forgotten(request, name) or _told(request, name) or _recalled_answer(request)
         if said is not None:
             return Draft(((said, None, ""),), None)
         query = _query_weights(request)
@@ -825,6 +825,44 @@ def _asks_about_the_last_topic(request: ReplyRequest) -> bool:
 
 def _last_customer_turn(history: Sequence[Turn]) -> str:
     return next((turn.text for turn in reversed(history) if turn.speaker == "customer"), "")
+
+
+_ASKS_TO_FORGET = re.compile(r"^\W*(?:please\s+)?(?:can|could|would|will)\s+you\b", re.IGNORECASE)
+_FORGOTTEN_LABELS = {
+    "name": "name",
+    "email": "email address",
+    "phone": "phone number",
+    "language": "preferred language",
+}
+
+
+def _forgotten(request: ReplyRequest, name: str | None) -> str | None:
+    """The acknowledgement of a message that takes a fact back ("Please forget my phone number").
+
+    Customer memory forgets it after the turn (``RememberFacts``); the customer is told so, and where the account
+    itself is meant, who can change it. It was declined as a help-center question until 2026-12-07.
+    """
+    question = request.question
+    if "?" in question and not _ASKS_TO_FORGET.match(question):
+        return None  # it asks something else too: answered as a question
+    # Contact details and names asked to be forgotten; "I cancelled my plan" tells news and is answered as such.
+    retractions = [item for item in extract_retractions(question) if item.key in _FORGOTTEN_LABELS]
+    keys = [retraction.key for retraction in retractions if retraction.value is None]
+    labels = [_FORGOTTEN_LABELS[key] for key in keys if key in _FORGOTTEN_LABELS]
+    # "I no longer use a@x.com" is forgotten only while that is the address remembered: said as what happens next.
+    values = [retraction.value for retraction in retractions if retraction.value is not None]
+    if not labels and not values:
+        return None
+    opening = f"Done{', ' + name if name else ''}:"
+    if labels:
+        what = labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+        text = f"{opening} I've removed your {what} from what I remember about you."
+    else:
+        text = f"{opening} I won't use {' or '.join(values)} for you any more."
+    if {candidate.key for candidate in extract_facts(question)} & {retraction.key for retraction in retractions}:
+        text += " I'll use the new one you gave me from now on."
+    text += " If it should also change on your account itself, I can connect you with someone from our support team."
+    return text
 
 
 def _recalled_answer(request: ReplyRequest) -> str | None:
