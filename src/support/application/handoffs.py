@@ -92,6 +92,18 @@ def _owns(principal: Principal, conversation: Conversation) -> bool:
     return agent.id == principal.key_id and (agent.id is not None or agent.name == principal.name)
 
 
+def may_write_as_agent(principal: Principal, conversation: Conversation) -> bool:
+    """Whether ``SendAgentMessage`` would take this agent's message now.
+
+    A waiting conversation (replying claims it), or one the agent has claimed (admins: any claimed one).
+    """
+    if conversation.status is ConversationStatus.PENDING_HUMAN:
+        return True
+    return conversation.status is ConversationStatus.HUMAN and (
+        _owns(principal, conversation) or principal.role is Role.ADMIN
+    )
+
+
 def _ensure_may_act_for_owner(principal: Principal, conversation: Conversation) -> None:
     """A conversation a person owns is acted on by that agent only (admins may act on any)."""
     if (

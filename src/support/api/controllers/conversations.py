@@ -67,7 +67,7 @@ from support.application.conversations import (
     SubmitFeedback,
     Turn,
 )
-from support.application.handoffs import SendAgentMessage
+from support.application.handoffs import SendAgentMessage, may_write_as_agent
 from support.application.replies import REPLY_BUSY
 from support.application.tasks import started_early
 from support.config import Settings
@@ -801,12 +801,7 @@ async def _agent_may_write(
             conversation = await (await scope.get(CachedConversationState)).execute(principal, conversation_id)
     except SupportError:
         return False  # typing is best-effort: a store that cannot answer never ends the socket (a review)
-    if conversation.status is ConversationStatus.PENDING_HUMAN:
-        return True
-    owner = conversation.agent
-    return conversation.status is ConversationStatus.HUMAN and (
-        principal.role is Role.ADMIN or (owner is not None and owner.id == principal.key_id)
-    )
+    return may_write_as_agent(principal, conversation)
 
 
 async def _send_error(socket: WebSocket[Any, Any, Any], code: str, detail: str, **extra: Any) -> None:
