@@ -746,7 +746,7 @@ def extract_retractions(text: str) -> list[Retraction]:
     Hypotheticals, examples and quoted text take nothing back, as for :func:`extract_facts`.
     """
     retractions: dict[str, Retraction] = {}
-    for sentence in _stated_sentences(text):
+    for sentence in _stated_sentences(_stated_text(text)):
         if _NOT_STATED.search(sentence) or _CONDITION.search(sentence):
             continue
         for pattern in _RETRACTIONS:
@@ -777,9 +777,9 @@ def _unquoted(match: re.Match[str]) -> str:
     return " " if len(match["inner"].split()) >= _QUOTED_WORDS else match[0]
 
 
-def _stated_sentences(text: str) -> list[str]:
-    """The sentences of the customer's own words, without any that a jest takes back (itself and the one before)."""
-    sentences = _sentences(_stated_text(text))
+def _stated_sentences(stated: str) -> list[str]:
+    """The sentences of ``stated`` (``_stated_text``), without any that a jest takes back (itself and the one before)."""
+    sentences = _sentences(stated)
     taken_back: set[int] = set()
     for index, sentence in enumerate(sentences):
         if _JEST.search(sentence):
@@ -794,14 +794,15 @@ def extract_facts(text: str) -> list[FactCandidate]:
     Within one message a value introduced as old ("my old email was …", "not …") is dropped; of several values
     for a key, one introduced as new or corrected wins, else the last stated.
     """
-    sentences = _stated_sentences(text)
+    stated = _stated_text(text)
+    sentences = _stated_sentences(stated)
     clean = "\n".join(sentences)
     found: list[_Found] = []
     offset = 0
     for sentence in sentences:
         found += [replace(item, position=item.position + offset) for item in _in_sentence(sentence)]
         offset += len(sentence) + 1
-    signed = _SIGN_OFF.search(_stated_text(text).strip()) if sentences else None
+    signed = _SIGN_OFF.search(stated.strip()) if sentences else None
     if signed is not None and signed.group("value").split()[0] not in _NOT_NAMES:
         candidate = FactCandidate(FactKind.NAME, fact_key(FactKind.NAME), signed.group("value"), 0.75)
         found.append(_Found(candidate, len(clean), newer=False))
