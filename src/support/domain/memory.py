@@ -778,7 +778,7 @@ def _unquoted(match: re.Match[str]) -> str:
 
 
 def _stated_sentences(stated: str) -> list[str]:
-    """The sentences of ``stated`` (``_stated_text``), without any that a jest takes back (itself and the one before)."""
+    """The sentences of ``stated`` (``_stated_text``) without those a jest takes back (itself, the one before)."""
     sentences = _sentences(stated)
     taken_back: set[int] = set()
     for index, sentence in enumerate(sentences):
