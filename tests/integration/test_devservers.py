@@ -20,21 +20,11 @@ from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from support.config import Settings, load_settings
 from support.devservers.postgres import SYSTEM_USER, EmbeddedPostgres
 from support.devservers.runtime import running_servers
-from support.devservers.valkey import EmbeddedValkey, wait_until_gone
+from support.devservers.valkey import EmbeddedValkey, process_alive, wait_until_gone
 
 
 def _postmaster_pid(data_dir: Path) -> int:
     return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _uid_of(pid: int) -> int:
@@ -74,7 +64,7 @@ async def test_second_embedded_postgres_on_a_folder_reuses_the_server_and_leaves
     assert _postmaster_pid(postgres.data_dir) == pid, "a second server was started"
     await asyncio.to_thread(second.stop)
 
-    assert _alive(pid)
+    assert process_alive(pid)
     assert await _select_one(postgres.url) == 1
 
     # The owner's stop() does stop it: the reuse above is not just stop() doing nothing.
@@ -114,7 +104,7 @@ async def test_second_embedded_valkey_on_a_folder_reuses_the_server_and_leaves_i
         assert await asyncio.to_thread(second.start) == url
         await asyncio.to_thread(second.stop)
 
-        assert _alive(pid)
+        assert process_alive(pid)
         assert await client.ping()
 
         await asyncio.to_thread(first.stop)

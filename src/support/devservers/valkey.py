@@ -152,7 +152,7 @@ class EmbeddedValkey:
             pid, port = int(pid_text), int(port_text)
         except (OSError, ValueError):
             return None
-        if not _alive(pid):
+        if not process_alive(pid):
             return None
         try:
             wait_for_port(port, timeout_s=0.5)
@@ -165,13 +165,13 @@ def wait_until_gone(pid: int, timeout_s: float = 5.0) -> bool:
     """Block until process ``pid`` has exited; whether it did within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not process_alive(pid):
             return True
         time.sleep(0.05)
     return False
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs: a zombie (exited, its parent has not reaped it yet) does not."""
     try:
         os.kill(pid, 0)
