@@ -828,12 +828,8 @@ def _last_customer_turn(history: Sequence[Turn]) -> str:
 
 
 _ASKS_TO_FORGET = re.compile(r"^\W*(?:please\s+)?(?:can|could|would|will)\s+you\b", re.IGNORECASE)
-_FORGOTTEN_LABELS = {
-    "name": "name",
-    "email": "email address",
-    "phone": "phone number",
-    "language": "preferred language",
-}
+# What a request to forget is acknowledged for, named as in _OWN_LABELS: contact details, the name, the language.
+_FORGETTABLE = {kind.value: kind for kind in (FactKind.NAME, FactKind.EMAIL, FactKind.PHONE, FactKind.LANGUAGE)}
 
 
 def _forgotten(request: ReplyRequest, name: str | None) -> str | None:
@@ -846,9 +842,9 @@ def _forgotten(request: ReplyRequest, name: str | None) -> str | None:
     if "?" in question and not _ASKS_TO_FORGET.match(question):
         return None  # it asks something else too: answered as a question
     # Contact details and names asked to be forgotten; "I cancelled my plan" tells news and is answered as such.
-    retractions = [item for item in extract_retractions(question) if item.key in _FORGOTTEN_LABELS]
+    retractions = [item for item in extract_retractions(question) if item.key in _FORGETTABLE]
     keys = [retraction.key for retraction in retractions if retraction.value is None]
-    labels = [_FORGOTTEN_LABELS[key] for key in keys if key in _FORGOTTEN_LABELS]
+    labels = [_OWN_LABELS[_FORGETTABLE[key]] for key in keys]
     # "I no longer use a@x.com" is forgotten only while that is the address remembered: said as what happens next.
     values = [retraction.value for retraction in retractions if retraction.value is not None]
     if not labels and not values:
